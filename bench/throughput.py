@@ -94,7 +94,9 @@ def make_clip(rng, class_idx, sample_rate, channels, seconds):
     """A clip whose spectrum identifies its class: tone, harmonic, noise bursts."""
     n = max(int(round(seconds * sample_rate)), 1)
     t = np.arange(n) / sample_rate
-    freq = 150.0 * (3500.0 / 150.0) ** (class_idx / 9.0) * rng.uniform(0.95, 1.05)
+    freq = (
+        150.0 * (3500.0 / 150.0) ** (class_idx / 9.0) * rng.uniform(0.95, 1.05)
+    )
     sig = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
     sig += 0.4 * np.sin(2 * np.pi * 2.01 * freq * t)
     sig *= 1.0 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 4.0) * t)
@@ -111,7 +113,12 @@ def make_dataset(folder, n_train, n_eval, seed=0, max_seconds=4.0):
     arguments.
     """
     folder = Path(folder)
-    spec = {"n_train": n_train, "n_eval": n_eval, "seed": seed, "max": max_seconds}
+    spec = {
+        "n_train": n_train,
+        "n_eval": n_eval,
+        "seed": seed,
+        "max": max_seconds,
+    }
     done = folder / "dataset.json"
     manifests = folder / "manifests"
     if done.exists() and json.loads(done.read_text()) == spec:
@@ -129,7 +136,12 @@ def make_dataset(folder, n_train, n_eval, seed=0, max_seconds=4.0):
                 seconds = float(rng.uniform(0.3, max_seconds))
             path = folder / "audio" / split / f"{split}-{i:05d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, make_clip(rng, label, sr, ch, seconds), sr, subtype=subtype)
+            sf.write(
+                path,
+                make_clip(rng, label, sr, ch, seconds),
+                sr,
+                subtype=subtype,
+            )
             splits[split][f"{split}-{i:05d}"] = {
                 "wav": str(path),
                 "label": CLASSES[label],
@@ -211,9 +223,8 @@ def tutorial_components():
     """The tutorial's AudioUtil, SoundDS and model (imports torch lazily)."""
     import torch
     import torchaudio
-    from torchaudio import transforms
-
     from sb_urbansound.models import CNNEmbedding
+    from torchaudio import transforms
 
     class AudioUtil:
         """The tutorial's per-clip steps (``torchaudio.load`` → soundfile)."""
@@ -281,7 +292,9 @@ def tutorial_components():
             return spec
 
         @staticmethod
-        def spectro_augment(spec, max_mask_pct=0.1, n_freq_masks=1, n_time_masks=1):
+        def spectro_augment(
+            spec, max_mask_pct=0.1, n_freq_masks=1, n_time_masks=1
+        ):
             _, n_mels, n_steps = spec.shape
             mask_value = spec.mean()
             aug_spec = spec
@@ -292,7 +305,9 @@ def tutorial_components():
                 )
             time_mask_param = max_mask_pct * n_steps
             for _ in range(n_time_masks):
-                aug_spec = transforms.TimeMasking(time_mask_param)(aug_spec, mask_value)
+                aug_spec = transforms.TimeMasking(time_mask_param)(
+                    aug_spec, mask_value
+                )
             return aug_spec
 
     class SoundDS(torch.utils.data.Dataset):
@@ -317,7 +332,9 @@ def tutorial_components():
             dur_aud = AudioUtil.pad_trunc(rechan, self.duration, self.train)
             if self.train:
                 dur_aud = AudioUtil.time_shift(dur_aud, self.shift_pct)
-            sgram = AudioUtil.spectro_gram(dur_aud, n_mels=64, n_fft=1024, hop_len=None)
+            sgram = AudioUtil.spectro_gram(
+                dur_aud, n_mels=64, n_fft=1024, hop_len=None
+            )
             if self.train:
                 sgram = AudioUtil.spectro_augment(
                     sgram, max_mask_pct=0.1, n_freq_masks=2, n_time_masks=2
@@ -356,7 +373,9 @@ def run_tutorial(cfg, manifests):
 
     train_ds = SoundDS(items("train"), train=True)
     val_ds = SoundDS(items("valid"), train=False)
-    train_dl = torch.utils.data.DataLoader(train_ds, batch_size=16, shuffle=True)
+    train_dl = torch.utils.data.DataLoader(
+        train_ds, batch_size=16, shuffle=True
+    )
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=16, shuffle=False)
     result = {"threads": torch.get_num_threads()}
 
@@ -419,12 +438,12 @@ def run_tutorial(cfg, manifests):
 # ------------------------------------------------------- (b) this recipe, as run
 def run_ours(cfg, manifests, workdir):
     """Loading, training and evaluation of the recipe (cnn.yaml + the Brain)."""
-    import speechbrain as sb
     import torch
     from hyperpyyaml import load_hyperpyyaml
-
     from sb_urbansound.brain import SoundClassifierBrain
     from sb_urbansound.pipeline import dataio_prepare
+
+    import speechbrain as sb
 
     out = Path(workdir) / f"out-{cfg['name']}"
     shutil.rmtree(out, ignore_errors=True)
@@ -444,7 +463,10 @@ def run_ours(cfg, manifests, workdir):
         hparams = load_hyperpyyaml(fin, overrides)  # sets torch threads
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
-    result = {"threads": torch.get_num_threads(), "num_workers": hparams["num_workers"]}
+    result = {
+        "threads": torch.get_num_threads(),
+        "num_workers": hparams["num_workers"],
+    }
 
     start = time.perf_counter()
     datasets = dataio_prepare(hparams)
@@ -463,9 +485,9 @@ def run_ours(cfg, manifests, workdir):
         for split in ("train", "valid"):
             entries = json.loads((manifests / f"{split}.json").read_text())
             for e in entries.values():
-                seconds += min(e["duration"], hparams["duration_ms"] / 1000) * min(
-                    e["channels"], hparams["channels"]
-                )
+                seconds += min(
+                    e["duration"], hparams["duration_ms"] / 1000
+                ) * min(e["channels"], hparams["channels"])
         result["cache_channel_seconds"] = seconds
 
     run_opts = {
@@ -521,13 +543,17 @@ def run_ours(cfg, manifests, workdir):
 
     with Timer() as t:
         brain.evaluate(
-            datasets["valid"], test_loader_kwargs=hparams["test_dataloader_options"]
+            datasets["valid"],
+            test_loader_kwargs=hparams["test_dataloader_options"],
         )
         _sync(brain.device)
     result["eval_s"], result["eval_cpu_s"] = t.wall, t.cpu
     tested = json.loads(Path(hparams["test_results_file"]).read_text())
     result["accuracy"] = tested["accuracy"]
-    result["n_train"], result["n_eval"] = len(datasets["train"]), len(datasets["valid"])
+    result["n_train"], result["n_eval"] = (
+        len(datasets["train"]),
+        len(datasets["valid"]),
+    )
     return result
 
 
@@ -564,13 +590,22 @@ def child(cfg):
 
 def run_child(cfg, env):
     """Run one configuration in a fresh process; return its result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        json.dumps(cfg),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=REPO
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-    raise RuntimeError(f"configuration {cfg['name']} failed (exit {proc.returncode})")
+    raise RuntimeError(
+        f"configuration {cfg['name']} failed (exit {proc.returncode})"
+    )
 
 
 # --------------------------------------------------------------------- report
@@ -630,19 +665,35 @@ def parse_args(argv=None):
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=320, help="training clips")
-    p.add_argument("--eval-clips", type=int, default=96, help="evaluation clips")
+    p.add_argument(
+        "--eval-clips", type=int, default=96, help="evaluation clips"
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
-    p.add_argument("--precision", default="fp32", help="ours: fp32, bf16 or fp16")
+    p.add_argument(
+        "--precision", default="fp32", help="ours: fp32, bf16 or fp16"
+    )
     p.add_argument("--compile", action="store_true", help="ours: torch.compile")
-    p.add_argument("--num-workers", type=int, default=None, help="ours (default: YAML)")
-    p.add_argument("--threads", type=int, default=None, help="ours: torch threads")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="ours (default: YAML)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="ours: torch threads"
+    )
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--configs", default="tutorial,tutorial-1thread,ours,ours+cache")
-    p.add_argument("--speedup-of", default="ours", help="config in the last line")
-    p.add_argument("--workdir", default=None, help="keep clips here (default: temp)")
+    p.add_argument(
+        "--configs", default="tutorial,tutorial-1thread,ours,ours+cache"
+    )
+    p.add_argument(
+        "--speedup-of", default="ours", help="config in the last line"
+    )
+    p.add_argument(
+        "--workdir", default=None, help="keep clips here (default: temp)"
+    )
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes (smoke test)"
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -656,11 +707,17 @@ def main(argv=None):
     if args.quick:
         args.clips, args.eval_clips, args.epochs = 16, 16, 1
         max_seconds = 1.0
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sb-urbansound-bench-"))
+    workdir = Path(
+        args.workdir or tempfile.mkdtemp(prefix="sb-urbansound-bench-")
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    make_dataset(workdir / "data", args.clips, args.eval_clips, max_seconds=max_seconds)
-    print(f"clips ready in {workdir / 'data'} ({time.perf_counter() - start:.1f} s)")
+    make_dataset(
+        workdir / "data", args.clips, args.eval_clips, max_seconds=max_seconds
+    )
+    print(
+        f"clips ready in {workdir / 'data'} ({time.perf_counter() - start:.1f} s)"
+    )
     shutil.rmtree(workdir / "audio_cache", ignore_errors=True)
 
     base = {
@@ -679,9 +736,13 @@ def main(argv=None):
     names = [c for c in args.configs.split(",") if c]
     unknown = set(names) - set(configs)
     if unknown or not any(n.startswith("tutorial") for n in names):
-        raise SystemExit(f"--configs: unknown {sorted(unknown)} or no tutorial run")
+        raise SystemExit(
+            f"--configs: unknown {sorted(unknown)} or no tutorial run"
+        )
     if args.speedup_of not in names:
-        raise SystemExit(f"--speedup-of {args.speedup_of} is not among --configs")
+        raise SystemExit(
+            f"--speedup-of {args.speedup_of} is not among --configs"
+        )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     print(
         f"torch threads default, {os.cpu_count()} CPUs; device {args.device}; "

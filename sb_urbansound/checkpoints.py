@@ -1,73 +1,170 @@
-"""A SpeechBrain ``Checkpointer`` whose checkpoints appear whole or not at all.
+"""A SpeechBrain ``Checkpointer`` that survives broken checkpoints.
 
-SpeechBrain writes a checkpoint folder's ``CKPT.yaml`` first and the parameter
-files after it, and deletes old checkpoints file by file. A run killed during
-either leaves a folder that looks like a checkpoint but is not complete, and
-the next run fails to resume from it (``EOFError`` in ``torch.load``). Here a
-checkpoint is written into a hidden staging folder and renamed into place once
-complete, so a kill at any moment leaves only complete checkpoints. (A kill
-while SpeechBrain deletes an older, less important checkpoint can leave part
-of that one; it is never the one recovered, being older and worse, and the next
-save deletes the rest.)
+SpeechBrain's ``Checkpointer`` writes a checkpoint's ``CKPT.yaml`` first and
+its parameter files after it, in place. A run killed during a save (or a disk
+that fills up, or a file truncated later) leaves a folder that looks like a
+checkpoint but does not load, and every later run then stops in
+``recover_if_possible`` with ``EOFError`` or ``OSError: [Errno 22]``, naming
+no file. :class:`RobustCheckpointer` keeps SpeechBrain's saving and adds, with
+public methods only:
+
+* checkpoints whose ``CKPT.yaml`` cannot be read are left out of the list;
+* recovery tries the preferred checkpoint, and when it does not load, warns
+  with its path and the error, moves it aside (``.broken-CKPT+...``, kept for
+  inspection) and falls back to the next best one;
+* a save that fails for lack of disk space says so and names the folder.
+
+``tests/test_checkpoints.py`` shows SpeechBrain's own ``Checkpointer`` failing
+each case.
 
 Authors
 -------
  * sb-urbansound contributors
 """
 
+import errno
 import logging
 import os
 import shutil
 
-from speechbrain.utils.checkpoints import Checkpoint, Checkpointer
+import yaml
+from sb_urbansound.errors import UserError
+
+from speechbrain.utils.checkpoints import (
+    CKPT_PREFIX,
+    METAFNAME,
+    PARAMFILE_EXT,
+    Checkpoint,
+    Checkpointer,
+)
 from speechbrain.utils.distributed import if_main_process
 
 logger = logging.getLogger(__name__)
 
-STAGING_PREFIX = ".staging-"
-TRASH_PREFIX = ".replaced-"
+#: Prefix of a checkpoint folder that failed to load (not a checkpoint).
+BROKEN_PREFIX = ".broken-"
 
 
-class AtomicCheckpointer(Checkpointer):
-    """``speechbrain.utils.checkpoints.Checkpointer`` with atomic save and delete.
+class RobustCheckpointer(Checkpointer):
+    """``speechbrain.utils.checkpoints.Checkpointer`` that falls back.
 
-    Takes the same arguments as SpeechBrain's ``Checkpointer``; leftovers of
-    an interrupted save are removed when it is created.
+    Takes the same arguments as SpeechBrain's ``Checkpointer``. Leftovers of
+    an interrupted delete (``CKPT+`` folders without ``CKPT.yaml``) are
+    removed when it is created.
 
     Example
     -------
     >>> import torch
     >>> tmp = getfixture("tmp_path")
     >>> model = torch.nn.Linear(2, 2)
-    >>> ckpt = AtomicCheckpointer(tmp, recoverables={"model": model})
-    >>> saved = ckpt.save_checkpoint(meta={"error": 0.5})
-    >>> sorted(p.name for p in saved.path.iterdir())
-    ['CKPT.yaml', 'model.ckpt']
-    >>> saved.path.name.startswith("CKPT+")
-    True
-    >>> ckpt.recover_if_possible().meta["error"]
+    >>> ckpt = RobustCheckpointer(tmp, recoverables={"model": model})
+    >>> first = ckpt.save_checkpoint(meta={"error": 0.5})
+    >>> second = ckpt.save_checkpoint(meta={"error": 0.4})
+    >>> _ = (second.path / "model.ckpt").write_bytes(b"truncated")
+    >>> ckpt.recover_if_possible(min_key="error").meta["error"]
     0.5
     """
 
     def __init__(self, checkpoints_dir, *args, **kwargs):
         super().__init__(checkpoints_dir, *args, **kwargs)
         if if_main_process() and self.checkpoints_dir.is_dir():
-            for leftover in self.checkpoints_dir.iterdir():
-                if leftover.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+            for leftover in self.checkpoints_dir.glob(CKPT_PREFIX + "*"):
+                if leftover.is_dir() and not (leftover / METAFNAME).exists():
                     shutil.rmtree(leftover, ignore_errors=True)
 
-    def _new_checkpoint_dirpath(self):
-        final = super()._new_checkpoint_dirpath()
-        return final.with_name(STAGING_PREFIX + final.name)
+    def list_checkpoints(self):
+        """List the checkpoints whose meta file can be read.
 
-    def _custom_checkpoint_dirpath(self, name):
-        final = super()._custom_checkpoint_dirpath(name)
-        return final.with_name(STAGING_PREFIX + final.name)
+        Returns
+        -------
+        list
+            ``Checkpoint`` namedtuples (path, meta, paramfiles).
+        """
+        checkpoints = []
+        if not self.checkpoints_dir.is_dir():
+            return checkpoints
+        for path in sorted(self.checkpoints_dir.iterdir()):
+            if not path.name.startswith(CKPT_PREFIX) or not path.is_dir():
+                continue
+            if not (path / METAFNAME).exists():
+                continue
+            try:
+                with open(path / METAFNAME, encoding="utf-8") as f:
+                    meta = yaml.safe_load(f)
+                if not isinstance(meta, dict):
+                    raise ValueError("not a mapping")
+            except (OSError, ValueError, yaml.YAMLError) as e:
+                self._set_aside(path, f"its {METAFNAME} cannot be read ({e})")
+                continue
+            paramfiles = {
+                p.stem: p for p in path.iterdir() if p.suffix == PARAMFILE_EXT
+            }
+            checkpoints.append(Checkpoint(path, meta, paramfiles))
+        return checkpoints
+
+    def recover_if_possible(
+        self,
+        importance_key=None,
+        max_key=None,
+        min_key=None,
+        ckpt_predicate=None,
+    ):
+        """Recover from the best checkpoint that loads.
+
+        Candidates are ranked as by SpeechBrain's ``recover_if_possible``
+        (most recent, or by ``importance_key``, ``max_key`` or ``min_key``);
+        one that fails to load is reported, set aside and the next one is
+        tried.
+
+        Arguments
+        ---------
+        importance_key : callable, optional
+            The key function used in sorting.
+        max_key : str, optional
+            Load the checkpoint with the highest value of this meta key.
+        min_key : str, optional
+            Load the checkpoint with the lowest value of this meta key.
+        ckpt_predicate : callable, optional
+            Only checkpoints for which this returns True are considered.
+
+        Returns
+        -------
+        Checkpoint or None
+            The checkpoint loaded, or None when there is none.
+
+        Raises
+        ------
+        UserError
+            When checkpoints exist but none of them loads.
+        """
+        candidates = self.find_checkpoints(
+            importance_key, max_key, min_key, ckpt_predicate, None
+        )
+        failed = []
+        for checkpoint in candidates:
+            try:
+                self.load_checkpoint(checkpoint)
+            except Exception as e:  # torch.load's many ways to fail
+                self._set_aside(checkpoint.path, f"it does not load ({e!r})")
+                failed.append(str(checkpoint.path))
+                continue
+            if failed:
+                logger.warning("Recovered from %s instead", checkpoint.path)
+            return checkpoint
+        if failed:
+            raise UserError(
+                f"none of the {len(failed)} checkpoint(s) in "
+                f"{self.checkpoints_dir} loads (set aside as "
+                f"{BROKEN_PREFIX}*): {', '.join(failed)}. Start again in a "
+                "new output_folder, or delete the folder to start afresh."
+            )
+        logger.info("Would load a checkpoint here, but none found yet.")
+        return None
 
     def save_checkpoint(
-        self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO
+        self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
-        """Save a checkpoint in a staging folder, then rename it into place.
+        """Save a checkpoint; a full disk is reported as such.
 
         Arguments
         ---------
@@ -83,21 +180,63 @@ class AtomicCheckpointer(Checkpointer):
         Returns
         -------
         Checkpoint
-            The saved checkpoint (``None`` on processes other than the main one).
+            The saved checkpoint (None on processes other than the main one).
+
+        Raises
+        ------
+        UserError
+            When the disk is full; the half-written checkpoint is removed.
         """
-        meta = {} if meta is None else meta
-        staged = super().save_checkpoint(meta, end_of_epoch, name, logging.DEBUG)
-        if staged is None:
-            return None
-        final = staged.path.with_name(staged.path.name[len(STAGING_PREFIX) :])
-        if final.exists():  # a custom name saved again: swap, then delete the old
-            old = final.with_name(TRASH_PREFIX + final.name)
-            os.replace(final, old)
-            os.replace(staged.path, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(staged.path, final)
-        kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
-        logger.log(verbosity, f"Saved an {kind} checkpoint in {final}")
-        paramfiles = {k: final / p.name for k, p in staged.paramfiles.items()}
-        return Checkpoint(final, staged.meta, paramfiles)
+        before = set(self.checkpoints_dir.glob(CKPT_PREFIX + "*"))
+        try:
+            return super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        except (OSError, RuntimeError) as e:
+            why = _write_failure(e, self.checkpoints_dir)
+            if why is None:
+                raise
+            for path in (
+                set(self.checkpoints_dir.glob(CKPT_PREFIX + "*")) - before
+            ):
+                shutil.rmtree(path, ignore_errors=True)
+            raise UserError(
+                f"{why} while saving a checkpoint in {self.checkpoints_dir} "
+                f"({e}). Free some space (or point output_folder elsewhere) "
+                "and run the same command again: it resumes from the last "
+                "complete checkpoint."
+            ) from e
+
+    def _set_aside(self, path, why):
+        """Warn about a broken checkpoint and rename it out of the way."""
+        target = path.with_name(BROKEN_PREFIX + path.name)
+        logger.warning(
+            "Checkpoint %s is broken: %s. Setting it aside as %s.",
+            path,
+            why,
+            target.name,
+        )
+        if if_main_process():
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(path, target)
+            except OSError:
+                pass
+
+
+def _write_failure(error, folder):
+    """Describe a save that failed for lack of space (None: another error)."""
+    if isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+    ):
+        return "no space left on the device"
+    text = str(error).lower()
+    if "no space left" in text:
+        return "no space left on the device"
+    # torch.save reports a failed write as a bare stream error
+    if "iostream error" in text or "file write failed" in text:
+        try:
+            free = shutil.disk_usage(folder).free / 2**20
+        except OSError:
+            return "a write failed (no space left?)"
+        return f"a write failed with {free:.0f} MB free (no space left?)"
+    return None

@@ -34,38 +34,38 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from sb_urbansound.audio import (
+    AUDIO_SUFFIXES,
+    ClipConditioner,
+    find_audio_files,
+    load_audio,
+)
+from sb_urbansound.errors import AudioLoadError
 from sb_urbansound.inference import (
-    TrainingAudioNormalizer,
     classify_waveform,
     load_model,
     model_audio_spec,
     top_k_labels,
 )
-from sb_urbansound.pipeline import AudioLoadError, load_audio
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-#: Suffixes picked up when a folder is searched (case-insensitive).
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 #: Show a progress bar from this many files on.
 PROGRESS_MIN_FILES = 10
 
 
-def find_audio_files(inputs, suffixes=AUDIO_SUFFIXES):
+def expand_inputs(inputs):
     """Expand files and folders into a list of audio files.
 
-    A folder is searched recursively for files with one of ``suffixes`` (sorted);
-    any other input is kept as it is, in order (a missing file is then reported
-    when it is classified).
+    A folder is searched recursively with
+    :func:`sb_urbansound.audio.find_audio_files`; any other input is kept as
+    it is, in order (a missing file is then reported when it is classified).
 
     Arguments
     ---------
     inputs : list of str or Path
         Files and folders.
-    suffixes : tuple of str
-        Audio suffixes looked for in folders.
 
     Returns
     -------
@@ -78,7 +78,7 @@ def find_audio_files(inputs, suffixes=AUDIO_SUFFIXES):
     >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", "a.mp3"]:
     ...     (tmp / name).parent.mkdir(exist_ok=True)
     ...     _ = (tmp / name).write_bytes(b"")
-    >>> found = find_audio_files([tmp / "b", tmp / "a.mp3"])
+    >>> found = expand_inputs([tmp / "b", tmp / "a.mp3"])
     >>> [p.relative_to(tmp).as_posix() for p in found]
     ['b/1.WAV', 'b/2.flac', 'a.mp3']
     """
@@ -86,12 +86,8 @@ def find_audio_files(inputs, suffixes=AUDIO_SUFFIXES):
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = [
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in suffixes
-            ]
-            files += sorted(found)
+            found = find_audio_files(item, duplicates=[])
+            files += [item / rel for rel in found]
         else:
             files.append(item)
     return files
@@ -146,11 +142,15 @@ def classify_files(
     See ``tests/test_inference.py``; from the command line,
     ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
     """
-    model = load_model(model_folder, device) if _is_path(model_folder) else model_folder
+    model = (
+        load_model(model_folder, device)
+        if _is_path(model_folder)
+        else model_folder
+    )
     sample_rate, channels, num_samples = model_audio_spec(model)
     remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-    normalizer = TrainingAudioNormalizer(sample_rate, channels, remove_dc=remove_dc)
-    files = find_audio_files(paths)
+    normalizer = ClipConditioner(sample_rate, channels, remove_dc=remove_dc)
+    files = expand_inputs(paths)
     if progress is None:
         progress = len(files) >= PROGRESS_MIN_FILES
     if on_error is None:
@@ -168,8 +168,10 @@ def classify_files(
             on_error(path, message)
             results.append({"path": str(path), "error": message})
             continue
-        wav = normalizer(wav, rate)
-        probs, n_windows = classify_waveform(model, wav, num_samples, None, batch_size)
+        wav = normalizer.convert(wav, rate)
+        probs, n_windows = classify_waveform(
+            model, wav, num_samples, None, batch_size
+        )
         best = top_k_labels(model, probs, top_k)
         results.append(
             {
@@ -240,8 +242,13 @@ def format_line(result):
 
     Example
     -------
-    >>> r = {"path": "a.wav", "top_k": [{"label": "siren", "prob": 0.91234},
-    ...                                 {"label": "car_horn", "prob": 0.05}]}
+    >>> r = {
+    ...     "path": "a.wav",
+    ...     "top_k": [
+    ...         {"label": "siren", "prob": 0.91234},
+    ...         {"label": "car_horn", "prob": 0.05},
+    ...     ],
+    ... }
     >>> format_line(r).split("\\t")
     ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
     """

@@ -18,7 +18,7 @@ listed folds train. With folds 1..10: test 1 / valid 2, test 2 / valid 3, ...,
 test 10 / valid 1. The validation fold is thus never the test fold, and every
 fold is validated on once and tested on once.
 
-Each fold runs the recipe (``python -m sb_urbansound.train``) in a subprocess with
+Each fold runs the recipe (the ``train.py`` beside the YAML's ``hparams`` folder) in\na subprocess with
 ``--output_folder=<output_folder>/fold_<k>`` and the three fold lists, so each
 fold is isolated (logging handlers, CUDA memory) and resumable: a fold whose
 ``test_results.json`` exists is skipped, an unfinished one is rerun in the same
@@ -28,7 +28,6 @@ folder holds ``crossval_results.json``, ``crossval_report.md``,
 """
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -36,7 +35,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sb_urbansound.utils import atomic_write_json
+from sb_urbansound.atomic import atomic_write_json
+from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.sources.folds import parse_fold_list
 
 __all__ = [
     "CrossvalError",
@@ -60,7 +61,7 @@ FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
 
 
-class CrossvalError(ValueError):
+class CrossvalError(UserError, ValueError):
     """A problem with the cross-validation's arguments or output folder."""
 
 
@@ -98,27 +99,74 @@ class FoldPlan:
 
 
 def _as_fold_list(value, what):
-    """Turn a YAML value (list, int, or comma-separated string) into a list of int."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise CrossvalError(f"{what}: cannot parse {value!r}: {e}") from None
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        value = [value]
+    """A fold list, or a :class:`CrossvalError` that says what is wrong."""
     try:
-        out = [int(v) for v in value]
-    except (TypeError, ValueError):
+        return parse_fold_list(value, what)
+    except DataPrepError as e:
+        raise CrossvalError(str(e)) from None
+
+
+def recipe_script(hparams_file):
+    """The recipe's ``train.py`` for a YAML file: ``<recipe>/hparams/x.yaml``.
+
+    Arguments
+    ---------
+    hparams_file : str or Path
+        A YAML file in a recipe's ``hparams`` folder (links are followed, so
+        the repository's top-level ``hparams/`` works too).
+
+    Returns
+    -------
+    Path
+        The recipe's ``train.py``.
+
+    Raises
+    ------
+    CrossvalError
+        If there is no ``train.py`` beside the YAML's folder.
+
+    Example
+    -------
+    >>> recipe_script("no/hparams/x.yaml")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.crossval.CrossvalError: no recipe script ...
+    """
+    script = Path(hparams_file).resolve().parent.parent / "train.py"
+    if not script.is_file():
         raise CrossvalError(
-            f"{what}: expected a list of fold numbers such as [1,2,3], got {value!r}"
-        ) from None
-    return out
+            f"no recipe script {script} for {hparams_file}: the YAML must be in "
+            "the hparams/ folder of a recipe (beside its train.py)"
+        )
+    return script
+
+
+def import_recipe(script):
+    """Import a recipe's ``train.py`` as a module (to call its ``main``).
+
+    The recipe's folder is put on ``sys.path``, as ``python train.py`` does,
+    so that its YAML files find the recipe's own modules
+    (``urbansound8k_prepare``).
+
+    Arguments
+    ---------
+    script : str or Path
+        The recipe's ``train.py``.
+
+    Returns
+    -------
+    module
+        The imported recipe.
+    """
+    import importlib.util
+
+    script = Path(script).resolve()
+    if str(script.parent) not in sys.path:
+        sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location("sb_recipe_train", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def assign_folds(folds):
@@ -247,7 +295,14 @@ def parse_crossval_args(argv):
     Example
     -------
     >>> a = parse_crossval_args(
-    ...     ["h.yaml", "--output_folder", "out", "--leaky-random-split", "--x=1"])
+    ...     [
+    ...         "h.yaml",
+    ...         "--output_folder",
+    ...         "out",
+    ...         "--leaky-random-split",
+    ...         "--x=1",
+    ...     ]
+    ... )
     >>> a.output_folder, a.leaky, a.passthrough
     ('out', True, ['--x=1'])
     """
@@ -255,7 +310,9 @@ def parse_crossval_args(argv):
     if not argv or argv[0] in ("-h", "--help"):
         raise CrossvalError(USAGE)
     if argv[0].startswith("-"):
-        raise CrossvalError("the first argument must be the recipe YAML\n" + USAGE)
+        raise CrossvalError(
+            "the first argument must be the recipe YAML\n" + USAGE
+        )
     args = CrossvalArgs(hparams_file=argv[0], argv=argv)
     rest = argv[1:]
     i = 0
@@ -359,7 +416,8 @@ def read_recipe_settings(hparams_file, passthrough=()):
     >>> _ = (tmp / "h.yaml").write_text(
     ...     "seed: 1\\nout: !ref results/<seed>\\ntrain_fold_nums: [1, 2]\\n"
     ...     "valid_fold_nums: [3]\\ntest_fold_nums: [4]\\nleaky_random_split: False\\n"
-    ...     "output_folder: !ref <out>\\nmodel: !new:torch.nn.Linear [1, 1]\\n")
+    ...     "output_folder: !ref <out>\\nmodel: !new:torch.nn.Linear [1, 1]\\n"
+    ... )
     >>> s = read_recipe_settings(tmp / "h.yaml", ["--seed=7"])
     >>> s["folds"], s["output_folder"], s["leaky_random_split"]
     ([1, 2, 3, 4], 'results/7', False)
@@ -380,7 +438,9 @@ def read_recipe_settings(hparams_file, passthrough=()):
         hint = ""
         if "PLACEHOLDER" in msg:
             hint = " (pass it on the command line, e.g. --data_folder=...)"
-        raise CrossvalError(f"cannot read {hparams_file}: {msg}{hint}") from None
+        raise CrossvalError(
+            f"cannot read {hparams_file}: {msg}{hint}"
+        ) from None
     except Exception as e:  # ruamel/yaml parse errors and the like
         raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
     if not isinstance(tree, dict):
@@ -449,11 +509,6 @@ def fold_argv(hparams_file, plan, fold_dir, passthrough=(), leaky=False):
     return argv
 
 
-def _package_root():
-    """The folder that contains the ``sb_urbansound`` package."""
-    return str(Path(__file__).resolve().parents[1])
-
-
 def subprocess_runner(argv, fold_dir):
     """Run the recipe on one fold in a fresh Python process.
 
@@ -483,12 +538,8 @@ def subprocess_runner(argv, fold_dir):
     -------
     >>> subprocess_runner(["--help"], "unused")  # doctest: +SKIP
     """
-    cmd = [sys.executable, "-m", "sb_urbansound.train", *argv]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_package_root(), env.get("PYTHONPATH")) if p
-    )
-    proc = subprocess.Popen(cmd, env=env)
+    cmd = [sys.executable, str(recipe_script(argv[0])), *argv]
+    proc = subprocess.Popen(cmd)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
@@ -530,11 +581,11 @@ def inprocess_runner(argv, fold_dir):
 
     Example
     -------
-    >>> inprocess_runner(["h.yaml", "--output_folder=out"], "out")  # doctest: +SKIP
+    >>> inprocess_runner(
+    ...     ["h.yaml", "--output_folder=out"], "out"
+    ... )  # doctest: +SKIP
     """
-    from sb_urbansound.train import main as train_main
-
-    train_main(list(argv))
+    import_recipe(recipe_script(argv[0])).main(list(argv))
 
 
 def _read_json(path):
@@ -619,9 +670,8 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     -------
     >>> run_crossval(["hparams/cnn.yaml", "--data_folder=d"])  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     from sb_urbansound import report
+    from tqdm.auto import tqdm
 
     runner = runner or subprocess_runner
     log = log or tqdm.write
@@ -655,7 +705,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     )
 
     fold_results, histories, seconds = [], {}, {}
-    bar = tqdm(total=len(plans), desc="crossval", unit="fold", disable=not progress)
+    bar = tqdm(
+        total=len(plans), desc="crossval", unit="fold", disable=not progress
+    )
     try:
         for plan in plans:
             fold_dir = out_dir / plan.name
@@ -667,7 +719,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
             marker = _read_json(marker_path) if marker_path.exists() else None
             if marker is not None:
                 diff = _marker_mismatch(marker, plan, leaky)
-                if diff and (results_path.exists() or _has_checkpoint(fold_dir)):
+                if diff and (
+                    results_path.exists() or _has_checkpoint(fold_dir)
+                ):
                     raise CrossvalError(
                         f"{fold_dir} was run with a different fold assignment "
                         f"({diff}). Use a new --output_folder, or delete {fold_dir} "
@@ -729,12 +783,16 @@ def run_crossval(argv, runner=None, log=None, progress=True):
             if history_path.exists():
                 histories[plan.test] = _read_json(history_path)
             else:
-                log(f"warning: no {history_path}; fold {plan.test} has no curves")
+                log(
+                    f"warning: no {history_path}; fold {plan.test} has no curves"
+                )
             bar.update(1)
     finally:
         bar.close()
 
-    repeated = _test_set_overlap(args.hparams_file, args.passthrough, plans, out_dir)
+    repeated = _test_set_overlap(
+        args.hparams_file, args.passthrough, plans, out_dir
+    )
     if repeated:
         log(
             f"WARNING: {len(repeated)} clip(s) are in the test set of more than one "

@@ -27,9 +27,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from sb_urbansound import __version__
+from sb_urbansound.errors import UserError
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _CONTENT_RANGE_UNSATISFIED = re.compile(r"bytes\s+\*/(\d+)")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """Raised when the data set cannot be downloaded, verified or put in place.
 
     The message says what went wrong, which URL or folder it concerns, and what
@@ -146,8 +146,12 @@ def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
     >>> tmp = getfixture("tmp_path")
     >>> src = tmp / "src.bin"
     >>> _ = src.write_bytes(b"hello")
-    >>> out = download_file(src.as_uri(), tmp / "copy.bin", progress=False,
-    ...                     md5="5d41402abc4b2a76b9719d911017c592")
+    >>> out = download_file(
+    ...     src.as_uri(),
+    ...     tmp / "copy.bin",
+    ...     progress=False,
+    ...     md5="5d41402abc4b2a76b9719d911017c592",
+    ... )
     >>> out.read_bytes()
     b'hello'
     """
@@ -157,7 +161,9 @@ def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
         if expected is None or _file_md5(dest) == expected:
             logger.info("%s is already downloaded", dest)
             return dest
-        logger.warning("%s does not match MD5 %s; downloading it again", dest, md5)
+        logger.warning(
+            "%s does not match MD5 %s; downloading it again", dest, md5
+        )
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -202,7 +208,9 @@ def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
             "the download."
         )
     if expected is None:
-        logger.warning("No MD5 given for %s; the download was not verified", url)
+        logger.warning(
+            "No MD5 given for %s; the download was not verified", url
+        )
     else:
         logger.info("MD5 of %s verified (%s)", dest.name, digest)
     os.replace(part, dest)
@@ -271,7 +279,9 @@ def download_urbansound8k(
     >>> tmp = getfixture("tmp_path")
     >>> us8k = tmp / "UrbanSound8K"
     >>> (us8k / "metadata").mkdir(parents=True)
-    >>> _ = (us8k / "metadata" / "UrbanSound8K.csv").write_text("slice_file_name\\n")
+    >>> _ = (us8k / "metadata" / "UrbanSound8K.csv").write_text(
+    ...     "slice_file_name\\n"
+    ... )
     >>> download_urbansound8k(us8k) == us8k  # already there: nothing downloaded
     True
     >>> mine = tmp / "my_audio"
@@ -290,7 +300,9 @@ def download_urbansound8k(
     # stays) so that the staging folder is on the same file system as the target.
     target = data_folder.resolve()
     if (target / METADATA_RELPATH).is_file():
-        logger.info("UrbanSound8K is already at %s; not downloading", data_folder)
+        logger.info(
+            "UrbanSound8K is already at %s; not downloading", data_folder
+        )
         return data_folder
     if target.exists() and not target.is_dir():
         raise DownloadError(
@@ -324,7 +336,12 @@ def download_urbansound8k(
     done = False
     try:
         download_file(
-            url, archive, md5=md5, progress=progress, timeout=timeout, retries=retries
+            url,
+            archive,
+            md5=md5,
+            progress=progress,
+            timeout=timeout,
+            retries=retries,
         )
         try:
             _extract_into_place(archive, target, staging)
@@ -389,7 +406,8 @@ def _fetch(url, part, progress, timeout):
                 logger.info("%s is already complete (%d bytes)", part, start)
                 return _file_md5(part)
             logger.warning(
-                "The server cannot resume from byte %d (HTTP 416); restarting", start
+                "The server cannot resume from byte %d (HTTP 416); restarting",
+                start,
             )
             part.unlink()
             return _fetch(url, part, progress, timeout)
@@ -458,19 +476,17 @@ def _fetch(url, part, progress, timeout):
                 )
 
         received = start
-        with (
-            open(part, mode) as f,
-            tqdm(
-                total=total,
-                initial=start,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name[: -len(".part")] or part.name,
-                disable=not progress,
-                dynamic_ncols=True,
-            ) as bar,
-        ):
+        bar = tqdm(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name[: -len(".part")] or part.name,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        with open(part, mode) as f, bar:
             while True:
                 try:
                     chunk = response.read(_CHUNK_BYTES)
@@ -485,7 +501,9 @@ def _fetch(url, part, progress, timeout):
                 received += len(chunk)
                 bar.update(len(chunk))
     if total is not None and received != total:
-        raise _RetryableError(f"connection closed after {received} of {total} bytes")
+        raise _RetryableError(
+            f"connection closed after {received} of {total} bytes"
+        )
     return hasher.hexdigest()
 
 
@@ -493,7 +511,11 @@ def _check_member(member, archive):
     """Refuse archive members that would land outside the extraction folder."""
     name = member.name
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+    if (
+        name.startswith(("/", "\\"))
+        or re.match(r"^[A-Za-z]:", name)
+        or ".." in parts
+    ):
         raise _BadArchiveError(
             f"The archive {archive} contains the unsafe path {name!r} (absolute "
             "or with '..'); refusing to extract it. The archive was deleted."
@@ -507,7 +529,9 @@ def _find_dataset_root(folder, max_depth=2):
         for candidate in level:
             if (candidate / METADATA_RELPATH).is_file():
                 return candidate
-        level = sorted(p for parent in level for p in parent.iterdir() if p.is_dir())
+        level = sorted(
+            p for parent in level for p in parent.iterdir() if p.is_dir()
+        )
     return None
 
 
@@ -527,7 +551,9 @@ def _extract_into_place(archive, target, staging):
                             member.name,
                         )
                         continue
-                    if hasattr(tarfile, "data_filter"):  # 3.12, 3.11.4+, 3.10.12+
+                    if hasattr(
+                        tarfile, "data_filter"
+                    ):  # 3.12, 3.11.4+, 3.10.12+
                         tar.extract(member, tmp, filter="data")
                     else:
                         tar.extract(member, tmp)
@@ -573,7 +599,9 @@ def _dispose_archive(archive, parent, keep_archive):
     kept = parent / archive.name
     if kept.exists():
         logger.warning(
-            "%s already exists; the archive is left at %s instead", kept, archive
+            "%s already exists; the archive is left at %s instead",
+            kept,
+            archive,
         )
         return
     os.replace(archive, kept)

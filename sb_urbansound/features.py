@@ -1,5 +1,5 @@
-"""Batched features for sound classification: mel spectrogram in dB, SpecAugment
-filled with the clip's mean, and the tutorial's per-batch standardisation.
+"""Batched features for sound classification: mel spectrogram in dB, and the
+tutorial's per-batch (or a per-clip) standardisation.
 
 These are small ``torch.nn.Module`` objects in the style of
 ``torchaudio.transforms``: configure them in the constructor (from the YAML), call
@@ -13,8 +13,7 @@ Authors
 
 import torch
 import torchaudio
-
-from sb_urbansound.pipeline import rechannel
+from sb_urbansound.audio import rechannel
 
 # On CPU the STFT of a whole batch (e.g. 16 stereo clips of 4 s: 45 MB of complex
 # bins) spills out of the caches and runs ~3x slower than in small pieces; signals
@@ -50,7 +49,9 @@ class MelSpectrogramDB(torch.nn.Module):
 
     Example
     -------
-    >>> feats = MelSpectrogramDB(sample_rate=16000, n_fft=512, n_mels=32, channels=2)
+    >>> feats = MelSpectrogramDB(
+    ...     sample_rate=16000, n_fft=512, n_mels=32, channels=2
+    ... )
     >>> feats(torch.randn(3, 16000)).shape
     torch.Size([3, 2, 32, 63])
     """
@@ -76,7 +77,9 @@ class MelSpectrogramDB(torch.nn.Module):
             f_min=f_min,
             f_max=f_max,
         )
-        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=top_db)
+        self.to_db = torchaudio.transforms.AmplitudeToDB(
+            stype="power", top_db=top_db
+        )
 
     def forward(self, wavs):
         """Compute the spectrograms.
@@ -109,7 +112,11 @@ class MelSpectrogramDB(torch.nn.Module):
         and, on CPU, the signals go through the STFT in cache-sized chunks.
         """
         spectrogram = self.melspec.spectrogram
-        if spectrogram.power != 2.0 or spectrogram.normalized or spectrogram.pad:
+        if (
+            spectrogram.power != 2.0
+            or spectrogram.normalized
+            or spectrogram.pad
+        ):
             return self.melspec(signals)
         flat = signals.reshape(-1, signals.shape[-1])
         chunk = flat.shape[0]
@@ -132,89 +139,11 @@ class MelSpectrogramDB(torch.nn.Module):
             )
             bins = torch.view_as_real(stft)
             power = bins[..., 0].square() + bins[..., 1].square()
-            parts.append(torch.matmul(power.transpose(-1, -2), fbank).transpose(-1, -2))
+            parts.append(
+                torch.matmul(power.transpose(-1, -2), fbank).transpose(-1, -2)
+            )
         mel = torch.cat(parts)
         return mel.reshape(signals.shape[:-1] + mel.shape[-2:])
-
-
-def _band_masks(batch, size, max_width, device, generator=None):
-    """One random band ``[start, end)`` per clip, as a ``[batch, size]`` bool mask.
-
-    Same law as ``torchaudio.functional.mask_along_axis``: width uniform in
-    ``[0, max_width)``, start uniform in ``[0, size - width)``.
-    """
-    width = torch.rand(batch, 1, device=device, generator=generator) * max_width
-    start = torch.rand(batch, 1, device=device, generator=generator) * (size - width)
-    start, end = start.long(), (start + width).long()
-    idx = torch.arange(size, device=device).unsqueeze(0)
-    return (idx >= start) & (idx < end)
-
-
-class SpecAugment(torch.nn.Module):
-    """Frequency and time masks filled with each clip's mean, applied batched.
-
-    The tutorial applies ``torchaudio.transforms.FrequencyMasking`` and
-    ``TimeMasking`` clip by clip with ``mask_value=spec.mean()``. torchaudio's
-    masking takes a single fill value for a whole batch, so this module draws
-    independent masks per clip and fills each with that clip's own mean, as the
-    tutorial does, in one pass over the batch. Masks are shared by a clip's
-    channels, as in the tutorial.
-
-    Arguments
-    ---------
-    max_mask_pct : float
-        Largest mask width as a fraction of the number of mel bands (frequency
-        masks) or of frames (time masks).
-    n_freq_masks : int
-        Number of frequency masks per clip.
-    n_time_masks : int
-        Number of time masks per clip.
-
-    Example
-    -------
-    >>> aug = SpecAugment(max_mask_pct=0.5, n_freq_masks=2, n_time_masks=2)
-    >>> spec = torch.randn(4, 2, 16, 40)
-    >>> aug(spec).shape
-    torch.Size([4, 2, 16, 40])
-    """
-
-    def __init__(self, max_mask_pct=0.1, n_freq_masks=1, n_time_masks=1):
-        super().__init__()
-        self.max_mask_pct = max_mask_pct
-        self.n_freq_masks = n_freq_masks
-        self.n_time_masks = n_time_masks
-
-    def forward(self, spec, generator=None):
-        """Mask a batch of spectrograms.
-
-        Arguments
-        ---------
-        spec : torch.Tensor
-            ``[batch, channels, freq, time]``.
-        generator : torch.Generator, optional
-            Source of randomness (default: torch's global generator).
-
-        Returns
-        -------
-        torch.Tensor
-            The masked spectrograms (a new tensor).
-        """
-        batch, _, n_freq, n_time = spec.shape
-        mean = spec.mean(dim=(1, 2, 3), keepdim=True)
-        masked = torch.zeros(
-            batch, 1, n_freq, n_time, dtype=torch.bool, device=spec.device
-        )
-        for _ in range(self.n_freq_masks):
-            band = _band_masks(
-                batch, n_freq, self.max_mask_pct * n_freq, spec.device, generator
-            )
-            masked |= band[:, None, :, None]
-        for _ in range(self.n_time_masks):
-            band = _band_masks(
-                batch, n_time, self.max_mask_pct * n_time, spec.device, generator
-            )
-            masked |= band[:, None, None, :]
-        return torch.where(masked, mean.expand_as(spec), spec)
 
 
 class BatchStandardize(torch.nn.Module):

@@ -16,6 +16,7 @@ loads without the data set, the manifests or any training object::
 Load it with::
 
     from speechbrain.inference.classifiers import EncoderClassifier
+
     model = EncoderClassifier.from_hparams(source=folder, savedir=folder)
     out_prob, score, index, labels = model.classify_file("dog.wav")
 
@@ -24,7 +25,7 @@ SpeechBrain writes to ``<output_folder>/hyperparams.yaml``): the definition of
 every module in ``hparams["modules"]`` and the label encoder are kept with the
 values used in training; everything else (data, preparation, optimiser,
 checkpointer) is left out. It adds ``sample_rate``, ``channels`` and
-``duration_ms``, an ``audio_normalizer`` (:class:`TrainingAudioNormalizer`: the
+``duration_ms``, an ``audio_normalizer`` (:class:`~sb_urbansound.audio.ClipConditioner`: the
 training pipeline's resampling and channel conversion, used by
 ``classify_file``) and a ``pretrainer`` whose loadables are the modules and the
 label encoder. The pretrainer has no ``paths``: each loadable is read from
@@ -47,22 +48,16 @@ Authors
 import io
 import logging
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
-from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
+from sb_urbansound.atomic import make_temp_folder, replace_folder
+from sb_urbansound.audio import ClipConditioner, pad_trunc
 
-from sb_urbansound.pipeline import (
-    Resampler,
-    convert_audio,
-    pad_trunc,
-    remove_dc_offset,
-)
+from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +77,11 @@ RESERVED_KEYS = (
 _DEFAULT_LABEL_ENCODER = "!new:speechbrain.dataio.encoder.CategoricalEncoder"
 
 
-class TrainingAudioNormalizer:
-    """The training pipeline's resampling and channel conversion, for inference.
+class TrainingAudioNormalizer(ClipConditioner):
+    """The audio normaliser of model folders exported by sb-urbansound 0.1.
 
-    SpeechBrain's ``Pretrained.load_audio`` (used by ``classify_file``) passes
-    every file through ``hparams.audio_normalizer(signal, sample_rate)``; the
-    default one converts to mono 16 kHz. This one does what the recipe's data
-    pipeline does: down-mix (if the file has more channels than the model),
-    resample to the model's rate, up-mix (mono to stereo by duplication), and,
-    with ``pad_to_ms``, pad clips shorter than the training duration with zeros
-    at the end, exactly as evaluation does. Longer clips are not truncated.
+    Kept so that those folders still load; new exports name
+    :class:`sb_urbansound.audio.ClipConditioner` directly.
 
     Arguments
     ---------
@@ -100,60 +90,19 @@ class TrainingAudioNormalizer:
     channels : int
         The model's channel count.
     pad_to_ms : float, optional
-        Pad shorter clips to this duration (ms); ``None`` pads nothing.
+        Pad shorter clips to this duration (ms).
     remove_dc : bool
-        Subtract each channel's mean, as training does when its ``remove_dc``
-        is set.
+        Subtract each channel's mean.
 
     Example
     -------
-    >>> norm = TrainingAudioNormalizer(sample_rate=16000, channels=2, pad_to_ms=1000)
+    >>> norm = TrainingAudioNormalizer(16000, channels=2, pad_to_ms=1000)
     >>> norm(torch.randn(4000), 8000).shape
     torch.Size([16000, 2])
-    >>> norm(torch.randn(44100, 2), 22050).shape
-    torch.Size([32000, 2])
     """
 
     def __init__(self, sample_rate, channels, pad_to_ms=None, remove_dc=False):
-        self.sample_rate = int(sample_rate)
-        self.channels = int(channels)
-        self.pad_to_ms = pad_to_ms
-        self.remove_dc = remove_dc
-        self.resampler = Resampler(self.sample_rate)
-
-    @property
-    def pad_to_samples(self):
-        """The padded length in samples at the model rate (``None``: no padding)."""
-        if self.pad_to_ms is None:
-            return None
-        return int(round(self.sample_rate * self.pad_to_ms / 1000.0))
-
-    def __call__(self, audio, sample_rate):
-        """Convert ``audio`` to the model's rate and channels (and pad it).
-
-        Arguments
-        ---------
-        audio : torch.Tensor
-            ``[time]`` (mono) or ``[time, channels]``.
-        sample_rate : int
-            The rate of ``audio``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[new_time, channels]`` on the device of ``audio``.
-        """
-        device = audio.device
-        wav = audio.detach().to("cpu", torch.float32)
-        if wav.dim() == 1:
-            wav = wav.unsqueeze(-1)
-        wav = convert_audio(wav, sample_rate, self.resampler, self.channels)
-        if self.remove_dc:
-            wav = remove_dc_offset(wav)
-        target = self.pad_to_samples
-        if target is not None and wav.shape[0] < target:
-            wav = pad_trunc(wav, target, random=False)
-        return wav.to(device)
+        super().__init__(sample_rate, channels, pad_to_ms, remove_dc)
 
 
 # ------------------------------------------------------------------- export
@@ -249,7 +198,9 @@ def make_inference_yaml(
     tree = YAML().load(training_yaml)
     modules = tree.get("modules") if tree is not None else None
     if not isinstance(modules, dict):
-        raise ValueError("The training YAML has no `modules` mapping to export.")
+        raise ValueError(
+            "The training YAML has no `modules` mapping to export."
+        )
     for name in module_names:
         if name in RESERVED_KEYS:
             raise ValueError(
@@ -257,7 +208,9 @@ def make_inference_yaml(
                 f"itself ({', '.join(RESERVED_KEYS)}); rename it."
             )
         if name not in modules:
-            raise ValueError(f"Module {name!r} is not in the training YAML's modules.")
+            raise ValueError(
+                f"Module {name!r} is not in the training YAML's modules."
+            )
     out = CommentedMap()
     out["sample_rate"] = int(sample_rate)
     out["channels"] = int(channels)
@@ -287,10 +240,10 @@ def make_inference_yaml(
     lines += [
         "",
         "# classify_file: resample + channels as in training, pad short clips",
-        "audio_normalizer: !new:sb_urbansound.inference.TrainingAudioNormalizer",
+        "audio_normalizer: !new:sb_urbansound.audio.ClipConditioner",
         "  sample_rate: !ref <sample_rate>",
         "  channels: !ref <channels>",
-        "  pad_to_ms: !ref <duration_ms>",
+        "  duration_ms: !ref <duration_ms>",
         "  remove_dc: !ref <remove_dc>",
         "",
         "# Each loadable is read from <folder>/<name>.ckpt (source=<folder>)",
@@ -373,8 +326,12 @@ def export_inference_folder(
     See ``tests/test_inference.py`` (it needs a trained run).
     """
     output_folder = Path(hparams["output_folder"])
-    folder = Path(folder) if folder is not None else output_folder / MODEL_SUBFOLDER
-    yaml_file = Path(yaml_file) if yaml_file else output_folder / "hyperparams.yaml"
+    folder = (
+        Path(folder) if folder is not None else output_folder / MODEL_SUBFOLDER
+    )
+    yaml_file = (
+        Path(yaml_file) if yaml_file else output_folder / "hyperparams.yaml"
+    )
     if checkpointer is None:
         checkpointer = hparams.get("checkpointer")
     modules = {k: v for k, v in hparams["modules"].items() if v is not None}
@@ -409,9 +366,8 @@ def export_inference_folder(
     )
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    tmp = make_temp_folder(folder.parent, folder.name)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700)
         (tmp / "hyperparams.yaml").write_text(text, encoding="utf-8")
         for name, module in modules.items():
             target = tmp / f"{name}.ckpt"
@@ -432,32 +388,15 @@ def export_inference_folder(
             model = load_model(tmp)
             n_labels = len(model.hparams.label_encoder)
             if n_labels != len(hparams["label_encoder"]):
-                raise RuntimeError(f"The exported label encoder has {n_labels} labels")
-        _replace_folder(tmp, folder)
+                raise RuntimeError(
+                    f"The exported label encoder has {n_labels} labels"
+                )
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("Inference folder written to %s", folder)
     return folder
-
-
-def _umask():
-    """The process's file-mode creation mask."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _replace_folder(new, folder):
-    """Move folder ``new`` to ``folder``, replacing an existing one."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(new, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- inference
@@ -534,8 +473,11 @@ def model_audio_spec(model):
     Example
     -------
     >>> from types import SimpleNamespace
-    >>> m = SimpleNamespace(hparams=SimpleNamespace(
-    ...     sample_rate=16000, channels=2, duration_ms=1000))
+    >>> m = SimpleNamespace(
+    ...     hparams=SimpleNamespace(
+    ...         sample_rate=16000, channels=2, duration_ms=1000
+    ...     )
+    ... )
     >>> model_audio_spec(m)
     (16000, 2, 16000)
     """
@@ -557,7 +499,7 @@ def model_audio_spec(model):
 
 
 def sliding_windows(wav, num_samples, hop=None):
-    """Cut a ``[time, channels]`` clip into windows of ``num_samples``.
+    """Cut a clip (time first) into windows of ``num_samples``.
 
     A clip no longer than ``num_samples`` gives one window, zero-padded at the
     end as in evaluation (``pad_trunc(..., random=False)``). A longer clip gives
@@ -568,7 +510,7 @@ def sliding_windows(wav, num_samples, hop=None):
     Arguments
     ---------
     wav : torch.Tensor
-        ``[time, channels]``.
+        ``[time]`` or ``[time, channels]``.
     num_samples : int
         The window length (the training clip length).
     hop : int, optional
@@ -577,15 +519,14 @@ def sliding_windows(wav, num_samples, hop=None):
     Returns
     -------
     torch.Tensor
-        ``[n_windows, num_samples, channels]``; ``n_windows`` is
+        ``[n_windows, num_samples(, channels)]``; ``n_windows`` is
         ``1 + ceil((time - num_samples) / hop)`` for a longer clip.
 
     Example
     -------
     >>> sliding_windows(torch.ones(3, 2), 4).shape
     torch.Size([1, 4, 2])
-    >>> w = sliding_windows(torch.arange(10).unsqueeze(1), 4)
-    >>> w.squeeze(-1).tolist()
+    >>> sliding_windows(torch.arange(10), 4).tolist()
     [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9]]
     >>> sliding_windows(torch.ones(11, 1), 4).shape[0]
     5
@@ -599,7 +540,8 @@ def sliding_windows(wav, num_samples, hop=None):
         return pad_trunc(wav, num_samples, random=False).unsqueeze(0)
     n_windows = 1 + math.ceil((length - num_samples) / hop)
     padded = pad_trunc(wav, (n_windows - 1) * hop + num_samples, random=False)
-    return padded.unfold(0, num_samples, hop).transpose(1, 2)
+    windows = padded.unfold(0, num_samples, hop)  # [n, (channels,) time]
+    return windows if windows.dim() == 2 else windows.transpose(1, 2)
 
 
 @torch.no_grad()
@@ -648,7 +590,9 @@ def window_log_probs(model, windows, batch_size=16):
     lens = torch.ones(n, device=device)
     feats = mods.mean_var_norm(feats, lens)
     scores = []
-    for f, f_lens in zip(feats.split(batch_size), lens.split(batch_size), strict=True):
+    for f, f_lens in zip(
+        feats.split(batch_size), lens.split(batch_size), strict=True
+    ):
         out = mods.classifier(mods.embedding_model(f, f_lens))
         scores.append(out.reshape(f.shape[0], -1).float().cpu())
     return torch.cat(scores)
@@ -658,7 +602,7 @@ def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
     """Class probabilities of one clip, averaged over its sliding windows.
 
     ``wav`` must already be at the model's rate and channel count (see
-    :class:`TrainingAudioNormalizer`). It is cut by :func:`sliding_windows`
+    :class:`~sb_urbansound.audio.ClipConditioner`). It is cut by :func:`sliding_windows`
     (window = the training clip length, hop = half a window by default), the
     windows are scored together by :func:`window_log_probs`, each window's
     scores become probabilities (softmax) and the probabilities are averaged.

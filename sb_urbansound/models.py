@@ -54,8 +54,12 @@ class CNNEmbedding(torch.nn.Module):
             paddings = [k // 2 for k in kernel_sizes]
         layers = []
         prev = in_channels
-        for out, k, s, p in zip(channels, kernel_sizes, strides, paddings, strict=True):
-            conv = torch.nn.Conv2d(prev, out, kernel_size=k, stride=s, padding=p)
+        for out, k, s, p in zip(
+            channels, kernel_sizes, strides, paddings, strict=True
+        ):
+            conv = torch.nn.Conv2d(
+                prev, out, kernel_size=k, stride=s, padding=p
+            )
             torch.nn.init.kaiming_normal_(conv.weight, a=0.1)
             torch.nn.init.zeros_(conv.bias)
             layers += [conv, torch.nn.ReLU(), torch.nn.BatchNorm2d(out)]

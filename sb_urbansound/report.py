@@ -6,26 +6,31 @@ can be tested on synthetic numbers and rerun on finished folds at any time.
 Accuracies are fractions in ``[0, 1]`` (the recipe's convention); the report
 prints them as percentages.
 
-Files are written atomically (see :mod:`sb_urbansound.utils`). Plots use
+Files are written atomically (see :mod:`sb_urbansound.atomic`). Plots use
 matplotlib's Agg backend through :class:`matplotlib.figure.Figure` directly, so
 nothing here touches ``pyplot``'s global state or needs a display.
 """
 
 import io
+import json
 import math
-import os
-import platform
+from pathlib import Path
 
 import numpy as np
-
-from sb_urbansound.utils import atomic_write_bytes, atomic_write_text
+from sb_urbansound.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 __all__ = [
     "aggregate_folds",
     "write_markdown_report",
     "plot_confusion_matrix",
     "plot_learning_curves",
-    "hardware_description",
+    "append_history",
+    "classification_results",
+    "confusion_matrix",
     "format_duration",
 ]
 
@@ -99,14 +104,24 @@ def aggregate_folds(fold_results):
     Example
     -------
     >>> folds = [
-    ...     {"test_fold": 1, "valid_folds": [2], "accuracy": 0.5,
-    ...      "per_class_accuracy": {"a": 1.0, "b": 0.0},
-    ...      "confusion_matrix": [[1, 0], [1, 0]], "labels": ["a", "b"],
-    ...      "n_clips": 2},
-    ...     {"test_fold": 2, "valid_folds": [1], "accuracy": 1.0,
-    ...      "per_class_accuracy": {"a": 1.0, "b": 1.0},
-    ...      "confusion_matrix": [[1, 0], [0, 1]], "labels": ["a", "b"],
-    ...      "n_clips": 2},
+    ...     {
+    ...         "test_fold": 1,
+    ...         "valid_folds": [2],
+    ...         "accuracy": 0.5,
+    ...         "per_class_accuracy": {"a": 1.0, "b": 0.0},
+    ...         "confusion_matrix": [[1, 0], [1, 0]],
+    ...         "labels": ["a", "b"],
+    ...         "n_clips": 2,
+    ...     },
+    ...     {
+    ...         "test_fold": 2,
+    ...         "valid_folds": [1],
+    ...         "accuracy": 1.0,
+    ...         "per_class_accuracy": {"a": 1.0, "b": 1.0},
+    ...         "confusion_matrix": [[1, 0], [0, 1]],
+    ...         "labels": ["a", "b"],
+    ...         "n_clips": 2,
+    ...     },
     ... ]
     >>> res = aggregate_folds(folds)
     >>> res["mean"], round(res["std"], 4), res["confusion_matrix"]
@@ -118,7 +133,9 @@ def aggregate_folds(fold_results):
 
     labels = [str(label) for label in fold_results[0]["labels"]]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"fold {fold_results[0]['test_fold']}: duplicate labels")
+        raise ValueError(
+            f"fold {fold_results[0]['test_fold']}: duplicate labels"
+        )
     n = len(labels)
     total = np.zeros((n, n), dtype=np.int64)
     folds = []
@@ -155,7 +172,8 @@ def aggregate_folds(fold_results):
                 "valid_folds": [int(v) for v in res["valid_folds"]],
                 "accuracy": float(res["accuracy"]),
                 "per_class_accuracy": {
-                    label: _clean_float(per_class.get(label)) for label in labels
+                    label: _clean_float(per_class.get(label))
+                    for label in labels
                 },
                 "n_clips": n_clips,
             }
@@ -257,11 +275,20 @@ def write_markdown_report(
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> res = aggregate_folds([
-    ...     {"test_fold": k, "valid_folds": [k % 3 + 1], "accuracy": a,
-    ...      "per_class_accuracy": {"a": a, "b": a},
-    ...      "confusion_matrix": [[1, 0], [0, 1]], "labels": ["a", "b"],
-    ...      "n_clips": 2} for k, a in [(1, 0.5), (2, 0.75), (3, 1.0)]])
+    >>> res = aggregate_folds(
+    ...     [
+    ...         {
+    ...             "test_fold": k,
+    ...             "valid_folds": [k % 3 + 1],
+    ...             "accuracy": a,
+    ...             "per_class_accuracy": {"a": a, "b": a},
+    ...             "confusion_matrix": [[1, 0], [0, 1]],
+    ...             "labels": ["a", "b"],
+    ...             "n_clips": 2,
+    ...         }
+    ...         for k, a in [(1, 0.5), (2, 0.75), (3, 1.0)]
+    ...     ]
+    ... )
     >>> text = write_markdown_report(tmp / "r.md", res, "python -m ...", "CPU")
     >>> "75.00 ± 25.00 %" in text
     True
@@ -288,7 +315,9 @@ def write_markdown_report(
     lines.append(
         f"**Accuracy: {acc_text}** "
         f"(mean ± sample standard deviation over {len(folds)} folds, "
-        f"{n_total} test clips in all" + (", leaky random split" if leaky else "") + ")"
+        f"{n_total} test clips in all"
+        + (", leaky random split" if leaky else "")
+        + ")"
     )
     lines.append("")
     lines.append("## Per-fold results")
@@ -426,12 +455,17 @@ def plot_confusion_matrix(path, cm, labels, title=None):
     fig = _new_figure(size + 1.0, size)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fig.colorbar(
+        im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class"
+    )
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xticklabels(labels, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticklabels(
-        [f"{label} ({int(t)})" for label, t in zip(labels, totals.ravel(), strict=True)]
+        [
+            f"{label} ({int(t)})"
+            for label, t in zip(labels, totals.ravel(), strict=True)
+        ]
     )
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class (number of clips)")
@@ -483,8 +517,17 @@ def plot_learning_curves(path, histories, title=None):
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> hist = {1: [{"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.3,
-    ...              "valid_loss": 2.1, "valid_accuracy": 0.25}]}
+    >>> hist = {
+    ...     1: [
+    ...         {
+    ...             "epoch": 1,
+    ...             "train_loss": 2.0,
+    ...             "train_accuracy": 0.3,
+    ...             "valid_loss": 2.1,
+    ...             "valid_accuracy": 0.25,
+    ...         }
+    ...     ]
+    ... }
     >>> plot_learning_curves(tmp / "lc.png", hist).stat().st_size > 0
     True
     """
@@ -540,7 +583,11 @@ def plot_learning_curves(path, histories, title=None):
     ax_acc.set_title("Accuracy per epoch")
     if not anything:
         ax_loss.text(
-            0.5, 0.5, "no epochs recorded", ha="center", transform=ax_loss.transAxes
+            0.5,
+            0.5,
+            "no epochs recorded",
+            ha="center",
+            transform=ax_loss.transAxes,
         )
     style_handles = [
         Line2D([], [], color="black", linestyle="-", label="train"),
@@ -553,52 +600,131 @@ def plot_learning_curves(path, histories, title=None):
         fontsize=8,
         title="test fold",
     )
-    fig.suptitle(title or "Learning curves per test fold (train solid, valid dashed)")
+    fig.suptitle(
+        title or "Learning curves per test fold (train solid, valid dashed)"
+    )
     return _save_png(fig, path)
 
 
-def _cpu_model():
-    """The CPU's model name, best effort."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+def append_history(path, epoch, lr, train_stats, valid_stats):
+    """Record one epoch in ``history.json``, the machine-readable learning curve.
 
+    An epoch already recorded (a resumed run that repeats it) is replaced, and
+    later ones are dropped.
 
-def hardware_description():
-    """Describe the machine: CPU model and cores, GPU if any, torch version.
+    Arguments
+    ---------
+    path : str or Path
+        The history file (a JSON list, one object per epoch).
+    epoch : int
+        The epoch.
+    lr : float
+        The learning rate at the end of the epoch.
+    train_stats : dict
+        ``loss`` and ``accuracy`` of the training stage.
+    valid_stats : dict
+        ``loss`` and ``accuracy`` of the validation stage.
 
     Returns
     -------
-    str
-        One line, e.g. ``"CPU: AMD EPYC (2 cores); GPU: none; torch 2.11.0;
-        Python 3.11.9 on Linux"``.
+    list of dict
+        The history.
 
     Example
     -------
-    >>> "torch" in hardware_description()
-    True
+    >>> tmp = getfixture("tmp_path")
+    >>> s = {"loss": 1.0, "accuracy": 0.5}
+    >>> _ = append_history(tmp / "h.json", 1, 0.1, s, s)
+    >>> [h["epoch"] for h in append_history(tmp / "h.json", 2, 0.1, s, s)]
+    [1, 2]
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count()
-    parts = [f"CPU: {_cpu_model()} ({cores} cores available)"]
-    try:
-        import torch
+    history = []
+    if Path(path).exists():
+        with open(path, encoding="utf-8") as f:
+            history = [h for h in json.load(f) if h["epoch"] < epoch]
+    train_stats = train_stats or {}
+    history.append(
+        {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_stats.get("loss"),
+            "train_accuracy": train_stats.get("accuracy"),
+            "valid_loss": valid_stats["loss"],
+            "valid_accuracy": valid_stats["accuracy"],
+        }
+    )
+    atomic_write_json(path, history)
+    return history
 
-        if torch.cuda.is_available():
-            n = torch.cuda.device_count()
-            names = sorted({torch.cuda.get_device_name(i) for i in range(n)})
-            parts.append(f"GPU: {n} × {', '.join(names)}")
-        else:
-            parts.append("GPU: none")
-        parts.append(f"torch {torch.__version__}")
-    except ImportError:
-        parts.append("torch not installed")
-    parts.append(f"Python {platform.python_version()} on {platform.system()}")
-    return "; ".join(parts)
+
+def confusion_matrix(targets, predictions, labels):
+    """Count (true, predicted) pairs into a matrix in label order.
+
+    ``ClassificationStats`` builds its matrix over the classes it has seen only,
+    so a class that is never predicted would vanish; this one always has every
+    label, rows true and columns predicted.
+
+    Arguments
+    ---------
+    targets : list of str
+        True labels.
+    predictions : list of str
+        Predicted labels.
+    labels : list of str
+        All labels, in index order.
+
+    Returns
+    -------
+    list of list of int
+        ``len(labels) x len(labels)`` counts.
+
+    Example
+    -------
+    >>> confusion_matrix(["a", "b", "b"], ["a", "a", "b"], ["a", "b", "c"])
+    [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for target, prediction in zip(targets, predictions, strict=True):
+        matrix[index[target]][index[prediction]] += 1
+    return matrix
+
+
+def classification_results(targets, predictions, labels):
+    """Summarise a test run: accuracy, per-class accuracy, confusion matrix.
+
+    Arguments
+    ---------
+    targets : list of str
+        True labels.
+    predictions : list of str
+        Predicted labels.
+    labels : list of str
+        All labels, in index order.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``per_class_accuracy`` (label to value, ``None`` for a
+        class with no clip), ``confusion_matrix``, ``labels``, ``n_clips``.
+
+    Example
+    -------
+    >>> r = classification_results(["a", "b", "b"], ["a", "a", "b"], ["a", "b"])
+    >>> r["accuracy"], r["per_class_accuracy"]
+    (0.6666666666666666, {'a': 1.0, 'b': 0.5})
+    """
+    matrix = confusion_matrix(targets, predictions, labels)
+    per_class = {}
+    for i, label in enumerate(labels):
+        total = sum(matrix[i])
+        per_class[label] = matrix[i][i] / total if total else None
+    n_clips = len(targets)
+    correct = sum(matrix[i][i] for i in range(len(labels)))
+    return {
+        "accuracy": correct / n_clips if n_clips else 0.0,
+        "per_class_accuracy": per_class,
+        "confusion_matrix": matrix,
+        "labels": list(labels),
+        "n_clips": n_clips,
+    }

@@ -67,7 +67,9 @@ def class_frequency(class_idx, n_classes=10):
     return 150.0 * (3500.0 / 150.0) ** (class_idx / max(n_classes - 1, 1))
 
 
-def class_signal(class_idx, sample_rate, seconds, channels, seed=0, n_classes=10):
+def class_signal(
+    class_idx, sample_rate, seconds, channels, seed=0, n_classes=10
+):
     """A [frames, channels] float32 signal whose spectrum identifies the class."""
     rng = np.random.default_rng(seed)
     n = max(int(round(seconds * sample_rate)), 1)
@@ -94,7 +96,9 @@ def write_clip(
     """Write one generated clip to ``path`` (format from the suffix) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = class_signal(class_idx, sample_rate, seconds, channels, seed, n_classes)
+    data = class_signal(
+        class_idx, sample_rate, seconds, channels, seed, n_classes
+    )
     sf.write(str(path), data, sample_rate, subtype=subtype)
     return path
 
@@ -168,7 +172,9 @@ def write_us8k_csv(path, rows, columns=US8K_COLUMNS):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer = csv.DictWriter(
+            f, fieldnames=list(columns), extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -195,7 +201,7 @@ def snapshot_tree(root):
 TINY_CNN_ARGS = [
     "--sample_rate=16000",
     "--duration_ms=1000",
-    "--n_classes=4",
+    "--n_classes=0",
     "--num_workers=0",
     "--download=False",
     "--batch_size=8",
@@ -203,3 +209,26 @@ TINY_CNN_ARGS = [
     "--valid_fold_nums=[3]",
     "--test_fold_nums=[4]",
 ]
+
+# The recipe, in SpeechBrain's layout (the top-level train.py and hparams/ are
+# links into it).
+RECIPE = REPO / "recipes" / "UrbanSound8k" / "SoundClassification"
+HPARAMS = RECIPE / "hparams"
+TRAIN_PY = RECIPE / "train.py"
+
+
+def load_recipe():
+    """The recipe's ``train.py`` as a module (its folder goes on sys.path)."""
+    from sb_urbansound.crossval import import_recipe
+
+    return import_recipe(TRAIN_PY)
+
+
+def load_prepare_module():
+    """The recipe's ``urbansound8k_prepare.py`` as a module."""
+    import importlib
+    import sys
+
+    if str(RECIPE) not in sys.path:
+        sys.path.insert(0, str(RECIPE))
+    return importlib.import_module("urbansound8k_prepare")

@@ -2,12 +2,14 @@
 
 import pytest
 import torch
-from speechbrain.utils import checkpoints as sb_checkpoints
-
 from sb_urbansound.checkpoints import AtomicCheckpointer
 
+from speechbrain.utils import checkpoints as sb_checkpoints
 
-def test_interrupted_save_leaves_last_complete_checkpoint(tmp_path, monkeypatch):
+
+def test_interrupted_save_leaves_last_complete_checkpoint(
+    tmp_path, monkeypatch
+):
     model = torch.nn.Linear(3, 3)
     other = torch.nn.Linear(3, 3)
     ckpt = AtomicCheckpointer(tmp_path, recoverables={"a": model, "b": other})
@@ -21,11 +23,15 @@ def test_interrupted_save_leaves_last_complete_checkpoint(tmp_path, monkeypatch)
 
     def dying_save(obj, path):
         calls.append(path)
-        if len(calls) == 2:  # the first file is written, then the process "dies"
+        if (
+            len(calls) == 2
+        ):  # the first file is written, then the process "dies"
             raise KeyboardInterrupt
         real_save(obj, path)
 
-    monkeypatch.setitem(sb_checkpoints.DEFAULT_SAVE_HOOKS, torch.nn.Module, dying_save)
+    monkeypatch.setitem(
+        sb_checkpoints.DEFAULT_SAVE_HOOKS, torch.nn.Module, dying_save
+    )
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(meta={"step": 2})
     monkeypatch.undo()

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 from helpers import REPO, make_urbansound_tree
-
 from sb_urbansound.crossval import (
     CrossvalError,
     assign_folds,
@@ -35,7 +34,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_every_fold_tested_once_and_valid_never_overlaps(folds):
     plans = assign_folds(folds)
     assert sorted(p.test for p in plans) == sorted(folds)
-    assert sorted(p.valid for p in plans) == sorted(folds)  # each validates once
+    assert sorted(p.valid for p in plans) == sorted(
+        folds
+    )  # each validates once
     for p in plans:
         assert p.valid != p.test
         assert p.test not in p.train and p.valid not in p.train
@@ -45,12 +46,18 @@ def test_every_fold_tested_once_and_valid_never_overlaps(folds):
 
 def test_valid_fold_is_next_listed_fold_cyclically():
     plans = assign_folds(list(range(1, 11)))
-    assert [(p.test, p.valid) for p in plans] == [(k, k % 10 + 1) for k in range(1, 11)]
+    assert [(p.test, p.valid) for p in plans] == [
+        (k, k % 10 + 1) for k in range(1, 11)
+    ]
 
 
 @pytest.mark.parametrize(
     "folds, message",
-    [([1, 2], "at least 3"), ([1], "at least 3"), ([1, 2, 2, 3], "more than once")],
+    [
+        ([1, 2], "at least 3"),
+        ([1], "at least 3"),
+        ([1, 2, 2, 3], "more than once"),
+    ],
 )
 def test_bad_fold_lists(folds, message):
     with pytest.raises(CrossvalError, match=message):
@@ -87,7 +94,9 @@ def test_arguments_split_between_crossval_and_recipe():
         "cpu",
     ]
     assert parse_crossval_args(["h.yaml", "--leaky_random_split=True"]).leaky
-    assert not parse_crossval_args(["h.yaml", "--leaky_random_split=False"]).leaky
+    assert not parse_crossval_args(
+        ["h.yaml", "--leaky_random_split=False"]
+    ).leaky
 
 
 @pytest.mark.parametrize(
@@ -161,7 +170,9 @@ class FakeRunner:
         n_per_class = 4 + test
         cm = np.zeros((3, 3), dtype=int)
         for i in range(3):
-            cm[i] = rng.multinomial(n_per_class, [0.1, 0.1, 0.1] + 0.7 * np.eye(3)[i])
+            cm[i] = rng.multinomial(
+                n_per_class, [0.1, 0.1, 0.1] + 0.7 * np.eye(3)[i]
+            )
         (fold_dir / "test_results.json").write_text(
             json.dumps(
                 {
@@ -199,7 +210,12 @@ class FakeRunner:
 
 
 def cv_argv(out, *extra):
-    return [CNN_YAML, "--data_folder=/nowhere", f"--output_folder={out}", *extra]
+    return [
+        CNN_YAML,
+        "--data_folder=/nowhere",
+        f"--output_folder={out}",
+        *extra,
+    ]
 
 
 def test_run_with_fake_runner_writes_all_outputs(tmp_path):
@@ -258,12 +274,16 @@ def test_clips_in_several_test_sets_are_flagged(tmp_path):
         log=messages.append,
         progress=False,
     )
-    assert any("1 clip(s) are in the test set of more than one" in m for m in messages)
+    assert any(
+        "1 clip(s) are in the test set of more than one" in m for m in messages
+    )
 
 
 def test_default_folds_are_the_yaml_folds(tmp_path):
     runner = FakeRunner()
-    run_crossval(cv_argv(tmp_path), runner=runner, log=lambda m: None, progress=False)
+    run_crossval(
+        cv_argv(tmp_path), runner=runner, log=lambda m: None, progress=False
+    )
     assert [c["test"][0] for c in runner.calls] == list(range(1, 11))
 
 
@@ -280,13 +300,18 @@ def test_resume_skips_finished_folds_and_reruns_the_unfinished_one(tmp_path):
     messages = []
     run_crossval(argv, runner=second, log=messages.append, progress=False)
     assert [c["test"][0] for c in second.calls] == [3, 4, 5]
-    assert second.calls[0]["output_folder"] == str(out / "fold_3")  # same folder
+    assert second.calls[0]["output_folder"] == str(
+        out / "fold_3"
+    )  # same folder
     assert any("fold 1: already finished" in m for m in messages)
     assert any("fold 2: already finished" in m for m in messages)
     assert any("fold 3: resuming" in m for m in messages)
     marker = json.loads((out / "fold_3" / "crossval_fold.json").read_text())
     assert marker["attempts"] == 2
-    assert len(json.loads((out / "crossval_results.json").read_text())["folds"]) == 5
+    assert (
+        len(json.loads((out / "crossval_results.json").read_text())["folds"])
+        == 5
+    )
 
     # A third run trains nothing and rewrites the same results.
     third = FakeRunner()
@@ -385,7 +410,11 @@ def test_end_to_end_tiny_run_and_resume(tmp_path):
         formats=[(8000, 1, "PCM_16"), (16000, 2, "PCM_16")],
     )
     out = tmp_path / "cv"
-    common = ["hparams/cnn.yaml", f"--data_folder={data}", f"--output_folder={out}"]
+    common = [
+        "hparams/cnn.yaml",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+    ]
 
     # A fold that the data does not have: the recipe's clear error, status 1.
     bad = run_cli(*common, "--folds=[1,2,4]", *TINY)
@@ -400,12 +429,21 @@ def test_end_to_end_tiny_run_and_resume(tmp_path):
     assert [f["test_fold"] for f in res["folds"]] == [1, 2, 3]
     assert [f["valid_folds"] for f in res["folds"]] == [[2], [3], [1]]
     assert sorted(res["labels"]) == ["air_conditioner", "car_horn", "siren"]
-    assert np.sum(res["confusion_matrix"]) == 3 * 3 * 2  # every clip tested once
+    assert (
+        np.sum(res["confusion_matrix"]) == 3 * 3 * 2
+    )  # every clip tested once
     assert all(f["n_clips"] == 6 for f in res["folds"])
-    for name in ("crossval_report.md", "confusion_matrix.png", "learning_curves.png"):
+    for name in (
+        "crossval_report.md",
+        "confusion_matrix.png",
+        "learning_curves.png",
+    ):
         assert (out / name).stat().st_size > 0
     for k in (1, 2, 3):
-        assert len(json.loads((out / f"fold_{k}" / "history.json").read_text())) == 1
+        assert (
+            len(json.loads((out / f"fold_{k}" / "history.json").read_text()))
+            == 1
+        )
 
     # Rerun after "losing" fold 3's results: folds 1 and 2 are skipped, fold 3
     # resumes from its checkpoint in the same folder.

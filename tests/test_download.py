@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from sb_urbansound import download as dl
 from sb_urbansound.download import (
     ChecksumError,
@@ -124,7 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(self._answer(416, b"", headers))
                 return
             status, body = 206, data[start:]
-            headers = [("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")]
+            headers = [
+                ("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            ]
         else:
             status, body, headers = 200, data, []
         first = not srv.requests
@@ -195,7 +196,9 @@ def test_download_extract_and_verify(server, tmp_path):
     assert (data_folder / "UrbanSound8K_README.txt").is_file()
     assert not (data_folder / "UrbanSound8K").exists()
     # No archive, partial file or staging folder left behind.
-    assert sorted(p.name for p in data_folder.parent.iterdir()) == ["UrbanSound8K"]
+    assert sorted(p.name for p in data_folder.parent.iterdir()) == [
+        "UrbanSound8K"
+    ]
     assert [r[1:] for r in server.requests] == [(None, 200)]
     # Second call: the data set is there, nothing is requested.
     assert _get(server, data_folder) == data_folder
@@ -262,7 +265,10 @@ def test_dropped_connection_without_retries_keeps_partial(server, tmp_path):
     # The next run resumes from byte n and finishes.
     _get(server, data_folder)
     _assert_dataset(data_folder)
-    assert [r[1:] for r in server.requests] == [(None, 200), (f"bytes={n}-", 206)]
+    assert [r[1:] for r in server.requests] == [
+        (None, 200),
+        (f"bytes={n}-", 206),
+    ]
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
@@ -352,13 +358,19 @@ def test_unreachable_server_gives_up(tmp_path):
     data_folder = tmp_path / "UrbanSound8K"
     with pytest.raises(DownloadError, match="2 attempt") as info:
         download_urbansound8k(
-            data_folder, url=url, progress=False, timeout=CLIENT_TIMEOUT, retries=1
+            data_folder,
+            url=url,
+            progress=False,
+            timeout=CLIENT_TIMEOUT,
+            retries=1,
         )
     assert url in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_reuses_verified_archive_after_failed_move(server, tmp_path, monkeypatch):
+def test_reuses_verified_archive_after_failed_move(
+    server, tmp_path, monkeypatch
+):
     data_folder = tmp_path / "UrbanSound8K"
     calls = []
     real_replace = dl.os.replace

@@ -1,13 +1,18 @@
 """Unit tests for the batched features, SpecAugment, normalisation and the CNN."""
 
 import torch
-
-from sb_urbansound.features import BatchStandardize, MelSpectrogramDB, SpecAugment
+from sb_urbansound.features import (
+    BatchStandardize,
+    MelSpectrogramDB,
+    SpecAugment,
+)
 from sb_urbansound.models import CNNEmbedding, LinearClassifier
 
 
 def test_melspectrogram_shapes_and_top_db():
-    feats = MelSpectrogramDB(sample_rate=44100, n_fft=1024, hop_length=512, n_mels=64)
+    feats = MelSpectrogramDB(
+        sample_rate=44100, n_fft=1024, hop_length=512, n_mels=64
+    )
     wavs = torch.randn(3, 44100 * 4, 2)
     spec = feats(wavs)
     assert spec.shape == (3, 2, 64, 345)  # the tutorial's [2, 64, 345] per clip
@@ -29,7 +34,9 @@ def test_melspectrogram_matches_per_clip():
 
 
 def test_melspectrogram_rechannels_mono_input():
-    feats = MelSpectrogramDB(sample_rate=16000, n_fft=512, n_mels=32, channels=2)
+    feats = MelSpectrogramDB(
+        sample_rate=16000, n_fft=512, n_mels=32, channels=2
+    )
     spec = feats(torch.randn(2, 16000))
     assert spec.shape[:2] == (2, 2)
     assert torch.equal(spec[:, 0], spec[:, 1])
@@ -45,7 +52,9 @@ def test_specaugment_fills_with_clip_mean():
     assert changed.any()
     for i in range(8):
         mean = spec[i].mean()
-        assert torch.allclose(out[i][changed[i]], mean.expand(int(changed[i].sum())))
+        assert torch.allclose(
+            out[i][changed[i]], mean.expand(int(changed[i].sum()))
+        )
         # masks are whole bands: shared by channels
         assert torch.equal(changed[i, 0], changed[i, 1])
     # independent masks per clip
@@ -93,7 +102,9 @@ def test_cnn_configurable():
 def test_melspectrogram_equals_torchaudio():
     import torchaudio
 
-    feats = MelSpectrogramDB(sample_rate=44100, n_fft=1024, hop_length=512, n_mels=64)
+    feats = MelSpectrogramDB(
+        sample_rate=44100, n_fft=1024, hop_length=512, n_mels=64
+    )
     wavs = torch.randn(5, 44100 * 2, 2)
     ref = torchaudio.transforms.AmplitudeToDB(top_db=80)(
         torchaudio.transforms.MelSpectrogram(

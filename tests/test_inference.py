@@ -27,8 +27,6 @@ from helpers import (
     write_clip,
 )
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from speechbrain.inference.classifiers import EncoderClassifier
-
 from sb_urbansound import classify, inference
 from sb_urbansound.inference import (
     TrainingAudioNormalizer,
@@ -39,6 +37,8 @@ from sb_urbansound.inference import (
     window_log_probs,
 )
 from sb_urbansound.pipeline import make_audio_pipeline
+
+from speechbrain.inference.classifiers import EncoderClassifier
 
 CLASSES = US8K_CLASSES[:4]
 SAMPLE_RATE = 16000
@@ -146,7 +146,9 @@ def class_index(label):
     return CLASSES.index(label)
 
 
-def clip(path, label, sample_rate=44100, channels=2, seconds=0.8, subtype="PCM_24"):
+def clip(
+    path, label, sample_rate=44100, channels=2, seconds=0.8, subtype="PCM_24"
+):
     """A generated clip of class ``label`` (same signature as the training data)."""
     return write_clip(
         path,
@@ -180,7 +182,13 @@ def test_model_folder_is_self_contained(trained):
         line for line in text.splitlines() if not line.lstrip().startswith("#")
     )
     # No training objects, no paths to the data or the run
-    for key in ("data_folder", "prepare", "checkpointer", "epoch_counter", "opt_class"):
+    for key in (
+        "data_folder",
+        "prepare",
+        "checkpointer",
+        "epoch_counter",
+        "opt_class",
+    ):
         assert f"{key}:" not in body
     assert str(data) not in body and str(out) not in body
     assert "pretrainer:" in body and "audio_normalizer:" in body
@@ -206,7 +214,9 @@ def test_encoder_classifier_loads_moved_folder_and_classifies_files(
     shutil.copytree(out / "model", folder)
     before = snapshot(folder)
     monkeypatch.chdir(tmp_path)  # paths must not depend on the current folder
-    model = EncoderClassifier.from_hparams(source=str(folder), savedir=str(folder))
+    model = EncoderClassifier.from_hparams(
+        source=str(folder), savedir=str(folder)
+    )
     assert snapshot(folder) == before  # loading writes nothing, links nothing
     assert model.audio_normalizer.sample_rate == SAMPLE_RATE
     for label in CLASSES:
@@ -254,7 +264,9 @@ def test_window_scores_match_classify_batch_in_any_chunking(model):
 
 def test_long_clip_uses_sliding_windows(model, tmp_path):
     label = CLASSES[1]
-    path = clip(tmp_path / "long.wav", label, 22050, 1, 5 * DURATION_S, "PCM_16")
+    path = clip(
+        tmp_path / "long.wav", label, 22050, 1, 5 * DURATION_S, "PCM_16"
+    )
     wav, rate = sf.read(path, dtype="float32", always_2d=True)
     wav = TrainingAudioNormalizer(SAMPLE_RATE, 2)(torch.from_numpy(wav), rate)
     assert wav.shape == (5 * SAMPLE_RATE, 2)
@@ -323,7 +335,9 @@ def test_cli_json_and_long_clip(trained, tmp_path, capsys):
     out, _ = trained
     label = CLASSES[3]
     long_clip = clip(tmp_path / "long.flac", label, 48000, 2, 5 * DURATION_S)
-    short_clip = clip(tmp_path / "short.wav", CLASSES[0], 8000, 1, 0.5, "PCM_16")
+    short_clip = clip(
+        tmp_path / "short.wav", CLASSES[0], 8000, 1, 0.5, "PCM_16"
+    )
     status, stdout, _ = run_cli(
         capsys, out / "model", long_clip, short_clip, "--json", "--top-k", "2"
     )
@@ -336,7 +350,9 @@ def test_cli_json_and_long_clip(trained, tmp_path, capsys):
     assert [t["label"] for t in long_result["top_k"]][0] == label
     assert len(long_result["top_k"]) == 2
     assert long_result["prob"] == long_result["top_k"][0]["prob"]
-    assert short_result["label"] == CLASSES[0] and short_result["n_windows"] == 1
+    assert (
+        short_result["label"] == CLASSES[0] and short_result["n_windows"] == 1
+    )
 
 
 def test_cli_reports_unreadable_files_and_goes_on(trained, audio_dir, capsys):
@@ -371,7 +387,14 @@ def test_classify_files_api(trained, audio_dir):
     results = classify.classify_files(out / "model", [audio_dir], top_k=2)
     assert len(results) == len(CLASSES)
     for r in results:
-        assert set(r) == {"path", "label", "prob", "top_k", "n_windows", "duration_s"}
+        assert set(r) == {
+            "path",
+            "label",
+            "prob",
+            "top_k",
+            "n_windows",
+            "duration_s",
+        }
         assert r["label"] in Path(r["path"]).name and len(r["top_k"]) == 2
 
 

@@ -116,7 +116,9 @@ def test_yaml_has_what_brain_and_crossval_need(name, tmp_path):
     assert sorted(hparams["modules"]) == sorted(MODULES)
     assert hparams["n_classes"] == 10
     assert hparams["train_fold_nums"] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert hparams["valid_fold_nums"] == [9] and hparams["test_fold_nums"] == [10]
+    assert hparams["valid_fold_nums"] == [9] and hparams["test_fold_nums"] == [
+        10
+    ]
     assert hparams["leaky_random_split"] is False
     assert str(hparams["history_file"]).startswith(str(tmp_path / "out"))
     assert str(hparams["test_results_file"]).startswith(str(tmp_path / "out"))
@@ -150,14 +152,17 @@ def test_default_sizes_fit_together(name, tmp_path):
         if predictions.dim() == 2:
             predictions = predictions.unsqueeze(1)
         assert predictions.shape == (2, 1, hparams["n_classes"])
-        loss = hparams["compute_cost"](predictions, torch.tensor([[0], [3]]), lens)
+        loss = hparams["compute_cost"](
+            predictions, torch.tensor([[0], [3]]), lens
+        )
     assert torch.isfinite(loss)
     # Mono models also take SpeechBrain's [batch, time] at inference.
     if hparams["channels"] == 1:
         mods.eval()
         with torch.no_grad():
             assert torch.equal(
-                mods["compute_features"](wavs[..., 0]), mods["compute_features"](wavs)
+                mods["compute_features"](wavs[..., 0]),
+                mods["compute_features"](wavs),
             )
 
 
@@ -174,8 +179,12 @@ def key_is_commented(lines, i):
 @pytest.mark.parametrize("name", NEW_YAMLS)
 def test_every_key_is_commented(name):
     lines = (REPO / "hparams" / name).read_text().splitlines()
-    keys = [i for i, line in enumerate(lines) if re.match(r"^[A-Za-z_][\w]*:", line)]
-    bare = [lines[i].split(":")[0] for i in keys if not key_is_commented(lines, i)]
+    keys = [
+        i for i, line in enumerate(lines) if re.match(r"^[A-Za-z_][\w]*:", line)
+    ]
+    bare = [
+        lines[i].split(":")[0] for i in keys if not key_is_commented(lines, i)
+    ]
     assert not bare, f"{name}: keys without a comment: {bare}"
 
 
@@ -250,7 +259,9 @@ def replace_top_level(yaml_text, key, new=""):
     lines = yaml_text.splitlines(keepends=True)
     start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{key}:"))
     end = start + 1
-    while end < len(lines) and (lines[end].startswith(" ") or not lines[end].strip()):
+    while end < len(lines) and (
+        lines[end].startswith(" ") or not lines[end].strip()
+    ):
         end += 1
     return "".join(lines[:start]) + new + "".join(lines[end:])
 

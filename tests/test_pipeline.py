@@ -7,7 +7,6 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import FORMATS, write_clip
-
 from sb_urbansound.pipeline import (
     AudioLoadError,
     Resampler,
@@ -21,7 +20,9 @@ from sb_urbansound.pipeline import (
 
 @pytest.mark.parametrize("sample_rate,channels,subtype", FORMATS)
 def test_load_audio_formats(tmp_path, sample_rate, channels, subtype):
-    path = write_clip(tmp_path / "a.wav", 3, sample_rate, channels, 0.5, subtype)
+    path = write_clip(
+        tmp_path / "a.wav", 3, sample_rate, channels, 0.5, subtype
+    )
     wav, sr = load_audio(path)
     assert sr == sample_rate
     assert wav.dtype == torch.float32
@@ -130,9 +131,9 @@ def test_audio_pipeline_train_vs_eval(tmp_path):
 
 
 def test_dataio_prepare_items(tmp_path):
-    from speechbrain.dataio.encoder import CategoricalEncoder
-
     from sb_urbansound.pipeline import dataio_prepare
+
+    from speechbrain.dataio.encoder import CategoricalEncoder
 
     entries = {}
     for i, (label, sr, ch) in enumerate([("b", 8000, 1), ("a", 44100, 2)]):
@@ -170,7 +171,9 @@ def test_remove_dc_in_pipeline_and_inference(tmp_path):
     from sb_urbansound.inference import TrainingAudioNormalizer
 
     offset = np.full((8000, 1), 0.3, dtype=np.float32)
-    data = offset + 0.1 * np.sin(np.arange(8000) / 5.0)[:, None].astype(np.float32)
+    data = offset + 0.1 * np.sin(np.arange(8000) / 5.0)[:, None].astype(
+        np.float32
+    )
     path = tmp_path / "dc.wav"
     sf.write(path, data, 8000, subtype="FLOAT")
     plain = make_audio_pipeline(8000, 1, 1000)(str(path))

@@ -29,7 +29,6 @@ from helpers import (
     write_clip,
     write_us8k_csv,
 )
-
 from sb_urbansound.prepare import (
     DataPrepError,
     assign_group_folds,
@@ -66,7 +65,9 @@ def tiny_wav_bytes(frames=80, sample_rate=8000):
 def us8k_master(tmp_path_factory):
     """A generated UrbanSound8K-shaped tree: 10 folds x 10 classes x 1 clip."""
     root = tmp_path_factory.mktemp("us8k") / "UrbanSound8K"
-    rows = make_urbansound_tree(root, n_per_class_per_fold=1, seconds=(0.3, 6.0))
+    rows = make_urbansound_tree(
+        root, n_per_class_per_fold=1, seconds=(0.3, 6.0)
+    )
     return root, rows
 
 
@@ -85,7 +86,13 @@ def class_folders(tmp_path):
     root = tmp_path / "classes"
     exts = [".wav", ".flac", ".ogg"]
     layout = {
-        "bird": ["rec1-a", "rec1-b", "sub/rec2-a", "sub/deeper/rec3-a", "rec4-a"],
+        "bird": [
+            "rec1-a",
+            "rec1-b",
+            "sub/rec2-a",
+            "sub/deeper/rec3-a",
+            "rec4-a",
+        ],
         "car": ["rec5-a", "rec5-b", "x/rec6-a", "rec7-a", "rec8-a"],
         "dog": ["rec9-a", "y/z/rec10-a", "rec11-a", "rec11-b", "rec12-a"],
     }
@@ -93,7 +100,9 @@ def class_folders(tmp_path):
     for class_idx, (label, stems) in enumerate(layout.items()):
         for stem in stems:
             ext = exts[k % 3]
-            subtype = {".wav": "PCM_16", ".flac": "PCM_24", ".ogg": "VORBIS"}[ext]
+            subtype = {".wav": "PCM_16", ".flac": "PCM_24", ".ogg": "VORBIS"}[
+                ext
+            ]
             write_clip(
                 root / label / f"{stem}{ext}",
                 class_idx,
@@ -158,8 +167,12 @@ def test_real_csv_full_dataset(tmp_path, caplog):
     assert "audio/fold<fold>/<slice_file_name>" in msg
     # skip_missing leaves every clip out: nothing usable is left.
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    with pytest.raises(DataPrepError, match="no usable clip is left in the train"):
-        prepare_urbansound8k(data, tmp_path / "out", skip_missing=True, download=False)
+    with pytest.raises(
+        DataPrepError, match="no usable clip is left in the train"
+    ):
+        prepare_urbansound8k(
+            data, tmp_path / "out", skip_missing=True, download=False
+        )
     assert "leaving out 8732 of 8732" in caplog.text
 
     blob = tiny_wav_bytes()
@@ -192,7 +205,9 @@ def test_real_csv_subset_with_audio(tmp_path):
     real = pd.read_csv(US8K_CSV)
     subset = real.groupby("fold", sort=True).head(3).reset_index(drop=True)
     data = tmp_path / "UrbanSound8K"
-    write_us8k_csv(data / "metadata" / "UrbanSound8K.csv", subset.to_dict("records"))
+    write_us8k_csv(
+        data / "metadata" / "UrbanSound8K.csv", subset.to_dict("records")
+    )
     for k, row in subset.iterrows():
         sr, ch, subtype = FORMATS[k % len(FORMATS)]
         write_clip(
@@ -216,7 +231,13 @@ def test_real_csv_subset_with_audio(tmp_path):
     assert [len(manifests[s]) for s in SPLITS] == [18, 6, 6]
     assert labels == sorted(subset["class"].unique())
     for _, row in subset.iterrows():
-        split = "train" if row["fold"] <= 6 else "valid" if row["fold"] <= 8 else "test"
+        split = (
+            "train"
+            if row["fold"] <= 6
+            else "valid"
+            if row["fold"] <= 8
+            else "test"
+        )
         entry = manifests[split][row["slice_file_name"][:-4]]
         assert entry["label"] == row["class"]
         assert entry["group"] == str(row["fsID"])
@@ -236,10 +257,15 @@ def test_us8k_manifest_fields_mixed_formats(us8k_master, tmp_path):
     assert labels == sorted(US8K_CLASSES)
     assert [len(manifests[s]) for s in SPLITS] == [80, 10, 10]
 
-    split_of_fold = {f: "train" for f in range(1, 9)} | {9: "valid", 10: "test"}
+    split_of_fold = dict.fromkeys(range(1, 9), "train") | {
+        9: "valid",
+        10: "test",
+    }
     for k, row in enumerate(rows):
         sr, ch, _ = FORMATS[k % len(FORMATS)]
-        entry = manifests[split_of_fold[row["fold"]]][row["slice_file_name"][:-4]]
+        entry = manifests[split_of_fold[row["fold"]]][
+            row["slice_file_name"][:-4]
+        ]
         assert set(entry) == {
             "wav",
             "label",
@@ -265,15 +291,26 @@ def test_us8k_manifest_fields_mixed_formats(us8k_master, tmp_path):
     assert rates == {sr for sr, _, _ in FORMATS}
     # Groups never cross splits.
     groups = [{e["group"] for e in manifests[s].values()} for s in SPLITS]
-    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert not (
+        groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2]
+    )
 
 
 @pytest.mark.parametrize(
     "folds, overlap",
     [
-        (([1, 2, 3], [3], [4]), "train_fold_nums and valid_fold_nums share fold(s) 3"),
-        (([1, 2], [3], [2, 4]), "train_fold_nums and test_fold_nums share fold(s) 2"),
-        (([1, 2], [3, 4], [4]), "valid_fold_nums and test_fold_nums share fold(s) 4"),
+        (
+            ([1, 2, 3], [3], [4]),
+            "train_fold_nums and valid_fold_nums share fold(s) 3",
+        ),
+        (
+            ([1, 2], [3], [2, 4]),
+            "train_fold_nums and test_fold_nums share fold(s) 2",
+        ),
+        (
+            ([1, 2], [3, 4], [4]),
+            "valid_fold_nums and test_fold_nums share fold(s) 4",
+        ),
     ],
 )
 def test_overlapping_folds(us8k_master, tmp_path, folds, overlap):
@@ -286,9 +323,15 @@ def test_overlapping_folds(us8k_master, tmp_path, folds, overlap):
 @pytest.mark.parametrize(
     "folds, message",
     [
-        (([1], [2], [11]), "test_fold_nums names fold.s. 11, which the data does not"),
+        (
+            ([1], [2], [11]),
+            "test_fold_nums names fold.s. 11, which the data does not",
+        ),
         (([], [2], [3]), "train_fold_nums is empty"),
-        (([1], ["x"], [3]), "valid_fold_nums holds 'x', which is not a fold number"),
+        (
+            ([1], ["x"], [3]),
+            "valid_fold_nums holds 'x', which is not a fold number",
+        ),
     ],
 )
 def test_invalid_fold_lists(us8k_master, tmp_path, folds, message):
@@ -299,7 +342,9 @@ def test_invalid_fold_lists(us8k_master, tmp_path, folds, message):
 
 def test_fold_lists_accept_single_ints(us8k_master, tmp_path):
     data, _ = us8k_master
-    out = prepare_urbansound8k(data, tmp_path / "out", [1, 2], 3, 4, download=False)
+    out = prepare_urbansound8k(
+        data, tmp_path / "out", [1, 2], 3, 4, download=False
+    )
     manifests, _ = load(out)
     assert {e["fold"] for e in manifests["test"].values()} == {4}
 
@@ -349,7 +394,8 @@ def test_inconsistent_class_id(us8k, tmp_path):
         prepare_urbansound8k(data, tmp_path / "out", download=False)
     msg = str(err.value)
     assert (
-        f"line 16 ({rows[14]['slice_file_name']}): classID 4 / class 'dog_bark'" in msg
+        f"line 16 ({rows[14]['slice_file_name']}): classID 4 / class 'dog_bark'"
+        in msg
     )
     assert "line 2 " not in msg  # the consistent rows are not blamed
 
@@ -379,7 +425,9 @@ def test_unparsable_csv(us8k, tmp_path, content):
 
 def test_bad_audio_reported_together_or_skipped(us8k, tmp_path, caplog):
     data, rows = us8k
-    audio = {r["slice_file_name"]: data / "audio" / f"fold{r['fold']}" for r in rows}
+    audio = {
+        r["slice_file_name"]: data / "audio" / f"fold{r['fold']}" for r in rows
+    }
     names = [rows[0], rows[1], rows[95]]
     missing, corrupt, empty = (
         audio[r["slice_file_name"]] / r["slice_file_name"] for r in names
@@ -403,8 +451,9 @@ def test_bad_audio_reported_together_or_skipped(us8k, tmp_path, caplog):
     out = prepare_urbansound8k(
         data, tmp_path / "out", skip_missing=True, download=False
     )
-    assert "leaving out 3 of 100 audio file(s) (1 missing, 1 unreadable, 1 empty)" in (
-        caplog.text
+    assert (
+        "leaving out 3 of 100 audio file(s) (1 missing, 1 unreadable, 1 empty)"
+        in (caplog.text)
     )
     manifests, labels = load(out)
     assert [len(manifests[s]) for s in SPLITS] == [78, 10, 9]
@@ -415,10 +464,16 @@ def test_bad_audio_reported_together_or_skipped(us8k, tmp_path, caplog):
 
 def test_absent_data_folder_without_download(tmp_path):
     with pytest.raises(DataPrepError, match="does not exist.*download=True"):
-        prepare_urbansound8k(tmp_path / "nowhere", tmp_path / "out", download=False)
+        prepare_urbansound8k(
+            tmp_path / "nowhere", tmp_path / "out", download=False
+        )
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataPrepError, match=r"metadata.UrbanSound8K.csv not found"):
-        prepare_urbansound8k(tmp_path / "empty", tmp_path / "out", download=False)
+    with pytest.raises(
+        DataPrepError, match=r"metadata.UrbanSound8K.csv not found"
+    ):
+        prepare_urbansound8k(
+            tmp_path / "empty", tmp_path / "out", download=False
+        )
 
 
 @pytest.mark.parametrize(
@@ -458,7 +513,9 @@ def test_download_when_csv_absent(
 
 def test_download_that_yields_no_csv(tmp_path, monkeypatch):
     fake = types.ModuleType("sb_urbansound.download")
-    fake.download_urbansound8k = lambda data_folder, **kw: Path(data_folder).mkdir()
+    fake.download_urbansound8k = lambda data_folder, **kw: Path(
+        data_folder
+    ).mkdir()
     monkeypatch.setitem(sys.modules, "sb_urbansound.download", fake)
     with pytest.raises(DataPrepError, match="still missing after the download"):
         prepare_urbansound8k(tmp_path / "d", tmp_path / "out")
@@ -468,7 +525,9 @@ def test_data_folder_not_modified(us8k_master, tmp_path):
     data, _ = us8k_master
     before = snapshot_tree(data)
     prepare_urbansound8k(data, tmp_path / "a", download=False)
-    prepare_urbansound8k(data, tmp_path / "b", leaky_random_split=True, download=False)
+    prepare_urbansound8k(
+        data, tmp_path / "b", leaky_random_split=True, download=False
+    )
     assert snapshot_tree(data) == before
 
 
@@ -577,7 +636,9 @@ def test_class_folders(class_folders, tmp_path):
         ".ogg",
     }
     assert {e["channels"] for e in entries.values()} == {1, 2}
-    assert not any("._" in e["wav"] or "ipynb" in e["wav"] for e in entries.values())
+    assert not any(
+        "._" in e["wav"] or "ipynb" in e["wav"] for e in entries.values()
+    )
     # A group stays in one fold (rec1, rec5, rec11 have two clips each).
     fold_of_group = {}
     for e in entries.values():
@@ -610,7 +671,9 @@ def test_assign_group_folds():
     assert [fold_of[g] for g in groups] == folds
     sizes = Counter(assign_group_folds(list("abcdefg"), 3, seed=0))
     assert sorted(sizes.values()) == [2, 2, 3]
-    with pytest.raises(DataPrepError, match="n_folds=7 but the data has only 6"):
+    with pytest.raises(
+        DataPrepError, match="n_folds=7 but the data has only 6"
+    ):
         assign_group_folds(groups, 7)
 
 
@@ -626,7 +689,9 @@ def test_filenames_errors(tmp_path):
         prepare_filenames(tmp_path / "nowhere", out, FSDD_PATTERN)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("hi")
-    with pytest.raises(DataPrepError, match=r"no audio file \(.wav, .flac, .ogg\)"):
+    with pytest.raises(
+        DataPrepError, match=r"no audio file \(.wav, .flac, .ogg\)"
+    ):
         prepare_filenames(tmp_path / "empty", out, FSDD_PATTERN)
     with pytest.raises(DataPrepError, match="no audio file"):
         prepare_folders(tmp_path / "empty", out)
@@ -638,7 +703,9 @@ def test_filenames_errors(tmp_path):
         prepare_filenames(data, out, r"(\d)_.*\.wav")
     with pytest.raises(DataPrepError, match="not a valid regex"):
         prepare_filenames(data, out, r"(?P<label>\d")
-    with pytest.raises(DataPrepError, match="matches none of the 12 audio file"):
+    with pytest.raises(
+        DataPrepError, match="matches none of the 12 audio file"
+    ):
         prepare_filenames(data, out, r"(?P<label>\d)_[a-z]+_\d+\.wav")
 
     make_named_files(data / "extra", ["oops.wav", "1-spk2.flac"])
@@ -651,7 +718,9 @@ def test_filenames_errors(tmp_path):
     assert "extra/oops.wav" in msg and "extra/1-spk2.flac" in msg
     shutil.rmtree(data / "extra")
 
-    with pytest.raises(DataPrepError, match="n_folds=5 but the data has only 3 group"):
+    with pytest.raises(
+        DataPrepError, match="n_folds=5 but the data has only 3 group"
+    ):
         prepare_filenames(data, out, r"(?P<label>\d)_(?P<group>spk\d)_\d+\.wav")
     with pytest.raises(DataPrepError, match="single class"):
         prepare_filenames(data, out, r"\d_(?P<label>spk)\d_\d+\.wav")
@@ -668,7 +737,9 @@ def test_filenames_errors(tmp_path):
     )
     manifests, labels = load(ok)
     assert labels == ["0", "1"]
-    assert all(len({e["group"] for e in manifests[s].values()}) == 1 for s in SPLITS)
+    assert all(
+        len({e["group"] for e in manifests[s].values()}) == 1 for s in SPLITS
+    )
 
 
 def test_folders_errors(tmp_path, class_folders):
@@ -679,9 +750,13 @@ def test_folders_errors(tmp_path, class_folders):
         prepare_folders(class_folders, out, group_pattern=r"rec\d+")
     with pytest.raises(DataPrepError, match="finds no group in 16 of 16"):
         prepare_folders(class_folders, out, group_pattern=r"^(?P<group>zzz)")
-    with pytest.raises(DataPrepError, match="n_folds must be a positive integer"):
+    with pytest.raises(
+        DataPrepError, match="n_folds must be a positive integer"
+    ):
         prepare_folders(class_folders, out, n_folds=0)
-    with pytest.raises(DataPrepError, match="fold.s. 5, which the data does not"):
+    with pytest.raises(
+        DataPrepError, match="fold.s. 5, which the data does not"
+    ):
         prepare_folders(class_folders, out, n_folds=4)
 
     single = tmp_path / "single"
@@ -696,7 +771,9 @@ def test_folders_errors(tmp_path, class_folders):
             test_fold_nums=[3],
         )
     make_named_files(single, ["loose.wav"])
-    with pytest.raises(DataPrepError, match="directly in .*outside any class folder"):
+    with pytest.raises(
+        DataPrepError, match="directly in .*outside any class folder"
+    ):
         prepare_folders(single, out)
     assert not out.exists()
 
@@ -712,7 +789,10 @@ def test_leaky_random_split(tmp_path, caplog):
     make_named_files(data, names)
     pattern = r"(?P<label>\d)_(?P<group>spk\d)_\d+\.wav"
     kwargs = dict(
-        n_folds=4, train_fold_nums=[1, 2], valid_fold_nums=[3], test_fold_nums=[4]
+        n_folds=4,
+        train_fold_nums=[1, 2],
+        valid_fold_nums=[3],
+        test_fold_nums=[4],
     )
 
     def folds_by_clip(out):
@@ -723,7 +803,9 @@ def test_leaky_random_split(tmp_path, caplog):
             for cid, e in m.items()
         }
 
-    proper = folds_by_clip(prepare_filenames(data, tmp_path / "p", pattern, **kwargs))
+    proper = folds_by_clip(
+        prepare_filenames(data, tmp_path / "p", pattern, **kwargs)
+    )
     caplog.set_level(logging.WARNING, logger=LOGGER)
     leaky = folds_by_clip(
         prepare_filenames(
@@ -752,7 +834,12 @@ def test_leaky_random_split(tmp_path, caplog):
     assert again == leaky
     other = folds_by_clip(
         prepare_filenames(
-            data, tmp_path / "l3", pattern, leaky_random_split=True, seed=99, **kwargs
+            data,
+            tmp_path / "l3",
+            pattern,
+            leaky_random_split=True,
+            seed=99,
+            **kwargs,
         )
     )
     assert other != leaky

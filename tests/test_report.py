@@ -5,7 +5,6 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-
 from sb_urbansound.report import (
     aggregate_folds,
     hardware_description,
@@ -83,7 +82,9 @@ def test_summed_confusion_matrix_counts_every_clip_once(folds):
 
 def test_label_mismatch_is_an_error(folds):
     rng = np.random.default_rng(2)
-    folds.append(fake_fold(6, 1, rng, labels=["car_horn", "dog_bark", "gun_shot"]))
+    folds.append(
+        fake_fold(6, 1, rng, labels=["car_horn", "dog_bark", "gun_shot"])
+    )
     with pytest.raises(ValueError, match="different labels"):
         aggregate_folds(folds)
 
@@ -95,7 +96,9 @@ def test_reordered_labels_are_aligned():
     expected = np.array(a["confusion_matrix"]) + np.array(b["confusion_matrix"])
     # Same fold b, with labels (and matrix rows/columns) in reverse order.
     b_rev = dict(b, labels=LABELS[::-1])
-    b_rev["confusion_matrix"] = np.array(b["confusion_matrix"])[::-1, ::-1].tolist()
+    b_rev["confusion_matrix"] = np.array(b["confusion_matrix"])[
+        ::-1, ::-1
+    ].tolist()
     res = aggregate_folds([a, b_rev])
     assert res["labels"] == LABELS
     np.testing.assert_array_equal(res["confusion_matrix"], expected)
@@ -133,9 +136,14 @@ def test_markdown_report_has_tables_command_and_hardware(tmp_path, folds):
         fold_seconds={k: 61.0 * k for k in range(1, 6)},
     )
     assert path.read_text() == text
-    assert "| Test fold | Valid fold(s) | Test clips | Accuracy | Time |" in text
+    assert (
+        "| Test fold | Valid fold(s) | Test clips | Accuracy | Time |" in text
+    )
     for f in folds:
-        assert f"| {f['test_fold']} | {f['valid_folds'][0]} | {f['n_clips']} |" in text
+        assert (
+            f"| {f['test_fold']} | {f['valid_folds'][0]} | {f['n_clips']} |"
+            in text
+        )
     mean, std = 100 * res["mean"], 100 * res["std"]
     assert f"{mean:.2f} ± {std:.2f} %" in text
     for label in LABELS:
@@ -171,10 +179,14 @@ def test_confusion_matrix_png(tmp_path, folds):
     )
     check_png(path)
     # A class without test clips must not break the normalisation.
-    check_png(plot_confusion_matrix(tmp_path / "z.png", [[2, 1], [0, 0]], ["a", "b"]))
+    check_png(
+        plot_confusion_matrix(tmp_path / "z.png", [[2, 1], [0, 0]], ["a", "b"])
+    )
     with pytest.raises(ValueError):
         plot_confusion_matrix(tmp_path / "bad.png", [[1, 2]], ["a", "b"])
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+    assert not list(
+        tmp_path.glob(".*.tmp")
+    )  # atomic writes leave nothing behind
 
 
 def test_learning_curves_png(tmp_path):

@@ -15,7 +15,12 @@ FAST = ["--num_workers=0", "--batch_size=16"]
 def run_train(yaml, args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), str(REPO / "hparams" / yaml), *args],
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            str(REPO / "hparams" / yaml),
+            *args,
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -69,7 +74,12 @@ def test_folders_yaml_trains_and_writes_results(class_folders, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     res = json.loads((out / "test_results.json").read_text())
     assert res["labels"] == ["bird", "engine", "rain"]
-    assert set(res) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "n_clips"}
+    assert set(res) >= {
+        "accuracy",
+        "per_class_accuracy",
+        "confusion_matrix",
+        "n_clips",
+    }
     splits = {
         s: json.loads((out / "manifests" / f"{s}.json").read_text())
         for s in ("train", "valid", "test")
@@ -129,7 +139,9 @@ def test_fsdd_yaml_holds_out_whole_speakers(tmp_path):
     speakers = {}
     for split in ("train", "valid", "test"):
         manifest = json.loads((out / "manifests" / f"{split}.json").read_text())
-        speakers[split] = {v["wav"].rsplit("_", 2)[-2] for v in manifest.values()}
+        speakers[split] = {
+            v["wav"].rsplit("_", 2)[-2] for v in manifest.values()
+        }
     assert len(speakers["train"]) == 4
     assert len(speakers["valid"]) == 1 and len(speakers["test"]) == 1
     assert not (speakers["train"] & speakers["test"])

@@ -141,7 +141,11 @@ def test_kill_and_resume(small_data, tmp_path):
 def test_missing_data_folder_is_clear(tmp_path):
     missing = tmp_path / "no_such_folder"
     result = run_train(
-        [f"--data_folder={missing}", f"--output_folder={tmp_path / 'out'}", *SMALL]
+        [
+            f"--data_folder={missing}",
+            f"--output_folder={tmp_path / 'out'}",
+            *SMALL,
+        ]
     )
     assert result.returncode != 0
     assert str(missing) in result.stderr
@@ -167,7 +171,9 @@ def test_corrupt_and_missing_audio_named(small_data, tmp_path):
         [f"--data_folder={data}", f"--output_folder={tmp_path / 'out'}", *SMALL]
     )
     assert result.returncode != 0
-    assert "1000-0-0-0.wav" in result.stderr and "2001-1-0-0.wav" in result.stderr
+    assert (
+        "1000-0-0-0.wav" in result.stderr and "2001-1-0-0.wav" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert snapshot(data) == before
 
@@ -175,7 +181,9 @@ def test_corrupt_and_missing_audio_named(small_data, tmp_path):
 def test_missing_data_folder_option_is_clear():
     result = run_train([])
     assert result.returncode == 2
-    assert "--data_folder=" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "--data_folder=" in result.stderr and "Traceback" not in result.stderr
+    )
 
 
 def test_torchrun_two_cpu_processes(small_data, tmp_path):

@@ -1,1 +1,468 @@
-../../../train.py
+#!/usr/bin/env python3
+"""Recipe for training a sound classifier on UrbanSound8K (or your own sounds).
+
+Each clip is loaded, resampled, rechannelled and padded or truncated to a fixed
+length; training clips are also placed at a random position and shifted in
+time. A batch of clips goes through a feature extractor (a mel spectrogram in
+dB for the tutorial's CNN), SpecAugment in training, a normaliser, an
+embedding model and a classifier. The best checkpoint by validation error is
+tested, and a model folder that SpeechBrain's ``EncoderClassifier`` loads is
+exported to ``<output_folder>/model``.
+
+To run this recipe, do the following:
+> python train.py hparams/cnn.yaml --data_folder=/path/to/UrbanSound8K
+
+Other YAML files train SpeechBrain's ECAPA-TDNN (``train_ecapa_tdnn.yaml``),
+x-vector and CNN14 models, or read labels from class folders
+(``folders.yaml``) or file names (``fsdd.yaml``). Every key can be overridden
+on the command line (``--number_of_epochs=5``). An interrupted run resumes
+when the same command is run again.
+
+Authors
+ * sb-urbansound contributors 2026
+"""
+
+import sys
+
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from sb_urbansound.atomic import atomic_write_json
+from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
+from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.experiment import set_override
+from sb_urbansound.inference import export_inference_folder
+from sb_urbansound.manifests import read_labels
+from sb_urbansound.report import append_history, classification_results
+
+import speechbrain as sb
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
+from speechbrain.utils.metric_stats import ClassificationStats
+
+logger = get_logger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+class SoundClassifierBrain(sb.Brain):
+    """Trains a sound classifier; validates, keeps the best checkpoint, tests it.
+
+    The modules are those SpeechBrain's ``EncoderClassifier`` uses
+    (``compute_features``, ``mean_var_norm``, ``embedding_model``,
+    ``classifier``), so a trained model loads for inference without this file.
+    """
+
+    def compute_forward(self, batch, stage):
+        """Computes the class log-probabilities of a batch of clips.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            With ``sig``: ``[batch, time]`` (mono) or ``[batch, time,
+            channels]`` waveforms, all of the training length.
+        stage : sb.Stage
+            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
+
+        Returns
+        -------
+        predictions : torch.Tensor
+            ``[batch, 1, n_classes]`` log-probabilities (or scores).
+        lens : torch.Tensor
+            The relative lengths of the clips.
+        """
+        batch = batch.to(self.device)
+        wavs, lens = batch.sig
+
+        # Features, then SpecAugment in training only: evaluation is
+        # deterministic
+        feats = self.modules.compute_features(wavs)
+        if stage == sb.Stage.TRAIN and self.hparams.spec_augment is not None:
+            feats = self.hparams.spec_augment(feats)
+        feats = self.modules.mean_var_norm(feats, lens)
+
+        embeddings = self.modules.embedding_model(feats, lens)
+        predictions = self.modules.classifier(embeddings)
+        if predictions.dim() == 2:
+            predictions = predictions.unsqueeze(1)
+        return predictions, lens
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Computes the loss and records the predictions for the accuracy.
+
+        Arguments
+        ---------
+        predictions : tuple
+            The output of ``compute_forward``.
+        batch : PaddedBatch
+            With ``id``, ``wav`` and ``label_encoded``.
+        stage : sb.Stage
+            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            A one-element tensor used for backpropagating the gradient.
+        """
+        predictions, lens = predictions
+        targets, _ = batch.label_encoded
+        loss = self.hparams.compute_cost(predictions, targets, lens)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"the loss of a {stage.name.lower()} batch is {loss.item()}: "
+                "training would go on with NaN weights. Either a clip of "
+                "this batch holds bad samples, or training diverged (lower "
+                "lr/max_lr). The batch's files:\n  " + "\n  ".join(batch.wav)
+            )
+
+        decode = self.hparams.label_encoder.ind2lab
+        predicted = predictions.detach().argmax(dim=-1).view(-1).tolist()
+        self.stats.append(
+            batch.id,
+            [decode[i] for i in predicted],
+            [decode[i] for i in targets.view(-1).tolist()],
+        )
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the accuracy statistics at the start of each stage.
+
+        Arguments
+        ---------
+        stage : sb.Stage
+            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
+        epoch : int
+            The currently-starting epoch.
+        """
+        self.stats = ClassificationStats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the stage; checkpoints after validation; writes test results.
+
+        Arguments
+        ---------
+        stage : sb.Stage
+            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
+        stage_loss : float
+            The average loss of the stage.
+        epoch : int
+            The currently-ending epoch.
+        """
+        accuracy = self.stats.summarize("accuracy") if self.stats.ids else 0.0
+        stats = {"loss": stage_loss, "accuracy": accuracy}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        stats["error"] = 1.0 - accuracy
+
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            # Checkpoint first: once history.json lists an epoch, a killed run
+            # never has to repeat it.
+            self.checkpointer.save_and_keep_only(
+                meta={"error": stats["error"]}, min_keys=["error"]
+            )
+            if if_main_process():
+                append_history(
+                    self.hparams.history_file,
+                    epoch,
+                    lr,
+                    self.train_stats,
+                    stats,
+                )
+
+        if stage == sb.Stage.TEST:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+            if if_main_process():
+                encoder = self.hparams.label_encoder
+                labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+                results = classification_results(
+                    self.stats.targets, self.stats.predictions, labels
+                )
+                atomic_write_json(self.hparams.test_results_file, results)
+                logger.info(
+                    "Test accuracy %.4f on %d clips; results in %s",
+                    results["accuracy"],
+                    results["n_clips"],
+                    self.hparams.test_results_file,
+                )
+
+    def make_dataloader(
+        self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
+    ):
+        """Makes a DataLoader; remembers the training batches per epoch.
+
+        The learning-rate schedule needs the number of optimizer steps per
+        epoch, which depends on the batch size and, under DDP, on the number
+        of processes.
+
+        Arguments
+        ---------
+        dataset : Dataset
+            The data.
+        stage : sb.Stage
+            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
+        ckpt_prefix : str
+            Prefix of the loader's checkpoint name.
+        **loader_kwargs : dict
+            Passed to SpeechBrain's ``make_dataloader``.
+
+        Returns
+        -------
+        DataLoader
+        """
+        loader = super().make_dataloader(
+            dataset, stage, ckpt_prefix, **loader_kwargs
+        )
+        if stage == sb.Stage.TRAIN:
+            self.train_steps_per_epoch = len(loader)
+        return loader
+
+    def init_optimizers(self):
+        """Creates the optimizer, then the per-batch learning-rate schedule.
+
+        The schedule is registered with the checkpointer before SpeechBrain
+        recovers the last checkpoint, so a resumed run continues it.
+        """
+        super().init_optimizers()
+        self.lr_scheduler = None
+        if self.opt_class is None or self.hparams.lr_scheduler is None:
+            return
+        self.lr_scheduler = self.hparams.lr_scheduler(
+            self.optimizer,
+            steps_per_epoch=self.train_steps_per_epoch,
+            epochs=self.hparams.number_of_epochs,
+        )
+        self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Steps the learning-rate schedule after each optimizer step.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch.
+        outputs : tuple
+            The output of ``compute_forward``.
+        loss : torch.Tensor
+            The loss.
+        should_step : bool
+            Whether the optimizer stepped.
+        """
+        sched = self.lr_scheduler
+        # Batch k trains with the rate of step k, so a run of N batches needs
+        # N - 1 steps: OneCycleLR extrapolates below its final rate at step N
+        # and raises after it. Hold the final rate instead.
+        if should_step and sched is not None:
+            total = getattr(sched, "total_steps", None)
+            if total is None or sched.last_epoch + 1 < total:
+                sched.step()
+
+    def _wrap_distributed(self):
+        """Wraps modules for DDP without SyncBatchNorm on CPU.
+
+        SpeechBrain converts every BatchNorm to SyncBatchNorm under DDP, which
+        only runs on CUDA; on CPU (gloo) the modules are wrapped as they are.
+        """
+        if not (self.distributed_launch and self.device.startswith("cpu")):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, find_unused_parameters=self.find_unused_parameters
+                )
+
+
+def dataio_prep(hparams):
+    """Creates the datasets and their data processing pipelines.
+
+    Each clip is read (only the part that is kept), resampled, rechannelled
+    and padded or truncated to the training length by the same
+    ``ClipConditioner`` that the exported model uses at inference; training
+    clips get a random pad position and a random circular time shift.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    datasets : dict
+        ``{"train": DynamicItemDataset, "valid": ..., "test": ...}``, whose
+        items have ``id``, ``wav``, ``sig``, ``label`` and ``label_encoded``.
+    """
+    # Labels: the encoder maps each class to an index, the same in every
+    # split and every run of this output folder
+    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
+    labels = read_labels(hparams["labels_file"], manifests)
+    label_encoder = hparams["label_encoder"]
+    label_encoder.load_or_create(
+        path=hparams["label_encoder_file"], from_iterables=[labels]
+    )
+    encoded = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
+    if encoded != labels:
+        raise DataPrepError(
+            f"the label encoder in {hparams['label_encoder_file']} holds "
+            f"{encoded}, but the data has {labels}: it was made for other "
+            "data. Use a new output_folder."
+        )
+
+    @sb.utils.data_pipeline.takes("label")
+    @sb.utils.data_pipeline.provides("label", "label_encoded")
+    def label_pipeline(label):
+        """Maps a label to its index."""
+        yield label
+        yield torch.LongTensor([label_encoder.encode_label(label)])
+
+    conditioner = ClipConditioner(
+        sample_rate=hparams["sample_rate"],
+        channels=hparams["channels"],
+        duration_ms=hparams["duration_ms"],
+        remove_dc=hparams.get("remove_dc", False),
+    )
+
+    def audio_pipeline(train):
+        """The waveform steps of one split (random ones in training only)."""
+
+        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.provides("sig")
+        def pipeline(wav):
+            """Loads and conditions one clip."""
+            sig, rate = load_audio(wav, max_seconds=conditioner.max_seconds())
+            sig = conditioner.clip(sig, rate, random_pad=train)
+            if train:
+                sig = time_shift(sig, hparams["shift_pct"])
+            return sig
+
+        return pipeline
+
+    datasets = {}
+    for split in SPLITS:
+        datasets[split] = DynamicItemDataset.from_json(
+            json_path=hparams[f"{split}_annotation"],
+            replacements={"data_root": hparams["data_folder"]},
+            dynamic_items=[audio_pipeline(split == "train"), label_pipeline],
+            output_keys=["id", "wav", "sig", "label", "label_encoded"],
+        )
+    return datasets
+
+
+def load_hparams(hparams_file, overrides):
+    """Loads the YAML, prepares the data, and sizes the model to the data.
+
+    ``n_classes: 0`` in the YAML means "as many classes as the data has": the
+    YAML is then loaded again, once the data is prepared, with the number of
+    classes found. A number is checked against the data.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The YAML file.
+    overrides : str
+        YAML overrides from the command line.
+
+    Returns
+    -------
+    hparams : dict
+        The loaded hyperparameters.
+    overrides : str
+        The overrides, with ``n_classes`` added when it was read from the data.
+    """
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    # Data preparation writes the manifests (main process only); skip_prep
+    # takes ready-made manifests (train/valid/test_annotation)
+    if not hparams["skip_prep"]:
+        run_on_main(hparams["prepare"])
+    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
+    n_data = len(read_labels(hparams["labels_file"], manifests))
+
+    n_classes = hparams["n_classes"]
+    if not n_classes:
+        logger.info("n_classes from the data: %d", n_data)
+        overrides = set_override(overrides, "n_classes", n_data)
+        with open(hparams_file, encoding="utf-8") as fin:
+            hparams = load_hyperpyyaml(fin, overrides)
+    elif n_classes != n_data:
+        raise DataPrepError(
+            f"the data has {n_data} classes but the model is built for "
+            f"n_classes={n_classes}: pass --n_classes={n_data}, or "
+            "--n_classes=0 to take the number from the data."
+        )
+    return hparams, overrides
+
+
+def main(argv=None):
+    """Runs one experiment: prepare the data, train, test, export the model.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        ``[hparams_file, "--key=value", ...]`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    hparams : dict
+        The loaded hyperparameters.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+
+    # Initialize ddp (useful only for multi-GPU DDP training)
+    sb.utils.distributed.ddp_init_group(run_opts)
+
+    hparams, overrides = load_hparams(hparams_file, overrides)
+
+    # Create experiment directory
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    datasets = dataio_prep(hparams)
+
+    brain = SoundClassifierBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["dataloader_options"],
+        valid_loader_kwargs=hparams["test_dataloader_options"],
+    )
+
+    # Test the best checkpoint (lowest validation error)
+    brain.evaluate(
+        datasets["test"],
+        min_key="error",
+        test_loader_kwargs=hparams["test_dataloader_options"],
+    )
+
+    # The best model, for EncoderClassifier: <output_folder>/model
+    run_on_main(export_inference_folder, args=[hparams])
+    return hparams
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        # A problem with the data or options: one message, no traceback
+        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

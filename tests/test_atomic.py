@@ -3,8 +3,7 @@
 import os
 
 import pytest
-
-from sb_urbansound.utils import atomic_write_json, atomic_write_text
+from sb_urbansound.atomic import atomic_write_json, atomic_write_text
 
 
 def test_atomic_write_has_usual_permissions(tmp_path):

@@ -1,0 +1,498 @@
+"""Audio in: finding and reading files, and one clip-conditioning object.
+
+* :func:`find_audio_files` is the one audio finder (data preparation and
+  ``classify`` use it): regular files only, each file once.
+* :func:`load_audio` reads a file with ``speechbrain.dataio.audio_io``
+  (soundfile, no FFmpeg), only the frames needed, and refuses non-finite
+  samples.
+* :class:`ClipConditioner` brings a clip to the model's sample rate, channel
+  count and length. Training (the recipe's data pipeline) and inference (the
+  exported model's ``audio_normalizer``) use the same object, so a model hears
+  at inference what it heard in training.
+
+Waveforms are laid out SpeechBrain's way: ``[time]`` for mono,
+``[time, channels]`` otherwise.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import torch
+from sb_urbansound.errors import AudioLoadError
+
+from speechbrain.dataio import audio_io
+from speechbrain.dataio.preprocess import AudioNormalizer
+
+#: Suffixes of the audio files looked for in folders (case-insensitive).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
+    """The audio files under ``folder``, at any depth, each file once.
+
+    Hidden files and folders (``.DS_Store``, macOS ``._x.wav`` resource forks,
+    ``.ipynb_checkpoints``) are skipped, and so is anything that is not a
+    regular file (a FIFO or a device named ``*.wav`` would block a reader).
+    Symbolic links are followed; a file reached by two paths (a link to a file
+    or a folder) is an error naming both paths, because two paths would give
+    one recording two labels or two folds.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The folder to search.
+    suffixes : tuple of str
+        Suffixes to collect (lower case, with the dot).
+    duplicates : list, optional
+        When given, a file reached by a second path is appended here as
+        ``(first path, second path)`` instead of raising.
+
+    Returns
+    -------
+    list of str
+        Sorted POSIX paths relative to ``folder``.
+
+    Raises
+    ------
+    AudioLoadError
+        If a file is reached by two paths (and ``duplicates`` is None).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", ".hidden/3.wav"]:
+    ...     (tmp / name).parent.mkdir(exist_ok=True)
+    ...     _ = (tmp / name).write_bytes(b"")
+    >>> find_audio_files(tmp)
+    ['b/1.WAV', 'b/2.flac']
+    """
+    folder = Path(folder)
+    found, twice = [], []
+    seen_dirs, seen_files = {}, {}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        rel_root = Path(os.path.relpath(root, folder)).as_posix()
+        real = os.path.realpath(root)
+        if real in seen_dirs:  # a second path to a folder (or a link loop)
+            twice.append((seen_dirs[real] + "/", rel_root + "/"))
+            dirs[:] = []
+            continue
+        seen_dirs[real] = rel_root
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if (
+                name.startswith(".")
+                or Path(name).suffix.lower() not in suffixes
+            ):
+                continue
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # a dangling link
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            rel = Path(os.path.relpath(path, folder)).as_posix()
+            key = (st.st_dev, st.st_ino)
+            if key in seen_files:
+                twice.append((seen_files[key], rel))
+                continue
+            seen_files[key] = rel
+            found.append(rel)
+    if twice and duplicates is None:
+        shown = "; ".join(f"{a} and {b}" for a, b in twice[:10])
+        raise AudioLoadError(
+            f"{len(twice)} audio file(s) or folder(s) under {folder} are "
+            f"reached by two paths (symbolic links): {shown}. One recording "
+            "would get two labels or two folds: remove the links or the "
+            "copies."
+        )
+    if duplicates is not None:
+        duplicates.extend(twice)
+    return sorted(found)
+
+
+def check_regular_file(path):
+    """Raise :class:`AudioLoadError` unless ``path`` is an existing regular file.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file.
+
+    Example
+    -------
+    >>> check_regular_file("no/such.wav")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.AudioLoadError: no/such.wav: no such file
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise AudioLoadError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioLoadError(
+            f"{path}: not a regular file (a folder, pipe or device); only "
+            "regular files are read as audio"
+        )
+
+
+def load_audio(path, max_seconds=None):
+    """Read an audio file as a float32 ``[time, channels]`` tensor.
+
+    Reads with ``speechbrain.dataio.audio_io`` (soundfile), so no torchcodec or
+    FFmpeg is needed; integer PCM is scaled to [-1, 1]. With ``max_seconds``
+    only the first frames are read, so a long recording costs only what is
+    kept.
+
+    Arguments
+    ---------
+    path : str or Path
+        The audio file (wav, flac, ogg, ... anything soundfile reads).
+    max_seconds : float, optional
+        Read at most this many seconds from the start.
+
+    Returns
+    -------
+    wav : torch.Tensor
+        ``[time, channels]`` (mono is ``[time, 1]``).
+    sample_rate : int
+        The file's sample rate.
+
+    Raises
+    ------
+    AudioLoadError
+        If the file is missing, not a regular file, unreadable, empty, or holds
+        NaN or infinite samples; the message names it and says what to do.
+
+    Example
+    -------
+    >>> import soundfile as sf, numpy as np
+    >>> tmp = getfixture("tmp_path")
+    >>> sf.write(tmp / "a.wav", np.zeros((800, 2)), 8000)
+    >>> wav, sr = load_audio(tmp / "a.wav", max_seconds=0.05)
+    >>> wav.shape, sr
+    (torch.Size([400, 2]), 8000)
+    """
+    check_regular_file(path)
+    try:
+        num_frames = -1
+        if max_seconds is not None:
+            rate = audio_io.info(str(path)).sample_rate
+            num_frames = max(int(math.ceil(max_seconds * rate)), 1)
+        wav, sample_rate = audio_io.load(
+            str(path),
+            channels_first=False,
+            dtype=torch.float32,
+            num_frames=num_frames,
+        )
+    except Exception as e:  # libsndfile errors: RuntimeError, LibsndfileError
+        cause = e.__cause__ or e
+        raise AudioLoadError(
+            f"{path}: cannot be decoded ({cause}). The file may be corrupt: "
+            "replace it, or remove it from the data set."
+        ) from e
+    if wav.shape[0] == 0:
+        raise AudioLoadError(
+            f"{path}: holds no samples; remove it from the data set."
+        )
+    if not torch.isfinite(wav).all():
+        bad = int((~torch.isfinite(wav)).sum())
+        raise AudioLoadError(
+            f"{path}: holds {bad} NaN or infinite sample(s), which would turn "
+            "every weight of the model into NaN. Repair or remove the file "
+            "(or prepare the data with skip_missing=True to leave it out)."
+        )
+    return wav, int(sample_rate)
+
+
+def rechannel(wav, channels):
+    """Convert a waveform to ``channels`` channels (last dimension).
+
+    Mono to several channels duplicates the signal; several channels to mono
+    averages them (the tutorial keeps only the first channel, which throws away
+    whatever is only on the other one); any other change goes through mono.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        ``[..., time, channels]``.
+    channels : int
+        The number of channels wanted.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., time, channels]``.
+
+    Example
+    -------
+    >>> rechannel(torch.ones(10, 1), 2).shape
+    torch.Size([10, 2])
+    >>> rechannel(torch.tensor([[1.0, 3.0]]), 1)
+    tensor([[2.]])
+    """
+    have = wav.shape[-1]
+    if have == channels:
+        return wav
+    if channels < 1:
+        raise ValueError(f"channels must be at least 1, got {channels}")
+    mono = wav if have == 1 else wav.mean(dim=-1, keepdim=True)
+    if channels == 1:
+        return mono
+    return mono.expand(*mono.shape[:-1], channels).contiguous()
+
+
+def pad_trunc(wav, num_samples, random=False, generator=None):
+    """Pad with zeros or truncate a waveform (time first) to ``num_samples``.
+
+    Long clips keep their first ``num_samples`` samples. Short clips are padded:
+    with ``random=True`` (training) the clip lands at a random position, as in
+    the tutorial; otherwise (evaluation) it starts at 0, so evaluation is
+    deterministic.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        ``[time]`` or ``[time, channels]``.
+    num_samples : int
+        The length wanted.
+    random : bool
+        Whether to draw the pad position at random.
+    generator : torch.Generator, optional
+        Source of randomness (default: torch's global generator).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[num_samples]`` or ``[num_samples, channels]``.
+
+    Example
+    -------
+    >>> pad_trunc(torch.ones(3), 5)
+    tensor([1., 1., 1., 0., 0.])
+    >>> pad_trunc(torch.ones(9, 2), 5).shape
+    torch.Size([5, 2])
+    """
+    length = wav.shape[0]
+    if length >= num_samples:
+        return wav[:num_samples]
+    pad = num_samples - length
+    begin = 0
+    if random:
+        begin = int(torch.randint(0, pad + 1, (1,), generator=generator))
+    out = wav.new_zeros((num_samples,) + tuple(wav.shape[1:]))
+    out[begin : begin + length] = wav
+    return out
+
+
+def time_shift(wav, shift_pct, generator=None):
+    """Roll a waveform in time by a random amount, wrapping around.
+
+    As in the tutorial, the shift is drawn uniformly from
+    ``[0, shift_pct * length)`` samples; what falls off the end re-enters at
+    the start. Used for training only.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        ``[time]`` or ``[time, channels]``.
+    shift_pct : float
+        The largest shift as a fraction of the length (0 disables the shift).
+    generator : torch.Generator, optional
+        Source of randomness (default: torch's global generator).
+
+    Returns
+    -------
+    torch.Tensor
+        The shifted waveform, same shape.
+
+    Example
+    -------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.arange(10.0)
+    >>> sorted(time_shift(x, 0.5, g).tolist()) == x.tolist()
+    True
+    """
+    limit = int(shift_pct * wav.shape[0])
+    if limit <= 0:
+        return wav
+    shift = int(torch.randint(0, limit, (1,), generator=generator))
+    return torch.roll(wav, shifts=shift, dims=0)
+
+
+def remove_dc_offset(wav):
+    """Subtract each channel's mean from a waveform (time first).
+
+    A constant offset puts energy at 0 Hz, and a step at the edges of the zero
+    padding; one speaker of the spoken-digit data set records with one.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        ``[time]`` or ``[time, channels]``.
+
+    Returns
+    -------
+    torch.Tensor
+        The waveform with zero mean per channel.
+
+    Example
+    -------
+    >>> remove_dc_offset(torch.tensor([1.0, 3.0]))
+    tensor([-1.,  1.])
+    """
+    return wav - wav.mean(dim=0, keepdim=True)
+
+
+class ClipConditioner(AudioNormalizer):
+    """Bring a clip to the model's sample rate, channel count and length.
+
+    SpeechBrain's ``AudioNormalizer`` keeps one resampler per source rate and
+    averages channels to mono (or keeps them). This subclass adds what a sound
+    classifier trained on fixed-length clips needs:
+
+    * down-mixing *before* resampling (``AudioNormalizer`` resamples every
+      channel first, twice the work for stereo sources of a mono model);
+    * up-mixing mono to several channels (a stereo model hears mono files with
+      the signal on both channels; ``AudioNormalizer`` has no such mode);
+    * optional DC-offset removal;
+    * the clip length: :meth:`clip` pads or truncates to exactly the training
+      duration (random pad position in training), and calling the object, as
+      ``EncoderClassifier.load_audio`` does, pads shorter files to that
+      duration at the end, as evaluation does, and keeps longer ones whole.
+
+    Mono comes out as ``[time]``, SpeechBrain's layout, so SpeechBrain's
+    feature extractors take it as they are; several channels as
+    ``[time, channels]``.
+
+    Arguments
+    ---------
+    sample_rate : int
+        The model's sample rate.
+    channels : int
+        The model's channel count.
+    duration_ms : float, optional
+        The training clip length in milliseconds (``None``: keep any length).
+    remove_dc : bool
+        Subtract each channel's mean before padding.
+
+    Example
+    -------
+    >>> cond = ClipConditioner(16000, channels=2, duration_ms=1000)
+    >>> cond(torch.randn(4000), 8000).shape
+    torch.Size([16000, 2])
+    >>> cond(torch.randn(44100, 2), 22050).shape
+    torch.Size([32000, 2])
+    >>> ClipConditioner(8000, 1, 500).clip(torch.randn(44100, 2), 44100).shape
+    torch.Size([4000])
+    """
+
+    def __init__(
+        self, sample_rate, channels=1, duration_ms=None, remove_dc=False
+    ):
+        super().__init__(sample_rate=int(sample_rate), mix="keep")
+        if int(channels) < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
+        if duration_ms is not None and not float(duration_ms) > 0:
+            raise ValueError(f"duration_ms must be positive, got {duration_ms}")
+        self.channels = int(channels)
+        self.duration_ms = duration_ms
+        self.remove_dc = bool(remove_dc)
+
+    @property
+    def num_samples(self):
+        """The training clip length in samples (``None``: any length)."""
+        if self.duration_ms is None:
+            return None
+        return int(round(self.sample_rate * float(self.duration_ms) / 1000.0))
+
+    def max_seconds(self):
+        """How much of a file :meth:`clip` keeps (for :func:`load_audio`).
+
+        Returns
+        -------
+        float or None
+            The clip duration in seconds.
+        """
+        return None if self.duration_ms is None else self.duration_ms / 1000
+
+    def convert(self, audio, sample_rate):
+        """Resample and rechannel a clip, and remove its DC offset if asked.
+
+        Arguments
+        ---------
+        audio : torch.Tensor
+            ``[time]`` or ``[time, channels]``.
+        sample_rate : int
+            The rate of ``audio``.
+
+        Returns
+        -------
+        torch.Tensor
+            float32 ``[new_time]`` (mono) or ``[new_time, channels]``.
+        """
+        wav = audio.float()
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(-1)
+        wav = rechannel(wav, min(self.channels, wav.shape[-1]))  # down-mix
+        if int(sample_rate) != self.sample_rate:
+            wav = super().__call__(wav, int(sample_rate))  # "keep": channels
+        wav = rechannel(wav, self.channels)  # up-mix
+        if self.remove_dc:
+            wav = remove_dc_offset(wav)
+        return wav.squeeze(-1) if self.channels == 1 else wav
+
+    def clip(self, audio, sample_rate, random_pad=False, generator=None):
+        """Convert a clip and pad or truncate it to the training length.
+
+        Arguments
+        ---------
+        audio : torch.Tensor
+            ``[time]`` or ``[time, channels]``.
+        sample_rate : int
+            The rate of ``audio``.
+        random_pad : bool
+            Put a short clip at a random position (training) instead of at
+            the start (evaluation).
+        generator : torch.Generator, optional
+            Source of randomness.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[num_samples]`` or ``[num_samples, channels]``.
+        """
+        wav = self.convert(audio, sample_rate)
+        if self.num_samples is None:
+            return wav
+        return pad_trunc(wav, self.num_samples, random_pad, generator)
+
+    def __call__(self, audio, sample_rate):
+        """Convert a clip and pad a short one at the end (inference).
+
+        Arguments
+        ---------
+        audio : torch.Tensor
+            ``[time]`` or ``[time, channels]``, on any device.
+        sample_rate : int
+            The rate of ``audio``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[time']`` or ``[time', channels]``, at least the training length,
+            on the device of ``audio``.
+        """
+        device = audio.device
+        wav = self.convert(audio.detach().to("cpu"), sample_rate)
+        target = self.num_samples
+        if target is not None and wav.shape[0] < target:
+            wav = pad_trunc(wav, target)
+        return wav.to(device)

@@ -1,0 +1,148 @@
+"""The machine: CPU cores for loader workers and torch threads, and a one-line
+description for reports.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import os
+import platform
+
+import torch
+
+# torch's own default (one thread per physical core), before anyone changes it.
+_DEFAULT_TORCH_THREADS = torch.get_num_threads()
+
+
+def available_cores():
+    """CPU cores this process may run on.
+
+    Returns
+    -------
+    int
+        The number of cores in this process's CPU affinity.
+
+    Example
+    -------
+    >>> available_cores() >= 1
+    True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_num_workers(cores=None, max_workers=8):
+    """A default number of DataLoader workers: half the cores, from 1 to 8.
+
+    The waveform steps of a clip (decode, resample) cost a few milliseconds of
+    one core, about what the main process spends on the clip's features and
+    model step on a CPU; so on a CPU-only machine half the cores load data and
+    the other half compute (2 cores: 1 worker, 1 compute thread, see
+    :func:`set_torch_threads`). With a GPU the main process mostly waits, and 8
+    workers feed it well over a thousand clips a second. Cores are shared among
+    the processes of a ``torchrun`` launch.
+
+    Arguments
+    ---------
+    cores : int, optional
+        CPU cores available (default: this process's CPU affinity).
+    max_workers : int
+        Upper bound.
+
+    Returns
+    -------
+    int
+        The number of workers.
+
+    Example
+    -------
+    >>> default_num_workers(cores=2), default_num_workers(cores=64)
+    (1, 8)
+    """
+    if cores is None:
+        cores = available_cores()
+    cores //= max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return max(1, min(max_workers, cores // 2))
+
+
+def set_torch_threads(num_workers, cores=None):
+    """Give torch's compute threads the cores that the loader workers leave free.
+
+    The main process computes features and the model with torch's intra-op
+    thread pool (one thread per core by default) while ``num_workers`` DataLoader
+    workers (one thread each) prepare waveforms. More busy threads than cores
+    slow OpenMP down badly (its threads wait for each other at every operation):
+    on 2 cores with 2 workers, 2 compute threads train several times slower than
+    1. This sets ``cores - num_workers`` threads (at least 1, at most torch's
+    default; cores shared among the processes of a ``torchrun`` launch). The
+    recipe's YAML calls it at load time; ``OMP_NUM_THREADS``, when set, wins.
+
+    Arguments
+    ---------
+    num_workers : int
+        DataLoader worker processes per training process.
+    cores : int, optional
+        CPU cores available (default: this process's CPU affinity).
+
+    Returns
+    -------
+    int
+        The number of threads torch now uses.
+
+    Example
+    -------
+    >>> before = torch.get_num_threads()
+    >>> set_torch_threads(num_workers=3, cores=4) >= 1
+    True
+    >>> torch.set_num_threads(before)
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    if cores is None:
+        cores = available_cores()
+    local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    free = cores // local_processes - int(num_workers or 0)
+    threads = max(1, min(free, _DEFAULT_TORCH_THREADS))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _cpu_model():
+    """The CPU's model name, best effort."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware_description():
+    """Describe the machine: CPU model and cores, GPU if any, torch version.
+
+    Returns
+    -------
+    str
+        One line, e.g. ``"CPU: AMD EPYC (2 cores); GPU: none; torch 2.11.0;
+        Python 3.11.9 on Linux"``.
+
+    Example
+    -------
+    >>> "torch" in hardware_description()
+    True
+    """
+    parts = [f"CPU: {_cpu_model()} ({available_cores()} cores available)"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        names = sorted({torch.cuda.get_device_name(i) for i in range(n)})
+        parts.append(f"GPU: {n} × {', '.join(names)}")
+    else:
+        parts.append("GPU: none")
+    parts.append(f"torch {torch.__version__}")
+    parts.append(f"Python {platform.python_version()} on {platform.system()}")
+    return "; ".join(parts)

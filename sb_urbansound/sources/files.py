@@ -1,0 +1,440 @@
+"""Labels from your own folders: one folder per class, or the file names.
+
+* :func:`prepare_folders`: every audio file under ``<data_folder>/<label>/``,
+  at any depth, is a clip of ``label``.
+* :func:`prepare_filenames`: a regular expression reads the label (and
+  optionally the group: speaker, source recording) from each file name.
+
+Clips are dealt to ``n_folds`` folds by group
+(:func:`sb_urbansound.sources.folds.assign_group_folds`), so all clips of one
+group land in the same fold. Both write the manifests of
+:mod:`sb_urbansound.manifests`.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
+from sb_urbansound.errors import AudioLoadError, DataPrepError
+from sb_urbansound.manifests import (
+    absolute,
+    listing,
+    stat_list,
+    write_manifests,
+)
+from sb_urbansound.sources.folds import (
+    assign_group_folds,
+    check_fold_lists,
+    check_n_folds,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS = AUDIO_SUFFIXES
+
+
+def prepare_folders(
+    data_folder,
+    save_folder,
+    n_folds=5,
+    train_fold_nums=(1, 2, 3),
+    valid_fold_nums=(4,),
+    test_fold_nums=(5,),
+    extensions=DEFAULT_EXTENSIONS,
+    group_pattern=None,
+    skip_missing=False,
+    leaky_random_split=False,
+    seed=1234,
+):
+    """Write train/valid/test manifests from one folder per class.
+
+    Every audio file under ``<data_folder>/<label>/``, at any depth, is a clip
+    of ``label`` (the first path component below ``data_folder``). Files and
+    folders whose name starts with a dot (``.DS_Store``, macOS ``._x.wav``
+    resource forks, ``.ipynb_checkpoints``) are ignored. Clips are assigned to
+    ``n_folds`` folds by group: the sorted unique groups are shuffled with
+    ``numpy.random.default_rng(seed)`` and dealt round-robin to folds
+    ``1..n_folds``, so one group never spans two folds.
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        Folder holding one sub-folder per class.
+    save_folder : str or Path
+        Where the manifests are written (created if needed).
+    n_folds : int
+        Number of folds the groups are dealt into (at most the number of groups).
+    train_fold_nums : list of int
+        Folds (in ``1..n_folds``) of the training split.
+    valid_fold_nums : list of int
+        Folds of the validation split.
+    test_fold_nums : list of int
+        Folds of the test split. The three lists must be non-empty and must not
+        share any fold.
+    extensions : list of str
+        Audio file suffixes to collect (case-insensitive).
+    group_pattern : str, optional
+        Regular expression with a named group ``group``, searched in each file
+        name (anchor it with ``^``/``$`` as needed), e.g. ``r"^(?P<group>\\d+)-"``.
+        Files of the same group stay in the same fold. Without it, each file is
+        its own group.
+    skip_missing : bool
+        If True, unreadable or empty audio files are left out with one warning;
+        if False (default) they raise one error listing them all.
+    leaky_random_split : bool
+        Bad practice, for comparisons only: reassign each clip to a random fold
+        (seeded, fold sizes kept), which leaks groups across splits.
+    seed : int
+        Seed of the fold assignment (and of ``leaky_random_split``).
+
+    Returns
+    -------
+    dict
+        ``{"train": path, "valid": path, "test": path, "labels": path}`` (str).
+
+    Raises
+    ------
+    DataPrepError
+        On a missing or empty data folder, fewer than two classes, a bad
+        ``group_pattern``, invalid fold lists, or unusable audio files.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> import numpy as np, soundfile as sf
+    >>> for i in range(6):
+    ...     (tmp / "data" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+    ...     sf.write(
+    ...         tmp / "data" / f"c{i % 2}" / f"{i}.wav", np.zeros(80), 8000
+    ...     )
+    >>> out = prepare_folders(
+    ...     tmp / "data",
+    ...     tmp / "out",
+    ...     n_folds=3,
+    ...     train_fold_nums=[1],
+    ...     valid_fold_nums=[2],
+    ...     test_fold_nums=[3],
+    ... )
+    >>> json.loads(Path(out["labels"]).read_text())
+    ['c0', 'c1']
+    """
+    data_folder = absolute(data_folder)
+    extensions = _normalise_extensions(extensions)
+    group_re = None
+    if group_pattern is not None:
+        group_re = _compile_pattern(
+            group_pattern, "group_pattern", required=("group",)
+        )
+    files = _list_audio_files(data_folder, extensions)
+
+    top_level = [rel for rel in files if len(Path(rel).parts) < 2]
+    if top_level:
+        raise DataPrepError(
+            f"{len(top_level)} audio file(s) lie directly in {data_folder}, outside "
+            f"any class folder: {listing(top_level)}. Move each file into "
+            "<data_folder>/<label>/, or use prepare_filenames if the label is in "
+            "the file name."
+        )
+    labels = [Path(rel).parts[0] for rel in files]
+    groups = [None] * len(files)
+    if group_re is not None:
+        unmatched = []
+        for i, rel in enumerate(files):
+            m = group_re.search(Path(rel).name)
+            if m is None or not m.group("group"):
+                unmatched.append(rel)
+            else:
+                groups[i] = m.group("group")
+        if unmatched:
+            raise DataPrepError(
+                f"group_pattern {group_re.pattern!r} finds no group in "
+                f"{len(unmatched)} of {len(files)} file name(s) under {data_folder}: "
+                f"{listing(unmatched)}. Fix group_pattern so that its (?P<group>...) "
+                "matches every file name, or rename these files."
+            )
+    for label_dir in sorted(p for p in data_folder.iterdir() if p.is_dir()):
+        if not label_dir.name.startswith(".") and label_dir.name not in set(
+            labels
+        ):
+            logger.warning(
+                "Class folder %s holds no %s file: ignored",
+                label_dir,
+                "/".join(extensions),
+            )
+    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
+    splits = check_fold_lists(
+        train_fold_nums,
+        valid_fold_nums,
+        test_fold_nums,
+        list(range(1, check_n_folds(n_folds) + 1)),
+    )
+    options = {
+        "data_folder": str(data_folder),
+        "n_folds": check_n_folds(n_folds),
+        "train_fold_nums": splits["train"],
+        "valid_fold_nums": splits["valid"],
+        "test_fold_nums": splits["test"],
+        "extensions": list(extensions),
+        "group_pattern": None if group_re is None else group_re.pattern,
+        "skip_missing": bool(skip_missing),
+        "leaky_random_split": bool(leaky_random_split),
+        "seed": int(seed),
+    }
+    return write_manifests(
+        function="prepare_folders",
+        table=table,
+        save_folder=save_folder,
+        splits=splits,
+        options=options,
+        fingerprint={"files": stat_list(data_folder, files)},
+        skip_missing=skip_missing,
+        leaky_random_split=leaky_random_split,
+        seed=seed,
+    )
+
+
+def prepare_filenames(
+    data_folder,
+    save_folder,
+    pattern,
+    n_folds=5,
+    train_fold_nums=(1, 2, 3),
+    valid_fold_nums=(4,),
+    test_fold_nums=(5,),
+    extensions=DEFAULT_EXTENSIONS,
+    skip_missing=False,
+    leaky_random_split=False,
+    seed=1234,
+):
+    """Write train/valid/test manifests, reading labels from the file names.
+
+    ``pattern`` must match (``re.fullmatch``) the name of every audio file found
+    anywhere under ``data_folder``; its named group ``label`` gives the label and
+    its optional named group ``group`` the group (speaker, source recording).
+    A file whose ``group`` did not participate in the match is its own group.
+    Folds are assigned by group as in :func:`prepare_folders`. Files and folders
+    whose name starts with a dot are ignored.
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        Folder holding the audio files (at any depth).
+    save_folder : str or Path
+        Where the manifests are written (created if needed).
+    pattern : str
+        Regular expression with a named group ``label`` (and optionally
+        ``group``), e.g. ``r"(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav"`` for the
+        Free Spoken Digit Dataset.
+    n_folds : int
+        Number of folds the groups are dealt into (at most the number of groups).
+    train_fold_nums : list of int
+        Folds (in ``1..n_folds``) of the training split.
+    valid_fold_nums : list of int
+        Folds of the validation split.
+    test_fold_nums : list of int
+        Folds of the test split. The three lists must be non-empty and must not
+        share any fold.
+    extensions : list of str
+        Audio file suffixes to collect (case-insensitive).
+    skip_missing : bool
+        If True, unreadable or empty audio files are left out with one warning;
+        if False (default) they raise one error listing them all.
+    leaky_random_split : bool
+        Bad practice, for comparisons only: reassign each clip to a random fold
+        (seeded, fold sizes kept), which leaks groups across splits.
+    seed : int
+        Seed of the fold assignment (and of ``leaky_random_split``).
+
+    Returns
+    -------
+    dict
+        ``{"train": path, "valid": path, "test": path, "labels": path}`` (str).
+
+    Raises
+    ------
+    DataPrepError
+        On a missing or empty data folder, a pattern without ``label``, a pattern
+        that matches no file or not every file, fewer than two classes, invalid
+        fold lists, or unusable audio files.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> import numpy as np, soundfile as sf
+    >>> (tmp / "data").mkdir()
+    >>> for i in range(6):
+    ...     sf.write(tmp / "data" / f"{i % 2}_s{i % 3}.wav", np.zeros(80), 8000)
+    >>> out = prepare_filenames(
+    ...     tmp / "data",
+    ...     tmp / "out",
+    ...     r"(?P<label>\\d)_(?P<group>s\\d)\\.wav",
+    ...     n_folds=3,
+    ...     train_fold_nums=[1],
+    ...     valid_fold_nums=[2],
+    ...     test_fold_nums=[3],
+    ... )
+    >>> json.loads(Path(out["labels"]).read_text())
+    ['0', '1']
+    """
+    data_folder = absolute(data_folder)
+    extensions = _normalise_extensions(extensions)
+    regex = _compile_pattern(pattern, "pattern", required=("label",))
+    files = _list_audio_files(data_folder, extensions)
+
+    labels, groups, unmatched = [], [], []
+    has_group = "group" in regex.groupindex
+    for rel in files:
+        m = regex.fullmatch(Path(rel).name)
+        if m is None or not m.group("label"):
+            unmatched.append(rel)
+            continue
+        labels.append(m.group("label"))
+        groups.append((m.group("group") or None) if has_group else None)
+    if len(unmatched) == len(files):
+        raise DataPrepError(
+            f"pattern {regex.pattern!r} matches none of the {len(files)} audio "
+            f"file name(s) under {data_folder} (e.g. {listing(files, 3)}). The "
+            "pattern must match the whole file name, suffix included, e.g. "
+            r"'(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav'."
+        )
+    if unmatched:
+        raise DataPrepError(
+            f"pattern {regex.pattern!r} does not match {len(unmatched)} of the "
+            f"{len(files)} audio file name(s) under {data_folder}: "
+            f"{listing(unmatched)}. Widen the pattern (it must match the whole "
+            "file name, suffix included) or move these files out of data_folder."
+        )
+    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
+    splits = check_fold_lists(
+        train_fold_nums,
+        valid_fold_nums,
+        test_fold_nums,
+        list(range(1, check_n_folds(n_folds) + 1)),
+    )
+    options = {
+        "data_folder": str(data_folder),
+        "pattern": regex.pattern,
+        "n_folds": check_n_folds(n_folds),
+        "train_fold_nums": splits["train"],
+        "valid_fold_nums": splits["valid"],
+        "test_fold_nums": splits["test"],
+        "extensions": list(extensions),
+        "skip_missing": bool(skip_missing),
+        "leaky_random_split": bool(leaky_random_split),
+        "seed": int(seed),
+    }
+    return write_manifests(
+        function="prepare_filenames",
+        table=table,
+        save_folder=save_folder,
+        splits=splits,
+        options=options,
+        fingerprint={"files": stat_list(data_folder, files)},
+        skip_missing=skip_missing,
+        leaky_random_split=leaky_random_split,
+        seed=seed,
+    )
+
+
+def _files_table(data_folder, files, labels, groups, n_folds, seed):
+    """Table of clips for a file list; groups default to the relative path."""
+    groups = [
+        g if g is not None else rel
+        for g, rel in zip(groups, files, strict=True)
+    ]
+    if len(set(labels)) < 2:
+        raise DataPrepError(
+            f"the audio under {data_folder} has a single class "
+            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at least "
+            "two classes."
+        )
+    folds = assign_group_folds(groups, n_folds, seed)
+    ids = _clip_ids(files)
+    return pd.DataFrame(
+        {
+            "clip_id": ids,
+            "path": [str(data_folder / rel) for rel in files],
+            "label": labels,
+            "fold": folds,
+            "group": groups,
+        }
+    )
+
+
+def _clip_ids(files):
+    """Clip ids from relative paths: no suffix, ``/`` replaced, made unique."""
+    ids = [os.path.splitext(rel)[0].replace("/", "__") for rel in files]
+    seen = {}
+    for cid in ids:
+        seen[cid] = seen.get(cid, 0) + 1
+    out, used = [], set()
+    for rel, cid in zip(files, ids, strict=True):
+        if seen[cid] > 1:  # same stem, different suffix: keep the suffix
+            cid = rel.replace("/", "__").replace(".", "_")
+        base, n = cid, 1
+        while cid in used:
+            n += 1
+            cid = f"{base}-{n}"
+        used.add(cid)
+        out.append(cid)
+    return out
+
+
+def _list_audio_files(data_folder, extensions):
+    """Sorted relative paths of the audio files under ``data_folder``."""
+    if not data_folder.is_dir():
+        raise DataPrepError(
+            f"data folder {data_folder} does not exist (or is not a folder). "
+            "Point data_folder to the folder that holds your audio."
+        )
+    try:
+        files = find_audio_files(data_folder, extensions)
+    except AudioLoadError as e:
+        raise DataPrepError(str(e)) from None
+    if not files:
+        raise DataPrepError(
+            f"no audio file ({', '.join(extensions)}) found under {data_folder}. "
+            "Check data_folder, or add the suffix of your files to extensions."
+        )
+    return files
+
+
+def _normalise_extensions(extensions):
+    """Lower-case suffixes with a leading dot, as a tuple."""
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    out = tuple(
+        dict.fromkeys(
+            ("." + str(e).lower().lstrip(".")) for e in extensions if e
+        )
+    )
+    if not out:
+        raise DataPrepError("extensions is empty; give e.g. ['.wav', '.flac']")
+    return out
+
+
+def _compile_pattern(pattern, name, required):
+    """Compile a user regex and check its named groups."""
+    try:
+        regex = (
+            pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
+        )
+    except (re.error, TypeError) as e:
+        raise DataPrepError(
+            f"{name} {pattern!r} is not a valid regex: {e}"
+        ) from None
+    for group in required:
+        if group not in regex.groupindex:
+            raise DataPrepError(
+                f"{name} {regex.pattern!r} has no named group (?P<{group}>...); "
+                f"wrap the part of the file name that gives the {group} in "
+                f"(?P<{group}>...)."
+            )
+    return regex

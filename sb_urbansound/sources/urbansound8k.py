@@ -1,0 +1,212 @@
+"""UrbanSound8K: its metadata CSV, checked row by row, and its official folds.
+
+The data set (Salamon, Jacoby and Bello, ACM MM 2014) is 8,732 labelled
+slices of 1,297 Freesound recordings (``fsID``), in 10 predefined folds that
+keep the slices of a recording together. The recipe's
+``urbansound8k_prepare.py`` turns the table read here into manifests.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sb_urbansound.errors import DataPrepError
+from sb_urbansound.manifests import absolute, listing
+from sb_urbansound.sources.folds import _parse_int
+
+US8K_CSV = Path("metadata") / "UrbanSound8K.csv"
+US8K_REQUIRED_COLUMNS = ("slice_file_name", "fsID", "fold", "classID", "class")
+#: The data set's folds.
+US8K_FOLDS = tuple(range(1, 11))
+
+
+def load_urbansound8k_table(csv_path, data_folder=None):
+    """Load and check UrbanSound8K's metadata CSV into a table of clips.
+
+    Reads nothing but the CSV (the audio is not touched). Every row is checked:
+    non-empty file name and ``fsID``, a positive integer ``fold``, a
+    non-negative integer ``classID``, a non-empty ``class``, unique file names,
+    and a one-to-one ``classID`` / ``class`` mapping. All problems are reported
+    together, by CSV line number and file name.
+
+    Arguments
+    ---------
+    csv_path : str or Path
+        The metadata CSV.
+    data_folder : str or Path, optional
+        The data set folder, used to build audio paths
+        (``<data_folder>/audio/fold{fold}/{slice_file_name}``); by default the
+        parent of the CSV's folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per clip, columns ``clip_id``, ``path`` (absolute), ``label``,
+        ``fold`` (int), ``group`` (str), ``class_id`` (int) and ``line`` (the
+        CSV line number).
+
+    Raises
+    ------
+    DataPrepError
+        If the CSV cannot be parsed, lacks a required column, has invalid rows,
+        or holds fewer than two classes.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "metadata").mkdir()
+    >>> _ = (tmp / "metadata" / "UrbanSound8K.csv").write_text(
+    ...     "slice_file_name,fsID,fold,classID,class\\n"
+    ...     "1-0-0-0.wav,1,1,0,air_conditioner\\n"
+    ...     "2-3-0-0.wav,2,2,3,dog_bark\\n"
+    ... )
+    >>> t = load_urbansound8k_table(tmp / "metadata" / "UrbanSound8K.csv")
+    >>> t[["clip_id", "label", "fold", "group"]].values.tolist()
+    [['1-0-0-0', 'air_conditioner', 1, '1'], ['2-3-0-0', 'dog_bark', 2, '2']]
+    """
+    csv_path = absolute(csv_path)
+    data_folder = (
+        csv_path.parent.parent if data_folder is None else absolute(data_folder)
+    )
+    try:
+        df = pd.read_csv(
+            csv_path,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            skipinitialspace=True,
+            encoding="utf-8-sig",
+        )
+    except FileNotFoundError:
+        raise DataPrepError(f"metadata CSV {csv_path} not found") from None
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+    ) as e:
+        raise DataPrepError(
+            f"cannot parse the metadata CSV {csv_path}: {e}. Restore the original "
+            "UrbanSound8K.csv (comma-separated, one header line)."
+        ) from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in US8K_REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataPrepError(
+            f"metadata CSV {csv_path} lacks the column(s) {', '.join(missing)} "
+            f"(it has: {', '.join(df.columns)}). The header must name "
+            f"{', '.join(US8K_REQUIRED_COLUMNS)}."
+        )
+    df = df[list(US8K_REQUIRED_COLUMNS)].apply(lambda col: col.str.strip())
+    # Line numbers: header is line 1; blank lines are kept by the parser so the
+    # row index maps to the line, then dropped here.
+    df["line"] = np.arange(len(df)) + 2
+    df = df[(df[list(US8K_REQUIRED_COLUMNS)] != "").any(axis=1)]
+    if df.empty:
+        raise DataPrepError(f"metadata CSV {csv_path} has no data row")
+
+    problems = []
+    folds, class_ids = [], []
+    for line, name, fs_id, fold, class_id, cls in zip(
+        df["line"],
+        df["slice_file_name"],
+        df["fsID"],
+        df["fold"],
+        df["classID"],
+        df["class"],
+        strict=True,
+    ):
+        where = f"line {line} ({name or 'no file name'})"
+        if not name:
+            problems.append(f"{where}: empty slice_file_name")
+        elif "/" in name or "\\" in name:
+            problems.append(
+                f"{where}: slice_file_name must be a bare file name"
+            )
+        if not fs_id:
+            problems.append(f"{where}: empty fsID")
+        f = _parse_int(fold)
+        if f not in US8K_FOLDS:
+            problems.append(
+                f"{where}: invalid fold {fold!r} (UrbanSound8K's folds are 1 "
+                "to 10)"
+            )
+        c = _parse_int(class_id)
+        if c is None or c < 0:
+            problems.append(
+                f"{where}: invalid classID {class_id!r} (need an integer >= 0)"
+            )
+        if not cls:
+            problems.append(f"{where}: empty class name")
+        folds.append(f)
+        class_ids.append(c)
+    dup = df["slice_file_name"].duplicated(keep=False) & (
+        df["slice_file_name"] != ""
+    )
+    for line, name in zip(
+        df["line"][dup], df["slice_file_name"][dup], strict=True
+    ):
+        problems.append(
+            f"line {line} ({name}): slice_file_name appears more than once"
+        )
+    if problems:
+        raise DataPrepError(
+            f"metadata CSV {csv_path} has {len(problems)} invalid row(s):\n  "
+            + listing(problems, sep="\n  ")
+            + "\nFix these rows or restore the original UrbanSound8K.csv."
+        )
+    df = df.assign(fold=folds, classID=class_ids)
+
+    # classID <-> class must be one-to-one: name the rows that disagree with the
+    # majority pairing of their classID or of their class name.
+    bad_lines = set()
+    for key, value in (("classID", "class"), ("class", "classID")):
+        for _, rows in df.groupby(key, sort=True):
+            counts = rows[value].value_counts()
+            if len(counts) > 1:
+                majority = counts.index[0]
+                bad_lines.update(rows["line"][rows[value] != majority])
+    if bad_lines:
+        bad = df[df["line"].isin(bad_lines)].sort_values("line")
+        pairs = df.groupby(["classID", "class"]).size()
+        rows_txt = [
+            f"line {line} ({name}): classID {cid} / class {cls!r}"
+            for line, name, cid, cls in zip(
+                bad["line"],
+                bad["slice_file_name"],
+                bad["classID"],
+                bad["class"],
+                strict=True,
+            )
+        ]
+        raise DataPrepError(
+            f"metadata CSV {csv_path}: classID and class are not one-to-one "
+            f"({len(bad)} inconsistent row(s)):\n  "
+            + listing(rows_txt, sep="\n  ")
+            + "\nPairs found (classID, class: rows): "
+            + "; ".join(f"{i}, {n}: {k}" for (i, n), k in pairs.items())
+            + ". Each classID must always go with the same class name."
+        )
+    if df["class"].nunique() < 2:
+        raise DataPrepError(
+            f"metadata CSV {csv_path} holds a single class "
+            f"({df['class'].iloc[0]!r}); a classifier needs at least two."
+        )
+    audio = data_folder / "audio"
+    return pd.DataFrame(
+        {
+            "clip_id": [Path(n).stem for n in df["slice_file_name"]],
+            "path": [
+                str(audio / f"fold{f}" / n)
+                for f, n in zip(df["fold"], df["slice_file_name"], strict=True)
+            ],
+            "label": df["class"].to_list(),
+            "fold": df["fold"].astype(int).to_list(),
+            "group": df["fsID"].to_list(),
+            "class_id": df["classID"].astype(int).to_list(),
+            "line": df["line"].astype(int).to_list(),
+        }
+    )
