@@ -51,6 +51,15 @@ LABELS_FILE = "labels.json"
 MAX_LISTED = 20
 # Below this many files, the check runs without a progress bar.
 PROGRESS_MIN_FILES = 200
+# The kinds of unusable audio file, in the order error messages count them.
+PROBLEM_KINDS = (
+    "missing",
+    "not a file",
+    "unreadable",
+    "empty",
+    "corrupt",
+    "non-finite",
+)
 
 
 def write_manifests(
@@ -314,7 +323,9 @@ def probe_audio(paths, skip_missing, missing_hint=None, threads=4):
             else:
                 info[path] = result
     if problems:
-        summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+        summary = ", ".join(
+            f"{counts[k]} {k}" for k in PROBLEM_KINDS if k in counts
+        )
         if skip_missing:
             logger.warning(
                 "skip_missing=True: leaving out %d of %d audio file(s) (%s):\n  %s",

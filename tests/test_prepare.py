@@ -1,4 +1,9 @@
-"""Tests of sb_urbansound.prepare: metadata/folders/file names to JSON manifests."""
+"""Tests of UrbanSound8K preparation: the recipe's ``urbansound8k_prepare.py``
+and ``sb_urbansound.sources.urbansound8k`` (metadata CSV to JSON manifests).
+
+The class-folder and file-name sources are tested in ``test_sources.py``, the
+audio checks and the fingerprint of the inputs in ``test_manifests.py``.
+"""
 
 import io
 import json
@@ -6,9 +11,7 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -18,29 +21,27 @@ import pytest
 import soundfile as sf
 from helpers import (
     FORMATS,
-    FSDD_DIR,
     US8K_CLASSES,
     US8K_COLUMNS,
     US8K_CSV,
+    load_prepare_module,
     make_urbansound_tree,
-    requires_fsdd,
     requires_us8k_csv,
     snapshot_tree,
     write_clip,
     write_us8k_csv,
 )
-from sb_urbansound.prepare import (
-    DataPrepError,
-    assign_group_folds,
-    load_urbansound8k_table,
-    prepare_filenames,
-    prepare_folders,
-    prepare_urbansound8k,
-)
+from sb_urbansound.errors import DataPrepError
+from sb_urbansound.sources.urbansound8k import load_urbansound8k_table
 
-LOGGER = "sb_urbansound.prepare"
+PREPARE = load_prepare_module()
+prepare_urbansound8k = PREPARE.prepare_urbansound8k
+
+# Who logs what: the checks of the audio and the up-to-date skip are in
+# sb_urbansound.manifests, the download in the recipe's module.
+MANIFESTS_LOGGER = "sb_urbansound.manifests"
+PREPARE_LOGGER = PREPARE.__name__
 REAL_FOLD_SIZES = [873, 888, 925, 990, 936, 823, 838, 806, 816, 837]
-FSDD_PATTERN = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav"
 SPLITS = ("train", "valid", "test")
 
 
@@ -78,50 +79,6 @@ def us8k(us8k_master, tmp_path):
     copy = tmp_path / "UrbanSound8K"
     shutil.copytree(root, copy)
     return copy, [dict(r) for r in rows]
-
-
-@pytest.fixture
-def class_folders(tmp_path):
-    """Three classes, files at several depths, wav/flac/ogg mixed, hidden junk."""
-    root = tmp_path / "classes"
-    exts = [".wav", ".flac", ".ogg"]
-    layout = {
-        "bird": [
-            "rec1-a",
-            "rec1-b",
-            "sub/rec2-a",
-            "sub/deeper/rec3-a",
-            "rec4-a",
-        ],
-        "car": ["rec5-a", "rec5-b", "x/rec6-a", "rec7-a", "rec8-a"],
-        "dog": ["rec9-a", "y/z/rec10-a", "rec11-a", "rec11-b", "rec12-a"],
-    }
-    k = 0
-    for class_idx, (label, stems) in enumerate(layout.items()):
-        for stem in stems:
-            ext = exts[k % 3]
-            subtype = {".wav": "PCM_16", ".flac": "PCM_24", ".ogg": "VORBIS"}[
-                ext
-            ]
-            write_clip(
-                root / label / f"{stem}{ext}",
-                class_idx,
-                sample_rate=16000,
-                channels=1 + k % 2,
-                seconds=0.2,
-                subtype=subtype,
-                seed=k,
-            )
-            k += 1
-    # Same stem, other suffix: needs a distinct clip id.
-    assert (root / "dog" / "rec9-a.flac").is_file()
-    write_clip(root / "dog" / "rec9-a.wav", 2, 16000, 1, 0.2, "PCM_16")
-    # Things to ignore: hidden files and folders, non-audio files.
-    (root / "bird" / "._rec1-a.wav").write_bytes(b"\0\5\26\7 not audio")
-    (root / ".ipynb_checkpoints").mkdir()
-    write_clip(root / ".ipynb_checkpoints" / "x.wav", 0, 8000, 1, 0.1)
-    (root / "car" / "notes.txt").write_text("not audio")
-    return root
 
 
 # --------------------------------------------------------------------------
@@ -166,7 +123,7 @@ def test_real_csv_full_dataset(tmp_path, caplog):
     assert "... and 8712 more" in msg and "skip_missing=True" in msg
     assert "audio/fold<fold>/<slice_file_name>" in msg
     # skip_missing leaves every clip out: nothing usable is left.
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.WARNING, logger=MANIFESTS_LOGGER)
     with pytest.raises(
         DataPrepError, match="no usable clip is left in the train"
     ):
@@ -362,6 +319,7 @@ def test_missing_column_is_named(us8k, tmp_path):
     [
         ({"fold": "abc"}, r"line 5 \(.*\.wav\): invalid fold 'abc'"),
         ({"fold": 0}, r"line 5 \(.*\.wav\): invalid fold '0'"),
+        ({"fold": 11}, r"line 5 \(.*\.wav\): invalid fold '11'"),
         ({"classID": "x"}, r"line 5 \(.*\.wav\): invalid classID 'x'"),
         ({"class": ""}, r"line 5 \(.*\.wav\): empty class name"),
         ({"slice_file_name": "101-0-0-0.wav"}, "appears more than once"),
@@ -374,6 +332,23 @@ def test_invalid_rows_are_named(us8k, tmp_path, change, message):
     write_us8k_csv(data / "metadata" / "UrbanSound8K.csv", rows)
     with pytest.raises(DataPrepError, match=message):
         prepare_urbansound8k(data, tmp_path / "out", download=False)
+
+
+def test_fold_outside_1_to_10_names_its_line(us8k, tmp_path):
+    """UrbanSound8K has folds 1 to 10: a row in fold 11 is a typo, named."""
+    data, rows = us8k
+    rows[41]["fold"] = 11
+    csv_path = write_us8k_csv(data / "metadata" / "UrbanSound8K.csv", rows)
+    expected = (
+        f"line 43 ({rows[41]['slice_file_name']}): invalid fold '11' "
+        "(UrbanSound8K's folds are 1 to 10)"
+    )
+    with pytest.raises(DataPrepError, match=re.escape(expected)) as err:
+        load_urbansound8k_table(csv_path)
+    assert "1 invalid row(s)" in str(err.value)
+    with pytest.raises(DataPrepError, match=re.escape(expected)):
+        prepare_urbansound8k(data, tmp_path / "out", download=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_all_row_problems_reported_together(us8k, tmp_path):
@@ -447,7 +422,7 @@ def test_bad_audio_reported_together_or_skipped(us8k, tmp_path, caplog):
     assert f"empty (0 frames): {empty}" in msg
     assert not (tmp_path / "out" / "train.json").exists()
 
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.WARNING, logger=MANIFESTS_LOGGER)
     out = prepare_urbansound8k(
         data, tmp_path / "out", skip_missing=True, download=False
     )
@@ -462,7 +437,78 @@ def test_bad_audio_reported_together_or_skipped(us8k, tmp_path, caplog):
     assert not kept & {Path(p).stem for p in (missing, corrupt, empty)}
 
 
-def test_absent_data_folder_without_download(tmp_path):
+def audio_path(data, row):
+    """Where UrbanSound8K keeps the audio of a CSV row."""
+    return data / "audio" / f"fold{row['fold']}" / row["slice_file_name"]
+
+
+def corrupt_after_header(path, seed=0):
+    """Overwrite the second half of a file with random bytes."""
+    blob = bytearray(path.read_bytes())
+    half = len(blob) // 2
+    rng = np.random.default_rng(seed)
+    blob[half:] = rng.integers(0, 256, len(blob) - half, np.uint8).tobytes()
+    path.write_bytes(bytes(blob))
+
+
+def test_nan_sample_is_named_or_skipped(us8k, tmp_path, caplog):
+    """One NaN sample would turn the model's weights into NaN."""
+    data, rows = us8k
+    path = audio_path(data, rows[6])  # fold 1 (train), 48 kHz float WAV
+    assert sf.info(path).subtype == "FLOAT"
+    wav, rate = sf.read(path, dtype="float32", always_2d=True)
+    wav[len(wav) // 3, 0] = np.nan
+    sf.write(path, wav, rate, subtype="FLOAT")
+    with pytest.raises(DataPrepError) as err:
+        prepare_urbansound8k(data, tmp_path / "out", download=False)
+    msg = str(err.value)
+    assert "1 of 100 audio file(s) cannot be used (1 non-finite)" in msg
+    assert f"non-finite (1 NaN or infinite samples): {path}" in msg
+    assert not (tmp_path / "out" / "train.json").exists()
+
+    caplog.set_level(logging.WARNING, logger=MANIFESTS_LOGGER)
+    out = prepare_urbansound8k(
+        data, tmp_path / "out", skip_missing=True, download=False
+    )
+    assert "leaving out 1 of 100 audio file(s) (1 non-finite)" in caplog.text
+    assert f"non-finite (1 NaN or infinite samples): {path}" in caplog.text
+    manifests, _ = load(out)
+    assert [len(manifests[s]) for s in SPLITS] == [79, 10, 10]
+    assert path.stem not in manifests["train"]
+
+
+def test_flac_corrupt_after_its_header_is_named(us8k, tmp_path, caplog):
+    """A header-only check would let this file stop training mid-epoch."""
+    data, rows = us8k
+    row = rows[42]  # fold 5 (train), class 2
+    audio_path(data, row).unlink()
+    row["slice_file_name"] = row["slice_file_name"][:-4] + ".flac"
+    write_us8k_csv(data / "metadata" / "UrbanSound8K.csv", rows)
+    path = write_clip(audio_path(data, row), 2, 44100, 1, 3.0, "PCM_16")
+    corrupt_after_header(path)
+    assert sf.info(path).frames == 3 * 44100  # the header still reads
+    with pytest.raises(DataPrepError) as err:
+        prepare_urbansound8k(data, tmp_path / "out", download=False)
+    msg = str(err.value)
+    assert "1 of 100 audio file(s) cannot be used (1 corrupt)" in msg
+    assert re.search(rf"corrupt \(.+\): {re.escape(str(path))}", msg), msg
+
+    caplog.set_level(logging.WARNING, logger=MANIFESTS_LOGGER)
+    out = prepare_urbansound8k(
+        data, tmp_path / "out", skip_missing=True, download=False
+    )
+    assert "leaving out 1 of 100 audio file(s) (1 corrupt)" in caplog.text
+    assert str(path) in caplog.text
+    manifests, _ = load(out)
+    assert [len(manifests[s]) for s in SPLITS] == [79, 10, 10]
+    assert path.stem not in manifests["train"]
+
+
+def test_absent_data_folder_without_download(tmp_path, monkeypatch):
+    def no_download(data_folder, **kwargs):
+        raise AssertionError("download=False must not download")
+
+    monkeypatch.setattr(PREPARE, "download_urbansound8k", no_download)
     with pytest.raises(DataPrepError, match="does not exist.*download=True"):
         prepare_urbansound8k(
             tmp_path / "nowhere", tmp_path / "out", download=False
@@ -474,21 +520,13 @@ def test_absent_data_folder_without_download(tmp_path):
         prepare_urbansound8k(
             tmp_path / "empty", tmp_path / "out", download=False
         )
+    # Not downloading is the default.
+    with pytest.raises(DataPrepError, match="not found"):
+        prepare_urbansound8k(tmp_path / "empty", tmp_path / "out")
 
 
-@pytest.mark.parametrize(
-    "url, md5, expected",
-    [
-        (None, None, {}),
-        (
-            "http://example.invalid/a.tgz",
-            "abc",
-            {"url": "http://example.invalid/a.tgz", "md5": "abc"},
-        ),
-    ],
-)
-def test_download_when_csv_absent(
-    us8k_master, tmp_path, monkeypatch, url, md5, expected
+def test_download_only_when_csv_absent(
+    us8k_master, tmp_path, monkeypatch, caplog
 ):
     master, _ = us8k_master
     calls = []
@@ -497,28 +535,37 @@ def test_download_when_csv_absent(
         calls.append((Path(data_folder), kwargs))
         shutil.copytree(master, data_folder)
 
-    fake = types.ModuleType("sb_urbansound.download")
-    fake.download_urbansound8k = fake_download
-    monkeypatch.setitem(sys.modules, "sb_urbansound.download", fake)
+    monkeypatch.setattr(PREPARE, "download_urbansound8k", fake_download)
+    caplog.set_level(logging.INFO, logger=PREPARE_LOGGER)
     data = tmp_path / "fetched"
-    out = prepare_urbansound8k(
-        data, tmp_path / "out", download_url=url, download_md5=md5
-    )
-    assert calls == [(data, expected)]
+    out = prepare_urbansound8k(data, tmp_path / "out", download=True)
+    assert calls == [(data, {})]
+    assert "not found: downloading UrbanSound8K" in caplog.text
+    assert str(data / "metadata" / "UrbanSound8K.csv") in caplog.text
     assert len(load(out)[0]["train"]) == 80
     # The CSV is there now: no second download.
-    prepare_urbansound8k(data, tmp_path / "out2", download_url=url)
+    out2 = prepare_urbansound8k(data, tmp_path / "out2", download=True)
     assert len(calls) == 1
+    assert load(out2) == load(out)
 
 
 def test_download_that_yields_no_csv(tmp_path, monkeypatch):
-    fake = types.ModuleType("sb_urbansound.download")
-    fake.download_urbansound8k = lambda data_folder, **kw: Path(
-        data_folder
-    ).mkdir()
-    monkeypatch.setitem(sys.modules, "sb_urbansound.download", fake)
-    with pytest.raises(DataPrepError, match="still missing after the download"):
-        prepare_urbansound8k(tmp_path / "d", tmp_path / "out")
+    calls = []
+
+    def fake_download(data_folder, **kwargs):
+        calls.append(Path(data_folder))
+        Path(data_folder).mkdir()
+
+    monkeypatch.setattr(PREPARE, "download_urbansound8k", fake_download)
+    with pytest.raises(
+        DataPrepError, match="still missing after the download"
+    ) as err:
+        prepare_urbansound8k(tmp_path / "d", tmp_path / "out", download=True)
+    assert calls == [tmp_path / "d"]
+    assert str(tmp_path / "d" / "metadata" / "UrbanSound8K.csv") in str(
+        err.value
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_data_folder_not_modified(us8k_master, tmp_path):
@@ -551,7 +598,7 @@ def test_up_to_date_skip_and_rewrite(us8k, tmp_path, caplog):
     assert options["options"]["valid_fold_nums"] == [9]
     assert options["inputs"]["csv"]["path"].endswith("UrbanSound8K.csv")
 
-    caplog.set_level(logging.INFO, logger=LOGGER)
+    caplog.set_level(logging.INFO, logger=MANIFESTS_LOGGER)
     assert prepare_urbansound8k(data, save, download=False) == out
     assert "up to date, skipping" in caplog.text
     assert {(save / n).stat().st_mtime_ns for n in names} == {old}
@@ -577,269 +624,25 @@ def test_up_to_date_skip_and_rewrite(us8k, tmp_path, caplog):
     assert (save / "labels.json").is_file()
 
 
-# --------------------------------------------------------------------------
-# Class folders and file names
-# --------------------------------------------------------------------------
-
-
-@requires_fsdd
-def test_fsdd_one_speaker_per_fold(tmp_path):
-    before = snapshot_tree(FSDD_DIR)
-    out = prepare_filenames(
-        FSDD_DIR,
-        tmp_path / "out",
-        FSDD_PATTERN,
-        n_folds=6,
-        train_fold_nums=[1, 2, 3, 4],
-        valid_fold_nums=[5],
-        test_fold_nums=[6],
-    )
-    manifests, labels = load(out)
-    assert labels == [str(d) for d in range(10)]
-    assert [len(manifests[s]) for s in SPLITS] == [2000, 500, 500]
-    speakers = {}
-    for m in manifests.values():
-        for cid, e in m.items():
-            speakers.setdefault(e["fold"], set()).add(e["group"])
-            assert cid == Path(e["wav"]).stem
-            assert e["label"] == cid.split("_")[0]
-            assert e["sample_rate"] == 8000 and e["channels"] == 1
-    assert sorted(speakers) == [1, 2, 3, 4, 5, 6]
-    assert all(len(s) == 1 for s in speakers.values())
-    assert len(set().union(*speakers.values())) == 6
-    assert snapshot_tree(FSDD_DIR) == before
-
-
-def test_class_folders(class_folders, tmp_path):
-    before = snapshot_tree(class_folders)
-    out = prepare_folders(
-        class_folders,
-        tmp_path / "out",
-        n_folds=4,
-        train_fold_nums=[1, 2],
-        valid_fold_nums=[3],
-        test_fold_nums=[4],
-        group_pattern=r"^(?P<group>rec\d+)-",
-    )
-    manifests, labels = load(out)
-    assert labels == ["bird", "car", "dog"]
-    entries = {cid: e for m in manifests.values() for cid, e in m.items()}
-    assert len(entries) == 16
-    assert "bird__sub__deeper__rec3-a" in entries
-    assert entries["bird__sub__deeper__rec3-a"]["label"] == "bird"
-    # Same stem with two suffixes: two clips with distinct ids.
-    dog9 = sorted(e["wav"] for e in entries.values() if "rec9-a" in e["wav"])
-    assert [Path(p).suffix for p in dog9] == [".flac", ".wav"]
-    assert {Path(e["wav"]).suffix for e in entries.values()} == {
-        ".wav",
-        ".flac",
-        ".ogg",
-    }
-    assert {e["channels"] for e in entries.values()} == {1, 2}
-    assert not any(
-        "._" in e["wav"] or "ipynb" in e["wav"] for e in entries.values()
-    )
-    # A group stays in one fold (rec1, rec5, rec11 have two clips each).
-    fold_of_group = {}
-    for e in entries.values():
-        assert fold_of_group.setdefault(e["group"], e["fold"]) == e["fold"]
-    assert len(fold_of_group) == 12
-    assert snapshot_tree(class_folders) == before
-
-
-def test_class_folders_without_group_pattern(class_folders, tmp_path):
-    out = prepare_folders(
-        class_folders,
-        tmp_path / "out",
-        n_folds=3,
-        train_fold_nums=[1],
-        valid_fold_nums=[2],
-        test_fold_nums=[3],
-    )
-    manifests, _ = load(out)
-    groups = [e["group"] for m in manifests.values() for e in m.values()]
-    assert len(groups) == len(set(groups)) == 16
-    assert "bird/sub/rec2-a.ogg" in groups
-
-
-def test_assign_group_folds():
-    groups = ["a", "b", "c", "d", "e", "f"] * 3
-    folds = assign_group_folds(groups, 6, seed=3)
-    assert folds == assign_group_folds(groups, 6, seed=3)
-    fold_of = dict(zip(groups, folds, strict=True))
-    assert sorted(fold_of.values()) == [1, 2, 3, 4, 5, 6]
-    assert [fold_of[g] for g in groups] == folds
-    sizes = Counter(assign_group_folds(list("abcdefg"), 3, seed=0))
-    assert sorted(sizes.values()) == [2, 2, 3]
+def test_same_size_rewrite_with_restored_mtime_rebuilds(us8k, tmp_path):
+    """The fingerprint holds each file's ctime, which cannot be set back."""
+    data, rows = us8k
+    save = tmp_path / "out"
+    prepare_urbansound8k(data, save, download=False)
+    path = audio_path(data, rows[6])  # 48 kHz float WAV
+    before = path.stat()
+    wav, rate = sf.read(path, dtype="float32", always_2d=True)
+    wav[len(wav) // 2, 0] = np.nan
+    time.sleep(0.05)  # let the file system's clock move on
+    sf.write(path, wav, rate, subtype="FLOAT")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert after.st_size == before.st_size
+    assert after.st_mtime_ns == before.st_mtime_ns
+    assert after.st_ctime_ns != before.st_ctime_ns
+    # Not "up to date": the file is checked again, and its NaN found.
     with pytest.raises(
-        DataPrepError, match="n_folds=7 but the data has only 6"
+        DataPrepError,
+        match=re.escape(f"non-finite (1 NaN or infinite samples): {path}"),
     ):
-        assign_group_folds(groups, 7)
-
-
-def make_named_files(root, names):
-    for k, name in enumerate(names):
-        write_clip(root / name, k % 2, 8000, 1, 0.05, "PCM_16", seed=k)
-    return root
-
-
-def test_filenames_errors(tmp_path):
-    out = tmp_path / "out"
-    with pytest.raises(DataPrepError, match="does not exist"):
-        prepare_filenames(tmp_path / "nowhere", out, FSDD_PATTERN)
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.txt").write_text("hi")
-    with pytest.raises(
-        DataPrepError, match=r"no audio file \(.wav, .flac, .ogg\)"
-    ):
-        prepare_filenames(tmp_path / "empty", out, FSDD_PATTERN)
-    with pytest.raises(DataPrepError, match="no audio file"):
-        prepare_folders(tmp_path / "empty", out)
-
-    data = make_named_files(
-        tmp_path / "d", [f"{k % 2}_spk{k % 3}_{k}.wav" for k in range(12)]
-    )
-    with pytest.raises(DataPrepError, match=r"has no named group \(\?P<label>"):
-        prepare_filenames(data, out, r"(\d)_.*\.wav")
-    with pytest.raises(DataPrepError, match="not a valid regex"):
-        prepare_filenames(data, out, r"(?P<label>\d")
-    with pytest.raises(
-        DataPrepError, match="matches none of the 12 audio file"
-    ):
-        prepare_filenames(data, out, r"(?P<label>\d)_[a-z]+_\d+\.wav")
-
-    make_named_files(data / "extra", ["oops.wav", "1-spk2.flac"])
-    with pytest.raises(DataPrepError) as err:
-        prepare_filenames(
-            data, out, r"(?P<label>\d)_(?P<group>spk\d)_\d+\.wav", n_folds=3
-        )
-    msg = str(err.value)
-    assert "does not match 2 of the 14" in msg
-    assert "extra/oops.wav" in msg and "extra/1-spk2.flac" in msg
-    shutil.rmtree(data / "extra")
-
-    with pytest.raises(
-        DataPrepError, match="n_folds=5 but the data has only 3 group"
-    ):
-        prepare_filenames(data, out, r"(?P<label>\d)_(?P<group>spk\d)_\d+\.wav")
-    with pytest.raises(DataPrepError, match="single class"):
-        prepare_filenames(data, out, r"\d_(?P<label>spk)\d_\d+\.wav")
-    assert not out.exists()
-
-    ok = prepare_filenames(
-        data,
-        out,
-        r"(?P<label>\d)_(?P<group>spk\d)_\d+\.wav",
-        n_folds=3,
-        train_fold_nums=[1],
-        valid_fold_nums=[2],
-        test_fold_nums=[3],
-    )
-    manifests, labels = load(ok)
-    assert labels == ["0", "1"]
-    assert all(
-        len({e["group"] for e in manifests[s].values()}) == 1 for s in SPLITS
-    )
-
-
-def test_folders_errors(tmp_path, class_folders):
-    out = tmp_path / "out"
-    with pytest.raises(DataPrepError, match="does not exist"):
-        prepare_folders(tmp_path / "nowhere", out)
-    with pytest.raises(DataPrepError, match=r"has no named group \(\?P<group>"):
-        prepare_folders(class_folders, out, group_pattern=r"rec\d+")
-    with pytest.raises(DataPrepError, match="finds no group in 16 of 16"):
-        prepare_folders(class_folders, out, group_pattern=r"^(?P<group>zzz)")
-    with pytest.raises(
-        DataPrepError, match="n_folds must be a positive integer"
-    ):
-        prepare_folders(class_folders, out, n_folds=0)
-    with pytest.raises(
-        DataPrepError, match="fold.s. 5, which the data does not"
-    ):
-        prepare_folders(class_folders, out, n_folds=4)
-
-    single = tmp_path / "single"
-    make_named_files(single / "only", ["a.wav", "b.wav", "c.wav"])
-    with pytest.raises(DataPrepError, match="single class .'only'"):
-        prepare_folders(
-            single,
-            out,
-            n_folds=3,
-            train_fold_nums=[1],
-            valid_fold_nums=[2],
-            test_fold_nums=[3],
-        )
-    make_named_files(single, ["loose.wav"])
-    with pytest.raises(
-        DataPrepError, match="directly in .*outside any class folder"
-    ):
-        prepare_folders(single, out)
-    assert not out.exists()
-
-
-# --------------------------------------------------------------------------
-# leaky_random_split
-# --------------------------------------------------------------------------
-
-
-def test_leaky_random_split(tmp_path, caplog):
-    data = tmp_path / "d"
-    names = [f"{k % 2}_spk{k % 4}_{k}.wav" for k in range(48)]
-    make_named_files(data, names)
-    pattern = r"(?P<label>\d)_(?P<group>spk\d)_\d+\.wav"
-    kwargs = dict(
-        n_folds=4,
-        train_fold_nums=[1, 2],
-        valid_fold_nums=[3],
-        test_fold_nums=[4],
-    )
-
-    def folds_by_clip(out):
-        manifests, _ = load(out)
-        return {
-            cid: (e["fold"], e["group"])
-            for m in manifests.values()
-            for cid, e in m.items()
-        }
-
-    proper = folds_by_clip(
-        prepare_filenames(data, tmp_path / "p", pattern, **kwargs)
-    )
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    leaky = folds_by_clip(
-        prepare_filenames(
-            data, tmp_path / "l", pattern, leaky_random_split=True, **kwargs
-        )
-    )
-    assert "leaky_random_split=True" in caplog.text and "leak" in caplog.text
-    assert set(leaky) == set(proper)
-    assert Counter(f for f, _ in leaky.values()) == Counter(
-        f for f, _ in proper.values()
-    )
-    groups_folds = {}
-    for fold, group in leaky.values():
-        groups_folds.setdefault(group, set()).add(fold)
-    assert any(len(f) > 1 for f in groups_folds.values())
-    proper_folds = {}
-    for fold, group in proper.values():
-        proper_folds.setdefault(group, set()).add(fold)
-    assert all(len(f) == 1 for f in proper_folds.values())
-    # Reproducible from the seed, different with another seed.
-    again = folds_by_clip(
-        prepare_filenames(
-            data, tmp_path / "l2", pattern, leaky_random_split=True, **kwargs
-        )
-    )
-    assert again == leaky
-    other = folds_by_clip(
-        prepare_filenames(
-            data,
-            tmp_path / "l3",
-            pattern,
-            leaky_random_split=True,
-            seed=99,
-            **kwargs,
-        )
-    )
-    assert other != leaky
+        prepare_urbansound8k(data, save, download=False)

@@ -90,12 +90,19 @@ def prepare_urbansound8k(
     >>> prepare_urbansound8k("no/such/folder", "manifests")
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.DataPrepError: UrbanSound8K metadata ...
+    sb_urbansound.errors.DataPrepError: UrbanSound8K data folder ...
     """
     data_folder = absolute(data_folder)
     csv_path = data_folder / US8K_CSV
     if not csv_path.is_file():
         if not download:
+            if not data_folder.is_dir():
+                raise DataPrepError(
+                    f"UrbanSound8K data folder {data_folder} does not exist. "
+                    "Point data_folder to the extracted data set (the folder "
+                    "holding metadata/ and audio/), or pass --download=True "
+                    "to fetch it."
+                )
             raise DataPrepError(
                 f"UrbanSound8K metadata {csv_path} not found. Point "
                 "data_folder to the extracted data set (the folder holding "
