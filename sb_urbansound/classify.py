@@ -7,7 +7,7 @@ Usage::
 
 Folders are searched recursively for ``.wav``, ``.flac`` and ``.ogg`` files (in
 sorted order); files named on the command line are read whatever their suffix.
-Each file is read (:func:`sb_urbansound.pipeline.load_audio`), converted to the
+Each file is read (:func:`sb_urbansound.audio.load_audio`), converted to the
 model's sample rate and channels as in training, cut into windows of the
 training duration (hop: half a window; the last window zero-padded as in
 evaluation; a short clip is one padded window), and the windows' class

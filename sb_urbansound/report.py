@@ -256,7 +256,8 @@ def write_markdown_report(
     command : str
         The command line that produced the results, shown verbatim.
     hardware : str
-        A description of the machine, e.g. from :func:`hardware_description`.
+        A description of the machine, e.g. from
+        :func:`sb_urbansound.hardware.hardware_description`.
     leaky : bool
         Whether the folds were a random clip split (``--leaky-random-split``).
         If so, a prominent warning section explains why the numbers are inflated

@@ -1,11 +1,8 @@
 """Unit tests for the batched features, SpecAugment, normalisation and the CNN."""
 
 import torch
-from sb_urbansound.features import (
-    BatchStandardize,
-    MelSpectrogramDB,
-    SpecAugment,
-)
+from sb_urbansound.augment import SpecAugment
+from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.models import CNNEmbedding, LinearClassifier
 
 

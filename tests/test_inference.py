@@ -23,11 +23,13 @@ from helpers import (
     REPO,
     TINY_CNN_ARGS,
     US8K_CLASSES,
+    load_recipe,
     make_urbansound_tree,
     write_clip,
 )
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from sb_urbansound import classify, inference
+from sb_urbansound.audio import ClipConditioner
 from sb_urbansound.inference import (
     TrainingAudioNormalizer,
     classify_waveform,
@@ -36,7 +38,6 @@ from sb_urbansound.inference import (
     sliding_windows,
     window_log_probs,
 )
-from sb_urbansound.pipeline import make_audio_pipeline
 
 from speechbrain.inference.classifiers import EncoderClassifier
 
@@ -192,6 +193,8 @@ def test_model_folder_is_self_contained(trained):
         assert f"{key}:" not in body
     assert str(data) not in body and str(out) not in body
     assert "pretrainer:" in body and "audio_normalizer:" in body
+    # The normaliser is the recipe's own clip conditioner
+    assert "!new:sb_urbansound.audio.ClipConditioner" in body
     # Same values as training
     trained_yaml = (out / "hyperparams.yaml").read_text()
     assert "sample_rate: 16000" in body and "duration_ms: 1000" in body
@@ -231,16 +234,29 @@ def test_encoder_classifier_loads_moved_folder_and_classifies_files(
     assert model.classify_file(str(path))[3] == [CLASSES[2]]
 
 
+def recipe_hparams(out):
+    """The run's resolved training YAML, loaded as the recipe loads it."""
+    load_recipe()  # the recipe folder on sys.path (for its prepare function)
+    text = (out / "hyperparams.yaml").read_text()
+    return load_hyperpyyaml(text, {"num_workers": 0})
+
+
 def test_classify_batch_matches_the_recipe_test_run(trained, model):
     """Same clips, same batches as the recipe's test stage → same predictions."""
     out, _ = trained
+    hparams = recipe_hparams(out)
+    batch_size = hparams["test_dataloader_options"]["batch_size"]
+    assert batch_size == 8 and not hparams["test_dataloader_options"]["shuffle"]
+    # The recipe's own test data pipeline (load, resample, channels, pad)
+    test_set = load_recipe().dataio_prep(hparams)["test"]
     manifest = json.loads((out / "manifests" / "test.json").read_text())
-    pipeline = make_audio_pipeline(SAMPLE_RATE, 2, 1000, train=False)
-    items = list(manifest.values())
+    items = [test_set[i] for i in range(len(test_set))]
+    assert [item["id"] for item in items] == list(manifest)
     predicted, targets = [], []
-    for start in range(0, len(items), 8):  # the recipe's test batch size
-        batch = items[start : start + 8]
-        wavs = torch.stack([pipeline(item["wav"]) for item in batch])
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        wavs = torch.stack([item["sig"] for item in batch])
+        assert wavs.shape[1:] == (SAMPLE_RATE, 2)
         _, _, _, labels = model.classify_batch(wavs)
         predicted += labels
         targets += [item["label"] for item in batch]
@@ -268,7 +284,8 @@ def test_long_clip_uses_sliding_windows(model, tmp_path):
         tmp_path / "long.wav", label, 22050, 1, 5 * DURATION_S, "PCM_16"
     )
     wav, rate = sf.read(path, dtype="float32", always_2d=True)
-    wav = TrainingAudioNormalizer(SAMPLE_RATE, 2)(torch.from_numpy(wav), rate)
+    # As classify does: rate and channels only, the whole clip
+    wav = ClipConditioner(SAMPLE_RATE, 2).convert(torch.from_numpy(wav), rate)
     assert wav.shape == (5 * SAMPLE_RATE, 2)
     probs, n_windows = classify_waveform(model, wav)
     assert n_windows == 9  # 1 + (5 s - 1 s) / 0.5 s
@@ -427,6 +444,7 @@ def test_module_entry_point_with_progress_bar(trained, tmp_path):
 # ------------------------------------------- export of other model families
 
 
+# Mono, as the recipe's mono YAMLs: [batch, time] waveforms straight into Fbank
 XVECTOR_YAML = """
 sample_rate: 16000
 channels: 1
@@ -435,11 +453,8 @@ n_mels: 20
 output_folder: {out}
 data_folder: /nowhere/data
 __set_seed: !apply:torch.manual_seed [3]
-compute_features: !new:speechbrain.nnet.containers.Sequential
-    to_mono: !new:torch.nn.Flatten
-        start_dim: 1
-    fbank: !new:speechbrain.lobes.features.Fbank
-        n_mels: !ref <n_mels>
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: !ref <n_mels>
 mean_var_norm: !new:speechbrain.processing.features.InputNormalization
     norm_type: global
 embedding_model: !new:speechbrain.lobes.models.Xvector.Xvector
@@ -486,11 +501,11 @@ def test_export_of_a_stateful_normaliser_takes_the_best_checkpoint(tmp_path):
     mods = hparams["modules"]
     for module in mods.values():
         module.train()
-    feats = mods["compute_features"](torch.randn(4, 8000, 1))
+    feats = mods["compute_features"](torch.randn(4, 8000))
     mods["mean_var_norm"](feats, torch.ones(4), epoch=0)  # running statistics
     for module in mods.values():
         module.eval()
-    wavs = torch.randn(3, 8000, 1) * 0.1
+    wavs = torch.randn(3, 8000) * 0.1
     best_scores = forward(hparams, wavs)
     best_mean = mods["mean_var_norm"].glob_mean.clone()
     checkpointer = hparams["checkpointer"]
@@ -513,10 +528,13 @@ def test_export_of_a_stateful_normaliser_takes_the_best_checkpoint(tmp_path):
     model = load_model(folder)
     assert torch.equal(model.mods.mean_var_norm.glob_mean, best_mean)
     assert torch.allclose(model.classify_batch(wavs)[0], best_scores, atol=1e-5)
-    # [batch, time] and [batch, time, 1] inputs both work (mono model)
-    assert torch.allclose(
-        model.classify_batch(wavs.squeeze(-1))[0], best_scores, atol=1e-5
-    )
+    # classify_file's normaliser gives this mono model [time] clips, the
+    # layout the training batches had: short ones padded to 500 ms
+    stereo = torch.randn(2000, 2) * 0.1  # 0.25 s at 8 kHz
+    sig = model.audio_normalizer(stereo, 8000)
+    assert sig.shape == (8000,)
+    assert torch.equal(sig, ClipConditioner(16000, 1, 500).clip(stereo, 8000))
+    assert model.classify_batch(sig.unsqueeze(0))[0].shape == (1, 3)
     assert model.hparams.label_encoder.decode_ndim([0, 2]) == ["a", "c"]
 
     # Export again: the folder is replaced, nothing is left behind
@@ -556,12 +574,62 @@ def test_failed_export_keeps_the_previous_folder(tmp_path, monkeypatch):
     assert [p.name for p in (out / "model").iterdir()] == ["previous.txt"]
 
 
-def test_normalizer_matches_the_training_pipeline(tmp_path):
+def test_normalizer_matches_the_training_pipeline(trained, model, tmp_path):
     """classify_file's audio path = evaluation's (resample, channels, pad)."""
-    path = clip(tmp_path / "a.wav", CLASSES[0], 44100, 2, 0.6)
-    expected = make_audio_pipeline(SAMPLE_RATE, 2, 1000, train=False)(str(path))
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
-    got = TrainingAudioNormalizer(SAMPLE_RATE, 2, pad_to_ms=1000)(
-        torch.from_numpy(np.ascontiguousarray(data)), rate
-    )
-    assert torch.allclose(got, expected, atol=1e-6)
+    out, _ = trained
+    hparams = recipe_hparams(out)
+    # A test set of three files, through the recipe's own data pipeline
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    paths = [
+        clip(tmp_path / "a.wav", CLASSES[0], 44100, 2, 0.6),
+        clip(tmp_path / "b.flac", CLASSES[1], 8000, 1, 0.3, "PCM_16"),
+        clip(tmp_path / "c.wav", CLASSES[2], 48000, 1, 0.9, "FLOAT"),
+    ]
+    entries = {
+        p.stem: {"wav": str(p), "label": CLASSES[i]}
+        for i, p in enumerate(paths)
+    }
+    for split in ("train", "valid", "test"):
+        hparams[f"{split}_annotation"] = manifests / f"{split}.json"
+        (manifests / f"{split}.json").write_text(json.dumps(entries))
+    test_set = load_recipe().dataio_prep(hparams)["test"]
+    for i, path in enumerate(paths):
+        expected = test_set[i]["sig"]
+        assert expected.shape == (SAMPLE_RATE, 2)
+        # What EncoderClassifier.classify_file feeds the model
+        got = model.load_audio(str(path))
+        assert torch.allclose(got, expected, atol=1e-6)
+        # The normaliser of model folders from before the recipe layout
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        old = TrainingAudioNormalizer(SAMPLE_RATE, 2, pad_to_ms=1000)(
+            torch.from_numpy(np.ascontiguousarray(data)), rate
+        )
+        assert torch.allclose(old, expected, atol=1e-6)
+
+
+OLD_NORMALIZER = """audio_normalizer: !new:sb_urbansound.inference.TrainingAudioNormalizer
+  sample_rate: !ref <sample_rate>
+  channels: !ref <channels>
+  pad_to_ms: !ref <duration_ms>
+  remove_dc: !ref <remove_dc>
+"""
+
+
+def test_model_folder_of_an_older_export_still_loads(trained, model, tmp_path):
+    """Folders exported before the recipe layout name TrainingAudioNormalizer."""
+    out, _ = trained
+    folder = tmp_path / "old model"
+    shutil.copytree(out / "model", folder)
+    yaml = folder / "hyperparams.yaml"
+    text = yaml.read_text()
+    start = text.index("audio_normalizer: !new:")
+    end = text.index("\n\n", start) + 1
+    yaml.write_text(text[:start] + OLD_NORMALIZER + text[end:])
+    old = load_model(folder)
+    assert type(old.audio_normalizer) is TrainingAudioNormalizer
+    path = clip(tmp_path / "x.wav", CLASSES[3], 22050, 1, 0.7, "PCM_16")
+    old_prob, _, _, old_label = old.classify_file(str(path))
+    new_prob, _, _, new_label = model.classify_file(str(path))
+    assert old_label == new_label == [CLASSES[3]]
+    assert torch.allclose(old_prob, new_prob, atol=1e-6)

@@ -1,24 +1,34 @@
-"""Model YAMLs: each loads with every key the Brain and cross-validation need, runs
-at its default sizes, and trains end to end on generated data (shrunk through
-command-line overrides only); a user's own model plugs in the way
+"""Model YAMLs: each loads with every key the recipe and cross-validation need,
+runs at its default sizes, and trains end to end on generated data (shrunk
+through command-line overrides only); a user's own model plugs in the way
 ``docs/models.md`` says, by its dotted path in a copy of ``cnn.yaml``."""
 
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import REPO, US8K_CLASSES, make_urbansound_tree
+from helpers import (
+    HPARAMS,
+    REPO,
+    TRAIN_PY,
+    US8K_CLASSES,
+    load_prepare_module,
+    make_urbansound_tree,
+)
 from hyperpyyaml import load_hyperpyyaml
+from sb_urbansound.audio import ClipConditioner
 
 CLASSES = US8K_CLASSES[:3]
-YAMLS = ["cnn.yaml", "ecapa_tdnn.yaml", "xvector.yaml", "cnn14.yaml"]
+YAMLS = ["cnn.yaml", "train_ecapa_tdnn.yaml", "xvector.yaml", "cnn14.yaml"]
 NEW_YAMLS = YAMLS[1:]
 
-# Keys read by sb_urbansound.train / pipeline / brain and by crossval.
+# Keys read by the recipe's train.py (SoundClassifierBrain, dataio_prep,
+# load_hparams, main) and by crossval.
 REQUIRED_KEYS = [
     "seed",
     "data_folder",
@@ -34,6 +44,7 @@ REQUIRED_KEYS = [
     "skip_missing",
     "download",
     "prepare",
+    "skip_prep",
     "train_annotation",
     "valid_annotation",
     "test_annotation",
@@ -51,8 +62,10 @@ REQUIRED_KEYS = [
     "num_workers",
     "dataloader_options",
     "test_dataloader_options",
+    "spec_augment",
     "epoch_counter",
     "opt_class",
+    "lr_scheduler",
     "compute_cost",
     "train_logger",
     "checkpointer",
@@ -74,7 +87,7 @@ COMMON = [
 # Per-model shrinking, by overrides only (the YAML defaults stay full size).
 TINY = {
     "cnn.yaml": ["--sample_rate=16000"],
-    "ecapa_tdnn.yaml": [
+    "train_ecapa_tdnn.yaml": [
         "--n_mels=20",
         "--ecapa_channels=[16,16,16,16,48]",
         "--res2net_scale=4",
@@ -99,12 +112,13 @@ TINY = {
 
 
 def load(name, tmp_path, overrides=None):
+    load_prepare_module()  # prepare: !name:urbansound8k_prepare... resolves
     overrides = {
         "data_folder": str(tmp_path / "data"),
         "output_folder": str(tmp_path / "out"),
         **(overrides or {}),
     }
-    with open(REPO / "hparams" / name, encoding="utf-8") as f:
+    with open(HPARAMS / name, encoding="utf-8") as f:
         return load_hyperpyyaml(f, overrides)
 
 
@@ -114,7 +128,9 @@ def test_yaml_has_what_brain_and_crossval_need(name, tmp_path):
     missing = [k for k in REQUIRED_KEYS if k not in hparams]
     assert not missing, f"{name} lacks {missing}"
     assert sorted(hparams["modules"]) == sorted(MODULES)
-    assert hparams["n_classes"] == 10
+    # 0: as many classes as the data has (train.py reloads the YAML with it)
+    assert hparams["n_classes"] == 0
+    assert hparams["skip_prep"] is False
     assert hparams["train_fold_nums"] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert hparams["valid_fold_nums"] == [9] and hparams["test_fold_nums"] == [
         10
@@ -136,10 +152,21 @@ def test_yaml_has_what_brain_and_crossval_need(name, tmp_path):
 @pytest.mark.parametrize("name", YAMLS)
 def test_default_sizes_fit_together(name, tmp_path):
     """The default model, as the Brain calls it, on a 1 s batch of two clips."""
-    hparams = load(name, tmp_path, {"duration_ms": 1000})
+    hparams = load(name, tmp_path, {"duration_ms": 1000, "n_classes": 10})
     mods = torch.nn.ModuleDict(hparams["modules"]).train()
-    n = int(hparams["sample_rate"] * hparams["duration_ms"] / 1000)
-    wavs = torch.randn(2, n, hparams["channels"]) * 0.1
+    sample_rate, channels = hparams["sample_rate"], hparams["channels"]
+    n = int(sample_rate * hparams["duration_ms"] / 1000)
+    # Two stereo 44.1 kHz clips, conditioned as the recipe's data pipeline
+    # does; mono models get SpeechBrain's [batch, time], in training as at
+    # inference (the exported model's audio normaliser is the same class)
+    conditioner = ClipConditioner(sample_rate, channels, hparams["duration_ms"])
+    wavs = torch.stack(
+        [
+            conditioner.clip(torch.randn(30000, 2) * 0.1, 44100, True),
+            conditioner.clip(torch.randn(50000, 2) * 0.1, 44100),
+        ]
+    )
+    assert wavs.shape == ((2, n) if channels == 1 else (2, n, channels))
     lens = torch.ones(2)
     with torch.no_grad():
         feats = mods["compute_features"](wavs)
@@ -156,14 +183,6 @@ def test_default_sizes_fit_together(name, tmp_path):
             predictions, torch.tensor([[0], [3]]), lens
         )
     assert torch.isfinite(loss)
-    # Mono models also take SpeechBrain's [batch, time] at inference.
-    if hparams["channels"] == 1:
-        mods.eval()
-        with torch.no_grad():
-            assert torch.equal(
-                mods["compute_features"](wavs[..., 0]),
-                mods["compute_features"](wavs),
-            )
 
 
 def key_is_commented(lines, i):
@@ -178,7 +197,7 @@ def key_is_commented(lines, i):
 
 @pytest.mark.parametrize("name", NEW_YAMLS)
 def test_every_key_is_commented(name):
-    lines = (REPO / "hparams" / name).read_text().splitlines()
+    lines = (HPARAMS / name).read_text().splitlines()
     keys = [
         i for i, line in enumerate(lines) if re.match(r"^[A-Za-z_][\w]*:", line)
     ]
@@ -201,12 +220,13 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def run(argv, cwd=REPO, pythonpath=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(pythonpath)] + [p for p in [env.get("PYTHONPATH")] if p]
-        )
+def run(argv, cwd=REPO, env=None):
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, *argv],
         cwd=cwd,
@@ -236,8 +256,8 @@ def test_tiny_run_end_to_end(name, tiny_data, tmp_path):
     out = tmp_path / "out"
     result = run(
         [
-            str(REPO / "train.py"),
-            str(REPO / "hparams" / name),
+            str(TRAIN_PY),
+            str(HPARAMS / name),
             f"--data_folder={tiny_data}",
             f"--output_folder={out}",
             *COMMON,
@@ -266,6 +286,23 @@ def replace_top_level(yaml_text, key, new=""):
     return "".join(lines[:start]) + new + "".join(lines[end:])
 
 
+def doc_command(name):
+    """The documented command line that runs ``name``: (environment, argv).
+
+    ``VAR=value`` words before ``python`` go to the environment; the
+    repository's placeholder path is this repository.
+    """
+    (block,) = [b for b in doc_blocks("bash") if name in b]
+    (line,) = [ln for ln in block.splitlines() if name in ln]
+    words = shlex.split(line.replace("/path/to/sb-urbansound", str(REPO)))
+    env = {}
+    while "=" in words[0]:
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[0] == "python", line
+    return env, words[1:]
+
+
 def test_own_model_example_from_the_docs(tiny_data, tmp_path):
     """docs/models.md: my_models.py + a copy of cnn.yaml with two entries swapped."""
     (module,) = [b for b in doc_blocks("python") if "class " in b]
@@ -279,21 +316,26 @@ def test_own_model_example_from_the_docs(tiny_data, tmp_path):
     assert text.count("\nclassifier:") == 1
     (user / "my_model.yaml").write_text(text)
     out = tmp_path / "out"
-    # As the docs say: run from the folder holding my_models.py.
+    # The docs' command, run from the folder holding my_models.py; the data
+    # folder is ours and the run tiny
+    env, argv = doc_command("my_model.yaml")
+    assert env == {"PYTHONPATH": "."}
+    assert argv[:2] == [str(REPO / "train.py"), "my_model.yaml"]
+    assert [a.split("=")[0] for a in argv[2:]] == ["--data_folder"]
     result = run(
         [
-            "-m",
-            "sb_urbansound.train",
-            "my_model.yaml",
+            *argv[:2],
             f"--data_folder={tiny_data}",
             f"--output_folder={out}",
-            *COMMON,
+            # n_classes as the copy of cnn.yaml has it: 0, from the data
+            *[a for a in COMMON if not a.startswith("--n_classes=")],
             "--sample_rate=16000",
         ],
         cwd=user,
-        pythonpath=REPO,
+        env=env,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     check_results(out)
     hyper = (out / "hyperparams.yaml").read_text()
     assert "my_models.TinyConvEmbedding" in hyper
+    assert re.search(r"^n_classes: 3$", hyper, flags=re.M)

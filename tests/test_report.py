@@ -1,13 +1,17 @@
-"""Tests of sb_urbansound.report on synthetic fold results (no training)."""
+"""Tests of sb_urbansound.report on synthetic fold results (no training), and
+of the machine description that the cross-validation report quotes."""
 
 import json
 
 import matplotlib.image
 import numpy as np
 import pytest
+from sb_urbansound.hardware import hardware_description
 from sb_urbansound.report import (
     aggregate_folds,
-    hardware_description,
+    append_history,
+    classification_results,
+    confusion_matrix,
     plot_confusion_matrix,
     plot_learning_curves,
     write_markdown_report,
@@ -212,3 +216,56 @@ def test_hardware_description():
     text = hardware_description()
     assert "CPU:" in text and "cores" in text
     assert "torch" in text and "GPU:" in text
+
+
+def test_confusion_matrix_keeps_classes_never_seen():
+    cm = confusion_matrix(["b", "b", "a"], ["b", "a", "a"], ["a", "b", "c"])
+    assert cm == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    with pytest.raises(KeyError):
+        confusion_matrix(["a"], ["z"], ["a", "b"])
+
+
+def test_classification_results_feed_aggregate_folds():
+    targets = ["siren", "dog_bark", "dog_bark", "siren", "siren"]
+    predictions = ["siren", "dog_bark", "siren", "siren", "dog_bark"]
+    res = classification_results(targets, predictions, LABELS)
+    assert res["accuracy"] == pytest.approx(3 / 5)
+    assert res["per_class_accuracy"] == {
+        "car_horn": None,  # no clip of the class: not 0, not NaN
+        "dog_bark": 0.5,
+        "siren": pytest.approx(2 / 3),
+    }
+    assert res["confusion_matrix"] == [[0, 0, 0], [0, 1, 1], [0, 1, 2]]
+    assert res["labels"] == LABELS and res["n_clips"] == 5
+    json.dumps(res, allow_nan=False)
+    # What the recipe writes is what the cross-validation report reads
+    fold = dict(res, test_fold=1, valid_folds=[2])
+    agg = aggregate_folds([fold])
+    assert agg["mean"] == pytest.approx(3 / 5)
+    assert agg["confusion_matrix"] == res["confusion_matrix"]
+    empty = classification_results([], [], LABELS)
+    assert empty["accuracy"] == 0.0 and empty["n_clips"] == 0
+
+
+def test_append_history_replaces_a_repeated_epoch(tmp_path):
+    path = tmp_path / "history.json"
+    train = {"loss": 1.0, "accuracy": 0.5}
+    for epoch in (1, 2, 3):
+        append_history(path, epoch, 0.1, train, {"loss": 2.0, "accuracy": 0.1})
+    # A resumed run repeats epoch 2: it replaces 2 and drops 3
+    history = append_history(
+        path, 2, 0.05, None, {"loss": 1.5, "accuracy": 0.4}
+    )
+    assert json.loads(path.read_text()) == history
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1] == {
+        "epoch": 2,
+        "lr": 0.05,
+        "train_loss": None,
+        "train_accuracy": None,
+        "valid_loss": 1.5,
+        "valid_accuracy": 0.4,
+    }
+    assert not list(tmp_path.glob(".*.tmp"))
+    # The learning-curve plot reads it as it is
+    check_png(plot_learning_curves(tmp_path / "lc.png", {1: history}))

@@ -1,5 +1,6 @@
 """The class-folder and file-name recipes (hparams/folders.yaml, hparams/fsdd.yaml)
-train end to end through train.py and write the same results as UrbanSound8K's."""
+train end to end through train.py (the top-level link to the recipe's) and write
+the same results as UrbanSound8K's; ready-made manifests train with skip_prep."""
 
 import json
 import os
@@ -57,12 +58,12 @@ def class_folders(tmp_path_factory):
 
 def test_folders_yaml_trains_and_writes_results(class_folders, tmp_path):
     out = tmp_path / "out"
+    # n_classes is the YAML's 0: as many classes as the folders hold
     result = run_train(
         "folders.yaml",
         [
             f"--data_folder={class_folders}",
             f"--output_folder={out}",
-            "--n_classes=3",
             "--number_of_epochs=8",
             "--sample_rate=16000",
             "--duration_ms=1000",
@@ -87,6 +88,44 @@ def test_folders_yaml_trains_and_writes_results(class_folders, tmp_path):
     assert sum(len(v) for v in splits.values()) == 36
     assert res["n_clips"] == len(splits["test"])
     assert res["accuracy"] > 0.5  # chance is 1/3
+    # The model was built for the 3 classes found, and says so
+    assert "n_classes: 3" in (out / "hyperparams.yaml").read_text()
+    assert "n_classes: 3" in (out / "model" / "hyperparams.yaml").read_text()
+
+
+def test_skip_prep_trains_on_ready_made_manifests(class_folders, tmp_path):
+    """skip_prep=True: no data preparation, the given manifests as they are."""
+    files = sorted(p for p in class_folders.rglob("*") if p.is_file())
+    manifests = {"train": {}, "valid": {}, "test": {}}
+    for i, path in enumerate(files):
+        split = ("train", "train", "valid", "test")[i % 4]
+        label = path.relative_to(class_folders).parts[0]
+        manifests[split][f"clip{i}"] = {"wav": str(path), "label": label}
+    args = []
+    for split, entries in manifests.items():
+        (tmp_path / f"{split}.json").write_text(json.dumps(entries))
+        args.append(f"--{split}_annotation={tmp_path / f'{split}.json'}")
+    out = tmp_path / "out"
+    result = run_train(
+        "folders.yaml",
+        [
+            # Preparation would fail on this folder: it must not run
+            f"--data_folder={tmp_path / 'no such folder'}",
+            f"--output_folder={out}",
+            "--skip_prep=True",
+            *args,
+            "--number_of_epochs=1",
+            "--sample_rate=16000",
+            "--duration_ms=500",
+            *FAST,
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "manifests").exists()
+    res = json.loads((out / "test_results.json").read_text())
+    # The labels come from the manifests (there is no labels.json)
+    assert res["labels"] == ["bird", "engine", "rain"]
+    assert res["n_clips"] == len(manifests["test"])
 
 
 def test_folders_yaml_wrong_n_classes_is_clear(class_folders, tmp_path):
