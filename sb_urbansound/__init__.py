@@ -1,15 +1,22 @@
-"""sb-urbansound: a SpeechBrain plugin and recipe for sound classification.
+"""sb-urbansound: a SpeechBrain plugin for sound classification.
 
-The package holds the pieces that the recipe (``train.py`` and the YAML files in
-``hparams/``) wires together:
+The recipe (``recipes/UrbanSound8k/SoundClassification``: ``train.py`` and
+``hparams/*.yaml``) imports these modules:
 
-* :mod:`sb_urbansound.prepare`: labelled audio (UrbanSound8K's CSV, class folders,
-  file names) to SpeechBrain JSON manifests.
-* :mod:`sb_urbansound.pipeline`: per-clip waveform steps and ``dataio_prepare``.
-* :mod:`sb_urbansound.features`: batched mel spectrogram, SpecAugment, normalisation.
+* :mod:`sb_urbansound.sources`: labelled audio (UrbanSound8K's CSV, class
+  folders, file names) and folds; :mod:`sb_urbansound.manifests` writes the
+  SpeechBrain manifests, checking every file once.
+* :mod:`sb_urbansound.audio`: finding and reading audio, and the
+  clip-conditioning object shared by training and inference.
+* :mod:`sb_urbansound.features`, :mod:`sb_urbansound.augment`: batched mel
+  spectrogram in dB, normalisers, SpecAugment with mean fill.
 * :mod:`sb_urbansound.models`: the tutorial's CNN as embedding + classifier.
-* :mod:`sb_urbansound.brain`: the ``Brain`` subclass that trains and evaluates.
-* :mod:`sb_urbansound.train`: the recipe's main block (``python train.py``).
+* :mod:`sb_urbansound.checkpoints`, :mod:`sb_urbansound.experiment`: robust
+  checkpoints, option checks and output-folder bookkeeping.
+* :mod:`sb_urbansound.inference`, :mod:`sb_urbansound.classify`: the exported
+  model folder and the ``classify`` command.
+* :mod:`sb_urbansound.crossval`, :mod:`sb_urbansound.report`: the fold
+  protocol as one command, and its reports.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -18,7 +18,8 @@ listed folds train. With folds 1..10: test 1 / valid 2, test 2 / valid 3, ...,
 test 10 / valid 1. The validation fold is thus never the test fold, and every
 fold is validated on once and tested on once.
 
-Each fold runs the recipe (the ``train.py`` beside the YAML's ``hparams`` folder) in\na subprocess with
+Each fold runs the recipe (the ``train.py`` beside the YAML's ``hparams`` folder)
+in a subprocess with
 ``--output_folder=<output_folder>/fold_<k>`` and the three fold lists, so each
 fold is isolated (logging handlers, CUDA memory) and resumable: a fold whose
 ``test_results.json`` exists is skipped, an unfinished one is rerun in the same
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.hardware import hardware_description
 from sb_urbansound.sources.folds import parse_fold_list
 
 __all__ = [
@@ -806,7 +808,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         out_dir / "crossval_report.md",
         results,
         command=command,
-        hardware=report.hardware_description(),
+        hardware=hardware_description(),
         leaky=leaky,
         fold_seconds=seconds if have_seconds else None,
     )

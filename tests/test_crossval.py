@@ -106,7 +106,7 @@ def test_arguments_split_between_crossval_and_recipe():
         (["--folds=[1,2,3]"], "first argument"),
         (["h.yaml", "--test_fold_nums=[1]"], "set by crossval"),
         (["h.yaml", "--folds"], "needs a value"),
-        (["h.yaml", "--folds=[a,b]"], "fold numbers"),
+        (["h.yaml", "--folds=[a,b]"], "not a fold number"),
     ],
 )
 def test_bad_arguments(argv, message):
@@ -384,7 +384,7 @@ TINY = [
     "--num_workers=0",
     "--batch_size=4",
     "--download=False",
-    "--n_classes=3",
+    "--n_classes=0",
     "--noprogressbar",
 ]
 

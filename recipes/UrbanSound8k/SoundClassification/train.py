@@ -25,11 +25,10 @@ Authors
 import sys
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.errors import DataPrepError, UserError
-from sb_urbansound.experiment import set_override
+from sb_urbansound.experiment import load_hparams_file, set_override
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.report import append_history, classification_results
@@ -376,8 +375,8 @@ def load_hparams(hparams_file, overrides):
     overrides : str
         The overrides, with ``n_classes`` added when it was read from the data.
     """
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    # Bad options (unknown, repeated, unset or invalid) stop here, named
+    hparams = load_hparams_file(hparams_file, overrides)
 
     # Data preparation writes the manifests (main process only); skip_prep
     # takes ready-made manifests (train/valid/test_annotation)
@@ -390,8 +389,7 @@ def load_hparams(hparams_file, overrides):
     if not n_classes:
         logger.info("n_classes from the data: %d", n_data)
         overrides = set_override(overrides, "n_classes", n_data)
-        with open(hparams_file, encoding="utf-8") as fin:
-            hparams = load_hyperpyyaml(fin, overrides)
+        hparams = load_hparams_file(hparams_file, overrides)
     elif n_classes != n_data:
         raise DataPrepError(
             f"the data has {n_data} classes but the model is built for "
