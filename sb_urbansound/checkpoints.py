@@ -86,19 +86,22 @@ class RobustCheckpointer(Checkpointer):
         for path in sorted(self.checkpoints_dir.iterdir()):
             if not path.name.startswith(CKPT_PREFIX) or not path.is_dir():
                 continue
-            if not (path / METAFNAME).exists():
-                continue
             try:
                 with open(path / METAFNAME, encoding="utf-8") as f:
                     meta = yaml.safe_load(f)
-                if not isinstance(meta, dict):
-                    raise ValueError("not a mapping")
+                paramfiles = {
+                    p.stem: p
+                    for p in path.iterdir()
+                    if p.suffix == PARAMFILE_EXT
+                }
+            except FileNotFoundError:  # not one, or deleted meanwhile
+                continue
             except (OSError, ValueError, yaml.YAMLError) as e:
                 self._set_aside(path, f"its {METAFNAME} cannot be read ({e})")
                 continue
-            paramfiles = {
-                p.stem: p for p in path.iterdir() if p.suffix == PARAMFILE_EXT
-            }
+            if not isinstance(meta, dict):
+                self._set_aside(path, f"its {METAFNAME} is not a mapping")
+                continue
             checkpoints.append(Checkpoint(path, meta, paramfiles))
         return checkpoints
 

@@ -1,14 +1,23 @@
-"""The output folder of a run: command-line overrides and run bookkeeping.
+"""A run's options and output folder: checked options, and a folder that is
+locked, cleaned after kills, and never resumed with other settings.
 
 Authors
 -------
  * sb-urbansound contributors
 """
 
+import hashlib
 import io
+import json
+import logging
+import os
 import re
+from pathlib import Path
 
+from sb_urbansound.atomic import atomic_write_json, remove_stale_temps
 from sb_urbansound.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def set_override(overrides, key, value):
@@ -166,27 +175,50 @@ def read_yaml_values(hparams_file, overrides=""):
 
 
 class Tagged:
-    """A YAML node with a HyperPyYAML tag (``!new:``, ``!apply:``, ...)."""
+    """A YAML node with a HyperPyYAML tag (``!new:``, ``!apply:``, ...).
 
-    def __init__(self, tag):
+    Arguments
+    ---------
+    tag : str
+        The tag, e.g. ``!new:torch.nn.Linear``.
+    value : object
+        The node's content (mapping, list or scalar).
+    """
+
+    def __init__(self, tag, value=None):
         self.tag = tag
+        self.value = value
 
     def __repr__(self):
-        return f"<{self.tag}>"
+        return f"<{self.tag} {self.value!r}>"
+
+    def __eq__(self, other):
+        return isinstance(other, Tagged) and (self.tag, self.value) == (
+            other.tag,
+            other.value,
+        )
 
 
 def _tolerant_yaml():
     """A safe YAML loader that reads tagged nodes as :class:`Tagged`."""
     import ruamel.yaml
     from ruamel.yaml.constructor import SafeConstructor
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     class TolerantConstructor(SafeConstructor):
         """SafeConstructor that accepts any tag (a subclass: ruamel's
         ``add_multi_constructor`` changes the class it is called on)."""
 
-    TolerantConstructor.add_multi_constructor(
-        "!", lambda constructor, tag, node: Tagged(tag)
-    )
+    def construct_tagged(constructor, suffix, node):
+        if isinstance(node, MappingNode):
+            value = constructor.construct_mapping(node, deep=True)
+        elif isinstance(node, SequenceNode):
+            value = constructor.construct_sequence(node, deep=True)
+        else:
+            value = constructor.construct_scalar(node)
+        return Tagged("!" + suffix, value)
+
+    TolerantConstructor.add_multi_constructor("!", construct_tagged)
     loader = ruamel.yaml.YAML(typ="safe", pure=True)
     loader.Constructor = TolerantConstructor
     return loader
@@ -247,3 +279,287 @@ def load_hparams_file(hparams_file, overrides=""):
     check_values(read_yaml_values(hparams_file, overrides), hparams_file)
     with open(hparams_file, encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides)
+
+
+# ---------------------------------------------------------------- run folder
+
+#: Where a run records what it was started with (in its output folder).
+RUN_SETTINGS_FILE = "run_settings.json"
+#: The lock file of an output folder.
+LOCK_FILE = ".lock"
+#: Keys that may change when a run resumes: they do not shape the model or
+#: the data (the data is compared through the manifests; the number of
+#: epochs through the learning-rate schedule, see the recipe).
+RUN_ONLY_KEYS = {
+    "number_of_epochs",
+    "epoch_counter",
+    "checkpointer",
+    "num_workers",
+    "ckpt_interval_minutes",
+    "dataloader_options",
+    "test_dataloader_options",
+    "n_classes",
+    "data_folder",
+    "download",
+    "skip_missing",
+    "skip_prep",
+    "prepare",
+    "train_annotation",
+    "valid_annotation",
+    "test_annotation",
+}
+
+
+def _canonical(value, replacements):
+    """A JSON-able form of a YAML value, with folder paths replaced."""
+    if isinstance(value, Tagged):
+        return {value.tag: _canonical(value.value, replacements)}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v, replacements) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, replacements) for v in value]
+    if isinstance(value, str):
+        for text, name in replacements:
+            if text:
+                value = value.replace(text, name)
+        return value
+    return value
+
+
+def run_settings(values):
+    """The settings that shape a run's model and data, comparable as JSON.
+
+    Every top-level key of the YAML except :data:`RUN_ONLY_KEYS` and the
+    ``__`` keys (run for their side effects); paths inside the output and
+    data folders are written relative to them, so the same run started with
+    a relative or an absolute path compares equal.
+
+    Arguments
+    ---------
+    values : dict
+        Resolved top-level values (:func:`read_yaml_values`).
+
+    Returns
+    -------
+    dict
+        Key to canonical value.
+
+    Example
+    -------
+    >>> run_settings({"output_folder": "/r", "log": "/r/log.txt", "seed": 1})
+    {'log': '<output_folder>/log.txt', 'seed': 1}
+    """
+    replacements = [
+        (str(values.get("output_folder") or ""), "<output_folder>"),
+        (str(values.get("data_folder") or ""), "<data_folder>"),
+    ]
+    return {
+        key: _canonical(value, replacements)
+        for key, value in values.items()
+        if key not in RUN_ONLY_KEYS
+        and not key.startswith("__")
+        and key not in ("output_folder",)
+    }
+
+
+def data_signature(manifests):
+    """A digest of the clips of each split: ids and labels, not paths.
+
+    Arguments
+    ---------
+    manifests : dict
+        ``{split: path of its JSON manifest}``.
+
+    Returns
+    -------
+    dict
+        ``{split: {"clips": int, "sha256": str}}``.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "t.json").write_text('{"a": {"label": "dog", "wav": "/x"}}')
+    >>> data_signature({"train": tmp / "t.json"})["train"]["clips"]
+    1
+    """
+    signature = {}
+    for split, path in manifests.items():
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        digest = hashlib.sha256()
+        for clip_id in sorted(entries):
+            digest.update(
+                f"{clip_id}\0{entries[clip_id].get('label')}\n".encode()
+            )
+        signature[split] = {"clips": len(entries), "sha256": digest.hexdigest()}
+    return signature
+
+
+def _differences(old, new, limit=8):
+    """Lines ``key: old → new`` for the keys whose values differ."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines.append(
+                f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+            )
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
+
+
+class RunFolder:
+    """The output folder of one run: locked, cleaned, bound to its settings.
+
+    * :meth:`lock` takes an exclusive lock (``.lock``), so that two runs
+      never write one folder (a second run stops with a message naming the
+      first one's process);
+    * temporary files and folders that a killed run left are removed;
+    * :meth:`check_settings` and :meth:`check_data` refuse to resume a run
+      whose settings or data split differ from those it was started with:
+      the checkpoint would otherwise be tested on other data (its training
+      clips, maybe) or trained further with another model.
+
+    Arguments
+    ---------
+    output_folder : str or Path
+        The run's output folder.
+    save_folder : str or Path, optional
+        Its checkpoint folder (default ``<output_folder>/save``).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> run = RunFolder(tmp / "out")
+    >>> run.lock()
+    >>> run.check_settings({"seed": 1})
+    >>> run.check_data({})
+    >>> RunFolder(tmp / "out").lock()
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.UserError: another run (process ...) is writing ...
+    >>> run.unlock()
+    """
+
+    def __init__(self, output_folder, save_folder=None):
+        self.folder = Path(output_folder)
+        self.save_folder = Path(save_folder or self.folder / "save")
+        self.settings_file = self.folder / RUN_SETTINGS_FILE
+        self._lock_file = None
+        self._settings = None
+
+    def lock(self):
+        """Take the folder's lock and remove what killed runs left behind.
+
+        Raises
+        ------
+        UserError
+            When another process holds the lock.
+        """
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(
+                f"another run (process {holder}) is writing to {self.folder}. "
+                "Wait for it to finish (or stop it), or use another "
+                "output_folder."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+        for folder in [self.folder, *self.folder.iterdir()]:
+            if folder.is_dir() and not folder.is_symlink():
+                for path in remove_stale_temps(folder):
+                    logger.info("Removed %s, left by an interrupted run", path)
+
+    def unlock(self):
+        """Release the lock (it is also released when the process ends)."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def has_progress(self):
+        """Whether the folder holds a checkpoint or test results.
+
+        Returns
+        -------
+        bool
+        """
+        if (self.folder / "test_results.json").exists():
+            return True
+        return self.save_folder.is_dir() and any(
+            p.name.startswith("CKPT+") for p in self.save_folder.iterdir()
+        )
+
+    def _recorded(self):
+        """The settings recorded by an earlier start, or None."""
+        try:
+            return json.loads(self.settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def check_settings(self, values):
+        """Refuse to resume with other settings (call before data prep).
+
+        Arguments
+        ---------
+        values : dict
+            Resolved top-level values of this start (:func:`read_yaml_values`).
+
+        Raises
+        ------
+        UserError
+            Listing the settings that differ, when the folder holds a
+            checkpoint or results of a run with other settings.
+        """
+        self._settings = run_settings(values)
+        recorded = self._recorded()
+        if recorded is None or not self.has_progress():
+            return
+        diff = _differences(recorded.get("settings", {}), self._settings)
+        if diff:
+            self._refuse("other settings", diff)
+
+    def check_data(self, manifests):
+        """Refuse to resume on another data split; record this start's settings.
+
+        Arguments
+        ---------
+        manifests : dict
+            ``{split: manifest path}`` of this start.
+
+        Raises
+        ------
+        UserError
+            When the clips of a split differ from those the folder's
+            checkpoints were trained and selected on.
+        """
+        data = data_signature(manifests)
+        recorded = self._recorded()
+        if recorded is not None and self.has_progress():
+            diff = _differences(recorded.get("data", {}), data)
+            if diff:
+                self._refuse("another data split", diff)
+        atomic_write_json(
+            self.settings_file, {"settings": self._settings or {}, "data": data}
+        )
+
+    def _refuse(self, what, diff):
+        """Raise the error for a resumed run whose ``what`` changed."""
+        raise UserError(
+            f"{self.folder} holds a run started with {what}; resuming "
+            "it would test a model on the wrong clips or train another model "
+            "on:\n  "
+            + "\n  ".join(diff)
+            + f"\nUse a new --output_folder, or delete {self.folder} to start "
+            "again there."
+        )

@@ -208,3 +208,121 @@ def test_torchrun_two_cpu_processes(small_data, tmp_path):
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert json.loads((out / "test_results.json").read_text())["n_clips"] == 24
+
+
+# ------------------------------------------- no silent wrong answers (issue 11)
+@pytest.fixture(scope="module")
+def finished_run(small_data, tmp_path_factory):
+    """A finished 2-epoch run: (output folder, its arguments)."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    args = [
+        f"--data_folder={small_data}",
+        f"--output_folder={out}",
+        "--number_of_epochs=2",
+        *SMALL,
+    ]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, args
+
+
+def replace_arg(args, key, value):
+    return [a for a in args if not a.startswith(f"--{key}=")] + [
+        f"--{key}={value}"
+    ]
+
+
+def test_reused_folder_with_other_folds_is_refused(finished_run):
+    out, args = finished_run
+    before = snapshot(out)
+    other = replace_arg(args, "train_fold_nums", "[1,4]")
+    other = replace_arg(other, "test_fold_nums", "[2]")
+    result = run_train(other)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "started with other settings" in result.stderr
+    assert "train_fold_nums: [1, 2] -> [1, 4]" in result.stderr
+    assert "Traceback" not in result.stderr
+    after = snapshot(out)
+    for name in ("test_results.json", "history.json", "hyperparams.yaml"):
+        assert after[str(out / name)] == before[str(out / name)]
+
+
+def test_more_epochs_on_a_finished_run_is_refused(finished_run):
+    out, args = finished_run
+    history = (out / "history.json").read_text()
+    result = run_train(replace_arg(args, "number_of_epochs", 4))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (
+        "planned for" in result.stderr and "--number_of_epochs" in result.stderr
+    )
+    assert (out / "history.json").read_text() == history
+
+
+def test_rerun_cleans_leftovers_and_marks_the_resume(finished_run):
+    out, args = finished_run
+    (out / ".test_results.json.k3j4.tmp").write_text("half")
+    (out / ".model.x7y8.tmp").mkdir()
+    (out / "save" / ".history.json.a1b2.tmp").write_text("half")
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / ".test_results.json.k3j4.tmp").exists()
+    assert not (out / ".model.x7y8.tmp").exists()
+    assert not (out / "save" / ".history.json.a1b2.tmp").exists()
+    log = (out / "train_log.txt").read_text()
+    assert "resumed from the checkpoint after epoch 2" in log
+
+
+def test_two_runs_never_write_one_folder(finished_run):
+    from sb_urbansound.experiment import RunFolder
+
+    out, args = finished_run
+    holder = RunFolder(out)
+    holder.lock()
+    try:
+        result = run_train(args)
+    finally:
+        holder.unlock()
+    assert result.returncode == 2
+    assert f"another run (process {os.getpid()})" in result.stderr
+
+
+def test_diverging_training_stops_and_names_the_files(small_data, tmp_path):
+    result = run_train(
+        [
+            f"--data_folder={small_data}",
+            f"--output_folder={tmp_path / 'out'}",
+            "--number_of_epochs=2",
+            "--lr=1e30",
+            "--max_lr=1e30",
+            *SMALL,
+        ]
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "the loss of a train batch is" in result.stderr
+    assert str(small_data / "audio") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--batch_size=0", "batch_size=0 is not valid"),
+        ("--number_of_epochs=-1", "number_of_epochs=-1 is not valid"),
+        ("--channels=0", "channels=0 is not valid"),
+        ("--duration_ms=0", "duration_ms=0 is not valid"),
+        ("--sample_rate=abc", "sample_rate='abc' is not valid"),
+        ("--batch_sise=4", "unknown option --batch_sise"),
+        ("--seed=3 --seed=4", "--seed is given twice"),
+    ],
+)
+def test_bad_options_are_named(tmp_path, option, message):
+    result = run_train(
+        [
+            f"--data_folder={tmp_path}",
+            f"--output_folder={tmp_path / 'out'}",
+            *option.split(),
+        ]
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

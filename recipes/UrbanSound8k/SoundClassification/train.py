@@ -28,7 +28,12 @@ import torch
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.errors import DataPrepError, UserError
-from sb_urbansound.experiment import load_hparams_file, set_override
+from sb_urbansound.experiment import (
+    RunFolder,
+    load_hparams_file,
+    read_yaml_values,
+    set_override,
+)
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.report import append_history, classification_results
@@ -191,6 +196,35 @@ class SoundClassifierBrain(sb.Brain):
                     results["accuracy"],
                     results["n_clips"],
                     self.hparams.test_results_file,
+                )
+
+    def on_fit_start(self):
+        """Recovers the last checkpoint; refuses a schedule planned otherwise.
+
+        A one-cycle schedule is planned for ``number_of_epochs``: resuming it
+        with another number (or batch size) would train the extra epochs at
+        the schedule's final rate, nearly zero.
+        """
+        super().on_fit_start()
+        current = self.hparams.epoch_counter.current
+        total = getattr(self.lr_scheduler, "total_steps", None)
+        planned = self.train_steps_per_epoch * self.hparams.number_of_epochs
+        if current > 0 and total is not None and total != planned:
+            raise UserError(
+                f"this run's learning-rate schedule was planned for {total} "
+                f"steps ({total // self.train_steps_per_epoch} epochs of "
+                f"{self.train_steps_per_epoch} batches); resuming it for "
+                f"{self.hparams.number_of_epochs} epochs ({planned} steps) "
+                "would train at its final rate, nearly zero. Rerun with the "
+                "original --number_of_epochs and batch size, or train the new "
+                "schedule in a new --output_folder."
+            )
+        if current > 0 and if_main_process():
+            with open(
+                self.hparams.train_logger.save_file, "a", encoding="utf-8"
+            ) as log:
+                log.write(
+                    f"resumed from the checkpoint after epoch {current}\n"
                 )
 
     def make_dataloader(
@@ -418,7 +452,17 @@ def main(argv=None):
     # Initialize ddp (useful only for multi-GPU DDP training)
     sb.utils.distributed.ddp_init_group(run_opts)
 
+    # The output folder: one run at a time, cleaned after kills, and never
+    # resumed with settings other than those it was started with
+    values = read_yaml_values(hparams_file, overrides)
+    run = RunFolder(values["output_folder"], values.get("save_folder"))
+    if if_main_process():
+        run.lock()
+        run.check_settings(values)
+
     hparams, overrides = load_hparams(hparams_file, overrides)
+    if if_main_process():
+        run.check_data({s: hparams[f"{s}_annotation"] for s in SPLITS})
 
     # Create experiment directory
     sb.create_experiment_directory(
