@@ -17,10 +17,14 @@ Output: one line per file on stdout, ``path<TAB>label<TAB>probability`` (with
 ``--top-k N``: N label/probability pairs, most probable first); with ``--json``
 a JSON list of objects instead (``path``, ``label``, ``prob``, ``top_k``,
 ``n_windows``, ``duration_s``; a file that could not be classified has
-``path`` and ``error`` only). A file that cannot be read is reported on stderr
-and the others are still classified; the exit status is then 1 (0 when every
-file was classified, 2 for a usage error or a missing model folder). A progress
-bar goes to stderr when there are many files.
+``path`` and ``error`` only). A file that cannot be read, a folder with no
+audio file, and a file whose probabilities are not finite (a model with NaN
+weights) are reported on stderr and the others are still classified; the exit
+status is then 1 (0 when every file was classified, 2 for a usage error or a
+model folder that cannot be loaded: missing, a training output folder instead
+of its ``model`` folder, or a checkpoint file missing). The JSON output is
+always valid JSON (no ``NaN``). A progress bar goes to stderr when there are
+many files.
 
 Authors
 -------
@@ -34,13 +38,14 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from sb_urbansound.audio import (
     AUDIO_SUFFIXES,
     ClipConditioner,
     find_audio_files,
     load_audio,
 )
-from sb_urbansound.errors import AudioLoadError
+from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.inference import (
     classify_waveform,
     load_model,
@@ -127,7 +132,8 @@ def classify_files(
         ``PROGRESS_MIN_FILES`` files).
     on_error : callable, optional
         Called as ``on_error(path, message)`` for each file that cannot be
-        classified (default: log a warning).
+        classified and each folder with no audio file (default: log a
+        warning).
 
     Returns
     -------
@@ -135,24 +141,31 @@ def classify_files(
         One per file, in order: ``path`` (str), ``label`` and ``prob`` (the most
         probable class), ``top_k`` (list of ``{"label", "prob"}``),
         ``n_windows`` and ``duration_s``; or ``path`` and ``error`` (a message)
-        for a file that could not be read.
+        for a file that could not be read or whose probabilities are not
+        finite, and for a folder with no audio file.
 
     Example
     -------
     See ``tests/test_inference.py``; from the command line,
     ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
     """
-    model = (
-        load_model(model_folder, device)
-        if _is_path(model_folder)
-        else model_folder
-    )
+    if _is_path(model_folder):
+        model, folder_name = load_model(model_folder, device), str(model_folder)
+    else:
+        model = model_folder
+        folder_name = getattr(model, "model_folder", None)
     sample_rate, channels, num_samples = model_audio_spec(model)
     remove_dc = bool(getattr(model.hparams, "remove_dc", False))
     normalizer = ClipConditioner(sample_rate, channels, remove_dc=remove_dc)
-    files = expand_inputs(paths)
+    items = []  # (path, message): message for an input with no audio file
+    for item in paths:
+        found = expand_inputs([item])
+        if found:
+            items += [(path, None) for path in found]
+        else:  # a folder (a file is kept, and reported if it cannot be read)
+            items.append((Path(item), describe_empty_folder(item)))
     if progress is None:
-        progress = len(files) >= PROGRESS_MIN_FILES
+        progress = len(items) >= PROGRESS_MIN_FILES
     if on_error is None:
 
         def on_error(path, message):
@@ -160,18 +173,29 @@ def classify_files(
             logger.warning("%s", message)
 
     results = []
-    for path in tqdm(files, disable=not progress, unit="file", file=sys.stderr):
+
+    def fail(path, message):
+        """Record a file that could not be classified."""
+        on_error(path, message)
+        results.append({"path": str(path), "error": message})
+
+    bar = tqdm(items, disable=not progress, unit="file", file=sys.stderr)
+    for path, message in bar:
+        if message is not None:
+            fail(path, message)
+            continue
         try:
             wav, rate = load_audio(path)
         except (AudioLoadError, OSError) as e:
-            message = describe_load_error(path, e)
-            on_error(path, message)
-            results.append({"path": str(path), "error": message})
+            fail(path, describe_load_error(path, e))
             continue
         wav = normalizer.convert(wav, rate)
         probs, n_windows = classify_waveform(
             model, wav, num_samples, None, batch_size
         )
+        if not bool(torch.isfinite(probs).all()):
+            fail(path, describe_nan_model(path, folder_name))
+            continue
         best = top_k_labels(model, probs, top_k)
         results.append(
             {
@@ -212,6 +236,65 @@ def describe_load_error(path, error):
     while cause.__cause__ is not None:
         cause = cause.__cause__
     return f"{path}: cannot be read as audio ({cause})"
+
+
+def describe_empty_folder(folder):
+    """The message for a folder in which no audio file was found.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The folder.
+
+    Returns
+    -------
+    str
+        A one-line message naming the folder and the suffixes looked for.
+
+    Example
+    -------
+    >>> describe_empty_folder("clips")
+    'clips: no audio file in this folder or its subfolders (looked for .wav, .flac, .ogg files, in any case; hidden files are skipped)'
+    """
+    suffixes = ", ".join(AUDIO_SUFFIXES)
+    return (
+        f"{folder}: no audio file in this folder or its subfolders (looked for "
+        f"{suffixes} files, in any case; hidden files are skipped)"
+    )
+
+
+def describe_nan_model(path, model_folder):
+    """The message for a file whose class probabilities are not finite.
+
+    The audio that :func:`~sb_urbansound.audio.load_audio` returns is always
+    finite, so the model is at fault: its weights (or normalisation
+    statistics) are NaN or infinite, as after training on bad data.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file.
+    model_folder : str or Path or None
+        The model folder (None: unknown).
+
+    Returns
+    -------
+    str
+        A one-line message naming the file and the model folder.
+
+    Example
+    -------
+    >>> describe_nan_model("a.wav", "run/model")  # doctest: +ELLIPSIS
+    'a.wav: the model gives NaN probabilities: ... model folder: run/model'
+    """
+    if model_folder is None:
+        model_folder = "(a model loaded in memory)"
+    return (
+        f"{path}: the model gives NaN probabilities: its weights are not "
+        "finite, so it was likely trained on bad data (clips or features with "
+        "NaN or infinite values) or its training diverged; retrain it. "
+        f"model folder: {model_folder}"
+    )
 
 
 def _quiet_speechbrain(level=logging.WARNING):
@@ -285,7 +368,9 @@ def parse_args(argv=None):
             "path, label and probability (tab-separated) per file. Clips longer "
             "than the training duration are scored over sliding windows (hop: "
             "half a window) and the window probabilities averaged. Exit status: 0 "
-            "if every file was classified, 1 if some could not be read."
+            "if every file was classified, 1 if some could not be (unreadable "
+            "file, folder without audio, NaN probabilities), 2 if the model "
+            "folder cannot be loaded."
         ),
     )
     parser.add_argument(
@@ -350,8 +435,8 @@ def main(argv=None):
     Returns
     -------
     int
-        0 if every file was classified, 1 if some could not be read, 2 if the
-        model folder could not be loaded.
+        0 if every file was classified, 1 if some could not be (see
+        :func:`classify_files`), 2 if the model folder could not be loaded.
 
     Example
     -------
@@ -371,8 +456,17 @@ def main(argv=None):
 
     try:
         model = load_model(args.model_folder, args.device)
-    except FileNotFoundError as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # SpeechBrain's, for a folder that passed the checks
+        if args.verbose:
+            raise
+        print(
+            f"error: cannot load the model in {args.model_folder}: "
+            f"{type(e).__name__}: {e} (-v shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
     results = classify_files(
         model,
@@ -383,7 +477,8 @@ def main(argv=None):
         on_error=report,
     )
     if args.json:
-        json.dump(results, sys.stdout, indent=2)
+        # Valid JSON only: a non-finite probability is an error, never NaN
+        json.dump(results, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         for result in results:

@@ -292,6 +292,9 @@ LOCK_FILE = ".lock"
 #: epochs through the learning-rate schedule, see the recipe).
 RUN_ONLY_KEYS = {
     "number_of_epochs",
+    "clip_bank",
+    "bank_folder",
+    "feature_bank",
     "epoch_counter",
     "checkpointer",
     "num_workers",
@@ -563,3 +566,45 @@ class RunFolder:
             + f"\nUse a new --output_folder, or delete {self.folder} to start "
             "again there."
         )
+
+
+def build_partial(node, key="prepare"):
+    """The function a HyperPyYAML ``!name:`` node stands for, with its arguments.
+
+    :func:`read_yaml_values` reads a YAML without building anything; this
+    builds one ``!name:`` node of it the way ``load_hyperpyyaml`` would (a
+    ``functools.partial``), so that data preparation can run before the
+    models are built (they may need the number of classes it finds).
+
+    Arguments
+    ---------
+    node : Tagged
+        A ``!name:module.function`` node with plain arguments.
+    key : str
+        The key, for error messages.
+
+    Returns
+    -------
+    functools.partial
+        The function with its arguments.
+
+    Example
+    -------
+    >>> node = Tagged("!name:builtins.round", {"number": 2.567, "ndigits": 1})
+    >>> build_partial(node)()
+    2.6
+    """
+    import functools
+    import pydoc
+
+    if not isinstance(node, Tagged) or not node.tag.startswith("!name:"):
+        raise UserError(f"{key} must be a !name: entry (a function to call)")
+    func = pydoc.locate(node.tag[len("!name:") :])
+    if func is None:
+        raise UserError(f"{key}: cannot import {node.tag[len('!name:') :]}")
+    args = node.value
+    if isinstance(args, dict):
+        return functools.partial(func, **args)
+    if isinstance(args, list):
+        return functools.partial(func, *args)
+    return functools.partial(func)

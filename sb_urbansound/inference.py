@@ -56,6 +56,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from sb_urbansound.atomic import make_temp_folder, replace_folder
 from sb_urbansound.audio import ClipConditioner, pad_trunc
+from sb_urbansound.errors import UserError
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
@@ -402,13 +403,113 @@ def export_inference_folder(
 # ---------------------------------------------------------------- inference
 
 
+class ModelFolderError(UserError, FileNotFoundError):
+    """A folder is not a complete model folder (the message says why).
+
+    Example
+    -------
+    >>> issubclass(ModelFolderError, FileNotFoundError)
+    True
+    """
+
+
+#: Keys of a training YAML that an inference ``hyperparams.yaml`` never has.
+_TRAINING_KEYS = ("checkpointer", "epoch_counter", "train_annotation")
+
+
+def _read_model_yaml(folder):
+    """The top level of ``<folder>/hyperparams.yaml`` (tags kept, not built)."""
+    path = folder / "hyperparams.yaml"
+    try:
+        tree = YAML().load(path.read_text(encoding="utf-8"))
+    except Exception as e:  # YAML syntax errors, unreadable file
+        raise ModelFolderError(f"cannot read {path}: {e}") from None
+    if not isinstance(tree, dict):
+        raise ModelFolderError(f"{path} is not a YAML mapping")
+    return tree
+
+
+def check_model_folder(folder):
+    """Check that ``folder`` holds a model and every file its YAML loads.
+
+    Called by :func:`load_model` before SpeechBrain sees the folder, so that a
+    wrong folder gives one message instead of an error from deep inside
+    SpeechBrain (or, for a missing ``label_encoder.ckpt``, an empty label
+    encoder and a wrong result).
+
+    Arguments
+    ---------
+    folder : str or Path
+        The inference folder (``<output_folder>/model``).
+
+    Raises
+    ------
+    ModelFolderError
+        If ``folder`` has no ``hyperparams.yaml``, is a training output folder
+        (the message names its ``model`` folder), or lacks a
+        ``<name>.ckpt`` file that the YAML's ``pretrainer`` loads.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> (tmp / "model").mkdir()
+    >>> _ = (tmp / "model" / "hyperparams.yaml").write_text("x: 1")
+    >>> check_model_folder(tmp)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.inference.ModelFolderError: ... is a training output folder; its model is .../model
+    """
+    folder = Path(folder)
+    inner = folder / MODEL_SUBFOLDER
+    if (inner / "hyperparams.yaml").is_file():
+        raise ModelFolderError(
+            f"{folder} is a training output folder; its model is {inner}"
+        )
+    if not (folder / "hyperparams.yaml").is_file():
+        raise ModelFolderError(
+            f"No model folder at {folder} (expected hyperparams.yaml and the "
+            "checkpoints: the 'model' folder that training writes in its "
+            "output_folder)"
+        )
+    tree = _read_model_yaml(folder)
+    pretrainer = tree.get("pretrainer")
+    if pretrainer is None and any(k in tree for k in _TRAINING_KEYS):
+        raise ModelFolderError(
+            f"{folder} is a training output folder without a model: training "
+            f"writes {inner} when it ends, so this run did not finish. Rerun "
+            "the same training command to finish it (it resumes from its last "
+            "checkpoint)."
+        )
+    if not isinstance(pretrainer, dict):
+        return
+    loadables = pretrainer.get("loadables")
+    paths = pretrainer.get("paths")
+    paths = paths if isinstance(paths, dict) else {}
+    if not isinstance(loadables, dict):
+        return
+    missing = [
+        folder / f"{name}.ckpt"
+        for name in loadables
+        if name not in paths and not (folder / f"{name}.ckpt").is_file()
+    ]
+    if missing:
+        raise ModelFolderError(
+            f"{folder} is missing {', '.join(str(p) for p in missing)}, which "
+            "its hyperparams.yaml loads: copy the whole model folder that "
+            "training wrote (<output_folder>/model)"
+        )
+
+
 def load_model(folder, device="cpu"):
     """Load an inference folder with SpeechBrain's ``EncoderClassifier``.
 
     Equivalent to ``EncoderClassifier.from_hparams(source=folder,
-    savedir=folder)``, but checks first that ``folder`` is a local folder with a
-    ``hyperparams.yaml``: SpeechBrain would take any other string for a
-    HuggingFace model name and try to download it.
+    savedir=folder)``, but checks the folder first (:func:`check_model_folder`):
+    SpeechBrain would take any string that is not a local folder for a
+    HuggingFace model name and try to download it, fail on a training output
+    folder with an unrelated error, and silently leave the label encoder empty
+    when ``label_encoder.ckpt`` is missing. The folder is recorded in the
+    model's ``model_folder`` attribute (for messages).
 
     Arguments
     ---------
@@ -424,29 +525,33 @@ def load_model(folder, device="cpu"):
 
     Raises
     ------
-    FileNotFoundError
-        If ``folder`` is not a folder with a ``hyperparams.yaml``.
+    ModelFolderError
+        If ``folder`` is not a complete model folder (see
+        :func:`check_model_folder`) or its label encoder holds no labels.
 
     Example
     -------
     >>> load_model("no/such/folder")
     Traceback (most recent call last):
      ...
-    FileNotFoundError: No model folder at no/such/folder (expected hyperparams.yaml ...
+    sb_urbansound.inference.ModelFolderError: No model folder at no/such/folder (expected hyperparams.yaml ...
     """
     folder = Path(folder)
-    if not (folder / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(
-            f"No model folder at {folder} (expected hyperparams.yaml and the "
-            "checkpoints: the 'model' folder that training writes in its "
-            "output_folder)"
-        )
+    check_model_folder(folder)
     from speechbrain.inference.classifiers import EncoderClassifier
 
     source = str(folder.resolve())
-    return EncoderClassifier.from_hparams(
+    model = EncoderClassifier.from_hparams(
         source=source, savedir=source, run_opts={"device": device}
     )
+    encoder = getattr(model.hparams, "label_encoder", None)
+    if encoder is not None and len(encoder) == 0:
+        raise ModelFolderError(
+            f"{folder / 'label_encoder.ckpt'} holds no labels: copy the whole "
+            "model folder that training wrote (<output_folder>/model)"
+        )
+    model.model_folder = str(folder)
+    return model
 
 
 def model_audio_spec(model):

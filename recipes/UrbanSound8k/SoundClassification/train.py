@@ -25,15 +25,19 @@ Authors
 import sys
 
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
+from sb_urbansound.bank import ClipBank, FeatureBank
 from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.experiment import (
     RunFolder,
-    load_hparams_file,
+    build_partial,
+    check_values,
     read_yaml_values,
     set_override,
 )
+from sb_urbansound.hardware import available_cores
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.report import append_history, classification_results
@@ -56,6 +60,33 @@ class SoundClassifierBrain(sb.Brain):
     ``classifier``), so a trained model loads for inference without this file.
     """
 
+    bank = None
+    feature_bank = None
+
+    def use_bank(self, bank, feature_bank=False):
+        """Draws the batches from a clip bank (and its features, if asked).
+
+        Arguments
+        ---------
+        bank : sb_urbansound.bank.ClipBank
+            The clips of the run, opened.
+        feature_bank : bool
+            Also compute the features of every clip once (the feature
+            extractor must have no trainable parameters).
+        """
+        self.bank = bank
+        where = bank.to_device(self.device)
+        logger.info("Clip bank: %d clips in %s", len(bank.index), where)
+        if feature_bank:
+            self.feature_bank = FeatureBank(
+                bank, self.modules.compute_features, device=self.device
+            )
+            logger.info(
+                "Feature bank: %.1f MB on %s",
+                self.feature_bank.nbytes / 1e6,
+                self.device,
+            )
+
     def compute_forward(self, batch, stage):
         """Computes the class log-probabilities of a batch of clips.
 
@@ -63,7 +94,8 @@ class SoundClassifierBrain(sb.Brain):
         ---------
         batch : PaddedBatch
             With ``sig``: ``[batch, time]`` (mono) or ``[batch, time,
-            channels]`` waveforms, all of the training length.
+            channels]`` waveforms, all of the training length; or, with a
+            clip bank, ``bank_row``: the clips' rows in the bank.
         stage : sb.Stage
             One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
 
@@ -75,12 +107,28 @@ class SoundClassifierBrain(sb.Brain):
             The relative lengths of the clips.
         """
         batch = batch.to(self.device)
-        wavs, lens = batch.sig
+        train = stage == sb.Stage.TRAIN
 
         # Features, then SpecAugment in training only: evaluation is
-        # deterministic
-        feats = self.modules.compute_features(wavs)
-        if stage == sb.Stage.TRAIN and self.hparams.spec_augment is not None:
+        # deterministic. With a clip bank the waveforms (or the features) of
+        # the batch come from memory, randomly placed in training.
+        if self.feature_bank is not None:
+            rows = batch.bank_row.data.view(-1)
+            feats = self.feature_bank.features(
+                rows, train, self.hparams.shift_pct
+            )
+            lens = torch.ones(len(rows), device=self.device)
+        else:
+            if self.bank is not None:
+                rows = batch.bank_row.data.view(-1)
+                wavs = self.bank.waveforms(
+                    rows, train, self.hparams.shift_pct, device=self.device
+                )
+                lens = torch.ones(len(rows), device=self.device)
+            else:
+                wavs, lens = batch.sig
+            feats = self.modules.compute_features(wavs)
+        if train and self.hparams.spec_augment is not None:
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)
 
@@ -313,24 +361,29 @@ class SoundClassifierBrain(sb.Brain):
                 )
 
 
-def dataio_prep(hparams):
+def dataio_prep(hparams, bank=None):
     """Creates the datasets and their data processing pipelines.
 
-    Each clip is read (only the part that is kept), resampled, rechannelled
-    and padded or truncated to the training length by the same
-    ``ClipConditioner`` that the exported model uses at inference; training
-    clips get a random pad position and a random circular time shift.
+    With a clip bank, an item is the clip's row in the bank: the waveforms of
+    a batch are drawn from the bank in ``compute_forward``. Without one, each
+    clip is read (only the part that is kept), resampled, rechannelled and
+    padded or truncated by the same ``ClipConditioner`` that the exported
+    model uses at inference, in the DataLoader workers; training clips get a
+    random pad position and a random circular time shift.
 
     Arguments
     ---------
     hparams : dict
         The loaded hyperparameters.
+    bank : sb_urbansound.bank.ClipBank, optional
+        The clip bank (None: the per-clip pipeline).
 
     Returns
     -------
     datasets : dict
         ``{"train": DynamicItemDataset, "valid": ..., "test": ...}``, whose
-        items have ``id``, ``wav``, ``sig``, ``label`` and ``label_encoded``.
+        items have ``id``, ``wav``, ``label``, ``label_encoded`` and
+        ``bank_row`` (with a bank) or ``sig`` (without).
     """
     # Labels: the encoder maps each class to an index, the same in every
     # split and every run of this output folder
@@ -355,12 +408,13 @@ def dataio_prep(hparams):
         yield label
         yield torch.LongTensor([label_encoder.encode_label(label)])
 
-    conditioner = ClipConditioner(
-        sample_rate=hparams["sample_rate"],
-        channels=hparams["channels"],
-        duration_ms=hparams["duration_ms"],
-        remove_dc=hparams.get("remove_dc", False),
-    )
+    @sb.utils.data_pipeline.takes("id")
+    @sb.utils.data_pipeline.provides("bank_row")
+    def bank_pipeline(clip_id):
+        """The clip's row in the clip bank."""
+        return torch.LongTensor([bank.index[clip_id]])
+
+    conditioner = make_conditioner(hparams)
 
     def audio_pipeline(train):
         """The waveform steps of one split (random ones in training only)."""
@@ -379,58 +433,97 @@ def dataio_prep(hparams):
 
     datasets = {}
     for split in SPLITS:
+        if bank is not None:
+            items, key = [bank_pipeline, label_pipeline], "bank_row"
+        else:
+            items, key = (
+                [audio_pipeline(split == "train"), label_pipeline],
+                "sig",
+            )
         datasets[split] = DynamicItemDataset.from_json(
             json_path=hparams[f"{split}_annotation"],
             replacements={"data_root": hparams["data_folder"]},
-            dynamic_items=[audio_pipeline(split == "train"), label_pipeline],
-            output_keys=["id", "wav", "sig", "label", "label_encoded"],
+            dynamic_items=items,
+            output_keys=["id", "wav", key, "label", "label_encoded"],
         )
     return datasets
 
 
-def load_hparams(hparams_file, overrides):
-    """Loads the YAML, prepares the data, and sizes the model to the data.
+def make_conditioner(hparams):
+    """The clip conditioning of this run (training, bank and inference)."""
+    return ClipConditioner(
+        sample_rate=hparams["sample_rate"],
+        channels=hparams["channels"],
+        duration_ms=hparams["duration_ms"],
+        remove_dc=hparams.get("remove_dc", False),
+    )
 
-    ``n_classes: 0`` in the YAML means "as many classes as the data has": the
-    YAML is then loaded again, once the data is prepared, with the number of
-    classes found. A number is checked against the data.
+
+def build_clip_bank(hparams):
+    """Builds (main process) and opens the clip bank of this run's clips.
 
     Arguments
     ---------
-    hparams_file : str
-        The YAML file.
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    bank : sb_urbansound.bank.ClipBank
+    """
+    replacements = {"data_root": hparams["data_folder"]}
+    paths = {}
+    for split in SPLITS:
+        data = sb.dataio.dataio.load_data_json(
+            hparams[f"{split}_annotation"], replacements
+        )
+        paths.update({clip_id: entry["wav"] for clip_id, entry in data.items()})
+    bank = ClipBank(hparams["bank_folder"], make_conditioner(hparams))
+    run_on_main(
+        bank.build,
+        args=[paths],
+        kwargs={"num_workers": min(available_cores(), 8)},
+    )
+    return bank.open()
+
+
+def prepare_data(values, overrides):
+    """Prepares the data and sizes the model to it, before anything is built.
+
+    Data preparation writes the manifests (main process only); with
+    ``skip_prep`` the manifests are ready-made (``train/valid/test_annotation``).
+    ``n_classes: 0`` means "as many classes as the data has": the number found
+    is then added to the overrides; another number is checked against the
+    data.
+
+    Arguments
+    ---------
+    values : dict
+        The YAML's values, resolved but not built (``read_yaml_values``).
     overrides : str
         YAML overrides from the command line.
 
     Returns
     -------
-    hparams : dict
-        The loaded hyperparameters.
     overrides : str
-        The overrides, with ``n_classes`` added when it was read from the data.
+        The overrides, with ``n_classes`` added when it came from the data.
     """
-    # Bad options (unknown, repeated, unset or invalid) stop here, named
-    hparams = load_hparams_file(hparams_file, overrides)
+    if not values["skip_prep"]:
+        run_on_main(build_partial(values["prepare"]))
+    manifests = [values[f"{split}_annotation"] for split in SPLITS]
+    n_data = len(read_labels(values["labels_file"], manifests))
 
-    # Data preparation writes the manifests (main process only); skip_prep
-    # takes ready-made manifests (train/valid/test_annotation)
-    if not hparams["skip_prep"]:
-        run_on_main(hparams["prepare"])
-    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
-    n_data = len(read_labels(hparams["labels_file"], manifests))
-
-    n_classes = hparams["n_classes"]
+    n_classes = values["n_classes"]
     if not n_classes:
         logger.info("n_classes from the data: %d", n_data)
-        overrides = set_override(overrides, "n_classes", n_data)
-        hparams = load_hparams_file(hparams_file, overrides)
-    elif n_classes != n_data:
+        return set_override(overrides, "n_classes", n_data)
+    if n_classes != n_data:
         raise DataPrepError(
             f"the data has {n_data} classes but the model is built for "
             f"n_classes={n_classes}: pass --n_classes={n_data}, or "
             "--n_classes=0 to take the number from the data."
         )
-    return hparams, overrides
+    return overrides
 
 
 def main(argv=None):
@@ -452,15 +545,19 @@ def main(argv=None):
     # Initialize ddp (useful only for multi-GPU DDP training)
     sb.utils.distributed.ddp_init_group(run_opts)
 
+    # Bad options (unknown, repeated, unset or invalid) stop here, named.
     # The output folder: one run at a time, cleaned after kills, and never
-    # resumed with settings other than those it was started with
+    # resumed with settings other than those it was started with.
     values = read_yaml_values(hparams_file, overrides)
-    run = RunFolder(values["output_folder"], values.get("save_folder"))
+    check_values(values, hparams_file)
+    run = RunFolder(values["output_folder"], values["save_folder"])
     if if_main_process():
         run.lock()
         run.check_settings(values)
 
-    hparams, overrides = load_hparams(hparams_file, overrides)
+    overrides = prepare_data(values, overrides)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
     if if_main_process():
         run.check_data({s: hparams[f"{s}_annotation"] for s in SPLITS})
 
@@ -471,7 +568,9 @@ def main(argv=None):
         overrides=overrides,
     )
 
-    datasets = dataio_prep(hparams)
+    # Decode every clip once (clip bank), or at every epoch (per clip)
+    bank = build_clip_bank(hparams) if hparams["clip_bank"] else None
+    datasets = dataio_prep(hparams, bank)
 
     brain = SoundClassifierBrain(
         modules=hparams["modules"],
@@ -480,6 +579,8 @@ def main(argv=None):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    if bank is not None:
+        brain.use_bank(bank, feature_bank=hparams["feature_bank"])
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],
