@@ -399,6 +399,137 @@ def test_cli_missing_model_folder(tmp_path, capsys):
     assert "No model folder" in stderr
 
 
+def strict_json(text):
+    """Parse JSON as strict parsers do: NaN and Infinity are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def nan_model(trained, tmp_path):
+    """A copy of the trained model whose classifier weights are all NaN."""
+    out, _ = trained
+    folder = tmp_path / "nan model"
+    shutil.copytree(out / "model", folder)
+    state = torch.load(folder / "classifier.ckpt")
+    torch.save(
+        {k: torch.full_like(v, float("nan")) for k, v in state.items()},
+        folder / "classifier.ckpt",
+    )
+    return folder
+
+
+def test_cli_nan_model_is_an_error_per_file_and_json_stays_valid(
+    nan_model, audio_dir, capsys
+):
+    status, stdout, stderr = run_cli(capsys, nan_model, audio_dir, "--json")
+    assert status == 1
+    results = strict_json(stdout)
+    assert len(results) == len(CLASSES)
+    for result in results:
+        assert set(result) == {"path", "error"}
+        message = result["error"]
+        assert message.startswith(result["path"] + ": the model gives NaN")
+        assert "trained on bad data" in message
+        assert message.endswith(f"model folder: {nan_model}")
+        assert f"error: {message}" in stderr
+    assert f"{len(CLASSES)} of {len(CLASSES)} files could not be" in stderr
+    # Lines: nothing on stdout, the same errors, status 1
+    status, stdout, stderr = run_cli(capsys, nan_model, audio_dir)
+    assert status == 1 and stdout == ""
+    assert stderr.count("the model gives NaN") == len(CLASSES)
+    # The API: an error per file, valid JSON, also for a model loaded first
+    for source in (nan_model, load_model(nan_model)):
+        results = classify.classify_files(source, [audio_dir], on_error=print)
+        assert all("NaN" in r["error"] for r in results)
+        assert str(nan_model) in results[0]["error"]
+        json.dumps(results, allow_nan=False)
+
+
+def test_cli_folder_without_audio_is_an_error(trained, tmp_path, capsys):
+    out, _ = trained
+    empty = tmp_path / "no audio"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("not audio")
+    (empty / ".hidden.wav").write_bytes(b"")
+    status, stdout, stderr = run_cli(capsys, out / "model", empty)
+    assert status == 1 and stdout == ""
+    assert (
+        f"error: {empty}: no audio file in this folder or its subfolders"
+        in (stderr)
+    )
+    assert "looked for .wav, .flac, .ogg files" in stderr
+    # Beside a good file: the file is classified, the folder reported
+    good = clip(tmp_path / "good.wav", CLASSES[0])
+    status, stdout, stderr = run_cli(
+        capsys, out / "model", empty, good, "--json"
+    )
+    assert status == 1
+    bad_result, good_result = strict_json(stdout)
+    assert bad_result["path"] == str(empty)
+    assert "no audio file" in bad_result["error"]
+    assert good_result["label"] == CLASSES[0]
+
+
+def test_cli_training_output_folder_names_its_model(trained, tmp_path, capsys):
+    out, _ = trained
+    status, stdout, stderr = run_cli(capsys, out, out / "model")
+    assert status == 2 and stdout == ""
+    expected = (
+        f"{out} is a training output folder; its model is {out / 'model'}"
+    )
+    assert stderr == f"error: {expected}\n"
+    # A run that stopped before exporting its model
+    unfinished = tmp_path / "unfinished run"
+    unfinished.mkdir()
+    shutil.copy(out / "hyperparams.yaml", unfinished)
+    status, stdout, stderr = run_cli(capsys, unfinished, out / "model")
+    assert status == 2 and stdout == ""
+    assert stderr.startswith(
+        f"error: {unfinished} is a training output folder without a model"
+    )
+    assert "Traceback" not in stderr and len(stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["label_encoder.ckpt", "classifier.ckpt", "mean_var_norm.ckpt"]
+)
+def test_cli_model_folder_missing_a_checkpoint(trained, tmp_path, capsys, name):
+    out, _ = trained
+    folder = tmp_path / "model"
+    shutil.copytree(out / "model", folder)
+    (folder / name).unlink()
+    status, stdout, stderr = run_cli(capsys, folder, out / "model")
+    assert status == 2 and stdout == ""
+    assert stderr.startswith(f"error: {folder} is missing {folder / name},")
+    assert "which its hyperparams.yaml loads" in stderr
+    assert "Traceback" not in stderr and len(stderr.splitlines()) == 1
+
+
+def test_model_folder_with_a_bad_label_encoder(trained, tmp_path, capsys):
+    out, _ = trained
+    folder = tmp_path / "model"
+    shutil.copytree(out / "model", folder)
+    # No labels: SpeechBrain loads it, the model would decode nothing
+    (folder / "label_encoder.ckpt").write_text(
+        "================\n'starting_index' => 0\n"
+    )
+    with pytest.raises(inference.ModelFolderError, match="holds no labels"):
+        load_model(folder)
+    status, _, stderr = run_cli(capsys, folder, out / "model")
+    assert status == 2
+    assert stderr.startswith(f"error: {folder / 'label_encoder.ckpt'} holds no")
+    # Unreadable: SpeechBrain's error, in one line
+    (folder / "label_encoder.ckpt").write_text("")
+    status, stdout, stderr = run_cli(capsys, folder, out / "model")
+    assert status == 2 and stdout == ""
+    assert stderr.startswith(f"error: cannot load the model in {folder}: ")
+    assert "Traceback" not in stderr and len(stderr.splitlines()) == 1
+
+
 def test_classify_files_api(trained, audio_dir):
     out, _ = trained
     results = classify.classify_files(out / "model", [audio_dir], top_k=2)
