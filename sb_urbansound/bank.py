@@ -122,6 +122,11 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return index, pcm.numpy(), None
 
 
+def _as_is(item):
+    """A DataLoader collate function that leaves an item as it is."""
+    return item
+
+
 class ClipBank:
     """The clips of a data set, conditioned once, as an int16 array.
 
@@ -299,10 +304,14 @@ class ClipBank:
         if not rows:
             return []
         paths = [entries[ids[row]]["path"] for row in rows]
+        # collate_fn: numpy arrays travel pickled through the workers' pipes
+        # (torch tensors would be shared through file descriptors sent over
+        # a socket, which sandboxes without sockets refuse)
         loader = torch.utils.data.DataLoader(
             _DecodeDataset(self.conditioner, paths),
             batch_size=None,
             num_workers=num_workers,
+            collate_fn=_as_is,
         )
         failed = []
         bar = tqdm(

@@ -21,17 +21,29 @@ fold is validated on once and tested on once.
 Each fold runs the recipe (the ``train.py`` beside the YAML's ``hparams`` folder)
 in a subprocess with
 ``--output_folder=<output_folder>/fold_<k>`` and the three fold lists, so each
-fold is isolated (logging handlers, CUDA memory) and resumable: a fold whose
-``test_results.json`` exists is skipped, an unfinished one is rerun in the same
-folder and the recipe resumes from its last checkpoint. At the end the output
-folder holds ``crossval_results.json``, ``crossval_report.md``,
-``confusion_matrix.png`` and ``learning_curves.png``.
+fold is isolated (logging handlers, CUDA memory) and resumable: a fold is
+finished when both its ``test_results.json`` and its exported model
+(``model/hyperparams.yaml``) exist, and is then skipped; any other fold is rerun
+in the same folder and the recipe resumes from its last checkpoint (a fold
+stopped during the model export trains nothing more: it is tested and exported
+again). At the end the output folder holds ``crossval_results.json``,
+``crossval_report.md``, ``confusion_matrix.png`` and ``learning_curves.png``.
+
+Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP sent to crossval are forwarded
+to the running recipe, which is given ``STOP_TIMEOUT_S`` seconds to exit before
+it is killed; crossval then exits with status 128 + the signal number. On Linux
+the recipe also gets SIGTERM when crossval dies without warning (SIGKILL), so
+no fold is ever left training without its crossval.
 """
 
+import ctypes
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +56,16 @@ from sb_urbansound.sources.folds import parse_fold_list
 __all__ = [
     "CrossvalError",
     "FoldFailedError",
+    "FoldInterrupted",
     "FoldPlan",
     "CrossvalArgs",
     "assign_folds",
     "parse_crossval_args",
     "read_recipe_settings",
     "fold_argv",
+    "fold_finished",
+    "run_forwarding_signals",
+    "die_with_parent_preexec",
     "subprocess_runner",
     "inprocess_runner",
     "run_crossval",
@@ -58,6 +74,18 @@ __all__ = [
 
 MIN_FOLDS = 3
 FOLD_MARKER = "crossval_fold.json"
+#: The files of a finished fold (relative to its folder): the test results and
+#: the exported model, written last.
+FOLD_OUTPUTS = ("test_results.json", "model/hyperparams.yaml")
+#: Seconds the recipe is given to exit after a forwarded signal.
+STOP_TIMEOUT_S = 30.0
+#: The signals that crossval forwards to the recipe (those that exist here).
+FORWARDED_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP")
+    if hasattr(signal, name)
+)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
@@ -69,6 +97,31 @@ class CrossvalError(UserError, ValueError):
 
 class FoldFailedError(RuntimeError):
     """The recipe failed on one fold."""
+
+
+class FoldInterrupted(KeyboardInterrupt):
+    """Crossval got a stop signal while the recipe ran; the recipe has ended.
+
+    A :class:`KeyboardInterrupt`, so that nothing on the way out mistakes it
+    for an error, and Ctrl-C is reported as before.
+
+    Arguments
+    ---------
+    signum : int
+        The (first) signal received.
+    message : str
+        What happened to the recipe.
+
+    Example
+    -------
+    >>> e = FoldInterrupted(signal.SIGTERM, "the recipe exited")
+    >>> e.signum == signal.SIGTERM, str(e)
+    (True, 'the recipe exited')
+    """
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -511,14 +564,193 @@ def fold_argv(hparams_file, plan, fold_dir, passthrough=(), leaky=False):
     return argv
 
 
+def _libc_prctl():
+    """libc's ``prctl`` function (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    return prctl
+
+
+def die_with_parent_preexec():
+    """A ``preexec_fn`` that makes a child get SIGTERM when this process dies.
+
+    The child calls ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` between fork and exec,
+    so the kernel sends it SIGTERM when its parent ends, even by SIGKILL. libc
+    is opened here, in the parent (not after the fork). If the parent is
+    already gone when the child sets this up, the child exits at once.
+
+    Returns
+    -------
+    callable or None
+        The function for ``subprocess.Popen(..., preexec_fn=...)``; None where
+        ``prctl`` is not available (not Linux), where nothing is done.
+
+    Example
+    -------
+    >>> preexec = die_with_parent_preexec()
+    >>> preexec is None or callable(preexec)
+    True
+    """
+    prctl = _libc_prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec():
+        """In the child: SIGTERM on the parent's death."""
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # it died before prctl: no signal will come
+            os._exit(128 + int(signal.SIGTERM))
+
+    return preexec
+
+
+def _install_handlers(handler):
+    """Install ``handler`` for the forwarded signals; return the old handlers.
+
+    Only in the main thread (Python's rule); a signal that is ignored
+    (``nohup``) stays ignored.
+    """
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in FORWARDED_SIGNALS:
+        old = signal.getsignal(sig)
+        if old is signal.SIG_IGN:
+            continue
+        signal.signal(sig, handler)
+        previous[sig] = signal.SIG_DFL if old is None else old
+    return previous
+
+
+def _signal_name(signum):
+    """``"SIGTERM"`` for 15, and so on."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+#: Seconds between checks of the recipe while it runs.
+_POLL_S = 0.2
+
+
+def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
+    """Run a command; forward stop signals to it; wait for it, boundedly.
+
+    While the command runs, SIGTERM, SIGINT and SIGHUP received by this process
+    (main thread only) are sent on to it, and it is given ``stop_timeout``
+    seconds from the first one to exit, then killed. On Linux the command also
+    gets SIGTERM if this process dies (see :func:`die_with_parent_preexec`).
+    The previous signal handlers are restored before returning.
+
+    A Ctrl-C in a terminal reaches both processes (one process group), so the
+    command may get SIGINT twice; a SpeechBrain recipe stops either way (its
+    files are written atomically and it resumes after any kill).
+
+    Arguments
+    ---------
+    cmd : list of str
+        The command.
+    what : str
+        How messages name the command.
+    stop_timeout : float, optional
+        Seconds to wait after a signal (default: :data:`STOP_TIMEOUT_S`).
+
+    Returns
+    -------
+    int
+        The command's exit status (negative: killed by that signal).
+
+    Raises
+    ------
+    FoldInterrupted
+        If a signal was received: after the command has ended.
+
+    Example
+    -------
+    >>> run_forwarding_signals([sys.executable, "-c", "raise SystemExit(3)"])
+    3
+    """
+    stop_timeout = STOP_TIMEOUT_S if stop_timeout is None else stop_timeout
+    received = []  # (signal, monotonic time, sent on)
+    running = []  # the process, once started
+
+    def forward(signum, frame):
+        """Send the signal on to the command (if it has started)."""
+        if running:
+            _send(running[0], signum)
+        received.append((signum, time.monotonic(), bool(running)))
+
+    previous = _install_handlers(forward)
+    killed = False
+    try:
+        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent_preexec())
+        running.append(proc)
+        for signum, _, sent in list(received):  # while it was being started
+            if not sent:
+                _send(proc, signum)
+        while True:
+            code = proc.poll()
+            if code is not None:
+                break
+            if received and time.monotonic() > received[0][1] + stop_timeout:
+                proc.kill()
+                code, killed = proc.wait(), True
+                break
+            time.sleep(_POLL_S)
+    except BaseException:  # e.g. Ctrl-C where no handler could be installed
+        if running and running[0].poll() is None:
+            _stop(running[0], stop_timeout)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        signum = received[0][0]
+        name = _signal_name(signum)
+        if killed:
+            fate = (
+                f"did not exit within {stop_timeout:g} s of it and was killed"
+            )
+        else:
+            fate = f"was stopped (exit status {code})"
+        raise FoldInterrupted(signum, f"got {name}; {what} {fate}")
+    return code
+
+
+def _send(proc, signum):
+    """Send a signal to a process that may have ended."""
+    try:
+        proc.send_signal(signum)
+    except OSError:  # ended meanwhile
+        pass
+
+
+def _stop(proc, timeout):
+    """Wait up to ``timeout`` seconds for a process to end, then kill it."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def subprocess_runner(argv, fold_dir):
     """Run the recipe on one fold in a fresh Python process.
 
     Output (SpeechBrain's logs and progress bars) goes straight to this
-    process's terminal; SpeechBrain also logs to ``<fold_dir>/log.txt``. The
-    package's folder is put on ``PYTHONPATH`` so that it works from a clean
-    clone without installation. On Ctrl-C the child (which gets the signal too)
-    is given time to stop cleanly.
+    process's terminal; SpeechBrain also logs to ``<fold_dir>/log.txt``. Stop
+    signals (SIGTERM, SIGINT, SIGHUP) are forwarded to the recipe, which is
+    given ``STOP_TIMEOUT_S`` seconds to exit before it is killed, and the
+    recipe gets SIGTERM if this process dies (Linux): see
+    :func:`run_forwarding_signals`.
 
     Arguments
     ---------
@@ -535,22 +767,17 @@ def subprocess_runner(argv, fold_dir):
     ------
     FoldFailedError
         If the recipe exits with a non-zero status.
+    FoldInterrupted
+        If a stop signal was received (after the recipe has ended).
 
     Example
     -------
     >>> subprocess_runner(["--help"], "unused")  # doctest: +SKIP
     """
     cmd = [sys.executable, str(recipe_script(argv[0])), *argv]
-    proc = subprocess.Popen(cmd)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
+    code = run_forwarding_signals(
+        cmd, what=f"the recipe on {Path(fold_dir).name}"
+    )
     if code != 0:
         log = Path(fold_dir) / "log.txt"
         where = f"; its log is {log}" if log.exists() else ""
@@ -623,6 +850,38 @@ def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
     return sorted(repeated)
 
 
+def fold_finished(fold_dir):
+    """Whether a fold's run is complete: test results and exported model.
+
+    The recipe writes ``test_results.json`` after testing and the ``model``
+    folder last, so a fold killed during the export has results but no model:
+    it is not finished (rerunning it trains nothing more, tests and exports
+    again).
+
+    Arguments
+    ---------
+    fold_dir : str or Path
+        The fold's output folder.
+
+    Returns
+    -------
+    bool
+        True when every file of :data:`FOLD_OUTPUTS` exists.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "test_results.json").write_text("{}")
+    >>> fold_finished(tmp)
+    False
+    >>> (tmp / "model").mkdir()
+    >>> _ = (tmp / "model" / "hyperparams.yaml").write_text("x: 1")
+    >>> fold_finished(tmp)
+    True
+    """
+    return all((Path(fold_dir) / name).is_file() for name in FOLD_OUTPUTS)
+
+
 def _marker_mismatch(marker, plan, leaky):
     """Describe how a fold folder's recorded assignment differs from ``plan``."""
     want = {
@@ -649,8 +908,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         docstring).
     runner : callable, optional
         ``runner(recipe_argv, fold_dir)`` trains and tests one fold, writing
-        ``test_results.json`` and ``history.json`` to ``fold_dir`` and raising on
-        failure. Default: :func:`subprocess_runner`.
+        ``test_results.json``, ``history.json`` and the exported model
+        (``model/hyperparams.yaml``) to ``fold_dir`` and raising on failure.
+        Default: :func:`subprocess_runner`.
     log : callable, optional
         Where the one-line messages go (default: ``tqdm.write``).
     progress : bool
@@ -667,6 +927,8 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         For bad arguments or an output folder from a different assignment.
     FoldFailedError
         If the recipe fails on a fold (finished folds are kept).
+    FoldInterrupted
+        If a stop signal ended the recipe (see :func:`run_forwarding_signals`).
 
     Example
     -------
@@ -737,7 +999,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                     "assuming it was run with this assignment"
                 )
 
-            if results_path.exists():
+            if fold_finished(fold_dir):
                 res = _read_json(results_path)
                 sec = (marker or {}).get("seconds")
                 seconds[plan.test] = sec
@@ -754,7 +1016,14 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                     "seconds": 0.0,
                     "attempts": 0,
                 }
-                if marker["attempts"]:
+                if results_path.exists():
+                    log(
+                        f"fold {plan.test}: has test results but no exported "
+                        f"model ({fold_dir / FOLD_OUTPUTS[1]}): the run "
+                        "stopped during the export; rerunning it (it trains "
+                        "nothing more, tests and exports again)"
+                    )
+                elif marker["attempts"]:
                     log(f"fold {plan.test}: resuming the unfinished run")
                 marker["attempts"] += 1
                 marker["recipe_argv"] = recipe_argv
@@ -766,10 +1035,15 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                 finally:
                     marker["seconds"] += time.monotonic() - start
                     atomic_write_json(marker_path, marker)
-                if not results_path.exists():
+                missing = [
+                    str(fold_dir / name)
+                    for name in FOLD_OUTPUTS
+                    if not (fold_dir / name).is_file()
+                ]
+                if missing:
                     raise FoldFailedError(
                         f"the recipe finished fold {plan.test} without writing "
-                        f"{results_path}"
+                        f"{' and '.join(missing)}"
                     )
                 res = _read_json(results_path)
                 seconds[plan.test] = marker["seconds"]
@@ -840,7 +1114,8 @@ def main(argv=None):
     Returns
     -------
     int
-        The exit status: 0 on success, 2 for bad arguments, 1 if a fold failed.
+        The exit status: 0 on success, 2 for bad arguments, 1 if a fold failed,
+        128 + the signal number when stopped by a signal (130 for Ctrl-C).
 
     Example
     -------
@@ -855,13 +1130,15 @@ def main(argv=None):
     except FoldFailedError as e:
         print(f"crossval: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        why = f" ({e})" if str(e) else ""
         print(
-            "\ncrossval: interrupted; rerun the same command to resume "
+            f"\ncrossval: interrupted{why}; rerun the same command to resume "
             "(finished folds are skipped).",
             file=sys.stderr,
         )
-        return 130
+        return 128 + int(signum)
     return 0
 
 

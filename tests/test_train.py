@@ -193,6 +193,7 @@ def test_torchrun_two_cpu_processes(small_data, tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port: runs beside other jobs
         "--nproc_per_node=2",
         str(REPO / "train.py"),
         str(REPO / "hparams" / "cnn.yaml"),

@@ -122,6 +122,7 @@ def prepare_folders(
     ...     valid_fold_nums=[2],
     ...     test_fold_nums=[3],
     ... )
+    >>> import json
     >>> json.loads(Path(out["labels"]).read_text())
     ['c0', 'c1']
     """
@@ -280,6 +281,7 @@ def prepare_filenames(
     ...     valid_fold_nums=[2],
     ...     test_fold_nums=[3],
     ... )
+    >>> import json
     >>> json.loads(Path(out["labels"]).read_text())
     ['0', '1']
     """
