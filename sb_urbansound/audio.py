@@ -29,6 +29,8 @@ from sb_urbansound.errors import AudioLoadError
 from speechbrain.dataio import audio_io
 from speechbrain.dataio.preprocess import AudioNormalizer
 
+#: Read this much beyond the clip length (see ClipConditioner.max_seconds).
+READ_MARGIN_S = 0.05
 #: Suffixes of the audio files looked for in folders (case-insensitive).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -414,14 +416,19 @@ class ClipConditioner(AudioNormalizer):
         return int(round(self.sample_rate * float(self.duration_ms) / 1000.0))
 
     def max_seconds(self):
-        """How much of a file :meth:`clip` keeps (for :func:`load_audio`).
+        """How much of a file :meth:`clip` needs (for :func:`load_audio`).
+
+        The clip duration plus 50 ms, so that the resampler's filter sees
+        the signal beyond the cut, as when the whole file is read.
 
         Returns
         -------
         float or None
-            The clip duration in seconds.
+            Seconds to read (``None``: the whole file).
         """
-        return None if self.duration_ms is None else self.duration_ms / 1000
+        if self.duration_ms is None:
+            return None
+        return self.duration_ms / 1000 + READ_MARGIN_S
 
     def convert(self, audio, sample_rate):
         """Resample and rechannel a clip, and remove its DC offset if asked.

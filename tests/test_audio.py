@@ -285,7 +285,7 @@ def test_conditioner_channels_and_layout():
 def test_conditioner_clip_train_vs_eval(tmp_path):
     path = write_clip(tmp_path / "a.wav", 2, 48000, 1, 1.0, "PCM_24")
     cond = ClipConditioner(16000, channels=2, duration_ms=2000)
-    assert cond.num_samples == 32000 and cond.max_seconds() == 2.0
+    assert cond.num_samples == 32000 and cond.max_seconds() == 2.05
     wav, rate = load_audio(path, max_seconds=cond.max_seconds())
     a, b = cond.clip(wav, rate), cond.clip(wav, rate)
     assert a.shape == (32000, 2)
@@ -412,3 +412,15 @@ def test_dataio_prep_items(tmp_path):
     hparams["label_encoder"] = type(hparams["label_encoder"])()
     with pytest.raises(DataPrepError, match="label_encoder2.txt"):
         dataio_prep(hparams)
+
+
+def test_reading_only_the_clip_gives_the_whole_file_result(tmp_path):
+    # 48 kHz → 16 kHz: the resampler's filter needs samples past the cut; the
+    # read margin gives it them, so the kept clip equals the whole-file one
+    path = write_clip(tmp_path / "long.wav", 3, 48000, 2, 3.0, "PCM_24")
+    cond = ClipConditioner(16000, channels=1, duration_ms=1000)
+    whole = cond.clip(*load_audio(path))
+    part = cond.clip(*load_audio(path, max_seconds=cond.max_seconds()))
+    assert (whole - part).abs().max() < 1e-5
+    cut = cond.clip(*load_audio(path, max_seconds=1.0))  # no margin
+    assert (whole - cut).abs().max() > 1e-4

@@ -1,0 +1,250 @@
+"""The clip bank and the feature bank: the same clips as the per-clip path,
+rebuilt when files change, safe to interrupt, and never deleting what is not
+theirs."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from helpers import FORMATS, write_clip
+
+from sb_urbansound import bank as bank_module
+from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
+from sb_urbansound.bank import (
+    MARKER_FILE,
+    ClipBank,
+    FeatureBank,
+    is_bank_folder,
+    random_placement,
+    roll_rows,
+)
+from sb_urbansound.errors import DataPrepError
+from sb_urbansound.features import MelSpectrogramDB
+
+RATE = 16000
+
+
+@pytest.fixture
+def clips(tmp_path):
+    """Clips in the data set's mix of formats, some longer than 1 s."""
+    paths = {}
+    for i, (rate, channels, subtype) in enumerate(FORMATS):
+        seconds = 0.3 + 0.25 * i
+        path = write_clip(
+            tmp_path / "data" / f"c{i}.wav",
+            class_idx=i,
+            sample_rate=rate,
+            channels=channels,
+            seconds=seconds,
+            subtype=subtype,
+            seed=i,
+        )
+        paths[f"c{i}"] = str(path)
+    return paths
+
+
+def make_bank(tmp_path, channels=2, duration_ms=1000, **kw):
+    conditioner = ClipConditioner(RATE, channels, duration_ms, **kw)
+    return ClipBank(tmp_path / "bank", conditioner), conditioner
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_bank_equals_the_per_clip_path(tmp_path, clips, channels):
+    bank, cond = make_bank(tmp_path, channels, remove_dc=True)
+    summary = bank.build(clips, progress=False)
+    assert summary["decoded"] == len(clips)
+    ids = sorted(clips)
+    got = bank.waveforms(bank.rows(ids), train=False)
+    for clip_id, wav in zip(ids, got):
+        # the recipe's per-clip evaluation path: padded at the end
+        sig, rate = load_audio(clips[clip_id], cond.max_seconds())
+        expected = cond.clip(sig, rate)
+        assert wav.shape == expected.shape
+        # int16 storage: within half a quantisation step (and the clamp)
+        assert (wav - expected.clamp(-1, 1)).abs().max() <= 0.5 / 32767 + 1e-7
+
+
+def test_training_draws_place_each_clip_whole(tmp_path, clips):
+    bank, cond = make_bank(tmp_path, channels=1)
+    bank.build(clips, progress=False)
+    rows = bank.rows(["c0"])  # 0.3 s in a 1 s clip
+    stored = bank.waveforms(rows, train=False)[0]
+    length = int(bank.lengths[rows][0])
+    starts = set()
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        drawn = bank.waveforms(rows, train=True, shift_pct=0.4, generator=gen)[
+            0
+        ]
+        # a circular roll of the stored clip: same samples, whole and in order
+        offset = int(torch.nonzero(drawn == stored[0])[0])
+        assert torch.equal(torch.roll(stored, offset), drawn)
+        starts.add(offset)
+    assert len(starts) > 5  # random positions
+    assert length == cond.num_samples * 3 // 10
+
+
+def test_random_placement_law():
+    torch.manual_seed(0)
+    lengths = torch.tensor([100, 40] * 2000)
+    rolls = random_placement(lengths, 100, 0.2)
+    full, short = rolls[0::2], rolls[1::2]
+    assert full.min() >= 0 and full.max() < 20  # shift only: [0, 0.2 * 100)
+    assert short.max() >= 70 and short.max() < 100  # pad [0, 60] + shift
+    assert roll_rows(
+        torch.arange(6).view(2, 3), torch.tensor([0, 1])
+    ).tolist() == [
+        [0, 1, 2],
+        [5, 3, 4],
+    ]
+
+
+def test_changed_file_is_decoded_again_and_only_it(tmp_path, clips):
+    bank, _ = make_bank(tmp_path)
+    bank.build(clips, progress=False)
+    again = ClipBank(tmp_path / "bank", bank.conditioner)
+    assert again.build(clips, progress=False)["decoded"] == 0
+
+    # Same size and modification time, other content: the ctime tells
+    path = clips["c1"]
+    st = os.stat(path)
+    data, rate = sf.read(path, always_2d=True)
+    time.sleep(0.01)
+    sf.write(path, -data, rate, subtype=sf.info(path).subtype)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size
+    rebuilt = ClipBank(tmp_path / "bank", bank.conditioner)
+    assert rebuilt.build(clips, progress=False)["decoded"] == 1
+    old = bank.waveforms(bank.rows(["c1"]), train=False)
+    new = rebuilt.waveforms(rebuilt.rows(["c1"]), train=False)
+    assert torch.allclose(new, -old, atol=2 / 32767)
+
+    # A clip left out of the run is dropped, a new one decoded
+    fewer = {k: v for k, v in clips.items() if k != "c2"}
+    fewer["new"] = str(write_clip(tmp_path / "data" / "new.wav", seed=9))
+    assert (
+        ClipBank(tmp_path / "bank", bank.conditioner).build(
+            fewer, progress=False
+        )["decoded"]
+        == 1
+    )
+
+
+def test_interrupted_build_leaves_no_half_bank(tmp_path, clips, monkeypatch):
+    bank, cond = make_bank(tmp_path)
+    real = bank_module._DecodeDataset.__getitem__
+    calls = []
+
+    def dying(self, index):
+        calls.append(index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, index)
+
+    monkeypatch.setattr(bank_module._DecodeDataset, "__getitem__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        bank.build(clips, progress=False)
+    monkeypatch.undo()
+    names = sorted(p.name for p in bank.folder.iterdir())
+    assert names == [MARKER_FILE]  # no index, no data, no temporary file
+    fresh = ClipBank(tmp_path / "bank", cond)
+    assert fresh.build(clips, progress=False)["decoded"] == len(clips)
+
+
+def test_unreadable_file_is_named(tmp_path, clips):
+    bank, _ = make_bank(tmp_path)
+    with open(clips["c3"], "r+b") as f:  # a valid header, then garbage
+        f.seek(44)
+        f.write(b"\xff" * 64)
+    with open(clips["c2"], "wb") as f:
+        f.write(b"not audio at all")
+    with pytest.raises(DataPrepError) as info:
+        bank.build(clips, progress=False)
+    assert clips["c2"] in str(info.value)
+    assert not (bank.folder / "index.json").exists()
+
+
+def test_only_marked_banks_are_ever_deleted(tmp_path, clips):
+    folder = tmp_path / "P"
+    (folder / ".vscode").mkdir(parents=True)
+    (folder / ".vscode" / "settings.json").write_text("{}")
+    (folder / "myconfig").mkdir()
+    (folder / "myconfig" / "settings.json").write_text('{"sample_rate": 1}')
+    (folder / "myconfig" / "README.txt").write_text("mine")
+    (folder / "fake").mkdir()
+    (folder / "fake" / MARKER_FILE).write_text('{"made_by": "someone else"}')
+
+    first = ClipBank(folder, ClipConditioner(RATE, 1, 500))
+    first.build(clips, progress=False)
+    assert is_bank_folder(first.folder)
+    second = ClipBank(folder, ClipConditioner(RATE, 2, 500))
+    second.build(clips, progress=False)
+    assert not first.folder.exists()  # our bank of other settings: removed
+    for kept in [".vscode/settings.json", "myconfig/README.txt", "fake"]:
+        assert (folder / kept).exists(), kept
+    assert json.loads((folder / "myconfig/settings.json").read_text()) == {
+        "sample_rate": 1
+    }
+
+
+def test_feature_bank_equals_features_of_the_rolled_clip(tmp_path, clips):
+    bank, _ = make_bank(tmp_path, channels=2)
+    bank.build(clips, progress=False)
+    # top_db off: the floor follows each clip's loudest frame, and the edge
+    # frames (reflect padding) can hold it; the geometry is what is checked
+    mel = MelSpectrogramDB(
+        RATE, n_fft=512, hop_length=256, n_mels=32, top_db=None
+    )
+    feats = FeatureBank(bank, mel)
+    n = bank.conditioner.num_samples
+    frames = n // 256 + 1
+    assert feats.time_dim == 3 and feats.hop == pytest.approx(n / frames)
+    rows = bank.rows(sorted(clips))
+    # Evaluation: the features of the stored clips (float16 storage)
+    stored = mel(bank.waveforms(rows, train=False))
+    assert (feats.features(rows, train=False) - stored).abs().max() < 0.1
+
+    # Training draws the tutorial's placement and rolls whole frames
+    gen = torch.Generator().manual_seed(3)
+    drawn = feats.features(rows, train=True, shift_pct=0.4, generator=gen)
+    gen = torch.Generator().manual_seed(3)
+    shifts = random_placement(bank.lengths[rows], n, 0.4, gen)
+    for i, k in enumerate(torch.round(shifts / feats.hop).long().tolist()):
+        expected = torch.roll(feats.feats[rows[i]].float(), k, -1)
+        assert torch.equal(drawn[i], expected)
+    assert len(set(shifts.tolist())) > 1
+
+    # A roll of k frames is the waveform rolled by k hops, and, for
+    # the frames that wrapped round, by k hops less the part of a hop by which
+    # the frames overshoot the clip (frames * hop - num_samples samples)
+    overshoot = frames * 256 - n
+    for i in range(len(rows)):
+        wav = bank.waveforms(rows[i : i + 1], train=False)
+        for k in (5, 20, 40):
+            rolled = torch.roll(feats.feats[rows[i]].float(), k, -1)
+            kept = mel(torch.roll(wav, k * 256, dims=1))[0]
+            wrapped = mel(torch.roll(wav, k * 256 - overshoot, dims=1))[0]
+            inner = slice(k + 2, frames - 2)  # away from the array's edges
+            assert (rolled[..., inner] - kept[..., inner]).abs().max() < 0.1
+            outer = slice(2, k - 2)
+            assert (rolled[..., outer] - wrapped[..., outer]).abs().max() < 0.1
+
+
+def test_time_shift_of_the_per_clip_path_is_a_roll():
+    x = torch.arange(10.0)
+    gen = torch.Generator().manual_seed(1)
+    shifted = time_shift(x, 0.5, gen)
+    k = int(torch.nonzero(shifted == 0)[0])
+    assert torch.equal(torch.roll(x, k), shifted)
+
+
+def test_bank_as_recipe_builds_it(tmp_path, clips):
+    """np.load of the bank works from a memory map (not read into RAM)."""
+    bank, _ = make_bank(tmp_path)
+    bank.build(clips, progress=False)
+    assert isinstance(bank.clips, np.memmap)
+    assert bank.nbytes == len(clips) * RATE * 2 * 2
