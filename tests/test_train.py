@@ -327,3 +327,27 @@ def test_bad_options_are_named(tmp_path, option, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_loader_workers_are_stopped_when_the_run_ends(small_data, tmp_path):
+    # Persistent DataLoader workers (the per-clip path) used to live until the
+    # interpreter exited, where stopping them cost seconds per worker: the run
+    # ends with no worker process left.
+    import multiprocessing
+
+    from helpers import HPARAMS, load_recipe
+
+    recipe = load_recipe()
+    recipe.main(
+        [
+            str(HPARAMS / "cnn.yaml"),
+            f"--data_folder={small_data}",
+            f"--output_folder={tmp_path / 'out'}",
+            "--number_of_epochs=1",
+            "--clip_bank=False",
+            "--noprogressbar",
+            *replace_arg(SMALL, "num_workers", 2),
+        ]
+    )
+    assert (tmp_path / "out" / "test_results.json").exists()
+    assert multiprocessing.active_children() == []

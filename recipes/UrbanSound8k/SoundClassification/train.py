@@ -37,7 +37,7 @@ from sb_urbansound.experiment import (
     read_yaml_values,
     set_override,
 )
-from sb_urbansound.hardware import available_cores
+from sb_urbansound.hardware import available_cores, stop_loader_workers
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.report import append_history, classification_results
@@ -62,6 +62,10 @@ class SoundClassifierBrain(sb.Brain):
 
     bank = None
     feature_bank = None
+
+    def __init__(self, *args, **kwargs):
+        self.loaders = []  # the DataLoaders made, to stop their workers
+        super().__init__(*args, **kwargs)
 
     def use_bank(self, bank, feature_bank=False):
         """Draws the batches from a clip bank (and its features, if asked).
@@ -304,7 +308,40 @@ class SoundClassifierBrain(sb.Brain):
         )
         if stage == sb.Stage.TRAIN:
             self.train_steps_per_epoch = len(loader)
+        self.loaders.append(loader)
         return loader
+
+    def fit(self, *args, **kwargs):
+        """Trains (see ``sb.Brain.fit``), then stops the loaders' workers.
+
+        Arguments
+        ---------
+        *args, **kwargs
+            Passed to ``sb.Brain.fit``.
+        """
+        try:
+            super().fit(*args, **kwargs)
+        finally:
+            # Persistent workers would live until the process exits
+            stop_loader_workers(self.loaders)
+
+    def evaluate(self, *args, **kwargs):
+        """Tests (see ``sb.Brain.evaluate``), then stops the loaders' workers.
+
+        Arguments
+        ---------
+        *args, **kwargs
+            Passed to ``sb.Brain.evaluate``.
+
+        Returns
+        -------
+        float
+            The average test loss.
+        """
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            stop_loader_workers(self.loaders)
 
     def init_optimizers(self):
         """Creates the optimizer, then the per-batch learning-rate schedule.
@@ -393,6 +430,7 @@ def dataio_prep(hparams, bank=None):
     label_encoder.load_or_create(
         path=hparams["label_encoder_file"], from_iterables=[labels]
     )
+    label_encoder.expect_len(len(labels))
     encoded = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
     if encoded != labels:
         raise DataPrepError(
