@@ -2,6 +2,8 @@
 
 * :class:`SpecAugment`: frequency and time masks filled with each clip's own
   mean, as in the tutorial, drawn for a whole batch at once.
+* :class:`Mixup`: convex combinations of pairs of examples and of their
+  losses, for any model and loss.
 
 Authors
 -------
@@ -99,3 +101,108 @@ class SpecAugment(torch.nn.Module):
             )
             masked |= band[:, None, None, :]
         return torch.where(masked, mean.expand_as(spec), spec)
+
+
+class Mixup(torch.nn.Module):
+    """Mix each example of a batch with another one (Zhang et al., 2018).
+
+    ``x' = lam * x + (1 - lam) * x[perm]`` with one ``lam ~ Beta(alpha,
+    alpha)`` per batch and a random permutation ``perm``; the loss is mixed
+    the same way, ``lam * loss(y) + (1 - lam) * loss(y[perm])``, which works
+    with any loss function (see :meth:`mix_loss`). It applies to any input:
+    waveforms, spectrograms or embeddings. Training only.
+
+    Arguments
+    ---------
+    alpha : float
+        Beta distribution parameter (> 0); 0.2-0.4 are usual values.
+    prob : float
+        Probability that a batch is mixed at all.
+
+    Example
+    -------
+    >>> mix = Mixup(alpha=0.4)
+    >>> x = torch.randn(8, 1, 16, 20)
+    >>> mixed, perm, lam = mix(x)
+    >>> mixed.shape, perm.shape, 0.0 <= lam <= 1.0
+    (torch.Size([8, 1, 16, 20]), torch.Size([8]), True)
+    """
+
+    def __init__(self, alpha=0.2, prob=1.0):
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"mixup alpha must be positive, got {alpha}")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"mixup prob must be in [0, 1], got {prob}")
+        self.alpha = float(alpha)
+        self.prob = float(prob)
+        self.beta = torch.distributions.Beta(self.alpha, self.alpha)
+
+    def forward(self, x, generator=None):
+        """Mix a batch.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, ...]``.
+        generator : torch.Generator, optional
+            Source of randomness of the pairing and of whether the batch is
+            mixed (CPU; ``lam`` comes from torch's global generator).
+
+        Returns
+        -------
+        mixed : torch.Tensor
+            The mixed batch.
+        perm : torch.LongTensor
+            Each example's partner.
+        lam : float
+            The weight of the example itself (1.0: not mixed).
+        """
+        batch = x.shape[0]
+        perm = torch.arange(batch, device=x.device)
+        if batch < 2 or torch.rand(1, generator=generator).item() >= self.prob:
+            return x, perm, 1.0
+        lam = float(self.beta.sample())
+        perm = torch.randperm(batch, generator=generator).to(x.device)
+        return lam * x + (1.0 - lam) * x[perm], perm, lam
+
+    @staticmethod
+    def mix_loss(loss_fn, predictions, targets, perm, lam, *args):
+        """The mixed loss: ``lam * loss(y) + (1 - lam) * loss(y[perm])``.
+
+        Arguments
+        ---------
+        loss_fn : callable
+            ``loss_fn(predictions, targets, *args)``.
+        predictions : torch.Tensor
+            The model's output for the mixed batch.
+        targets : torch.Tensor
+            ``[batch, ...]`` targets of the unmixed examples.
+        perm : torch.LongTensor
+            From :meth:`forward`.
+        lam : float
+            From :meth:`forward`.
+        *args
+            Passed to ``loss_fn`` (e.g. lengths).
+
+        Returns
+        -------
+        torch.Tensor
+            The loss.
+
+        Example
+        -------
+        >>> nll = lambda p, y: torch.nn.functional.nll_loss(p, y)
+        >>> p = torch.log_softmax(torch.randn(4, 3), -1)
+        >>> y = torch.tensor([0, 1, 2, 0])
+        >>> torch.isclose(
+        ...     Mixup.mix_loss(nll, p, y, torch.arange(4), 1.0), nll(p, y)
+        ... )
+        tensor(True)
+        """
+        loss = loss_fn(predictions, targets, *args)
+        if lam >= 1.0:
+            return loss
+        return lam * loss + (1.0 - lam) * loss_fn(
+            predictions, targets[perm.to(targets.device)], *args
+        )

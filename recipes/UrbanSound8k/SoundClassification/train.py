@@ -28,6 +28,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
+from sb_urbansound.augment import Mixup
 from sb_urbansound.bank import ClipBank, FeatureBank
 from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.experiment import (
@@ -136,6 +137,13 @@ class SoundClassifierBrain(sb.Brain):
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)
 
+        # Mixup (optional, training only): pairs of clips and their losses
+        self.mixed = None
+        mixup = getattr(self.hparams, "mixup", None)
+        if train and mixup is not None:
+            feats, perm, lam = mixup(feats)
+            self.mixed = (perm, lam)
+
         embeddings = self.modules.embedding_model(feats, lens)
         predictions = self.modules.classifier(embeddings)
         if predictions.dim() == 2:
@@ -161,7 +169,13 @@ class SoundClassifierBrain(sb.Brain):
         """
         predictions, lens = predictions
         targets, _ = batch.label_encoded
-        loss = self.hparams.compute_cost(predictions, targets, lens)
+        if stage == sb.Stage.TRAIN and self.mixed is not None:
+            perm, lam = self.mixed
+            loss = Mixup.mix_loss(
+                self.hparams.compute_cost, predictions, targets, perm, lam, lens
+            )
+        else:
+            loss = self.hparams.compute_cost(predictions, targets, lens)
         if not torch.isfinite(loss):
             raise UserError(
                 f"the loss of a {stage.name.lower()} batch is {loss.item()}: "
