@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import FORMATS, write_clip
-
 from sb_urbansound import bank as bank_module
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.bank import (

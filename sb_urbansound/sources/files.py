@@ -169,32 +169,15 @@ def prepare_folders(
                 label_dir,
                 "/".join(extensions),
             )
-    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
-    splits = check_fold_lists(
-        train_fold_nums,
-        valid_fold_nums,
-        test_fold_nums,
-        list(range(1, check_n_folds(n_folds) + 1)),
-    )
-    options = {
-        "data_folder": str(data_folder),
-        "n_folds": check_n_folds(n_folds),
-        "train_fold_nums": splits["train"],
-        "valid_fold_nums": splits["valid"],
-        "test_fold_nums": splits["test"],
-        "extensions": list(extensions),
-        "group_pattern": None if group_re is None else group_re.pattern,
-        "skip_missing": bool(skip_missing),
-        "leaky_random_split": bool(leaky_random_split),
-        "seed": int(seed),
-    }
-    return write_manifests(
-        function="prepare_folders",
-        table=table,
+    return _write(
+        "prepare_folders",
+        {"group_pattern": None if group_re is None else group_re.pattern},
+        (files, labels, groups),
+        data_folder=data_folder,
         save_folder=save_folder,
-        splits=splits,
-        options=options,
-        fingerprint={"files": stat_list(data_folder, files)},
+        n_folds=n_folds,
+        folds=(train_fold_nums, valid_fold_nums, test_fold_nums),
+        extensions=extensions,
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,
@@ -313,17 +296,75 @@ def prepare_filenames(
             f"{listing(unmatched)}. Widen the pattern (it must match the whole "
             "file name, suffix included) or move these files out of data_folder."
         )
-    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
-    splits = check_fold_lists(
-        train_fold_nums,
-        valid_fold_nums,
-        test_fold_nums,
-        list(range(1, check_n_folds(n_folds) + 1)),
+    return _write(
+        "prepare_filenames",
+        {"pattern": regex.pattern},
+        (files, labels, groups),
+        data_folder=data_folder,
+        save_folder=save_folder,
+        n_folds=n_folds,
+        folds=(train_fold_nums, valid_fold_nums, test_fold_nums),
+        extensions=extensions,
+        skip_missing=skip_missing,
+        leaky_random_split=leaky_random_split,
+        seed=seed,
     )
+
+
+def _write(
+    function,
+    extra_options,
+    clips,
+    data_folder,
+    save_folder,
+    n_folds,
+    folds,
+    extensions,
+    skip_missing,
+    leaky_random_split,
+    seed,
+):
+    """Deal the clips to folds and write the manifests of a file source.
+
+    Arguments
+    ---------
+    function : str
+        The public function (recorded in the options file).
+    extra_options : dict
+        The source's own options (its pattern), recorded with the others.
+    clips : tuple
+        ``(files, labels, groups)``: relative paths, their labels and groups
+        (None: the file is its own group).
+    data_folder : Path
+        The (absolute) data folder.
+    save_folder : str or Path
+        Where the manifests go.
+    n_folds : int
+        Number of folds.
+    folds : tuple
+        The train, valid and test fold lists.
+    extensions : tuple of str
+        The suffixes collected.
+    skip_missing : bool
+        Leave unusable files out.
+    leaky_random_split : bool
+        Shuffle clips across folds (comparisons only).
+    seed : int
+        Seed of the fold assignment.
+
+    Returns
+    -------
+    dict
+        The paths written (see :func:`write_manifests`).
+    """
+    files, labels, groups = clips
+    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
+    n_folds = check_n_folds(n_folds)
+    splits = check_fold_lists(*folds, list(range(1, n_folds + 1)))
     options = {
         "data_folder": str(data_folder),
-        "pattern": regex.pattern,
-        "n_folds": check_n_folds(n_folds),
+        **extra_options,
+        "n_folds": n_folds,
         "train_fold_nums": splits["train"],
         "valid_fold_nums": splits["valid"],
         "test_fold_nums": splits["test"],
@@ -333,7 +374,7 @@ def prepare_filenames(
         "seed": int(seed),
     }
     return write_manifests(
-        function="prepare_filenames",
+        function=function,
         table=table,
         save_folder=save_folder,
         splits=splits,
