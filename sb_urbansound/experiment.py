@@ -255,32 +255,6 @@ def check_values(values, hparams_file="the YAML"):
             )
 
 
-def load_hparams_file(hparams_file, overrides=""):
-    """Load a recipe YAML, with one-line errors for bad options.
-
-    Unknown or repeated options, required keys left unset and invalid values
-    of :data:`CHECKED_KEYS` are reported before any object is built, naming
-    the key (see :func:`read_yaml_values` and :func:`check_values`).
-
-    Arguments
-    ---------
-    hparams_file : str or Path
-        The YAML file.
-    overrides : str
-        YAML overrides (SpeechBrain's format).
-
-    Returns
-    -------
-    dict
-        The loaded hyperparameters.
-    """
-    from hyperpyyaml import load_hyperpyyaml
-
-    check_values(read_yaml_values(hparams_file, overrides), hparams_file)
-    with open(hparams_file, encoding="utf-8") as fin:
-        return load_hyperpyyaml(fin, overrides)
-
-
 # ---------------------------------------------------------------- run folder
 
 #: Where a run records what it was started with (in its output folder).
