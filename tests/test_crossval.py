@@ -5,17 +5,24 @@ command on a tiny generated UrbanSound8K tree.
 """
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from helpers import REPO, make_urbansound_tree
 from sb_urbansound.crossval import (
+    FORWARDED_SIGNALS,
     CrossvalError,
+    FoldFailedError,
     assign_folds,
+    fold_finished,
     main,
     parse_crossval_args,
     read_recipe_settings,
@@ -149,12 +156,18 @@ def parse_recipe_argv(argv):
 
 
 class FakeRunner:
-    """Writes plausible test_results.json and history.json instead of training."""
+    """Writes plausible test_results.json, history.json and model/ instead of
+    training."""
 
-    def __init__(self, fail_on=None, shared_clip=False):
+    def __init__(
+        self, fail_on=None, shared_clip=False, killed_in_export_on=None
+    ):
         self.calls = []
         self.fail_on = fail_on
         self.shared_clip = shared_clip  # put one clip in every fold's test set
+        # Killed after writing test_results.json, before model/ is complete
+        self.killed_in_export_on = killed_in_export_on
+        self.export = True
 
     def __call__(self, argv, fold_dir):
         info = parse_recipe_argv(argv)
@@ -207,6 +220,13 @@ class FakeRunner:
         (fold_dir / "manifests" / "test.json").write_text(
             json.dumps({i: {"label": "x"} for i in ids})
         )
+        # The model is exported last
+        if test == self.killed_in_export_on:
+            (fold_dir / ".model.tmp123").mkdir()  # the export's temp folder
+            raise KeyboardInterrupt
+        if self.export:
+            (fold_dir / "model").mkdir(exist_ok=True)
+            (fold_dir / "model" / "hyperparams.yaml").write_text("n: 1\n")
 
 
 def cv_argv(out, *extra):
@@ -317,6 +337,57 @@ def test_resume_skips_finished_folds_and_reruns_the_unfinished_one(tmp_path):
     third = FakeRunner()
     run_crossval(argv, runner=third, log=lambda m: None, progress=False)
     assert third.calls == []
+
+
+def test_fold_killed_during_the_model_export_is_rerun(tmp_path):
+    """test_results.json without model/: the fold is not finished."""
+    out = tmp_path / "cv"
+    argv = cv_argv(out, "--folds=[1,2,3,4]")
+    first = FakeRunner(killed_in_export_on=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_crossval(argv, runner=first, log=lambda m: None, progress=False)
+    assert (out / "fold_2" / "test_results.json").exists()
+    assert not (out / "fold_2" / "model").exists()
+
+    second = FakeRunner()
+    messages = []
+    run_crossval(argv, runner=second, log=messages.append, progress=False)
+    assert [c["test"][0] for c in second.calls] == [2, 3, 4]
+    assert second.calls[0]["output_folder"] == str(out / "fold_2")
+    assert any("fold 1: already finished" in m for m in messages)
+    assert not any("fold 2: already finished" in m for m in messages)
+    model_yaml = out / "fold_2" / "model" / "hyperparams.yaml"
+    assert any(
+        m.startswith(
+            f"fold 2: has test results but no exported model ({model_yaml}): "
+            "the run stopped during the export; rerunning it"
+        )
+        for m in messages
+    )
+    assert model_yaml.exists()
+    marker = json.loads((out / "fold_2" / "crossval_fold.json").read_text())
+    assert marker["attempts"] == 2
+    # Now every fold is finished: nothing reruns
+    third = FakeRunner()
+    run_crossval(argv, runner=third, log=lambda m: None, progress=False)
+    assert third.calls == []
+
+
+def test_a_fold_that_exports_no_model_fails(tmp_path):
+    runner = FakeRunner()
+    runner.export = False
+    with pytest.raises(FoldFailedError) as info:
+        run_crossval(
+            cv_argv(tmp_path / "cv", "--folds=[1,2,3]"),
+            runner=runner,
+            log=lambda m: None,
+            progress=False,
+        )
+    model_yaml = tmp_path / "cv" / "fold_1" / "model" / "hyperparams.yaml"
+    assert str(info.value) == (
+        f"the recipe finished fold 1 without writing {model_yaml}"
+    )
+    assert not fold_finished(tmp_path / "cv" / "fold_1")
 
 
 def test_changed_fold_assignment_is_refused(tmp_path):
@@ -445,14 +516,166 @@ def test_end_to_end_tiny_run_and_resume(tmp_path):
             == 1
         )
 
-    # Rerun after "losing" fold 3's results: folds 1 and 2 are skipped, fold 3
-    # resumes from its checkpoint in the same folder.
+    # Rerun after "losing" fold 3's results and fold 2's model (as a kill
+    # during the export leaves it): fold 1 is skipped, folds 2 and 3 resume
+    # from their checkpoints in the same folders, train nothing more, are
+    # tested and exported again.
     (out / "fold_3" / "test_results.json").unlink()
+    shutil.rmtree(out / "fold_2" / "model")
     proc = run_cli(*common, "--folds=[1,2,3]", *TINY)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout + proc.stderr
     assert "fold 1: already finished" in text
-    assert "fold 2: already finished" in text
+    assert "fold 2: has test results but no exported model" in text
     assert "fold 3: resuming" in text
-    assert (out / "fold_3" / "test_results.json").exists()
+    for k in (2, 3):
+        assert fold_finished(out / f"fold_{k}")
+        history = json.loads((out / f"fold_{k}" / "history.json").read_text())
+        assert len(history) == 1  # no epoch more
     assert first_run < 120
+
+
+# ------------------------------------------------ stopping: signals and kills
+FAKE_YAML = """\
+output_folder: out
+mode: stop
+train_fold_nums: [3]
+valid_fold_nums: [2]
+test_fold_nums: [1]
+"""
+
+# A recipe that records the signals it gets, and stops on them (mode=stop) or
+# not (mode=ignore); it writes child.pid once its handlers are in place.
+FAKE_TRAIN = """\
+import os, signal, sys, time
+from pathlib import Path
+
+opts = dict(a[2:].split("=", 1) for a in sys.argv[2:] if "=" in a)
+out = Path(opts["output_folder"])
+out.mkdir(parents=True, exist_ok=True)
+
+
+def on_signal(signum, frame):
+    with open(out / "signals.txt", "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+    if opts["mode"] == "stop":
+        sys.exit(1)
+
+
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, on_signal)
+(out / "child.pid").write_text(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"""
+
+# crossval's command line, with a shorter wait for the recipe to stop
+DRIVER = (
+    "import sys; import sb_urbansound.crossval as c; "
+    "c.STOP_TIMEOUT_S = float(sys.argv[1]); sys.exit(c.main(sys.argv[2:]))"
+)
+
+
+def alive(pid):
+    """Whether a process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def fake_crossval(tmp_path):
+    """Start crossval on a fake recipe; kill whatever is left at the end."""
+    recipe = tmp_path / "recipe"
+    (recipe / "hparams").mkdir(parents=True)
+    (recipe / "hparams" / "fake.yaml").write_text(FAKE_YAML)
+    (recipe / "train.py").write_text(FAKE_TRAIN)
+    started = []
+
+    def start(mode="stop", stop_timeout=30):
+        out = tmp_path / "cv"
+        # Files, not pipes: an orphaned recipe would hold a pipe open
+        with open(tmp_path / "stderr.txt", "w") as stderr:
+            parent = subprocess.Popen(
+                [sys.executable, "-c", DRIVER, str(stop_timeout)]
+                + [str(recipe / "hparams" / "fake.yaml")]
+                + [f"--output_folder={out}", "--folds=[1,2,3]"]
+                + [f"--mode={mode}"],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # no terminal signal reaches it
+            )
+        started.append(parent.pid)
+        pid_file = out / "fold_1" / "child.pid"
+        if not wait_for(pid_file.exists, 60):
+            parent.kill()
+            pytest.fail((tmp_path / "stderr.txt").read_text())
+        started.append(int(pid_file.read_text()))
+
+        def stop(sig, timeout=20):
+            """Signal crossval; return its exit status and stderr."""
+            parent.send_signal(sig)
+            status = parent.wait(timeout=timeout)
+            return status, (tmp_path / "stderr.txt").read_text()
+
+        return stop, started[-1], out / "fold_1" / "signals.txt"
+
+    yield start
+    for pid in reversed(started):
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_signals_are_forwarded_to_the_recipe(fake_crossval):
+    """SIGTERM to crossval: the recipe gets it, ends, and so does crossval."""
+    stop, child, signals = fake_crossval()
+    status, stderr = stop(signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, stderr
+    assert signals.read_text() == "SIGTERM\n"
+    assert not alive(child)
+    assert (
+        "crossval: interrupted (got SIGTERM; the recipe on fold_1 was stopped "
+        "(exit status 1)); rerun the same command to resume" in stderr
+    )
+    assert not (signals.parent.parent / "fold_2").exists()
+    # SIGINT and SIGHUP take the same path
+    assert set(FORWARDED_SIGNALS) == {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+    }
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's"
+)
+def test_the_recipe_dies_with_a_killed_crossval(fake_crossval):
+    stop, child, signals = fake_crossval()
+    status, _ = stop(signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    assert wait_for(lambda: not alive(child), 10)
+    assert signals.read_text() == "SIGTERM\n"
+
+
+def test_a_recipe_that_does_not_stop_is_killed(fake_crossval):
+    stop, child, signals = fake_crossval(mode="ignore", stop_timeout=0.5)
+    status, stderr = stop(signal.SIGINT)
+    assert status == 128 + signal.SIGINT, stderr
+    assert signals.read_text() == "SIGINT\n"
+    assert not alive(child)
+    assert (
+        "(got SIGINT; the recipe on fold_1 did not exit within 0.5 s of it "
+        "and was killed)" in stderr
+    )
