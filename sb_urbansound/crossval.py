@@ -89,6 +89,8 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
+# The clip bank's folder: shared by the folds (``<output_folder>/bank``).
+BANK_KEY = "bank_folder"
 
 
 class CrossvalError(UserError, ValueError):
@@ -968,6 +970,13 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         f"(valid fold = next listed fold, cyclically) in {out_dir}"
     )
 
+    # One clip bank for all folds: they hold the same clips
+    passthrough = list(args.passthrough)
+    if BANK_KEY in settings["keys"] and not any(
+        a.lstrip("-").startswith(BANK_KEY) for a in passthrough
+    ):
+        passthrough.append(f"--{BANK_KEY}={out_dir / 'bank'}")
+
     fold_results, histories, seconds = [], {}, {}
     bar = tqdm(
         total=len(plans), desc="crossval", unit="fold", disable=not progress
@@ -978,7 +987,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
             marker_path = fold_dir / FOLD_MARKER
             results_path = fold_dir / "test_results.json"
             recipe_argv = fold_argv(
-                args.hparams_file, plan, fold_dir, args.passthrough, leaky
+                args.hparams_file, plan, fold_dir, passthrough, leaky
             )
             marker = _read_json(marker_path) if marker_path.exists() else None
             if marker is not None:

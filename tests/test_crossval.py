@@ -679,3 +679,25 @@ def test_a_recipe_that_does_not_stop_is_killed(fake_crossval):
         "(got SIGINT; the recipe on fold_1 did not exit within 0.5 s of it "
         "and was killed)" in stderr
     )
+
+
+def test_folds_share_one_clip_bank(tmp_path):
+    out = tmp_path / "cv"
+    runner = FakeRunner()
+    run_crossval(
+        cv_argv(out, "--folds=[1,2,3]"),
+        runner=runner,
+        log=lambda m: None,
+        progress=False,
+    )
+    banks = {call["opts"]["bank_folder"] for call in runner.calls}
+    assert banks == {str(out / "bank")}
+    # A bank folder given on the command line wins
+    mine = FakeRunner()
+    run_crossval(
+        cv_argv(tmp_path / "cv2", "--folds=[1,2,3]", "--bank_folder=/b"),
+        runner=mine,
+        log=lambda m: None,
+        progress=False,
+    )
+    assert {call["opts"]["bank_folder"] for call in mine.calls} == {"/b"}
