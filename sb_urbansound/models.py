@@ -28,13 +28,23 @@ class CNNEmbedding(torch.nn.Module):
         Stride of each block.
     paddings : list of int, optional
         Padding of each block (default: ``kernel_size // 2``).
+    pooling : str
+        How the last feature map becomes one vector: ``"avg"`` (the
+        tutorial's global average), ``"max"``, ``"avgmax"`` (average and
+        maximum side by side: twice the channels; a short sound in a long
+        clip is not averaged away), or ``"panns"`` (mean over frequency, then
+        maximum plus mean over time, as PANNs' CNN14).
 
     Example
     -------
     >>> model = CNNEmbedding(in_channels=2)
     >>> model(torch.randn(3, 2, 64, 100)).shape
     torch.Size([3, 1, 64])
+    >>> CNNEmbedding(in_channels=1, pooling="avgmax").output_size
+    128
     """
+
+    POOLINGS = ("avg", "max", "avgmax", "panns")
 
     def __init__(
         self,
@@ -43,8 +53,14 @@ class CNNEmbedding(torch.nn.Module):
         kernel_sizes=(5, 3, 3, 3),
         strides=(2, 2, 2, 2),
         paddings=None,
+        pooling="avg",
     ):
         super().__init__()
+        if pooling not in self.POOLINGS:
+            raise ValueError(
+                f"pooling must be one of {', '.join(self.POOLINGS)}, got "
+                f"{pooling!r}"
+            )
         if not len(channels) == len(kernel_sizes) == len(strides):
             raise ValueError(
                 "channels, kernel_sizes and strides must have the same length, got "
@@ -65,8 +81,8 @@ class CNNEmbedding(torch.nn.Module):
             layers += [conv, torch.nn.ReLU(), torch.nn.BatchNorm2d(out)]
             prev = out
         self.conv = torch.nn.Sequential(*layers)
-        self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.output_size = prev
+        self.pooling = pooling
+        self.output_size = prev * (2 if pooling == "avgmax" else 1)
 
     def forward(self, x, lengths=None):
         """Embed a batch of spectrograms.
@@ -82,9 +98,19 @@ class CNNEmbedding(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[batch, 1, channels[-1]]``.
+            ``[batch, 1, output_size]``.
         """
-        return self.pool(self.conv(x)).flatten(1).unsqueeze(1)
+        h = self.conv(x)
+        if self.pooling == "avg":
+            emb = h.mean(dim=(2, 3))
+        elif self.pooling == "max":
+            emb = h.amax(dim=(2, 3))
+        elif self.pooling == "avgmax":
+            emb = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        else:  # panns
+            per_frame = h.mean(dim=2)
+            emb = per_frame.amax(dim=2) + per_frame.mean(dim=2)
+        return emb.unsqueeze(1)
 
 
 class LinearClassifier(torch.nn.Module):

@@ -1,5 +1,6 @@
 """Unit tests for the batched features, SpecAugment, normalisation and the CNN."""
 
+import pytest
 import torch
 from sb_urbansound.augment import SpecAugment
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
@@ -109,3 +110,24 @@ def test_melspectrogram_equals_torchaudio():
         )(wavs.transpose(1, 2))
     )
     assert torch.allclose(feats(wavs), ref, atol=1e-3)
+
+
+def test_cnn_poolings():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 32, 40)
+    avg = CNNEmbedding(in_channels=1, pooling="avg")
+    maps = avg.conv(x)
+    assert torch.allclose(avg(x)[:, 0], maps.mean(dim=(2, 3)))
+    both = CNNEmbedding(in_channels=1, pooling="avgmax")
+    both.load_state_dict(avg.state_dict())
+    out = both(x)[:, 0]
+    assert out.shape == (2, 128) == (2, both.output_size)
+    assert torch.allclose(out[:, :64], maps.mean(dim=(2, 3)))
+    assert torch.allclose(out[:, 64:], maps.amax(dim=(2, 3)))
+    panns = CNNEmbedding(in_channels=1, pooling="panns")
+    panns.load_state_dict(avg.state_dict())
+    frames = maps.mean(dim=2)
+    expected = frames.amax(dim=2) + frames.mean(dim=2)
+    assert torch.allclose(panns(x)[:, 0], expected)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        CNNEmbedding(pooling="median")
