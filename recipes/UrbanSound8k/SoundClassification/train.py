@@ -18,10 +18,16 @@ x-vector and CNN14 models, or read labels from class folders
 on the command line (``--number_of_epochs=5``). An interrupted run resumes
 when the same command is run again.
 
+``cnn14_finetune.yaml`` and ``beats_finetune.yaml`` fine-tune pretrained
+encoders (loaded by the YAML's ``pretrainer``). In any YAML,
+``freeze_encoder``, ``unfreeze_after_epochs`` and ``encoder_lr_scale`` freeze
+the encoder (``embedding_model``) or give it its own learning rate.
+
 Authors
  * sb-urbansound contributors 2026
 """
 
+import os
 import sys
 
 import torch
@@ -38,6 +44,7 @@ from sb_urbansound.experiment import (
     read_yaml_values,
     set_override,
 )
+from sb_urbansound.finetune import check_finetune_options
 from sb_urbansound.hardware import available_cores, stop_loader_workers
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
@@ -46,6 +53,7 @@ from sb_urbansound.report import append_history, classification_results
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.fetching import FetchConfig
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ClassificationStats
 
@@ -63,6 +71,7 @@ class SoundClassifierBrain(sb.Brain):
 
     bank = None
     feature_bank = None
+    encoder_is_frozen = False
 
     def __init__(self, *args, **kwargs):
         self.loaders = []  # the DataLoaders made, to stop their workers
@@ -194,7 +203,7 @@ class SoundClassifierBrain(sb.Brain):
         return loss
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the accuracy statistics at the start of each stage.
+        """Resets the accuracy statistics; freezes the encoder if planned.
 
         Arguments
         ---------
@@ -204,6 +213,79 @@ class SoundClassifierBrain(sb.Brain):
             The currently-starting epoch.
         """
         self.stats = ClassificationStats()
+        if stage == sb.Stage.TRAIN and self.plans_freezing():
+            frozen = self.encoder_frozen_in(epoch)
+            if frozen != self.encoder_is_frozen or epoch == 1:
+                logger.info(
+                    "Epoch %s: encoder %s",
+                    epoch,
+                    "frozen" if frozen else "trained",
+                )
+            self.set_encoder_trainable(not frozen)
+
+    def plans_freezing(self):
+        """Whether the YAML freezes the encoder for some epochs.
+
+        ``freeze_encoder: True`` freezes the encoder (``embedding_model``) for
+        the whole run; ``unfreeze_after_epochs: N`` for the first N epochs.
+        Without either, the encoder's ``requires_grad`` flags are left alone.
+
+        Returns
+        -------
+        bool
+        """
+        return bool(
+            getattr(self.hparams, "freeze_encoder", False)
+            or getattr(self.hparams, "unfreeze_after_epochs", 0)
+        )
+
+    def encoder_frozen_in(self, epoch):
+        """Whether the encoder is frozen in an epoch (counted from 1).
+
+        Arguments
+        ---------
+        epoch : int
+            The epoch.
+
+        Returns
+        -------
+        bool
+        """
+        if getattr(self.hparams, "freeze_encoder", False):
+            return True
+        return epoch <= getattr(self.hparams, "unfreeze_after_epochs", 0)
+
+    def set_encoder_trainable(self, trainable):
+        """Freezes or unfreezes the parameters of ``embedding_model``.
+
+        A frozen encoder also runs in evaluation mode in training (see
+        ``on_fit_batch_start``): its batch-norm statistics stay those it was
+        loaded with, and dropout is off, as for a fixed feature extractor.
+
+        Arguments
+        ---------
+        trainable : bool
+            Whether the encoder's parameters get gradients.
+        """
+        for param in self.modules.embedding_model.parameters():
+            param.requires_grad_(trainable)
+        self.encoder_is_frozen = not trainable
+
+    def on_fit_batch_start(self, batch, should_step):
+        """Keeps a frozen encoder in evaluation mode.
+
+        SpeechBrain puts every module in training mode after
+        ``on_stage_start``; a frozen encoder goes back to evaluation mode.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch.
+        should_step : bool
+            Whether the optimizer steps after this batch.
+        """
+        if self.encoder_is_frozen:
+            self.modules.embedding_model.eval()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the stage; checkpoints after validation; writes test results.
@@ -271,6 +353,18 @@ class SoundClassifierBrain(sb.Brain):
         with another number (or batch size) would train the extra epochs at
         the schedule's final rate, nearly zero.
         """
+        # A frozen encoder is frozen before DDP wraps the modules: DDP then
+        # leaves it out. An encoder that is unfrozen later must be wrapped
+        # with its gradients, and DDP must accept batches without them.
+        if getattr(self.hparams, "freeze_encoder", False):
+            self.set_encoder_trainable(False)
+        elif self.plans_freezing() and self.distributed_launch:
+            if not self.find_unused_parameters:
+                raise UserError(
+                    "unfreeze_after_epochs with several processes needs "
+                    "--find_unused_parameters (the frozen encoder gets no "
+                    "gradients in the first epochs)"
+                )
         super().on_fit_start()
         current = self.hparams.epoch_counter.current
         total = getattr(self.lr_scheduler, "total_steps", None)
@@ -360,17 +454,48 @@ class SoundClassifierBrain(sb.Brain):
     def init_optimizers(self):
         """Creates the optimizer, then the per-batch learning-rate schedule.
 
-        The schedule is registered with the checkpointer before SpeechBrain
-        recovers the last checkpoint, so a resumed run continues it.
+        With ``encoder_lr_scale`` (e.g. 0.1), the encoder (``embedding_model``)
+        is a second parameter group whose learning rate is the others' times
+        the scale; a schedule with a peak (``max_lr``, as OneCycleLR) peaks
+        at ``max_lr`` times the scale for it. The schedule is registered with
+        the checkpointer before SpeechBrain recovers the last checkpoint, so a
+        resumed run continues it.
         """
-        super().init_optimizers()
+        scale = getattr(self.hparams, "encoder_lr_scale", None)
+        if scale is None or self.opt_class is None:
+            super().init_optimizers()
+        else:
+            if self.remove_vector_weight_decay:
+                raise UserError(
+                    "encoder_lr_scale makes its own parameter groups; it "
+                    "cannot be combined with --remove_vector_weight_decay"
+                )
+            encoder = list(self.modules.embedding_model.parameters())
+            in_encoder = {id(p) for p in encoder}
+            others = [
+                p for p in self.modules.parameters() if id(p) not in in_encoder
+            ]
+            # Group 0 (the head) is the one whose rate the logs report
+            self.optimizer = self.opt_class(
+                [{"params": others}, {"params": encoder}]
+            )
+            self.optimizer.param_groups[1]["lr"] *= scale
+            self.optimizers_dict = {"opt_class": self.optimizer}
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
         self.lr_scheduler = None
         if self.opt_class is None or self.hparams.lr_scheduler is None:
             return
+        schedule = {}
+        peak = getattr(self.hparams.lr_scheduler, "keywords", {}).get("max_lr")
+        if scale is not None and peak is not None:
+            schedule["max_lr"] = [peak, peak * scale]  # one per group
         self.lr_scheduler = self.hparams.lr_scheduler(
             self.optimizer,
             steps_per_epoch=self.train_steps_per_epoch,
             epochs=self.hparams.number_of_epochs,
+            **schedule,
         )
         self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
@@ -578,6 +703,56 @@ def prepare_data(values, overrides):
     return overrides
 
 
+def load_pretrained_encoder(hparams):
+    """Loads the pretrained encoder weights of the YAML's ``pretrainer``.
+
+    Only with ``use_pretrained: True``, and only on a fresh run: a resumed
+    run's checkpoint holds the fine-tuned weights, and SpeechBrain recovers it
+    later. ``pretrained_encoder`` is a local file or ``<hub repo>/<file>``
+    (fetched by SpeechBrain from the Hugging Face hub). The YAML's loading
+    hook (``strict_parameter_transfer``) stops on any key that does not fit.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+    """
+    if "pretrainer" not in hparams or not hparams.get("use_pretrained", True):
+        return
+    if hparams["checkpointer"].find_checkpoint() is not None:
+        logger.info("Resuming: the checkpoint replaces the pretrained encoder")
+        return
+    source = hparams.get("pretrained_encoder")
+    if not source:
+        raise UserError(
+            "use_pretrained is True but no pretrained_encoder is given: pass "
+            "--pretrained_encoder=<checkpoint file> (see the recipe README), "
+            "or --use_pretrained=False to train the encoder from random "
+            "weights"
+        )
+    source = str(source)
+    if not os.path.exists(source) and source.startswith(("/", ".", "~")):
+        raise UserError(f"pretrained_encoder: {source} does not exist")
+    pretrainer = hparams["pretrainer"]
+    if pretrainer.collect_in is not None and if_main_process():
+        os.makedirs(pretrainer.collect_in, exist_ok=True)
+    try:
+        # overwrite: replace the link an earlier start may have left
+        run_on_main(
+            pretrainer.collect_files,
+            kwargs={"fetch_config": FetchConfig(overwrite=True)},
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot fetch pretrained_encoder={source}: it is not a local "
+            "file, and fetching it from the Hugging Face hub failed "
+            f"({type(e).__name__}: {e}). Without internet, download it "
+            "elsewhere and pass the local file."
+        ) from None
+    pretrainer.load_collected()
+    logger.info("Pretrained encoder loaded from %s", source)
+
+
 def main(argv=None):
     """Runs one experiment: prepare the data, train, test, export the model.
 
@@ -602,6 +777,7 @@ def main(argv=None):
     # resumed with settings other than those it was started with.
     values = read_yaml_values(hparams_file, overrides)
     check_values(values, hparams_file)
+    check_finetune_options(values, hparams_file)
     run = RunFolder(values["output_folder"], values["save_folder"])
     if if_main_process():
         run.lock()
@@ -619,6 +795,9 @@ def main(argv=None):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+
+    # Pretrained encoder weights, if the YAML has some (before the long steps)
+    load_pretrained_encoder(hparams)
 
     # Decode every clip once (clip bank), or at every epoch (per clip)
     bank = build_clip_bank(hparams) if hparams["clip_bank"] else None

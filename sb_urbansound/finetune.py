@@ -1,0 +1,621 @@
+"""Fine-tuning from pretrained encoders: modules and a strict weight transfer.
+
+* :func:`strict_parameter_transfer`: a ``Pretrainer`` hook that loads a
+  checkpoint into a module only when every key and shape fits, and otherwise
+  stops with a message naming the missing, unexpected and mismatched keys and
+  the file. (SpeechBrain's default, ``torch_parameter_transfer``, only logs a
+  warning per missing or unexpected key: a checkpoint saved from another
+  module, or with other key names, then "loads" without loading anything.)
+* :class:`BEATsEncoder`: SpeechBrain's BEATs lobe built from a configuration
+  given in the YAML (so that an exported model folder needs no checkpoint
+  file), taking ``(waveforms, lengths)`` and returning the mean of its tokens,
+  ``[batch, 1, dim]``; it reads the BEATs authors' checkpoints.
+* :class:`Log1pMelSpectrogram`: the front end of SpeechBrain's ESC50 CNN14
+  recipe (STFT magnitudes, mel filters, ``log1p``), the one the
+  ``speechbrain/cnn14-esc50`` encoder was trained on.
+* :class:`PassThrough`: returns its input, for the recipe's
+  ``compute_features`` or ``mean_var_norm`` when an encoder does its own.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import os
+import threading
+from collections.abc import Mapping
+
+import torch
+from sb_urbansound.errors import UserError
+
+from speechbrain.utils.checkpoints import torch_patched_state_dict_load
+
+#: Keys listed per kind in a transfer error (the rest are counted).
+MAX_LISTED_KEYS = 12
+
+
+class PassThrough(torch.nn.Module):
+    """Returns its input unchanged (and ignores the lengths).
+
+    Used as the recipe's ``compute_features`` for an encoder that takes
+    waveforms, or as its ``mean_var_norm`` for an encoder trained on features
+    that were not standardised, so that the modules SpeechBrain's
+    ``EncoderClassifier`` calls all exist.
+
+    Example
+    -------
+    >>> x = torch.randn(2, 8)
+    >>> PassThrough()(x, torch.ones(2)) is x
+    True
+    """
+
+    def forward(self, x, lengths=None):
+        """Return ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Anything.
+        lengths : torch.Tensor, optional
+            Ignored.
+
+        Returns
+        -------
+        torch.Tensor
+            ``x`` itself.
+        """
+        return x
+
+
+class Log1pMelSpectrogram(torch.nn.Module):
+    """``log(1 + mel(|STFT| ** power))``: ``[batch, time]`` → ``[batch, frames, n_mels]``.
+
+    The features of SpeechBrain's ESC50 CNN14 recipe, on which the
+    ``speechbrain/cnn14-esc50`` encoder was trained: SpeechBrain's ``STFT``,
+    the magnitude raised to ``power``, SpeechBrain's triangular mel
+    ``Filterbank`` (linear output), then ``log1p``. No trainable parameters.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sample rate of the input (Hz).
+    n_fft : int
+        FFT size.
+    win_length : float
+        Window length (ms).
+    hop_length : float
+        Hop between frames (ms).
+    n_mels : int
+        Number of mel bands.
+    power : float
+        Exponent of the STFT magnitude (0.5: square root).
+    f_min : float
+        Lowest frequency of the mel filters (Hz).
+    f_max : float, optional
+        Highest frequency of the mel filters (default: half the rate).
+
+    Example
+    -------
+    >>> feats = Log1pMelSpectrogram(sample_rate=16000, n_mels=40)
+    >>> feats(torch.randn(2, 16000)).shape
+    torch.Size([2, 87, 40])
+    """
+
+    def __init__(
+        self,
+        sample_rate=16000,
+        n_fft=1024,
+        win_length=23.2199,
+        hop_length=11.6099,
+        n_mels=80,
+        power=0.5,
+        f_min=0.0,
+        f_max=None,
+    ):
+        super().__init__()
+        from speechbrain.processing.features import STFT, Filterbank
+
+        self.power = power
+        self.stft = STFT(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+        )
+        self.fbank = Filterbank(
+            n_mels=n_mels,
+            n_fft=n_fft,
+            sample_rate=sample_rate,
+            f_min=f_min,
+            f_max=f_max if f_max is not None else sample_rate // 2,
+            log_mel=False,
+        )
+
+    def forward(self, wavs):
+        """Compute the features of a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, time]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, frames, n_mels]``.
+        """
+        from speechbrain.processing.features import spectral_magnitude
+
+        magnitude = spectral_magnitude(self.stft(wavs), power=self.power)
+        return torch.log1p(self.fbank(magnitude))
+
+
+# -------------------------------------------------------------------- options
+
+
+def check_finetune_options(values, hparams_file="the YAML"):
+    """Check the fine-tuning options of a YAML before anything is built.
+
+    ``freeze_encoder`` and ``use_pretrained`` are True or False,
+    ``unfreeze_after_epochs`` a whole number >= 0 and ``encoder_lr_scale``
+    null or a number > 0; a YAML need not have them.
+
+    Arguments
+    ---------
+    values : dict
+        Top-level keys and values (``sb_urbansound.experiment.read_yaml_values``).
+    hparams_file : str or Path
+        Named in the message.
+
+    Raises
+    ------
+    UserError
+        Naming the option, its value and what a valid value is.
+
+    Example
+    -------
+    >>> check_finetune_options(
+    ...     {"encoder_lr_scale": 0.1, "freeze_encoder": False}
+    ... )
+    >>> check_finetune_options({"unfreeze_after_epochs": -1})
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.UserError: unfreeze_after_epochs=-1 is not valid: ...
+    """
+    checks = {
+        "freeze_encoder": (lambda v: isinstance(v, bool), "True or False"),
+        "use_pretrained": (lambda v: isinstance(v, bool), "True or False"),
+        "unfreeze_after_epochs": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "a whole number of epochs >= 0",
+        ),
+        "encoder_lr_scale": (
+            lambda v: (
+                v is None
+                or (
+                    not isinstance(v, bool)
+                    and isinstance(v, (int, float))
+                    and v > 0
+                )
+            ),
+            "null (one learning rate) or a number > 0, e.g. 0.1",
+        ),
+    }
+    for key, (check, allowed) in checks.items():
+        if key in values and not check(values[key]):
+            raise UserError(
+                f"{key}={values[key]!r} is not valid: {key} must be {allowed} "
+                f"(from {hparams_file} or --{key}=...)"
+            )
+    if values.get("freeze_encoder") and values.get("unfreeze_after_epochs"):
+        raise UserError(
+            "freeze_encoder=True freezes the encoder for the whole run, "
+            "unfreeze_after_epochs unfreezes it: set only one of them"
+        )
+
+
+# ---------------------------------------------------------------------- BEATs
+
+#: BEATsConfig keys that change the parameters or what the network computes
+#: at inference: a checkpoint whose configuration differs in one of them does
+#: not fit. (Dropouts, layer drop and the gradient decay only act in
+#: training and may differ.)
+BEATS_ARCHITECTURE_KEYS = (
+    "input_patch_size",
+    "embed_dim",
+    "conv_bias",
+    "encoder_layers",
+    "encoder_embed_dim",
+    "encoder_ffn_embed_dim",
+    "encoder_attention_heads",
+    "activation_fn",
+    "layer_norm_first",
+    "deep_norm",
+    "conv_pos",
+    "conv_pos_groups",
+    "relative_position_embedding",
+    "num_buckets",
+    "max_distance",
+    "gru_rel_pos",
+    "finetuned_model",
+    "predictor_class",
+)
+#: Mel bands of BEATs' own filter bank (fixed in SpeechBrain's lobe).
+BEATS_MEL_BINS = 128
+#: Sample rate BEATs' filter bank assumes (fixed in SpeechBrain's lobe).
+BEATS_SAMPLE_RATE = 16000
+_BEATS_BUILD = threading.Lock()
+
+
+def build_beats(config=None):
+    """SpeechBrain's BEATs lobe with the given configuration, random weights.
+
+    SpeechBrain's ``BEATs`` (1.1.2) reads its configuration only from a
+    checkpoint file, and then also loads that file's weights. To build the
+    architecture from a configuration alone, the lobe's ``BEATsConfig`` is
+    replaced, while this builds the model, by one that applies ``config`` to
+    the defaults.
+
+    Arguments
+    ---------
+    config : dict, optional
+        ``BEATsConfig`` values (missing keys: the lobe's defaults).
+
+    Returns
+    -------
+    speechbrain.lobes.models.beats.BEATs
+        Not frozen (``freeze=False``).
+
+    Example
+    -------
+    >>> model = build_beats(
+    ...     {
+    ...         "encoder_layers": 1,
+    ...         "encoder_embed_dim": 32,
+    ...         "encoder_ffn_embed_dim": 64,
+    ...         "encoder_attention_heads": 2,
+    ...         "embed_dim": 32,
+    ...     }
+    ... )
+    >>> model.cfg.encoder_layers, len(model.encoder.layers)
+    (1, 1)
+    """
+    from speechbrain.lobes.models import beats
+
+    config = dict(config or {})
+    default_config = beats.BEATsConfig
+
+    def configured(cfg=None):
+        made = default_config(cfg)
+        made.update(config)
+        return made
+
+    with _BEATS_BUILD:
+        beats.BEATsConfig = configured
+        try:
+            return beats.BEATs(ckp_path=None, freeze=False)
+        finally:
+            beats.BEATsConfig = default_config
+
+
+class BEATsEncoder(torch.nn.Module):
+    """BEATs as the recipe's embedding model: waveforms in, one vector out.
+
+    Takes 16 kHz mono waveforms ``[batch, time]`` and their relative lengths
+    (as the recipe's ``embedding_model(feats, lengths)`` call passes them),
+    runs SpeechBrain's BEATs lobe (its own filter bank, patches and
+    transformer) and averages the tokens of each clip's valid part:
+    ``[batch, 1, encoder_embed_dim]``.
+
+    The architecture comes from ``config`` (``BEATsConfig`` keys), given in
+    the YAML, so that a trained model folder loads without the checkpoint it
+    was fine-tuned from. The weights come from a ``Pretrainer`` with
+    :func:`strict_parameter_transfer`, which reads the BEATs authors'
+    checkpoints (``{"cfg": ..., "model": ...}``) through
+    :meth:`convert_pretrained`: their configuration must match ``config`` on
+    :data:`BEATS_ARCHITECTURE_KEYS`.
+
+    Arguments
+    ---------
+    config : dict, optional
+        ``BEATsConfig`` values (missing keys: the lobe's defaults, a 90 M
+        parameter model).
+    sample_rate : int
+        The rate of the input; BEATs' filter bank assumes 16000 Hz.
+
+    Example
+    -------
+    >>> enc = BEATsEncoder(
+    ...     {
+    ...         "encoder_layers": 1,
+    ...         "encoder_embed_dim": 32,
+    ...         "encoder_ffn_embed_dim": 64,
+    ...         "encoder_attention_heads": 2,
+    ...         "embed_dim": 32,
+    ...     }
+    ... )
+    >>> enc(torch.randn(2, 8000), torch.ones(2)).shape
+    torch.Size([2, 1, 32])
+    """
+
+    def __init__(self, config=None, sample_rate=BEATS_SAMPLE_RATE):
+        super().__init__()
+        if sample_rate != BEATS_SAMPLE_RATE:
+            raise UserError(
+                f"BEATs takes {BEATS_SAMPLE_RATE} Hz audio (its filter bank "
+                f"assumes it), but sample_rate is {sample_rate}: set "
+                f"--sample_rate={BEATS_SAMPLE_RATE}"
+            )
+        self.beats = build_beats(config)
+
+    def forward(self, wavs, lengths=None):
+        """Embed a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, time]`` mono waveforms at 16 kHz, in [-1, 1].
+        lengths : torch.Tensor, optional
+            Relative lengths of the clips (default: all 1).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, 1, encoder_embed_dim]``: the mean of each clip's tokens.
+        """
+        if wavs.dim() != 2:
+            raise UserError(
+                "BEATs takes mono waveforms [batch, time], got a tensor of "
+                f"shape {tuple(wavs.shape)}: set --channels=1 and use a "
+                "pass-through compute_features"
+            )
+        patch = self.beats.input_patch_size
+        min_samples = 400 + 160 * (patch - 1)  # 25 ms frames, 10 ms hop
+        if wavs.shape[1] < min_samples:
+            raise UserError(
+                f"clips of {wavs.shape[1]} samples are too short for BEATs: "
+                f"its {patch}-frame patches need at least {min_samples} "
+                f"samples ({1000 * min_samples / BEATS_SAMPLE_RATE:.0f} ms "
+                "at 16 kHz); raise duration_ms"
+            )
+        if lengths is None:
+            lengths = torch.ones(wavs.shape[0], device=wavs.device)
+        tokens = self.beats(wavs, lengths)[0]  # [batch, n_time * n_freq, dim]
+
+        # Tokens run through time first, then the frequency patches of each
+        # time step: keep the time steps inside each clip's length.
+        n_freq = BEATS_MEL_BINS // patch
+        n_time = tokens.shape[1] // n_freq
+        kept = torch.ceil(lengths * n_time).clamp(min=1).unsqueeze(1)
+        steps = torch.arange(n_time, device=tokens.device).unsqueeze(0)
+        mask = (steps < kept).repeat_interleave(n_freq, dim=1).unsqueeze(-1)
+        mask = mask.to(tokens.dtype)
+        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1)
+        return pooled.unsqueeze(1)
+
+    def convert_pretrained(self, checkpoint, path):
+        """This module's state dict from a BEATs checkpoint.
+
+        Reads the BEATs authors' checkpoints (``{"cfg": {...}, "model":
+        state_dict}``; their configuration must match this module's on
+        :data:`BEATS_ARCHITECTURE_KEYS`) and state dicts of the BEATs lobe
+        (keys without the ``beats.`` prefix); a state dict of this module (an
+        exported ``embedding_model.ckpt``) is returned as it is.
+
+        Arguments
+        ---------
+        checkpoint : dict
+            What the checkpoint file holds.
+        path : str
+            The file, for messages.
+
+        Returns
+        -------
+        dict
+            A state dict for this module (checked by the caller).
+
+        Raises
+        ------
+        UserError
+            When the checkpoint's configuration differs from this module's.
+        """
+        if not isinstance(checkpoint, Mapping):
+            return checkpoint
+        if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
+            cfg = checkpoint.get("cfg") or {}
+            ours = vars(self.beats.cfg)
+            differ = [
+                f"{key}: checkpoint {cfg[key]!r}, model {ours.get(key)!r}"
+                for key in BEATS_ARCHITECTURE_KEYS
+                if key in cfg and cfg[key] != ours.get(key)
+            ]
+            if differ:
+                raise UserError(
+                    f"the BEATs checkpoint {_describe(path)} has another "
+                    "architecture than the model built from the YAML's "
+                    "BEATs configuration:\n  "
+                    + "\n  ".join(differ)
+                    + "\nSet these values in the YAML (the config of "
+                    "embedding_model) to those of the checkpoint."
+                )
+            checkpoint = checkpoint["model"]
+        if any(str(key).startswith("beats.") for key in checkpoint):
+            return checkpoint
+        return {f"beats.{key}": value for key, value in checkpoint.items()}
+
+
+# ------------------------------------------------------------ strict transfer
+
+
+def _describe(path):
+    """``path``, and the file it links to when it is a link."""
+    real = os.path.realpath(path)
+    return str(path) if real == os.path.abspath(path) else f"{path} (-> {real})"
+
+
+def _listed(keys):
+    """The first keys of a list, and how many more there are."""
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    more = len(keys) - MAX_LISTED_KEYS
+    return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+def _prefix_hint(missing, unexpected):
+    """A hint when the keys differ only by a prefix (a wrapped module)."""
+    if not missing or not unexpected:
+        return ""
+    wanted, found = missing[0], set(unexpected)
+    for key in unexpected:
+        if key.endswith("." + wanted):
+            prefix = key[: -len(wanted)]
+            if all(prefix + k in found for k in missing):
+                return (
+                    f"\nThe file's keys carry the prefix {prefix!r}, the "
+                    "model's do not: it was saved from a module that wraps "
+                    "this one."
+                )
+        if wanted.endswith("." + key):
+            prefix = wanted[: -len(key)]
+            if all(k.startswith(prefix) for k in missing):
+                return (
+                    f"\nThe model's keys carry the prefix {prefix!r}, the "
+                    "file's do not: the file holds the module that this one "
+                    "wraps; load it into that module."
+                )
+    return ""
+
+
+def check_state_dict(module, state_dict, path):
+    """Check that a state dict fits a module exactly: same keys, same shapes.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module to load into.
+    state_dict : dict
+        The parameters and buffers to load.
+    path : str
+        The file they come from, for the message.
+
+    Raises
+    ------
+    UserError
+        Naming the file, the module, and the missing, unexpected and
+        shape-mismatched keys.
+
+    Example
+    -------
+    >>> state = {"weight": torch.ones(3, 2), "scale": torch.ones(1)}
+    >>> try:
+    ...     check_state_dict(torch.nn.Linear(2, 3), state, "x.ckpt")
+    ... except UserError as e:
+    ...     print(str(e).splitlines()[1:3])
+    ['  missing keys (in the model, not in the file): 1: bias', '  unexpected keys (in the file, not in the model): 1: scale']
+    """
+    if not isinstance(state_dict, Mapping):
+        raise UserError(
+            f"the pretrained checkpoint {_describe(path)} holds a "
+            f"{type(state_dict).__name__}, not a state dict (parameter names "
+            "and tensors)"
+        )
+    expected = module.state_dict()
+    # BatchNorm adds num_batches_tracked itself to checkpoints saved without it
+    missing = [
+        key
+        for key in expected
+        if key not in state_dict and not key.endswith("num_batches_tracked")
+    ]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key} (file {tuple(value.shape)}, model {tuple(expected[key].shape)})"
+        for key, value in state_dict.items()
+        if key in expected
+        and hasattr(value, "shape")
+        and tuple(value.shape) != tuple(expected[key].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [
+        f"the pretrained checkpoint {_describe(path)} does not fit "
+        f"{type(module).__name__} ({len(expected)} keys; the file has "
+        f"{len(state_dict)}):"
+    ]
+    if missing:
+        lines.append(
+            f"  missing keys (in the model, not in the file): {len(missing)}: "
+            + _listed(missing)
+        )
+    if unexpected:
+        lines.append(
+            "  unexpected keys (in the file, not in the model): "
+            f"{len(unexpected)}: " + _listed(unexpected)
+        )
+    if mismatched:
+        lines.append(
+            f"  shape mismatches: {len(mismatched)}: " + _listed(mismatched)
+        )
+    raise UserError(
+        "\n".join(lines)
+        + _prefix_hint(missing, unexpected)
+        + "\nUse a checkpoint of the same architecture, or change the "
+        "model's configuration in the YAML to match it."
+    )
+
+
+def strict_parameter_transfer(obj, path):
+    """Load pretrained parameters into a module; any misfit is an error.
+
+    A ``Pretrainer`` hook (``custom_hooks: {name: !name:...}``) to use
+    instead of SpeechBrain's ``torch_parameter_transfer``, which only logs a
+    warning for each missing or unexpected key. The file is read as
+    SpeechBrain reads checkpoints (``torch_patched_state_dict_load``); a
+    module with a ``convert_pretrained(checkpoint, path)`` method (e.g.
+    :class:`BEATsEncoder`) first converts other checkpoint formats. Nothing
+    is loaded unless every key and shape fits (:func:`check_state_dict`).
+
+    Arguments
+    ---------
+    obj : torch.nn.Module
+        The module to load into.
+    path : str or Path
+        The checkpoint file.
+
+    Raises
+    ------
+    UserError
+        When the file cannot be read, or does not fit the module; the
+        message names the file and the keys.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> torch.save(torch.nn.Linear(2, 3).state_dict(), tmp / "a.ckpt")
+    >>> strict_parameter_transfer(torch.nn.Linear(2, 3), tmp / "a.ckpt")
+    >>> try:
+    ...     strict_parameter_transfer(torch.nn.Linear(2, 4), tmp / "a.ckpt")
+    ... except UserError as e:
+    ...     print(str(e).splitlines()[1])
+      shape mismatches: 2: weight (file (3, 2), model (4, 2)), bias (file (3,), model (4,))
+    """
+    try:
+        checkpoint = torch_patched_state_dict_load(path, "cpu")
+    except Exception as e:
+        raise UserError(
+            f"cannot read the pretrained checkpoint {_describe(path)}: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    convert = getattr(obj, "convert_pretrained", None)
+    if convert is not None:
+        checkpoint = convert(checkpoint, str(path))
+    check_state_dict(obj, checkpoint, path)
+    result = obj.load_state_dict(checkpoint, strict=False)
+    left = [
+        key
+        for key in [*result.missing_keys, *result.unexpected_keys]
+        if not key.endswith("num_batches_tracked")
+    ]
+    if left:  # checked above; a module with its own loading rules may differ
+        raise UserError(
+            f"the pretrained checkpoint {_describe(path)} did not load "
+            f"these keys: {_listed(left)}"
+        )
