@@ -266,6 +266,10 @@ LOCK_FILE = ".lock"
 #: epochs through the learning-rate schedule, see the recipe).
 RUN_ONLY_KEYS = {
     "number_of_epochs",
+    # the pretrained encoder only initialises a fresh run
+    "pretrained_encoder",
+    "use_pretrained",
+    "pretrainer",
     "clip_bank",
     "bank_folder",
     "feature_bank",
