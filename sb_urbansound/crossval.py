@@ -50,6 +50,7 @@ from pathlib import Path
 
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.experiment import read_yaml_values
 from sb_urbansound.hardware import hardware_description
 from sb_urbansound.sources.folds import parse_fold_list
 
@@ -442,8 +443,8 @@ def read_recipe_settings(hparams_file, passthrough=()):
     """Read the recipe YAML's fold lists, output folder and leaky flag.
 
     References (``!ref``) and overrides are resolved exactly as the recipe would
-    (with hyperpyyaml's ``resolve_references``), but no object is instantiated:
-    ``!new:``/``!name:`` nodes are loaded as plain tagged data and ignored.
+    (:func:`sb_urbansound.experiment.read_yaml_values`), but no object is
+    built.
 
     Arguments
     ---------
@@ -479,29 +480,16 @@ def read_recipe_settings(hparams_file, passthrough=()):
     >>> s["folds"], s["output_folder"], s["leaky_random_split"]
     ([1, 2, 3, 4], 'results/7', False)
     """
-    import ruamel.yaml
-    from hyperpyyaml import resolve_references
-
     path = Path(hparams_file)
     if not path.is_file():
         raise CrossvalError(f"recipe YAML not found: {hparams_file}")
     overrides = _yaml_overrides(path, passthrough)
     try:
-        with open(path, encoding="utf-8") as f:
-            resolved = resolve_references(f, overrides)
-        tree = ruamel.yaml.YAML().load(resolved)
-    except ValueError as e:
-        msg = " ".join(str(a) for a in e.args)
-        hint = ""
-        if "PLACEHOLDER" in msg:
-            hint = " (pass it on the command line, e.g. --data_folder=...)"
-        raise CrossvalError(
-            f"cannot read {hparams_file}: {msg}{hint}"
-        ) from None
+        tree = read_yaml_values(path, overrides)
+    except UserError as e:
+        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
     except Exception as e:  # ruamel/yaml parse errors and the like
         raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
-    if not isinstance(tree, dict):
-        raise CrossvalError(f"{hparams_file} is not a YAML mapping")
     missing = [k for k in FOLD_KEYS if k not in tree]
     if missing:
         raise CrossvalError(
