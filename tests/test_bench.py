@@ -1,35 +1,46 @@
 """Smoke test of the throughput benchmark (tiny sizes; no timing assertions)."""
 
+import json
+import math
 import os
 import re
 import subprocess
 import sys
 
-import pytest
 from helpers import REPO
 
+CONFIGS = [
+    "tutorial",
+    "tutorial-1thread",
+    "recipe-per-clip",
+    "recipe-bank",
+    "recipe-bank-large",
+    "recipe-feature-bank",
+    "ceiling",
+    "ceiling-large",
+]
+LAST_LINES = [
+    "speedup_vs_tutorial",
+    "fraction_of_ceiling",
+    "fraction_of_ceiling_large_batch",
+    "us8k_10fold_30epochs_estimate_minutes",
+]
 
-# strict: once the benchmark runs again this XPASSes, and the mark must go
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bench/throughput.py predates the recipe layout: its 'ours' runs "
-        "import sb_urbansound.brain (SoundClassifierBrain), "
-        "sb_urbansound.pipeline (dataio_prepare) and sb_urbansound.cache "
-        "(AudioCache, folder_size), all removed, and override the removed "
-        "audio_cache/audio_cache_folder keys; it is to be rewritten on the "
-        "recipe's train.py (and the coming clip bank)"
-    ),
-)
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
 def test_benchmark_quick_runs_and_reports(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    json_path = tmp_path / "bench.json"
     result = subprocess.run(
         [
             sys.executable,
             str(REPO / "bench" / "throughput.py"),
             "--quick",
             f"--workdir={tmp_path}",
+            f"--json={json_path}",
         ],
         cwd=tmp_path,  # runs from anywhere, not only the repository root
         env=env,
@@ -37,12 +48,67 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert re.fullmatch(r"speedup_vs_tutorial: \d+\.\d\d", lines[-1]), lines[-1]
-    for config in ("tutorial", "tutorial-1thread", "ours", "ours+cache"):
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    lines = out.strip().splitlines()
+
+    # The last lines, in order, parsable, with finite positive numbers
+    printed = {}
+    for key, line in zip(LAST_LINES, lines[-4:], strict=True):
+        match = re.fullmatch(rf"{key}: (\d+\.\d+)", line)
+        assert match, line
+        printed[key] = float(match.group(1))
+        assert printed[key] > 0, line
+    assert "estimate = 10 folds x (30 epochs x 7860 training clips" in out
+
+    # One table row per configuration; bank and start-up lines
+    for config in CONFIGS:
         assert any(line.split()[:1] == [config] for line in lines), config
-    assert "audio cache:" in result.stdout
-    # The clips were made in the data set's formats, the cache at 44.1 kHz stereo.
-    assert (tmp_path / "data" / "manifests" / "train.json").is_file()
-    assert list((tmp_path / "audio_cache").glob("44100hz-2ch-*/*.npy"))
+    for config in ("recipe-bank", "recipe-bank-large", "recipe-feature-bank"):
+        assert f"{config}: clip bank built in" in out, config
+        assert f"{config}: command start -> first training step" in out
+    assert "recipe-per-clip: clip bank built" not in out
+    assert re.search(r"feature bank \d+\.\d s, \d+\.\d MB", out)
+    assert re.search(r"recipe-bank training clips/s: batch 16: \S+, batch", out)
+    assert re.search(r"ceiling training clips/s: batch 16: \S+, batch", out)
+
+    # The data: an UrbanSound8K tree that the recipe's own preparation read
+    data = tmp_path / "data"
+    assert (data / "metadata" / "UrbanSound8K.csv").is_file()
+    n_train = len(list((data / "audio" / "fold1").glob("*.wav")))
+    n_valid = len(list((data / "audio" / "fold9").glob("*.wav")))
+    assert n_train > 16 and n_valid > 0  # two training batches at batch 16
+    assert (
+        tmp_path / "out" / "recipe-bank" / "manifests" / "train.json"
+    ).is_file()
+    # clip_bank True/False reached the recipe
+    assert list(
+        (tmp_path / "out" / "recipe-bank" / "bank").glob("*/index.json")
+    )
+    assert not (tmp_path / "out" / "recipe-per-clip" / "bank").exists()
+
+    # The JSON: every configuration, sane numbers, the same final values
+    report = json.loads(json_path.read_text())
+    assert set(report["results"]) == set(CONFIGS)
+    for name, r in report["results"].items():
+        s = r["summary"]
+        for key in ("train_clips_per_s", "eval_clips_per_s", "cpu_ms_per_clip"):
+            assert positive(s[key]), (name, key, s[key])
+        assert positive(r["rss_mb"]), name
+        assert positive(s["start_to_first_step_s"]), name
+        assert sum(p["clips"] for p in r["passes"]["train"]) == n_train, name
+        assert sum(p["clips"] for p in r["passes"]["eval"]) == n_valid, name
+        assert 0.0 <= r["accuracy"] <= 1.0, name
+    results = report["results"]
+    assert results["recipe-bank"]["batch_size"] == 16
+    assert results["recipe-bank-large"]["batch_size"] > 16
+    assert results["ceiling-large"]["batch_size"] > 16
+    for name in ("recipe-bank", "recipe-bank-large", "recipe-feature-bank"):
+        s = results[name]["summary"]
+        assert positive(results[name]["bank_bytes"]), name
+        assert s["bank_build_s"] >= 0 and s["last_log_to_exit_s"] >= 0, name
+    assert positive(results["recipe-feature-bank"]["feature_bank_bytes"])
+    assert results["recipe-per-clip"]["num_workers"] >= 1
+    assert results["recipe-bank"]["num_workers"] == 0
+    for key, value in printed.items():
+        assert abs(report["summary"][key] - value) <= 0.051 * max(1, value)
