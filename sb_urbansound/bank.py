@@ -454,9 +454,8 @@ class ClipBank:
                 device,
             )
             return "host memory (memory-mapped)"
-        self._device_clips = torch.from_numpy(
-            np.ascontiguousarray(self.clips)
-        ).to(device)
+        # np.array: a writable copy of the (read-only) memory map
+        self._device_clips = torch.from_numpy(np.array(self.clips)).to(device)
         self._device_lengths = self.lengths.to(device)
         return f"{device} memory ({self.nbytes / 1e9:.2f} GB)"
 
