@@ -1,5 +1,7 @@
-"""Batched features for sound classification: mel spectrogram in dB, and the
-tutorial's per-batch (or a per-clip) standardisation.
+"""Batched features for sound classification: mel spectrogram in dB, the
+tutorial's per-batch (or a per-clip) standardisation, and the ``log1p`` mel
+front end of SpeechBrain's ESC50 CNN14 (which ``speechbrain/cnn14-esc50`` was
+trained on).
 
 These are small ``torch.nn.Module`` objects in the style of
 ``torchaudio.transforms``: configure them in the constructor (from the YAML), call
@@ -237,3 +239,89 @@ class ClipStandardize(torch.nn.Module):
         mean = x.mean(dim=dims, keepdim=True)
         std = x.std(dim=dims, keepdim=True)
         return (x - mean) / (std + self.eps)
+
+
+class Log1pMelSpectrogram(torch.nn.Module):
+    """``log(1 + mel(|STFT| ** power))``: ``[batch, time]`` → ``[batch, frames, n_mels]``.
+
+    The features of SpeechBrain's ESC50 CNN14 recipe, on which the
+    ``speechbrain/cnn14-esc50`` encoder was trained: SpeechBrain's ``STFT``,
+    the magnitude raised to ``power``, SpeechBrain's triangular mel
+    ``Filterbank`` (linear output), then ``log1p``. No trainable parameters.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sample rate of the input (Hz).
+    n_fft : int
+        FFT size.
+    win_length : float
+        Window length (ms).
+    hop_length : float
+        Hop between frames (ms).
+    n_mels : int
+        Number of mel bands.
+    power : float
+        Exponent of the STFT magnitude (0.5: square root).
+    f_min : float
+        Lowest frequency of the mel filters (Hz).
+    f_max : float, optional
+        Highest frequency of the mel filters (default: half the rate).
+
+    Example
+    -------
+    >>> feats = Log1pMelSpectrogram(sample_rate=16000, n_mels=40)
+    >>> feats(torch.randn(2, 16000)).shape
+    torch.Size([2, 87, 40])
+    """
+
+    def __init__(
+        self,
+        sample_rate=16000,
+        n_fft=1024,
+        win_length=23.2199,
+        hop_length=11.6099,
+        n_mels=80,
+        power=0.5,
+        f_min=0.0,
+        f_max=None,
+    ):
+        super().__init__()
+        from speechbrain.processing.features import STFT, Filterbank
+
+        self.power = power
+        self.stft = STFT(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+        )
+        self.fbank = Filterbank(
+            n_mels=n_mels,
+            n_fft=n_fft,
+            sample_rate=sample_rate,
+            f_min=f_min,
+            f_max=f_max if f_max is not None else sample_rate // 2,
+            log_mel=False,
+        )
+
+    def forward(self, wavs):
+        """Compute the features of a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, time]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, frames, n_mels]``.
+        """
+        from speechbrain.processing.features import spectral_magnitude
+
+        magnitude = spectral_magnitude(self.stft(wavs), power=self.power)
+        return torch.log1p(self.fbank(magnitude))
+
+
+# -------------------------------------------------------------------- options

@@ -10,9 +10,6 @@
   given in the YAML (so that an exported model folder needs no checkpoint
   file), taking ``(waveforms, lengths)`` and returning the mean of its tokens,
   ``[batch, 1, dim]``; it reads the BEATs authors' checkpoints.
-* :class:`Log1pMelSpectrogram`: the front end of SpeechBrain's ESC50 CNN14
-  recipe (STFT magnitudes, mel filters, ``log1p``), the one the
-  ``speechbrain/cnn14-esc50`` encoder was trained on.
 * :class:`PassThrough`: returns its input, for the recipe's
   ``compute_features`` or ``mean_var_norm`` when an encoder does its own.
 
@@ -65,92 +62,6 @@ class PassThrough(torch.nn.Module):
             ``x`` itself.
         """
         return x
-
-
-class Log1pMelSpectrogram(torch.nn.Module):
-    """``log(1 + mel(|STFT| ** power))``: ``[batch, time]`` → ``[batch, frames, n_mels]``.
-
-    The features of SpeechBrain's ESC50 CNN14 recipe, on which the
-    ``speechbrain/cnn14-esc50`` encoder was trained: SpeechBrain's ``STFT``,
-    the magnitude raised to ``power``, SpeechBrain's triangular mel
-    ``Filterbank`` (linear output), then ``log1p``. No trainable parameters.
-
-    Arguments
-    ---------
-    sample_rate : int
-        Sample rate of the input (Hz).
-    n_fft : int
-        FFT size.
-    win_length : float
-        Window length (ms).
-    hop_length : float
-        Hop between frames (ms).
-    n_mels : int
-        Number of mel bands.
-    power : float
-        Exponent of the STFT magnitude (0.5: square root).
-    f_min : float
-        Lowest frequency of the mel filters (Hz).
-    f_max : float, optional
-        Highest frequency of the mel filters (default: half the rate).
-
-    Example
-    -------
-    >>> feats = Log1pMelSpectrogram(sample_rate=16000, n_mels=40)
-    >>> feats(torch.randn(2, 16000)).shape
-    torch.Size([2, 87, 40])
-    """
-
-    def __init__(
-        self,
-        sample_rate=16000,
-        n_fft=1024,
-        win_length=23.2199,
-        hop_length=11.6099,
-        n_mels=80,
-        power=0.5,
-        f_min=0.0,
-        f_max=None,
-    ):
-        super().__init__()
-        from speechbrain.processing.features import STFT, Filterbank
-
-        self.power = power
-        self.stft = STFT(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            win_length=win_length,
-            hop_length=hop_length,
-        )
-        self.fbank = Filterbank(
-            n_mels=n_mels,
-            n_fft=n_fft,
-            sample_rate=sample_rate,
-            f_min=f_min,
-            f_max=f_max if f_max is not None else sample_rate // 2,
-            log_mel=False,
-        )
-
-    def forward(self, wavs):
-        """Compute the features of a batch of waveforms.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, time]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, frames, n_mels]``.
-        """
-        from speechbrain.processing.features import spectral_magnitude
-
-        magnitude = spectral_magnitude(self.stft(wavs), power=self.power)
-        return torch.log1p(self.fbank(magnitude))
-
-
-# -------------------------------------------------------------------- options
 
 
 def check_finetune_options(values, hparams_file="the YAML"):
