@@ -4,11 +4,15 @@
   mean, as in the tutorial, drawn for a whole batch at once.
 * :class:`Mixup`: convex combinations of pairs of examples and of their
   losses, for any model and loss.
+* :func:`circular_views` and :func:`average_views`: test-time averaging over
+  circularly shifted views of each clip (evaluation, not training).
 
 Authors
 -------
  * sb-urbansound contributors
 """
+
+import math
 
 import torch
 
@@ -206,3 +210,62 @@ class Mixup(torch.nn.Module):
         return lam * loss + (1.0 - lam) * loss_fn(
             predictions, targets[perm.to(targets.device)], *args
         )
+
+
+def circular_views(x, n_views, max_shift, dim=1):
+    """Copies of a batch rolled by amounts spread evenly over ``[0, max_shift]``.
+
+    Test-time averaging: a model scored on several circularly shifted views
+    of each clip (the training shifts are circular too) and its probabilities
+    averaged (:func:`average_views`) is less sensitive to where a sound sits
+    in its clip.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``[batch, ...]``.
+    n_views : int
+        The number of views (1: ``x`` itself).
+    max_shift : int
+        The largest roll, in elements of dimension ``dim``.
+    dim : int
+        The dimension to roll (time: 1 for waveforms and SpeechBrain's
+        features, -1 for ``[batch, channels, n_mels, frames]``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[n_views * batch, ...]``, view by view.
+
+    Example
+    -------
+    >>> circular_views(torch.arange(4).view(1, 4), 3, 2).tolist()
+    [[0, 1, 2, 3], [3, 0, 1, 2], [2, 3, 0, 1]]
+    """
+    shifts = torch.linspace(0, int(max_shift), int(n_views)).round().long()
+    return torch.cat([torch.roll(x, int(s), dims=dim) for s in shifts])
+
+
+def average_views(log_probs, n_views):
+    """Average the probabilities of the views of :func:`circular_views`.
+
+    Arguments
+    ---------
+    log_probs : torch.Tensor
+        ``[n_views * batch, ...]`` log-probabilities, view by view.
+    n_views : int
+        The number of views.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, ...]``: the log of the mean probability over the views.
+
+    Example
+    -------
+    >>> p = torch.log(torch.tensor([[0.2, 0.8], [0.6, 0.4]]))
+    >>> average_views(p, 2).exp()
+    tensor([[0.4000, 0.6000]])
+    """
+    views = log_probs.reshape(int(n_views), -1, *log_probs.shape[1:])
+    return torch.logsumexp(views, dim=0) - math.log(n_views)

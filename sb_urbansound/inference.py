@@ -56,6 +56,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from sb_urbansound.atomic import make_temp_folder, replace_folder
 from sb_urbansound.audio import ClipConditioner, pad_trunc
+from sb_urbansound.augment import circular_views
 from sb_urbansound.errors import UserError
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
@@ -70,6 +71,8 @@ RESERVED_KEYS = (
     "channels",
     "duration_ms",
     "remove_dc",
+    "tta_views",
+    "tta_max_shift",
     "modules",
     "label_encoder",
     "audio_normalizer",
@@ -217,6 +220,9 @@ def make_inference_yaml(
     out["channels"] = int(channels)
     out["duration_ms"] = duration_ms
     out["remove_dc"] = bool(tree.get("remove_dc", False))
+    if int(tree.get("tta_views", 1) or 1) > 1:  # tested with shifted views
+        out["tta_views"] = int(tree["tta_views"])
+        out["tta_max_shift"] = float(tree.get("tta_max_shift", 0.0))
     for name in module_names:
         out[name] = _strip_comments(modules[name])
     label_encoder = tree.get("label_encoder")
@@ -711,6 +717,9 @@ def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
     (window = the training clip length, hop = half a window by default), the
     windows are scored together by :func:`window_log_probs`, each window's
     scores become probabilities (softmax) and the probabilities are averaged.
+    A model trained with test-time averaging (``tta_views`` in its
+    ``hyperparams.yaml``) scores each window as that many circularly shifted
+    views, as its test did.
 
     Arguments
     ---------
@@ -740,9 +749,16 @@ def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
     if num_samples is None:
         num_samples = model_audio_spec(model)[2] or wav.shape[0]
     windows = sliding_windows(wav, num_samples, hop)
+    n_windows = windows.shape[0]
+    # A model tested with shifted views (tta_views) is used the same way
+    views = int(getattr(model.hparams, "tta_views", 1) or 1)
+    if views > 1:
+        max_shift = float(getattr(model.hparams, "tta_max_shift", 0.0))
+        samples = round(max_shift * windows.shape[1])
+        windows = circular_views(windows, views, samples, dim=1)
     scores = window_log_probs(model, windows, batch_size)
     probs = torch.softmax(scores, dim=-1).mean(dim=0)
-    return probs, windows.shape[0]
+    return probs, n_windows
 
 
 def top_k_labels(model, probs, k=1):

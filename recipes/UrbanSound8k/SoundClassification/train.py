@@ -34,7 +34,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
-from sb_urbansound.augment import Mixup
+from sb_urbansound.augment import Mixup, average_views, circular_views
 from sb_urbansound.bank import ClipBank, FeatureBank
 from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.experiment import (
@@ -122,6 +122,10 @@ class SoundClassifierBrain(sb.Brain):
         """
         batch = batch.to(self.device)
         train = stage == sb.Stage.TRAIN
+        # Test-time averaging (optional): evaluate several circularly shifted
+        # views of each clip and average their probabilities
+        views = 1 if train else getattr(self.hparams, "tta_views", 1)
+        max_shift = getattr(self.hparams, "tta_max_shift", 0.0)
 
         # Features, then SpecAugment in training only: evaluation is
         # deterministic. With a clip bank the waveforms (or the features) of
@@ -132,6 +136,11 @@ class SoundClassifierBrain(sb.Brain):
                 rows, train, self.hparams.shift_pct
             )
             lens = torch.ones(len(rows), device=self.device)
+            if views > 1:
+                time_dim = self.feature_bank.time_dim
+                frames = round(max_shift * feats.shape[time_dim])
+                feats = circular_views(feats, views, frames, dim=time_dim)
+                lens = lens.repeat(views)
         else:
             if self.bank is not None:
                 rows = batch.bank_row.data.view(-1)
@@ -141,6 +150,10 @@ class SoundClassifierBrain(sb.Brain):
                 lens = torch.ones(len(rows), device=self.device)
             else:
                 wavs, lens = batch.sig
+            if views > 1:
+                samples = round(max_shift * wavs.shape[1])
+                wavs = circular_views(wavs, views, samples, dim=1)
+                lens = lens.repeat(views)
             feats = self.modules.compute_features(wavs)
         if train and self.hparams.spec_augment is not None:
             feats = self.hparams.spec_augment(feats)
@@ -157,6 +170,9 @@ class SoundClassifierBrain(sb.Brain):
         predictions = self.modules.classifier(embeddings)
         if predictions.dim() == 2:
             predictions = predictions.unsqueeze(1)
+        if views > 1:
+            predictions = average_views(predictions, views)
+            lens = lens[: len(lens) // views]
         return predictions, lens
 
     def compute_objectives(self, predictions, batch, stage):
