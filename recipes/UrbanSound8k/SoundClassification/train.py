@@ -845,6 +845,11 @@ def main(argv=None):
 
     # The best model, for EncoderClassifier: <output_folder>/model
     run_on_main(export_inference_folder, args=[hparams])
+
+    # Under DDP, leave the process group before exiting: its threads would
+    # otherwise be torn down at interpreter exit (an abort, now and then)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return hparams
 
 
