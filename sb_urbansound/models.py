@@ -82,7 +82,30 @@ class CNNEmbedding(torch.nn.Module):
             prev = out
         self.conv = torch.nn.Sequential(*layers)
         self.pooling = pooling
-        self.output_size = prev * (2 if pooling == "avgmax" else 1)
+        self.output_size = self.pooled_size(prev, pooling)
+
+    @staticmethod
+    def pooled_size(channels, pooling="avg"):
+        """The embedding size of a last block of ``channels`` with ``pooling``.
+
+        Arguments
+        ---------
+        channels : int
+            Output channels of the last conv block.
+        pooling : str
+            One of :attr:`POOLINGS`.
+
+        Returns
+        -------
+        int
+            ``2 * channels`` for ``"avgmax"``, else ``channels``.
+
+        Example
+        -------
+        >>> CNNEmbedding.pooled_size(64, "avgmax")
+        128
+        """
+        return channels * (2 if pooling == "avgmax" else 1)
 
     def forward(self, x, lengths=None):
         """Embed a batch of spectrograms.

@@ -622,7 +622,7 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
     lr : float
         The learning rate at the end of the epoch.
     train_stats : dict
-        ``loss`` and ``accuracy`` of the training stage.
+        ``loss``, ``accuracy`` and ``seconds`` of the training stage.
     valid_stats : dict
         ``loss`` and ``accuracy`` of the validation stage.
 
@@ -652,6 +652,7 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
             "train_accuracy": train_stats.get("accuracy"),
             "valid_loss": valid_stats["loss"],
             "valid_accuracy": valid_stats["accuracy"],
+            "train_seconds": train_stats.get("seconds"),
         }
     )
     atomic_write_json(path, history)

@@ -29,6 +29,7 @@ Authors
 
 import os
 import sys
+import time
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -229,6 +230,7 @@ class SoundClassifierBrain(sb.Brain):
             The currently-starting epoch.
         """
         self.stats = ClassificationStats()
+        self.stage_started = time.perf_counter()
         if stage == sb.Stage.TRAIN and self.plans_freezing():
             frozen = self.encoder_frozen_in(epoch)
             if frozen != self.encoder_is_frozen or epoch == 1:
@@ -318,6 +320,7 @@ class SoundClassifierBrain(sb.Brain):
         accuracy = self.stats.summarize("accuracy") if self.stats.ids else 0.0
         stats = {"loss": stage_loss, "accuracy": accuracy}
         if stage == sb.Stage.TRAIN:
+            stats["seconds"] = time.perf_counter() - self.stage_started
             self.train_stats = stats
             return
         stats["error"] = 1.0 - accuracy
