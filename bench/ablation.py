@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""The ablation of docs/accuracy.md: one cross-validation per choice.
+
+Each configuration is a recipe YAML plus overrides, run with
+``python -m sb_urbansound.crossval`` into ``<out>/<name>``; a finished one is
+skipped, so the script resumes. The table gives, for each configuration,
+its parameters and multiply-accumulates per clip (``bench/model_cost.py``),
+the median training time per epoch (from the folds' ``history.json``), and
+the mean ± sample std of the fold accuracies::
+
+    python bench/ablation.py fsdd --data_folder=../shared/data/fsdd/recordings
+    python bench/ablation.py generated --out results/ablation
+    python bench/ablation.py fsdd --only full,baseline     # some of them
+    python bench/ablation.py fsdd --table                  # the table only
+
+``generated`` first writes an UrbanSound8K-shaped data set of synthetic
+clips in the data set's formats (10 classes, overlapping tones in noise,
+folds 1-5) under ``<out>/generated_data``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from model_cost import model_cost  # noqa: E402
+
+HPARAMS = REPO / "hparams"
+
+# name: (yaml, overrides, what it shows)
+FSDD = {
+    "baseline": (
+        "fsdd.yaml",
+        [
+            "--cnn_pooling=avg",
+            "--label_smoothing=0.0",
+            "--tta_views=1",
+            "--mixup_prob=0.0",
+        ],
+        "the former defaults: average pooling, no label smoothing, no views",
+    ),
+    "avgmax": (
+        "fsdd.yaml",
+        ["--label_smoothing=0.0", "--tta_views=1", "--mixup_prob=0.0"],
+        "+ average and maximum pooling",
+    ),
+    "avgmax+ls": (
+        "fsdd.yaml",
+        ["--tta_views=1", "--mixup_prob=0.0"],
+        "+ label smoothing 0.1",
+    ),
+    "full": (
+        "fsdd.yaml",
+        ["--mixup_prob=0.0"],
+        "+ 5 shifted views at validation and test",
+    ),
+    "full+mixup": (
+        "fsdd.yaml",
+        ["--mixup_prob=1.0"],
+        "+ mixup (alpha 0.4): fsdd.yaml's defaults",
+    ),
+    "full+wide": (
+        "fsdd.yaml",
+        [
+            "--mixup_prob=0.0",
+            "--cnn_channels=[16,32,64,128]",
+            "--last_channels=128",
+        ],
+        "`full` with twice the channels (16/32/64/128)",
+    ),
+    "full+feature_bank": (
+        "fsdd.yaml",
+        ["--mixup_prob=0.0", "--feature_bank=True"],
+        "`full` from the feature bank (features computed once)",
+    ),
+    "full+per_clip": (
+        "fsdd.yaml",
+        ["--mixup_prob=0.0", "--clip_bank=False"],
+        "`full` from the per-clip pipeline (no bank)",
+    ),
+}
+
+GENERATED_COMMON = [
+    "--download=False",
+    "--number_of_epochs=10",
+    "--duration_ms=2000",
+]
+GENERATED = {
+    "cnn": ("cnn.yaml", [], "the tutorial's recipe"),
+    "cnn_large": (
+        "cnn_large.yaml",
+        [],
+        "22.05 kHz mono, 32-256 channels, avg+max, mixup, label smoothing",
+    ),
+    "cnn_large-mixup": (
+        "cnn_large.yaml",
+        ["--mixup_alpha=0.4", "--label_smoothing=0.0"],
+        "cnn_large without label smoothing",
+    ),
+}
+
+
+def make_generated(folder):
+    """An UrbanSound8K-shaped data set whose classes overlap (not trivial)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import numpy as np
+    from helpers import make_urbansound_tree
+
+    if (folder / "metadata" / "UrbanSound8K.csv").exists():
+        return
+    import helpers
+
+    def hard_signal(class_idx, sample_rate, seconds, channels, seed=0, n=10):
+        rng = np.random.default_rng(seed)
+        t = np.arange(max(int(seconds * sample_rate), 1)) / sample_rate
+        f = helpers.class_frequency(class_idx, n) * rng.uniform(0.85, 1.15)
+        sig = np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
+        sig *= rng.uniform(0.0, 1.0) < (0.5 + 0.5 * np.sin(2 * np.pi * t * 3))
+        sig = 0.2 * sig + 0.2 * rng.standard_normal(t.shape)
+        out = np.stack([sig] * channels, axis=1) * rng.uniform(0.2, 1.0)
+        return np.clip(out, -1, 1).astype(np.float32)
+
+    helpers.class_signal = hard_signal
+    make_urbansound_tree(folder, 8, folds=range(1, 6), seconds=(1.0, 2.0))
+
+
+def run(name, config, out, data_folder, extra, folds):
+    """Run one configuration's cross-validation (skipped when finished)."""
+    yaml, overrides, _ = config
+    target = out / name
+    if (target / "crossval_results.json").exists():
+        return
+    cmd = [
+        sys.executable,
+        "-m",
+        "sb_urbansound.crossval",
+        str(HPARAMS / yaml),
+        f"--data_folder={data_folder}",
+        f"--output_folder={target}",
+        "--noprogressbar",
+        *extra,
+        *overrides,
+    ]
+    if folds:
+        cmd.append(f"--folds={folds}")
+    print("+", " ".join(cmd), flush=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    subprocess.run(cmd, check=True, cwd=REPO, env=env)
+
+
+def row(name, config, out, extra):
+    """One table row: cost, epoch time, accuracy."""
+    yaml, overrides, what = config
+    results = out / name / "crossval_results.json"
+    if not results.exists():
+        return f"| {name} | {what} | (not run) | | | |"
+    res = json.loads(results.read_text())
+    cost = model_cost(HPARAMS / yaml, [*extra, *overrides])
+    seconds = []
+    for fold in sorted((out / name).glob("fold_*")):
+        history = json.loads((fold / "history.json").read_text())
+        seconds += [
+            h["train_seconds"] for h in history if h.get("train_seconds")
+        ]
+    epoch = f"{statistics.median(seconds):.1f} s" if seconds else "?"
+    folds = ", ".join(f"{100 * f['accuracy']:.1f}" for f in res["folds"])
+    return (
+        f"| {name} | {what} | {cost['parameters']:,} | "
+        f"{cost['macs_per_clip'] / 1e6:.1f} M | {epoch} | "
+        f"**{100 * res['mean']:.1f} ± {100 * res['std']:.1f} %** ({folds}) |"
+    )
+
+
+def main(argv=None):
+    """Command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("set", choices=["fsdd", "generated"])
+    parser.add_argument("--data_folder", default=None)
+    parser.add_argument("--out", default="results/ablation")
+    parser.add_argument("--only", default=None, help="comma-separated names")
+    parser.add_argument("--table", action="store_true", help="no new runs")
+    args = parser.parse_args(argv)
+    out = Path(args.out) / args.set
+    if args.set == "fsdd":
+        configs, extra, folds = FSDD, [], None
+        data = args.data_folder or str(
+            REPO.parent / "shared/data/fsdd/recordings"
+        )
+    else:
+        configs, extra, folds = GENERATED, GENERATED_COMMON, "[1,2,3,4,5]"
+        data = args.data_folder or str(Path(args.out) / "generated_data")
+        if not args.table:
+            make_generated(Path(data))
+    names = args.only.split(",") if args.only else list(configs)
+    if not args.table:
+        for name in names:
+            run(name, configs[name], out, data, extra, folds)
+    print(
+        "| config | change | parameters | MACs per clip | s per epoch | accuracy (folds) |"
+    )
+    print("|---|---|---:|---:|---:|---|")
+    for name in names:
+        print(row(name, configs[name], out, extra))
+
+
+if __name__ == "__main__":
+    main()
