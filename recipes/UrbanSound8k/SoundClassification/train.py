@@ -126,36 +126,10 @@ class SoundClassifierBrain(sb.Brain):
         # Test-time averaging (optional): evaluate several circularly shifted
         # views of each clip and average their probabilities
         views = 1 if train else getattr(self.hparams, "tta_views", 1)
-        max_shift = getattr(self.hparams, "tta_max_shift", 0.0)
 
         # Features, then SpecAugment in training only: evaluation is
-        # deterministic. With a clip bank the waveforms (or the features) of
-        # the batch come from memory, randomly placed in training.
-        if self.feature_bank is not None:
-            rows = batch.bank_row.data.view(-1)
-            feats = self.feature_bank.features(
-                rows, train, self.hparams.shift_pct
-            )
-            lens = torch.ones(len(rows), device=self.device)
-            if views > 1:
-                time_dim = self.feature_bank.time_dim
-                frames = round(max_shift * feats.shape[time_dim])
-                feats = circular_views(feats, views, frames, dim=time_dim)
-                lens = lens.repeat(views)
-        else:
-            if self.bank is not None:
-                rows = batch.bank_row.data.view(-1)
-                wavs = self.bank.waveforms(
-                    rows, train, self.hparams.shift_pct, device=self.device
-                )
-                lens = torch.ones(len(rows), device=self.device)
-            else:
-                wavs, lens = batch.sig
-            if views > 1:
-                samples = round(max_shift * wavs.shape[1])
-                wavs = circular_views(wavs, views, samples, dim=1)
-                lens = lens.repeat(views)
-            feats = self.modules.compute_features(wavs)
+        # deterministic
+        feats, lens = self.batch_features(batch, train, views)
         if train and self.hparams.spec_augment is not None:
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)
@@ -175,6 +149,55 @@ class SoundClassifierBrain(sb.Brain):
             predictions = average_views(predictions, views)
             lens = lens[: len(lens) // views]
         return predictions, lens
+
+    def batch_features(self, batch, train, views=1):
+        """The features of a batch, from the clip bank or from ``sig``.
+
+        With a clip bank the waveforms (or, with a feature bank, the
+        features) of the batch come from memory, randomly placed in training.
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch, on the device.
+        train : bool
+            Whether the batch is for training (random placement).
+        views : int
+            Circularly shifted views of each clip, over ``tta_max_shift`` of
+            its length (1: the clip itself).
+
+        Returns
+        -------
+        feats : torch.Tensor
+            The features, ``views * batch`` of them, view by view.
+        lens : torch.Tensor
+            Their relative lengths.
+        """
+        max_shift = getattr(self.hparams, "tta_max_shift", 0.0)
+        if self.feature_bank is not None:
+            rows = batch.bank_row.data.view(-1)
+            feats = self.feature_bank.features(
+                rows, train, self.hparams.shift_pct
+            )
+            lens = torch.ones(len(rows), device=self.device)
+            if views > 1:
+                time_dim = self.feature_bank.time_dim
+                frames = round(max_shift * feats.shape[time_dim])
+                feats = circular_views(feats, views, frames, dim=time_dim)
+            return feats, lens.repeat(views)
+
+        if self.bank is not None:
+            rows = batch.bank_row.data.view(-1)
+            wavs = self.bank.waveforms(
+                rows, train, self.hparams.shift_pct, device=self.device
+            )
+            lens = torch.ones(len(rows), device=self.device)
+        else:
+            wavs, lens = batch.sig
+        if views > 1:
+            samples = round(max_shift * wavs.shape[1])
+            wavs = circular_views(wavs, views, samples, dim=1)
+        return self.modules.compute_features(wavs), lens.repeat(views)
 
     def compute_objectives(self, predictions, batch, stage):
         """Computes the loss and records the predictions for the accuracy.
