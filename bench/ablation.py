@@ -91,7 +91,7 @@ GENERATED_COMMON = [
     "--duration_ms=2000",
 ]
 GENERATED = {
-    "cnn": ("cnn.yaml", [], "the tutorial's recipe"),
+    "cnn": ("cnn.yaml", [], "the tutorial's recipe (44.1 kHz stereo)"),
     "cnn_large": (
         "cnn_large.yaml",
         [],
@@ -100,7 +100,27 @@ GENERATED = {
     "cnn_large-mixup": (
         "cnn_large.yaml",
         ["--mixup_alpha=0.4", "--label_smoothing=0.0"],
-        "cnn_large without label smoothing",
+        "`cnn_large` without label smoothing",
+    ),
+    "cnn_large-nomixup": (
+        "cnn_large.yaml",
+        ["--mixup_prob=0.0"],
+        "`cnn_large` without mixup",
+    ),
+    "cnn_large-avgpool": (
+        "cnn_large.yaml",
+        ["--cnn_pooling=avg"],
+        "`cnn_large` with the tutorial's average pooling",
+    ),
+    "cnn_large-narrow": (
+        "cnn_large.yaml",
+        ["--cnn_channels=[8,16,32,64]", "--last_channels=64"],
+        "`cnn_large` with the tutorial's 8/16/32/64 channels",
+    ),
+    "cnn_large-44k": (
+        "cnn_large.yaml",
+        ["--sample_rate=44100", "--channels=2", "--hop_length=512"],
+        "`cnn_large` on the tutorial's input (44.1 kHz stereo, hop 512)",
     ),
 }
 
