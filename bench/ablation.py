@@ -117,6 +117,16 @@ GENERATED = {
         ["--cnn_channels=[8,16,32,64]", "--last_channels=64"],
         "`cnn_large` with the tutorial's 8/16/32/64 channels",
     ),
+    "cnn_large-30ep": (
+        "cnn_large.yaml",
+        ["--number_of_epochs=30"],
+        "`cnn_large`, 30 epochs",
+    ),
+    "cnn_large-nomixup-30ep": (
+        "cnn_large.yaml",
+        ["--mixup_prob=0.0", "--number_of_epochs=30"],
+        "`cnn_large` without mixup, 30 epochs",
+    ),
     "cnn_large-44k": (
         "cnn_large.yaml",
         ["--sample_rate=44100", "--channels=2", "--hop_length=512"],
@@ -149,6 +159,12 @@ def make_generated(folder):
     make_urbansound_tree(folder, 8, folds=range(1, 6), seconds=(1.0, 2.0))
 
 
+def merged(extra, overrides):
+    """The common options, less those a configuration sets, then its own."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [e for e in extra if e.split("=", 1)[0] not in keys] + overrides
+
+
 def run(name, config, out, data_folder, extra, folds):
     """Run one configuration's cross-validation (skipped when finished)."""
     yaml, overrides, _ = config
@@ -163,8 +179,7 @@ def run(name, config, out, data_folder, extra, folds):
         f"--data_folder={data_folder}",
         f"--output_folder={target}",
         "--noprogressbar",
-        *extra,
-        *overrides,
+        *merged(extra, overrides),
     ]
     if folds:
         cmd.append(f"--folds={folds}")
@@ -183,7 +198,7 @@ def row(name, config, out, extra):
     if not results.exists():
         return f"| {name} | {what} | (not run) | | | |"
     res = json.loads(results.read_text())
-    cost = model_cost(HPARAMS / yaml, [*extra, *overrides])
+    cost = model_cost(HPARAMS / yaml, merged(extra, overrides))
     seconds = []
     for fold in sorted((out / name).glob("fold_*")):
         history = json.loads((fold / "history.json").read_text())
