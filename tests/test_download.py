@@ -423,3 +423,23 @@ def test_retries_count_only_attempts_without_progress(server, tmp_path):
     _get(server, data_folder, retries=1)
     _assert_dataset(data_folder)
     assert len(server.requests) == -(-len(ARCHIVE) // n)  # ceil: one per slice
+
+
+def test_speechbrain_download_file_keeps_a_truncated_archive(server, tmp_path):
+    # Why our downloader exists: SpeechBrain's download_file writes straight
+    # to its destination, so a dropped connection leaves half an archive
+    # there, and the next call finds the file and skips the download; ours
+    # (test_dropped_connection_without_retries_keeps_partial) resumes.
+    from speechbrain.utils.data_utils import download_file
+
+    server.drop_first_after = len(ARCHIVE) // 3
+    dest = tmp_path / "UrbanSound8K.tar.gz"
+    try:
+        download_file(server.url("UrbanSound8K.tar.gz"), str(dest))
+    except Exception:  # a ContentTooShortError, or none: either way
+        pass
+    server.drop_first_after = None
+    download_file(server.url("UrbanSound8K.tar.gz"), str(dest))
+    assert dest.exists()
+    assert dest.read_bytes() != ARCHIVE  # the truncated file was kept
+    assert len(server.requests) == 1  # and never downloaded again
