@@ -234,6 +234,10 @@ class SoundClassifierBrain(sb.Brain):
             )
 
         decode = self.hparams.label_encoder.ind2lab
+        if stage == sb.Stage.TRAIN and self.mixed is not None:
+            # A mixed clip counts as its dominant part's class
+            perm, lam = self.mixed
+            targets = targets if lam >= 0.5 else targets[perm]
         predicted = predictions.detach().argmax(dim=-1).view(-1).tolist()
         self.stats.append(
             batch.id,
