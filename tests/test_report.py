@@ -265,7 +265,9 @@ def test_append_history_replaces_a_repeated_epoch(tmp_path):
         "train_accuracy": None,
         "valid_loss": 1.5,
         "valid_accuracy": 0.4,
+        "train_seconds": None,
     }
+    assert history[0]["train_seconds"] is None  # train stats without time
     assert not list(tmp_path.glob(".*.tmp"))
     # The learning-curve plot reads it as it is
     check_png(plot_learning_curves(tmp_path / "lc.png", {1: history}))

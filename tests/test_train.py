@@ -74,6 +74,7 @@ def test_training_learns(small_data, tmp_path):
     assert res["accuracy"] >= 0.6, res  # chance is 0.25
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 13))
+    assert all(h["train_seconds"] > 0 for h in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     log = (out / "train_log.txt").read_text()
     assert "epoch: 12" in log and "test accuracy" in log

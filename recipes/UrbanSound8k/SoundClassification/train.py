@@ -359,11 +359,9 @@ class SoundClassifierBrain(sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            # Checkpoint first: once history.json lists an epoch, a killed run
-            # never has to repeat it.
-            self.checkpointer.save_and_keep_only(
-                meta={"error": stats["error"]}, min_keys=["error"]
-            )
+            # The learning curve first, then the checkpoint: a run killed
+            # between the two repeats the epoch and replaces its entry (the
+            # other order would lose the epoch from history.json)
             if if_main_process():
                 append_history(
                     self.hparams.history_file,
@@ -372,6 +370,9 @@ class SoundClassifierBrain(sb.Brain):
                     self.train_stats,
                     stats,
                 )
+            self.checkpointer.save_and_keep_only(
+                meta={"error": stats["error"]}, min_keys=["error"]
+            )
 
         if stage == sb.Stage.TEST:
             self.hparams.train_logger.log_stats(
