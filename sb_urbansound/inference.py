@@ -47,7 +47,6 @@ Authors
 
 import io
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -58,6 +57,7 @@ from sb_urbansound.atomic import make_temp_folder, replace_folder
 from sb_urbansound.audio import ClipConditioner, pad_trunc
 from sb_urbansound.augment import circular_views
 from sb_urbansound.errors import UserError
+from sb_urbansound.timeline import default_hop, window_count
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
@@ -643,13 +643,10 @@ def sliding_windows(wav, num_samples, hop=None):
     5
     """
     num_samples = int(num_samples)
-    hop = max(num_samples // 2, 1) if hop is None else int(hop)
-    if hop < 1:
-        raise ValueError(f"hop must be at least 1 sample, got {hop}")
-    length = wav.shape[0]
-    if length <= num_samples:
+    hop = default_hop(num_samples) if hop is None else int(hop)
+    n_windows = window_count(wav.shape[0], num_samples, hop)
+    if n_windows == 1:
         return pad_trunc(wav, num_samples, random=False).unsqueeze(0)
-    n_windows = 1 + math.ceil((length - num_samples) / hop)
     padded = pad_trunc(wav, (n_windows - 1) * hop + num_samples, random=False)
     windows = padded.unfold(0, num_samples, hop)  # [n, (channels,) time]
     return windows if windows.dim() == 2 else windows.transpose(1, 2)
@@ -749,6 +746,42 @@ def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
     if num_samples is None:
         num_samples = model_audio_spec(model)[2] or wav.shape[0]
     windows = sliding_windows(wav, num_samples, hop)
+    probs = window_probs(model, windows, batch_size).mean(dim=0)
+    return probs, windows.shape[0]
+
+
+@torch.no_grad()
+def window_probs(model, windows, batch_size=16):
+    """Class probabilities of each window of one clip.
+
+    The windows are scored together by :func:`window_log_probs` (so the
+    windows of a clip are normalised together), each window's scores become
+    probabilities (softmax). A model trained with test-time averaging
+    (``tta_views`` in its ``hyperparams.yaml``) scores each window as that
+    many circularly shifted views, as its test did, and a window's
+    probabilities are the mean over its views. :func:`classify_waveform`
+    averages these over the windows; segments
+    (:func:`sb_urbansound.timeline.find_segments`) read them one by one.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The loaded model.
+    windows : torch.Tensor
+        ``[n_windows, time(, channels)]`` at the model's rate, all full
+        length (see :func:`sliding_windows`).
+    batch_size : int
+        Windows per forward pass (memory only).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[n_windows, n_classes]`` probabilities, on the CPU.
+
+    Example
+    -------
+    See ``tests/test_inference.py``.
+    """
     n_windows = windows.shape[0]
     # A model tested with shifted views (tta_views) is used the same way
     views = int(getattr(model.hparams, "tta_views", 1) or 1)
@@ -757,8 +790,8 @@ def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
         samples = round(max_shift * windows.shape[1])
         windows = circular_views(windows, views, samples, dim=1)
     scores = window_log_probs(model, windows, batch_size)
-    probs = torch.softmax(scores, dim=-1).mean(dim=0)
-    return probs, n_windows
+    probs = torch.softmax(scores, dim=-1)
+    return probs.view(views, n_windows, -1).mean(dim=0)
 
 
 def top_k_labels(model, probs, k=1):

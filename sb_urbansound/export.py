@@ -1,0 +1,1260 @@
+"""Export a model folder to ONNX and TorchScript, checked against PyTorch.
+
+Usage::
+
+    python -m sb_urbansound.export MODEL_FOLDER [--format onnx|torchscript|all]
+        [--data PATH...] [--max-clips N] [--opset N]
+
+writes ``model.onnx`` and/or ``model.ts`` beside the files of the model
+folder (``<output_folder>/model``). Each holds the whole path from the
+conditioned waveform to class probabilities:
+
+* input ``waveforms``: ``[windows, samples, channels]`` float32, the windows
+  of **one** clip at the model's rate and channel count, each of the training
+  length (``samples``); the number of windows is dynamic;
+* mel spectrogram (a matrix-product DFT for ONNX, ``torch.stft`` for
+  TorchScript, both equal to the recipe's ``MelSpectrogramDB``), normaliser,
+  embedding model, classifier, softmax; with the test-time views of the
+  training (``tta_views``), each window is scored as its shifted views and
+  their probabilities averaged;
+* output ``probs``: ``[windows, n_classes]``.
+
+A model whose normaliser standardises a batch with one mean and deviation
+(``BatchStandardize``, as ``cnn.yaml``) standardises the windows of the clip
+together, as ``classify`` does. Such a model has a second input,
+``norm_stats`` (``[mean, std]``; NaN: the windows' own), and a second output,
+``feature_moments`` (``[count, mean, sum of squared deviations]`` of the
+windows' features), so that a long clip can be scored in chunks with the
+statistics of all its windows (see :mod:`sb_urbansound.runtime`).
+
+The ONNX metadata holds ``labels`` (JSON), ``sample_rate``, ``channels``,
+``num_samples``, ``remove_dc``, ``tta_views``, ``input_layout`` and
+``normalization``; the TorchScript file holds the same as ``metadata.json``
+(``torch.jit.load(path, _extra_files={"metadata.json": ""})``).
+
+Each exported model is checked before it is written, against the eager
+PyTorch model (:func:`sb_urbansound.inference.window_probs`, ``classify``'s
+path) on the same windows: the files given with ``--data`` (audio files,
+folders, or SpeechBrain manifests such as ``<output_folder>/manifests/
+test.json``), otherwise generated clips of 0.3 to 10.5 windows. Every clip
+must get the same top-1 label, and every probability must agree within
+``1e-4``; the command prints both numbers and writes nothing if they do not
+hold. Exit status: 0 when every asked format was written, 1 when a format was
+refused (a model that cannot be exported: the reason is printed) or failed
+its check, 2 for a usage error or a folder that is not a model folder.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import argparse
+import io
+import json
+import logging
+import math
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sb_urbansound import __version__
+from sb_urbansound.atomic import atomic_write_bytes
+from sb_urbansound.audio import ClipConditioner, find_audio_files, load_audio
+from sb_urbansound.errors import AudioLoadError, UserError
+from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
+from sb_urbansound.inference import (
+    check_model_folder,
+    load_model,
+    model_audio_spec,
+    sliding_windows,
+    window_probs,
+)
+from sb_urbansound.runtime import CHUNK_WINDOWS, OnnxModel, combine_moments
+
+logger = logging.getLogger(__name__)
+
+#: Export formats and the file each writes in the model folder.
+FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+#: Largest difference in any probability between export and eager PyTorch.
+PROB_TOLERANCE = 1e-4
+#: Lengths (in windows) of the generated check clips.
+CHECK_LENGTHS = (0.3, 1.0, 1.7, 3.2, 10.5)
+#: ONNX opset of the export.
+DEFAULT_OPSET = 18
+
+
+class ExportError(UserError):
+    """A model that cannot be exported, or whose export fails its check.
+
+    Example
+    -------
+    >>> issubclass(ExportError, UserError)
+    True
+    """
+
+
+# ----------------------------------------------------------- the features
+
+
+def _split(n):
+    """``n = n1 * n2`` with ``n1 <= n2`` as close as possible."""
+    n1 = math.isqrt(n)
+    while n % n1:
+        n1 -= 1
+    return n1, n // n1
+
+
+class MatmulMelPower(torch.nn.Module):
+    """Mel power spectrogram of padded signals by two matrix-product stages.
+
+    ``|rfft(frame * window)|² @ fb`` for every frame, without complex
+    numbers or FFT operators (ONNX's are slow in onnxruntime, and complex
+    tensors do not export): one step of Cooley-Tukey's algorithm as matrix
+    products. A frame of ``n = n1 * n2`` samples, seen as ``[n1, n2]``,
+    is transformed along its ``n1`` rows, multiplied by the twiddle factors
+    and transformed along its ``n2`` columns (the twiddles are folded into
+    that second matrix); the bins come out in ``(k1, k2)`` order, so the mel
+    matrix's rows are reordered to match. About ``2 * (n1 + n2) / n`` of the
+    products of a plain DFT matrix (1/8 at ``n = 1024``).
+
+    Arguments
+    ---------
+    window : torch.Tensor
+        The analysis window, ``[n_fft]`` (zero-padded to ``n_fft`` if
+        shorter, as ``torch.stft`` does).
+    fb : torch.Tensor
+        The mel matrix, ``[n_fft // 2 + 1, n_mels]``.
+    hop : int
+        The hop between frames.
+    length : int
+        The padded signal's length (fixed).
+
+    Example
+    -------
+    >>> mel = torch.rand(33, 4)
+    >>> op = MatmulMelPower(torch.hann_window(64), mel, 16, 200)
+    >>> x = torch.randn(3, 200)
+    >>> spec = (
+    ...     torch.stft(
+    ...         x,
+    ...         64,
+    ...         16,
+    ...         window=torch.hann_window(64),
+    ...         center=False,
+    ...         return_complex=True,
+    ...     ).abs()
+    ...     ** 2
+    ... )
+    >>> ref = spec.transpose(1, 2) @ mel
+    >>> bool(torch.allclose(op(x), ref, rtol=1e-4, atol=1e-3))
+    True
+    """
+
+    def __init__(self, window, fb, hop, length):
+        super().__init__()
+        n = window.numel()
+        n_bins = n // 2 + 1
+        n1, n2 = _split(n)
+        self.n1, self.n2, self.hop = n1, n2, int(hop)
+        self.n_frames = 1 + (int(length) - n) // self.hop
+        k2n = -(-n_bins // n1)  # second-stage bins needed
+        r = torch.arange(n1, dtype=torch.float64)
+        c = torch.arange(n2, dtype=torch.float64)
+        k2 = torch.arange(k2n, dtype=torch.float64)
+        # stage 1, along the rows: Y[k1, c] = sum_r exp(-2i pi r k1 / n1) x[r, c]
+        ang1 = -2 * math.pi * torch.outer(r, r) / n1
+        # stage 2, along the columns, twiddles folded in:
+        # X[k1 + n1 k2] = sum_c Y[k1, c] exp(-2i pi c (k1 / n + k2 / n2))
+        ang2 = (
+            -2
+            * math.pi
+            * (
+                torch.outer(r, c).unsqueeze(-1) / n
+                + (c.view(-1, 1) * k2.view(1, -1)).unsqueeze(0) / n2
+            )
+        )  # [k1, c, k2]
+        bins = (r.view(-1, 1) + n1 * k2.view(1, -1)).long()  # [k1, k2]
+        fb_perm = torch.zeros(n1, k2n, fb.shape[1], dtype=torch.float64)
+        inside = bins < n_bins
+        fb_perm[inside] = fb.double()[bins[inside]]
+        fb_perm = fb_perm.reshape(n1 * k2n, -1)  # rows in (k1, k2) order
+        self.register_buffer("window", window.double().reshape(n1, 1, n2))
+        self.register_buffer("w1_cos", torch.cos(ang1))
+        self.register_buffer("w1_sin", torch.sin(ang1))
+        self.register_buffer("w2_cos", torch.cos(ang2))
+        self.register_buffer("w2_sin", torch.sin(ang2))
+        self.register_buffer("fb", fb_perm)
+        if self.hop % n2 == 0:  # frames as rows of n2-sample blocks
+            step = self.hop // n2
+            index = torch.arange(n1).view(-1, 1) + step * torch.arange(
+                self.n_frames
+            ).view(1, -1)
+        else:  # frames sample by sample
+            index = (
+                n2 * torch.arange(n1).view(-1, 1, 1)
+                + self.hop * torch.arange(self.n_frames).view(1, -1, 1)
+                + torch.arange(n2).view(1, 1, -1)
+            )
+        self.blocks = self.hop % n2 == 0
+        self.register_buffer("index", index.reshape(-1))
+        self.float()  # buffers computed in float64, used in float32
+
+    def forward(self, signals):
+        """Compute the mel power of every frame.
+
+        Arguments
+        ---------
+        signals : torch.Tensor
+            ``[batch, length]`` (already padded as the STFT pads).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, frames, n_mels]``.
+        """
+        batch = signals.shape[0]
+        shape = (batch, self.n1, self.n_frames, self.n2)
+        if self.blocks:  # gather rows of n2 samples
+            usable = signals.shape[1] // self.n2 * self.n2
+            blocks = signals[:, :usable].reshape(batch, -1, self.n2)
+            frames = torch.index_select(blocks, 1, self.index)
+        else:
+            frames = torch.index_select(signals, 1, self.index)
+        frames = (frames.reshape(shape) * self.window).reshape(
+            batch, self.n1, -1
+        )
+        y_re = torch.matmul(self.w1_cos, frames).reshape(shape)
+        y_im = torch.matmul(self.w1_sin, frames).reshape(shape)
+        x_re = torch.matmul(y_re, self.w2_cos) - torch.matmul(y_im, self.w2_sin)
+        x_im = torch.matmul(y_re, self.w2_sin) + torch.matmul(y_im, self.w2_cos)
+        power = x_re * x_re + x_im * x_im  # [batch, k1, frames, k2]
+        power = power.transpose(1, 2).reshape(batch, self.n_frames, -1)
+        return torch.matmul(power, self.fb)
+
+
+class MelSpectrogramGraph(torch.nn.Module):
+    """``MelSpectrogramDB`` for export: fixed length, no chunks, no complex.
+
+    Computes what :class:`sb_urbansound.features.MelSpectrogramDB` computes,
+    for clips of a fixed length: with ``method="matmul"``
+    (:class:`MatmulMelPower`, for ONNX) or ``method="stft"`` (one
+    ``torch.stft`` over the batch, for TorchScript; the eager module cuts the
+    batch into cache-sized chunks, which a trace would freeze).
+
+    Arguments
+    ---------
+    mel : MelSpectrogramDB
+        The model's feature extractor.
+    num_samples : int
+        The clip length.
+    method : str
+        ``"matmul"`` or ``"stft"``.
+
+    Example
+    -------
+    >>> mel = MelSpectrogramDB(8000, n_fft=256, hop_length=64, n_mels=20)
+    >>> graph = MelSpectrogramGraph(mel, 4000)
+    >>> x = torch.randn(3, 4000)
+    >>> float((graph(x) - mel(x)).abs().max()) < 1e-3
+    True
+    """
+
+    def __init__(self, mel, num_samples, method="matmul"):
+        super().__init__()
+        spec = mel.melspec.spectrogram
+        unsupported = [
+            name
+            for name, bad in [
+                (f"power={spec.power}", spec.power != 2.0),
+                ("normalized=True", bool(spec.normalized)),
+                (f"pad={spec.pad}", bool(spec.pad)),
+                ("onesided=False", not spec.onesided),
+                (
+                    f"pad_mode={spec.pad_mode}",
+                    spec.pad_mode not in ("reflect", "constant"),
+                ),
+            ]
+            if bad
+        ]
+        if unsupported:
+            raise ExportError(
+                "MelSpectrogramDB with " + ", ".join(unsupported) + " is not "
+                "supported by the export (power 2, no normalisation, no "
+                "padding, one-sided, reflect or constant padding)"
+            )
+        if method not in ("matmul", "stft"):
+            raise ValueError(f"method must be matmul or stft, got {method!r}")
+        self.method = method
+        self.n_fft, self.hop = spec.n_fft, spec.hop_length
+        self.win_length = spec.win_length
+        self.center, self.pad_mode = spec.center, spec.pad_mode
+        self.channels = mel.channels
+        self.to_db = mel.to_db
+        window = spec.window.detach().float()
+        left = (self.n_fft - window.numel()) // 2  # torch.stft's centring
+        full = torch.zeros(self.n_fft)
+        full[left : left + window.numel()] = window
+        self.register_buffer("window", window.clone())
+        self.register_buffer("fb", mel.melspec.mel_scale.fb.detach().clone())
+        self.pad = self.n_fft // 2 if self.center else 0
+        if method == "matmul":
+            self.power = MatmulMelPower(
+                full, self.fb, self.hop, int(num_samples) + 2 * self.pad
+            )
+
+    def forward(self, wavs):
+        """Compute the features.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, time]`` (mono) or ``[batch, time, channels]``, with the
+            model's channels.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, channels, n_mels, frames]`` in dB.
+        """
+        if wavs.dim() == 2:
+            wavs = wavs.unsqueeze(-1)
+        batch, length, channels = wavs.shape
+        signals = wavs.transpose(1, 2).reshape(batch * channels, length)
+        if self.method == "stft":
+            stft = torch.stft(
+                signals,
+                n_fft=self.n_fft,
+                hop_length=self.hop,
+                win_length=self.win_length,
+                window=self.window,
+                center=self.center,
+                pad_mode=self.pad_mode,
+                normalized=False,
+                onesided=True,
+                return_complex=True,
+            )
+            bins = torch.view_as_real(stft)
+            power = bins[..., 0].square() + bins[..., 1].square()
+            mel = torch.matmul(power.transpose(-1, -2), self.fb)
+        else:
+            if self.pad:
+                signals = torch.nn.functional.pad(
+                    signals.unsqueeze(1), (self.pad, self.pad), self.pad_mode
+                ).squeeze(1)
+            mel = self.power(signals)  # [batch * channels, frames, n_mels]
+        mel = mel.transpose(-1, -2)
+        mel = mel.reshape(batch, channels, mel.shape[-2], mel.shape[-1])
+        return self.to_db(mel)
+
+
+# ---------------------------------------------------------- the normaliser
+
+
+class BatchStandardizeGraph(torch.nn.Module):
+    """``BatchStandardize`` with statistics given from outside, for export.
+
+    With ``norm_stats`` NaN it standardises the batch with its own mean and
+    (unbiased) standard deviation, exactly as
+    :class:`sb_urbansound.features.BatchStandardize`; otherwise with the
+    given ``[mean, std]``. It also returns the batch's moments, so that the
+    statistics of a clip scored in several chunks can be gathered first.
+
+    Arguments
+    ---------
+    eps : float
+        Added to the standard deviation.
+
+    Example
+    -------
+    >>> x = torch.randn(4, 2, 8, 8) * 3 + 1
+    >>> y, moments = BatchStandardizeGraph()(x, torch.full((2,), float("nan")))
+    >>> bool(torch.allclose(y, BatchStandardize()(x)))
+    True
+    >>> moments[0].item()
+    512.0
+    """
+
+    def __init__(self, eps=1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x, norm_stats):
+        """Standardise ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            The features of the batch.
+        norm_stats : torch.Tensor
+            ``[mean, std]`` to use, or NaN for the batch's own.
+
+        Returns
+        -------
+        torch.Tensor
+            The standardised features.
+        torch.Tensor
+            ``[count, mean, sum of squared deviations]`` of ``x``.
+        """
+        mean = x.mean()
+        std = x.std()
+        given = torch.isnan(norm_stats[0]).logical_not()
+        use_mean = torch.where(given, norm_stats[0], mean)
+        use_std = torch.where(given, norm_stats[1], std)
+        deviation = x - mean
+        count = torch.ones_like(x).sum()
+        moments = torch.stack([count, mean, (deviation * deviation).sum()])
+        return (x - use_mean) / (use_std + self.eps), moments
+
+
+# ------------------------------------------------------ the whole classifier
+
+
+class WindowClassifier(torch.nn.Module):
+    """The windows of one clip → class probabilities: what gets exported.
+
+    ``[windows, samples, channels]`` → shifted views (if the model was tested
+    with them) → features → normaliser → embedding model → classifier →
+    softmax → mean over each window's views → ``[windows, n_classes]``:
+    :func:`sb_urbansound.inference.window_probs`'s computation, in one
+    module.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        A model loaded from a model folder.
+    method : str
+        How ``MelSpectrogramDB`` features are computed (see
+        :class:`MelSpectrogramGraph`); other feature modules are used as they
+        are.
+
+    Example
+    -------
+    See ``tests/test_export.py``.
+    """
+
+    def __init__(self, model, method="matmul"):
+        super().__init__()
+        mods = model.mods
+        _, self.channels, self.num_samples = model_audio_spec(model)
+        self.views = int(getattr(model.hparams, "tta_views", 1) or 1)
+        max_shift = float(getattr(model.hparams, "tta_max_shift", 0.0))
+        self.shifts = [
+            int(s)
+            for s in torch.linspace(
+                0, round(max_shift * self.num_samples), self.views
+            ).round()
+        ]
+        features = mods.compute_features
+        if isinstance(features, MelSpectrogramDB):
+            features = MelSpectrogramGraph(features, self.num_samples, method)
+        self.compute_features = features
+        self.batch_norm = isinstance(mods.mean_var_norm, BatchStandardize)
+        self.mean_var_norm = (
+            BatchStandardizeGraph(mods.mean_var_norm.eps)
+            if self.batch_norm
+            else mods.mean_var_norm
+        )
+        self.embedding_model = mods.embedding_model
+        self.classifier = mods.classifier
+        self.eval()
+
+    def forward(self, waveforms, norm_stats=None):
+        """Score the windows of one clip.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            ``[windows, samples, channels]`` at the model's rate.
+        norm_stats : torch.Tensor, optional
+            ``[mean, std]`` of the features (models with
+            ``BatchStandardize``; NaN: the windows' own).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[windows, n_classes]`` probabilities (and, with
+            ``BatchStandardize``, the features' moments).
+        """
+        n = waveforms.shape[0]
+        if self.views > 1:  # as sb_urbansound.augment.circular_views
+            waveforms = torch.cat(
+                [torch.roll(waveforms, s, dims=1) for s in self.shifts]
+            )
+        wavs = waveforms.flatten(1) if self.channels == 1 else waveforms
+        feats = self.compute_features(wavs)
+        lens = torch.ones_like(wavs[:, 0])
+        moments = None
+        if self.batch_norm:
+            feats, moments = self.mean_var_norm(feats, norm_stats)
+        else:
+            feats = self.mean_var_norm(feats, lens)
+        # Windows are full length: no lengths (SpeechBrain's pooling layers
+        # then need no per-window loop, which would not export)
+        scores = self.classifier(self.embedding_model(feats))
+        probs = torch.softmax(scores.reshape(wavs.shape[0], -1).float(), -1)
+        if self.views > 1:
+            probs = probs.reshape(self.views, n, -1).mean(dim=0)
+        return probs if moments is None else (probs, moments)
+
+
+def describe_model(model):
+    """The classes of a model's four modules, for messages.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The model.
+
+    Returns
+    -------
+    str
+        E.g. ``"MelSpectrogramDB + BatchStandardize + CNNEmbedding +
+        LinearClassifier"``.
+    """
+    names = ["compute_features", "mean_var_norm", "embedding_model"]
+    names.append("classifier")
+    return " + ".join(type(getattr(model.mods, n)).__name__ for n in names)
+
+
+def model_metadata(model, wrapper):
+    """The metadata written into the exported files.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The model.
+    wrapper : WindowClassifier
+        Its export module.
+
+    Returns
+    -------
+    dict
+        String values: ``labels`` (JSON list), ``sample_rate``,
+        ``channels``, ``num_samples``, ``remove_dc``, ``tta_views``,
+        ``input_layout``, ``normalization``, ``modules``, ``producer``.
+    """
+    rate, channels, num_samples = model_audio_spec(model)
+    encoder = model.hparams.label_encoder
+    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    return {
+        "labels": json.dumps(labels),
+        "sample_rate": str(rate),
+        "channels": str(channels),
+        "num_samples": str(num_samples),
+        "remove_dc": str(
+            bool(getattr(model.hparams, "remove_dc", False))
+        ).lower(),
+        "tta_views": str(wrapper.views),
+        "input_layout": "waveforms: [windows, samples, channels] float32, "
+        "the windows of one clip at sample_rate",
+        "normalization": (
+            "batch: the windows are standardised together (norm_stats "
+            "input: [mean, std] or NaN; feature_moments output)"
+            if wrapper.batch_norm
+            else "per clip"
+        ),
+        "modules": describe_model(model),
+        "producer": f"sb_urbansound.export {__version__}",
+    }
+
+
+def reason(error, limit=400):
+    """A short reason from an exporter's error (its root cause's message).
+
+    Exporters wrap the real problem in generic messages ("Failed to export
+    the model with torch.export", "The following operation failed in the
+    TorchScript interpreter") and long traces: this keeps the root cause's
+    type and the lines of its message that are not stack frames.
+
+    Arguments
+    ---------
+    error : BaseException
+        The error.
+    limit : int
+        Longest reason kept (characters).
+
+    Returns
+    -------
+    str
+        ``"<Type>: <message>"``.
+
+    Example
+    -------
+    >>> try:
+    ...     try:
+    ...         raise ValueError("Sizes must match\nfile.py(12): forward")
+    ...     except ValueError as e:
+    ...         raise RuntimeError("Failed to export") from e
+    ... except RuntimeError as e:
+    ...     print(reason(e))
+    ValueError: Sizes must match
+    """
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(root)).splitlines():
+        line = line.strip()
+        if not line or re.match(r"^(File \"|\S+\(\d+\): )", line):
+            continue
+        lines.append(line)
+    text = " ".join(
+        lines[:2] + (["...", lines[-1]] if len(lines) > 3 else lines[2:])
+    )
+    text = f"{type(root).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: Windows in the example input the exports are traced with.
+EXAMPLE_WINDOWS = 2
+
+
+def _example(wrapper, n=EXAMPLE_WINDOWS):
+    """Example inputs for tracing: ``n`` windows (and NaN statistics)."""
+    gen = torch.Generator().manual_seed(0)
+    wavs = 0.1 * torch.randn(
+        n, wrapper.num_samples, wrapper.channels, generator=gen
+    )
+    if wrapper.batch_norm:
+        return (wavs, torch.full((2,), float("nan")))
+    return (wavs,)
+
+
+def to_onnx(wrapper, metadata, opset=DEFAULT_OPSET):
+    """Export a :class:`WindowClassifier` to ONNX (the dynamo exporter).
+
+    Arguments
+    ---------
+    wrapper : WindowClassifier
+        The module (MelSpectrogramDB features with ``method="matmul"``).
+    metadata : dict
+        String metadata to store in the model.
+    opset : int
+        The ONNX opset.
+
+    Returns
+    -------
+    bytes
+        The serialised ONNX model.
+    """
+    example = _example(wrapper)
+    names = ["waveforms", "norm_stats"][: len(example)]
+    outputs = ["probs", "feature_moments"][: len(example)]
+    dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
+    if wrapper.batch_norm:
+        dynamic["norm_stats"] = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            example,
+            dynamo=True,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            verbose=False,
+            report=False,
+        )
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (
+        "sb-urbansound sound classifier: waveforms [windows, samples, "
+        "channels] -> probs [windows, n_classes]"
+    )
+    return proto.SerializeToString()
+
+
+def to_torchscript(wrapper, metadata):
+    """Trace a :class:`WindowClassifier` into TorchScript.
+
+    Arguments
+    ---------
+    wrapper : WindowClassifier
+        The module (MelSpectrogramDB features with ``method="stft"``).
+    metadata : dict
+        Stored as ``metadata.json`` in the archive.
+
+    Returns
+    -------
+    bytes
+        The serialised TorchScript archive.
+    """
+    example = _example(wrapper)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    buffer = io.BytesIO()
+    torch.jit.save(
+        traced, buffer, _extra_files={"metadata.json": json.dumps(metadata)}
+    )
+    return buffer.getvalue()
+
+
+class TorchScriptScorer:
+    """Score the windows of a clip with a TorchScript export (chunks too).
+
+    Arguments
+    ---------
+    data : bytes or str or Path
+        The archive, or its file.
+    chunk : int
+        Windows per call (memory only).
+
+    Example
+    -------
+    See ``tests/test_export.py``.
+    """
+
+    def __init__(self, data, chunk=CHUNK_WINDOWS):
+        source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+        files = {"metadata.json": ""}
+        self.module = torch.jit.load(source, _extra_files=files)
+        self.metadata = json.loads(files["metadata.json"])
+        self.batch_norm = self.metadata["normalization"].startswith("batch")
+        self.chunk = max(int(chunk), 1)
+
+    @torch.no_grad()
+    def window_probs(self, windows):
+        """Class probabilities of each window of one clip.
+
+        Arguments
+        ---------
+        windows : numpy.ndarray
+            ``[n_windows, samples, channels]``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n_windows, n_classes]``.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
+        if not self.batch_norm:
+            return torch.cat(
+                [self.module(c) for c in x.split(self.chunk)]
+            ).numpy()
+        own = torch.full((2,), float("nan"))
+        stats = own
+        if x.shape[0] > self.chunk:
+            stats = torch.from_numpy(
+                combine_moments(
+                    [
+                        self.module(c, own)[1].numpy()
+                        for c in x.split(self.chunk)
+                    ]
+                ).astype(np.float32)
+            )
+        return torch.cat(
+            [self.module(c, stats)[0] for c in x.split(self.chunk)]
+        ).numpy()
+
+
+# -------------------------------------------------------------- the check
+
+
+def generated_clips(sample_rate, channels, num_samples, seed=0):
+    """Clips to check an export with: tones, noise and silence, at the model's
+    rate and channels, of :data:`CHECK_LENGTHS` windows.
+
+    Arguments
+    ---------
+    sample_rate : int
+        The model's rate.
+    channels : int
+        Its channel count.
+    num_samples : int
+        Its window length.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    list of (str, torch.Tensor)
+        ``(name, clip)``: ``[time]`` (mono) or ``[time, channels]``.
+
+    Example
+    -------
+    >>> [(n, c.shape) for n, c in generated_clips(8000, 2, 800)][:2]
+    [('generated-0', torch.Size([240, 2])), ('generated-1', torch.Size([800, 2]))]
+    """
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i, windows in enumerate(CHECK_LENGTHS):
+        n = max(int(windows * num_samples), 1)
+        t = np.arange(n) / sample_rate
+        sig = np.zeros(n)
+        for _ in range(3):  # a few tones, each in part of the clip
+            f = rng.uniform(100, 0.45 * sample_rate)
+            a, b = sorted(rng.integers(0, n, 2))
+            sig[a : b + 1] += rng.uniform(0.05, 0.4) * np.sin(
+                2 * np.pi * f * t[a : b + 1]
+            )
+        sig += rng.uniform(0.001, 0.05) * rng.standard_normal(n)
+        sig[: n // 10] = 0.0  # some silence
+        wav = np.stack([sig * (1 - 0.3 * c) for c in range(channels)], 1)
+        wav = torch.from_numpy(wav.astype(np.float32))
+        clips.append(
+            (f"generated-{i}", wav.squeeze(-1) if channels == 1 else wav)
+        )
+    return clips
+
+
+def data_files(paths):
+    """The audio files named by ``--data``: files, folders, manifests.
+
+    Arguments
+    ---------
+    paths : list of str or Path
+        Audio files; folders (searched recursively); SpeechBrain JSON
+        manifests (their ``wav`` entries, e.g. ``manifests/test.json``).
+
+    Returns
+    -------
+    list of Path
+        The files, in order.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "m.json").write_text('{"a": {"wav": "x.wav"}}')
+    >>> data_files([tmp / "m.json"])
+    [PosixPath('x.wav')]
+    """
+    files = []
+    for item in paths:
+        item = Path(item)
+        if item.is_dir():
+            files += [item / rel for rel in find_audio_files(item)]
+        elif item.suffix.lower() == ".json":
+            try:
+                manifest = json.loads(item.read_text(encoding="utf-8"))
+                files += [Path(e["wav"]) for e in manifest.values()]
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+            ) as e:
+                raise ExportError(
+                    f"{item}: not a SpeechBrain manifest with 'wav' entries "
+                    f"({type(e).__name__}: {e})"
+                ) from None
+        else:
+            files.append(item)
+    return files
+
+
+def load_clips(model, files):
+    """Read and condition files for the check (the training pipeline).
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The model.
+    files : list of Path
+        Audio files.
+
+    Returns
+    -------
+    list of (str, torch.Tensor)
+        ``(path, clip)`` at the model's rate and channels.
+    """
+    rate, channels, _ = model_audio_spec(model)
+    remove_dc = bool(getattr(model.hparams, "remove_dc", False))
+    conditioner = ClipConditioner(rate, channels, remove_dc=remove_dc)
+    clips = []
+    for path in files:
+        try:
+            wav, sr = load_audio(path)
+        except AudioLoadError as e:
+            raise ExportError(f"--data: {e}") from None
+        clips.append((str(path), conditioner.convert(wav, sr)))
+    return clips
+
+
+def compare(model, scorer, clips):
+    """Compare an export with eager PyTorch on the windows of each clip.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The eager model.
+    scorer : object
+        The export: ``scorer.window_probs(windows)`` returns
+        ``[n_windows, n_classes]`` for numpy ``[n_windows, samples,
+        channels]`` windows.
+    clips : list of (str, torch.Tensor)
+        Conditioned clips.
+
+    Returns
+    -------
+    dict
+        ``clips``, ``windows``, ``top1_agree`` (clips whose mean
+        probabilities have the same most probable class),
+        ``max_abs_diff`` (largest difference of any window's probability),
+        ``worst`` (the clip where it is).
+    """
+    _, _, num_samples = model_audio_spec(model)
+    stats = {
+        "clips": 0,
+        "windows": 0,
+        "top1_agree": 0,
+        "max_abs_diff": 0.0,
+        "worst": None,
+    }
+    for name, wav in clips:
+        windows = sliding_windows(wav, num_samples)
+        eager = window_probs(model, windows).double().numpy()
+        array = windows.numpy()
+        if array.ndim == 2:
+            array = array[..., None]
+        try:
+            exported = scorer.window_probs(array)
+        except Exception as e:
+            raise ExportError(
+                f"the exported model fails on {name} ({array.shape[0]} "
+                f"window(s); it was exported with {EXAMPLE_WINDOWS}, so the "
+                f"exporter may have fixed the number of windows): {reason(e)}"
+            ) from e
+        exported = np.asarray(exported, dtype=np.float64)
+        if exported.shape != eager.shape:
+            raise ExportError(
+                f"the export returns {exported.shape} probabilities for "
+                f"{name}, eager PyTorch {eager.shape}"
+            )
+        diff = float(np.abs(exported - eager).max())
+        if not math.isfinite(diff):
+            diff = math.inf
+        stats["clips"] += 1
+        stats["windows"] += eager.shape[0]
+        agree = int(exported.mean(0).argmax() == eager.mean(0).argmax())
+        stats["top1_agree"] += agree
+        if diff > stats["max_abs_diff"] or not agree:
+            stats["max_abs_diff"] = max(diff, stats["max_abs_diff"])
+            stats["worst"] = name
+    return stats
+
+
+def check_summary(fmt, stats, tolerance=PROB_TOLERANCE):
+    """One line on an export's check, and whether it passed.
+
+    Arguments
+    ---------
+    fmt : str
+        ``"onnx"`` or ``"torchscript"``.
+    stats : dict
+        From :func:`compare`.
+    tolerance : float
+        The largest difference allowed.
+
+    Returns
+    -------
+    line : str
+        The summary.
+    ok : bool
+        Every clip has the same top-1 label and every probability agrees
+        within ``tolerance``.
+
+    Example
+    -------
+    >>> s = {
+    ...     "clips": 5,
+    ...     "windows": 21,
+    ...     "top1_agree": 5,
+    ...     "max_abs_diff": 2e-7,
+    ...     "worst": "a",
+    ... }
+    >>> check_summary("onnx", s)
+    ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on 5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
+    """
+    ok = (
+        stats["top1_agree"] == stats["clips"]
+        and stats["max_abs_diff"] <= tolerance
+    )
+    line = (
+        f"{fmt}: {stats['clips']} clips ({stats['windows']} windows) against "
+        f"eager PyTorch: same top-1 label on {stats['top1_agree']}/"
+        f"{stats['clips']} clips, max |Δprob| {stats['max_abs_diff']:.1e} "
+        f"(limit {tolerance:.0e})"
+    )
+    return line, ok
+
+
+def export_model(
+    folder,
+    formats=("onnx", "torchscript"),
+    data=None,
+    max_clips=None,
+    opset=DEFAULT_OPSET,
+    log=print,
+):
+    """Export a model folder, check each export, write the ones that pass.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The model folder (``<output_folder>/model``).
+    formats : tuple of str
+        ``"onnx"`` and/or ``"torchscript"``.
+    data : list of str or Path, optional
+        Check clips: audio files, folders, manifests (default: generated).
+    max_clips : int, optional
+        Use at most this many of them.
+    opset : int
+        The ONNX opset.
+    log : callable
+        Where the summary lines go.
+
+    Returns
+    -------
+    dict
+        Per format: ``{"path": Path, **check stats}`` when written, or
+        ``{"error": message}``.
+
+    Raises
+    ------
+    UserError
+        If ``folder`` is not a model folder, or the ``--data`` clips cannot
+        be read.
+    """
+    folder = Path(folder)
+    check_model_folder(folder)
+    model = load_model(folder)
+    rate, channels, num_samples = model_audio_spec(model)
+    if num_samples is None:
+        raise ExportError(
+            f"{folder}: hyperparams.yaml has no duration_ms: the export needs "
+            "the training clip length"
+        )
+    if data:
+        files = data_files(data)
+        if not files:
+            raise ExportError("--data names no audio file")
+        clips = load_clips(model, files[:max_clips])
+    else:
+        clips = generated_clips(rate, channels, num_samples)[:max_clips]
+    results = {}
+    for fmt in formats:
+        try:
+            results[fmt] = _export_one(model, fmt, folder, clips, opset, log)
+        except ExportError as e:
+            log(f"{fmt}: refused: {e}")
+            results[fmt] = {"error": str(e)}
+    return results
+
+
+def _export_one(model, fmt, folder, clips, opset, log):
+    """Build, check and write one format (see :func:`export_model`)."""
+    method = "matmul" if fmt == "onnx" else "stft"
+    try:
+        wrapper = WindowClassifier(model, method)
+        metadata = model_metadata(model, wrapper)
+        if fmt == "onnx":
+            data = to_onnx(wrapper, metadata, opset)
+            scorer = OnnxModel(data)
+        else:
+            data = to_torchscript(wrapper, metadata)
+            scorer = TorchScriptScorer(data)
+        stats = compare(model, scorer, clips)
+    except ExportError as e:
+        raise ExportError(
+            f"{describe_model(model)} cannot be exported to {fmt}: {e}"
+        ) from e
+    except Exception as e:  # the exporters' own errors, in many types
+        raise ExportError(
+            f"{describe_model(model)} cannot be exported to {fmt}: {reason(e)}"
+        ) from e
+    line, ok = check_summary(fmt, stats)
+    if not ok:
+        raise ExportError(
+            f"{line}: the export does not compute what the model computes "
+            f"(worst clip: {stats['worst']}); nothing written"
+        )
+    path = atomic_write_bytes(folder / FILES[fmt], data)
+    log(f"{line}: OK, wrote {path}")
+    return {"path": path, **stats}
+
+
+# -------------------------------------------------- untrained model folders
+
+
+def untrained_model_folder(yaml_file, folder, labels, overrides=None):
+    """Write a model folder from a training YAML's initial (random) weights.
+
+    For benchmarks and tests of the export path, which need a model folder
+    of a given architecture but not a trained one: the YAML is loaded with
+    ``overrides`` (``data_folder`` and ``output_folder`` are filled in, and
+    ``n_classes`` from ``labels``), and
+    :func:`sb_urbansound.inference.export_inference_folder` writes the folder
+    from the modules as built.
+
+    Arguments
+    ---------
+    yaml_file : str or Path
+        A recipe YAML (``hparams/cnn.yaml``, ...).
+    folder : str or Path
+        The model folder to write.
+    labels : list of str
+        The class names.
+    overrides : dict, optional
+        More YAML overrides (sizes, rates).
+
+    Returns
+    -------
+    Path
+        The model folder.
+
+    Example
+    -------
+    See ``tests/test_export.py`` and ``bench/inference.py``.
+    """
+    import tempfile
+
+    from hyperpyyaml import load_hyperpyyaml, resolve_references
+    from sb_urbansound.inference import export_inference_folder
+
+    yaml_file = Path(yaml_file)
+    recipe = str(yaml_file.resolve().parent.parent)  # !name:<prepare module>
+    if recipe not in sys.path:
+        sys.path.insert(0, recipe)
+    text = yaml_file.read_text(encoding="utf-8")
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        values = {
+            "data_folder": str(Path(tmp) / "no-data"),
+            "output_folder": tmp,
+            "n_classes": len(labels),
+            **(overrides or {}),
+        }
+        hparams = load_hyperpyyaml(text, values)
+        resolved = resolve_references(text, values).getvalue()
+        (Path(tmp) / "hyperparams.yaml").write_text(resolved, encoding="utf-8")
+        hparams["label_encoder"].update_from_iterable(labels)
+        for module in hparams["modules"].values():
+            module.eval()
+        folder = export_inference_folder(hparams, folder=folder)
+    torch.set_num_threads(threads)  # the YAML sets the recipe's threads
+    return folder
+
+
+# ------------------------------------------------------------ command line
+
+
+def parse_args(argv=None):
+    """Parse the command line (see the module docstring).
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace
+        ``model_folder``, ``format``, ``data``, ``max_clips``, ``opset``,
+        ``verbose``.
+
+    Example
+    -------
+    >>> a = parse_args(["model", "--format", "onnx"])
+    >>> a.model_folder, a.format, a.data
+    ('model', 'onnx', None)
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m sb_urbansound.export",
+        description=(
+            "Export a trained model folder to ONNX (model.onnx) and "
+            "TorchScript (model.ts), from the conditioned waveform to class "
+            "probabilities, after checking each against eager PyTorch. Exit "
+            "status: 0 if every format was written, 1 if one was refused or "
+            "failed its check, 2 for a usage or model folder error."
+        ),
+    )
+    parser.add_argument(
+        "model_folder", help="the inference folder (<output_folder>/model)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["onnx", "torchscript", "all"],
+        default="all",
+        help="what to write (default: all)",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="check clips: audio files, folders, or manifests such as "
+        "<output_folder>/manifests/test.json (default: generated clips)",
+    )
+    parser.add_argument(
+        "--max-clips",
+        type=int,
+        metavar="N",
+        help="check at most N of the --data clips",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset (default: {DEFAULT_OPSET})",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks"
+    )
+    args = parser.parse_args(argv)
+    if args.max_clips is not None and args.max_clips < 1:
+        parser.error("--max-clips must be at least 1")
+    return args
+
+
+def main(argv=None):
+    """Run the command line; return the exit status.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 if every format was written, 1 if one was refused or failed its
+        check, 2 for a usage error or a folder that is not a model folder.
+
+    Example
+    -------
+    >>> main(["no/such/model"])
+    2
+    """
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if not args.verbose:
+        from sb_urbansound.classify import _quiet_speechbrain
+
+        _quiet_speechbrain()
+    formats = list(FILES) if args.format == "all" else [args.format]
+    try:
+        results = export_model(
+            args.model_folder,
+            formats,
+            data=args.data,
+            max_clips=args.max_clips,
+            opset=args.opset,
+        )
+    except UserError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

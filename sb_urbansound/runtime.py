@@ -1,0 +1,704 @@
+"""A runtime without torch: read, condition and classify audio with ``model.onnx``.
+
+This module imports numpy, soundfile and (when a model is loaded)
+onnxruntime, and of this package only its torch-free modules
+(:mod:`sb_urbansound.errors`, :mod:`sb_urbansound.timeline`): no torch, no
+SpeechBrain, no HyperPyYAML. It runs where the model must run without the
+training stack (a small box, a container without CUDA wheels)::
+
+    from sb_urbansound.runtime import OnnxModel
+
+    model = OnnxModel("results/cnn/1234/model")  # or ".../model.onnx"
+    result = model.classify_file("dog.wav", top_k=3)
+    # {'path': 'dog.wav', 'label': 'dog_bark', 'prob': 0.97, 'top_k': [...],
+    #  'n_windows': 1, 'duration_s': 4.0}
+
+``python -m sb_urbansound.export MODEL_FOLDER`` writes ``model.onnx``; its
+metadata holds the labels and the audio spec, so the ONNX file alone is
+enough. ``python -m sb_urbansound.classify MODEL_FOLDER files...
+--backend onnx`` uses this module.
+
+The audio goes through the steps of training's
+:class:`sb_urbansound.audio.ClipConditioner` and of
+:func:`sb_urbansound.inference.sliding_windows`, written again in numpy
+(``tests/test_runtime.py`` pins both paths to the same numbers on every
+format of UrbanSound8K):
+
+1. read with soundfile as float32 ``[time, channels]`` (integer PCM scaled
+   to [-1, 1], as ``speechbrain.dataio.audio_io`` reads it);
+2. down-mix (average) when the file has more channels than the model;
+3. resample with torchaudio's sinc interpolation (Hann window, 6 zero
+   crossings, roll-off 0.99; :class:`Resampler`, a numpy port that also
+   works on a stream);
+4. up-mix mono to the model's channels; subtract each channel's mean when the
+   model was trained with ``remove_dc``;
+5. cut into windows of the training length, hop half a window, the last one
+   zero-padded (:func:`sb_urbansound.timeline.sliding_windows`).
+
+The ONNX model takes the windows of one clip, ``[windows, samples,
+channels]``, and returns each window's class probabilities (shifted test
+views averaged, when the model was trained with them). A model whose
+normaliser standardises a whole batch with one mean and deviation (the
+tutorial's ``BatchStandardize``) standardises all the windows of a clip
+together, as ``classify`` does; for a long clip, scored ``chunk`` windows at
+a time, a first pass collects the features' statistics over all its windows
+(the ``feature_moments`` output) and a second scores with them
+(``norm_stats`` input), so the result does not depend on the chunk size.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from sb_urbansound.errors import AudioLoadError, UserError
+from sb_urbansound.timeline import sliding_windows
+
+#: The exported model's file name in a model folder.
+ONNX_FILE = "model.onnx"
+#: Windows per ONNX run (memory only: results do not depend on it).
+CHUNK_WINDOWS = 16
+#: Metadata keys every sb-urbansound ONNX model has.
+REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
+
+
+class ModelFileError(UserError):
+    """A file is not an sb-urbansound ONNX model (the message says why).
+
+    Example
+    -------
+    >>> issubclass(ModelFileError, UserError)
+    True
+    """
+
+
+# ------------------------------------------------------------ reading audio
+
+
+def read_audio(path):
+    """Read an audio file as float32 ``[time, channels]`` with its rate.
+
+    The torch-free twin of :func:`sb_urbansound.audio.load_audio`, with the
+    same checks and messages: a missing file or one that is not a regular
+    file, one that cannot be decoded, an empty one and one with NaN or
+    infinite samples raise :class:`~sb_urbansound.errors.AudioLoadError`.
+
+    Arguments
+    ---------
+    path : str or Path
+        The audio file (anything soundfile reads).
+
+    Returns
+    -------
+    wav : numpy.ndarray
+        float32 ``[time, channels]``.
+    sample_rate : int
+        The file's rate.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> sf.write(tmp / "a.wav", np.zeros((800, 2)), 8000)
+    >>> wav, rate = read_audio(tmp / "a.wav")
+    >>> wav.shape, wav.dtype, rate
+    ((800, 2), dtype('float32'), 8000)
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise AudioLoadError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioLoadError(
+            f"{path}: not a regular file (a folder, pipe or device); only "
+            "regular files are read as audio"
+        )
+    try:
+        wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile errors
+        raise AudioLoadError(
+            f"{path}: cannot be decoded ({e}). The file may be corrupt: "
+            "replace it, or remove it from the data set."
+        ) from e
+    if wav.shape[0] == 0:
+        raise AudioLoadError(
+            f"{path}: holds no samples; remove it from the data set."
+        )
+    finite = np.isfinite(wav)
+    if not finite.all():
+        raise AudioLoadError(
+            f"{path}: holds {int((~finite).sum())} NaN or infinite sample(s), "
+            "which would turn every weight of the model into NaN. Repair or "
+            "remove the file (or prepare the data with skip_missing=True to "
+            "leave it out)."
+        )
+    return wav, int(rate)
+
+
+# ------------------------------------------------------------- conditioning
+
+
+def rechannel(wav, channels):
+    """Convert ``[time, channels]`` audio to ``channels`` channels.
+
+    As :func:`sb_urbansound.audio.rechannel`: mono to several channels
+    duplicates, several to mono averages, anything else goes through mono.
+
+    Arguments
+    ---------
+    wav : numpy.ndarray
+        ``[time, have]``.
+    channels : int
+        The number of channels wanted.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[time, channels]``.
+
+    Example
+    -------
+    >>> rechannel(np.array([[1.0, 3.0]], dtype=np.float32), 1).tolist()
+    [[2.0]]
+    >>> rechannel(np.ones((5, 1)), 2).shape
+    (5, 2)
+    """
+    have = wav.shape[-1]
+    if have == channels:
+        return wav
+    mono = wav if have == 1 else wav.mean(axis=-1, keepdims=True)
+    if channels == 1:
+        return mono.astype(wav.dtype, copy=False)
+    return np.repeat(mono, channels, axis=-1).astype(wav.dtype, copy=False)
+
+
+def sinc_kernel(orig_freq, new_freq, lowpass_filter_width=6, rolloff=0.99):
+    """torchaudio's Hann-windowed sinc resampling kernel, in numpy.
+
+    The kernel of ``torchaudio.transforms.Resample(orig_freq, new_freq)``
+    with its defaults (``sinc_interp_hann``), computed the same way (float64,
+    then float32) for rates already divided by their greatest common divisor.
+
+    Arguments
+    ---------
+    orig_freq : int
+        The reduced input rate.
+    new_freq : int
+        The reduced output rate.
+    lowpass_filter_width : int
+        Zero crossings on each side.
+    rolloff : float
+        Cut-off, as a fraction of the lower Nyquist rate.
+
+    Returns
+    -------
+    kernel : numpy.ndarray
+        float32 ``[new_freq, 2 * width + orig_freq]``: one filter per output
+        phase.
+    width : int
+        Input samples of context on each side.
+
+    Example
+    -------
+    >>> kernel, width = sinc_kernel(2, 1)
+    >>> kernel.shape, width
+    ((1, 28), 13)
+    """
+    base_freq = min(orig_freq, new_freq) * rolloff
+    width = math.ceil(lowpass_filter_width * orig_freq / base_freq)
+    idx = np.arange(-width, width + orig_freq, dtype=np.float64) / orig_freq
+    # torchaudio divides the output positions in float32 (its default dtype)
+    phases = np.arange(0, -new_freq, -1, dtype=np.float32) / np.float32(
+        new_freq
+    )
+    t = (phases.astype(np.float64)[:, None] + idx[None, :]) * base_freq
+    t = np.clip(t, -lowpass_filter_width, lowpass_filter_width)
+    window = np.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t *= math.pi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kernels = np.where(t == 0, 1.0, np.sin(t) / t)
+    kernels *= window * (base_freq / orig_freq)
+    return kernels.astype(np.float32), width
+
+
+class Resampler:
+    """torchaudio's sinc resampler in numpy, one block of audio at a time.
+
+    Gives the numbers of ``torchaudio.transforms.Resample(orig_freq,
+    new_freq)`` (the resampler of SpeechBrain's ``AudioNormalizer``, hence of
+    training) on the whole signal, however the signal is cut into blocks:
+    each call returns the output samples that the input so far determines,
+    and :meth:`flush` the rest (the end zero-padded, as torchaudio pads it).
+    It keeps at most one filter's length of input: constant memory on a
+    stream.
+
+    Arguments
+    ---------
+    orig_freq : int
+        The input rate.
+    new_freq : int
+        The output rate.
+
+    Example
+    -------
+    >>> r = Resampler(16000, 8000)
+    >>> x = (
+    ...     np.random.default_rng(0)
+    ...     .standard_normal((1000, 2))
+    ...     .astype("float32")
+    ... )
+    >>> a = np.concatenate([r(x[:300]), r(x[300:]), r.flush()])
+    >>> b = resample(x, 16000, 8000)
+    >>> a.shape, bool(np.array_equal(a, b))
+    ((500, 2), True)
+    """
+
+    def __init__(self, orig_freq, new_freq):
+        orig_freq, new_freq = int(orig_freq), int(new_freq)
+        if orig_freq < 1 or new_freq < 1:
+            raise ValueError(
+                f"sample rates must be positive, got {orig_freq} and {new_freq}"
+            )
+        gcd = math.gcd(orig_freq, new_freq)
+        self.orig, self.new = orig_freq // gcd, new_freq // gcd
+        self.identity = self.orig == self.new
+        self.kernel, self.width = sinc_kernel(self.orig, self.new)
+        self._buffer = None  # padded input not yet consumed
+        self._seen = 0  # input samples so far
+        self._given = 0  # output samples so far
+
+    def _blocks(self, final):
+        """Output samples of every full filter position in the buffer."""
+        size = self.kernel.shape[1]
+        buf = self._buffer
+        n_blocks = (
+            0 if buf.shape[0] < size else 1 + (buf.shape[0] - size) // self.orig
+        )
+        if final:  # torchaudio's length: ceil(new * length / orig)
+            target = math.ceil(self.new * self._seen / self.orig)
+            n_blocks = min(n_blocks, -(-(target - self._given) // self.new))
+        if n_blocks <= 0:
+            return np.zeros((0, buf.shape[1]), np.float32)
+        frames = np.lib.stride_tricks.sliding_window_view(buf, size, 0)
+        frames = frames[: n_blocks * self.orig : self.orig]  # [n, C, size]
+        out = np.matmul(frames, self.kernel.T)  # [n, C, new]
+        out = out.transpose(0, 2, 1).reshape(-1, buf.shape[1])
+        self._buffer = buf[n_blocks * self.orig :]
+        if final:
+            out = out[: max(target - self._given, 0)]
+        self._given += out.shape[0]
+        return out
+
+    def __call__(self, x):
+        """Feed ``[time, channels]`` float32 input; return the output so far.
+
+        Arguments
+        ---------
+        x : numpy.ndarray
+            The next block of input.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n, channels]`` float32 output samples (possibly none).
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if self.identity:
+            return x
+        if self._buffer is None:  # torchaudio pads `width` zeros in front
+            self._buffer = np.zeros((self.width, x.shape[1]), np.float32)
+        self._buffer = np.concatenate([self._buffer, x])
+        self._seen += x.shape[0]
+        return self._blocks(final=False)
+
+    def flush(self):
+        """The last output samples, once the input has ended.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n, channels]``; the resampler is then reset.
+        """
+        if self.identity or self._buffer is None:
+            channels = 1 if self._buffer is None else self._buffer.shape[1]
+            return np.zeros((0, channels), np.float32)
+        pad = np.zeros(
+            (self.width + self.orig, self._buffer.shape[1]), np.float32
+        )
+        self._buffer = np.concatenate([self._buffer, pad])
+        out = self._blocks(final=True)
+        self._buffer, self._seen, self._given = None, 0, 0
+        return out
+
+
+def resample(wav, orig_freq, new_freq):
+    """Resample ``[time, channels]`` audio as torchaudio's ``Resample`` does.
+
+    Arguments
+    ---------
+    wav : numpy.ndarray
+        float32 ``[time, channels]``.
+    orig_freq : int
+        Its rate.
+    new_freq : int
+        The rate wanted.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[ceil(time * new_freq / orig_freq), channels]``.
+
+    Example
+    -------
+    >>> resample(np.ones((441, 1), np.float32), 44100, 16000).shape
+    (160, 1)
+    """
+    if int(orig_freq) == int(new_freq):
+        return np.asarray(wav, dtype=np.float32)
+    r = Resampler(orig_freq, new_freq)
+    return np.concatenate([r(wav), r.flush()])
+
+
+def remove_dc_offset(wav):
+    """Subtract each channel's mean (time first), as training's ``remove_dc``.
+
+    Arguments
+    ---------
+    wav : numpy.ndarray
+        ``[time, channels]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, zero mean per channel.
+
+    Example
+    -------
+    >>> remove_dc_offset(np.array([[1.0], [3.0]], np.float32)).ravel().tolist()
+    [-1.0, 1.0]
+    """
+    mean = wav.mean(axis=0, keepdims=True, dtype=np.float64)
+    return (wav - mean.astype(np.float32)).astype(np.float32, copy=False)
+
+
+class Conditioner:
+    """Bring audio to a model's rate and channels, as training did.
+
+    The numpy twin of :meth:`sb_urbansound.audio.ClipConditioner.convert`:
+    down-mix, resample, up-mix, and optionally remove the DC offset. Unlike
+    it, mono stays ``[time, 1]``: the ONNX model's input is always
+    ``[windows, samples, channels]``.
+
+    Arguments
+    ---------
+    sample_rate : int
+        The model's rate.
+    channels : int
+        The model's channel count.
+    remove_dc : bool
+        Subtract each channel's mean.
+
+    Example
+    -------
+    >>> cond = Conditioner(8000, 2)
+    >>> cond.convert(np.zeros((16000, 1), np.float32), 16000).shape
+    (8000, 2)
+    """
+
+    def __init__(self, sample_rate, channels=1, remove_dc=False):
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self.remove_dc = bool(remove_dc)
+        if self.channels < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
+
+    def convert(self, wav, sample_rate):
+        """Down-mix, resample, up-mix (and remove the DC offset) a clip.
+
+        Arguments
+        ---------
+        wav : numpy.ndarray
+            ``[time]`` or ``[time, channels]``.
+        sample_rate : int
+            Its rate.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``[new_time, self.channels]``.
+        """
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim == 1:
+            wav = wav[:, None]
+        wav = rechannel(wav, min(self.channels, wav.shape[1]))  # down-mix
+        wav = resample(wav, sample_rate, self.sample_rate)
+        wav = rechannel(wav, self.channels)  # up-mix
+        return remove_dc_offset(wav) if self.remove_dc else wav
+
+
+# ------------------------------------------------------------------- model
+
+
+def _parse_metadata(meta, source):
+    """The audio spec and labels in an ONNX model's metadata."""
+    missing = [key for key in REQUIRED_METADATA if key not in meta]
+    if missing:
+        raise ModelFileError(
+            f"{source} is not an ONNX model exported by sb_urbansound.export "
+            f"(its metadata lacks {', '.join(missing)}): export the model "
+            "folder with python -m sb_urbansound.export MODEL_FOLDER"
+        )
+    try:
+        labels = json.loads(meta["labels"])
+        spec = {
+            "labels": [str(label) for label in labels],
+            "sample_rate": int(meta["sample_rate"]),
+            "channels": int(meta["channels"]),
+            "num_samples": int(meta["num_samples"]),
+            "remove_dc": meta.get("remove_dc", "false") == "true",
+        }
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{source}: bad metadata ({e})") from None
+    return spec
+
+
+class OnnxModel:
+    """An exported model (``model.onnx``) with the audio steps of training.
+
+    Arguments
+    ---------
+    path : str or Path or bytes
+        A model folder holding ``model.onnx``, the ONNX file itself, or its
+        bytes.
+    threads : int, optional
+        onnxruntime's intra-op threads (default: its own choice).
+    chunk : int
+        Windows per run (memory only: results do not depend on it).
+
+    Example
+    -------
+    See ``tests/test_runtime.py``; the module docstring shows the use.
+    """
+
+    def __init__(self, path, threads=None, chunk=CHUNK_WINDOWS):
+        import onnxruntime
+
+        if isinstance(path, bytes):  # a serialised model (the export's check)
+            file, source = "(ONNX model in memory)", path
+        else:
+            path = Path(path)
+            file = path / ONNX_FILE if path.is_dir() else path
+            if not file.is_file():
+                hint = (
+                    f"python -m sb_urbansound.export {path} writes it"
+                    if path.is_dir()
+                    else "give a model folder or its model.onnx"
+                )
+                raise ModelFileError(f"No ONNX model at {file} ({hint})")
+            source = str(file)
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = onnxruntime.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # not ONNX, truncated, ...
+            raise ModelFileError(
+                f"{file} cannot be loaded by onnxruntime ({e})"
+            ) from None
+        spec = _parse_metadata(
+            self.session.get_modelmeta().custom_metadata_map, file
+        )
+        self.path = file
+        self.labels = spec["labels"]
+        self.sample_rate = spec["sample_rate"]
+        self.channels = spec["channels"]
+        self.num_samples = spec["num_samples"]
+        self.remove_dc = spec["remove_dc"]
+        self.chunk = max(int(chunk), 1)
+        inputs = [i.name for i in self.session.get_inputs()]
+        self.input_name = inputs[0]
+        #: Whether the windows of a clip are standardised together
+        self.batch_norm = "norm_stats" in inputs
+        self.conditioner = Conditioner(
+            self.sample_rate, self.channels, self.remove_dc
+        )
+
+    def _run(self, windows, stats, outputs=None):
+        """One onnxruntime call on ``[n, samples, channels]`` windows."""
+        feeds = {self.input_name: np.ascontiguousarray(windows, np.float32)}
+        if self.batch_norm:
+            feeds["norm_stats"] = np.asarray(stats, np.float32)
+        return self.session.run(outputs, feeds)
+
+    def window_probs(self, windows):
+        """Class probabilities of each window of one clip.
+
+        Arguments
+        ---------
+        windows : numpy.ndarray
+            ``[n_windows, num_samples, channels]`` at the model's rate.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``[n_windows, n_classes]``.
+        """
+        n = windows.shape[0]
+        if windows.ndim == 2:
+            windows = windows[..., None]
+        own = [np.nan, np.nan]  # standardise with the batch's own statistics
+        if n <= self.chunk:
+            return self._run(windows, own)[0]
+        stats = own
+        if self.batch_norm:  # first pass: the statistics of all the windows
+            parts = [
+                self._run(windows[i : i + self.chunk], own)[1]
+                for i in range(0, n, self.chunk)
+            ]
+            stats = combine_moments(parts)
+        return np.concatenate(
+            [
+                self._run(windows[i : i + self.chunk], stats)[0]
+                for i in range(0, n, self.chunk)
+            ]
+        )
+
+    def read(self, path):
+        """Read a file and convert it to the model's rate and channels.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``[time, channels]`` at the model's rate.
+        """
+        wav, rate = read_audio(path)
+        return self.conditioner.convert(wav, rate)
+
+    def file_window_probs(self, path):
+        """Read, condition and window a file; score every window.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+
+        Returns
+        -------
+        probs : numpy.ndarray
+            ``[n_windows, n_classes]``.
+        duration_s : float
+            The file's duration (at the model's rate).
+        """
+        wav = self.read(path)
+        windows = sliding_windows(wav, self.num_samples)
+        return self.window_probs(windows), wav.shape[0] / self.sample_rate
+
+    def classify_file(self, path, top_k=1):
+        """Classify one file as ``classify`` does: windows, mean probability.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+        top_k : int
+            How many labels to return.
+
+        Returns
+        -------
+        dict
+            ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
+            "prob"}``), ``n_windows``, ``duration_s``, ``probs`` (every
+            class's mean probability, in label order).
+
+        Raises
+        ------
+        AudioLoadError
+            If the file cannot be read.
+        """
+        probs, duration_s = self.file_window_probs(path)
+        mean = probs.mean(axis=0)
+        best = top_k_labels(mean, self.labels, top_k)
+        return {
+            "path": str(path),
+            "label": best[0]["label"],
+            "prob": best[0]["prob"],
+            "top_k": best,
+            "n_windows": int(probs.shape[0]),
+            "duration_s": duration_s,
+            "probs": [float(p) for p in mean],
+        }
+
+
+def combine_moments(parts):
+    """Mean and standard deviation of several batches from their moments.
+
+    Arguments
+    ---------
+    parts : list of numpy.ndarray
+        ``[count, mean, sum of squared deviations]`` of each batch (the ONNX
+        model's ``feature_moments`` output).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[mean, std]`` of all the values (``std`` unbiased, as
+        ``torch.std``).
+
+    Example
+    -------
+    >>> x = np.arange(10.0)
+    >>> parts = [
+    ...     np.array([len(p), p.mean(), ((p - p.mean()) ** 2).sum()])
+    ...     for p in (x[:3], x[3:])
+    ... ]
+    >>> combine_moments(parts).round(4).tolist(), round(float(x.std(ddof=1)), 4)
+    ([4.5, 3.0277], 3.0277)
+    """
+    parts = np.asarray(parts, dtype=np.float64)
+    counts, means, m2s = parts[:, 0], parts[:, 1], parts[:, 2]
+    total = counts.sum()
+    mean = (counts * means).sum() / total
+    m2 = (m2s + counts * (means - mean) ** 2).sum()
+    std = math.sqrt(m2 / max(total - 1, 1))
+    return np.array([mean, std])
+
+
+def top_k_labels(probs, labels, k=1):
+    """The ``k`` most probable labels and their probabilities.
+
+    Arguments
+    ---------
+    probs : numpy.ndarray
+        ``[n_classes]``.
+    labels : list of str
+        The class names, in index order.
+    k : int
+        How many (at most the number of classes).
+
+    Returns
+    -------
+    list of dict
+        ``{"label", "prob"}``, most probable first.
+
+    Example
+    -------
+    >>> top_k_labels(np.array([0.2, 0.5, 0.3]), ["a", "b", "c"], k=2)
+    [{'label': 'b', 'prob': 0.5}, {'label': 'c', 'prob': 0.3}]
+    """
+    k = max(1, min(int(k), len(labels)))
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [{"label": labels[i], "prob": float(probs[i])} for i in order]

@@ -1,0 +1,282 @@
+"""The time axis of a recording: sliding windows, and event timelines.
+
+Torch-free (numpy only), so that the PyTorch path
+(:mod:`sb_urbansound.inference`, :mod:`sb_urbansound.classify`) and the
+torch-free runtime (:mod:`sb_urbansound.runtime`, :mod:`sb_urbansound.stream`)
+share one definition of the windows and of the segments.
+
+* **Windows.** A clip is scored over windows of the training length
+  (``num_samples``) starting at ``0, hop, 2 * hop, ...`` (hop: half a window),
+  until a window reaches the end of the clip; that last window is padded with
+  zeros at the end, as evaluation pads short clips (:func:`window_count`,
+  :func:`sliding_windows`).
+* **Segments.** :func:`find_segments` turns the windows' class probabilities
+  into ``start, end, label, score`` events: window *k* speaks for the hop-long
+  stretch around its centre, ``[k * hop + (num_samples - hop) / 2,
+  k * hop + (num_samples + hop) / 2]`` (the first from 0, the last up to the
+  end of the recording; with half-window hops these stretches tile the
+  recording); a class is present where its probability reaches the
+  threshold; runs of such stretches are merged across gaps of at most
+  ``merge_gap`` seconds, and events shorter than ``min_duration`` are
+  dropped. :func:`count_events` counts them per class.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import math
+
+import numpy as np
+
+
+def default_hop(num_samples):
+    """The hop between windows: half a window (at least one sample).
+
+    Arguments
+    ---------
+    num_samples : int
+        The window length.
+
+    Returns
+    -------
+    int
+        ``max(num_samples // 2, 1)``.
+
+    Example
+    -------
+    >>> default_hop(16000), default_hop(1)
+    (8000, 1)
+    """
+    return max(int(num_samples) // 2, 1)
+
+
+def window_count(length, num_samples, hop=None):
+    """How many windows cover a clip of ``length`` samples.
+
+    Arguments
+    ---------
+    length : int
+        The clip length (samples).
+    num_samples : int
+        The window length.
+    hop : int, optional
+        The hop between window starts (default: :func:`default_hop`).
+
+    Returns
+    -------
+    int
+        1 for a clip no longer than a window, else
+        ``1 + ceil((length - num_samples) / hop)``.
+
+    Example
+    -------
+    >>> window_count(3, 4), window_count(10, 4), window_count(11, 4)
+    (1, 4, 5)
+    """
+    num_samples = int(num_samples)
+    hop = default_hop(num_samples) if hop is None else int(hop)
+    if hop < 1:
+        raise ValueError(f"hop must be at least 1 sample, got {hop}")
+    if length <= num_samples:
+        return 1
+    return 1 + math.ceil((length - num_samples) / hop)
+
+
+def sliding_windows(wav, num_samples, hop=None):
+    """Cut a clip (time first) into windows of ``num_samples`` (numpy).
+
+    The numpy twin of :func:`sb_urbansound.inference.sliding_windows`: the
+    same windows (:func:`window_count`), the last one zero-padded at the end.
+
+    Arguments
+    ---------
+    wav : numpy.ndarray
+        ``[time]`` or ``[time, channels]``.
+    num_samples : int
+        The window length.
+    hop : int, optional
+        The hop (default: half a window).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_windows, num_samples(, channels)]``, a read-only view of the
+        padded clip.
+
+    Example
+    -------
+    >>> sliding_windows(np.arange(10), 4).tolist()
+    [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9]]
+    >>> sliding_windows(np.ones((3, 2)), 4).shape
+    (1, 4, 2)
+    """
+    num_samples = int(num_samples)
+    hop = default_hop(num_samples) if hop is None else int(hop)
+    n = window_count(wav.shape[0], num_samples, hop)
+    total = (n - 1) * hop + num_samples
+    if wav.shape[0] != total:
+        padded = np.zeros((total,) + wav.shape[1:], dtype=wav.dtype)
+        keep = min(total, wav.shape[0])
+        padded[:keep] = wav[:keep]
+        wav = padded
+    windows = np.lib.stride_tricks.sliding_window_view(wav, num_samples, 0)
+    windows = windows[::hop]  # [n, (channels,) num_samples]
+    return windows if windows.ndim == 2 else np.moveaxis(windows, -1, 1)
+
+
+def window_spans(n_windows, num_samples, sample_rate, duration_s, hop=None):
+    """The stretch of time each window speaks for, in seconds.
+
+    Window *k* covers ``[k * hop, k * hop + num_samples]``; it speaks for the
+    hop-long stretch around its centre. The first stretch starts at 0 and the
+    last ends at ``duration_s`` (no stretch goes beyond it), so the stretches
+    of consecutive windows follow each other without gaps and cover the
+    recording.
+
+    Arguments
+    ---------
+    n_windows : int
+        The number of windows.
+    num_samples : int
+        The window length (samples).
+    sample_rate : int
+        The rate of the windows.
+    duration_s : float
+        The length of the recording (seconds).
+    hop : int, optional
+        The hop (default: half a window).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_windows, 2]``: start and end of each stretch (seconds).
+
+    Example
+    -------
+    >>> window_spans(3, 4, 1, 8.0).tolist()
+    [[0.0, 3.0], [3.0, 5.0], [5.0, 8.0]]
+    """
+    num_samples = int(num_samples)
+    hop = default_hop(num_samples) if hop is None else int(hop)
+    centres = np.arange(n_windows) * hop + num_samples / 2
+    spans = np.stack([centres - hop / 2, centres + hop / 2], axis=1)
+    spans /= float(sample_rate)
+    spans = np.minimum(spans, float(duration_s))
+    spans[0, 0] = 0.0
+    spans[-1, 1] = float(duration_s)
+    return spans
+
+
+def find_segments(
+    probs,
+    labels,
+    spans,
+    threshold=0.5,
+    min_duration=0.0,
+    merge_gap=0.0,
+):
+    """Turn per-window class probabilities into events.
+
+    A class is present during a window's stretch (:func:`window_spans`) when
+    its probability is at least ``threshold``. Consecutive stretches make one
+    event; two events of a class separated by at most ``merge_gap`` seconds
+    become one; events shorter than ``min_duration`` seconds are dropped. An
+    event's score is the mean probability of its class over the windows it
+    holds.
+
+    Arguments
+    ---------
+    probs : numpy.ndarray
+        ``[n_windows, n_classes]`` probabilities.
+    labels : list of str
+        The class names, in index order.
+    spans : numpy.ndarray
+        ``[n_windows, 2]`` from :func:`window_spans`.
+    threshold : float
+        Lowest probability for a class to be present.
+    min_duration : float
+        Shortest event kept (seconds).
+    merge_gap : float
+        Longest gap (seconds) across which two events of a class are merged.
+
+    Returns
+    -------
+    list of dict
+        ``{"start", "end", "label", "score"}``, by start time (then label).
+
+    Example
+    -------
+    >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.9, 0.1]])
+    >>> spans = window_spans(4, 2, 1, 5.0)
+    >>> for s in find_segments(p, ["a", "b"], spans):
+    ...     print(s["start"], s["end"], s["label"], round(s["score"], 2))
+    0.0 2.5 a 0.85
+    2.5 3.5 b 0.7
+    3.5 5.0 a 0.9
+    >>> len(find_segments(p, ["a", "b"], spans, merge_gap=1.0))
+    2
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    spans = np.asarray(spans, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(labels):
+        raise ValueError(
+            f"probs must be [n_windows, {len(labels)}], got {probs.shape}"
+        )
+    if spans.shape != (probs.shape[0], 2):
+        raise ValueError(f"spans must be [{probs.shape[0]}, 2]")
+    events = []
+    for c, label in enumerate(labels):
+        runs = []  # [first window, last window]
+        for k in np.flatnonzero(probs[:, c] >= threshold):
+            if runs and (
+                k == runs[-1][1] + 1
+                or spans[k, 0] - spans[runs[-1][1], 1] <= merge_gap
+            ):
+                runs[-1][1] = k
+            else:
+                runs.append([k, k])
+        for first, last in runs:
+            held = probs[first : last + 1, c]
+            held = held[held >= threshold]  # windows merged across a gap
+            start, end = spans[first, 0], spans[last, 1]
+            if end - start < min_duration:
+                continue
+            events.append(
+                {
+                    "start": round(float(start), 6),
+                    "end": round(float(end), 6),
+                    "label": label,
+                    "score": float(held.mean()),
+                }
+            )
+    events.sort(key=lambda e: (e["start"], e["label"]))
+    return events
+
+
+def count_events(segments, labels=None):
+    """How many events of each class.
+
+    Arguments
+    ---------
+    segments : list of dict
+        From :func:`find_segments`.
+    labels : list of str, optional
+        Classes to list even when they have no event (in this order).
+
+    Returns
+    -------
+    dict
+        ``{label: count}``.
+
+    Example
+    -------
+    >>> count_events(
+    ...     [{"label": "b"}, {"label": "a"}, {"label": "b"}], ["a", "b", "c"]
+    ... )
+    {'a': 1, 'b': 2, 'c': 0}
+    """
+    counts = dict.fromkeys(labels or [], 0)
+    for seg in segments:
+        counts[seg["label"]] = counts.get(seg["label"], 0) + 1
+    return counts
