@@ -585,7 +585,7 @@ def reason(error, limit=400):
     -------
     >>> try:
     ...     try:
-    ...         raise ValueError("Sizes must match\nfile.py(12): forward")
+    ...         raise ValueError("Sizes must match\\nfile.py(12): forward")
     ...     except ValueError as e:
     ...         raise RuntimeError("Failed to export") from e
     ... except RuntimeError as e:
