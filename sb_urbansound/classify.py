@@ -38,6 +38,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from sb_urbansound.audio import (
     AUDIO_SUFFIXES,
@@ -47,11 +48,14 @@ from sb_urbansound.audio import (
 )
 from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.inference import (
-    classify_waveform,
     load_model,
     model_audio_spec,
-    top_k_labels,
+    sliding_windows,
+    window_probs,
 )
+from sb_urbansound.runtime import OnnxModel, top_k_labels
+from sb_urbansound.stream import run_stream
+from sb_urbansound.timeline import count_events, find_segments, window_spans
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -106,6 +110,8 @@ def classify_files(
     device="cpu",
     progress=None,
     on_error=None,
+    backend="torch",
+    segments=None,
 ):
     """Classify audio files (and the audio files in folders) with a trained model.
 
@@ -115,9 +121,9 @@ def classify_files(
 
     Arguments
     ---------
-    model_folder : str or Path or EncoderClassifier
+    model_folder : str or Path or EncoderClassifier or OnnxModel
         The inference folder (``<output_folder>/model``), or a model already
-        loaded from one.
+        loaded from one (with SpeechBrain, or with the torch-free runtime).
     paths : list of str or Path
         Audio files and folders (searched recursively, see
         :func:`find_audio_files`).
@@ -134,13 +140,23 @@ def classify_files(
         Called as ``on_error(path, message)`` for each file that cannot be
         classified and each folder with no audio file (default: log a
         warning).
+    backend : str
+        ``"torch"`` (PyTorch and SpeechBrain) or ``"onnx"`` (the folder's
+        ``model.onnx`` with :mod:`sb_urbansound.runtime`, no torch), when
+        ``model_folder`` is a folder.
+    segments : dict, optional
+        Also find each file's events (:func:`sb_urbansound.timeline.
+        find_segments` with these ``threshold``, ``min_duration`` and
+        ``merge_gap``) from its windows' probabilities.
 
     Returns
     -------
     list of dict
         One per file, in order: ``path`` (str), ``label`` and ``prob`` (the most
         probable class), ``top_k`` (list of ``{"label", "prob"}``),
-        ``n_windows`` and ``duration_s``; or ``path`` and ``error`` (a message)
+        ``n_windows`` and ``duration_s`` (with ``segments``: also
+        ``segments``, a list of ``{"start", "end", "label", "score"}``, and
+        ``counts``, events per class); or ``path`` and ``error`` (a message)
         for a file that could not be read or whose probabilities are not
         finite, and for a folder with no audio file.
 
@@ -149,14 +165,8 @@ def classify_files(
     See ``tests/test_inference.py``; from the command line,
     ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
     """
-    if _is_path(model_folder):
-        model, folder_name = load_model(model_folder, device), str(model_folder)
-    else:
-        model = model_folder
-        folder_name = getattr(model, "model_folder", None)
-    sample_rate, channels, num_samples = model_audio_spec(model)
-    remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-    normalizer = ClipConditioner(sample_rate, channels, remove_dc=remove_dc)
+    scorer = load_scorer(model_folder, backend, device, batch_size)
+    folder_name = scorer.model_folder
     items = []  # (path, message): message for an input with no audio file
     for item in paths:
         found = expand_inputs([item])
@@ -185,29 +195,155 @@ def classify_files(
             fail(path, message)
             continue
         try:
-            wav, rate = load_audio(path)
+            per_window, duration_s = scorer.file_window_probs(path)
         except (AudioLoadError, OSError) as e:
             fail(path, describe_load_error(path, e))
             continue
-        wav = normalizer.convert(wav, rate)
-        probs, n_windows = classify_waveform(
-            model, wav, num_samples, None, batch_size
-        )
-        if not bool(torch.isfinite(probs).all()):
+        probs = per_window.mean(axis=0)
+        if not bool(np.isfinite(probs).all()):
             fail(path, describe_nan_model(path, folder_name))
             continue
-        best = top_k_labels(model, probs, top_k)
-        results.append(
-            {
-                "path": str(path),
-                "label": best[0][0],
-                "prob": best[0][1],
-                "top_k": [{"label": lab, "prob": p} for lab, p in best],
-                "n_windows": n_windows,
-                "duration_s": wav.shape[0] / sample_rate,
-            }
-        )
+        best = top_k_labels(probs, scorer.labels, top_k)
+        result = {
+            "path": str(path),
+            "label": best[0]["label"],
+            "prob": best[0]["prob"],
+            "top_k": best,
+            "n_windows": per_window.shape[0],
+            "duration_s": duration_s,
+        }
+        if segments is not None:
+            spans = window_spans(
+                per_window.shape[0],
+                scorer.num_samples,
+                scorer.sample_rate,
+                duration_s,
+            )
+            found = find_segments(per_window, scorer.labels, spans, **segments)
+            result["segments"] = found
+            result["counts"] = count_events(found, scorer.labels)
+        results.append(result)
     return results
+
+
+class TorchScorer:
+    """A model loaded with SpeechBrain, seen as the runtime sees its models.
+
+    The interface of :class:`sb_urbansound.runtime.OnnxModel` (``labels``,
+    the audio spec, ``window_probs``, ``file_window_probs``), computed with
+    PyTorch the way ``classify`` always has: the file read by
+    :func:`~sb_urbansound.audio.load_audio`, converted by
+    :class:`~sb_urbansound.audio.ClipConditioner`, cut by
+    :func:`~sb_urbansound.inference.sliding_windows` and scored by
+    :func:`~sb_urbansound.inference.window_probs`.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The loaded model.
+    batch_size : int
+        Windows per forward pass (memory only).
+
+    Example
+    -------
+    See ``tests/test_inference.py``.
+    """
+
+    def __init__(self, model, batch_size=16):
+        self.model = model
+        self.batch_size = batch_size
+        self.model_folder = getattr(model, "model_folder", None)
+        rate, channels, num_samples = model_audio_spec(model)
+        self.sample_rate, self.channels = rate, channels
+        self.num_samples = num_samples
+        encoder = model.hparams.label_encoder
+        self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+        self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
+        self.normalizer = ClipConditioner(
+            rate, channels, remove_dc=self.remove_dc
+        )
+
+    def window_probs(self, windows):
+        """Class probabilities of each window of one clip.
+
+        Arguments
+        ---------
+        windows : numpy.ndarray or torch.Tensor
+            ``[n_windows, num_samples, channels]`` at the model's rate.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n_windows, n_classes]``.
+        """
+        windows = torch.as_tensor(windows)
+        if self.channels == 1 and windows.dim() == 3:
+            windows = windows[..., 0]  # SpeechBrain's mono layout
+        return window_probs(self.model, windows, self.batch_size).numpy()
+
+    def file_window_probs(self, path):
+        """Read, condition and window a file; score every window.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+
+        Returns
+        -------
+        probs : numpy.ndarray
+            ``[n_windows, n_classes]``.
+        duration_s : float
+            The file's duration (at the model's rate).
+        """
+        wav, rate = load_audio(path)
+        wav = self.normalizer.convert(wav, rate)
+        num_samples = self.num_samples or wav.shape[0]
+        windows = sliding_windows(wav, num_samples)
+        probs = window_probs(self.model, windows, self.batch_size).numpy()
+        return probs, wav.shape[0] / self.sample_rate
+
+
+def load_scorer(model_folder, backend="torch", device="cpu", batch_size=16):
+    """A model folder (or a loaded model) as a scorer (see :class:`TorchScorer`).
+
+    Arguments
+    ---------
+    model_folder : str or Path or EncoderClassifier or OnnxModel
+        The inference folder, or a model already loaded.
+    backend : str
+        For a folder: ``"torch"`` (SpeechBrain) or ``"onnx"`` (the folder's
+        ``model.onnx``, torch-free runtime).
+    device : str
+        Where the PyTorch model runs.
+    batch_size : int
+        Windows per forward pass (PyTorch).
+
+    Returns
+    -------
+    TorchScorer or sb_urbansound.runtime.OnnxModel
+        The scorer, with a ``model_folder`` attribute (for messages).
+
+    Example
+    -------
+    >>> load_scorer("no/such/model", backend="onnx")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.runtime.ModelFileError: No ONNX model at no/such/model ...
+    """
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+    if isinstance(model_folder, (OnnxModel, TorchScorer)):
+        return model_folder
+    if not _is_path(model_folder):  # a loaded EncoderClassifier
+        return TorchScorer(model_folder, batch_size)
+    if backend == "onnx":
+        scorer = OnnxModel(model_folder)
+        scorer.model_folder = str(model_folder)
+        return scorer
+    scorer = TorchScorer(load_model(model_folder, device), batch_size)
+    scorer.model_folder = str(model_folder)
+    return scorer
 
 
 def describe_load_error(path, error):
@@ -378,10 +514,10 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         help="audio files, or folders searched recursively for "
         + "/".join(s.lstrip(".") for s in AUDIO_SUFFIXES)
-        + " files",
+        + " files (none with --stream)",
     )
     parser.add_argument(
         "--top-k",
@@ -416,12 +552,167 @@ def parse_args(argv=None):
         action="store_false",
         help=f"no progress bar (default: shown from {PROGRESS_MIN_FILES} files)",
     )
+    add_backend_options(parser)
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    check_backend_options(parser, args)
     return args
+
+
+def add_backend_options(parser):
+    """Add the options of the backend, live streams and event timelines.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The ``classify`` parser.
+    """
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch: PyTorch and SpeechBrain (default); onnx: the folder's "
+        "model.onnx with the torch-free runtime (python -m "
+        "sb_urbansound.export writes it)",
+    )
+    live = parser.add_argument_group(
+        "live stream",
+        "read raw signed 16-bit little-endian PCM from standard input, as "
+        "arecord/sox/ffmpeg write it, and print one JSON line per hop",
+    )
+    live.add_argument("--stream", action="store_true", help="classify stdin")
+    live.add_argument("--rate", type=int, help="the stream's sample rate")
+    live.add_argument("--channels", type=int, help="its channel count")
+    events = parser.add_argument_group(
+        "event timeline",
+        "print each file's events (start, end, label, score) from its "
+        "windows' probabilities, and their count per class",
+    )
+    events.add_argument(
+        "--segments", action="store_true", help="find events in each file"
+    )
+    events.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="lowest probability for a class to be present (default: 0.5)",
+    )
+    events.add_argument(
+        "--min-duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="drop events shorter than S seconds (default: 0)",
+    )
+    events.add_argument(
+        "--merge-gap",
+        type=float,
+        default=None,
+        metavar="S",
+        help="merge events of a class at most S seconds apart (default: 0)",
+    )
+
+
+def check_backend_options(parser, args):
+    """Check the stream and segment options together; fill the defaults.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        For the error messages.
+    args : argparse.Namespace
+        The parsed arguments (``threshold``, ``min_duration`` and
+        ``merge_gap`` are filled in).
+
+    Example
+    -------
+    >>> a = parse_args(
+    ...     ["model", "--stream", "--rate", "16000", "--channels", "1"]
+    ... )
+    >>> a.stream, a.rate, a.channels, a.inputs
+    (True, 16000, 1, [])
+    """
+    if args.stream:
+        if args.inputs:
+            parser.error("--stream reads standard input: give no files")
+        if args.rate is None or args.channels is None:
+            parser.error("--stream needs --rate and --channels")
+        if args.rate < 1 or args.channels < 1:
+            parser.error("--rate and --channels must be at least 1")
+        if args.segments or args.json:
+            parser.error("--stream prints JSON lines; no --segments or --json")
+    else:
+        if not args.inputs:
+            parser.error("give audio files or folders (or --stream)")
+        if args.rate is not None or args.channels is not None:
+            parser.error("--rate and --channels describe a --stream")
+    given = {
+        "--threshold": args.threshold,
+        "--min-duration": args.min_duration,
+        "--merge-gap": args.merge_gap,
+    }
+    if not args.segments and any(v is not None for v in given.values()):
+        parser.error(
+            ", ".join(k for k, v in given.items() if v is not None)
+            + " only apply with --segments"
+        )
+    args.threshold = 0.5 if args.threshold is None else args.threshold
+    args.min_duration = args.min_duration or 0.0
+    args.merge_gap = args.merge_gap or 0.0
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error("--threshold must be between 0 and 1")
+    if args.min_duration < 0 or args.merge_gap < 0:
+        parser.error("--min-duration and --merge-gap must not be negative")
+
+
+def format_segment_lines(result):
+    """The tab-separated lines of a file's events, and a count line.
+
+    Arguments
+    ---------
+    result : dict
+        A result of :func:`classify_files` with ``segments`` and ``counts``.
+
+    Returns
+    -------
+    list of str
+        ``path<TAB>start<TAB>end<TAB>label<TAB>score`` per event (seconds
+        with 3 decimals, score with 4), then ``# path: N events: label n,
+        ...``.
+
+    Example
+    -------
+    >>> r = {
+    ...     "path": "a.wav",
+    ...     "segments": [
+    ...         {"start": 0.0, "end": 2.5, "label": "siren", "score": 0.91}
+    ...     ],
+    ...     "counts": {"dog_bark": 0, "siren": 1},
+    ... }
+    >>> for line in format_segment_lines(r):
+    ...     print(line.replace("\\t", " | "))
+    a.wav | 0.000 | 2.500 | siren | 0.9100
+    # a.wav: 1 events: siren 1
+    """
+    lines = [
+        "\t".join(
+            [
+                result["path"],
+                f"{seg['start']:.3f}",
+                f"{seg['end']:.3f}",
+                seg["label"],
+                f"{seg['score']:.4f}",
+            ]
+        )
+        for seg in result["segments"]
+    ]
+    counts = ", ".join(f"{k} {n}" for k, n in result["counts"].items() if n)
+    summary = f"# {result['path']}: {len(result['segments'])} events"
+    lines.append(summary + (f": {counts}" if counts else ""))
+    return lines
 
 
 def main(argv=None):
@@ -455,7 +746,9 @@ def main(argv=None):
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     try:
-        model = load_model(args.model_folder, args.device)
+        model = load_scorer(
+            args.model_folder, args.backend, args.device, args.batch_size
+        )
     except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -468,6 +761,15 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
+    if args.stream:
+        return run_stream(model, args.rate, args.channels, args.top_k)
+    segments = None
+    if args.segments:
+        segments = {
+            "threshold": args.threshold,
+            "min_duration": args.min_duration,
+            "merge_gap": args.merge_gap,
+        }
     results = classify_files(
         model,
         args.inputs,
@@ -475,6 +777,7 @@ def main(argv=None):
         batch_size=args.batch_size,
         progress=None if args.progress else False,
         on_error=report,
+        segments=segments,
     )
     if args.json:
         # Valid JSON only: a non-finite probability is an error, never NaN
@@ -482,7 +785,11 @@ def main(argv=None):
         sys.stdout.write("\n")
     else:
         for result in results:
-            if "error" not in result:
+            if "error" in result:
+                continue
+            if segments is not None:
+                print("\n".join(format_segment_lines(result)))
+            else:
                 print(format_line(result))
     if failed:
         print(

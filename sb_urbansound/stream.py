@@ -1,0 +1,310 @@
+"""Classify a live stream: raw 16-bit PCM in, one JSON line per hop out.
+
+Used by ``python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R
+--channels C``, which reads what ``arecord``, ``sox`` or ``ffmpeg`` write::
+
+    arecord -f S16_LE -r 16000 -c 1 -t raw | \\
+        python -m sb_urbansound.classify results/cnn/1234/model \\
+        --stream --rate 16000 --channels 1
+
+Torch-free (numpy, and the scorer it is given): the same code feeds the
+PyTorch model and the ONNX runtime.
+
+* **Input**: signed 16-bit little-endian PCM, ``channels`` interleaved, at
+  ``rate``, read as it arrives (``read1``).
+* **Conditioning**, as training's, online: samples scaled to [-1, 1] (as
+  soundfile reads 16-bit files), down-mixed to the model's channels,
+  resampled with the streaming twin of training's resampler
+  (:class:`sb_urbansound.runtime.Resampler`: the numbers a file of the whole
+  stream would give), up-mixed.
+* **Windows**: those of a file (:func:`sb_urbansound.timeline.window_count`):
+  windows of the training length starting every hop (half a window), each
+  scored once it is full; when the input ends, a last window padded with
+  zeros is scored if samples are left over (or if the stream was shorter
+  than one window). Each window is scored on its own: a model that
+  standardises a batch of windows together (``BatchStandardize``) sees one
+  window at a time, as ``classify`` sees a clip of the training length; a
+  model trained with ``remove_dc`` has each window's mean removed.
+* **Output**: one JSON line per window, flushed at once: ``{"start": s,
+  "end": s, "label": ..., "prob": p, "top_k": [{"label", "prob"}, ...]}``
+  (times in seconds from the start of the stream; a padded last window ends
+  where the input ended).
+* **Latency** (from the end of a sound to the line that reports it): at most
+  one window plus one hop, plus the scoring time. **Memory**: one window and
+  one resampling filter of audio, whatever the stream's length.
+* **End**: at the end of the input the last window is scored, and the
+  function returns 0; a reader that goes away (broken pipe) ends it quietly
+  with 0; Ctrl-C with 130.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from sb_urbansound.runtime import Resampler, rechannel, top_k_labels
+from sb_urbansound.timeline import default_hop
+
+#: Bytes per sample of the input (signed 16-bit).
+SAMPLE_BYTES = 2
+#: Largest read (bytes); ``read1`` returns what has arrived, up to this.
+READ_BYTES = 1 << 16
+
+
+class StreamWindows:
+    """Turn blocks of raw PCM into full windows at the model's rate.
+
+    Arguments
+    ---------
+    rate : int
+        The input's rate.
+    channels : int
+        The input's channel count.
+    sample_rate : int
+        The model's rate.
+    model_channels : int
+        The model's channel count.
+    num_samples : int
+        The window length (model samples).
+    hop : int, optional
+        Model samples between window starts (default: half a window).
+    remove_dc : bool
+        Subtract each window's mean.
+
+    Example
+    -------
+    >>> w = StreamWindows(8000, 1, 8000, 1, num_samples=4)
+    >>> pcm = (np.arange(1, 8, dtype="<i2") * 1000).tobytes()
+    >>> [
+    ...     (s, win.ravel().astype(float).round(3).tolist())
+    ...     for s, win in w.feed(pcm)
+    ... ]
+    [(0, [0.031, 0.061, 0.092, 0.122]), (2, [0.092, 0.122, 0.153, 0.183])]
+    >>> [
+    ...     (s, win.ravel().astype(float).round(3).tolist())
+    ...     for s, win in w.finish()
+    ... ]
+    [(4, [0.153, 0.183, 0.214, 0.0])]
+    """
+
+    def __init__(
+        self,
+        rate,
+        channels,
+        sample_rate,
+        model_channels,
+        num_samples,
+        hop=None,
+        remove_dc=False,
+    ):
+        self.channels = int(channels)
+        self.model_channels = int(model_channels)
+        self.sample_rate = int(sample_rate)
+        self.num_samples = int(num_samples)
+        self.hop = default_hop(num_samples) if hop is None else int(hop)
+        self.remove_dc = bool(remove_dc)
+        self.resampler = Resampler(rate, sample_rate)
+        self._pending = b""  # bytes of an incomplete frame
+        self._buffer = np.zeros((0, self.model_channels), np.float32)
+        self._start = 0  # model sample where the buffer starts
+        self.total = 0  # model samples so far
+        self.emitted = 0  # windows given out
+
+    def _window(self, samples):
+        """One window from ``samples`` (zero-padded), DC removed if asked."""
+        window = np.zeros((self.num_samples, self.model_channels), np.float32)
+        window[: samples.shape[0]] = samples
+        if self.remove_dc:
+            window -= window.mean(axis=0, keepdims=True, dtype=np.float64)
+        return window
+
+    def _push(self, converted):
+        """Add model-rate samples; return the windows now full."""
+        out = []
+        self.total += converted.shape[0]
+        self._buffer = np.concatenate([self._buffer, converted])
+        while self._buffer.shape[0] >= self.num_samples:
+            out.append(
+                (self._start, self._window(self._buffer[: self.num_samples]))
+            )
+            self.emitted += 1
+            drop = min(self.hop, self._buffer.shape[0])
+            self._buffer = self._buffer[drop:]
+            self._start += self.hop
+        return out
+
+    def _convert(self, block):
+        """int16 frames ``[n, channels]`` → model-rate, model-channel float32."""
+        wav = block.astype(np.float32) / 32768.0
+        wav = rechannel(wav, min(self.model_channels, self.channels))
+        return rechannel(self.resampler(wav), self.model_channels)
+
+    def feed(self, data):
+        """Add raw bytes; return the windows that became full.
+
+        Arguments
+        ---------
+        data : bytes
+            Interleaved signed 16-bit little-endian samples (any length).
+
+        Returns
+        -------
+        list of (int, numpy.ndarray)
+            ``(start, window)``: the window's first model sample and its
+            ``[num_samples, model_channels]`` samples.
+        """
+        data = self._pending + data
+        frame = SAMPLE_BYTES * self.channels
+        usable = len(data) // frame * frame
+        self._pending = data[usable:]
+        if not usable:
+            return []
+        block = np.frombuffer(data[:usable], dtype="<i2")
+        return self._push(self._convert(block.reshape(-1, self.channels)))
+
+    def finish(self):
+        """The windows left once the input has ended (the last one padded).
+
+        Returns
+        -------
+        list of (int, numpy.ndarray)
+            As :meth:`feed`; an incomplete last frame is dropped.
+        """
+        out = self._push(rechannel(self.resampler.flush(), self.model_channels))
+        if self.total > 0 and (
+            self.emitted == 0
+            or self._start + self.num_samples - self.hop < self.total
+        ):
+            out.append((self._start, self._window(self._buffer)))
+            self.emitted += 1
+        return out
+
+
+def window_line(start, end, probs, labels, top_k=1):
+    """The JSON line of one window.
+
+    Arguments
+    ---------
+    start : float
+        The window's start (seconds from the start of the stream).
+    end : float
+        Its end.
+    probs : numpy.ndarray
+        ``[n_classes]`` probabilities.
+    labels : list of str
+        The class names.
+    top_k : int
+        How many labels to list.
+
+    Returns
+    -------
+    str
+        One line of JSON (no newline).
+
+    Example
+    -------
+    >>> window_line(0.0, 1.0, np.array([0.25, 0.75]), ["a", "b"])
+    '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75, "top_k": [{"label": "b", "prob": 0.75}]}'
+    """
+    best = top_k_labels(probs, labels, top_k)
+    return json.dumps(
+        {
+            "start": round(float(start), 6),
+            "end": round(float(end), 6),
+            "label": best[0]["label"],
+            "prob": best[0]["prob"],
+            "top_k": best,
+        },
+        allow_nan=False,
+    )
+
+
+def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
+    """Classify a raw PCM stream window by window (see the module docstring).
+
+    Arguments
+    ---------
+    scorer : object
+        The model: ``labels``, ``sample_rate``, ``channels``, ``num_samples``,
+        ``remove_dc`` and ``window_probs(windows)`` (``[n, num_samples,
+        channels]`` → ``[n, n_classes]``), as
+        :class:`sb_urbansound.runtime.OnnxModel` has.
+    rate : int
+        The input's rate.
+    channels : int
+        The input's channel count.
+    top_k : int
+        Labels per line.
+    infile : binary file, optional
+        The input (default: standard input).
+    outfile : text file, optional
+        The output (default: standard output).
+
+    Returns
+    -------
+    int
+        0 at the end of the input or when the reader goes away, 130 on
+        Ctrl-C.
+    """
+    infile = sys.stdin.buffer if infile is None else infile
+    outfile = sys.stdout if outfile is None else outfile
+    windows = StreamWindows(
+        rate,
+        channels,
+        scorer.sample_rate,
+        scorer.channels,
+        scorer.num_samples,
+        remove_dc=scorer.remove_dc,
+    )
+    read = getattr(infile, "read1", infile.read)
+    sample_rate = float(scorer.sample_rate)
+
+    def emit(items):
+        """Score windows and print their lines."""
+        for start, window in items:
+            probs = scorer.window_probs(window[None])[0]
+            end = min(start + windows.num_samples, max(windows.total, 1))
+            line = window_line(
+                start / sample_rate,
+                end / sample_rate,
+                probs,
+                scorer.labels,
+                top_k,
+            )
+            outfile.write(line + "\n")
+            outfile.flush()
+
+    try:
+        while True:
+            data = read(READ_BYTES)
+            if not data:
+                break
+            emit(windows.feed(data))
+        emit(windows.finish())
+    except BrokenPipeError:
+        _silence_stdout(outfile)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _silence_stdout(outfile):
+    """After a broken pipe: send what is left to /dev/null, quietly.
+
+    Python flushes standard output at exit, which would raise the broken pipe
+    again and print an error; standard output is pointed at /dev/null
+    instead.
+    """
+    if outfile is not sys.stdout:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
