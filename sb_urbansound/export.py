@@ -691,9 +691,11 @@ def to_torchscript(wrapper, metadata):
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, example, check_trace=False)
     buffer = io.BytesIO()
-    torch.jit.save(
-        traced, buffer, _extra_files={"metadata.json": json.dumps(metadata)}
-    )
+    with warnings.catch_warnings():  # torch.jit is deprecated, still there
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(
+            traced, buffer, _extra_files={"metadata.json": json.dumps(metadata)}
+        )
     return buffer.getvalue()
 
 
@@ -715,7 +717,9 @@ class TorchScriptScorer:
     def __init__(self, data, chunk=CHUNK_WINDOWS):
         source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
         files = {"metadata.json": ""}
-        self.module = torch.jit.load(source, _extra_files=files)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module = torch.jit.load(source, _extra_files=files)
         self.metadata = json.loads(files["metadata.json"])
         self.batch_norm = self.metadata["normalization"].startswith("batch")
         self.chunk = max(int(chunk), 1)

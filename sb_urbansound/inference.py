@@ -56,6 +56,7 @@ from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from sb_urbansound.atomic import make_temp_folder, replace_folder
 from sb_urbansound.audio import ClipConditioner, pad_trunc
 from sb_urbansound.augment import circular_views
+from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
 from sb_urbansound.timeline import default_hop, window_count
 
@@ -391,6 +392,7 @@ def export_inference_folder(
             _save_module(module, target)
         hparams["label_encoder"].save(tmp / "label_encoder.txt")
         shutil.copyfile(tmp / "label_encoder.txt", tmp / "label_encoder.ckpt")
+        _write_card(tmp, hparams)
         if verify:
             model = load_model(tmp)
             n_labels = len(model.hparams.label_encoder)
@@ -404,6 +406,16 @@ def export_inference_folder(
         raise
     logger.info("Inference folder written to %s", folder)
     return folder
+
+
+def _write_card(folder, hparams):
+    """Write the model card (README.md); a failure is a warning, not an error."""
+    try:
+        write_model_card(folder, hparams)
+    except Exception as e:  # the model matters more than its card
+        logger.warning(
+            "No model card written in %s (%s: %s)", folder, type(e).__name__, e
+        )
 
 
 # ---------------------------------------------------------------- inference
