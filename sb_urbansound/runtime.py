@@ -272,6 +272,7 @@ class Resampler:
         self._buffer = None  # padded input not yet consumed
         self._seen = 0  # input samples so far
         self._given = 0  # output samples so far
+        self._channels = 1  # of the input so far
 
     def _blocks(self, final):
         """Output samples of every full filter position in the buffer."""
@@ -309,6 +310,7 @@ class Resampler:
             ``[n, channels]`` float32 output samples (possibly none).
         """
         x = np.asarray(x, dtype=np.float32)
+        self._channels = x.shape[1]
         if self.identity:
             return x
         if self._buffer is None:  # torchaudio pads `width` zeros in front
@@ -326,8 +328,7 @@ class Resampler:
             ``[n, channels]``; the resampler is then reset.
         """
         if self.identity or self._buffer is None:
-            channels = 1 if self._buffer is None else self._buffer.shape[1]
-            return np.zeros((0, channels), np.float32)
+            return np.zeros((0, self._channels), np.float32)
         pad = np.zeros(
             (self.width + self.orig, self._buffer.shape[1]), np.float32
         )

@@ -58,6 +58,7 @@ MODEL_FILES = {
     "classifier.ckpt",
     "label_encoder.txt",
     "label_encoder.ckpt",
+    "README.md",  # the model card (tests/test_card.py)
 }
 
 NO_NETWORK = textwrap.dedent(
