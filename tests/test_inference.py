@@ -174,6 +174,28 @@ def snapshot(folder):
 # ------------------------------------------------------------------ the folder
 
 
+def test_training_writes_a_model_card_with_its_numbers(trained):
+    from sb_urbansound.card import card_metadata
+    from sb_urbansound.report import format_duration
+
+    out, _ = trained
+    text = (out / "model" / "README.md").read_text()
+    results = json.loads((out / "test_results.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    meta = card_metadata(text)
+    assert meta["library_name"] == "speechbrain"
+    assert meta["datasets"] == ["UrbanSound8K"]
+    metric = meta["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["value"] == round(results["accuracy"], 4)
+    assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "fold 4"
+    for label, acc in results["per_class_accuracy"].items():
+        assert f"| {label} | {100 * acc:.2f} % |" in text
+    seconds = sum(h["train_seconds"] for h in history)
+    assert f"Training time: {format_duration(seconds)} over 12 epochs" in text
+    assert "- Hardware: CPU:" in text
+    assert "| sample_rate | 16000 |" in text and "| channels | 2 |" in text
+
+
 def test_model_folder_is_self_contained(trained):
     out, data = trained
     folder = out / "model"

@@ -266,6 +266,34 @@ def test_tiny_run_end_to_end(name, tiny_data, tmp_path):
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     check_results(out)
+    if name in EXPORTS:
+        check_export(name, out / "model")
+
+
+# What exports to which format (docs/inference.md lists the same); cnn.yaml is
+# exported in tests/test_export.py. A refusal names the model and the reason.
+EXPORTS = {
+    "train_ecapa_tdnn.yaml": {"onnx": False, "torchscript": False},
+    "xvector.yaml": {"onnx": False, "torchscript": True},
+    "cnn14.yaml": {"onnx": True, "torchscript": True},
+}
+
+
+def check_export(name, folder):
+    from sb_urbansound.export import FILES, PROB_TOLERANCE, export_model
+
+    lines = []
+    results = export_model(folder, log=lines.append)
+    for fmt, expected in EXPORTS[name].items():
+        result = results[fmt]
+        if expected:
+            assert "error" not in result, result
+            assert result["top1_agree"] == result["clips"]
+            assert result["max_abs_diff"] <= PROB_TOLERANCE
+        else:
+            assert "cannot be exported to " + fmt in result["error"], result
+            assert not (folder / FILES[fmt]).exists()
+    print(name, *lines, sep="\n")
 
 
 def doc_blocks(language):
