@@ -112,3 +112,36 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
     assert results["recipe-bank"]["num_workers"] == 0
     for key, value in printed.items():
         assert abs(report["summary"][key] - value) <= 0.051 * max(1, value)
+
+
+def test_inference_benchmark_quick_runs_and_reports(tmp_path):
+    json_path = tmp_path / "inference.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "inference.py"),
+            "--quick",
+            f"--workdir={tmp_path / 'work'}",
+            f"--json={json_path}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"onnx_vs_eager_batch1 cnn: \d+\.\d+", lines[-1])
+    # One table row per backend and batch, with finite positive numbers
+    rows = [line for line in lines if line.startswith("| cnn |")]
+    assert len(rows) == 3 * 2
+    data = json.loads(json_path.read_text())
+    assert {(r["backend"], r["batch"]) for r in data["results"]} == {
+        (b, n) for b in ("eager", "torchscript", "onnx") for n in (1, 4)
+    }
+    for r in data["results"]:
+        assert positive(r["clips_per_s"]) and positive(r["p50_ms"])
+        assert r["p95_ms"] >= r["p50_ms"]
+    # Both exports were checked against eager PyTorch on the way
+    assert result.stdout.count("against eager PyTorch") == 2
