@@ -133,6 +133,8 @@ def card_info(hparams, labels, hardware=None):
         "n_mels",
         "n_fft",
         "hop_length",
+        "cnn_channels",
+        "cnn_pooling",
         "number_of_epochs",
         "batch_size",
         "lr",
@@ -145,7 +147,11 @@ def card_info(hparams, labels, hardware=None):
         "seed",
     ):
         value = hparams.get(key)
-        if isinstance(value, (bool, int, float, str)):
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) for v in value
+        ):
+            value = list(value)
+        if isinstance(value, (bool, int, float, str, list)):
             settings[key] = value
     folds = {
         split: list(hparams[f"{split}_fold_nums"])
@@ -380,6 +386,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
             else ""
         )
         lines.append(f"{source.capitalize()} in {where}{extra}.")
+    lines.append("")
     for split in ("train", "valid", "test"):
         folds = info["folds"].get(split)
         clips = info["clips"].get(split)

@@ -646,19 +646,27 @@ def to_onnx(wrapper, metadata, opset=DEFAULT_OPSET):
     dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
     if wrapper.batch_norm:
         dynamic["norm_stats"] = None
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export")]
+    levels = [log.level for log in quiet]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapper,
-            example,
-            dynamo=True,
-            input_names=names,
-            output_names=outputs,
-            dynamic_shapes=dynamic,
-            opset_version=opset,
-            verbose=False,
-            report=False,
-        )
+        for log in quiet:  # "torchvision is not installed", per operator
+            log.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                example,
+                dynamo=True,
+                input_names=names,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                verbose=False,
+                report=False,
+            )
+        finally:
+            for log, level in zip(quiet, levels):
+                log.setLevel(level)
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in metadata.items():

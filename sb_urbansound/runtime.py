@@ -622,8 +622,8 @@ class OnnxModel:
         -------
         dict
             ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
-            "prob"}``), ``n_windows``, ``duration_s``, ``probs`` (every
-            class's mean probability, in label order).
+            "prob"}``), ``n_windows``, ``duration_s``: what
+            :func:`sb_urbansound.classify.classify_files` gives.
 
         Raises
         ------
@@ -640,7 +640,6 @@ class OnnxModel:
             "top_k": best,
             "n_windows": int(probs.shape[0]),
             "duration_s": duration_s,
-            "probs": [float(p) for p in mean],
         }
 
 
