@@ -36,9 +36,7 @@ the recipe also gets SIGTERM when crossval dies without warning (SIGKILL), so
 no fold is ever left training without its crossval.
 """
 
-import ctypes
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -52,6 +50,7 @@ from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.experiment import read_yaml_values
 from sb_urbansound.hardware import hardware_description
+from sb_urbansound.processes import die_with_parent_preexec, signal_name
 from sb_urbansound.sources.folds import parse_fold_list
 
 __all__ = [
@@ -66,7 +65,6 @@ __all__ = [
     "fold_argv",
     "fold_finished",
     "run_forwarding_signals",
-    "die_with_parent_preexec",
     "subprocess_runner",
     "inprocess_runner",
     "run_crossval",
@@ -86,7 +84,6 @@ FORWARDED_SIGNALS = tuple(
     for name in ("SIGTERM", "SIGINT", "SIGHUP")
     if hasattr(signal, name)
 )
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
@@ -554,53 +551,6 @@ def fold_argv(hparams_file, plan, fold_dir, passthrough=(), leaky=False):
     return argv
 
 
-def _libc_prctl():
-    """libc's ``prctl`` function (Linux), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.restype = ctypes.c_int
-    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-    return prctl
-
-
-def die_with_parent_preexec():
-    """A ``preexec_fn`` that makes a child get SIGTERM when this process dies.
-
-    The child calls ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` between fork and exec,
-    so the kernel sends it SIGTERM when its parent ends, even by SIGKILL. libc
-    is opened here, in the parent (not after the fork). If the parent is
-    already gone when the child sets this up, the child exits at once.
-
-    Returns
-    -------
-    callable or None
-        The function for ``subprocess.Popen(..., preexec_fn=...)``; None where
-        ``prctl`` is not available (not Linux), where nothing is done.
-
-    Example
-    -------
-    >>> preexec = die_with_parent_preexec()
-    >>> preexec is None or callable(preexec)
-    True
-    """
-    prctl = _libc_prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec():
-        """In the child: SIGTERM on the parent's death."""
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # it died before prctl: no signal will come
-            os._exit(128 + int(signal.SIGTERM))
-
-    return preexec
-
-
 def _install_handlers(handler):
     """Install ``handler`` for the forwarded signals; return the old handlers.
 
@@ -619,14 +569,6 @@ def _install_handlers(handler):
     return previous
 
 
-def _signal_name(signum):
-    """``"SIGTERM"`` for 15, and so on."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 #: Seconds between checks of the recipe while it runs.
 _POLL_S = 0.2
 
@@ -637,7 +579,8 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
     While the command runs, SIGTERM, SIGINT and SIGHUP received by this process
     (main thread only) are sent on to it, and it is given ``stop_timeout``
     seconds from the first one to exit, then killed. On Linux the command also
-    gets SIGTERM if this process dies (see :func:`die_with_parent_preexec`).
+    gets SIGTERM if this process dies (see
+    :func:`sb_urbansound.processes.die_with_parent_preexec`).
     The previous signal handlers are restored before returning.
 
     A Ctrl-C in a terminal reaches both processes (one process group), so the
@@ -704,7 +647,7 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
             signal.signal(sig, handler)
     if received:
         signum = received[0][0]
-        name = _signal_name(signum)
+        name = signal_name(signum)
         if killed:
             fate = (
                 f"did not exit within {stop_timeout:g} s of it and was killed"
