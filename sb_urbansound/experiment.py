@@ -459,8 +459,25 @@ def data_signature(manifests):
     return signature
 
 
-def _differences(old, new, limit=8):
-    """Lines ``key: old → new`` for the keys whose values differ."""
+def differences(old, new, limit=8):
+    """Lines ``key: old -> new`` for the keys whose values differ.
+
+    Arguments
+    ---------
+    old, new : dict
+        Settings (JSON-able).
+    limit : int
+        Lines listed before "... and N more".
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> differences({"lr": 0.1, "seed": 1}, {"lr": 0.01, "seed": 1})
+    ['lr: 0.1 -> 0.01']
+    """
     lines = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -644,7 +661,7 @@ class RunFolder:
         recorded = self._recorded()
         if recorded is None or not self.has_progress():
             return
-        diff = _differences(recorded.get("settings", {}), self._settings)
+        diff = differences(recorded.get("settings", {}), self._settings)
         if diff:
             self._refuse("other settings", diff)
 
@@ -665,7 +682,7 @@ class RunFolder:
         data = data_signature(manifests)
         recorded = self._recorded()
         if recorded is not None and self.has_progress():
-            diff = _differences(recorded.get("data", {}), data)
+            diff = differences(recorded.get("data", {}), data)
             if diff:
                 self._refuse("another data split", diff)
         atomic_write_json(

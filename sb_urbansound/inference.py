@@ -54,11 +54,7 @@ from pathlib import Path
 import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
-from sb_urbansound.atomic import (
-    make_temp_folder,
-    mark_store,
-    replace_folder,
-)
+from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
 from sb_urbansound.audio import ClipConditioner, pad_trunc
 from sb_urbansound.augment import circular_views
 from sb_urbansound.errors import UserError
@@ -72,7 +68,9 @@ MODEL_SUBFOLDER = "model"
 #: The store kind of an inference folder (``docs/stores.md``).
 MODEL_KIND = "model"
 #: The first line of the ``hyperparams.yaml`` that an export writes.
-HEADER_FIRST_LINE = "Inference hyperparameters of a trained sb-urbansound model."
+HEADER_FIRST_LINE = (
+    "Inference hyperparameters of a trained sb-urbansound model."
+)
 #: Keys that the generated ``hyperparams.yaml`` defines besides the modules.
 RESERVED_KEYS = (
     "sample_rate",

@@ -243,7 +243,14 @@ def format_duration(seconds):
 
 
 def write_markdown_report(
-    path, results, command, hardware, leaky=False, fold_seconds=None, title=None
+    path,
+    results,
+    command,
+    hardware,
+    leaky=False,
+    fold_seconds=None,
+    title=None,
+    fold_commands=None,
 ):
     """Write the human-readable cross-validation report (Markdown).
 
@@ -267,6 +274,9 @@ def write_markdown_report(
         per-fold table when given.
     title : str, optional
         The report's heading; a default one is used if not given.
+    fold_commands : dict, optional
+        ``{test_fold: recipe command}`` each fold was last run with, listed
+        under the command.
 
     Returns
     -------
@@ -388,6 +398,18 @@ def write_markdown_report(
     lines.append(command)
     lines.append("```")
     lines.append("")
+    if fold_commands:
+        lines.append(
+            "Each fold as it was run (crossval refuses to mix folds of other "
+            "settings):"
+        )
+        lines.append("")
+        lines.append("```")
+        for test_fold in sorted(fold_commands, key=int):
+            lines.append(f"# fold {test_fold}")
+            lines.append(fold_commands[test_fold])
+        lines.append("```")
+        lines.append("")
     lines.append("## Hardware")
     lines.append("")
     lines.append(hardware)
