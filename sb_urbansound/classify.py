@@ -106,6 +106,7 @@ def classify_files(
     device="cpu",
     progress=None,
     on_error=None,
+    trust=False,
 ):
     """Classify audio files (and the audio files in folders) with a trained model.
 
@@ -134,6 +135,9 @@ def classify_files(
         Called as ``on_error(path, message)`` for each file that cannot be
         classified and each folder with no audio file (default: log a
         warning).
+    trust : bool
+        Load a model folder whose ``hyperparams.yaml`` builds or calls
+        anything (see :mod:`sb_urbansound.trust`).
 
     Returns
     -------
@@ -150,7 +154,8 @@ def classify_files(
     ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
     """
     if _is_path(model_folder):
-        model, folder_name = load_model(model_folder, device), str(model_folder)
+        model = load_model(model_folder, device, trust=trust)
+        folder_name = str(model_folder)
     else:
         model = model_folder
         folder_name = getattr(model, "model_folder", None)
@@ -313,6 +318,10 @@ def _is_path(obj):
 def format_line(result):
     """One tab-separated output line: path, then label/probability pairs.
 
+    A tab, newline or backslash inside a path or label is written as ``\\t``,
+    ``\\n`` or ``\\\\`` (as in PostgreSQL's text format), so every line has its
+    fields.
+
     Arguments
     ---------
     result : dict
@@ -334,11 +343,53 @@ def format_line(result):
     ... }
     >>> format_line(r).split("\\t")
     ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
+    >>> r["top_k"] = [{"label": "dog\\tbark", "prob": 1.0}]
+    >>> format_line(r).split("\\t")
+    ['a.wav', 'dog\\\\tbark', '1.0000']
     """
-    fields = [result["path"]]
+    fields = [_escape(result["path"])]
     for item in result["top_k"]:
-        fields += [item["label"], f"{item['prob']:.4f}"]
+        fields += [_escape(item["label"]), f"{item['prob']:.4f}"]
     return "\t".join(fields)
+
+
+def _escape(text):
+    """A field of a tab-separated line, with its special characters escaped."""
+    text = str(text).replace("\\", "\\\\")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_results(results, as_json, stream):
+    """Write the results: tab-separated lines, or a JSON list.
+
+    Arguments
+    ---------
+    results : list of dict
+        From :func:`classify_files`.
+    as_json : bool
+        A JSON list (failed files included, with their ``error``) instead of
+        one line per classified file.
+    stream : file
+        Where to write; it is flushed, so a full disk is reported here.
+
+    Example
+    -------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> r = {"path": "a.wav", "top_k": [{"label": "dog", "prob": 1.0}]}
+    >>> write_results([r, {"path": "b.wav", "error": "x"}], False, out)
+    >>> out.getvalue()
+    'a.wav\\tdog\\t1.0000\\n'
+    """
+    if as_json:
+        # Valid JSON only: a non-finite probability is an error, never NaN
+        json.dump(results, stream, indent=2, allow_nan=False)
+        stream.write("\n")
+    else:
+        for result in results:
+            if "error" not in result:
+                stream.write(format_line(result) + "\n")
+    stream.flush()
 
 
 def parse_args(argv=None):
@@ -405,6 +456,13 @@ def parse_args(argv=None):
         "(default: 16)",
     )
     parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model folder whose hyperparams.yaml builds or calls "
+        "more than a model needs (a model folder is code: only for folders "
+        "whose origin you trust; see sb_urbansound.trust)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -455,7 +513,7 @@ def main(argv=None):
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     try:
-        model = load_model(args.model_folder, args.device)
+        model = load_model(args.model_folder, args.device, args.trust_model)
     except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -476,14 +534,16 @@ def main(argv=None):
         progress=None if args.progress else False,
         on_error=report,
     )
-    if args.json:
-        # Valid JSON only: a non-finite probability is an error, never NaN
-        json.dump(results, sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
-    else:
-        for result in results:
-            if "error" not in result:
-                print(format_line(result))
+    try:
+        write_results(results, args.json, sys.stdout)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and keep Python
+        # from reporting the failed flush of stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        print(f"error: cannot write the results: {e}", file=sys.stderr)
+        return 1
     if failed:
         print(
             f"{len(failed)} of {len(results)} files could not be classified",

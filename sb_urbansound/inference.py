@@ -58,6 +58,7 @@ from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
 from sb_urbansound.audio import ClipConditioner, pad_trunc
 from sb_urbansound.augment import circular_views
 from sb_urbansound.errors import UserError
+from sb_urbansound.trust import check_model_yaml
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
@@ -496,6 +497,7 @@ def check_model_folder(folder):
             "output_folder)"
         )
     tree = _read_model_yaml(folder)
+    _check_audio_spec(tree, folder / "hyperparams.yaml")
     pretrainer = tree.get("pretrainer")
     if pretrainer is None and any(k in tree for k in _TRAINING_KEYS):
         raise ModelFolderError(
@@ -524,7 +526,26 @@ def check_model_folder(folder):
         )
 
 
-def load_model(folder, device="cpu"):
+def _check_audio_spec(tree, path):
+    """Refuse sample rates, channels or lengths that no audio can have."""
+    rules = {
+        "sample_rate": (lambda v: isinstance(v, int) and v >= 1, "Hz >= 1"),
+        "channels": (lambda v: isinstance(v, int) and v >= 1, ">= 1"),
+        "duration_ms": (
+            lambda v: isinstance(v, (int, float)) and v > 0,
+            "milliseconds > 0",
+        ),
+    }
+    for key, (valid, what) in rules.items():
+        value = tree.get(key)
+        if key in tree and (isinstance(value, bool) or not valid(value)):
+            raise ModelFolderError(
+                f"{path}: {key}: {value!r} is not valid ({what}); the file was "
+                "changed by hand? Copy the model folder that training wrote."
+            )
+
+
+def load_model(folder, device="cpu", trust=False):
     """Load an inference folder with SpeechBrain's ``EncoderClassifier``.
 
     Equivalent to ``EncoderClassifier.from_hparams(source=folder,
@@ -532,8 +553,11 @@ def load_model(folder, device="cpu"):
     SpeechBrain would take any string that is not a local folder for a
     HuggingFace model name and try to download it, fail on a training output
     folder with an unrelated error, and silently leave the label encoder empty
-    when ``label_encoder.ckpt`` is missing. The folder is recorded in the
-    model's ``model_folder`` attribute (for messages).
+    when ``label_encoder.ckpt`` is missing. Its ``hyperparams.yaml`` may only
+    build what a model needs (:func:`sb_urbansound.trust.check_model_yaml`),
+    unless ``trust`` is set. Once loaded, the model's number of outputs is
+    checked against its labels. The folder is recorded in the model's
+    ``model_folder`` attribute (for messages).
 
     Arguments
     ---------
@@ -541,6 +565,9 @@ def load_model(folder, device="cpu"):
         The inference folder (``<output_folder>/model``).
     device : str
         Where to run the model (``"cpu"``, ``"cuda:0"``, ...).
+    trust : bool
+        Load a ``hyperparams.yaml`` that builds or calls anything (only for
+        folders whose origin you trust: a model folder is code).
 
     Returns
     -------
@@ -562,6 +589,8 @@ def load_model(folder, device="cpu"):
     """
     folder = Path(folder)
     check_model_folder(folder)
+    if not trust:
+        check_model_yaml(folder / "hyperparams.yaml")
     from speechbrain.inference.classifiers import EncoderClassifier
 
     source = str(folder.resolve())
@@ -574,8 +603,28 @@ def load_model(folder, device="cpu"):
             f"{folder / 'label_encoder.ckpt'} holds no labels: copy the whole "
             "model folder that training wrote (<output_folder>/model)"
         )
+    _check_outputs(model, folder)
     model.model_folder = str(folder)
     return model
+
+
+def _check_outputs(model, folder):
+    """Refuse a model whose number of outputs differs from its labels."""
+    encoder = getattr(model.hparams, "label_encoder", None)
+    _, channels, num_samples = model_audio_spec(model)
+    if encoder is None or num_samples is None:
+        return
+    silence = torch.zeros(
+        (1, num_samples) + ((channels,) if channels > 1 else ())
+    )
+    outputs = window_log_probs(model, silence).shape[-1]
+    if outputs != len(encoder):
+        raise ModelFolderError(
+            f"{folder / 'label_encoder.ckpt'} holds {len(encoder)} labels, "
+            f"but the model has {outputs} outputs: the files come from "
+            "different models. Copy the whole model folder that training "
+            "wrote (<output_folder>/model)."
+        )
 
 
 def model_audio_spec(model):

@@ -13,6 +13,7 @@ nothing here touches ``pyplot``'s global state or needs a display.
 
 import io
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from sb_urbansound.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "aggregate_folds",
@@ -663,8 +666,27 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
     """
     history = []
     if Path(path).exists():
-        with open(path, encoding="utf-8") as f:
-            history = [h for h in json.load(f) if h["epoch"] < epoch]
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = json.load(f)
+        except (OSError, ValueError) as e:
+            loaded = e
+        if not isinstance(loaded, list):
+            logger.warning(
+                "%s is not a learning curve of this run (%s): it is written "
+                "again from epoch %d",
+                path,
+                loaded if isinstance(loaded, Exception) else "not a list",
+                epoch,
+            )
+            loaded = []
+        history = [
+            h
+            for h in loaded
+            if isinstance(h, dict)
+            and isinstance(h.get("epoch"), int)
+            and h["epoch"] < epoch
+        ]
     train_stats = train_stats or {}
     history.append(
         {
