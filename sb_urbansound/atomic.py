@@ -1,22 +1,58 @@
-"""Atomic writes: a file (or folder) appears whole or not at all.
+"""Stores: how every folder that sb-urbansound writes is written.
 
-Every file that sb-urbansound writes (manifests, results, reports, banks) goes
-through these helpers, so an interrupted run never leaves a half-written file
-behind. Files get the usual permissions of a new file (0666 less the umask).
+A *store* is a folder we write: a run's output folder, a clip bank, a
+manifest folder, an exported model, a cross-validation. Every store follows
+the same rules (``docs/stores.md``), and this module is where they live:
+
+* **marked as ours**: :func:`claim_folder` writes a marker file
+  (``.sb_urbansound.json``, with the store's kind) into a folder that is new
+  or empty, and refuses a folder that holds anything else, naming what it
+  would overwrite;
+* **written atomically**: :func:`atomic_write_bytes` and friends write a
+  temporary file and rename it; :func:`make_temp_folder` and
+  :func:`replace_folder` do the same for a whole folder;
+* **locked while written**: :class:`FolderLock`, a POSIX record lock that
+  belongs to one process (a child process never inherits it, and it goes
+  away with its process, however that process ends);
+* **checked when read**: each store checks what it reads (the bank's
+  checksums, the model folder's YAML, the manifests' options);
+* **deleted only if marked**: :func:`remove_store` and :func:`replace_folder`
+  refuse a folder without our marker, and :func:`remove_stale_temps` removes
+  only the temporaries that these helpers name (``.<name>.<8 chars>.sbu-tmp``).
+
+Files get the usual permissions of a new file (0666 less the umask).
 
 Authors
 -------
  * sb-urbansound contributors
 """
 
+import errno
 import json
 import os
+import re
 import shutil
+import struct
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+from sb_urbansound.errors import BusyError, NotOursError, UserError
+
 #: Suffix of the temporary files and folders written here.
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".sbu-tmp"
+#: What a temporary name looks like: ``.<final name>.<8 random chars>.sbu-tmp``
+#: (``tempfile``'s random part); nothing else is ever taken for one.
+_TMP_NAME = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.sbu-tmp$")
+#: The marker file of a store.
+MARKER_FILE = ".sb_urbansound.json"
+#: Its ``made_by`` value.
+MADE_BY = "sb_urbansound"
+#: The lock file of a store.
+LOCK_FILE = ".lock"
+#: Entries that do not make a folder "not empty" for :func:`claim_folder`.
+_IGNORED_ENTRIES = (MARKER_FILE, LOCK_FILE)
 
 
 def current_umask():
@@ -164,11 +200,216 @@ def make_temp_folder(parent, name):
     return folder
 
 
-def replace_folder(new, folder):
-    """Move the folder ``new`` to ``folder``, replacing an existing one.
+# ------------------------------------------------------------------ markers
+
+
+def read_marker(folder):
+    """The marker of a store, or None when ``folder`` has none.
+
+    Arguments
+    ---------
+    folder : str or Path
+        A folder.
+
+    Returns
+    -------
+    dict or None
+        The marker (``made_by``, ``kind`` and what the store recorded).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> read_marker(tmp) is None
+    True
+    >>> _ = mark_store(tmp, "run")
+    >>> read_marker(tmp)["kind"]
+    'run'
+    """
+    try:
+        with open(Path(folder) / MARKER_FILE, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("made_by") != MADE_BY:
+        return None
+    return marker
+
+
+def store_kind(folder):
+    """The kind of store ``folder`` is (``"run"``, ``"bank"``, ...), or None.
+
+    Arguments
+    ---------
+    folder : str or Path
+        A folder.
+
+    Returns
+    -------
+    str or None
+
+    Example
+    -------
+    >>> store_kind(getfixture("tmp_path")) is None
+    True
+    """
+    marker = read_marker(folder)
+    return None if marker is None else marker.get("kind")
+
+
+def mark_store(folder, kind, **info):
+    """Mark ``folder`` as a store of ours of the given kind.
+
+    The marker is written only when it is absent or says something else, so
+    a complete store on a read-only file system is never rewritten.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The folder (created if needed).
+    kind : str
+        What the store is: ``run``, ``banks``, ``bank``, ``manifests``,
+        ``model``, ``crossval``, ...
+    **info
+        More JSON-able facts to record (a format version, settings).
+
+    Returns
+    -------
+    Path
+        The folder.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> store_kind(mark_store(tmp / "m", "model"))
+    'model'
+    """
+    folder = Path(folder)
+    marker = {"made_by": MADE_BY, "kind": kind, **info}
+    if read_marker(folder) != json.loads(json.dumps(marker)):
+        atomic_write_json(folder / MARKER_FILE, marker)
+    return folder
+
+
+def _entries(folder):
+    """The names in ``folder`` that make it not empty."""
+    return sorted(
+        p.name for p in Path(folder).iterdir() if p.name not in _IGNORED_ENTRIES
+    )
+
+
+def claim_folder(folder, kind, what="output_folder", legacy=None):
+    """Make ``folder`` a store of ``kind``, or refuse a folder that isn't ours.
+
+    A folder that does not exist or is empty is created and marked; a folder
+    marked as a store of this kind is used as it is. Any other folder is
+    refused, naming what could be overwritten: nothing that the user has is
+    written over.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The folder.
+    kind : str
+        The kind of store (see :func:`mark_store`).
+    what : str
+        How the message names the folder (an option name).
+    legacy : callable, optional
+        ``legacy(folder) -> bool``: whether an unmarked folder was written
+        by an earlier version of sb-urbansound (it is then marked).
+
+    Returns
+    -------
+    Path
+        The folder.
+
+    Raises
+    ------
+    NotOursError
+        For a path that is not a folder, a folder of another kind, or a
+        folder holding files that are not ours.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> store_kind(claim_folder(tmp / "out", "run"))
+    'run'
+    >>> _ = (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("")
+    >>> claim_folder(tmp / "mine", "run")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.NotOursError: output_folder ... holds files that sb-urbansound did not write (notes.txt)...
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotOursError(
+            f"{what} {folder} is a file, not a folder: choose another path"
+        )
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        return mark_store(folder, kind)
+    found = store_kind(folder)
+    if found == kind:
+        return folder
+    if found is not None:
+        raise NotOursError(
+            f"{what} {folder} is an sb-urbansound {found} folder, not a "
+            f"{kind} folder: choose another path"
+        )
+    entries = _entries(folder)
+    if not entries or (legacy is not None and legacy(folder)):
+        return mark_store(folder, kind)
+    shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "")
+    raise NotOursError(
+        f"{what} {folder} holds files that sb-urbansound did not write "
+        f"({shown}); they could be overwritten. Choose a new or empty "
+        "folder (or move these files away)."
+    )
+
+
+def remove_store(folder, kind=None):
+    """Delete a store of ours; refuse anything without our marker.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The store.
+    kind : str, optional
+        Only a store of this kind.
+
+    Raises
+    ------
+    NotOursError
+        When ``folder`` is not marked as ours (or is of another kind).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> remove_store(mark_store(tmp / "b", "bank"), "bank")
+    >>> (tmp / "b").exists()
+    False
+    >>> remove_store(tmp)
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.NotOursError: ... is not a folder that sb-urbansound made...
+    """
+    folder = Path(folder)
+    found = store_kind(folder) if not folder.is_symlink() else None
+    if found is None or (kind is not None and found != kind):
+        raise NotOursError(
+            f"{folder} is not a folder that sb-urbansound made"
+            + (f" (a {kind} folder)" if kind else "")
+            + ": it is left alone"
+        )
+    shutil.rmtree(folder)
+
+
+def replace_folder(new, folder, kind=None, legacy=None):
+    """Move the folder ``new`` to ``folder``, replacing an older store.
 
     The old folder is first renamed aside, so at every moment ``folder`` is
-    either the old one or the new one.
+    either the old one or the new one. An existing ``folder`` is replaced
+    only when it is a store of ours of the same kind (``new``'s kind, or
+    ``kind``).
 
     Arguments
     ---------
@@ -177,23 +418,43 @@ def replace_folder(new, folder):
         file system.
     folder : str or Path
         Its final path.
+    kind : str, optional
+        The kind an existing ``folder`` must have (default: ``new``'s).
+    legacy : callable, optional
+        ``legacy(folder) -> bool``: whether an unmarked ``folder`` was
+        written by an earlier version of sb-urbansound (it is replaced too).
 
     Returns
     -------
     Path
         ``folder``.
 
+    Raises
+    ------
+    NotOursError
+        When ``folder`` exists and is not such a store.
+
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> new = make_temp_folder(tmp, "m")
+    >>> new = mark_store(make_temp_folder(tmp, "m"), "model")
     >>> _ = (new / "a.txt").write_text("x")
     >>> sorted(p.name for p in replace_folder(new, tmp / "m").iterdir())
-    ['a.txt']
+    ['.sb_urbansound.json', 'a.txt']
     """
     new, folder = Path(new), Path(folder)
+    kind = kind or store_kind(new)
     old = None
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
+        ours = kind is not None and store_kind(folder) == kind
+        if not ours and legacy is not None and store_kind(folder) is None:
+            ours = legacy(folder)
+        if folder.is_symlink() or not ours:
+            raise NotOursError(
+                f"{folder} exists and is not an sb-urbansound {kind or ''} "
+                "folder, so it is not replaced: move it away, or choose "
+                "another path"
+            )
         old = Path(
             tempfile.mkdtemp(
                 dir=folder.parent, prefix=f".{folder.name}.", suffix=TMP_SUFFIX
@@ -209,9 +470,10 @@ def replace_folder(new, folder):
 def remove_stale_temps(folder, names=None):
     """Delete the temporary files and folders that a killed write left behind.
 
-    Only the hidden ``.<name>.<random>.tmp`` entries that these helpers create
-    are removed, and only when no other process could still be writing them:
-    call it while holding the output folder's lock.
+    Only the entries named as these helpers name them
+    (``.<name>.<8 random chars>.sbu-tmp``) are removed, never a user's file
+    that merely ends in ``.tmp``, and only when no other process could still
+    be writing them: call it while holding the store's lock.
 
     Arguments
     ---------
@@ -229,20 +491,20 @@ def remove_stale_temps(folder, names=None):
     -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = atomic_write_text(tmp / "a.txt", "x")
-    >>> _ = (tmp / ".a.txt.k2j3.tmp").write_text("half")
+    >>> _ = (tmp / ".a.txt.k2j3ab_9.sbu-tmp").write_text("half")
+    >>> _ = (tmp / ".my.config.tmp").write_text("a user's file")
     >>> [p.name for p in remove_stale_temps(tmp)]
-    ['.a.txt.k2j3.tmp']
+    ['.a.txt.k2j3ab_9.sbu-tmp']
     """
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for entry in sorted(folder.iterdir()):
-        name = entry.name
-        if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+        match = _TMP_NAME.match(entry.name)
+        if match is None:
             continue
-        final = name[1:].rsplit(".", 2)[0]
-        if names is not None and final not in names:
+        if names is not None and match.group("final") not in names:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -250,3 +512,331 @@ def remove_stale_temps(folder, names=None):
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+# -------------------------------------------------------------------- locks
+
+#: The locks this process holds: (device, inode) of the lock file -> path.
+_HELD = {}
+#: Layout of ``struct flock`` on Linux (l_type, l_whence, l_start, l_len,
+#: l_pid, padding), for asking the kernel which process holds a lock.
+_FLOCK = "hhqqi4x"
+
+
+def _lock_holder(fd):
+    """The pid of the process holding a lock on ``fd`` (Linux), or None."""
+    import fcntl
+
+    if not sys.platform.startswith("linux"):
+        return None
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return None
+    l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
+    return pid if l_type != fcntl.F_UNLCK and pid > 0 else None
+
+
+def describe_process(pid):
+    """``"process 123 (python train.py ...)"``, as far as it can be told.
+
+    Arguments
+    ---------
+    pid : int
+        A process id.
+
+    Returns
+    -------
+    str
+        The description.
+
+    Example
+    -------
+    >>> str(os.getpid()) in describe_process(os.getpid())
+    True
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+        command = " ".join(w.decode(errors="replace") for w in words if w)
+    except OSError:
+        command = ""
+    if len(command) > 120:
+        command = command[:117] + "..."
+    return f"process {pid}" + (f" ({command})" if command else "")
+
+
+class FolderLock:
+    """An exclusive lock on a store, held by this process alone.
+
+    A POSIX record lock (``fcntl.lockf``) on ``<folder>/.lock``: the kernel
+    releases it when this process ends, however it ends (kill -9 included),
+    and a child process (a DataLoader worker, a forked decoder) never holds
+    it, so a stopped run never leaves its folder locked. Its message names
+    the process that holds the lock, as the kernel reports it (a live
+    process). The lock file also records the holder's pid.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The store (created if needed).
+    what : str
+        What the holder does, for messages (``"writing to"``).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> lock = FolderLock(tmp).acquire()
+    >>> FolderLock(tmp).acquire()
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.BusyError: this process already holds ...
+    >>> lock.release()
+    >>> FolderLock(tmp).acquire().release()
+    """
+
+    def __init__(self, folder, what="writing to"):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.what = what
+        self._fd = None
+        self._key = None
+
+    @property
+    def held(self):
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self, wait=False, on_wait=None, poll_s=0.5):
+        """Take the lock.
+
+        Arguments
+        ---------
+        wait : bool
+            Wait for another process to release it (else raise at once).
+        on_wait : callable, optional
+            Called once, with the holder's description, when waiting starts.
+        poll_s : float
+            Seconds between tries while waiting.
+
+        Returns
+        -------
+        FolderLock
+            ``self``.
+
+        Raises
+        ------
+        BusyError
+            When another process holds the lock (and ``wait`` is False), or
+            this process already holds it.
+        OSError
+            When the lock file cannot be created (e.g. ``errno.EROFS`` on a
+            read-only file system).
+        """
+        import fcntl
+
+        if self._fd is not None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # A second lock of one file in one process would succeed (POSIX
+        # locks belong to processes), and closing its descriptor would drop
+        # the first: this process's locks are looked up first.
+        key = _file_key(self.path)
+        if key in _HELD:
+            raise BusyError(
+                f"this process already holds the lock of {self.folder}"
+            )
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        announced = False
+        try:
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
+                holder = self._holder(fd)
+                if not wait:
+                    raise BusyError(
+                        f"another run ({holder}) is {self.what} "
+                        f"{self.folder}. Wait for it to finish (or stop it), "
+                        "or use another folder."
+                    )
+                if not announced and on_wait is not None:
+                    on_wait(holder)
+                announced = True
+                time.sleep(poll_s)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        self._key = _file_key(self.path, fd)
+        _HELD[self._key] = str(self.path)
+        return self
+
+    def _holder(self, fd):
+        """A description of the process holding the lock."""
+        pid = _lock_holder(fd)
+        if pid is None:
+            try:
+                pid = int(os.pread(fd, 32, 0).split()[0])
+            except (OSError, ValueError, IndexError):
+                return "a process that could not be identified"
+        return describe_process(pid)
+
+    def release(self):
+        """Release the lock (it is also released when the process ends)."""
+        if self._fd is not None:
+            _HELD.pop(self._key, None)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _file_key(path, fd=None):
+    """(device, inode) of a file, or None when it does not exist."""
+    try:
+        st = os.fstat(fd) if fd is not None else os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def is_read_only_error(error):
+    """Whether an ``OSError`` means that a folder cannot be written.
+
+    Arguments
+    ---------
+    error : OSError
+        The error.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> is_read_only_error(OSError(errno.EROFS, "read-only"))
+    True
+    """
+    return isinstance(error, OSError) and error.errno in (
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+    )
+
+
+def is_no_space_error(error):
+    """Whether an ``OSError`` means that the disk (or quota) is full.
+
+    Arguments
+    ---------
+    error : OSError
+        The error.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> is_no_space_error(OSError(errno.ENOSPC, "full"))
+    True
+    """
+    return isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+    )
+
+
+def reserve_space(fd, size, folder):
+    """Allocate ``size`` bytes for an open file, or say there is no room.
+
+    A memory-mapped file whose blocks are not allocated kills its writer
+    with SIGBUS when the disk fills up; reserving the blocks first turns a
+    full disk into an error with a message.
+
+    Arguments
+    ---------
+    fd : int
+        An open, writable file descriptor.
+    size : int
+        Bytes the file will hold.
+    folder : str or Path
+        Named in the message.
+
+    Raises
+    ------
+    UserError
+        When the disk cannot hold ``size`` bytes.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> with open(tmp / "f", "wb") as f:
+    ...     reserve_space(f.fileno(), 4096, tmp)
+    >>> (tmp / "f").stat().st_size
+    4096
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as e:
+        if is_no_space_error(e):
+            raise no_space_error(folder, size) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    # No fallocate on this file system: write zeros, which allocates too
+    block = bytes(1 << 24)
+    try:
+        done = 0
+        while done < size:
+            n = min(len(block), size - done)
+            os.pwrite(fd, block[:n], done)
+            done += n
+        os.fsync(fd)
+    except OSError as e:
+        if is_no_space_error(e):
+            raise no_space_error(folder, size) from None
+        raise
+
+
+def no_space_error(folder, needed=None):
+    """The message for a disk too full to hold what we write.
+
+    Arguments
+    ---------
+    folder : str or Path
+        Where we write.
+    needed : int, optional
+        Bytes needed.
+
+    Returns
+    -------
+    UserError
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> "no space left" in str(no_space_error(tmp, 10**12))
+    True
+    """
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    size = "" if needed is None else f"it needs {needed / 1e6:.0f} MB, "
+    return UserError(
+        f"no space left on the device of {folder} ({size}{free}). Free some "
+        "space or point the folder at another disk, then run the same "
+        "command again: it resumes."
+    )

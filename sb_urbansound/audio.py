@@ -18,6 +18,7 @@ Authors
  * sb-urbansound contributors
 """
 
+import logging
 import math
 import os
 import stat
@@ -28,6 +29,8 @@ from sb_urbansound.errors import AudioLoadError
 
 from speechbrain.dataio import audio_io
 from speechbrain.dataio.preprocess import AudioNormalizer
+
+logger = logging.getLogger(__name__)
 
 #: Read this much beyond the clip length (see ClipConditioner.max_seconds).
 READ_MARGIN_S = 0.05
@@ -40,7 +43,9 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
 
     Hidden files and folders (``.DS_Store``, macOS ``._x.wav`` resource forks,
     ``.ipynb_checkpoints``) are skipped, and so is anything that is not a
-    regular file (a FIFO or a device named ``*.wav`` would block a reader).
+    regular file (a FIFO or a device named ``*.wav`` would block a reader);
+    a symbolic link named like an audio file whose target is missing is
+    skipped with a warning that names it.
     Symbolic links are followed; a file reached by two paths (a link to a file
     or a folder) is an error naming both paths, because two paths would give
     one recording two labels or two folds.
@@ -75,7 +80,7 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     ['b/1.WAV', 'b/2.flac']
     """
     folder = Path(folder)
-    found, twice = [], []
+    found, twice, dangling = [], [], []
     seen_dirs, seen_files = {}, {}
     for root, dirs, names in os.walk(folder, followlinks=True):
         rel_root = Path(os.path.relpath(root, folder)).as_posix()
@@ -96,6 +101,7 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
             try:
                 st = os.stat(path)
             except OSError:  # a dangling link
+                dangling.append(os.path.relpath(path, folder))
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
@@ -116,6 +122,17 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
         )
     if duplicates is not None:
         duplicates.extend(twice)
+    if dangling:
+        shown = ", ".join(dangling[:10])
+        more = f" and {len(dangling) - 10} more" if len(dangling) > 10 else ""
+        logger.warning(
+            "%d link(s) under %s named like audio files point to nothing "
+            "and are skipped: %s%s",
+            len(dangling),
+            folder,
+            shown,
+            more,
+        )
     return sorted(found)
 
 
@@ -207,9 +224,8 @@ def load_audio(path, max_seconds=None):
     if not torch.isfinite(wav).all():
         bad = int((~torch.isfinite(wav)).sum())
         raise AudioLoadError(
-            f"{path}: holds {bad} NaN or infinite sample(s), which would turn "
-            "every weight of the model into NaN. Repair or remove the file "
-            "(or prepare the data with skip_missing=True to leave it out)."
+            f"{path}: holds {bad} NaN or infinite sample(s), which no model "
+            "can use. Repair or remove the file."
         )
     return wav, int(sample_rate)
 

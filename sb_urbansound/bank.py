@@ -39,30 +39,54 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from sb_urbansound.atomic import (
     TMP_SUFFIX,
+    FolderLock,
     atomic_write_json,
+    claim_folder,
+    is_read_only_error,
+    mark_store,
+    no_space_error,
     remove_stale_temps,
+    remove_store,
+    reserve_space,
+    store_kind,
 )
 from sb_urbansound.audio import load_audio
-from sb_urbansound.errors import AudioLoadError, DataPrepError
+from sb_urbansound.errors import (
+    AudioLoadError,
+    BusyError,
+    DataPrepError,
+    UserError,
+)
+from sb_urbansound.hardware import available_cores
 from sb_urbansound.manifests import file_stamp, listing
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-#: Bump when what is stored changes, so that older banks are never reused.
-BANK_FORMAT_VERSION = 1
-#: The marker of a folder made by this module (its content is checked too).
-MARKER_FILE = "BANK.json"
-MARKER = "sb_urbansound clip bank"
+#: Bump when what is stored changes, so that older banks are never reused
+#: (2: a checksum per clip).
+BANK_FORMAT_VERSION = 2
+#: The store kinds of a bank (one settings) and of the folder of banks.
+BANK_KIND = "bank"
+BANKS_KIND = "banks"
+#: The marker file of banks written by sb-urbansound 0.2 (still ours).
+OLD_MARKER_FILE = "BANK.json"
+OLD_MARKER = "sb_urbansound clip bank"
 INDEX_FILE = "index.json"
+#: The only names a bank's array may have: never a path out of the bank.
+_DATA_NAME = re.compile(r"^clips-[0-9a-f]{12}\.npy$")
 _INT16_SCALE = 32767.0
 #: Share of the free GPU memory a bank may take.
 DEVICE_MEMORY_SHARE = 0.25
@@ -75,7 +99,7 @@ def _digest(obj):
 
 
 def is_bank_folder(folder):
-    """Whether ``folder`` was made by this module (its marker file says so).
+    """Whether ``folder`` is a bank made by this module (its marker says so).
 
     Arguments
     ---------
@@ -93,42 +117,91 @@ def is_bank_folder(folder):
     >>> is_bank_folder(tmp)
     False
     """
+    folder = Path(folder)
+    if folder.is_symlink():
+        return False
+    if store_kind(folder) == BANK_KIND:
+        return True
     try:
-        marker = json.loads((Path(folder) / MARKER_FILE).read_text("utf-8"))
+        marker = json.loads((folder / OLD_MARKER_FILE).read_text("utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(marker, dict) and marker.get("made_by") == MARKER
+    return isinstance(marker, dict) and marker.get("made_by") == OLD_MARKER
 
 
-class _DecodeDataset(torch.utils.data.Dataset):
-    """Decode and condition one clip per item (a DataLoader decodes in parallel)."""
-
-    def __init__(self, conditioner, paths):
-        self.conditioner = conditioner
-        self.paths = paths
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        path = self.paths[index]
-        try:
-            wav, rate = load_audio(path, self.conditioner.max_seconds())
-            clip = self.conditioner.convert(wav, rate)
-            clip = clip[: self.conditioner.num_samples]
-        except AudioLoadError as e:
-            return index, None, str(e)
-        pcm = torch.round(clip.clamp(-1.0, 1.0) * _INT16_SCALE).to(torch.int16)
-        return index, pcm.numpy(), None
+def _holds_only_banks(folder):
+    """Whether an unmarked folder of banks was made by sb-urbansound 0.2."""
+    children = [p for p in Path(folder).iterdir() if p.name != ".lock"]
+    return bool(children) and all(is_bank_folder(p) for p in children)
 
 
-def _as_is(item):
-    """A DataLoader collate function that leaves an item as it is."""
-    return item
+def row_checksum(row):
+    """The checksum of one stored clip (CRC-32 of its bytes).
+
+    Arguments
+    ---------
+    row : numpy.ndarray
+        One row of the bank (C-contiguous).
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> row_checksum(np.zeros(4, dtype=np.int16)) == zlib.crc32(bytes(8))
+    True
+    """
+    return zlib.crc32(memoryview(np.ascontiguousarray(row)).cast("B"))
+
+
+def decode_clip(conditioner, path):
+    """Decode and condition one clip for the bank.
+
+    Arguments
+    ---------
+    conditioner : sb_urbansound.audio.ClipConditioner
+        The bank's conditioning (rate, channels, length).
+    path : str
+        The audio file.
+
+    Returns
+    -------
+    pcm : numpy.ndarray or None
+        int16 ``[time(, channels)]``, at most the clip length.
+    error : str or None
+        Why the file cannot be decoded (then ``pcm`` is None).
+
+    Example
+    -------
+    >>> from sb_urbansound.audio import ClipConditioner
+    >>> decode_clip(ClipConditioner(8000, 1, 100), "no/such.wav")[1]
+    'no/such.wav: no such file'
+    """
+    try:
+        wav, rate = load_audio(path, conditioner.max_seconds())
+        clip = conditioner.convert(wav, rate)[: conditioner.num_samples]
+    except AudioLoadError as e:
+        return None, str(e)
+    pcm = torch.round(clip.clamp(-1.0, 1.0) * _INT16_SCALE).to(torch.int16)
+    return pcm.numpy(), None
+
+
+class BankDamaged(Exception):
+    """A bank's index or array does not pass its checks (the message says
+    why); the bank is rebuilt."""
 
 
 class ClipBank:
     """The clips of a data set, conditioned once, as an int16 array.
+
+    A bank is a store (``docs/stores.md``): its folder is marked as ours, a
+    build holds its lock (runs that share a ``bank_folder`` take turns, and
+    a reader opens exactly the array it built or checked), every clip has a
+    checksum that is verified when the bank is reused (a damaged clip is
+    named and decoded again), the array's space is reserved before it is
+    written (a full disk is an error with a message, not SIGBUS), and a
+    complete bank on a read-only file system is used read-only.
 
     Arguments
     ---------
@@ -169,23 +242,34 @@ class ClipBank:
         self.index = {}
         self.clips = None  # np.memmap [rows, time(, channels)] int16
         self.lengths = None  # torch.LongTensor [rows]
+        self._built = None  # the index this object built or checked
         self._device_clips = None
         self._device_lengths = None
 
+    @property
+    def shape(self):
+        """The shape of one stored clip: ``(time,)`` or ``(time, channels)``."""
+        shape = (self.conditioner.num_samples,)
+        if self.conditioner.channels > 1:
+            shape += (self.conditioner.channels,)
+        return shape
+
     # ------------------------------------------------------------- building
-    def build(self, paths, num_workers=0, progress=True):
+    def build(self, paths, threads=None, progress=True):
         """Bring the bank up to date with ``paths`` and open it.
 
-        Clips whose file is unchanged are reused; new or changed ones are
-        decoded (by ``num_workers`` processes), and a new array replaces the
-        old one atomically. Clips not in ``paths`` are dropped.
+        Clips whose file is unchanged and whose stored copy passes its
+        checksum are reused; new, changed or damaged ones are decoded (by
+        ``threads`` threads: no child process), and a new array replaces the
+        old one atomically. Clips not in ``paths`` are dropped. A run that
+        finds another one building the same bank waits for it.
 
         Arguments
         ---------
         paths : dict
             ``{clip_id: audio file}``.
-        num_workers : int
-            Processes decoding in parallel (0: this process).
+        threads : int, optional
+            Threads decoding in parallel (default: the CPU cores, at most 8).
         progress : bool
             Show a progress bar.
 
@@ -198,17 +282,40 @@ class ClipBank:
         ------
         DataPrepError
             Naming every file that cannot be decoded.
+        UserError
+            When ``bank_folder`` is not ours, the disk is full, or a
+            read-only bank is not complete.
         """
         start = time.perf_counter()
-        self._remove_other_banks()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            self.folder / MARKER_FILE,
-            {"made_by": MARKER, "settings": self.settings},
+        claim_folder(
+            self.root, BANKS_KIND, "bank_folder", legacy=_holds_only_banks
         )
+        claim_folder(self.folder, BANK_KIND, "bank_folder", is_bank_folder)
+        lock = FolderLock(self.folder, "building the clip bank in")
+        try:
+            lock.acquire(wait=True, on_wait=self._log_wait)
+        except OSError as e:
+            if not is_read_only_error(e):
+                raise
+            return self._use_read_only(paths, start, e)
+        try:
+            return self._build_locked(paths, threads, progress, start)
+        finally:
+            lock.release()
+
+    def _log_wait(self, holder):
+        logger.info(
+            "Clip bank: waiting for %s, which is building %s",
+            holder,
+            self.folder,
+        )
+
+    def _build_locked(self, paths, threads, progress, start):
+        """:meth:`build`, with the bank's lock held."""
+        mark_store(self.folder, BANK_KIND, settings=self.settings)
         remove_stale_temps(self.folder)
-        old = self._read_index()
-        old_clips = self._open_array(old) if old else None
+        self._remove_other_banks()
+        old, old_clips, damaged = self._check(self._read_index())
 
         ids = sorted(paths)
         entries, todo = {}, []
@@ -218,22 +325,25 @@ class ClipBank:
             entry = {"row": row, "path": path, "stamp": stamp}
             previous = (old or {}).get("clips", {}).get(clip_id)
             if (
-                old_clips is not None
-                and previous is not None
+                previous is not None
+                and clip_id not in damaged
                 and previous["path"] == path
                 and previous["stamp"] == stamp
                 and stamp is not None
             ):
                 entry["length"] = previous["length"]
+                entry["crc"] = previous["crc"]
                 entry["from"] = previous["row"]
             else:
                 todo.append(row)
             entries[clip_id] = entry
 
-        unchanged = (
-            old is not None and not todo and len(ids) == len(old["clips"])
-        )
-        if unchanged and all(e["from"] == e["row"] for e in entries.values()):
+        if (
+            old is not None
+            and not todo
+            and len(ids) == len(old["clips"])
+            and all(e["from"] == e["row"] for e in entries.values())
+        ):
             self._open(old)
             logger.info(
                 "Clip bank up to date: %d clips, %.1f MB in %s",
@@ -243,15 +353,8 @@ class ClipBank:
             )
             return self._summary(len(ids), 0, start)
 
-        shape = (len(ids), self.conditioner.num_samples)
-        if self.conditioner.channels > 1:
-            shape += (self.conditioner.channels,)
-        generation = _digest([time.time(), os.getpid()])
-        data_name = f"clips-{generation}.npy"
-        tmp_path = self.folder / f".{data_name}.{generation}{TMP_SUFFIX}"
-        array = np.lib.format.open_memmap(
-            tmp_path, mode="w+", dtype=np.int16, shape=shape
-        )
+        data_name = f"clips-{_digest([time.time(), os.getpid()])}.npy"
+        array, tmp_path = self._new_array(data_name, (len(ids), *self.shape))
         try:
             for entry in entries.values():  # reused rows: a copy
                 if "from" in entry:
@@ -263,9 +366,7 @@ class ClipBank:
                     len(ids),
                     self.folder,
                 )
-            failed = self._decode(
-                array, ids, entries, todo, num_workers, progress
-            )
+            failed = self._decode(array, ids, entries, todo, threads, progress)
             if failed:
                 raise DataPrepError(
                     f"{len(failed)} audio file(s) cannot be decoded into the "
@@ -279,15 +380,11 @@ class ClipBank:
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
-        index = {
-            "settings": self.settings,
-            "data": data_name,
-            "clips": entries,
-        }
+        index = {"settings": self.settings, "data": data_name, "clips": entries}
         atomic_write_json(self.folder / INDEX_FILE, index)
         old_clips = None
-        for stale in self.folder.glob("clips-*.npy"):
-            if stale.name != data_name:
+        for stale in self.folder.iterdir():
+            if _DATA_NAME.match(stale.name) and stale.name != data_name:
                 stale.unlink(missing_ok=True)
         self._open(index)
         logger.info(
@@ -299,35 +396,78 @@ class ClipBank:
         )
         return self._summary(len(ids), len(todo), start)
 
-    def _decode(self, array, ids, entries, rows, num_workers, progress):
-        """Decode ``rows`` into ``array``; return the failures' messages."""
+    def _new_array(self, data_name, shape):
+        """A new int16 ``.npy`` array whose disk space is reserved."""
+        nbytes = int(np.prod(shape)) * 2
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            free = None
+        if free is not None and free < nbytes:
+            raise no_space_error(self.folder, nbytes)
+        fd, name = tempfile.mkstemp(
+            dir=self.folder, prefix=f".{data_name}.", suffix=TMP_SUFFIX
+        )
+        tmp_path = Path(name)
+        try:
+            with os.fdopen(fd, "r+b") as f:
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.int16)),
+                    "fortran_order": False,
+                    "shape": tuple(shape),
+                }
+                np.lib.format.write_array_header_1_0(f, header)
+                offset = f.tell()
+                f.flush()
+                # a memory map over unallocated blocks dies of SIGBUS when
+                # the disk fills up: allocate them first
+                reserve_space(f.fileno(), offset + nbytes, self.folder)
+            array = np.memmap(
+                tmp_path, dtype=np.int16, mode="r+", offset=offset, shape=shape
+            )
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        return array, tmp_path
+
+    def _decode(self, array, ids, entries, rows, threads, progress):
+        """Decode ``rows`` into ``array``; return the failures' messages.
+
+        Threads, not processes: libsndfile and torch release Python's lock
+        while they work, and no child process can outlive the run or hold
+        its files.
+        """
         if not rows:
             return []
-        paths = [entries[ids[row]]["path"] for row in rows]
-        # collate_fn: numpy arrays travel pickled through the workers' pipes
-        # (torch tensors would be shared through file descriptors sent over
-        # a socket, which sandboxes without sockets refuse)
-        loader = torch.utils.data.DataLoader(
-            _DecodeDataset(self.conditioner, paths),
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=_as_is,
-        )
+        if threads is None:
+            threads = min(available_cores(), 8)
         failed = []
-        bar = tqdm(
-            loader,
-            total=len(rows),
-            desc="Clip bank",
-            unit="clip",
-            disable=not progress,
-        )
-        for index, pcm, error in bar:
-            entry = entries[ids[rows[index]]]
-            if error is not None:
-                failed.append(error)
-                continue
-            array[entry["row"], : pcm.shape[0]] = pcm
-            entry["length"] = int(pcm.shape[0])
+        pool = ThreadPoolExecutor(max(1, int(threads)))
+        try:
+            results = pool.map(
+                lambda row: decode_clip(
+                    self.conditioner, entries[ids[row]]["path"]
+                ),
+                rows,
+            )
+            bar = tqdm(
+                zip(rows, results),
+                total=len(rows),
+                desc="Clip bank",
+                unit="clip",
+                disable=not progress,
+            )
+            for row, (pcm, error) in bar:
+                entry = entries[ids[row]]
+                if error is not None:
+                    failed.append(error)
+                    continue
+                array[row, : pcm.shape[0]] = pcm  # the rest: zeros
+                entry["length"] = int(pcm.shape[0])
+                entry["crc"] = row_checksum(array[row])
+        finally:
+            # a stop (Ctrl-C, SIGTERM) does not wait for the queued clips
+            pool.shutdown(wait=True, cancel_futures=True)
         return failed
 
     def _summary(self, clips, decoded, start):
@@ -340,21 +480,50 @@ class ClipBank:
         }
 
     def _remove_other_banks(self):
-        """Delete this module's banks of other settings (marked ones only)."""
-        if not self.root.is_dir():
-            return
-        for child in self.root.iterdir():
-            if child == self.folder or child.is_symlink() or not child.is_dir():
-                continue
-            if not is_bank_folder(child):
+        """Delete this module's banks of other settings (marked ones only,
+        and only when no other run is using them: their lock is free)."""
+        for child in sorted(self.root.iterdir()):
+            if child == self.folder or not is_bank_folder(child):
                 continue  # not ours: never touched
-            size = sum(p.stat().st_size for p in child.iterdir() if p.is_file())
-            logger.info(
-                "Clip bank: removing %s (%.1f MB), made for other settings",
-                child,
-                size / 1e6,
+            other = FolderLock(child, "building the clip bank in")
+            try:
+                other.acquire()
+            except (BusyError, OSError):
+                continue  # in use by another run: left alone
+            try:
+                size = sum(
+                    p.stat().st_size for p in child.iterdir() if p.is_file()
+                )
+                logger.info(
+                    "Clip bank: removing %s (%.1f MB), made for other settings",
+                    child,
+                    size / 1e6,
+                )
+                if store_kind(child) == BANK_KIND:
+                    remove_store(child, BANK_KIND)
+                else:  # a bank of sb-urbansound 0.2
+                    shutil.rmtree(child, ignore_errors=True)
+            finally:
+                other.release()
+
+    def _use_read_only(self, paths, start, error):
+        """Use a complete bank that cannot be written (read-only folder)."""
+        old, _, damaged = self._check(self._read_index())
+        missing = self._not_covered(old, paths) if old else ["(no bank)"]
+        if old is None or missing or damaged:
+            why = (
+                f"{len(damaged)} damaged clip(s)"
+                if damaged
+                else f"{len(missing)} clip(s) missing or changed"
             )
-            shutil.rmtree(child, ignore_errors=True)
+            raise UserError(
+                f"the clip bank in {self.folder} cannot be written ({error}) "
+                f"and is not complete for this run ({why}): point "
+                "--bank_folder at a writable folder"
+            ) from None
+        self._open(old)
+        logger.info("Clip bank: using the read-only bank in %s", self.folder)
+        return self._summary(len(paths), 0, start)
 
     # -------------------------------------------------------------- reading
     def _read_index(self):
@@ -363,24 +532,97 @@ class ClipBank:
             index = json.loads((self.folder / INDEX_FILE).read_text("utf-8"))
         except (OSError, ValueError):
             return None
-        if index.get("settings") != self.settings:
+        if (
+            not isinstance(index, dict)
+            or index.get("settings") != self.settings
+        ):
             return None
         return index
 
-    def _open_array(self, index):
-        """Memory-map the array an index names (None when it is unusable)."""
+    def _check(self, index):
+        """Check an index and its array; return (index, array, damaged ids).
+
+        A bank whose index or array does not pass the checks is reported and
+        treated as absent (``(None, None, set())``): it is rebuilt. Clips
+        whose stored copy does not match its checksum are the damaged ids.
+        """
+        if index is None:
+            return None, None, set()
         try:
-            clips = np.load(self.folder / index["data"], mmap_mode="r")
-        except (OSError, ValueError, KeyError):
-            return None
-        if clips.dtype != np.int16 or len(clips) != len(index["clips"]):
-            return None
+            clips = self._validate(index)
+        except BankDamaged as e:
+            logger.warning(
+                "Clip bank in %s is damaged (%s): rebuilding it",
+                self.folder,
+                e,
+            )
+            return None, None, set()
+        damaged = {
+            clip_id
+            for clip_id, entry in index["clips"].items()
+            if row_checksum(clips[entry["row"]]) != entry["crc"]
+        }
+        if damaged:
+            logger.warning(
+                "Clip bank in %s: %d clip(s) do not match their checksums "
+                "(damaged on disk): %s; decoding them again",
+                self.folder,
+                len(damaged),
+                listing(sorted(damaged), 10),
+            )
+        return index, clips, damaged
+
+    def _validate(self, index):
+        """The memory-mapped array of a well-formed index (else BankDamaged)."""
+        data = index.get("data")
+        entries = index.get("clips")
+        if not isinstance(data, str) or not _DATA_NAME.match(data):
+            raise BankDamaged(f"the index names the array {data!r}")
+        if not isinstance(entries, dict):
+            raise BankDamaged("the index has no clip table")
+        rows = []
+        for clip_id, entry in entries.items():
+            ok = (
+                isinstance(entry, dict)
+                and isinstance(entry.get("row"), int)
+                and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("crc"), int)
+                and isinstance(entry.get("length"), int)
+                and 1 <= entry["length"] <= self.conditioner.num_samples
+            )
+            if not ok:
+                raise BankDamaged(f"the index entry of {clip_id} is malformed")
+            rows.append(entry["row"])
+        if sorted(rows) != list(range(len(rows))):
+            raise BankDamaged("the index's rows are not 0 .. n-1, once each")
+        try:
+            clips = np.load(self.folder / data, mmap_mode="r")
+        except Exception as e:  # a damaged header raises many things
+            raise BankDamaged(f"{data} does not load ({e!r})") from None
+        if clips.dtype != np.int16 or clips.shape != (len(rows), *self.shape):
+            raise BankDamaged(
+                f"{data} holds {clips.dtype} {clips.shape}, not int16 "
+                f"{(len(rows), *self.shape)}"
+            )
         return clips
 
+    @staticmethod
+    def _not_covered(index, paths):
+        """The clip ids of ``paths`` that ``index`` does not hold as they are."""
+        entries = index["clips"]
+        return [
+            clip_id
+            for clip_id, path in paths.items()
+            if clip_id not in entries
+            or entries[clip_id]["path"] != str(path)
+            or entries[clip_id].get("stamp") != file_stamp(path)
+        ] + [clip_id for clip_id in entries if clip_id not in paths]
+
     def _open(self, index):
-        """Open a built bank."""
+        """Open a checked bank: exactly the array its index names."""
+        self._built = index
         self.index = {k: v["row"] for k, v in index["clips"].items()}
-        self.clips = self._open_array(index)
+        self.clips = np.load(self.folder / index["data"], mmap_mode="r")
         lengths = [0] * len(self.index)
         for entry in index["clips"].values():
             lengths[entry["row"]] = entry["length"]
@@ -388,17 +630,42 @@ class ClipBank:
         self._device_clips = None
         self._device_lengths = None
 
-    def open(self):
-        """Open the bank as it was built (e.g. by the main process under DDP).
+    def open(self, paths=None):
+        """Open the bank: the one this object built, or (e.g. on the other
+        processes of a DDP run, after the main one built it) the bank on
+        disk, checked to hold exactly ``paths``.
+
+        Arguments
+        ---------
+        paths : dict, optional
+            ``{clip_id: audio file}`` the bank must hold.
 
         Returns
         -------
         ClipBank
             ``self``.
+
+        Raises
+        ------
+        DataPrepError
+            When the bank on disk is not usable or holds other clips.
         """
+        if self._built is not None:
+            return self
         index = self._read_index()
-        if index is None or self._open_array(index) is None:
-            raise DataPrepError(f"no usable clip bank in {self.folder}")
+        try:
+            if index is None:
+                raise BankDamaged("no index")
+            self._validate(index)
+        except BankDamaged as e:
+            raise DataPrepError(
+                f"no usable clip bank in {self.folder} ({e})"
+            ) from None
+        if paths is not None and self._not_covered(index, paths):
+            raise DataPrepError(
+                f"the clip bank in {self.folder} holds other clips than this "
+                "run's (another run rebuilt it meanwhile?): run again"
+            )
         self._open(index)
         return self
 

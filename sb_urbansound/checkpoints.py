@@ -235,8 +235,12 @@ def _write_failure(error, folder):
     text = str(error).lower()
     if "no space left" in text:
         return "no space left on the device"
-    # torch.save reports a failed write as a bare stream error
-    if "iostream error" in text or "file write failed" in text:
+    # torch.save reports a failed write as a bare stream error, or as a
+    # position check of its zip writer ("unexpected pos 576 vs 534")
+    if any(
+        sign in text
+        for sign in ("iostream error", "file write failed", "unexpected pos")
+    ):
         try:
             free = shutil.disk_usage(folder).free / 2**20
         except OSError:

@@ -110,6 +110,7 @@ def classify_files(
     device="cpu",
     progress=None,
     on_error=None,
+    trust=False,
     backend="torch",
     segments=None,
 ):
@@ -140,6 +141,9 @@ def classify_files(
         Called as ``on_error(path, message)`` for each file that cannot be
         classified and each folder with no audio file (default: log a
         warning).
+    trust : bool
+        Load a model folder whose ``hyperparams.yaml`` builds or calls
+        anything (see :mod:`sb_urbansound.trust`).
     backend : str
         ``"torch"`` (PyTorch and SpeechBrain) or ``"onnx"`` (the folder's
         ``model.onnx`` with :mod:`sb_urbansound.runtime`, no torch), when
@@ -165,7 +169,7 @@ def classify_files(
     See ``tests/test_inference.py``; from the command line,
     ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
     """
-    scorer = load_scorer(model_folder, backend, device, batch_size)
+    scorer = load_scorer(model_folder, backend, device, batch_size, trust)
     folder_name = scorer.model_folder
     items = []  # (path, message): message for an input with no audio file
     for item in paths:
@@ -304,7 +308,9 @@ class TorchScorer:
         return probs, wav.shape[0] / self.sample_rate
 
 
-def load_scorer(model_folder, backend="torch", device="cpu", batch_size=16):
+def load_scorer(
+    model_folder, backend="torch", device="cpu", batch_size=16, trust=False
+):
     """A model folder (or a loaded model) as a scorer (see :class:`TorchScorer`).
 
     Arguments
@@ -318,6 +324,9 @@ def load_scorer(model_folder, backend="torch", device="cpu", batch_size=16):
         Where the PyTorch model runs.
     batch_size : int
         Windows per forward pass (PyTorch).
+    trust : bool
+        Load a model folder whose ``hyperparams.yaml`` builds or calls
+        anything (PyTorch; see :mod:`sb_urbansound.trust`).
 
     Returns
     -------
@@ -341,7 +350,7 @@ def load_scorer(model_folder, backend="torch", device="cpu", batch_size=16):
         scorer = OnnxModel(model_folder)
         scorer.model_folder = str(model_folder)
         return scorer
-    scorer = TorchScorer(load_model(model_folder, device), batch_size)
+    scorer = TorchScorer(load_model(model_folder, device, trust), batch_size)
     scorer.model_folder = str(model_folder)
     return scorer
 
@@ -449,6 +458,10 @@ def _is_path(obj):
 def format_line(result):
     """One tab-separated output line: path, then label/probability pairs.
 
+    A tab, newline or backslash inside a path or label is written as ``\\t``,
+    ``\\n`` or ``\\\\`` (as in PostgreSQL's text format), so every line has its
+    fields.
+
     Arguments
     ---------
     result : dict
@@ -470,11 +483,57 @@ def format_line(result):
     ... }
     >>> format_line(r).split("\\t")
     ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
+    >>> r["top_k"] = [{"label": "dog\\tbark", "prob": 1.0}]
+    >>> format_line(r).split("\\t")
+    ['a.wav', 'dog\\\\tbark', '1.0000']
     """
-    fields = [result["path"]]
+    fields = [_escape(result["path"])]
     for item in result["top_k"]:
-        fields += [item["label"], f"{item['prob']:.4f}"]
+        fields += [_escape(item["label"]), f"{item['prob']:.4f}"]
     return "\t".join(fields)
+
+
+def _escape(text):
+    """A field of a tab-separated line, with its special characters escaped."""
+    text = str(text).replace("\\", "\\\\")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_results(results, as_json, stream):
+    """Write the results: tab-separated lines, or a JSON list.
+
+    Arguments
+    ---------
+    results : list of dict
+        From :func:`classify_files`.
+    as_json : bool
+        A JSON list (failed files included, with their ``error``) instead of
+        one line per classified file.
+    stream : file
+        Where to write; it is flushed, so a full disk is reported here.
+
+    Example
+    -------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> r = {"path": "a.wav", "top_k": [{"label": "dog", "prob": 1.0}]}
+    >>> write_results([r, {"path": "b.wav", "error": "x"}], False, out)
+    >>> out.getvalue()
+    'a.wav\\tdog\\t1.0000\\n'
+    """
+    if as_json:
+        # Valid JSON only: a non-finite probability is an error, never NaN
+        json.dump(results, stream, indent=2, allow_nan=False)
+        stream.write("\n")
+    else:
+        for result in results:
+            if "error" in result:
+                continue
+            if "segments" in result:  # --segments: the events, then counts
+                stream.write("\n".join(format_segment_lines(result)) + "\n")
+            else:
+                stream.write(format_line(result) + "\n")
+    stream.flush()
 
 
 def parse_args(argv=None):
@@ -539,6 +598,13 @@ def parse_args(argv=None):
         metavar="B",
         help="windows per forward pass; memory only, results do not change "
         "(default: 16)",
+    )
+    parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model folder whose hyperparams.yaml builds or calls "
+        "more than a model needs (a model folder is code: only for folders "
+        "whose origin you trust; see sb_urbansound.trust)",
     )
     parser.add_argument(
         "-v",
@@ -697,20 +763,23 @@ def format_segment_lines(result):
     a.wav | 0.000 | 2.500 | siren | 0.9100
     # a.wav: 1 events: siren 1
     """
+    path = _escape(result["path"])
     lines = [
         "\t".join(
             [
-                result["path"],
+                path,
                 f"{seg['start']:.3f}",
                 f"{seg['end']:.3f}",
-                seg["label"],
+                _escape(seg["label"]),
                 f"{seg['score']:.4f}",
             ]
         )
         for seg in result["segments"]
     ]
-    counts = ", ".join(f"{k} {n}" for k, n in result["counts"].items() if n)
-    summary = f"# {result['path']}: {len(result['segments'])} events"
+    counts = ", ".join(
+        f"{_escape(k)} {n}" for k, n in result["counts"].items() if n
+    )
+    summary = f"# {path}: {len(result['segments'])} events"
     lines.append(summary + (f": {counts}" if counts else ""))
     return lines
 
@@ -747,7 +816,11 @@ def main(argv=None):
 
     try:
         model = load_scorer(
-            args.model_folder, args.backend, args.device, args.batch_size
+            args.model_folder,
+            args.backend,
+            args.device,
+            args.batch_size,
+            args.trust_model,
         )
     except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -779,18 +852,16 @@ def main(argv=None):
         on_error=report,
         segments=segments,
     )
-    if args.json:
-        # Valid JSON only: a non-finite probability is an error, never NaN
-        json.dump(results, sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
-    else:
-        for result in results:
-            if "error" in result:
-                continue
-            if segments is not None:
-                print("\n".join(format_segment_lines(result)))
-            else:
-                print(format_line(result))
+    try:
+        write_results(results, args.json, sys.stdout)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and keep Python
+        # from reporting the failed flush of stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        print(f"error: cannot write the results: {e}", file=sys.stderr)
+        return 1
     if failed:
         print(
             f"{len(failed)} of {len(results)} files could not be classified",

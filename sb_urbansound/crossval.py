@@ -36,9 +36,7 @@ the recipe also gets SIGTERM when crossval dies without warning (SIGKILL), so
 no fold is ever left training without its crossval.
 """
 
-import ctypes
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -48,10 +46,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sb_urbansound.atomic import atomic_write_json
-from sb_urbansound.errors import DataPrepError, UserError
-from sb_urbansound.experiment import read_yaml_values
+from sb_urbansound.atomic import FolderLock, atomic_write_json, claim_folder
+from sb_urbansound.errors import BusyError, DataPrepError, UserError
+from sb_urbansound.experiment import (
+    RUN_SETTINGS_FILE,
+    differences,
+    read_yaml_values,
+    run_settings,
+)
 from sb_urbansound.hardware import hardware_description
+from sb_urbansound.processes import die_with_parent_preexec, signal_name
 from sb_urbansound.sources.folds import parse_fold_list
 
 __all__ = [
@@ -66,7 +70,6 @@ __all__ = [
     "fold_argv",
     "fold_finished",
     "run_forwarding_signals",
-    "die_with_parent_preexec",
     "subprocess_runner",
     "inprocess_runner",
     "run_crossval",
@@ -75,6 +78,8 @@ __all__ = [
 
 MIN_FOLDS = 3
 FOLD_MARKER = "crossval_fold.json"
+#: The store kind of a cross-validation's output folder.
+CROSSVAL_KIND = "crossval"
 #: The files of a finished fold (relative to its folder): the test results and
 #: the exported model, written last.
 FOLD_OUTPUTS = ("test_results.json", "model/hyperparams.yaml")
@@ -86,7 +91,6 @@ FORWARDED_SIGNALS = tuple(
     for name in ("SIGTERM", "SIGINT", "SIGHUP")
     if hasattr(signal, name)
 )
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
@@ -554,53 +558,6 @@ def fold_argv(hparams_file, plan, fold_dir, passthrough=(), leaky=False):
     return argv
 
 
-def _libc_prctl():
-    """libc's ``prctl`` function (Linux), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.restype = ctypes.c_int
-    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-    return prctl
-
-
-def die_with_parent_preexec():
-    """A ``preexec_fn`` that makes a child get SIGTERM when this process dies.
-
-    The child calls ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` between fork and exec,
-    so the kernel sends it SIGTERM when its parent ends, even by SIGKILL. libc
-    is opened here, in the parent (not after the fork). If the parent is
-    already gone when the child sets this up, the child exits at once.
-
-    Returns
-    -------
-    callable or None
-        The function for ``subprocess.Popen(..., preexec_fn=...)``; None where
-        ``prctl`` is not available (not Linux), where nothing is done.
-
-    Example
-    -------
-    >>> preexec = die_with_parent_preexec()
-    >>> preexec is None or callable(preexec)
-    True
-    """
-    prctl = _libc_prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec():
-        """In the child: SIGTERM on the parent's death."""
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # it died before prctl: no signal will come
-            os._exit(128 + int(signal.SIGTERM))
-
-    return preexec
-
-
 def _install_handlers(handler):
     """Install ``handler`` for the forwarded signals; return the old handlers.
 
@@ -619,14 +576,6 @@ def _install_handlers(handler):
     return previous
 
 
-def _signal_name(signum):
-    """``"SIGTERM"`` for 15, and so on."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 #: Seconds between checks of the recipe while it runs.
 _POLL_S = 0.2
 
@@ -637,7 +586,8 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
     While the command runs, SIGTERM, SIGINT and SIGHUP received by this process
     (main thread only) are sent on to it, and it is given ``stop_timeout``
     seconds from the first one to exit, then killed. On Linux the command also
-    gets SIGTERM if this process dies (see :func:`die_with_parent_preexec`).
+    gets SIGTERM if this process dies (see
+    :func:`sb_urbansound.processes.die_with_parent_preexec`).
     The previous signal handlers are restored before returning.
 
     A Ctrl-C in a terminal reaches both processes (one process group), so the
@@ -704,7 +654,7 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
             signal.signal(sig, handler)
     if received:
         signum = received[0][0]
-        name = _signal_name(signum)
+        name = signal_name(signum)
         if killed:
             fate = (
                 f"did not exit within {stop_timeout:g} s of it and was killed"
@@ -771,7 +721,12 @@ def subprocess_runner(argv, fold_dir):
     if code != 0:
         log = Path(fold_dir) / "log.txt"
         where = f"; its log is {log}" if log.exists() else ""
-        if code == 2:  # the recipe's exit status for bad data or options
+        if code == BusyError.exit_status:  # another process holds the fold
+            hint = (
+                f"Another process is writing to {fold_dir} (see the message "
+                "above): wait for it to finish, or stop it, then rerun."
+            )
+        elif code == UserError.exit_status:  # bad data, options or folders
             hint = "The recipe rejected the data or options: see its message above."
         else:
             hint = (
@@ -888,6 +843,103 @@ def _marker_mismatch(marker, plan, leaky):
     return "; ".join(diffs)
 
 
+def _is_legacy_crossval(folder):
+    """Whether an unmarked folder holds a cross-validation of an earlier
+    version (its results, or a fold folder with crossval's marker)."""
+    folder = Path(folder)
+    return (folder / "crossval_results.json").is_file() or any(
+        (p / FOLD_MARKER).is_file() for p in folder.glob("fold_*")
+    )
+
+
+def _is_legacy_fold(folder):
+    """Whether an unmarked fold folder was made by an earlier crossval."""
+    return (Path(folder) / FOLD_MARKER).is_file()
+
+
+def fold_settings(hparams_file, recipe_argv):
+    """The settings a fold's run is made with, comparable as JSON.
+
+    The recipe's own comparison (:func:`sb_urbansound.experiment.run_settings`:
+    every key that shapes the model or the data) and the number of epochs,
+    which a finished fold's results depend on too.
+
+    Arguments
+    ---------
+    hparams_file : str or Path
+        The recipe YAML.
+    recipe_argv : list of str
+        The fold's recipe command line (:func:`fold_argv`).
+
+    Returns
+    -------
+    dict
+        Key to canonical value.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "h.yaml").write_text("lr: 0.1\\nnumber_of_epochs: 3\\n")
+    >>> fold_settings(tmp / "h.yaml", [str(tmp / "h.yaml"), "--lr=0.5"])
+    {'lr': 0.5, 'number_of_epochs': 3}
+    """
+    overrides = _yaml_overrides(hparams_file, list(recipe_argv[1:]))
+    try:
+        values = read_yaml_values(hparams_file, overrides)
+    except UserError as e:
+        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
+    settings = run_settings(values)
+    if "number_of_epochs" in values:
+        settings["number_of_epochs"] = values["number_of_epochs"]
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _recorded_settings(fold_dir):
+    """The settings a fold folder was run with, or None when it has no
+    progress: those crossval recorded, else the recipe's own record."""
+    marker_path = fold_dir / FOLD_MARKER
+    marker = _read_json(marker_path) if marker_path.is_file() else {}
+    progress = (fold_dir / "test_results.json").exists() or _has_checkpoint(
+        fold_dir
+    )
+    if not progress:
+        return None
+    if "settings" in marker:
+        return marker["settings"]
+    try:  # a fold of an earlier version: the recipe's record
+        return _read_json(fold_dir / RUN_SETTINGS_FILE)["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _refuse_other_settings(plans, out_dir, wanted):
+    """Refuse folds run (or started) with settings other than ``wanted``."""
+    problems = []
+    for plan in plans:
+        recorded = _recorded_settings(out_dir / plan.name)
+        if recorded is None:
+            continue
+        # the fold assignment is compared on its own (a clearer message)
+        skip = {*FOLD_KEYS, LEAKY_KEY}
+        if "number_of_epochs" not in recorded:  # the recipe's own record
+            skip.add("number_of_epochs")
+        diff = differences(
+            {k: v for k, v in recorded.items() if k not in skip},
+            {k: v for k, v in wanted[plan.test].items() if k not in skip},
+        )
+        if diff:
+            problems.append(f"{plan.name}:\n    " + "\n    ".join(diff))
+    if problems:
+        raise CrossvalError(
+            f"{out_dir} holds folds run with other settings than this "
+            "command's; their results would be averaged under this command:"
+            "\n  "
+            + "\n  ".join(problems)
+            + "\nRerun with the settings those folds were run with (see "
+            "their crossval_fold.json), or use a new --output_folder."
+        )
+
+
 def run_crossval(argv, runner=None, log=None, progress=True):
     """Run the cross-validation described by a command line; write the reports.
 
@@ -924,7 +976,6 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     -------
     >>> run_crossval(["hparams/cnn.yaml", "--data_folder=d"])  # doctest: +SKIP
     """
-    from sb_urbansound import report
     from tqdm.auto import tqdm
 
     runner = runner or subprocess_runner
@@ -943,7 +994,20 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     if not out_dir:
         raise CrossvalError("no output folder: pass --output_folder=DIR")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(out_dir, CROSSVAL_KIND, legacy=_is_legacy_crossval)
+    lock = FolderLock(out_dir, "running a cross-validation in").acquire()
+    try:
+        return _run_locked(
+            args, settings, leaky, plans, out_dir, runner, log, progress
+        )
+    finally:
+        lock.release()
+
+
+def _run_locked(args, settings, leaky, plans, out_dir, runner, log, progress):
+    """:func:`run_crossval` with the output folder locked."""
+    from sb_urbansound import report
+    from tqdm.auto import tqdm
 
     command = "python -m sb_urbansound.crossval " + shlex.join(args.argv)
     if leaky:
@@ -965,7 +1029,21 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     ):
         passthrough.append(f"--{BANK_KEY}={out_dir / 'bank'}")
 
-    fold_results, histories, seconds = [], {}, {}
+    # Every fold must be run with this command's settings: a finished fold
+    # of another command would be averaged in under the wrong command
+    argvs = {
+        plan.test: fold_argv(
+            args.hparams_file, plan, out_dir / plan.name, passthrough, leaky
+        )
+        for plan in plans
+    }
+    wanted = {
+        test: fold_settings(args.hparams_file, argv)
+        for test, argv in argvs.items()
+    }
+    _refuse_other_settings(plans, out_dir, wanted)
+
+    fold_results, histories, seconds, commands = [], {}, {}, {}
     bar = tqdm(
         total=len(plans), desc="crossval", unit="fold", disable=not progress
     )
@@ -974,9 +1052,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
             fold_dir = out_dir / plan.name
             marker_path = fold_dir / FOLD_MARKER
             results_path = fold_dir / "test_results.json"
-            recipe_argv = fold_argv(
-                args.hparams_file, plan, fold_dir, passthrough, leaky
-            )
+            recipe_argv = argvs[plan.test]
             marker = _read_json(marker_path) if marker_path.exists() else None
             if marker is not None:
                 diff = _marker_mismatch(marker, plan, leaky)
@@ -1024,6 +1100,8 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                     log(f"fold {plan.test}: resuming the unfinished run")
                 marker["attempts"] += 1
                 marker["recipe_argv"] = recipe_argv
+                marker["settings"] = wanted[plan.test]
+                claim_folder(fold_dir, "run", legacy=_is_legacy_fold)
                 atomic_write_json(marker_path, marker)
                 bar.set_postfix_str(f"fold {plan.test}")
                 start = time.monotonic()
@@ -1048,6 +1126,11 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                     f"fold {plan.test}: accuracy {100 * res['accuracy']:.2f} % on "
                     f"{res['n_clips']} clips (valid fold {plan.valid}), "
                     f"{report.format_duration(marker['seconds'])}"
+                )
+            argv = (marker or {}).get("recipe_argv")
+            if argv:
+                commands[plan.test] = shlex.join(
+                    ["python", str(recipe_script(argv[0])), *argv]
                 )
             fold_results.append(
                 {"test_fold": plan.test, "valid_folds": [plan.valid], **res}
@@ -1082,6 +1165,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         hardware=hardware_description(),
         leaky=leaky,
         fold_seconds=seconds if have_seconds else None,
+        fold_commands=commands,
     )
     report.plot_confusion_matrix(
         out_dir / "confusion_matrix.png",
@@ -1121,9 +1205,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         run_crossval(argv)
-    except CrossvalError as e:
+    except UserError as e:  # CrossvalError and the folder's lock or marker
         print(f"crossval: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except FoldFailedError as e:
         print(f"crossval: {e}", file=sys.stderr)
         return 1

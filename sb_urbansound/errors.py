@@ -12,9 +12,40 @@ Authors
 class UserError(Exception):
     """A problem with the user's data, options or folders (not a bug).
 
+    Commands print its message and exit with :attr:`exit_status`.
+
     Example
     -------
-    >>> issubclass(DataPrepError, UserError)
+    >>> issubclass(DataPrepError, UserError), UserError("x").exit_status
+    (True, 2)
+    """
+
+    #: The exit status of a command stopped by this error.
+    exit_status = 2
+
+
+class BusyError(UserError):
+    """Another process holds a store's lock (the message names it).
+
+    Its exit status, 75 (``EX_TEMPFAIL``), tells a caller (``crossval``)
+    that trying again later may work.
+
+    Example
+    -------
+    >>> BusyError("busy").exit_status
+    75
+    """
+
+    exit_status = 75
+
+
+class NotOursError(UserError):
+    """A folder we would write into, replace or delete was not made by
+    sb-urbansound (the message names it and what it holds).
+
+    Example
+    -------
+    >>> issubclass(NotOursError, UserError)
     True
     """
 

@@ -10,11 +10,15 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
-from sb_urbansound.atomic import atomic_write_json, remove_stale_temps
+from sb_urbansound.atomic import (
+    FolderLock,
+    atomic_write_json,
+    claim_folder,
+    remove_stale_temps,
+)
 from sb_urbansound.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -77,13 +81,22 @@ def _number(low, high=None, low_open=True):
     return check
 
 
+def _optional(check):
+    """A check that also accepts ``None`` (YAML ``null``: the default)."""
+
+    def optional(value):
+        return value is None or check(value)
+
+    return optional
+
+
 #: Keys whose values are checked before anything is built: the check and what
 #: a valid value is, for the message.
 CHECKED_KEYS = {
     "batch_size": (_whole(1), "a whole number >= 1"),
     "number_of_epochs": (_whole(1), "a whole number >= 1"),
     "channels": (_whole(1), "a whole number >= 1 (1: mono, 2: stereo)"),
-    "sample_rate": (_whole(1), "a sample rate in Hz, e.g. 16000"),
+    "sample_rate": (_whole(1000), "a sample rate in Hz, at least 1000"),
     "duration_ms": (_number(0), "a clip length in milliseconds > 0"),
     "n_classes": (_whole(0), "0 (as many as the data has) or a whole number"),
     "shift_pct": (_number(0, 1, low_open=False), "a fraction in [0, 1)"),
@@ -92,7 +105,79 @@ CHECKED_KEYS = {
     "lr": (_number(0), "a learning rate > 0"),
     "max_lr": (_number(0), "a learning rate > 0"),
     "n_mels": (_whole(1), "a whole number >= 1"),
+    "n_fft": (_whole(16), "a whole number of samples >= 16"),
+    "hop_length": (_number(0), "a hop > 0 (samples, or ms in some YAMLs)"),
+    "top_db": (_optional(_number(0)), "a dynamic range in dB > 0, or null"),
+    "max_mask_pct": (
+        _number(0, 1, low_open=False),
+        "a fraction of the bands or frames in [0, 1)",
+    ),
 }
+
+
+def _combination_errors(values):
+    """Messages for values that are valid alone but not together."""
+    errors = []
+    rate, ms = values.get("sample_rate"), values.get("duration_ms")
+    n_fft, n_mels = values.get("n_fft"), values.get("n_mels")
+    if isinstance(rate, int) and isinstance(ms, (int, float)):
+        samples = int(round(rate * ms / 1000.0))
+        if isinstance(n_fft, int) and n_fft > samples:
+            errors.append(
+                f"duration_ms={ms} at sample_rate={rate} is {samples} "
+                f"samples, shorter than one FFT window (n_fft={n_fft}): use "
+                "a longer duration_ms or a smaller n_fft"
+            )
+    if isinstance(n_fft, int) and isinstance(n_mels, int):
+        bins = n_fft // 2 + 1
+        if n_mels > bins:
+            errors.append(
+                f"n_mels={n_mels} is more than the {bins} frequency bins of "
+                f"n_fft={n_fft}: most mel bands would be empty; use "
+                f"n_mels <= {bins} or a larger n_fft"
+            )
+    f_max = values.get("f_max")
+    if isinstance(rate, int) and isinstance(f_max, (int, float)):
+        if not 0 < f_max <= rate / 2:
+            errors.append(
+                f"f_max={f_max} is not in (0, sample_rate / 2 = {rate / 2}]"
+            )
+    return errors
+
+
+def override_keys(overrides):
+    """The top-level keys set on the command line, in order.
+
+    Arguments
+    ---------
+    overrides : str
+        YAML overrides (SpeechBrain's format: one ``key: value`` line each).
+
+    Returns
+    -------
+    list of str
+        The keys.
+
+    Raises
+    ------
+    UserError
+        For a key given twice.
+
+    Example
+    -------
+    >>> override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
+    ['lr', 'folds']
+    """
+    seen = []
+    for line in (overrides or "").splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key and not line[:1].isspace():
+            if key in seen:
+                raise UserError(
+                    f"--{key} is given twice on the command line; give it once"
+                )
+            seen.append(key)
+    return seen
 
 
 def read_yaml_values(hparams_file, overrides=""):
@@ -135,15 +220,7 @@ def read_yaml_values(hparams_file, overrides=""):
 
     from hyperpyyaml import resolve_references
 
-    seen = []
-    for line in (overrides or "").splitlines():
-        key = line.split(":", 1)[0].strip()
-        if key and not line[:1].isspace():
-            if key in seen:
-                raise UserError(
-                    f"--{key} is given twice on the command line; give it once"
-                )
-            seen.append(key)
+    seen = override_keys(overrides)
     try:
         with open(hparams_file, encoding="utf-8") as fin:
             text = fin.read()
@@ -225,7 +302,9 @@ def _tolerant_yaml():
 
 
 def check_values(values, hparams_file="the YAML"):
-    """Check the values of :data:`CHECKED_KEYS` before anything is built.
+    """Check the values of :data:`CHECKED_KEYS` before anything is built,
+    and the values that must fit together (clip length and FFT size, mel
+    bands and FFT bins, ``f_max`` and the sample rate).
 
     Arguments
     ---------
@@ -253,14 +332,18 @@ def check_values(values, hparams_file="the YAML"):
                 f"{key}={values[key]!r} is not valid: {key} must be {allowed} "
                 f"(from {hparams_file} or --{key}=...)"
             )
+    errors = _combination_errors(values)
+    if errors:
+        raise UserError(
+            "these options do not fit together (from "
+            f"{hparams_file} or the command line):\n  " + "\n  ".join(errors)
+        )
 
 
 # ---------------------------------------------------------------- run folder
 
 #: Where a run records what it was started with (in its output folder).
 RUN_SETTINGS_FILE = "run_settings.json"
-#: The lock file of an output folder.
-LOCK_FILE = ".lock"
 #: Keys that may change when a run resumes: they do not shape the model or
 #: the data (the data is compared through the manifests; the number of
 #: epochs through the learning-rate schedule, see the recipe).
@@ -376,8 +459,25 @@ def data_signature(manifests):
     return signature
 
 
-def _differences(old, new, limit=8):
-    """Lines ``key: old → new`` for the keys whose values differ."""
+def differences(old, new, limit=8):
+    """Lines ``key: old -> new`` for the keys whose values differ.
+
+    Arguments
+    ---------
+    old, new : dict
+        Settings (JSON-able).
+    limit : int
+        Lines listed before "... and N more".
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> differences({"lr": 0.1, "seed": 1}, {"lr": 0.01, "seed": 1})
+    ['lr: 0.1 -> 0.01']
+    """
     lines = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -389,12 +489,65 @@ def _differences(old, new, limit=8):
     return lines
 
 
+def _is_inside(path, folder):
+    """Whether ``path`` is ``folder`` or inside it (links resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_outside(data_folder, folders):
+    """Refuse folders we write that are inside the data folder.
+
+    The data folder is the user's: a run reads it and never writes to it.
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        The data.
+    folders : dict
+        ``{option name: folder}`` of the folders a run writes.
+
+    Raises
+    ------
+    UserError
+        Naming the first folder inside ``data_folder``.
+
+    Example
+    -------
+    >>> check_outside("/data/us8k", {"output_folder": "/data/us8k/out"})
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.UserError: output_folder /data/us8k/out is inside data_folder /data/us8k...
+    """
+    if not data_folder:
+        return
+    for name, folder in folders.items():
+        if folder and _is_inside(folder, data_folder):
+            raise UserError(
+                f"{name} {folder} is inside data_folder {data_folder}: a run "
+                "never writes into the data. Choose a folder outside it."
+            )
+
+
+def _is_legacy_run(folder):
+    """Whether an unmarked folder is the output folder of an earlier version
+    (it has the ``run_settings.json`` that every start wrote)."""
+    try:
+        recorded = json.loads(
+            (Path(folder) / RUN_SETTINGS_FILE).read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and "settings" in recorded
+
+
 class RunFolder:
     """The output folder of one run: locked, cleaned, bound to its settings.
 
-    * :meth:`lock` takes an exclusive lock (``.lock``), so that two runs
-      never write one folder (a second run stops with a message naming the
-      first one's process);
+    * :meth:`lock` claims the folder (new, empty or a run folder of ours:
+      never a folder of the user's files) and takes its lock, so that two
+      runs never write one folder (a second run stops with a message naming
+      the first one's process);
     * temporary files and folders that a killed run left are removed;
     * :meth:`check_settings` and :meth:`check_data` refuse to resume a run
       whose settings or data split differ from those it was started with:
@@ -418,7 +571,7 @@ class RunFolder:
     >>> RunFolder(tmp / "out").lock()
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.UserError: another run (process ...) is writing ...
+    sb_urbansound.errors.BusyError: this process already holds the lock ...
     >>> run.unlock()
     """
 
@@ -426,37 +579,39 @@ class RunFolder:
         self.folder = Path(output_folder)
         self.save_folder = Path(save_folder or self.folder / "save")
         self.settings_file = self.folder / RUN_SETTINGS_FILE
-        self._lock_file = None
+        self._lock = None
         self._settings = None
 
-    def lock(self):
-        """Take the folder's lock and remove what killed runs left behind.
+    def lock(self, data_folder=None):
+        """Claim and lock the folder; remove what killed runs left behind.
+
+        The folder must be new, empty or an output folder of ours (see
+        :func:`sb_urbansound.atomic.claim_folder`): a folder holding the
+        user's files is refused, naming them, since a run would overwrite
+        them. The lock belongs to this process alone (a POSIX lock: no child
+        process holds it, and it goes away with the process, however it
+        ends).
+
+        Arguments
+        ---------
+        data_folder : str or Path, optional
+            The data; the output and checkpoint folders may not be inside it
+            (a run never modifies the data folder).
 
         Raises
         ------
         UserError
-            When another process holds the lock.
+            When another process holds the lock, or the folder is not ours.
         """
-        import fcntl
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / LOCK_FILE, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise UserError(
-                f"another run (process {holder}) is writing to {self.folder}. "
-                "Wait for it to finish (or stop it), or use another "
-                "output_folder."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_file = handle
+        if data_folder is not None:
+            check_outside(
+                data_folder,
+                {"output_folder": self.folder, "save_folder": self.save_folder},
+            )
+        claim_folder(self.folder, "run", legacy=_is_legacy_run)
+        if not _is_inside(self.save_folder, self.folder):
+            claim_folder(self.save_folder, "checkpoints", what="save_folder")
+        self._lock = FolderLock(self.folder, "writing to").acquire()
         for folder in [self.folder, *self.folder.iterdir()]:
             if folder.is_dir() and not folder.is_symlink():
                 for path in remove_stale_temps(folder):
@@ -464,9 +619,9 @@ class RunFolder:
 
     def unlock(self):
         """Release the lock (it is also released when the process ends)."""
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def has_progress(self):
         """Whether the folder holds a checkpoint or test results.
@@ -506,7 +661,7 @@ class RunFolder:
         recorded = self._recorded()
         if recorded is None or not self.has_progress():
             return
-        diff = _differences(recorded.get("settings", {}), self._settings)
+        diff = differences(recorded.get("settings", {}), self._settings)
         if diff:
             self._refuse("other settings", diff)
 
@@ -527,7 +682,7 @@ class RunFolder:
         data = data_signature(manifests)
         recorded = self._recorded()
         if recorded is not None and self.has_progress():
-            diff = _differences(recorded.get("data", {}), data)
+            diff = differences(recorded.get("data", {}), data)
             if diff:
                 self._refuse("another data split", diff)
         atomic_write_json(

@@ -1006,6 +1006,7 @@ def export_model(
     max_clips=None,
     opset=DEFAULT_OPSET,
     log=print,
+    trust=False,
 ):
     """Export a model folder, check each export, write the ones that pass.
 
@@ -1023,6 +1024,9 @@ def export_model(
         The ONNX opset.
     log : callable
         Where the summary lines go.
+    trust : bool
+        Load a model folder whose ``hyperparams.yaml`` builds or calls
+        anything (see :mod:`sb_urbansound.trust`).
 
     Returns
     -------
@@ -1038,7 +1042,7 @@ def export_model(
     """
     folder = Path(folder)
     check_model_folder(folder)
-    model = load_model(folder)
+    model = load_model(folder, trust=trust)
     rate, channels, num_samples = model_audio_spec(model)
     if num_samples is None:
         raise ExportError(
@@ -1218,6 +1222,13 @@ def parse_args(argv=None):
         help=f"ONNX opset (default: {DEFAULT_OPSET})",
     )
     parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model folder whose hyperparams.yaml builds or calls more "
+        "than a model needs (only for folders whose origin you trust; see "
+        "sb_urbansound.trust)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="show tracebacks"
     )
     args = parser.parse_args(argv)
@@ -1259,6 +1270,7 @@ def main(argv=None):
             data=args.data,
             max_clips=args.max_clips,
             opset=args.opset,
+            trust=args.trust_model,
         )
     except UserError as e:
         if args.verbose:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from sb_urbansound.atomic import atomic_write_json
+from sb_urbansound.atomic import FolderLock, atomic_write_json, claim_folder
 from sb_urbansound.errors import DataPrepError
 from tqdm import tqdm
 
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT_VERSION = 2
 
 SPLITS = ("train", "valid", "test")
+#: The store kind of a manifest folder.
+MANIFESTS_KIND = "manifests"
 OPTIONS_FILE = "prepare_options.json"
 LABELS_FILE = "labels.json"
 
@@ -108,6 +110,48 @@ def write_manifests(
         Paths of the train/valid/test manifests and of the labels file.
     """
     save_folder = absolute(save_folder)
+    # A store (docs/stores.md): ours alone, one writer at a time
+    claim_folder(save_folder, MANIFESTS_KIND, "manifest_folder", _is_legacy)
+    with FolderLock(save_folder, "preparing the manifests in").acquire(
+        wait=True,
+        on_wait=lambda who: logger.info(
+            "Waiting for %s, which is preparing %s", who, save_folder
+        ),
+    ):
+        return _write_locked(
+            function,
+            table,
+            save_folder,
+            splits,
+            options,
+            fingerprint,
+            skip_missing,
+            leaky_random_split,
+            seed,
+            missing_hint,
+            warn_shared_groups,
+        )
+
+
+def _is_legacy(folder):
+    """Whether an unmarked folder holds manifests of an earlier version."""
+    return (Path(folder) / OPTIONS_FILE).is_file()
+
+
+def _write_locked(
+    function,
+    table,
+    save_folder,
+    splits,
+    options,
+    fingerprint,
+    skip_missing,
+    leaky_random_split,
+    seed,
+    missing_hint,
+    warn_shared_groups,
+):
+    """:func:`write_manifests`, with the manifest folder locked."""
     outputs = {s: str(save_folder / f"{s}.json") for s in SPLITS}
     outputs["labels"] = str(save_folder / LABELS_FILE)
     options_path = save_folder / OPTIONS_FILE
@@ -125,7 +169,6 @@ def write_manifests(
         )
         return outputs
 
-    save_folder.mkdir(parents=True, exist_ok=True)
     # Outputs are about to change: an interrupted run must not look up to date.
     options_path.unlink(missing_ok=True)
 
@@ -178,14 +221,22 @@ def write_manifests(
 
 
 def _up_to_date(options_path, record, output_paths):
-    """Whether ``options_path`` records ``record`` and all outputs exist."""
-    if not all(Path(p).is_file() for p in output_paths):
-        return False
+    """Whether ``options_path`` records ``record`` and all outputs exist and
+    read as what we wrote (a damaged one is written again)."""
     try:
         previous = json.loads(Path(options_path).read_text(encoding="utf-8"))
+        outputs = [
+            json.loads(Path(p).read_text(encoding="utf-8"))
+            for p in output_paths
+        ]
     except (OSError, ValueError):
         return False
-    return previous == record
+    manifests_ok = all(
+        isinstance(o, dict) and all(isinstance(v, dict) for v in o.values())
+        for o in outputs[:-1]
+    )
+    labels_ok = isinstance(outputs[-1], list)
+    return previous == record and manifests_ok and labels_ok
 
 
 def _leaky_reassign(table, seed):

@@ -13,6 +13,7 @@ nothing here touches ``pyplot``'s global state or needs a display.
 
 import io
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from sb_urbansound.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "aggregate_folds",
@@ -243,7 +246,14 @@ def format_duration(seconds):
 
 
 def write_markdown_report(
-    path, results, command, hardware, leaky=False, fold_seconds=None, title=None
+    path,
+    results,
+    command,
+    hardware,
+    leaky=False,
+    fold_seconds=None,
+    title=None,
+    fold_commands=None,
 ):
     """Write the human-readable cross-validation report (Markdown).
 
@@ -267,6 +277,9 @@ def write_markdown_report(
         per-fold table when given.
     title : str, optional
         The report's heading; a default one is used if not given.
+    fold_commands : dict, optional
+        ``{test_fold: recipe command}`` each fold was last run with, listed
+        under the command.
 
     Returns
     -------
@@ -388,6 +401,18 @@ def write_markdown_report(
     lines.append(command)
     lines.append("```")
     lines.append("")
+    if fold_commands:
+        lines.append(
+            "Each fold as it was run (crossval refuses to mix folds of other "
+            "settings):"
+        )
+        lines.append("")
+        lines.append("```")
+        for test_fold in sorted(fold_commands, key=int):
+            lines.append(f"# fold {test_fold}")
+            lines.append(fold_commands[test_fold])
+        lines.append("```")
+        lines.append("")
     lines.append("## Hardware")
     lines.append("")
     lines.append(hardware)
@@ -641,8 +666,27 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
     """
     history = []
     if Path(path).exists():
-        with open(path, encoding="utf-8") as f:
-            history = [h for h in json.load(f) if h["epoch"] < epoch]
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = json.load(f)
+        except (OSError, ValueError) as e:
+            loaded = e
+        if not isinstance(loaded, list):
+            logger.warning(
+                "%s is not a learning curve of this run (%s): it is written "
+                "again from epoch %d",
+                path,
+                loaded if isinstance(loaded, Exception) else "not a list",
+                epoch,
+            )
+            loaded = []
+        history = [
+            h
+            for h in loaded
+            if isinstance(h, dict)
+            and isinstance(h.get("epoch"), int)
+            and h["epoch"] < epoch
+        ]
     train_stats = train_stats or {}
     history.append(
         {

@@ -248,7 +248,7 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
     -------
     int
         0 at the end of the input or when the reader goes away, 130 on
-        Ctrl-C.
+        Ctrl-C, 1 if the output cannot be written.
     """
     infile = sys.stdin.buffer if infile is None else infile
     outfile = sys.stdout if outfile is None else outfile
@@ -290,6 +290,9 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
         return 0
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a full disk, a closed terminal
+        print(f"error: cannot write the results: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -232,3 +232,49 @@ def load_prepare_module():
     if str(RECIPE) not in sys.path:
         sys.path.insert(0, str(RECIPE))
     return importlib.import_module("urbansound8k_prepare")
+
+
+def _can_mount_tmpfs():
+    """Whether this machine lets a test mount a small tmpfs (in a private
+    mount namespace, with ``unshare``), to fill a disk for real."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("unshare") is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = f"mount -t tmpfs -o size=1m tmpfs {tmp} && touch {tmp}/x"
+        try:
+            result = subprocess.run(
+                ["unshare", "-m", "sh", "-c", cmd],
+                capture_output=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return result.returncode == 0
+
+
+CAN_MOUNT = _can_mount_tmpfs()
+requires_mount = pytest.mark.skipif(
+    not CAN_MOUNT,
+    reason="needs `unshare -m` and mount permission (a real full or "
+    "read-only file system in a private mount namespace)",
+)
+
+
+def run_in_namespace(setup, cmd, **kwargs):
+    """Run ``cmd`` after the shell commands ``setup`` (mounts), in a private
+    mount namespace: what is mounted there is gone when it ends."""
+    import shlex
+    import subprocess
+
+    script = f"{setup} && exec {shlex.join(str(c) for c in cmd)}"
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=kwargs.pop("timeout", 600),
+        **kwargs,
+    )

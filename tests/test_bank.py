@@ -4,24 +4,27 @@ theirs."""
 
 import json
 import os
+import shlex
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import FORMATS, write_clip
+from helpers import FORMATS, requires_mount, run_in_namespace, write_clip
 from sb_urbansound import bank as bank_module
+from sb_urbansound.atomic import MARKER_FILE
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.bank import (
-    MARKER_FILE,
     ClipBank,
     FeatureBank,
     is_bank_folder,
     random_placement,
     roll_rows,
 )
-from sb_urbansound.errors import DataPrepError
+from sb_urbansound.errors import DataPrepError, NotOursError
 from sb_urbansound.features import MelSpectrogramDB
 
 RATE = 16000
@@ -135,21 +138,22 @@ def test_changed_file_is_decoded_again_and_only_it(tmp_path, clips):
 
 def test_interrupted_build_leaves_no_half_bank(tmp_path, clips, monkeypatch):
     bank, cond = make_bank(tmp_path)
-    real = bank_module._DecodeDataset.__getitem__
+    real = bank_module.decode_clip
     calls = []
 
-    def dying(self, index):
-        calls.append(index)
+    def dying(conditioner, path):
+        calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, index)
+        return real(conditioner, path)
 
-    monkeypatch.setattr(bank_module._DecodeDataset, "__getitem__", dying)
+    monkeypatch.setattr(bank_module, "decode_clip", dying)
     with pytest.raises(KeyboardInterrupt):
-        bank.build(clips, progress=False)
+        bank.build(clips, threads=1, progress=False)
     monkeypatch.undo()
     names = sorted(p.name for p in bank.folder.iterdir())
-    assert names == [MARKER_FILE]  # no index, no data, no temporary file
+    # no index, no data, no temporary file
+    assert names == [".lock", MARKER_FILE]
     fresh = ClipBank(tmp_path / "bank", cond)
     assert fresh.build(clips, progress=False)["decoded"] == len(clips)
 
@@ -169,25 +173,272 @@ def test_unreadable_file_is_named(tmp_path, clips):
 
 def test_only_marked_banks_are_ever_deleted(tmp_path, clips):
     folder = tmp_path / "P"
+    first = ClipBank(folder, ClipConditioner(RATE, 1, 500))
+    first.build(clips, progress=False)
+    assert is_bank_folder(first.folder)
+    # Things of the user's and of another program, put beside it later
     (folder / ".vscode").mkdir(parents=True)
     (folder / ".vscode" / "settings.json").write_text("{}")
     (folder / "myconfig").mkdir()
     (folder / "myconfig" / "settings.json").write_text('{"sample_rate": 1}')
     (folder / "myconfig" / "README.txt").write_text("mine")
     (folder / "fake").mkdir()
-    (folder / "fake" / MARKER_FILE).write_text('{"made_by": "someone else"}')
-
-    first = ClipBank(folder, ClipConditioner(RATE, 1, 500))
-    first.build(clips, progress=False)
-    assert is_bank_folder(first.folder)
+    (folder / "fake" / "BANK.json").write_text('{"made_by": "someone else"}')
+    (folder / "run").mkdir()
+    (folder / "run" / MARKER_FILE).write_text(
+        '{"made_by": "sb_urbansound", "kind": "run"}'
+    )
     second = ClipBank(folder, ClipConditioner(RATE, 2, 500))
     second.build(clips, progress=False)
     assert not first.folder.exists()  # our bank of other settings: removed
-    for kept in [".vscode/settings.json", "myconfig/README.txt", "fake"]:
+    for kept in [".vscode/settings.json", "myconfig/README.txt", "fake", "run"]:
         assert (folder / kept).exists(), kept
     assert json.loads((folder / "myconfig/settings.json").read_text()) == {
         "sample_rate": 1
     }
+
+
+def test_a_bank_folder_of_user_files_is_refused(tmp_path, clips):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    bank = ClipBank(folder, ClipConditioner(RATE, 1, 500))
+    with pytest.raises(NotOursError, match="notes.txt"):
+        bank.build(clips, progress=False)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    # a file where the bank folder should be
+    with pytest.raises(NotOursError, match="is a file"):
+        ClipBank(folder / "notes.txt", bank.conditioner).build(clips)
+
+
+def test_a_bank_in_use_by_another_run_is_not_deleted(tmp_path, clips):
+    folder = tmp_path / "banks"
+    first = ClipBank(folder, ClipConditioner(RATE, 1, 500))
+    first.build(clips, progress=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(first.folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        ClipBank(folder, ClipConditioner(RATE, 2, 500)).build(
+            clips, progress=False
+        )
+        assert first.build(clips, progress=False)["decoded"] == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_LOCK = """
+import sys, time
+from sb_urbansound.atomic import FolderLock
+lock = FolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+BUILD = """
+import json, logging, sys
+import torch
+from sb_urbansound.audio import ClipConditioner, load_audio
+from sb_urbansound.bank import ClipBank
+logging.basicConfig(level=logging.INFO)
+clips = json.loads(sys.argv[2])
+cond = ClipConditioner(16000, 2, 1000)
+bank = ClipBank(sys.argv[1], cond)
+bank.build(clips, threads=1, progress=False)
+bank.open(clips)
+for clip_id, path in clips.items():
+    got = bank.waveforms(bank.rows([clip_id]), train=False)[0]
+    sig, rate = load_audio(path, cond.max_seconds())
+    want = cond.clip(sig, rate).clamp(-1, 1)
+    assert (got - want).abs().max() <= 0.5 / 32767 + 1e-7, clip_id
+print("ok", flush=True)
+"""
+
+
+def test_runs_sharing_a_bank_folder_build_and_read_their_own(tmp_path, clips):
+    """Concurrent builds of one bank: each run waits for the other's build
+    and reads exactly the clips it asked for."""
+    ids = sorted(clips)
+    sets = [
+        {k: clips[k] for k in ids[:5]},
+        {k: clips[k] for k in ids[3:]},
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                BUILD,
+                str(tmp_path / "bank"),
+                json.dumps(s),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for s in sets * 2
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+
+
+def test_a_reader_opens_the_bank_it_built(tmp_path, clips):
+    cond = ClipConditioner(RATE, 1, 1000)
+    ids = sorted(clips)
+    mine = {k: clips[k] for k in ids[:4]}
+    other = {k: clips[k] for k in ids[4:]}
+    a = ClipBank(tmp_path / "bank", cond)
+    a.build(mine, progress=False)
+    expected = a.waveforms(a.rows(sorted(mine)), train=False).clone()
+    b = ClipBank(tmp_path / "bank", cond)
+    b.build(other, progress=False)  # replaces the bank on disk
+    a.open(mine)
+    got = a.waveforms(a.rows(sorted(mine)), train=False)
+    assert torch.equal(got, expected)
+    # A reader that did not build it checks what is on disk
+    with pytest.raises(DataPrepError, match="other clips"):
+        ClipBank(tmp_path / "bank", cond).open(mine)
+
+
+def _damage(bank, how, tmp_path):
+    """Damage a built bank in one way; return the clips to decode again."""
+    index_path = bank.folder / "index.json"
+    index = json.loads(index_path.read_text())
+    data = bank.folder / index["data"]
+    entries = index["clips"]
+    every = set(entries)
+    if how == "npy header":
+        with open(data, "r+b") as f:  # an unbalanced bracket in the header
+            f.seek(10)
+            f.write(b"{'descr': ((((")
+        return every
+    if how == "row out of range":
+        entries["c0"]["row"] = 999
+    elif how == "row length":
+        entries["c1"]["length"] = 10**9
+    elif how == "array shape":
+        np.save(data, np.zeros((2, 3), dtype=np.int16))
+        return every
+    elif how == "flipped bytes":
+        array = np.load(data, mmap_mode="r+")
+        array[entries["c3"]["row"], 100:110] ^= 0x5A5A
+        array.flush()
+        return {"c3"}
+    elif how == "swapped rows":
+        rows = entries["c1"]["row"], entries["c2"]["row"]
+        entries["c2"]["row"], entries["c1"]["row"] = rows
+        index_path.write_text(json.dumps(index))
+        return {"c1", "c2"}
+    elif how == "path out of the bank":
+        outside = tmp_path / "x.npy"
+        np.save(outside, np.zeros((len(entries), 16000), dtype=np.int16))
+        index["data"] = "../../x.npy"
+    index_path.write_text(json.dumps(index))
+    return every
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "npy header",
+        "row out of range",
+        "row length",
+        "array shape",
+        "flipped bytes",
+        "swapped rows",
+        "path out of the bank",
+    ],
+)
+def test_a_damaged_bank_is_named_and_rebuilt(tmp_path, clips, how, caplog):
+    bank, cond = make_bank(tmp_path, channels=1)
+    bank.build(clips, progress=False)
+    ids = sorted(clips)
+    good = bank.waveforms(bank.rows(ids), train=False).clone()
+    redo = _damage(bank, how, tmp_path)
+    outside = tmp_path / "x.npy"
+    before = outside.read_bytes() if outside.exists() else None
+
+    again = ClipBank(tmp_path / "bank", cond)
+    with caplog.at_level("WARNING", logger="sb_urbansound.bank"):
+        summary = again.build(clips, progress=False)
+    assert summary["decoded"] == len(redo)
+    assert "damaged" in caplog.text or "checksum" in caplog.text
+    if len(redo) < len(clips):  # the damaged clips are named
+        assert all(c in caplog.text for c in redo)
+    assert torch.equal(again.waveforms(again.rows(ids), train=False), good)
+    if before is not None:
+        assert outside.read_bytes() == before  # never written, never read
+    # and the next run finds it whole
+    assert ClipBank(tmp_path / "bank", cond).build(clips)["decoded"] == 0
+
+
+@requires_mount
+def test_a_complete_bank_on_a_read_only_file_system_is_used(tmp_path, clips):
+    bank, cond = make_bank(tmp_path)
+    bank.build(clips, progress=False)
+    root = tmp_path / "bank"
+    mount = f"mount --bind {root} {root} && mount -o remount,ro,bind {root}"
+    result = run_in_namespace(
+        mount,
+        [sys.executable, "-c", BUILD, str(root), json.dumps(clips)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+    assert "read-only bank" in result.stderr
+    # A clip the read-only bank does not hold: a clear message
+    more = {**clips, "new": str(write_clip(tmp_path / "new.wav", seed=7))}
+    result = run_in_namespace(
+        mount, [sys.executable, "-c", BUILD, str(root), json.dumps(more)]
+    )
+    assert result.returncode != 0
+    assert "cannot be written" in result.stderr
+    assert "writable folder" in result.stderr
+
+
+FULL_DISK = """
+import json, sys
+from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.bank import ClipBank
+from sb_urbansound.errors import UserError
+try:
+    ClipBank(sys.argv[1], ClipConditioner(16000, 2, 1000)).build(
+        json.loads(sys.argv[2]), progress=False
+    )
+except UserError as e:
+    print(e)
+    sys.exit(3)
+print("built")
+"""
+
+
+@requires_mount
+def test_a_full_disk_is_named_and_leaves_nothing(tmp_path, clips):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    bank = disk / "bank"
+    build = [sys.executable, "-c", FULL_DISK, str(bank), json.dumps(clips)]
+    script = (
+        f"{shlex.join(build)}; echo rc=$?; ls -a {bank}/*; "
+        f"mount -o remount,size=20m {disk} && {shlex.join(build)}"
+    )
+    # the bank needs 8 clips x 1 s x 2 channels x 2 bytes = 512 KB
+    result = run_in_namespace(
+        f"mount -t tmpfs -o size=300k tmpfs {disk}", ["sh", "-c", script]
+    )
+    out = result.stdout
+    assert "rc=3" in out, (out, result.stderr[-2000:])  # not SIGBUS (135)
+    assert f"no space left on the device of {bank}" in out
+    assert "it needs 1 MB" in out or "it needs 0 MB" in out
+    listing = out.split("rc=3", 1)[1].split("built", 1)[0]
+    assert ".sbu-tmp" not in listing and "clips-" not in listing
+    assert out.strip().endswith("built"), out
 
 
 def test_feature_bank_equals_features_of_the_rolled_clip(tmp_path, clips):

@@ -619,7 +619,7 @@ def fake_crossval(tmp_path):
             )
         started.append(parent.pid)
         pid_file = out / "fold_1" / "child.pid"
-        if not wait_for(pid_file.exists, 60):
+        if not wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60):
             parent.kill()
             pytest.fail((tmp_path / "stderr.txt").read_text())
         started.append(int(pid_file.read_text()))
@@ -701,3 +701,90 @@ def test_folds_share_one_clip_bank(tmp_path):
         progress=False,
     )
     assert {call["opts"]["bank_folder"] for call in mine.calls} == {"/b"}
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "cv"
+    argv = cv_argv(out, "--folds=[1,2,3]")
+    run_crossval(argv, runner=FakeRunner(), log=lambda m: None, progress=False)
+    report = (out / "crossval_report.md").read_text()
+    # the report shows how each fold was run
+    for fold in (1, 2, 3):
+        assert f"# fold {fold}" in report
+        assert f"--test_fold_nums=[{fold}]" in report
+    runner = FakeRunner()
+    with pytest.raises(CrossvalError) as info:
+        run_crossval(
+            [*argv, "--number_of_epochs=2"],
+            runner=runner,
+            log=lambda m: None,
+            progress=False,
+        )
+    assert "number_of_epochs: 30 -> 2" in str(info.value)
+    assert "fold_1" in str(info.value) and "fold_3" in str(info.value)
+    assert runner.calls == []
+    assert (out / "crossval_report.md").read_text() == report
+
+
+def test_a_resumed_crossval_with_another_lr_is_refused(tmp_path):
+    out = tmp_path / "cv"
+    argv = cv_argv(out, "--folds=[1,2,3]")
+    with pytest.raises(KeyboardInterrupt):  # killed during fold 2
+        run_crossval(
+            argv,
+            runner=FakeRunner(fail_on=2),
+            log=lambda m: None,
+            progress=False,
+        )
+    runner = FakeRunner()
+    with pytest.raises(CrossvalError) as info:
+        run_crossval(
+            [*argv, "--lr=0.01"],
+            runner=runner,
+            log=lambda m: None,
+            progress=False,
+        )
+    message = str(info.value)
+    assert "fold_1:\n    lr: 0.001 -> 0.01" in message
+    assert "fold_2:\n    lr: 0.001 -> 0.01" in message
+    assert runner.calls == []
+    # the same command resumes
+    run_crossval(argv, runner=runner, log=lambda m: None, progress=False)
+    assert [c["test"][0] for c in runner.calls] == [2, 3]
+
+
+HOLD_LOCK = """
+import sys, time
+from sb_urbansound.atomic import FolderLock
+FolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_two_crossvals_never_share_an_output_folder(tmp_path, capsys):
+    out = tmp_path / "cv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = main(cv_argv(out, "--folds=[1,2,3]"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 75
+    err = capsys.readouterr().err
+    assert f"another run (process {holder.pid} (" in err
+    assert not (out / "fold_1").exists()
+
+
+def test_a_folder_of_user_files_is_refused(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(cv_argv(out, "--folds=[1,2,3]")) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

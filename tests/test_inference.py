@@ -30,6 +30,7 @@ from helpers import (
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from sb_urbansound import classify, inference
 from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.errors import UserError
 from sb_urbansound.inference import (
     TrainingAudioNormalizer,
     classify_waveform,
@@ -51,6 +52,7 @@ TRAIN_ARGS = [
     "--max_lr=0.01",
 ]
 MODEL_FILES = {
+    ".sb_urbansound.json",  # the store's marker (docs/stores.md)
     "hyperparams.yaml",
     "compute_features.ckpt",
     "mean_var_norm.ckpt",
@@ -787,3 +789,135 @@ def test_model_folder_of_an_older_export_still_loads(trained, model, tmp_path):
     new_prob, _, _, new_label = model.classify_file(str(path))
     assert old_label == new_label == [CLASSES[3]]
     assert torch.allclose(old_prob, new_prob, atol=1e-6)
+
+
+# ------------------------------------------------ a model folder is code
+
+
+def copy_model(trained, tmp_path):
+    out, _ = trained
+    folder = tmp_path / "model"
+    shutil.copytree(out / "model", folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "line, named",
+    [
+        ('pwned: !apply:os.system ["touch {marker}"]', "!apply:os.system"),
+        ('pwned: !new:subprocess.Popen [["touch", "{marker}"]]', "subprocess"),
+        ("pwned: !name:builtins.exec", "!name:builtins.exec"),
+        ("pwned: !module:os", "!module:os"),
+        (
+            'pwned: !apply:sb_urbansound.atomic.atomic_write_text ["{marker}", x]',
+            "atomic_write_text",
+        ),
+        (
+            'pwned: !new:sb_urbansound.atomic.atomic_write_text ["{marker}", x]',
+            "is a function, not a class",
+        ),
+        ("pwned: !ref <sample_rate> ** 2 ** 3", "**"),
+    ],
+)
+def test_a_model_folder_that_runs_code_is_refused(
+    trained, tmp_path, capsys, audio_dir, line, named
+):
+    folder = copy_model(trained, tmp_path)
+    marker = tmp_path / "pwned.txt"
+    yaml_path = folder / "hyperparams.yaml"
+    n_lines = len(yaml_path.read_text().splitlines())
+    with open(yaml_path, "a") as f:
+        f.write(line.format(marker=marker) + "\n")
+    status, stdout, stderr = run_cli(capsys, folder, audio_dir)
+    assert status == 2 and stdout == ""
+    assert f"line {n_lines + 1}: " in stderr and named in stderr
+    assert "--trust-model" in stderr
+    assert not marker.exists()
+    with pytest.raises(UserError):
+        load_model(folder)
+    assert not marker.exists()
+
+
+def test_trust_model_loads_it_anyway(trained, tmp_path, capsys, audio_dir):
+    folder = copy_model(trained, tmp_path)
+    marker = tmp_path / "ran.txt"
+    with open(folder / "hyperparams.yaml", "a") as f:
+        f.write(
+            f'ran: !apply:pathlib.Path.touch [!new:pathlib.Path ["{marker}"]]\n'
+        )
+    status, stdout, _ = run_cli(capsys, folder, audio_dir, "--trust-model")
+    assert status == 0 and len(stdout.splitlines()) == len(CLASSES)
+    assert marker.exists()  # what --trust-model means
+
+
+def test_every_recipe_model_folder_passes_the_check(trained):
+    from sb_urbansound.trust import check_model_yaml
+
+    out, _ = trained
+    check_model_yaml(out / "model" / "hyperparams.yaml")
+
+
+def test_labels_that_do_not_match_the_outputs_are_named(trained, tmp_path):
+    folder = copy_model(trained, tmp_path)
+    text = (folder / "label_encoder.ckpt").read_text()
+    last = [line for line in text.splitlines() if "=>" in line][-2]
+    (folder / "label_encoder.ckpt").write_text(text.replace(last + "\n", ""))
+    with pytest.raises(inference.ModelFolderError) as info:
+        load_model(folder)
+    assert f"holds {len(CLASSES) - 1} labels" in str(info.value)
+    assert f"has {len(CLASSES)} outputs" in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [("sample_rate", 0), ("channels", -1)])
+def test_an_impossible_audio_spec_is_named(trained, tmp_path, key, value):
+    folder = copy_model(trained, tmp_path)
+    path = folder / "hyperparams.yaml"
+    text = path.read_text()
+    import re
+
+    path.write_text(re.sub(rf"(?m)^{key}: .*$", f"{key}: {value}", text))
+    with pytest.raises(inference.ModelFolderError, match=f"{key}: {value}"):
+        load_model(folder)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_output_that_cannot_be_written_is_an_error(trained, audio_dir):
+    out, _ = trained
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "sb_urbansound.classify"]
+            + [str(out / "model"), str(audio_dir)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=300,
+        )
+    assert result.returncode == 1
+    assert "error: cannot write the results" in result.stderr
+    assert "No space left" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_ends_classify_quietly(trained, audio_dir):
+    out, _ = trained
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sb_urbansound.classify"]
+        + [str(out / "model"), str(audio_dir), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_dangling_audio_link_is_named(trained, audio_dir, capsys, caplog):
+    out, _ = trained
+    (audio_dir / "gone.wav").symlink_to(audio_dir / "no-such-file.wav")
+    with caplog.at_level("WARNING"):
+        status, stdout, _ = run_cli(capsys, out / "model", audio_dir)
+    assert status == 0 and len(stdout.splitlines()) == len(CLASSES)
+    assert "gone.wav" in caplog.text and "point to nothing" in caplog.text

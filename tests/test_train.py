@@ -262,14 +262,19 @@ def test_more_epochs_on_a_finished_run_is_refused(finished_run):
 
 def test_rerun_cleans_leftovers_and_marks_the_resume(finished_run):
     out, args = finished_run
-    (out / ".test_results.json.k3j4.tmp").write_text("half")
-    (out / ".model.x7y8.tmp").mkdir()
-    (out / "save" / ".history.json.a1b2.tmp").write_text("half")
+    (out / ".test_results.json.k3j4ab_c.sbu-tmp").write_text("half")
+    (out / ".model.x7y8abcd.sbu-tmp").mkdir()
+    (out / "save" / ".history.json.a1b2cdef.sbu-tmp").write_text("half")
+    # the user's hidden files that merely end in .tmp are not ours
+    (out / ".my.config.tmp").write_text("mine")
+    (out / ".notes.old.tmp").mkdir()
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not (out / ".test_results.json.k3j4.tmp").exists()
-    assert not (out / ".model.x7y8.tmp").exists()
-    assert not (out / "save" / ".history.json.a1b2.tmp").exists()
+    assert not (out / ".test_results.json.k3j4ab_c.sbu-tmp").exists()
+    assert not (out / ".model.x7y8abcd.sbu-tmp").exists()
+    assert not (out / "save" / ".history.json.a1b2cdef.sbu-tmp").exists()
+    assert (out / ".my.config.tmp").read_text() == "mine"
+    assert (out / ".notes.old.tmp").is_dir()
     log = (out / "train_log.txt").read_text()
     assert "resumed from the checkpoint after epoch 2" in log
 
@@ -284,8 +289,8 @@ def test_two_runs_never_write_one_folder(finished_run):
         result = run_train(args)
     finally:
         holder.unlock()
-    assert result.returncode == 2
-    assert f"another run (process {os.getpid()})" in result.stderr
+    assert result.returncode == 75  # busy: try again later
+    assert f"another run (process {os.getpid()} (" in result.stderr
 
 
 def test_diverging_training_stops_and_names_the_files(small_data, tmp_path):
@@ -315,6 +320,15 @@ def test_diverging_training_stops_and_names_the_files(small_data, tmp_path):
         ("--sample_rate=abc", "sample_rate='abc' is not valid"),
         ("--batch_sise=4", "unknown option --batch_sise"),
         ("--seed=3 --seed=4", "--seed is given twice"),
+        ("--duration_ms=1", "44 samples, shorter than one FFT window"),
+        ("--hop_length=0", "hop_length=0 is not valid"),
+        ("--hop_length=-3", "hop_length=-3 is not valid"),
+        ("--sample_rate=100", "sample_rate=100 is not valid"),
+        ("--top_db=-5", "top_db=-5 is not valid"),
+        ("--n_mels=100000", "more than the 513 frequency bins of n_fft=1024"),
+        ("--n_fft=1", "n_fft=1 is not valid"),
+        ("--max_mask_pct=-0.5", "max_mask_pct=-0.5 is not valid"),
+        ("--feature_bank=True --clip_bank=False", "needs the clip bank"),
     ],
 )
 def test_bad_options_are_named(tmp_path, option, message):
@@ -328,6 +342,45 @@ def test_bad_options_are_named(tmp_path, option, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key", ["output_folder", "bank_folder"])
+def test_folders_inside_the_data_folder_are_refused(small_data, tmp_path, key):
+    before = snapshot(small_data)
+    folders = {"output_folder": tmp_path / "out", key: small_data / "mine"}
+    result = run_train(
+        [
+            f"--data_folder={small_data}",
+            *[f"--{k}={v}" for k, v in folders.items()],
+            *SMALL,
+        ]
+    )
+    assert result.returncode == 2
+    assert f"{key} {small_data / 'mine'} is inside data_folder" in result.stderr
+    assert snapshot(small_data) == before
+
+
+def test_a_folder_of_user_files_is_never_written(small_data, tmp_path):
+    out = tmp_path / "mine"
+    (out / "model").mkdir(parents=True)
+    files = {
+        "train.py": "print('mine')",
+        "hyperparams.yaml": "mine: 1",
+        "history.json": '{"not": "a list"}',
+        "model/README.txt": "mine",
+        ".my.config.tmp": "mine",
+    }
+    for name, text in files.items():
+        (out / name).write_text(text)
+    result = run_train(
+        [f"--data_folder={small_data}", f"--output_folder={out}", *SMALL]
+    )
+    assert result.returncode == 2
+    assert "holds files that sb-urbansound did not write" in result.stderr
+    assert "history.json, hyperparams.yaml, model, train.py" in result.stderr
+    assert "Traceback" not in result.stderr
+    for name, text in files.items():
+        assert (out / name).read_text() == text
 
 
 def test_loader_workers_are_stopped_when_the_run_ends(small_data, tmp_path):

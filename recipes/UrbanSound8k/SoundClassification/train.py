@@ -28,6 +28,7 @@ Authors
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -41,14 +42,22 @@ from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.experiment import (
     RunFolder,
     build_partial,
+    check_outside,
     check_values,
+    override_keys,
     read_yaml_values,
     set_override,
 )
 from sb_urbansound.finetune import check_finetune_options
-from sb_urbansound.hardware import available_cores, stop_loader_workers
+from sb_urbansound.hardware import stop_loader_workers
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
+from sb_urbansound.processes import (
+    Stopped,
+    WorkerInit,
+    signal_name,
+    stop_on_signals,
+)
 from sb_urbansound.report import append_history, classification_results
 
 import speechbrain as sb
@@ -60,6 +69,13 @@ from speechbrain.utils.metric_stats import ClassificationStats
 
 logger = get_logger(__name__)
 SPLITS = ("train", "valid", "test")
+#: The folders a run writes (never inside ``data_folder``).
+WRITTEN_FOLDERS = (
+    "output_folder",
+    "save_folder",
+    "manifest_folder",
+    "bank_folder",
+)
 
 
 class SoundClassifierBrain(sb.Brain):
@@ -458,6 +474,11 @@ class SoundClassifierBrain(sb.Brain):
         -------
         DataLoader
         """
+        if loader_kwargs.get("num_workers", 0) > 0:
+            # A worker dies with this process, even when it is killed
+            loader_kwargs["worker_init_fn"] = WorkerInit(
+                loader_kwargs.get("worker_init_fn")
+            )
         loader = super().make_dataloader(
             dataset, stage, ckpt_prefix, **loader_kwargs
         )
@@ -703,12 +724,37 @@ def build_clip_bank(hparams):
         )
         paths.update({clip_id: entry["wav"] for clip_id, entry in data.items()})
     bank = ClipBank(hparams["bank_folder"], make_conditioner(hparams))
-    run_on_main(
-        bank.build,
-        args=[paths],
-        kwargs={"num_workers": min(available_cores(), 8)},
+    run_on_main(bank.build, args=[paths])
+    return bank.open(paths)
+
+
+def check_bank_options(values, overrides):
+    """Refuses a feature bank without a clip bank, when both are asked for.
+
+    The feature bank is computed from the clip bank. ``--clip_bank=False``
+    alone (the YAML's ``feature_bank: True`` then has nothing to work on)
+    turns it off with a warning; asking for both on the command line is an
+    error, as one of them would be ignored.
+
+    Arguments
+    ---------
+    values : dict
+        The YAML's values, resolved but not built (``read_yaml_values``).
+    overrides : str
+        YAML overrides from the command line.
+    """
+    if not values.get("feature_bank") or values.get("clip_bank", True):
+        return
+    if "feature_bank" in override_keys(overrides):
+        raise UserError(
+            "--feature_bank=True needs the clip bank, but --clip_bank=False "
+            "was given: drop one of them"
+        )
+    logger.warning(
+        "clip_bank=False: the feature bank (feature_bank=True in the YAML) "
+        "is off too; every clip is decoded and its features computed at "
+        "every epoch"
     )
-    return bank.open()
 
 
 def prepare_data(values, overrides):
@@ -825,6 +871,10 @@ def main(argv=None):
     values = read_yaml_values(hparams_file, overrides)
     check_values(values, hparams_file)
     check_finetune_options(values, hparams_file)
+    check_bank_options(values, overrides)
+    check_outside(
+        values["data_folder"], {k: values.get(k) for k in WRITTEN_FOLDERS}
+    )
     run = RunFolder(values["output_folder"], values["save_folder"])
     if if_main_process():
         run.lock()
@@ -885,10 +935,21 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        # A problem with the data or options: one message, no traceback
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    # SIGTERM (a scheduler's preemption) and SIGHUP stop the run as Ctrl-C
+    # does: temporary files are removed and workers stopped on the way out
+    with stop_on_signals():
+        try:
+            main()
+        except UserError as e:
+            # A problem with the data or options: one message, no traceback
+            logger.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_status)
+        except KeyboardInterrupt as e:
+            stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
+            print(
+                f"\nstopped by {signal_name(stop.signum)}: run the same "
+                "command again to resume from the last checkpoint",
+                file=sys.stderr,
+            )
+            sys.exit(stop.exit_status)

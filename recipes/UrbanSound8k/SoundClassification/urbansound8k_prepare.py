@@ -15,7 +15,7 @@ Authors
  * sb-urbansound contributors 2026
 """
 
-from sb_urbansound.download import download_urbansound8k
+from sb_urbansound.download import DownloadError, download_urbansound8k
 from sb_urbansound.errors import DataPrepError
 from sb_urbansound.manifests import (
     absolute,
@@ -109,7 +109,20 @@ def prepare_urbansound8k(
                 "metadata/ and audio/), or pass --download=True to fetch it."
             )
         logger.info("%s not found: downloading UrbanSound8K", csv_path)
-        download_urbansound8k(data_folder)
+        where = (
+            f"{csv_path} was not found"
+            if data_folder.is_dir()
+            else f"the data folder {data_folder} does not exist"
+        )
+        try:
+            download_urbansound8k(data_folder)
+        except DownloadError as e:
+            raise DataPrepError(
+                f"UrbanSound8K not found: {where}, and downloading it failed "
+                f"({e}).\nPoint --data_folder to the extracted data set (the "
+                "folder holding metadata/ and audio/); --download=False skips "
+                "the download."
+            ) from None
         if not csv_path.is_file():
             raise DataPrepError(
                 f"UrbanSound8K metadata {csv_path} is still missing after the "
