@@ -59,10 +59,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 from sb_urbansound import __version__
 from sb_urbansound.atomic import atomic_write_bytes
-from sb_urbansound.audio import ClipConditioner, find_audio_files, load_audio
+from sb_urbansound.audio import (
+    ClipConditioner,
+    check_regular_file,
+    find_audio_files,
+    load_audio,
+)
 from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
@@ -863,32 +869,60 @@ def data_files(paths):
     return files
 
 
-def load_clips(model, files):
-    """Read and condition files for the check (the training pipeline).
+class DataClips:
+    """The ``--data`` clips, read and conditioned one at a time.
+
+    Each pass over it reads the files again (the training pipeline:
+    :func:`~sb_urbansound.audio.load_audio`,
+    :class:`~sb_urbansound.audio.ClipConditioner`), so checking an export on a
+    whole test fold holds one clip in memory, not the fold. The files' headers
+    are checked when it is made, so a file that is not audio is named before
+    anything is exported.
 
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
-        The model.
+        The model (its audio spec).
     files : list of Path
         Audio files.
 
-    Returns
+    Example
     -------
-    list of (str, torch.Tensor)
-        ``(path, clip)`` at the model's rate and channels.
+    >>> DataClips(None, ["no/such.wav"])
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.export.ExportError: --data: no/such.wav: no such file
     """
-    rate, channels, _ = model_audio_spec(model)
-    remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-    conditioner = ClipConditioner(rate, channels, remove_dc=remove_dc)
-    clips = []
-    for path in files:
-        try:
-            wav, sr = load_audio(path)
-        except AudioLoadError as e:
-            raise ExportError(f"--data: {e}") from None
-        clips.append((str(path), conditioner.convert(wav, sr)))
-    return clips
+
+    def __init__(self, model, files):
+        self.files = list(files)
+        for path in self.files:
+            try:
+                check_regular_file(path)
+                soundfile.info(str(path))
+            except AudioLoadError as e:
+                raise ExportError(f"--data: {e}") from None
+            except Exception as e:  # soundfile: not audio
+                raise ExportError(
+                    f"--data: {path}: cannot be read as audio ({e})"
+                ) from None
+        if model is not None:
+            rate, channels, _ = model_audio_spec(model)
+            remove_dc = bool(getattr(model.hparams, "remove_dc", False))
+            self.conditioner = ClipConditioner(
+                rate, channels, remove_dc=remove_dc
+            )
+
+    def __len__(self):
+        return len(self.files)
+
+    def __iter__(self):
+        for path in self.files:
+            try:
+                wav, sr = load_audio(path)
+            except AudioLoadError as e:
+                raise ExportError(f"--data: {e}") from None
+            yield str(path), self.conditioner.convert(wav, sr)
 
 
 def compare(model, scorer, clips):
@@ -902,8 +936,8 @@ def compare(model, scorer, clips):
         The export: ``scorer.window_probs(windows)`` returns
         ``[n_windows, n_classes]`` for numpy ``[n_windows, samples,
         channels]`` windows.
-    clips : list of (str, torch.Tensor)
-        Conditioned clips.
+    clips : iterable of (str, torch.Tensor)
+        Conditioned clips (``name, clip``).
 
     Returns
     -------
@@ -1053,7 +1087,7 @@ def export_model(
         files = data_files(data)
         if not files:
             raise ExportError("--data names no audio file")
-        clips = load_clips(model, files[:max_clips])
+        clips = DataClips(model, files[:max_clips])
     else:
         clips = generated_clips(rate, channels, num_samples)[:max_clips]
     results = {}
