@@ -14,7 +14,12 @@ The recipe (``recipes/UrbanSound8k/SoundClassification``: ``train.py`` and
 * :mod:`sb_urbansound.checkpoints`, :mod:`sb_urbansound.experiment`: robust
   checkpoints, option checks and output-folder bookkeeping.
 * :mod:`sb_urbansound.inference`, :mod:`sb_urbansound.classify`: the exported
-  model folder and the ``classify`` command.
+  model folder and the ``classify`` command; :mod:`sb_urbansound.card`, its
+  model card.
+* :mod:`sb_urbansound.export`: ONNX and TorchScript, checked against PyTorch;
+  :mod:`sb_urbansound.runtime`: classifying with ``model.onnx`` without torch;
+  :mod:`sb_urbansound.stream`, :mod:`sb_urbansound.timeline`: live streams,
+  windows and event timelines (torch-free, shared by both backends).
 * :mod:`sb_urbansound.crossval`, :mod:`sb_urbansound.report`: the fold
   protocol as one command, and its reports.
 """

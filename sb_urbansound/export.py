@@ -1117,6 +1117,11 @@ def _export_one(model, fmt, folder, clips, opset, log):
         raise ExportError(
             f"{describe_model(model)} cannot be exported to {fmt}: {e}"
         ) from e
+    except ImportError as e:  # onnx, onnxscript or onnxruntime missing
+        raise ExportError(
+            f"the {fmt} export needs {e.name or 'a missing package'}: pip "
+            "install onnx onnxscript onnxruntime (or sb-urbansound[export])"
+        ) from e
     except Exception as e:  # the exporters' own errors, in many types
         raise ExportError(
             f"{describe_model(model)} cannot be exported to {fmt}: {reason(e)}"

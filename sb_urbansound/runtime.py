@@ -488,7 +488,13 @@ class OnnxModel:
     """
 
     def __init__(self, path, threads=None, chunk=CHUNK_WINDOWS):
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ModelFileError(
+                "onnxruntime is not installed: pip install onnxruntime (or "
+                "sb-urbansound[runtime])"
+            ) from None
 
         if isinstance(path, bytes):  # a serialised model (the export's check)
             file, source = "(ONNX model in memory)", path
@@ -501,6 +507,11 @@ class OnnxModel:
                     if path.is_dir()
                     else "give a model folder or its model.onnx"
                 )
+                if (path / "model" / "hyperparams.yaml").is_file():
+                    hint = (
+                        f"{path} is a training output folder; its model is "
+                        f"{path / 'model'}"
+                    )
                 raise ModelFileError(f"No ONNX model at {file} ({hint})")
             source = str(file)
         options = onnxruntime.SessionOptions()
