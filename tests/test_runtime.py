@@ -298,6 +298,14 @@ def test_cli_backend_onnx_errors(trained, tmp_path, capsys):
     assert classify.main([str(folder), "x.wav", "--backend", "onnx"]) == 2
     err = capsys.readouterr().err
     assert "No ONNX model at" in err and "sb_urbansound.export" in err
+    # A training output folder: its model folder is named
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "hyperparams.yaml").write_text("x: 1\n")
+    assert (
+        classify.main([str(tmp_path / "run"), "x.wav", "--backend", "onnx"])
+        == 2
+    )
+    assert "training output folder" in capsys.readouterr().err
     # Not an ONNX model
     (folder / "model.onnx").write_bytes(b"not onnx")
     assert classify.main([str(folder), "x.wav", "--backend", "onnx"]) == 2
