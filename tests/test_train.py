@@ -149,7 +149,8 @@ def test_missing_data_folder_is_clear(tmp_path):
         ]
     )
     assert result.returncode != 0
-    assert str(missing) in result.stderr
+    assert f"the data folder {missing} does not exist" in result.stderr
+    assert "--download=False skips the download" in result.stderr
     assert "Traceback" not in result.stderr
     assert not missing.exists()
 
