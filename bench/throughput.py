@@ -688,7 +688,7 @@ def run_ceiling(cfg, stamps):
     valid = read_fold(cfg["data_folder"], VALID_FOLD)
     paths = {f"c{i}": path for i, (path, _) in enumerate(train + valid)}
     bank = ClipBank(Path(cfg["workdir"]) / "ceiling-bank", conditioner)
-    bank.build(paths, num_workers=min(os.cpu_count() or 1, 8), progress=False)
+    bank.build(paths, progress=False)
     clips = torch.from_numpy(np.array(bank.clips)).to(device)
     lengths = bank.lengths.to(device)
     rows = bank.rows(list(paths)).to(device)

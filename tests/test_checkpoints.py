@@ -6,9 +6,11 @@ subclass can go), then ours recovering from the last good checkpoint.
 """
 
 import logging
+import sys
 
 import pytest
 import torch
+from helpers import requires_mount, run_in_namespace
 from sb_urbansound.checkpoints import BROKEN_PREFIX, RobustCheckpointer
 from sb_urbansound.errors import UserError
 
@@ -134,3 +136,31 @@ def test_disk_full_is_named(tmp_path, monkeypatch):
     assert str(tmp_path) in str(info.value)
     # The half-written checkpoint is gone: the next run resumes from the last
     assert [c.path for c in ckpt.list_checkpoints()] == [good.path]
+
+
+FULL_DISK_SAVE = """
+import sys
+import torch
+from sb_urbansound.checkpoints import RobustCheckpointer
+from sb_urbansound.errors import UserError
+model = torch.nn.Linear(1, 200_000)  # 1.6 MB of weights
+ckpt = RobustCheckpointer(sys.argv[1], recoverables={"model": model})
+try:
+    ckpt.save_checkpoint(meta={"step": 1})
+except UserError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+@requires_mount
+def test_a_really_full_disk_is_named(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    result = run_in_namespace(
+        f"mount -t tmpfs -o size=512k tmpfs {disk}",
+        [sys.executable, "-c", FULL_DISK_SAVE, str(disk / "save")],
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "no space left" in result.stdout
+    assert str(disk / "save") in result.stdout

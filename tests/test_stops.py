@@ -97,6 +97,7 @@ def run_and_stop(command, marker, window, signum, rng, tag):
             lines.append(line)
             if marker in line:
                 seen.set()
+        seen.set()  # the end of the output: the run is over
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
