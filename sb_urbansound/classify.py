@@ -4,6 +4,15 @@ Usage::
 
     python -m sb_urbansound.classify MODEL_FOLDER FILE_OR_FOLDER... \\
         [--top-k N] [--json] [--device cpu] [--batch-size 16] [--no-progress] [-v]
+        [--backend torch|onnx] [--segments [--threshold P] [--min-duration S]
+        [--merge-gap S]]
+    python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R --channels C
+
+``--backend onnx`` scores with the folder's ``model.onnx`` through the
+torch-free :mod:`sb_urbansound.runtime` (same windows, same results within
+1e-3). ``--segments`` adds each file's events (:mod:`sb_urbansound.timeline`);
+``--stream`` classifies raw 16-bit PCM from standard input, one JSON line per
+hop (:mod:`sb_urbansound.stream`).
 
 Folders are searched recursively for ``.wav``, ``.flac`` and ``.ogg`` files (in
 sorted order); files named on the command line are read whatever their suffix.
