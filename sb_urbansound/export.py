@@ -41,7 +41,9 @@ must get the same top-1 label, and every probability must agree within
 ``1e-4``; the command prints both numbers and writes nothing if they do not
 hold. Exit status: 0 when every asked format was written, 1 when a format was
 refused (a model that cannot be exported: the reason is printed) or failed
-its check, 2 for a usage error or a folder that is not a model folder.
+its check, 2 for a usage error or a folder that is not a model folder, 75
+when another process is exporting the same folder (its lock, as every store
+of ``docs/stores.md`` has).
 
 Authors
 -------
@@ -62,7 +64,7 @@ import numpy as np
 import soundfile
 import torch
 from sb_urbansound import __version__
-from sb_urbansound.atomic import atomic_write_bytes
+from sb_urbansound.atomic import FolderLock, atomic_write_bytes
 from sb_urbansound.audio import (
     ClipConditioner,
     check_regular_file,
@@ -1072,10 +1074,20 @@ def export_model(
     ------
     UserError
         If ``folder`` is not a model folder, or the ``--data`` clips cannot
-        be read.
+        be read; :class:`~sb_urbansound.errors.BusyError` if another process
+        is exporting it (the folder's lock, see ``docs/stores.md``).
     """
     folder = Path(folder)
     check_model_folder(folder)
+    # One writer at a time in the model folder (docs/stores.md)
+    with FolderLock(folder, "exporting the model in").acquire():
+        return _export_locked(
+            folder, formats, data, max_clips, opset, log, trust
+        )
+
+
+def _export_locked(folder, formats, data, max_clips, opset, log, trust):
+    """:func:`export_model`, the folder's lock held."""
     model = load_model(folder, trust=trust)
     rate, channels, num_samples = model_audio_spec(model)
     if num_samples is None:
@@ -1315,7 +1327,7 @@ def main(argv=None):
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_status", 2)  # 75: another export is running
     return 1 if any("error" in r for r in results.values()) else 0
 
 

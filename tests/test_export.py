@@ -334,3 +334,33 @@ def test_generated_check_clips_are_fixed(folders):
     b = export.generated_clips(16000, 2, 16000)
     assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
     assert [c.shape[0] for _, c in a] == [4800, 16000, 27200, 51200, 168000]
+
+
+def test_export_takes_the_model_folder_lock(folders, capsys):
+    # Another process writing in the model folder: refused at once, named
+    import subprocess
+    import sys
+
+    folder = folders["cnn.yaml"]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from sb_urbansound.atomic import FolderLock\n"
+            "lock = FolderLock(sys.argv[1]).acquire()\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n",
+            str(folder),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([str(folder), "--format", "onnx"]) == 75
+        err = capsys.readouterr().err
+        assert f"process {holder.pid}" in err and str(folder) in err
+    finally:
+        holder.kill()
+        holder.wait()
