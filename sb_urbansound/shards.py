@@ -82,9 +82,21 @@ def _encode(pcm, fmt, sample_rate):
 
 
 def _decode_member(ext, data):
-    """int16 samples from a shard member's bytes."""
+    """int16 samples from a shard member's bytes (a view of the shard)."""
     if ext == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        stream = io.BytesIO(data)
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(stream)
+        if dtype != np.int16 or fortran:
+            raise ValueError(f"a clip of {dtype} (fortran {fortran})")
+        offset = stream.tell()
+        count = int(np.prod(shape))
+        return np.frombuffer(data, np.int16, count, offset).reshape(shape)
     import soundfile as sf
 
     pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
@@ -304,21 +316,12 @@ class Shards:
         return entries
 
 
-class _HashingReader:
-    """A file object that hashes what is read through it."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.hash = hashlib.sha256()
-
-    def read(self, size=-1):
-        data = self.raw.read(size)
-        self.hash.update(data)
-        return data
-
-
 def read_shard(path, sha256=None):
-    """The clips of one shard, one at a time; its checksum checked at the end.
+    """The clips of one shard, one at a time, once its checksum is checked.
+
+    The shard is read whole (one shard in memory at a time: ``shard_size``
+    clips), its SHA-256 compared with the index's, and its clips are then
+    taken from that one buffer.
 
     Arguments
     ---------
@@ -336,40 +339,42 @@ def read_shard(path, sha256=None):
     Raises
     ------
     DataPrepError
-        When the shard is damaged (not a tar, a member missing, another
-        checksum).
+        When the shard is damaged (another checksum, not a tar, a member
+        missing).
     """
     path = Path(path)
     try:
-        with open(path, "rb") as raw:
-            reader = _HashingReader(raw)
-            pending = {}
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    key, _, ext = member.name.partition(".")
-                    data = tar.extractfile(member).read()
-                    item = pending.setdefault(key, {})
-                    item[ext] = data
-                    if "json" in item and len(item) == 2:
-                        del pending[key]
-                        (ext,) = [e for e in item if e != "json"]
-                        meta = json.loads(item["json"])
-                        meta["pcm"] = _decode_member(ext, item[ext])
-                        yield meta
-            while reader.read(1 << 20):  # the tar's end-of-archive padding
-                pass
-    except (tarfile.TarError, ValueError, KeyError, OSError) as e:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataPrepError(f"cannot read shard {path} ({e})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataPrepError(
+            f"shard {path} does not match its checksum (damaged on disk?): "
+            "delete the shards folder and run again to write it anew"
+        )
+    view = memoryview(data)
+    pending = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = tar.getmembers()
+        for member in members:
+            key, _, ext = member.name.partition(".")
+            start = member.offset_data
+            item = pending.setdefault(key, {})
+            item[ext] = view[start : start + member.size]
+            if "json" in item and len(item) == 2:
+                del pending[key]
+                (ext,) = [e for e in item if e != "json"]
+                meta = json.loads(bytes(item["json"]))
+                meta["pcm"] = _decode_member(ext, item[ext])
+                yield meta
+    except (tarfile.TarError, ValueError, KeyError) as e:
         raise DataPrepError(
             f"shard {path} is damaged ({e}): delete the shards folder and run "
             "again to write it anew"
         ) from None
     if pending:
         raise DataPrepError(f"shard {path} is damaged: incomplete clips")
-    if sha256 is not None and reader.hash.hexdigest() != sha256:
-        raise DataPrepError(
-            f"shard {path} does not match its checksum (damaged on disk?): "
-            "delete the shards folder and run again to write it anew"
-        )
 
 
 def deal_shards(shards, rank, size, seed, epoch):

@@ -16,6 +16,7 @@ CONFIGS = [
     "recipe-bank",
     "recipe-bank-large",
     "recipe-feature-bank",
+    "recipe-shards",
     "ceiling",
     "ceiling-large",
 ]
@@ -24,6 +25,8 @@ LAST_LINES = [
     "fraction_of_ceiling",
     "fraction_of_ceiling_large_batch",
     "us8k_10fold_30epochs_estimate_minutes",
+    "shards_vs_bank",
+    "end_to_end_speedup_vs_tutorial",
 ]
 
 
@@ -54,7 +57,9 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
 
     # The last lines, in order, parsable, with finite positive numbers
     printed = {}
-    for key, line in zip(LAST_LINES, lines[-4:], strict=True):
+    last = [line for line in lines[-8:] if not line.startswith("end to end,")]
+    assert re.search(r"end to end, 1 epochs \+ test: tutorial", out)
+    for key, line in zip(LAST_LINES, last[-len(LAST_LINES) :], strict=True):
         match = re.fullmatch(rf"{key}: (\d+\.\d+)", line)
         assert match, line
         printed[key] = float(match.group(1))
@@ -86,6 +91,11 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
         (tmp_path / "out" / "recipe-bank" / "bank").glob("*/index.json")
     )
     assert not (tmp_path / "out" / "recipe-per-clip" / "bank").exists()
+    # data_source reached the recipe: shards, no bank
+    assert (
+        tmp_path / "out" / "recipe-shards" / "shards" / "shards.json"
+    ).is_file()
+    assert not (tmp_path / "out" / "recipe-shards" / "bank").exists()
 
     # The JSON: every configuration, sane numbers, the same final values
     report = json.loads(json_path.read_text())
@@ -96,6 +106,7 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
             assert positive(s[key]), (name, key, s[key])
         assert positive(r["rss_mb"]), name
         assert positive(s["start_to_first_step_s"]), name
+        assert positive(s["end_to_end_s"]), name
         assert sum(p["clips"] for p in r["passes"]["train"]) == n_train, name
         assert sum(p["clips"] for p in r["passes"]["eval"]) == n_valid, name
         assert 0.0 <= r["accuracy"] <= 1.0, name
