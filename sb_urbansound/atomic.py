@@ -695,6 +695,9 @@ class FolderLock:
             os.close(self._fd)
             self._fd = None
 
+    def __del__(self):
+        self.release()
+
     def __enter__(self):
         return self.acquire()
 

@@ -399,7 +399,7 @@ def export_inference_folder(
         hparams["label_encoder"].save(tmp / "label_encoder.txt")
         shutil.copyfile(tmp / "label_encoder.txt", tmp / "label_encoder.ckpt")
         if verify:
-            model = load_model(tmp)
+            model = load_model(tmp, trust=True)  # this run wrote it
             n_labels = len(model.hparams.label_encoder)
             if n_labels != len(hparams["label_encoder"]):
                 raise RuntimeError(

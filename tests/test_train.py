@@ -149,10 +149,29 @@ def test_missing_data_folder_is_clear(tmp_path):
         ]
     )
     assert result.returncode != 0
-    assert f"the data folder {missing} does not exist" in result.stderr
-    assert "--download=False skips the download" in result.stderr
+    assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr
     assert not missing.exists()
+
+
+def test_a_failed_download_names_the_missing_folder(tmp_path, monkeypatch):
+    from helpers import load_prepare_module
+    from sb_urbansound.download import DownloadError
+    from sb_urbansound.errors import DataPrepError
+
+    prepare = load_prepare_module()
+
+    def unreachable(folder):
+        raise DownloadError("Downloading https://zenodo.org/... failed")
+
+    monkeypatch.setattr(prepare, "download_urbansound8k", unreachable)
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(DataPrepError) as info:
+        prepare.prepare_urbansound8k(missing, tmp_path / "m", download=True)
+    message = str(info.value)
+    assert f"the data folder {missing} does not exist" in message
+    assert "--download=False skips the download" in message
+    assert "zenodo" in message
 
 
 def test_corrupt_and_missing_audio_named(small_data, tmp_path):

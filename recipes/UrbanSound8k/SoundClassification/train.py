@@ -1109,6 +1109,7 @@ def main(argv=None):
     # otherwise be torn down at interpreter exit (an abort, now and then)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    run.unlock()  # (a run stopped by an error: when its process ends)
     return hparams
 
 
