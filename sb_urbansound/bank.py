@@ -370,9 +370,10 @@ class ClipBank:
             if failed:
                 raise DataPrepError(
                     f"{len(failed)} audio file(s) cannot be decoded into the "
-                    "clip bank (they changed since data preparation?):\n  "
+                    "clip bank (corrupt, empty, or holding NaN or infinite samples):\n  "
                     + listing(failed, sep="\n  ")
-                    + "\nFix or remove these files and prepare the data again."
+                    + "\nFix or remove these files, or pass --skip_missing=True "
+                    "to leave them out."
                 )
             array.flush()
             del array

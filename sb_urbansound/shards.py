@@ -72,7 +72,7 @@ def _encode(pcm, fmt, sample_rate):
     """The bytes of one clip in a shard: ``(extension, bytes)``."""
     if fmt == "int16":
         buffer = io.BytesIO()
-        np.save(buffer, pcm, allow_pickle=False)
+        np.save(buffer, np.ascontiguousarray(pcm), allow_pickle=False)
         return "npy", buffer.getvalue()
     import soundfile as sf
 
@@ -92,11 +92,12 @@ def _decode_member(ext, data):
             else np.lib.format.read_array_header_2_0
         )
         shape, fortran, dtype = read_header(stream)
-        if dtype != np.int16 or fortran:
-            raise ValueError(f"a clip of {dtype} (fortran {fortran})")
+        if dtype != np.int16:
+            raise ValueError(f"a clip of {dtype}, not int16")
         offset = stream.tell()
         count = int(np.prod(shape))
-        return np.frombuffer(data, np.int16, count, offset).reshape(shape)
+        flat = np.frombuffer(data, np.int16, count, offset)
+        return flat.reshape(shape, order="F" if fortran else "C")
     import soundfile as sf
 
     pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
@@ -309,9 +310,10 @@ class Shards:
         if failed:
             raise DataPrepError(
                 f"{len(failed)} audio file(s) cannot be decoded into the "
-                "shards (they changed since data preparation?):\n  "
+                "shards (corrupt, empty, or holding NaN or infinite samples):\n  "
                 + listing(failed, sep="\n  ")
-                + "\nFix or remove these files and prepare the data again."
+                + "\nFix or remove these files, or pass --skip_missing=True "
+                "to leave them out."
             )
         return entries
 

@@ -47,9 +47,11 @@ def clips(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("fmt", ["int16", "flac"])
-def test_shards_hold_what_the_bank_holds(tmp_path, clips, fmt):
-    cond = ClipConditioner(RATE, 1, 500)
+@pytest.mark.parametrize(
+    "fmt, channels", [("int16", 1), ("int16", 2), ("flac", 2)]
+)
+def test_shards_hold_what_the_bank_holds(tmp_path, clips, fmt, channels):
+    cond = ClipConditioner(RATE, channels, 500)
     shards = Shards(tmp_path / "shards", cond, shard_size=6, fmt=fmt)
     index = shards.write({"train": clips}, progress=False)
     assert [s["clips"] for s in index["splits"]["train"]] == [6, 6, 6, 2]

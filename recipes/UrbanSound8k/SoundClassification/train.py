@@ -27,6 +27,8 @@ Authors
  * sb-urbansound contributors 2026
 """
 
+import functools
+import inspect
 import os
 import signal
 import sys
@@ -948,7 +950,18 @@ def prepare_data(values, overrides):
         The overrides, with ``n_classes`` added when it came from the data.
     """
     if not values["skip_prep"]:
-        run_on_main(build_partial(values["prepare"]))
+        prepare = build_partial(values["prepare"])
+        # One decode pass: when the clip bank or the shards decode every
+        # file (and name those that fail), preparation reads the headers
+        # only. With skip_missing, it decodes them, to leave the bad out.
+        decoded_later = values.get("data_source") == "shards" or values.get(
+            "clip_bank"
+        )
+        takes = inspect.signature(prepare.func).parameters
+        if decoded_later and not values.get("skip_missing"):
+            if "full_check" in takes:
+                prepare = functools.partial(prepare, full_check=False)
+        run_on_main(prepare)
     manifests = [values[f"{split}_annotation"] for split in SPLITS]
     n_data = len(read_labels(values["labels_file"], manifests))
 
