@@ -11,9 +11,10 @@ shard. Any WebDataset reader (SpeechBrain's ``speechbrain.dataio`` or the
 ``webdataset`` package) reads them; so does :class:`ShardStream`, which needs
 nothing but the standard library:
 
-* in training each process (rank) reads its own shards, one clip at a time,
-  through a shuffle buffer of fixed size, so its memory does not grow with
-  the number of shards; the shards are dealt to the ranks anew each epoch,
+* in training each process (rank) reads its own shards, one at a time,
+  ahead of training by a thread, and their clips through a shuffle buffer of
+  fixed size, so its memory (one shard and twice the buffer) does not grow
+  with the number of shards; the shards are dealt to the ranks anew each epoch,
   and the order is drawn from the seed and the epoch (the same run gives
   the same order); every rank trains on as many clips as the rank with the
   fewest (DDP needs the same number of steps everywhere), and the clips left
@@ -97,7 +98,8 @@ def _decode_member(ext, data):
         offset = stream.tell()
         count = int(np.prod(shape))
         flat = np.frombuffer(data, np.int16, count, offset)
-        return flat.reshape(shape, order="F" if fortran else "C")
+        # a copy: a clip held in a buffer must not keep its shard in memory
+        return flat.reshape(shape, order="F" if fortran else "C").copy()
     import soundfile as sf
 
     pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
@@ -498,8 +500,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         return sum(s["clips"] for s in self.shards[self.rank :: self.size])
 
     def _clips(self, shards):
-        for shard in shards:
-            yield from read_shard(self.folder / shard["name"], shard["sha256"])
+        """The clips of ``shards``, read ahead by a thread (the reading, its
+        checksum and the decoding overlap the training step)."""
+
+        def read():
+            for shard in shards:
+                yield from read_shard(
+                    self.folder / shard["name"], shard["sha256"]
+                )
+
+        return _read_ahead(read(), depth=self.buffer)
 
     def __iter__(self):
         if self.train:
@@ -540,6 +550,70 @@ class ShardStream(torch.utils.data.IterableDataset):
                 [self.label_encoder.encode_label(clip["label"])]
             )
         return item
+
+
+def _read_ahead(items, depth):
+    """``items``, produced by a thread up to ``depth`` items ahead.
+
+    The consumer may stop early (a rank's quota): the thread then stops at
+    its next item. An error in the thread is raised in the consumer.
+
+    Arguments
+    ---------
+    items : iterator
+        What to produce.
+    depth : int
+        Items held at most.
+
+    Yields
+    ------
+    object
+        The items, in order.
+
+    Example
+    -------
+    >>> list(_read_ahead(iter(range(5)), 2))
+    [0, 1, 2, 3, 4]
+    """
+    import queue
+    import threading
+
+    slots = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((end, None))
+        except BaseException as e:  # passed on to the consumer
+            slots.put((end, e))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let it see the stop
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
 
 
 def _shuffled(items, size, rng):

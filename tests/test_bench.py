@@ -123,3 +123,36 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
     assert results["recipe-bank"]["num_workers"] == 0
     for key, value in printed.items():
         assert abs(report["summary"][key] - value) <= 0.051 * max(1, value)
+
+
+def test_shards_benchmark_runs_on_an_urbansound8k_folder(tmp_path):
+    from helpers import make_urbansound_tree
+
+    make_urbansound_tree(tmp_path / "data", 1, folds=[1, 2], seconds=(0.5, 1.0))
+    json_path = tmp_path / "shards.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "shards.py"),
+            f"--data_folder={tmp_path / 'data'}",
+            "--sample_rate=8000",
+            "--duration_ms=1000",
+            "--shard_size=7",
+            f"--json={json_path}",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(json_path.read_text())
+    assert report["clips"] == 20
+    assert report["shards_int16"]["shards"] == 3
+    for key in ("bank", "shards_int16", "shards_flac"):
+        assert positive(report[key]["bytes_per_clip"]), key
+    # int16 at 8 kHz: the bank holds 1 s a clip, shards the 0.5-1 s of each
+    # clip (and a little tar and npy header)
+    assert report["bank"]["bytes_per_clip"] == 16000
+    assert 8000 < report["shards_int16"]["bytes_per_clip"] < 17000
+    assert "one process reads" in result.stdout

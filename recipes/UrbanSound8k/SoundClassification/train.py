@@ -1095,6 +1095,11 @@ def main(argv=None):
     )
     if bank is not None:
         brain.use_bank(bank, feature_bank=hparams["feature_bank"])
+    if hparams["data_source"] == "shards":
+        # A stream has no position to save: a resumed run starts its
+        # interrupted epoch again, so a mid-epoch checkpoint would only
+        # repeat the epoch's first steps
+        brain.ckpt_interval_minutes = brain.ckpt_interval_steps = 0
     train_options = hparams["dataloader_options"]
     test_options = hparams["test_dataloader_options"]
     if hparams["data_source"] == "shards":  # streams: read in this process
