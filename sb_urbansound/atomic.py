@@ -291,9 +291,12 @@ def mark_store(folder, kind, **info):
 
 
 def _entries(folder):
-    """The names in ``folder`` that make it not empty."""
+    """The names in ``folder`` that make it not empty (our lock, marker and
+    temporaries, e.g. another process's marker being written, do not)."""
     return sorted(
-        p.name for p in Path(folder).iterdir() if p.name not in _IGNORED_ENTRIES
+        p.name
+        for p in Path(folder).iterdir()
+        if p.name not in _IGNORED_ENTRIES and not _TMP_NAME.match(p.name)
     )
 
 

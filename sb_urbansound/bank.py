@@ -370,9 +370,10 @@ class ClipBank:
             if failed:
                 raise DataPrepError(
                     f"{len(failed)} audio file(s) cannot be decoded into the "
-                    "clip bank (they changed since data preparation?):\n  "
+                    "clip bank (corrupt, empty, or holding NaN or infinite samples):\n  "
                     + listing(failed, sep="\n  ")
-                    + "\nFix or remove these files and prepare the data again."
+                    + "\nFix or remove these files, or pass --skip_missing=True "
+                    "to leave them out."
                 )
             array.flush()
             del array
@@ -760,13 +761,45 @@ class ClipBank:
         if device is not None:
             clips = clips.to(device, non_blocking=True)
             lengths = lengths.to(device)
-        wavs = clips.float().mul_(1.0 / _INT16_SCALE)
-        if train:
-            shifts = random_placement(
-                lengths, wavs.shape[1], shift_pct, generator
-            )
-            wavs = roll_rows(wavs, shifts)
-        return wavs
+        return place_clips(clips, lengths, train, shift_pct, generator)
+
+
+def place_clips(clips, lengths, train, shift_pct=0.0, generator=None):
+    """Stored int16 clips as float waveforms, randomly placed in training.
+
+    The clip bank and the shards store clips start-aligned and zero-padded;
+    in training, the tutorial's random pad position and circular time shift
+    are one circular roll per clip (:func:`random_placement`).
+
+    Arguments
+    ---------
+    clips : torch.Tensor
+        int16 ``[batch, time(, channels)]``.
+    lengths : torch.LongTensor
+        ``[batch]`` true lengths, on the device of ``clips``.
+    train : bool
+        Draw the placement (otherwise the clips are taken as stored).
+    shift_pct : float
+        Largest time shift, as a fraction of the clip length.
+    generator : torch.Generator, optional
+        Source of randomness (on the device of ``clips``).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``[batch, time(, channels)]`` in [-1, 1].
+
+    Example
+    -------
+    >>> pcm = torch.tensor([[32767, 0, 0, 0]], dtype=torch.int16)
+    >>> place_clips(pcm, torch.tensor([1]), train=False).tolist()
+    [[1.0, 0.0, 0.0, 0.0]]
+    """
+    wavs = clips.float().mul_(1.0 / _INT16_SCALE)
+    if train:
+        shifts = random_placement(lengths, wavs.shape[1], shift_pct, generator)
+        wavs = roll_rows(wavs, shifts)
+    return wavs
 
 
 def random_placement(lengths, num_samples, shift_pct, generator=None):

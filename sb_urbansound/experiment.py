@@ -90,6 +90,15 @@ def _optional(check):
     return optional
 
 
+def _one_of(*allowed):
+    """A check: one of the ``allowed`` values."""
+
+    def check(value):
+        return value in allowed
+
+    return check
+
+
 #: Keys whose values are checked before anything is built: the check and what
 #: a valid value is, for the message.
 CHECKED_KEYS = {
@@ -112,6 +121,10 @@ CHECKED_KEYS = {
         _number(0, 1, low_open=False),
         "a fraction of the bands or frames in [0, 1)",
     ),
+    "data_source": (_one_of("bank", "shards"), "bank or shards"),
+    "shard_size": (_whole(1), "a whole number of clips >= 1"),
+    "shard_format": (_one_of("int16", "flac"), "int16 or flac"),
+    "shuffle_buffer": (_whole(1), "a whole number of clips >= 1"),
 }
 
 
@@ -356,6 +369,11 @@ RUN_ONLY_KEYS = {
     "clip_bank",
     "bank_folder",
     "feature_bank",
+    "data_source",
+    "shards_folder",
+    "shard_size",
+    "shard_format",
+    "shuffle_buffer",
     "epoch_counter",
     "checkpointer",
     "num_workers",

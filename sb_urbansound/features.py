@@ -149,12 +149,30 @@ class MelSpectrogramDB(torch.nn.Module):
 
 
 class BatchStandardize(torch.nn.Module):
-    """Standardise a batch with its own mean and standard deviation (one scalar each).
+    """The tutorial's standardisation in training; its average in evaluation.
 
-    The tutorial's input normalisation: ``(x - x.mean()) / x.std()`` over the whole
-    batch. SpeechBrain's ``InputNormalization`` normalises per feature dimension
+    In training, a batch is standardised with its own mean and standard
+    deviation (one scalar each), the tutorial's ``(x - x.mean()) / x.std()``,
+    and the module keeps the running average of those batch statistics. In
+    evaluation the average is used (as ``BatchNorm`` does): a clip's result
+    then depends on that clip alone, never on the other clips of its batch,
+    so the recipe's test, ``classify``, an exported ONNX model and a live
+    stream score a clip the same way, and evaluation sharded over several
+    processes gives the same numbers as one process.
+
+    The tutorial standardises its test batches with their own statistics: a
+    test clip's score then changes with the clips it is batched with. The
+    statistics of the inputs (mel spectrograms in dB) do not change during
+    training, so their average over the training batches is the statistics
+    that training normalised with. A module that has seen no training batch
+    (an untrained model, or a model folder exported by sb-urbansound 0.2)
+    standardises its input with the input's own statistics, as before.
+
+    SpeechBrain's ``InputNormalization`` normalises per feature dimension
     instead, which is a different model; this keeps the tutorial's.
-    ``EncoderClassifier`` calls this module as ``mean_var_norm(feats, lengths)``.
+    ``EncoderClassifier`` calls this module as ``mean_var_norm(feats,
+    lengths)``; list it among the checkpointer's recoverables, so that a
+    resumed run keeps its statistics.
 
     Arguments
     ---------
@@ -163,14 +181,22 @@ class BatchStandardize(torch.nn.Module):
 
     Example
     -------
-    >>> out = BatchStandardize()(torch.randn(4, 2, 8, 8) * 3 + 1)
+    >>> norm = BatchStandardize()
+    >>> out = norm(torch.randn(4, 2, 8, 8) * 3 + 1)  # training: the batch's
     >>> abs(out.mean().item()) < 1e-4, round(out.std().item(), 2)
     (True, 1.0)
+    >>> x = torch.randn(2, 1, 8, 8) * 3 + 1
+    >>> _ = norm.eval()  # evaluation: the average of the training batches
+    >>> torch.equal(norm(x)[:1], norm(x[:1]))  # each clip on its own
+    True
     """
 
     def __init__(self, eps=1e-8):
         super().__init__()
         self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_std", torch.zeros(()))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
 
     def forward(self, x, lengths=None):
         """Standardise ``x``.
@@ -187,7 +213,23 @@ class BatchStandardize(torch.nn.Module):
         torch.Tensor
             Same shape as ``x``.
         """
-        return (x - x.mean()) / (x.std() + self.eps)
+        if self.training or int(self.batches) == 0:
+            mean, std = x.mean(), x.std()
+            if self.training:
+                with torch.no_grad():  # a running average of the batches'
+                    n = self.batches.add_(1).float()
+                    self.running_mean.add_(
+                        (mean.detach() - self.running_mean) / n
+                    )
+                    self.running_std.add_((std.detach() - self.running_std) / n)
+            return (x - mean) / (std + self.eps)
+        return (x - self.running_mean) / (self.running_std + self.eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load a checkpoint; one of sb-urbansound 0.2 has no statistics."""
+        for name in ("running_mean", "running_std", "batches"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ClipStandardize(torch.nn.Module):

@@ -76,6 +76,7 @@ def write_manifests(
     seed,
     missing_hint=None,
     warn_shared_groups=False,
+    full_check=True,
 ):
     """Run the shared pipeline on a table of clips and write the outputs.
 
@@ -103,6 +104,9 @@ def write_manifests(
         Extra advice appended to the error about missing files.
     warn_shared_groups : bool
         Warn (instead of staying silent) when a group spans several splits.
+    full_check : bool
+        Decode every file (else read the headers only, for a run whose clip
+        bank or shards decode the files and name those that fail).
 
     Returns
     -------
@@ -130,6 +134,7 @@ def write_manifests(
             seed,
             missing_hint,
             warn_shared_groups,
+            full_check,
         )
 
 
@@ -150,6 +155,7 @@ def _write_locked(
     seed,
     missing_hint,
     warn_shared_groups,
+    full_check,
 ):
     """:func:`write_manifests`, with the manifest folder locked."""
     outputs = {s: str(save_folder / f"{s}.json") for s in SPLITS}
@@ -161,6 +167,7 @@ def _write_locked(
             "function": function,
             "options": options,
             "inputs": fingerprint,
+            "checks": "decoded" if full_check else "headers",
         }
     )
     if _up_to_date(options_path, record, outputs.values()):
@@ -188,7 +195,12 @@ def _write_locked(
     table = table[table["split"].notna()].sort_values("clip_id", kind="stable")
     _check_unique_ids(table)
 
-    info = probe_audio(table["path"].to_list(), skip_missing, missing_hint)
+    info = probe_audio(
+        table["path"].to_list(),
+        skip_missing,
+        missing_hint,
+        full_check=full_check,
+    )
     table = table[table["path"].isin(info)]
     for split in SPLITS:
         if not (table["split"] == split).any():
@@ -267,13 +279,15 @@ def _check_unique_ids(table):
         )
 
 
-def check_audio_file(path, block_frames=1 << 20):
+def check_audio_file(path, block_frames=1 << 20, full=True):
     """Decode a whole audio file once; return its shape or why it is unusable.
 
     Reading only the header would let through a file whose data is corrupt
     after the header (it would stop training mid-epoch) or that holds NaN
     samples (they would turn the model's weights into NaN). The file is read in
-    blocks, so a long recording needs little memory.
+    blocks, so a long recording needs little memory. With ``full=False`` only
+    the header is read: for runs whose clip bank or shards decode every file
+    anyway, and name the ones that cannot be decoded.
 
     Arguments
     ---------
@@ -281,6 +295,8 @@ def check_audio_file(path, block_frames=1 << 20):
         The audio file.
     block_frames : int
         Frames decoded at a time.
+    full : bool
+        Decode the samples (else read the header only).
 
     Returns
     -------
@@ -310,7 +326,8 @@ def check_audio_file(path, block_frames=1 << 20):
             if frames <= 0 or rate <= 0 or channels <= 0:
                 return ("empty", f"empty (0 frames): {path}")
             bad = 0
-            for block in f.blocks(blocksize=block_frames, dtype="float32"):
+            blocks = f.blocks(blocksize=block_frames, dtype="float32")
+            for block in blocks if full else ():
                 bad += int(block.size - np.count_nonzero(np.isfinite(block)))
     except Exception as e:  # libsndfile errors, permissions, ...
         kind = "unreadable" if "header" in str(e).lower() else "corrupt"
@@ -327,7 +344,9 @@ def check_audio_file(path, block_frames=1 << 20):
     return (int(frames), int(rate), int(channels))
 
 
-def probe_audio(paths, skip_missing, missing_hint=None, threads=4):
+def probe_audio(
+    paths, skip_missing, missing_hint=None, threads=4, full_check=True
+):
     """Decode every file once; report or skip the unusable ones.
 
     See :func:`check_audio_file` for what is checked. The files are decoded by
@@ -344,6 +363,8 @@ def probe_audio(paths, skip_missing, missing_hint=None, threads=4):
         Extra advice for the error about missing files.
     threads : int
         Files decoded at once.
+    full_check : bool
+        Decode the samples (else read the headers only).
 
     Returns
     -------
@@ -361,9 +382,11 @@ def probe_audio(paths, skip_missing, missing_hint=None, threads=4):
     unique = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         results = tqdm(
-            pool.map(check_audio_file, unique),
+            pool.map(
+                lambda path: check_audio_file(path, full=full_check), unique
+            ),
             total=len(unique),
-            desc="Checking audio files",
+            desc="Checking audio files" if full_check else "Reading headers",
             unit="file",
             disable=len(unique) < PROGRESS_MIN_FILES,
         )

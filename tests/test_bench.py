@@ -16,6 +16,7 @@ CONFIGS = [
     "recipe-bank",
     "recipe-bank-large",
     "recipe-feature-bank",
+    "recipe-shards",
     "ceiling",
     "ceiling-large",
 ]
@@ -24,6 +25,8 @@ LAST_LINES = [
     "fraction_of_ceiling",
     "fraction_of_ceiling_large_batch",
     "us8k_10fold_30epochs_estimate_minutes",
+    "shards_vs_bank",
+    "end_to_end_speedup_vs_tutorial",
 ]
 
 
@@ -54,7 +57,9 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
 
     # The last lines, in order, parsable, with finite positive numbers
     printed = {}
-    for key, line in zip(LAST_LINES, lines[-4:], strict=True):
+    last = [line for line in lines[-8:] if not line.startswith("end to end,")]
+    assert re.search(r"end to end, 1 epochs \+ test: tutorial", out)
+    for key, line in zip(LAST_LINES, last[-len(LAST_LINES) :], strict=True):
         match = re.fullmatch(rf"{key}: (\d+\.\d+)", line)
         assert match, line
         printed[key] = float(match.group(1))
@@ -86,6 +91,11 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
         (tmp_path / "out" / "recipe-bank" / "bank").glob("*/index.json")
     )
     assert not (tmp_path / "out" / "recipe-per-clip" / "bank").exists()
+    # data_source reached the recipe: shards, no bank
+    assert (
+        tmp_path / "out" / "recipe-shards" / "shards" / "shards.json"
+    ).is_file()
+    assert not (tmp_path / "out" / "recipe-shards" / "bank").exists()
 
     # The JSON: every configuration, sane numbers, the same final values
     report = json.loads(json_path.read_text())
@@ -96,6 +106,7 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
             assert positive(s[key]), (name, key, s[key])
         assert positive(r["rss_mb"]), name
         assert positive(s["start_to_first_step_s"]), name
+        assert positive(s["end_to_end_s"]), name
         assert sum(p["clips"] for p in r["passes"]["train"]) == n_train, name
         assert sum(p["clips"] for p in r["passes"]["eval"]) == n_valid, name
         assert 0.0 <= r["accuracy"] <= 1.0, name
@@ -112,6 +123,39 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
     assert results["recipe-bank"]["num_workers"] == 0
     for key, value in printed.items():
         assert abs(report["summary"][key] - value) <= 0.051 * max(1, value)
+
+
+def test_shards_benchmark_runs_on_an_urbansound8k_folder(tmp_path):
+    from helpers import make_urbansound_tree
+
+    make_urbansound_tree(tmp_path / "data", 1, folds=[1, 2], seconds=(0.5, 1.0))
+    json_path = tmp_path / "shards.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "shards.py"),
+            f"--data_folder={tmp_path / 'data'}",
+            "--sample_rate=8000",
+            "--duration_ms=1000",
+            "--shard_size=7",
+            f"--json={json_path}",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(json_path.read_text())
+    assert report["clips"] == 20
+    assert report["shards_int16"]["shards"] == 3
+    for key in ("bank", "shards_int16", "shards_flac"):
+        assert positive(report[key]["bytes_per_clip"]), key
+    # int16 at 8 kHz: the bank holds 1 s a clip, shards the 0.5-1 s of each
+    # clip (and a little tar and npy header)
+    assert report["bank"]["bytes_per_clip"] == 16000
+    assert 8000 < report["shards_int16"]["bytes_per_clip"] < 17000
+    assert "one process reads" in result.stdout
 
 
 def test_inference_benchmark_quick_runs_and_reports(tmp_path):

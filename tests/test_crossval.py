@@ -756,7 +756,7 @@ def test_a_resumed_crossval_with_another_lr_is_refused(tmp_path):
 HOLD_LOCK = """
 import sys, time
 from sb_urbansound.atomic import FolderLock
-FolderLock(sys.argv[1]).acquire()
+lock = FolderLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)
 """

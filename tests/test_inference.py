@@ -714,7 +714,7 @@ def test_failed_export_keeps_the_previous_folder(tmp_path, monkeypatch):
     (out / "model").mkdir()
     (out / "model" / "previous.txt").write_text("previous export")
 
-    def broken_load(folder, device="cpu"):
+    def broken_load(folder, device="cpu", trust=False):
         raise RuntimeError("cannot load the new folder")
 
     # Fails at the check, once the new folder is written

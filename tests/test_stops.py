@@ -227,3 +227,25 @@ def test_crossval_stopped_during_the_bank_build_resumes(data, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     results = json.loads((out / "crossval_results.json").read_text())
     assert [f["test_fold"] for f in results["folds"]] == [1, 2, 3]
+
+
+def test_a_run_from_shards_resumes_its_interrupted_epoch(data, tmp_path):
+    rng = random.Random(3)
+    for attempt, signum in enumerate([signal.SIGKILL, signal.SIGTERM]):
+        out = tmp_path / f"out{attempt}"
+        tag = uuid.uuid4().hex
+        command = train_command(
+            data, out, ["--data_source=shards", "--shard_size=8"]
+        )
+        run_and_stop(command, "Going into epoch 2", 0.5, signum, rng, tag)
+        assert_nothing_left(tag, out)
+        rerun = subprocess.run(
+            command,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert_finished(out)

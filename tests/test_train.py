@@ -425,3 +425,85 @@ def test_loader_workers_are_stopped_when_the_run_ends(small_data, tmp_path):
     )
     assert (tmp_path / "out" / "test_results.json").exists()
     assert multiprocessing.active_children() == []
+
+
+def test_one_decode_pass_still_names_bad_files(tmp_path):
+    """With a clip bank, preparation reads headers and the bank decodes every
+    file once: a file corrupt after its header and one holding NaN are named
+    by the bank; with skip_missing, preparation decodes them and leaves them
+    out; the per-clip path decodes every file at preparation."""
+    import numpy as np
+    import soundfile as sf
+
+    data = tmp_path / "data"
+    make_urbansound_tree(
+        data,
+        n_per_class_per_fold=2,
+        folds=[1, 2, 3, 4],
+        classes=CLASSES,
+        seconds=(0.3, 0.5),
+    )
+    nan = data / "audio" / "fold1" / "1000-0-0-0.wav"
+    sf.write(nan, np.full(4000, np.nan, dtype=np.float32), 16000, "FLOAT")
+    cut = data / "audio" / "fold2" / "2001-1-0-1.wav"
+    with open(cut, "r+b") as f:  # a valid header, then garbage
+        f.seek(44)
+        f.write(b"\xff" * 64)
+    sf.write(cut.with_suffix(".flac"), np.zeros(16000), 16000)
+    flac = cut.with_suffix(".flac").read_bytes()
+    cut.unlink()
+    damaged = cut.with_suffix(".flac")
+    damaged.write_bytes(flac[: len(flac) // 2] + b"\x00" * (len(flac) // 2))
+    import csv
+
+    rows = list(csv.DictReader(open(data / "metadata" / "UrbanSound8K.csv")))
+    for row in rows:
+        if row["slice_file_name"] == cut.name:
+            row["slice_file_name"] = damaged.name
+    with open(data / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    out = tmp_path / "out"
+    result = run_train(
+        [f"--data_folder={data}", f"--output_folder={out}", *SMALL]
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "cannot be decoded into the clip bank" in result.stderr
+    assert nan.name in result.stderr and damaged.name in result.stderr
+    assert "--skip_missing=True" in result.stderr
+    assert "Traceback" not in result.stderr
+    options = json.loads(
+        (out / "manifests" / "prepare_options.json").read_text()
+    )
+    assert options["checks"] == "headers"
+
+    skipped = tmp_path / "skipped"
+    result = run_train(
+        [
+            f"--data_folder={data}",
+            f"--output_folder={skipped}",
+            "--skip_missing=True",
+            "--number_of_epochs=1",
+            *SMALL,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert nan.name in result.stderr and damaged.name in result.stderr
+    train = json.loads((skipped / "manifests" / "train.json").read_text())
+    assert nan.stem not in train and damaged.stem not in train
+
+    per_clip = tmp_path / "per_clip"
+    result = run_train(
+        [
+            f"--data_folder={data}",
+            f"--output_folder={per_clip}",
+            "--clip_bank=False",
+            "--feature_bank=False",
+            *SMALL,
+        ]
+    )
+    assert result.returncode == 2
+    assert "cannot be used" in result.stderr  # named at preparation
+    assert nan.name in result.stderr and damaged.name in result.stderr

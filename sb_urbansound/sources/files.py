@@ -52,6 +52,7 @@ def prepare_folders(
     skip_missing=False,
     leaky_random_split=False,
     seed=1234,
+    full_check=True,
 ):
     """Write train/valid/test manifests from one folder per class.
 
@@ -93,6 +94,9 @@ def prepare_folders(
         (seeded, fold sizes kept), which leaks groups across splits.
     seed : int
         Seed of the fold assignment (and of ``leaky_random_split``).
+    full_check : bool
+        Decode every file (else read the headers only: the recipe asks for
+        this when its clip bank or shards decode the files anyway).
 
     Returns
     -------
@@ -181,6 +185,7 @@ def prepare_folders(
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,
+        full_check=full_check,
     )
 
 
@@ -196,6 +201,7 @@ def prepare_filenames(
     skip_missing=False,
     leaky_random_split=False,
     seed=1234,
+    full_check=True,
 ):
     """Write train/valid/test manifests, reading labels from the file names.
 
@@ -235,6 +241,9 @@ def prepare_filenames(
         (seeded, fold sizes kept), which leaks groups across splits.
     seed : int
         Seed of the fold assignment (and of ``leaky_random_split``).
+    full_check : bool
+        Decode every file (else read the headers only: the recipe asks for
+        this when its clip bank or shards decode the files anyway).
 
     Returns
     -------
@@ -308,6 +317,7 @@ def prepare_filenames(
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,
+        full_check=full_check,
     )
 
 
@@ -323,6 +333,7 @@ def _write(
     skip_missing,
     leaky_random_split,
     seed,
+    full_check=True,
 ):
     """Deal the clips to folds and write the manifests of a file source.
 
@@ -351,6 +362,8 @@ def _write(
         Shuffle clips across folds (comparisons only).
     seed : int
         Seed of the fold assignment.
+    full_check : bool
+        Decode every file (else read the headers only).
 
     Returns
     -------
@@ -383,6 +396,7 @@ def _write(
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,
+        full_check=full_check,
     )
 
 

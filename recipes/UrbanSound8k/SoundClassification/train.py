@@ -27,6 +27,8 @@ Authors
  * sb-urbansound contributors 2026
 """
 
+import functools
+import inspect
 import os
 import signal
 import sys
@@ -37,7 +39,8 @@ from hyperpyyaml import load_hyperpyyaml
 from sb_urbansound.atomic import atomic_write_json
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.augment import Mixup, average_views, circular_views
-from sb_urbansound.bank import ClipBank, FeatureBank
+from sb_urbansound.bank import ClipBank, FeatureBank, place_clips
+from sb_urbansound.distributed import ShardSampler, gather, world
 from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.experiment import (
     RunFolder,
@@ -59,8 +62,10 @@ from sb_urbansound.processes import (
     stop_on_signals,
 )
 from sb_urbansound.report import append_history, classification_results
+from sb_urbansound.shards import Shards, ShardStream
 
 import speechbrain as sb
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.fetching import FetchConfig
@@ -75,6 +80,7 @@ WRITTEN_FOLDERS = (
     "save_folder",
     "manifest_folder",
     "bank_folder",
+    "shards_folder",
 )
 
 
@@ -157,14 +163,37 @@ class SoundClassifierBrain(sb.Brain):
             feats, perm, lam = mixup(feats)
             self.mixed = (perm, lam)
 
-        embeddings = self.modules.embedding_model(feats, lens)
-        predictions = self.modules.classifier(embeddings)
+        embeddings = self.network("embedding_model", train)(feats, lens)
+        predictions = self.network("classifier", train)(embeddings)
         if predictions.dim() == 2:
             predictions = predictions.unsqueeze(1)
         if views > 1:
             predictions = average_views(predictions, views)
             lens = lens[: len(lens) // views]
         return predictions, lens
+
+    def network(self, name, train):
+        """A module of the network; outside training, without its DDP wrapper.
+
+        Evaluation is split between the processes (see ``make_dataloader``),
+        so a process may evaluate fewer batches than another, or none: a DDP
+        wrapper would then wait for the others at its first forward (it
+        synchronises buffers there). Evaluation needs no synchronisation.
+
+        Arguments
+        ---------
+        name : str
+            A key of ``self.modules``.
+        train : bool
+            Whether the batch is for training.
+
+        Returns
+        -------
+        torch.nn.Module
+        """
+        module = self.modules[name]
+        wrapped = isinstance(module, torch.nn.parallel.DistributedDataParallel)
+        return module.module if wrapped and not train else module
 
     def batch_features(self, batch, train, views=1):
         """The features of a batch, from the clip bank or from ``sig``.
@@ -208,6 +237,16 @@ class SoundClassifierBrain(sb.Brain):
                 rows, train, self.hparams.shift_pct, device=self.device
             )
             lens = torch.ones(len(rows), device=self.device)
+        elif hasattr(
+            batch, "pcm"
+        ):  # from shards: stored as the clip bank stores
+            wavs = place_clips(
+                batch.pcm.data,
+                batch.length.data.view(-1),
+                train,
+                self.hparams.shift_pct,
+            )
+            lens = torch.ones(len(wavs), device=self.device)
         else:
             wavs, lens = batch.sig
         if views > 1:
@@ -249,6 +288,10 @@ class SoundClassifierBrain(sb.Brain):
                 "lr/max_lr). The batch's files:\n  " + "\n  ".join(batch.wav)
             )
 
+        if stage != sb.Stage.TRAIN:  # the mean loss per clip, over processes
+            self.eval_loss[0] += float(loss) * len(batch.id)
+            self.eval_loss[1] += len(batch.id)
+
         decode = self.hparams.label_encoder.ind2lab
         if stage == sb.Stage.TRAIN and self.mixed is not None:
             # A mixed clip counts as its dominant part's class
@@ -273,6 +316,7 @@ class SoundClassifierBrain(sb.Brain):
             The currently-starting epoch.
         """
         self.stats = ClassificationStats()
+        self.eval_loss = [0.0, 0]  # loss summed over clips, clips
         self.stage_started = time.perf_counter()
         if stage == sb.Stage.TRAIN and self.plans_freezing():
             frozen = self.encoder_frozen_in(epoch)
@@ -360,6 +404,8 @@ class SoundClassifierBrain(sb.Brain):
         epoch : int
             The currently-ending epoch.
         """
+        if stage != sb.Stage.TRAIN:  # every process's clips, pooled
+            stage_loss = self.pool_evaluation()
         accuracy = self.stats.summarize("accuracy") if self.stats.ids else 0.0
         stats = {"loss": stage_loss, "accuracy": accuracy}
         if stage == sb.Stage.TRAIN:
@@ -409,6 +455,33 @@ class SoundClassifierBrain(sb.Brain):
                     self.hparams.test_results_file,
                 )
 
+    def pool_evaluation(self):
+        """Pools the evaluation of every process: statistics of all clips.
+
+        Each process evaluated its share of the clips (``make_dataloader``);
+        afterwards every process holds the predictions of all of them, so
+        the accuracy, the confusion matrix, the best-checkpoint choice and
+        the test results are those of a single process.
+
+        Returns
+        -------
+        float
+            The mean loss per clip.
+        """
+        local = (
+            self.stats.ids,
+            self.stats.predictions,
+            self.stats.targets,
+            *self.eval_loss,
+        )
+        parts = gather(local)
+        if len(parts) > 1:
+            self.stats = ClassificationStats()
+            for ids, predictions, targets, _, _ in parts:
+                self.stats.append(ids, predictions, targets)
+        total, clips = sum(p[3] for p in parts), sum(p[4] for p in parts)
+        return total / clips if clips else 0.0
+
     def on_fit_start(self):
         """Recovers the last checkpoint; refuses a schedule planned otherwise.
 
@@ -432,7 +505,10 @@ class SoundClassifierBrain(sb.Brain):
         current = self.hparams.epoch_counter.current
         total = getattr(self.lr_scheduler, "total_steps", None)
         planned = self.train_steps_per_epoch * self.hparams.number_of_epochs
-        if current > 0 and total is not None and total != planned:
+        # (a finished run trains nothing more: it may be tested with other
+        # processes or batch sizes)
+        more = current < self.hparams.number_of_epochs
+        if current > 0 and more and total is not None and total != planned:
             raise UserError(
                 f"this run's learning-rate schedule was planned for {total} "
                 f"steps ({total // self.train_steps_per_epoch} epochs of "
@@ -457,7 +533,8 @@ class SoundClassifierBrain(sb.Brain):
 
         The learning-rate schedule needs the number of optimizer steps per
         epoch, which depends on the batch size and, under DDP, on the number
-        of processes.
+        of processes. Under DDP, validation and test are split between the
+        processes too (each clip once), and pooled in ``on_stage_end``.
 
         Arguments
         ---------
@@ -474,6 +551,13 @@ class SoundClassifierBrain(sb.Brain):
         -------
         DataLoader
         """
+        rank, size = world()
+        streamed = isinstance(dataset, ShardStream)  # split by rank already
+        if stage != sb.Stage.TRAIN and size > 1 and not streamed:
+            # Validation and test are split between the processes, each
+            # clip once (SpeechBrain evaluates everything in every process)
+            loader_kwargs["sampler"] = ShardSampler(len(dataset), rank, size)
+            loader_kwargs.pop("shuffle", None)
         if loader_kwargs.get("num_workers", 0) > 0:
             # A worker dies with this process, even when it is killed
             loader_kwargs["worker_init_fn"] = WorkerInit(
@@ -484,6 +568,8 @@ class SoundClassifierBrain(sb.Brain):
         )
         if stage == sb.Stage.TRAIN:
             self.train_steps_per_epoch = len(loader)
+            if streamed:  # SpeechBrain gives it the epoch (its shards)
+                self.train_sampler = dataset
         self.loaders.append(loader)
         return loader
 
@@ -605,6 +691,36 @@ class SoundClassifierBrain(sb.Brain):
                 )
 
 
+def load_label_encoder(hparams):
+    """The label encoder: each class to an index, the same in every split
+    and every run of this output folder.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    speechbrain.dataio.encoder.CategoricalEncoder
+    """
+    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
+    labels = read_labels(hparams["labels_file"], manifests)
+    label_encoder = hparams["label_encoder"]
+    label_encoder.load_or_create(
+        path=hparams["label_encoder_file"], from_iterables=[labels]
+    )
+    label_encoder.expect_len(len(labels))
+    encoded = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
+    if encoded != labels:
+        raise DataPrepError(
+            f"the label encoder in {hparams['label_encoder_file']} holds "
+            f"{encoded}, but the data has {labels}: it was made for other "
+            "data. Use a new output_folder."
+        )
+    return label_encoder
+
+
 def dataio_prep(hparams, bank=None):
     """Creates the datasets and their data processing pipelines.
 
@@ -629,22 +745,7 @@ def dataio_prep(hparams, bank=None):
         items have ``id``, ``wav``, ``label``, ``label_encoded`` and
         ``bank_row`` (with a bank) or ``sig`` (without).
     """
-    # Labels: the encoder maps each class to an index, the same in every
-    # split and every run of this output folder
-    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
-    labels = read_labels(hparams["labels_file"], manifests)
-    label_encoder = hparams["label_encoder"]
-    label_encoder.load_or_create(
-        path=hparams["label_encoder_file"], from_iterables=[labels]
-    )
-    label_encoder.expect_len(len(labels))
-    encoded = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
-    if encoded != labels:
-        raise DataPrepError(
-            f"the label encoder in {hparams['label_encoder_file']} holds "
-            f"{encoded}, but the data has {labels}: it was made for other "
-            "data. Use a new output_folder."
-        )
+    label_encoder = load_label_encoder(hparams)
 
     @sb.utils.data_pipeline.takes("label")
     @sb.utils.data_pipeline.provides("label", "label_encoded")
@@ -704,6 +805,78 @@ def make_conditioner(hparams):
     )
 
 
+def read_splits(hparams):
+    """The clips of each split, from the manifests.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    dict
+        ``{split: {clip_id: manifest entry}}`` (``wav`` resolved).
+    """
+    replacements = {"data_root": hparams["data_folder"]}
+    return {
+        split: sb.dataio.dataio.load_data_json(
+            hparams[f"{split}_annotation"], replacements
+        )
+        for split in SPLITS
+    }
+
+
+def shard_datasets(hparams):
+    """Writes (main process) the shards of this run's clips; opens them.
+
+    Each split's clips are conditioned once into WebDataset shards in
+    ``shards_folder``; each process then reads its own shards (see
+    ``sb_urbansound.shards``).
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    datasets : dict
+        ``{"train": ShardStream, "valid": ..., "test": ...}``, whose items
+        have ``id``, ``wav``, ``label``, ``label_encoded``, ``pcm`` (int16)
+        and ``length``.
+    """
+    label_encoder = load_label_encoder(hparams)
+    splits = {
+        split: {k: (e["wav"], e["label"]) for k, e in clips.items()}
+        for split, clips in read_splits(hparams).items()
+    }
+    shards = Shards(
+        hparams["shards_folder"],
+        make_conditioner(hparams),
+        hparams["shard_size"],
+        hparams["shard_format"],
+    )
+    run_on_main(shards.write, args=[splits])
+    index = shards.read_index()
+    rank, size = world()
+    return {
+        split: ShardStream(
+            shards.folder,
+            index["splits"][split],
+            train=split == "train",
+            rank=rank,
+            size=size,
+            seed=hparams["seed"],
+            buffer=hparams["shuffle_buffer"],
+            label_encoder=label_encoder,
+            epochs=hparams["number_of_epochs"],
+            num_samples=index["settings"]["num_samples"],
+        )
+        for split in SPLITS
+    }
+
+
 def build_clip_bank(hparams):
     """Builds (main process) and opens the clip bank of this run's clips.
 
@@ -716,13 +889,11 @@ def build_clip_bank(hparams):
     -------
     bank : sb_urbansound.bank.ClipBank
     """
-    replacements = {"data_root": hparams["data_folder"]}
     paths = {}
-    for split in SPLITS:
-        data = sb.dataio.dataio.load_data_json(
-            hparams[f"{split}_annotation"], replacements
+    for clips in read_splits(hparams).values():
+        paths.update(
+            {clip_id: entry["wav"] for clip_id, entry in clips.items()}
         )
-        paths.update({clip_id: entry["wav"] for clip_id, entry in data.items()})
     bank = ClipBank(hparams["bank_folder"], make_conditioner(hparams))
     run_on_main(bank.build, args=[paths])
     return bank.open(paths)
@@ -779,7 +950,18 @@ def prepare_data(values, overrides):
         The overrides, with ``n_classes`` added when it came from the data.
     """
     if not values["skip_prep"]:
-        run_on_main(build_partial(values["prepare"]))
+        prepare = build_partial(values["prepare"])
+        # One decode pass: when the clip bank or the shards decode every
+        # file (and name those that fail), preparation reads the headers
+        # only. With skip_missing, it decodes them, to leave the bad out.
+        decoded_later = values.get("data_source") == "shards" or values.get(
+            "clip_bank"
+        )
+        takes = inspect.signature(prepare.func).parameters
+        if decoded_later and not values.get("skip_missing"):
+            if "full_check" in takes:
+                prepare = functools.partial(prepare, full_check=False)
+        run_on_main(prepare)
     manifests = [values[f"{split}_annotation"] for split in SPLITS]
     n_data = len(read_labels(values["labels_file"], manifests))
 
@@ -896,9 +1078,13 @@ def main(argv=None):
     # Pretrained encoder weights, if the YAML has some (before the long steps)
     load_pretrained_encoder(hparams)
 
-    # Decode every clip once (clip bank), or at every epoch (per clip)
-    bank = build_clip_bank(hparams) if hparams["clip_bank"] else None
-    datasets = dataio_prep(hparams, bank)
+    # Decode every clip once (clip bank or shards), or at every epoch
+    bank = None
+    if hparams["data_source"] == "shards":
+        datasets = shard_datasets(hparams)
+    else:
+        bank = build_clip_bank(hparams) if hparams["clip_bank"] else None
+        datasets = dataio_prep(hparams, bank)
 
     brain = SoundClassifierBrain(
         modules=hparams["modules"],
@@ -909,19 +1095,29 @@ def main(argv=None):
     )
     if bank is not None:
         brain.use_bank(bank, feature_bank=hparams["feature_bank"])
+    if hparams["data_source"] == "shards":
+        # A stream has no position to save: a resumed run starts its
+        # interrupted epoch again, so a mid-epoch checkpoint would only
+        # repeat the epoch's first steps
+        brain.ckpt_interval_minutes = brain.ckpt_interval_steps = 0
+    train_options = hparams["dataloader_options"]
+    test_options = hparams["test_dataloader_options"]
+    if hparams["data_source"] == "shards":  # streams: read in this process
+        train_options = test_options = {
+            "batch_size": hparams["batch_size"],
+            "collate_fn": PaddedBatch,
+        }
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],
         datasets["valid"],
-        train_loader_kwargs=hparams["dataloader_options"],
-        valid_loader_kwargs=hparams["test_dataloader_options"],
+        train_loader_kwargs=train_options,
+        valid_loader_kwargs=test_options,
     )
 
     # Test the best checkpoint (lowest validation error)
     brain.evaluate(
-        datasets["test"],
-        min_key="error",
-        test_loader_kwargs=hparams["test_dataloader_options"],
+        datasets["test"], min_key="error", test_loader_kwargs=test_options
     )
 
     # The best model, for EncoderClassifier: <output_folder>/model

@@ -41,6 +41,7 @@ def prepare_urbansound8k(
     leaky_random_split=False,
     seed=1234,
     download=False,
+    full_check=True,
 ):
     """Write train/valid/test manifests for UrbanSound8K from its official folds.
 
@@ -73,6 +74,10 @@ def prepare_urbansound8k(
         Seed of ``leaky_random_split``.
     download : bool
         Download the data set into ``data_folder`` when it has no CSV.
+    full_check : bool
+        Decode every audio file (else read the headers only: ``train.py``
+        asks for this when its clip bank or shards decode the files anyway,
+        so that a first run decodes each file once).
 
     Returns
     -------
@@ -166,4 +171,5 @@ def prepare_urbansound8k(
         seed=seed,
         missing_hint=missing_hint,
         warn_shared_groups=True,
+        full_check=full_check,
     )

@@ -1,0 +1,630 @@
+"""Shards: the conditioned clips as WebDataset tar files, read by rank.
+
+For data sets larger than a disk, or read by many machines, the clip bank's
+one array per node does not scale: every node would decode and store every
+clip. Shards are another form of the bank: each clip is decoded,
+resampled, rechannelled and cut once (by the same
+:class:`~sb_urbansound.audio.ClipConditioner`), and written to tar files in
+the WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and
+``<key>.json`` with the clip id, label and length), a few hundred clips a
+shard. Any WebDataset reader (SpeechBrain's ``speechbrain.dataio`` or the
+``webdataset`` package) reads them; so does :class:`ShardStream`, which needs
+nothing but the standard library:
+
+* in training each process (rank) reads its own shards, one at a time,
+  ahead of training by a thread, and their clips through a shuffle buffer of
+  fixed size, so its memory (one shard and twice the buffer) does not grow
+  with the number of shards; the shards are dealt to the ranks anew each epoch,
+  and the order is drawn from the seed and the epoch (the same run gives
+  the same order); every rank trains on as many clips as the rank with the
+  fewest (DDP needs the same number of steps everywhere), and the clips left
+  out change from epoch to epoch;
+* in evaluation each rank reads every ``size``-th shard, in order: each clip
+  once, pooled afterwards (see :mod:`sb_urbansound.distributed`).
+
+The shards folder is a store (``docs/stores.md``): marked, locked while
+written, each shard written atomically and its SHA-256 recorded in the index
+(``shards.json``, written last), which is checked while a shard is read (no
+second pass over the file). The shards are reused while the clips, their
+files and the settings are unchanged.
+
+Authors
+-------
+ * sb-urbansound contributors
+"""
+
+import hashlib
+import io
+import json
+import logging
+import random
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from sb_urbansound.atomic import (
+    FolderLock,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_folder,
+    remove_stale_temps,
+)
+from sb_urbansound.bank import decode_clip
+from sb_urbansound.errors import DataPrepError
+from sb_urbansound.hardware import available_cores
+from sb_urbansound.manifests import file_stamp, listing
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+#: Bump when what a shard holds changes.
+SHARDS_FORMAT_VERSION = 1
+#: The store kind of a shards folder, and its index.
+SHARDS_KIND = "shards"
+INDEX_FILE = "shards.json"
+#: How the clips are stored in a shard.
+FORMATS = ("int16", "flac")
+
+
+def _encode(pcm, fmt, sample_rate):
+    """The bytes of one clip in a shard: ``(extension, bytes)``."""
+    if fmt == "int16":
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(pcm), allow_pickle=False)
+        return "npy", buffer.getvalue()
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return "flac", buffer.getvalue()
+
+
+def _decode_member(ext, data):
+    """int16 samples from a shard member's bytes (a view of the shard)."""
+    if ext == "npy":
+        stream = io.BytesIO(data)
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(stream)
+        if dtype != np.int16:
+            raise ValueError(f"a clip of {dtype}, not int16")
+        offset = stream.tell()
+        count = int(np.prod(shape))
+        flat = np.frombuffer(data, np.int16, count, offset)
+        # a copy: a clip held in a buffer must not keep its shard in memory
+        return flat.reshape(shape, order="F" if fortran else "C").copy()
+    import soundfile as sf
+
+    pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
+    return pcm
+
+
+def _add(tar, name, data):
+    """Add one member with fixed metadata (the same clips, the same bytes)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+class Shards:
+    """The shards of a data set's splits, conditioned once.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The shards folder.
+    conditioner : sb_urbansound.audio.ClipConditioner
+        The target rate, channels, length (``duration_ms`` must be set).
+    shard_size : int
+        Clips per shard.
+    fmt : str
+        ``"int16"`` (``.npy``, read with no decoding) or ``"flac"``
+        (lossless, about half the size, decoded when read).
+
+    Example
+    -------
+    >>> import soundfile as sf
+    >>> from sb_urbansound.audio import ClipConditioner
+    >>> tmp = getfixture("tmp_path")
+    >>> sf.write(tmp / "a.wav", np.full(800, 0.5), 8000)
+    >>> shards = Shards(tmp / "shards", ClipConditioner(8000, 1, 200))
+    >>> index = shards.write({"train": {"a": (str(tmp / "a.wav"), "x")}})
+    >>> [s["clips"] for s in index["splits"]["train"]]
+    [1]
+    >>> [c["id"] for c in read_shard(shards.folder / "train-000000.tar")]
+    ['a']
+    """
+
+    def __init__(self, folder, conditioner, shard_size=500, fmt="int16"):
+        if conditioner.num_samples is None:
+            raise ValueError("shards need the clip length (duration_ms)")
+        if fmt not in FORMATS:
+            raise ValueError(f"shard format must be one of {FORMATS}: {fmt!r}")
+        if int(shard_size) < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.folder = Path(folder)
+        self.conditioner = conditioner
+        self.shard_size = int(shard_size)
+        self.fmt = fmt
+        self.settings = {
+            "format_version": SHARDS_FORMAT_VERSION,
+            "sample_rate": conditioner.sample_rate,
+            "channels": conditioner.channels,
+            "num_samples": conditioner.num_samples,
+            "remove_dc": conditioner.remove_dc,
+            "shard_size": self.shard_size,
+            "format": fmt,
+        }
+
+    def _inputs(self, splits):
+        """A digest of the clips of every split: ids, files, stamps, labels."""
+        digest = hashlib.sha256()
+        for split in sorted(splits):
+            for clip_id in sorted(splits[split]):
+                path, label = splits[split][clip_id]
+                stamp = file_stamp(path)
+                digest.update(f"{split}\0{clip_id}\0{path}\0{label}\0".encode())
+                digest.update(f"{stamp}\n".encode())
+        return digest.hexdigest()
+
+    def read_index(self):
+        """The index, or None when absent or unreadable."""
+        try:
+            index = json.loads((self.folder / INDEX_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return index if isinstance(index, dict) else None
+
+    def _complete(self, index, inputs):
+        """Whether ``index`` describes these clips and its shards exist."""
+        if index is None or index.get("settings") != self.settings:
+            return False
+        if index.get("inputs") != inputs:
+            return False
+        for shards in index.get("splits", {}).values():
+            for shard in shards:
+                path = self.folder / shard["name"]
+                if not path.is_file() or path.stat().st_size != shard["bytes"]:
+                    return False
+        return True
+
+    def write(self, splits, threads=None, progress=True):
+        """Write the shards of every split (or reuse them when up to date).
+
+        Arguments
+        ---------
+        splits : dict
+            ``{split: {clip_id: (audio file, label)}}``.
+        threads : int, optional
+            Threads decoding in parallel (default: the CPU cores, at most 8).
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        dict
+            The index: ``settings``, ``inputs`` and ``splits`` (``{split:
+            [{"name", "clips", "bytes", "sha256"}]}``).
+
+        Raises
+        ------
+        DataPrepError
+            Naming every file that cannot be decoded.
+        """
+        claim_folder(self.folder, SHARDS_KIND, "shards_folder")
+        inputs = self._inputs(splits)
+        with FolderLock(self.folder, "writing the shards in").acquire(
+            wait=True,
+            on_wait=lambda who: logger.info(
+                "Shards: waiting for %s, which is writing %s", who, self.folder
+            ),
+        ):
+            index = self.read_index()
+            if self._complete(index, inputs):
+                logger.info("Shards up to date in %s", self.folder)
+                return index
+            remove_stale_temps(self.folder)
+            (self.folder / INDEX_FILE).unlink(missing_ok=True)
+            start = time.perf_counter()
+            index = {"settings": self.settings, "inputs": inputs, "splits": {}}
+            total = sum(len(clips) for clips in splits.values())
+            bar = tqdm(
+                total=total, desc="Shards", unit="clip", disable=not progress
+            )
+            threads = threads or min(available_cores(), 8)
+            with ThreadPoolExecutor(max(1, int(threads))) as pool:
+                for split in sorted(splits):
+                    index["splits"][split] = self._write_split(
+                        split, splits[split], pool, bar
+                    )
+            bar.close()
+            atomic_write_json(self.folder / INDEX_FILE, index)
+            size = sum(
+                s["bytes"]
+                for shards in index["splits"].values()
+                for s in shards
+            )
+            logger.info(
+                "Shards ready: %d clips, %d shards, %.1f MB in %s (%.1f s)",
+                total,
+                sum(len(s) for s in index["splits"].values()),
+                size / 1e6,
+                self.folder,
+                time.perf_counter() - start,
+            )
+            return index
+
+    def _write_split(self, split, clips, pool, bar):
+        """Write one split's shards; return their index entries."""
+        ids = sorted(clips)
+        entries, failed = [], []
+        for first in range(0, len(ids), self.shard_size):
+            chunk = ids[first : first + self.shard_size]
+            decoded = pool.map(
+                lambda clip_id: decode_clip(
+                    self.conditioner, clips[clip_id][0]
+                ),
+                chunk,
+            )
+            buffer = io.BytesIO()
+            with tarfile.open(
+                fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT
+            ) as tar:
+                for k, (clip_id, (pcm, error)) in enumerate(
+                    zip(chunk, decoded)
+                ):
+                    bar.update(1)
+                    if error is not None:
+                        failed.append(error)
+                        continue
+                    key = f"{first + k:09d}"
+                    ext, data = _encode(
+                        pcm, self.fmt, self.conditioner.sample_rate
+                    )
+                    meta = {
+                        "id": clip_id,
+                        "label": clips[clip_id][1],
+                        "length": int(pcm.shape[0]),
+                        "wav": str(clips[clip_id][0]),
+                    }
+                    _add(tar, f"{key}.{ext}", data)
+                    _add(tar, f"{key}.json", json.dumps(meta).encode())
+            data = buffer.getvalue()
+            name = f"{split}-{len(entries):06d}.tar"
+            atomic_write_bytes(self.folder / name, data)
+            entries.append(
+                {
+                    "name": name,
+                    "clips": len(chunk),
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
+        if failed:
+            raise DataPrepError(
+                f"{len(failed)} audio file(s) cannot be decoded into the "
+                "shards (corrupt, empty, or holding NaN or infinite samples):\n  "
+                + listing(failed, sep="\n  ")
+                + "\nFix or remove these files, or pass --skip_missing=True "
+                "to leave them out."
+            )
+        return entries
+
+
+def read_shard(path, sha256=None):
+    """The clips of one shard, one at a time, once its checksum is checked.
+
+    The shard is read whole (one shard in memory at a time: ``shard_size``
+    clips), its SHA-256 compared with the index's, and its clips are then
+    taken from that one buffer.
+
+    Arguments
+    ---------
+    path : str or Path
+        The shard.
+    sha256 : str, optional
+        Its SHA-256, from the index.
+
+    Yields
+    ------
+    dict
+        ``id``, ``label``, ``wav`` (the source file), ``length`` and ``pcm``
+        (int16 ``[time(, channels)]``).
+
+    Raises
+    ------
+    DataPrepError
+        When the shard is damaged (another checksum, not a tar, a member
+        missing).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataPrepError(f"cannot read shard {path} ({e})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataPrepError(
+            f"shard {path} does not match its checksum (damaged on disk?): "
+            "delete the shards folder and run again to write it anew"
+        )
+    view = memoryview(data)
+    pending = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = tar.getmembers()
+        for member in members:
+            key, _, ext = member.name.partition(".")
+            start = member.offset_data
+            item = pending.setdefault(key, {})
+            item[ext] = view[start : start + member.size]
+            if "json" in item and len(item) == 2:
+                del pending[key]
+                (ext,) = [e for e in item if e != "json"]
+                meta = json.loads(bytes(item["json"]))
+                meta["pcm"] = _decode_member(ext, item[ext])
+                yield meta
+    except (tarfile.TarError, ValueError, KeyError) as e:
+        raise DataPrepError(
+            f"shard {path} is damaged ({e}): delete the shards folder and run "
+            "again to write it anew"
+        ) from None
+    if pending:
+        raise DataPrepError(f"shard {path} is damaged: incomplete clips")
+
+
+def deal_shards(shards, rank, size, seed, epoch):
+    """The training shards of one rank in one epoch, in reading order.
+
+    The shards are shuffled with ``(seed, epoch)`` and dealt round-robin to
+    the ranks, so each epoch every rank reads other shards.
+
+    Arguments
+    ---------
+    shards : list of dict
+        The split's index entries.
+    rank : int
+        This process's rank.
+    size : int
+        The number of processes.
+    seed : int
+        The run's seed.
+    epoch : int
+        The epoch.
+
+    Returns
+    -------
+    list of dict
+        This rank's shards.
+
+    Example
+    -------
+    >>> shards = [{"name": str(i), "clips": 10} for i in range(5)]
+    >>> [s["name"] for s in deal_shards(shards, 1, 2, 0, 1)] != [
+    ...     s["name"] for s in deal_shards(shards, 1, 2, 0, 2)
+    ... ]
+    True
+    """
+    order = list(shards)
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order[rank::size]
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """The clips of a split's shards, as one process reads them.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The shards folder.
+    shards : list of dict
+        The split's index entries (``name``, ``clips``, ``sha256``).
+    train : bool
+        Training: this rank's shards of the epoch (see :func:`deal_shards`),
+        through a shuffle buffer, as many clips as the rank with the fewest.
+        Evaluation: every ``size``-th shard, in order.
+    rank : int
+        This process's rank.
+    size : int
+        The number of processes.
+    seed : int
+        The run's seed.
+    buffer : int
+        Clips in the shuffle buffer (training).
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        Labels to indices.
+    epochs : int
+        The run's number of epochs: training reads the same number of clips
+        in every epoch (the learning-rate schedule counts the steps).
+    num_samples : int, optional
+        Pad every clip with zeros to this length (the clip length), as the
+        clip bank stores it; shards store each clip's samples only.
+
+    Example
+    -------
+    See ``tests/test_shards.py``.
+    """
+
+    def __init__(
+        self,
+        folder,
+        shards,
+        train,
+        rank=0,
+        size=1,
+        seed=0,
+        buffer=512,
+        label_encoder=None,
+        epochs=1,
+        num_samples=None,
+    ):
+        super().__init__()
+        self.folder = Path(folder)
+        self.shards = list(shards)
+        self.train = train
+        self.rank, self.size = rank, size
+        self.seed = seed
+        self.buffer = max(1, int(buffer))
+        self.label_encoder = label_encoder
+        self.num_samples = num_samples
+        self.epoch = 1
+        self.quota = None
+        if train:  # as many clips as the rank with the fewest, every epoch
+            self.quota = min(
+                sum(s["clips"] for s in deal_shards(shards, r, size, seed, e))
+                for r in range(size)
+                for e in range(1, max(1, int(epochs)) + 1)
+            )
+
+    def set_epoch(self, epoch):
+        """Choose the epoch (its shards and order).
+
+        Arguments
+        ---------
+        epoch : int
+            The epoch, from 1.
+        """
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        if self.train:
+            return self.quota
+        return sum(s["clips"] for s in self.shards[self.rank :: self.size])
+
+    def _clips(self, shards):
+        """The clips of ``shards``, read ahead by a thread (the reading, its
+        checksum and the decoding overlap the training step)."""
+
+        def read():
+            for shard in shards:
+                yield from read_shard(
+                    self.folder / shard["name"], shard["sha256"]
+                )
+
+        return _read_ahead(read(), depth=self.buffer)
+
+    def __iter__(self):
+        if self.train:
+            mine = deal_shards(
+                self.shards, self.rank, self.size, self.seed, self.epoch
+            )
+            clips = _shuffled(
+                self._clips(mine),
+                self.buffer,
+                random.Random(f"{self.seed}:{self.epoch}:{self.rank}"),
+            )
+            quota = self.quota
+        else:
+            clips = self._clips(self.shards[self.rank :: self.size])
+            quota = None
+        for n, clip in enumerate(clips):
+            if quota is not None and n >= quota:
+                return
+            yield self._item(clip)
+
+    def _item(self, clip):
+        """One clip as the recipe's batches hold it."""
+        pcm = clip["pcm"]
+        if self.num_samples is not None and len(pcm) < self.num_samples:
+            padding = [(0, self.num_samples - len(pcm))] + [(0, 0)] * (
+                pcm.ndim - 1
+            )
+            pcm = np.pad(pcm, padding)
+        item = {
+            "id": clip["id"],
+            "wav": clip.get("wav", clip["id"]),
+            "label": clip["label"],
+            "pcm": torch.from_numpy(np.ascontiguousarray(pcm)),
+            "length": torch.LongTensor([clip["length"]]),
+        }
+        if self.label_encoder is not None:
+            item["label_encoded"] = torch.LongTensor(
+                [self.label_encoder.encode_label(clip["label"])]
+            )
+        return item
+
+
+def _read_ahead(items, depth):
+    """``items``, produced by a thread up to ``depth`` items ahead.
+
+    The consumer may stop early (a rank's quota): the thread then stops at
+    its next item. An error in the thread is raised in the consumer.
+
+    Arguments
+    ---------
+    items : iterator
+        What to produce.
+    depth : int
+        Items held at most.
+
+    Yields
+    ------
+    object
+        The items, in order.
+
+    Example
+    -------
+    >>> list(_read_ahead(iter(range(5)), 2))
+    [0, 1, 2, 3, 4]
+    """
+    import queue
+    import threading
+
+    slots = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((end, None))
+        except BaseException as e:  # passed on to the consumer
+            slots.put((end, e))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let it see the stop
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+
+
+def _shuffled(items, size, rng):
+    """Items through a shuffle buffer of ``size`` (memory: ``size`` items)."""
+    buffer = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        k = rng.randrange(size)
+        yield buffer[k]
+        buffer[k] = item
+    rng.shuffle(buffer)
+    yield from buffer
