@@ -19,13 +19,16 @@ conditioned waveform to class probabilities:
   their probabilities averaged;
 * output ``probs``: ``[windows, n_classes]``.
 
-A model whose normaliser standardises a batch with one mean and deviation
-(``BatchStandardize``, as ``cnn.yaml``) standardises the windows of the clip
-together, as ``classify`` does. Such a model has a second input,
-``norm_stats`` (``[mean, std]``; NaN: the windows' own), and a second output,
-``feature_moments`` (``[count, mean, sum of squared deviations]`` of the
-windows' features), so that a long clip can be scored in chunks with the
-statistics of all its windows (see :mod:`sb_urbansound.runtime`).
+A trained ``BatchStandardize`` (``cnn.yaml``'s normaliser) standardises
+with the average statistics of its training batches, so each window is
+scored on its own. One that never saw a training batch (an untrained model,
+a folder exported by sb-urbansound 0.2) standardises the windows given
+together with their own mean and deviation, as ``classify`` does: such a
+model has a second input, ``norm_stats`` (``[mean, std]``; NaN: the windows'
+own), and a second output, ``feature_moments`` (``[count, mean, sum of
+squared deviations]`` of the windows' features), so that a long clip can be
+scored in chunks with the statistics of all its windows (see
+:mod:`sb_urbansound.runtime`).
 
 The ONNX metadata holds ``labels`` (JSON), ``sample_rate``, ``channels``,
 ``num_samples``, ``remove_dc``, ``tta_views``, ``input_layout`` and
@@ -417,6 +420,52 @@ class BatchStandardizeGraph(torch.nn.Module):
         return (x - use_mean) / (use_std + self.eps), moments
 
 
+class FixedStandardize(torch.nn.Module):
+    """``(x - mean) / (std + eps)`` with constants: a trained
+    ``BatchStandardize`` in evaluation (the average of its training batches'
+    statistics), without the branch on whether it has seen any.
+
+    Arguments
+    ---------
+    mean : torch.Tensor
+        The mean.
+    std : torch.Tensor
+        The standard deviation.
+    eps : float
+        Added to ``std``.
+
+    Example
+    -------
+    >>> FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
+    ...     torch.tensor([3.0])
+    ... )
+    tensor([1.])
+    """
+
+    def __init__(self, mean, std, eps=1e-8):
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+        self.eps = eps
+
+    def forward(self, x, lengths=None):
+        """Standardise ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            The features.
+        lengths : torch.Tensor, optional
+            Unused (SpeechBrain's interface).
+
+        Returns
+        -------
+        torch.Tensor
+            Same shape as ``x``.
+        """
+        return (x - self.mean) / (self.std + self.eps)
+
+
 # ------------------------------------------------------ the whole classifier
 
 
@@ -459,12 +508,17 @@ class WindowClassifier(torch.nn.Module):
         if isinstance(features, MelSpectrogramDB):
             features = MelSpectrogramGraph(features, self.num_samples, method)
         self.compute_features = features
-        self.batch_norm = isinstance(mods.mean_var_norm, BatchStandardize)
-        self.mean_var_norm = (
-            BatchStandardizeGraph(mods.mean_var_norm.eps)
-            if self.batch_norm
-            else mods.mean_var_norm
-        )
+        norm = mods.mean_var_norm
+        self.mean_var_norm = norm
+        self.batch_norm = False
+        if isinstance(norm, BatchStandardize):
+            if int(getattr(norm, "batches", 0)) > 0:  # training's statistics
+                self.mean_var_norm = FixedStandardize(
+                    norm.running_mean, norm.running_std, norm.eps
+                )
+            else:  # never trained, or sb-urbansound 0.2: the windows' own
+                self.batch_norm = True
+                self.mean_var_norm = BatchStandardizeGraph(norm.eps)
         self.embedding_model = mods.embedding_model
         self.classifier = mods.classifier
         self.eval()
@@ -562,7 +616,7 @@ def model_metadata(model, wrapper):
             "batch: the windows are standardised together (norm_stats "
             "input: [mean, std] or NaN; feature_moments output)"
             if wrapper.batch_norm
-            else "per clip"
+            else "per window: each window is scored on its own"
         ),
         "modules": describe_model(model),
         "producer": f"sb_urbansound.export {__version__}",

@@ -38,12 +38,13 @@ format of UrbanSound8K):
 The ONNX model takes the windows of one clip, ``[windows, samples,
 channels]``, and returns each window's class probabilities (shifted test
 views averaged, when the model was trained with them). A model whose
-normaliser standardises a whole batch with one mean and deviation (the
-tutorial's ``BatchStandardize``) standardises all the windows of a clip
-together, as ``classify`` does; for a long clip, scored ``chunk`` windows at
-a time, a first pass collects the features' statistics over all its windows
-(the ``feature_moments`` output) and a second scores with them
-(``norm_stats`` input), so the result does not depend on the chunk size.
+normaliser standardises a whole batch with the batch's own mean and
+deviation (a ``BatchStandardize`` without training statistics, as in folders
+of sb-urbansound 0.2) standardises all the windows of a clip together, as
+``classify`` does; for a long clip, scored ``chunk`` windows at a time, a
+first pass collects the features' statistics over all its windows (the
+``feature_moments`` output) and a second scores with them (``norm_stats``
+input), so the result does not depend on the chunk size.
 
 Authors
 -------

@@ -21,10 +21,11 @@ PyTorch model and the ONNX runtime.
   windows of the training length starting every hop (half a window), each
   scored once it is full; when the input ends, a last window padded with
   zeros is scored if samples are left over (or if the stream was shorter
-  than one window). Each window is scored on its own: a model that
-  standardises a batch of windows together (``BatchStandardize``) sees one
-  window at a time, as ``classify`` sees a clip of the training length; a
-  model trained with ``remove_dc`` has each window's mean removed.
+  than one window). Each window is scored on its own: a trained
+  ``BatchStandardize`` uses its training statistics (a window scores as in a
+  file); one without statistics (sb-urbansound 0.2) sees one window at a
+  time, as ``classify`` sees a clip of the training length; a model trained
+  with ``remove_dc`` has each window's mean removed.
 * **Output**: one JSON line per window, flushed at once: ``{"start": s,
   "end": s, "label": ..., "prob": p, "top_k": [{"label", "prob"}, ...]}``
   (times in seconds from the start of the stream; a padded last window ends

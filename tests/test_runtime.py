@@ -206,6 +206,15 @@ def test_runtime_equals_torch_on_every_format(trained, tmp_path):
     assert right >= 0.8 * len(ref)
 
 
+def test_trained_batch_standardize_exports_its_statistics(trained):
+    # Trained: BatchStandardize keeps its training statistics, so the export
+    # scores each window on its own (no norm_stats input)
+    model = OnnxModel(trained)
+    assert not model.batch_norm
+    meta = model.session.get_modelmeta().custom_metadata_map
+    assert meta["normalization"].startswith("per window")
+
+
 def test_chunked_scoring_equals_one_pass(trained, tmp_path):
     path = write_clip(tmp_path / "long.wav", 1, 44100, 2, 9.3, "PCM_16")
     whole = OnnxModel(trained, chunk=1000).file_window_probs(path)[0]

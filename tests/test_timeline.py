@@ -102,7 +102,8 @@ def model_folder(tmp_path_factory):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    export_model(out / "model", ["onnx"], log=lambda line: None)
+    results = export_model(out / "model", ["onnx"], log=lambda line: None)
+    assert "error" not in results["onnx"], results
     return out / "model"
 
 
