@@ -4,7 +4,7 @@
 For each model YAML (``cnn.yaml``, ``cnn_large.yaml`` by default, at their
 full sizes: 44.1 kHz stereo and 22.05 kHz mono, 4 s windows, 10 classes) a
 model folder is built from the YAML's initial weights (speed does not depend
-on training), exported with ``sb_urbansound.export`` (which checks both
+on training; the normaliser gets statistics, as training gives it), exported with ``sb_urbansound.export`` (which checks both
 exports against eager PyTorch), and the three backends score the same
 conditioned windows:
 
@@ -93,7 +93,11 @@ def build(name, workdir, quick):
 
     overrides = {"sample_rate": 16000, "duration_ms": 1000} if quick else {}
     folder = untrained_model_folder(
-        HPARAMS / f"{name}.yaml", workdir / name, LABELS, overrides
+        HPARAMS / f"{name}.yaml",
+        workdir / name,
+        LABELS,
+        overrides,
+        statistics=True,
     )
     lines = []
     results = export_model(folder, log=lines.append)

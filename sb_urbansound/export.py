@@ -1206,7 +1206,9 @@ def _export_one(model, fmt, folder, clips, opset, log):
 # -------------------------------------------------- untrained model folders
 
 
-def untrained_model_folder(yaml_file, folder, labels, overrides=None):
+def untrained_model_folder(
+    yaml_file, folder, labels, overrides=None, statistics=False
+):
     """Write a model folder from a training YAML's initial (random) weights.
 
     For benchmarks and tests of the export path, which need a model folder
@@ -1226,6 +1228,10 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
         The class names.
     overrides : dict, optional
         More YAML overrides (sizes, rates).
+    statistics : bool
+        Give a ``BatchStandardize`` normaliser the statistics of one batch of
+        generated clips, as training does (the network keeps its initial
+        weights); without, it has none, as in folders of sb-urbansound 0.2.
 
     Returns
     -------
@@ -1258,7 +1264,18 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
         resolved = resolve_references(text, values).getvalue()
         (Path(tmp) / "hyperparams.yaml").write_text(resolved, encoding="utf-8")
         hparams["label_encoder"].update_from_iterable(labels)
-        for module in hparams["modules"].values():
+        mods = hparams["modules"]
+        norm = mods.get("mean_var_norm")
+        if statistics and isinstance(norm, BatchStandardize):
+            rate, channels = hparams["sample_rate"], hparams["channels"]
+            num = round(rate * hparams["duration_ms"] / 1000)
+            clips = generated_clips(rate, channels, num)
+            batch = torch.stack(
+                [sliding_windows(clip, num)[0] for _, clip in clips]
+            )
+            with torch.no_grad():
+                norm.train()(mods["compute_features"](batch))
+        for module in mods.values():
             module.eval()
         folder = export_inference_folder(hparams, folder=folder)
     torch.set_num_threads(threads)  # the YAML sets the recipe's threads
