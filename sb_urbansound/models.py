@@ -145,18 +145,27 @@ class LinearClassifier(torch.nn.Module):
         Size of the embedding.
     n_classes : int
         Number of classes.
+    dropout : float
+        Dropout probability on the embedding, in training only (0: none).
 
     Example
     -------
-    >>> clf = LinearClassifier(64, 10)
+    >>> clf = LinearClassifier(64, 10, dropout=0.2)
+    >>> _ = clf.eval()
     >>> clf(torch.randn(3, 1, 64)).exp().sum(-1).round()
     tensor([[1.],
             [1.],
             [1.]], grad_fn=<RoundBackward0>)
     """
 
-    def __init__(self, input_size=64, n_classes=10):
+    def __init__(self, input_size=64, n_classes=10, dropout=0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # No parameters: the state dict is the same with or without dropout
+        self.dropout = (
+            torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
+        )
         self.linear = torch.nn.Linear(input_size, n_classes)
 
     def forward(self, emb):
@@ -172,4 +181,5 @@ class LinearClassifier(torch.nn.Module):
         torch.Tensor
             Log-probabilities, ``[batch, 1, n_classes]`` or ``[batch, n_classes]``.
         """
-        return torch.nn.functional.log_softmax(self.linear(emb), dim=-1)
+        logits = self.linear(self.dropout(emb))
+        return torch.nn.functional.log_softmax(logits, dim=-1)

@@ -127,9 +127,12 @@ class SoundClassifierBrain(sb.Brain):
         # views of each clip and average their probabilities
         views = 1 if train else getattr(self.hparams, "tta_views", 1)
 
-        # Features, then SpecAugment in training only: evaluation is
-        # deterministic
+        # Features, then (training only) the YAML's feature augmentation
+        # and SpecAugment: evaluation is deterministic
         feats, lens = self.batch_features(batch, train, views)
+        feature_augment = getattr(self.hparams, "feature_augment", None)
+        if train and feature_augment is not None:
+            feats = feature_augment(feats)
         if train and self.hparams.spec_augment is not None:
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)

@@ -1,0 +1,291 @@
+"""The feature augmentations of ``sb_urbansound.augment`` (shapes, limits,
+determinism under a seed), and, through the recipe, that they run in
+training only and stay out of the exported model."""
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import HPARAMS, US8K_CLASSES, load_recipe, make_urbansound_tree
+from sb_urbansound.augment import (
+    BackgroundMix,
+    FrequencyShift,
+    RandomGain,
+    TimeStretch,
+    resample_axis,
+)
+
+import speechbrain as sb
+
+FEATURE_AUGMENTS = [
+    (RandomGain, {"max_gain_db": 6.0}),
+    (TimeStretch, {"max_stretch": 0.25}),
+    (FrequencyShift, {"max_shift_pct": 0.1}),
+    (BackgroundMix, {"prob": 1.0, "min_snr_db": 0.0, "max_snr_db": 10.0}),
+]
+OFF = [
+    RandomGain(max_gain_db=0.0),
+    RandomGain(max_gain_db=6.0, prob=0.0),
+    TimeStretch(max_stretch=0.0),
+    TimeStretch(max_stretch=0.2, prob=0.0),
+    FrequencyShift(max_shift_pct=0.0),
+    FrequencyShift(max_shift_pct=0.1, prob=0.0),
+    BackgroundMix(prob=0.0),
+]
+
+
+def db_spectrograms(batch=6, channels=1, bands=32, frames=40, seed=0):
+    """Random dB spectrograms with per-clip levels, as MelSpectrogramDB's."""
+    gen = torch.Generator().manual_seed(seed)
+    level = torch.rand(batch, 1, 1, 1, generator=gen) * 60 - 50
+    noise = torch.randn(batch, channels, bands, frames, generator=gen)
+    return level + 10 * noise
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), FEATURE_AUGMENTS)
+def test_shapes_and_change(cls, kwargs):
+    feats = db_spectrograms(channels=2)
+    out = cls(**kwargs)(feats)
+    assert out.shape == feats.shape and out.dtype == feats.dtype
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, feats)
+    # SpeechBrain's [batch, frames, n_mels] layout, through ``dim``
+    if cls in (TimeStretch, FrequencyShift):
+        dim = 1 if cls is TimeStretch else 2
+        flat = feats[:, 0].transpose(1, 2)
+        assert cls(**kwargs, dim=dim)(flat).shape == flat.shape
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), FEATURE_AUGMENTS)
+def test_determinism_under_a_seed(cls, kwargs):
+    feats = db_spectrograms()
+    aug = cls(**kwargs)
+
+    def run(seed):
+        return aug(feats, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+    # Without a generator: torch's global one, which the recipe seeds
+    torch.manual_seed(3)
+    first = aug(feats)
+    torch.manual_seed(3)
+    assert torch.equal(first, aug(feats))
+
+
+@pytest.mark.parametrize("aug", OFF, ids=lambda a: repr(a))
+def test_turned_off_is_the_identity_and_draws_nothing(aug):
+    feats = db_spectrograms()
+    torch.manual_seed(0)
+    out = aug(feats)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert out is feats
+    # No random number drawn: a run with it off is the run without it
+    assert torch.equal(after, torch.rand(1))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (RandomGain, {"max_gain_db": -1.0}),
+        (RandomGain, {"max_gain_db": math.inf}),
+        (RandomGain, {"prob": 1.5}),
+        (TimeStretch, {"max_stretch": -0.1}),
+        (TimeStretch, {"max_stretch": 1.5}),
+        (FrequencyShift, {"max_shift_pct": 1.0}),
+        (FrequencyShift, {"prob": -0.1}),
+        (BackgroundMix, {"min_snr_db": 10.0, "max_snr_db": 5.0}),
+        (BackgroundMix, {"max_snr_db": math.inf}),
+        (BackgroundMix, {"prob": 2.0}),
+    ],
+)
+def test_limits_are_checked(cls, kwargs):
+    with pytest.raises(ValueError):
+        cls(**kwargs)
+
+
+def test_gain_is_one_level_per_clip_within_the_limit():
+    feats = db_spectrograms()
+    out = RandomGain(max_gain_db=6.0)(feats)
+    diff = out - feats
+    per_clip = diff.flatten(1)
+    assert torch.allclose(
+        per_clip, per_clip[:, :1].expand_as(per_clip), atol=1e-4
+    )
+    assert (diff.abs() <= 6.0 + 1e-5).all()
+    assert per_clip[:, 0].unique().numel() == len(feats)
+
+
+def test_time_stretch_reads_frames_at_its_rate():
+    # Frame j holds j: a stretched clip reads frame rate * j (wrapping)
+    frames = 50
+    ramp = torch.arange(frames, dtype=torch.float32)
+    feats = ramp.expand(8, 1, 4, frames).clone()
+    out = TimeStretch(max_stretch=0.25)(feats)
+    start = out[:, 0, 0, :10]  # no wrap below frame 10 at rate <= 1.25
+    rate = start[:, 1] - start[:, 0]
+    assert torch.allclose(start, rate[:, None] * torch.arange(10.0), atol=1e-4)
+    assert ((rate >= 1 / 1.25 - 1e-5) & (rate <= 1.25 + 1e-5)).all()
+    assert (rate != 1).all()
+    # Every band of a clip moves the same way
+    assert torch.equal(out[:, :, :1].expand_as(out), out)
+
+
+def test_frequency_shift_moves_bands_and_repeats_the_edges():
+    bands = 32
+    ramp = torch.arange(bands, dtype=torch.float32).view(1, 1, bands, 1)
+    feats = ramp.expand(8, 2, bands, 5).clone()
+    out = FrequencyShift(max_shift_pct=0.1)(feats)
+    # Band f reads band f - shift, clamped to the edges
+    shift = feats[:, 0, 16, 0] - out[:, 0, 16, 0]
+    assert (shift.abs() <= 0.1 * bands + 1e-5).all()
+    expected = (ramp.view(1, bands) - shift[:, None]).clamp(0, bands - 1)
+    assert torch.allclose(out[:, 0, :, 0], expected, atol=1e-4)
+    # Channels and frames of a clip move together
+    assert torch.equal(out[:, :1, :, :1].expand_as(out), out)
+
+
+def test_background_is_mixed_at_its_ratio_and_keeps_the_foreground():
+    feats = db_spectrograms(batch=5)
+    snr = 12.0
+    out = BackgroundMix(prob=1.0, min_snr_db=snr, max_snr_db=snr)(feats)
+    assert (out >= feats - 1e-4).all()  # powers add up
+    fg = torch.pow(10.0, feats / 10)
+    added = torch.pow(10.0, out / 10) - fg
+    ratio = fg.mean(dim=(1, 2, 3)) / added.mean(dim=(1, 2, 3))
+    assert torch.allclose(
+        10 * torch.log10(ratio), torch.full((5,), snr), atol=1e-2
+    )
+
+
+def test_background_never_mixes_a_clip_with_itself():
+    # Two clips: each one's background is the other
+    quiet, loud = torch.full((1, 1, 4, 4), -60.0), torch.full((1, 1, 4, 4), 0.0)
+    feats = torch.cat([quiet, loud])
+    out = BackgroundMix(prob=1.0, min_snr_db=0.0, max_snr_db=0.0)(feats)
+    # 0 dB: the background has the clip's own mean power, so +3 dB
+    assert torch.allclose(out, feats + 10 * math.log10(2), atol=1e-3)
+    # A batch of one is left alone
+    assert torch.equal(BackgroundMix(prob=1.0)(quiet), quiet)
+
+
+def test_per_clip_probability():
+    feats = db_spectrograms(batch=200)
+    out = RandomGain(max_gain_db=6.0, prob=0.5)(feats)
+    changed = (out != feats).flatten(1).any(dim=1).float().mean()
+    assert 0.3 < changed < 0.7
+
+
+def test_resample_axis_wraps_or_clamps():
+    x = torch.arange(5.0).view(1, 5)
+    pos = torch.tensor([[-0.5, 4.5]])
+    assert resample_axis(x, pos, dim=1).tolist() == [[0.0, 4.0]]
+    assert resample_axis(x, pos, dim=1, wrap=True).tolist() == [[2.0, 2.0]]
+
+
+# The recipe: augmentation in training only, never in the exported model
+
+AUGMENT_ARGS = [
+    "--gain_db=6.0",
+    "--time_stretch=0.2",
+    "--freq_shift_pct=0.05",
+    "--background_prob=0.5",
+    "--classifier_dropout=0.3",
+    "--weight_decay=0.01",
+]
+RUN_ARGS = [
+    "--download=False",
+    "--train_fold_nums=[1]",
+    "--valid_fold_nums=[2]",
+    "--test_fold_nums=[3]",
+    "--num_workers=0",
+    "--batch_size=4",
+    "--duration_ms=500",
+    "--number_of_epochs=2",
+    "--cnn_channels=[4,4,8,16]",
+    "--last_channels=16",
+    "--noprogressbar",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("us8k")
+    make_urbansound_tree(
+        root,
+        n_per_class_per_fold=3,
+        folds=[1, 2, 3],
+        classes=US8K_CLASSES[:3],
+        seconds=(0.3, 0.7),
+    )
+    return root
+
+
+def run_recording_stages(monkeypatch, data, out, *args):
+    """Runs cnn_large.yaml in this process; returns the stage of every call
+    of a feature augmentation, and the number of training batches."""
+    recipe = load_recipe()
+    brain_class = recipe.SoundClassifierBrain
+    forward = brain_class.compute_forward
+    current, calls, train_batches = [None], [], [0]
+
+    def spy_forward(self, batch, stage):
+        current[0] = stage
+        train_batches[0] += stage == sb.Stage.TRAIN
+        return forward(self, batch, stage)
+
+    monkeypatch.setattr(brain_class, "compute_forward", spy_forward)
+    for cls, _ in FEATURE_AUGMENTS:
+        original = cls.forward
+
+        def spy(self, feats, generator=None, original=original):
+            calls.append(current[0])
+            return original(self, feats, generator)
+
+        monkeypatch.setattr(cls, "forward", spy)
+    recipe.main(
+        [
+            str(HPARAMS / "cnn_large.yaml"),
+            f"--data_folder={data}",
+            f"--output_folder={out}",
+            *RUN_ARGS,
+            *args,
+        ]
+    )
+    return calls, train_batches[0]
+
+
+def test_augmentation_runs_in_training_only(monkeypatch, data, tmp_path):
+    calls, train_batches = run_recording_stages(
+        monkeypatch, data, tmp_path / "run", *AUGMENT_ARGS
+    )
+    # Every training batch, each of the four, and nothing else
+    assert train_batches > 0
+    assert calls == [sb.Stage.TRAIN] * (4 * train_batches)
+    # The exported model has no training-only module
+    model_yaml = (tmp_path / "run" / "model" / "hyperparams.yaml").read_text()
+    for name in (
+        "feature_augment",
+        "RandomGain",
+        "TimeStretch",
+        "FrequencyShift",
+        "BackgroundMix",
+        "SpecAugment",
+        "Mixup",
+    ):
+        assert name not in model_yaml
+    results = json.loads((tmp_path / "run" / "test_results.json").read_text())
+    assert results["n_clips"] == 9
+
+
+def test_a_run_is_repeatable_under_its_seed(monkeypatch, data, tmp_path):
+    histories = []
+    for name in ("a", "b"):
+        run_recording_stages(
+            monkeypatch, data, tmp_path / name, *AUGMENT_ARGS, "--seed=7"
+        )
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        histories.append([(h["train_loss"], h["valid_loss"]) for h in history])
+    assert histories[0] == histories[1]
