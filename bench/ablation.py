@@ -157,6 +157,8 @@ CNN_LARGE_BEFORE = [
     "--background_prob=0.0",
     "--classifier_dropout=0.0",
     "--weight_decay=0.0",
+    "--cnn_extra_convs=[0,0,0,0]",
+    "--cnn_residual=False",
 ]
 SCREEN = ["--number_of_epochs=30"]
 
@@ -206,6 +208,26 @@ REAL = {
         "cnn_large.yaml",
         before("--cnn_pooling=panns"),
         "pooling: mean over frequency, then max + mean over time",
+    ),
+    "weight_decay": (
+        "cnn_large.yaml",
+        before("--weight_decay=0.05"),
+        "+ weight decay 0.05 (AdamW)",
+    ),
+    "specaug": (
+        "cnn_large.yaml",
+        before("--max_mask_pct=0.2", "--n_freq_masks=2", "--n_time_masks=3"),
+        "stronger SpecAugment: masks up to 20 %, 3 time masks",
+    ),
+    "batch16": (
+        "cnn_large.yaml",
+        before("--batch_size=16"),
+        "batch 16 instead of 32 (twice the optimizer steps)",
+    ),
+    "res34": (
+        "cnn_large.yaml",
+        before("--cnn_extra_convs=[0,0,1,1]", "--cnn_residual=True"),
+        "+ a residual 3x3 conv in blocks 3 and 4",
     ),
     "aug4": (
         "cnn_large.yaml",

@@ -34,6 +34,15 @@ class CNNEmbedding(torch.nn.Module):
         maximum side by side: twice the channels; a short sound in a long
         clip is not averaged away), or ``"panns"`` (mean over frequency, then
         maximum plus mean over time, as PANNs' CNN14).
+    extra_convs : list of int, optional
+        Per block, the number of 3x3 convolutions of stride 1 added after the
+        block's own (Conv2d → ReLU → BatchNorm each, as VGG's blocks of two
+        or more convolutions); default none. Each one costs about twice the
+        multiply-accumulates of the block's own convolution (same
+        resolution, its output channels on both sides).
+    residual : bool
+        Add each block's input to the output of its extra convolutions (a
+        residual block, He et al. 2016); only with ``extra_convs``.
 
     Example
     -------
@@ -42,6 +51,9 @@ class CNNEmbedding(torch.nn.Module):
     torch.Size([3, 1, 64])
     >>> CNNEmbedding(in_channels=1, pooling="avgmax").output_size
     128
+    >>> deeper = CNNEmbedding(in_channels=1, extra_convs=[0, 0, 1, 1])
+    >>> deeper(torch.randn(3, 1, 64, 100)).shape
+    torch.Size([3, 1, 64])
     """
 
     POOLINGS = ("avg", "max", "avgmax", "panns")
@@ -54,6 +66,8 @@ class CNNEmbedding(torch.nn.Module):
         strides=(2, 2, 2, 2),
         paddings=None,
         pooling="avg",
+        extra_convs=None,
+        residual=False,
     ):
         super().__init__()
         if pooling not in self.POOLINGS:
@@ -68,21 +82,45 @@ class CNNEmbedding(torch.nn.Module):
             )
         if paddings is None:
             paddings = [k // 2 for k in kernel_sizes]
+        if extra_convs is None:
+            extra_convs = [0] * len(channels)
+        if len(extra_convs) != len(channels) or min(extra_convs) < 0:
+            raise ValueError(
+                "extra_convs must give a count >= 0 for each of the "
+                f"{len(channels)} blocks, got {list(extra_convs)}"
+            )
+        if residual and not any(extra_convs):
+            raise ValueError("residual needs extra_convs in some block")
         layers = []
         prev = in_channels
-        for out, k, s, p in zip(
-            channels, kernel_sizes, strides, paddings, strict=True
+        for out, k, s, p, extra in zip(
+            channels, kernel_sizes, strides, paddings, extra_convs, strict=True
         ):
-            conv = torch.nn.Conv2d(
-                prev, out, kernel_size=k, stride=s, padding=p
-            )
-            torch.nn.init.kaiming_normal_(conv.weight, a=0.1)
-            torch.nn.init.zeros_(conv.bias)
-            layers += [conv, torch.nn.ReLU(), torch.nn.BatchNorm2d(out)]
+            layers += self._conv_relu_bn(prev, out, k, s, p)
+            if extra:
+                more = []
+                for _ in range(extra):
+                    more += self._conv_relu_bn(out, out, 3, 1, 1)
+                more = torch.nn.Sequential(*more)
+                layers.append(Residual(more) if residual else more)
             prev = out
         self.conv = torch.nn.Sequential(*layers)
         self.pooling = pooling
         self.output_size = self.pooled_size(prev, pooling)
+
+    @staticmethod
+    def _conv_relu_bn(in_channels, out_channels, kernel, stride, padding):
+        """Conv2d (Kaiming-initialised, zero bias) → ReLU → BatchNorm2d."""
+        conv = torch.nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=kernel,
+            stride=stride,
+            padding=padding,
+        )
+        torch.nn.init.kaiming_normal_(conv.weight, a=0.1)
+        torch.nn.init.zeros_(conv.bias)
+        return [conv, torch.nn.ReLU(), torch.nn.BatchNorm2d(out_channels)]
 
     @staticmethod
     def pooled_size(channels, pooling="avg"):
@@ -134,6 +172,41 @@ class CNNEmbedding(torch.nn.Module):
             per_frame = h.mean(dim=2)
             emb = per_frame.amax(dim=2) + per_frame.mean(dim=2)
         return emb.unsqueeze(1)
+
+
+class Residual(torch.nn.Module):
+    """``x + layers(x)``: a residual connection around some layers.
+
+    Arguments
+    ---------
+    layers : torch.nn.Module
+        Layers whose output has the shape of their input.
+
+    Example
+    -------
+    >>> block = Residual(torch.nn.Conv2d(4, 4, 3, padding=1))
+    >>> block(torch.randn(2, 4, 8, 8)).shape
+    torch.Size([2, 4, 8, 8])
+    """
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        """``x + layers(x)``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            The input.
+
+        Returns
+        -------
+        torch.Tensor
+            Same shape.
+        """
+        return x + self.layers(x)
 
 
 class LinearClassifier(torch.nn.Module):
