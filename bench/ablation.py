@@ -159,6 +159,7 @@ CNN_LARGE_BEFORE = [
     "--weight_decay=0.0",
     "--cnn_extra_convs=[0,0,0,0]",
     "--cnn_residual=False",
+    "--ema_decay=0.0",
 ]
 SCREEN = ["--number_of_epochs=30"]
 
@@ -228,6 +229,11 @@ REAL = {
         "cnn_large.yaml",
         before("--cnn_extra_convs=[0,0,1,1]", "--cnn_residual=True"),
         "+ a residual 3x3 conv in blocks 3 and 4",
+    ),
+    "ema": (
+        "cnn_large.yaml",
+        before("--ema_decay=0.99"),
+        "+ moving average of the weights (decay 0.99 per step)",
     ),
     "aug4": (
         "cnn_large.yaml",

@@ -256,3 +256,133 @@ class LinearClassifier(torch.nn.Module):
         """
         logits = self.linear(self.dropout(emb))
         return torch.nn.functional.log_softmax(logits, dim=-1)
+
+
+class WeightAverage(torch.nn.Module):
+    """An exponential moving average of the weights of some modules.
+
+    After each optimizer step, :meth:`update` moves the average towards the
+    current weights: ``avg = decay * avg + (1 - decay) * w``, with the decay
+    ramped up as ``min(decay, (1 + n) / (10 + n))`` over the first steps
+    ``n`` (the average of a few steps does not remember the random start).
+    Floating-point buffers (batch-norm statistics) are averaged the same way.
+    An averaged model is a smoother, usually better one than the weights of
+    any single step (Polyak and Juditsky, 1992; timm's ``ModelEmaV2``).
+
+    :meth:`swap` exchanges the averaged and the current weights in place (its
+    own inverse), so that a model can be evaluated, checkpointed and
+    exported with the averaged weights and then trained on; :attr:`swapped`
+    says which of the two the modules hold, and is saved with the average,
+    so a checkpoint taken at either moment resumes right.
+
+    Arguments
+    ---------
+    modules : list of torch.nn.Module
+        The modules whose weights are averaged (e.g. the embedding model and
+        the classifier).
+    decay : float
+        The decay per optimizer step, in ``[0, 1)``: 0.99 averages over about
+        the last 100 steps.
+
+    Example
+    -------
+    >>> net = torch.nn.Linear(2, 1)
+    >>> avg = WeightAverage([net], decay=0.9)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.add_(1.0)
+    >>> avg.update()
+    >>> before = net.weight.clone()
+    >>> avg.swap()  # the averaged weights, for evaluation
+    >>> bool(avg.swapped), torch.equal(net.weight, before)
+    (True, False)
+    >>> avg.swap()  # and back, for training
+    >>> bool(avg.swapped), torch.equal(net.weight, before)
+    (False, True)
+    """
+
+    def __init__(self, modules, decay=0.99):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        # A plain list: the modules are not submodules of the average (their
+        # weights are saved with them, not twice)
+        self._averaged = list(modules)
+        for key, tensor in self._pairs():
+            self.register_buffer(key, tensor.detach().clone())
+        self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("swapped", torch.zeros((), dtype=torch.bool))
+
+    def _pairs(self):
+        """``(buffer name, current tensor)`` of every averaged tensor.
+
+        Looked up at every call: moving a module to a device replaces its
+        buffers.
+        """
+        for i, module in enumerate(self._averaged):
+            named = list(module.named_parameters()) + [
+                (name, buf)
+                for name, buf in module.named_buffers()
+                if buf.is_floating_point()
+            ]
+            for name, tensor in named:
+                yield f"avg_{i}_{name.replace('.', '_')}", tensor
+
+    def _live(self):
+        """``(average, current tensor)`` pairs, the average on its device."""
+        for key, live in self._pairs():
+            avg = getattr(self, key)
+            if avg.device != live.device:
+                avg = avg.to(live.device)
+                setattr(self, key, avg)
+            yield avg, live
+
+    @classmethod
+    def optional(cls, modules, decay=0.0):
+        """An average of ``modules``' weights, or None where ``decay`` is 0.
+
+        For a YAML key that turns the averaging off at 0.
+
+        Arguments
+        ---------
+        modules : list of torch.nn.Module
+            The modules whose weights are averaged.
+        decay : float
+            The decay per step (0: no averaging, None is returned).
+
+        Returns
+        -------
+        WeightAverage or None
+
+        Example
+        -------
+        >>> WeightAverage.optional([torch.nn.Linear(2, 1)], 0.0) is None
+        True
+        """
+        return cls(modules, decay) if decay else None
+
+    @torch.no_grad()
+    def update(self):
+        """One step of the average, towards the modules' current weights.
+
+        Raises
+        ------
+        RuntimeError
+            If the modules hold the averaged weights (after :meth:`swap`).
+        """
+        if self.swapped:
+            raise RuntimeError("update() while the averaged weights are in")
+        n = int(self.n_updates)
+        decay = min(self.decay, (1.0 + n) / (10.0 + n))
+        for avg, live in self._live():
+            avg.lerp_(live.detach(), 1.0 - decay)
+        self.n_updates += 1
+
+    @torch.no_grad()
+    def swap(self):
+        """Exchanges the averaged and the current weights, in place."""
+        for avg, live in self._live():
+            tmp = live.detach().clone()
+            live.copy_(avg)
+            avg.copy_(tmp)
+        self.swapped.logical_not_()

@@ -15,6 +15,7 @@ from sb_urbansound.augment import (
     TimeStretch,
     resample_axis,
 )
+from sb_urbansound.models import WeightAverage
 
 import speechbrain as sb
 
@@ -289,3 +290,131 @@ def test_a_run_is_repeatable_under_its_seed(monkeypatch, data, tmp_path):
         history = json.loads((tmp_path / name / "history.json").read_text())
         histories.append([(h["train_loss"], h["valid_loss"]) for h in history])
     assert histories[0] == histories[1]
+
+
+# The average of the weights (WeightAverage, ``ema_decay``)
+
+
+def test_weight_average_follows_the_weights_and_swaps():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    avg = WeightAverage([net], decay=0.5)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net(torch.randn(8, 3))  # moves the batch-norm statistics
+    # The ramped decay of the first step: min(0.5, 1 / 10)
+    avg.update()
+    avg.swap()
+    for key, value in net.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        live = avg.get_buffer(f"avg_0_{key.replace('.', '_')}")
+        assert torch.allclose(value, 0.1 * start[key] + 0.9 * live)
+    with pytest.raises(RuntimeError):
+        avg.update()  # the averaged weights are in
+    avg.swap()
+    assert not avg.swapped and int(avg.n_updates) == 1
+    # Many updates on fixed weights: the average reaches them
+    for _ in range(60):
+        avg.update()
+    avg.swap()
+    averaged = [p.clone() for p in net.parameters()]
+    avg.swap()
+    for a, p in zip(averaged, net.parameters(), strict=True):
+        assert torch.allclose(a, p, atol=1e-5)
+
+
+def test_weight_average_state_round_trip_and_limits():
+    net = torch.nn.Linear(3, 2)
+    avg = WeightAverage([net], decay=0.9)
+    avg.update()
+    avg.swap()
+    again = WeightAverage([torch.nn.Linear(3, 2)], decay=0.9)
+    again.load_state_dict(avg.state_dict())
+    assert bool(again.swapped) and int(again.n_updates) == 1
+    # The modules' weights are not part of the average's state
+    assert not any(k.startswith("_") for k in avg.state_dict())
+    assert WeightAverage.optional([net], 0.0) is None
+    for decay in (-0.1, 1.0):
+        with pytest.raises(ValueError):
+            WeightAverage([net], decay=decay)
+
+
+def run_spying_weights(monkeypatch, data, out, stop_at=None, *args):
+    """Runs cnn_large.yaml with a weight average; records, at the start of
+    each training epoch, the modules' weights and the average; raises
+    ``Stop`` at the start of training epoch ``stop_at``."""
+    recipe = load_recipe()
+    brain_class = recipe.SoundClassifierBrain
+    original = brain_class.on_stage_start
+    records = {}
+
+    def spy(self, stage, epoch=None):
+        original(self, stage, epoch)
+        if stage == sb.Stage.TRAIN:
+            if epoch == stop_at:
+                raise Stop
+            records[epoch] = {
+                "model": {
+                    k: v.clone()
+                    for k, v in self.modules.embedding_model.state_dict().items()
+                },
+                "average": {
+                    k: v.clone() for k, v in self.average.state_dict().items()
+                },
+            }
+
+    monkeypatch.setattr(brain_class, "on_stage_start", spy)
+    recipe.main(
+        [
+            str(HPARAMS / "cnn_large.yaml"),
+            f"--data_folder={data}",
+            f"--output_folder={out}",
+            *[a for a in RUN_ARGS if not a.startswith("--number_of_epochs")],
+            "--number_of_epochs=3",
+            "--ema_decay=0.9",
+            *args,
+        ]
+    )
+    return records
+
+
+class Stop(Exception):
+    """Stops a run, as a kill would, between two epochs."""
+
+
+def same_state(a, b):
+    return sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_average_is_validated_exported_and_resumed(
+    monkeypatch, data, tmp_path
+):
+    import gc
+
+    full = run_spying_weights(monkeypatch, data, tmp_path / "full")
+    # Training goes on from the trained weights, not the average
+    assert not full[2]["average"]["swapped"]
+    assert not same_state(full[2]["model"], full[3]["model"])
+    # The kept checkpoint holds the averaged weights, and so does the
+    # exported model; the trained ones are in the average's state
+    ckpt = next((tmp_path / "full" / "save").glob("CKPT+*"))
+    saved = torch.load(ckpt / "embedding_model.ckpt")
+    average = torch.load(ckpt / "weight_average.ckpt")
+    assert bool(average["swapped"])
+    exported = torch.load(tmp_path / "full" / "model" / "embedding_model.ckpt")
+    assert same_state(saved, exported)
+    assert not torch.equal(
+        saved["conv.0.weight"], average["avg_0_conv_0_weight"]
+    )
+
+    # Stopped after epoch 1 and resumed: epoch 2 starts from the same
+    # trained weights and the same average as without the stop
+    with pytest.raises(Stop):
+        run_spying_weights(monkeypatch, data, tmp_path / "resumed", 2)
+    gc.collect()  # closes the stopped run's output-folder lock
+    resumed = run_spying_weights(monkeypatch, data, tmp_path / "resumed")
+    assert same_state(resumed[2]["model"], full[2]["model"])
+    assert same_state(resumed[2]["average"], full[2]["average"])

@@ -77,6 +77,10 @@ class SoundClassifierBrain(sb.Brain):
     def __init__(self, *args, **kwargs):
         self.loaders = []  # the DataLoaders made, to stop their workers
         super().__init__(*args, **kwargs)
+        # An average of the weights (optional): saved with the checkpoints
+        self.average = getattr(self.hparams, "weight_average", None)
+        if self.average is not None and self.checkpointer is not None:
+            self.checkpointer.add_recoverable("weight_average", self.average)
 
     def use_bank(self, bank, feature_bank=False):
         """Draws the batches from a clip bank (and its features, if asked).
@@ -261,6 +265,11 @@ class SoundClassifierBrain(sb.Brain):
         """
         self.stats = ClassificationStats()
         self.stage_started = time.perf_counter()
+        # Validation and test use the averaged weights, which the
+        # checkpoints (and so the exported model) then hold
+        if stage != sb.Stage.TRAIN and self.average is not None:
+            if not self.average.swapped:
+                self.average.swap()
         if stage == sb.Stage.TRAIN and self.plans_freezing():
             frozen = self.encoder_frozen_in(epoch)
             if frozen != self.encoder_is_frozen or epoch == 1:
@@ -376,6 +385,8 @@ class SoundClassifierBrain(sb.Brain):
             self.checkpointer.save_and_keep_only(
                 meta={"error": stats["error"]}, min_keys=["error"]
             )
+            if self.average is not None:
+                self.average.swap()  # back to the trained weights
 
         if stage == sb.Stage.TEST:
             self.hparams.train_logger.log_stats(
@@ -416,6 +427,10 @@ class SoundClassifierBrain(sb.Brain):
                     "gradients in the first epochs)"
                 )
         super().on_fit_start()
+        # A checkpoint taken at validation holds the averaged weights in the
+        # modules: training goes on from the trained ones
+        if self.average is not None and self.average.swapped:
+            self.average.swap()
         current = self.hparams.epoch_counter.current
         total = getattr(self.lr_scheduler, "total_steps", None)
         planned = self.train_steps_per_epoch * self.hparams.number_of_epochs
@@ -571,6 +586,8 @@ class SoundClassifierBrain(sb.Brain):
             total = getattr(sched, "total_steps", None)
             if total is None or sched.last_epoch + 1 < total:
                 sched.step()
+        if should_step and self.average is not None:
+            self.average.update()
 
     def _wrap_distributed(self):
         """Wraps modules for DDP without SyncBatchNorm on CPU.
