@@ -144,6 +144,12 @@ GENERATED = {
 }
 
 
+def merged(extra, overrides):
+    """The common options, less those a configuration sets, then its own."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [e for e in extra if e.split("=", 1)[0] not in keys] + overrides
+
+
 # Real UrbanSound8K audio: three-fold cross-validation over the shared folds
 # 2, 3 and 10 (a converted copy: 22.05 kHz mono, zero-padded to 4 s)
 REAL_FOLDS = "[2,3,10]"
@@ -166,7 +172,7 @@ SCREEN = ["--number_of_epochs=30"]
 
 def before(*changes, epochs=SCREEN):
     """The former cnn_large.yaml with some changes (30 epochs by default)."""
-    return [*CNN_LARGE_BEFORE, *epochs, *changes]
+    return merged(merged(CNN_LARGE_BEFORE, list(epochs)), list(changes))
 
 
 REAL = {
@@ -270,12 +276,6 @@ def make_generated(folder):
 
     helpers.class_signal = hard_signal
     make_urbansound_tree(folder, 8, folds=range(1, 6), seconds=(1.0, 2.0))
-
-
-def merged(extra, overrides):
-    """The common options, less those a configuration sets, then its own."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    return [e for e in extra if e.split("=", 1)[0] not in keys] + overrides
 
 
 def run(name, config, out, data_folder, extra, folds):
