@@ -166,6 +166,7 @@ CNN_LARGE_BEFORE = [
     "--cnn_extra_convs=[0,0,0,0]",
     "--cnn_residual=False",
     "--ema_decay=0.0",
+    "--class_balanced=False",
 ]
 SCREEN = ["--number_of_epochs=30"]
 
@@ -240,6 +241,16 @@ REAL = {
         "cnn_large.yaml",
         before("--ema_decay=0.99"),
         "+ moving average of the weights (decay 0.99 per step)",
+    ),
+    "balanced": (
+        "cnn_large.yaml",
+        before("--class_balanced=True"),
+        "+ class-balanced sampling",
+    ),
+    "mixup1": (
+        "cnn_large.yaml",
+        before("--mixup_alpha=1.0"),
+        "mixup alpha 1.0 instead of 0.4",
     ),
     "aug4": (
         "cnn_large.yaml",

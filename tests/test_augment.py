@@ -418,3 +418,39 @@ def test_weight_average_is_validated_exported_and_resumed(
     resumed = run_spying_weights(monkeypatch, data, tmp_path / "resumed")
     assert same_state(resumed[2]["model"], full[2]["model"])
     assert same_state(resumed[2]["average"], full[2]["average"])
+
+
+def test_class_balanced_sampling_draws_classes_equally():
+    from types import SimpleNamespace
+
+    recipe = load_recipe()
+    labels = ["a"] * 90 + ["b"] * 9 + ["c"] * 1
+    dataset = SimpleNamespace(
+        data={f"clip{i}": {"label": lab} for i, lab in enumerate(labels)},
+        data_ids=[f"clip{i}" for i in range(len(labels))],
+    )
+
+    def sampler(seed):
+        brain = SimpleNamespace(hparams=SimpleNamespace(seed=seed))
+        kwargs = recipe.SoundClassifierBrain.balanced_loader_kwargs(
+            brain, dataset, {"batch_size": 4, "shuffle": True}
+        )
+        assert "shuffle" not in kwargs and kwargs["batch_size"] == 4
+        assert brain.train_sampler is kwargs["sampler"]
+        return kwargs["sampler"]
+
+    draws = []
+    for epoch in range(30):
+        s = sampler(1)
+        s.set_epoch(epoch)
+        epoch_draw = list(s)
+        assert len(epoch_draw) == len(labels)
+        draws += epoch_draw
+    share = {c: sum(labels[i] == c for i in draws) / len(draws) for c in "abc"}
+    assert all(abs(v - 1 / 3) < 0.05 for v in share.values()), share
+    # Determinism under the seed, a new draw per epoch and per seed
+    a, b = sampler(1), sampler(1)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    assert list(sampler(1)) != list(sampler(2))

@@ -53,6 +53,7 @@ from sb_urbansound.report import append_history, classification_results
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.fetching import FetchConfig
 from speechbrain.utils.logger import get_logger
@@ -476,6 +477,10 @@ class SoundClassifierBrain(sb.Brain):
         -------
         DataLoader
         """
+        if stage == sb.Stage.TRAIN and getattr(
+            self.hparams, "class_balanced", False
+        ):
+            loader_kwargs = self.balanced_loader_kwargs(dataset, loader_kwargs)
         loader = super().make_dataloader(
             dataset, stage, ckpt_prefix, **loader_kwargs
         )
@@ -483,6 +488,41 @@ class SoundClassifierBrain(sb.Brain):
             self.train_steps_per_epoch = len(loader)
         self.loaders.append(loader)
         return loader
+
+    def balanced_loader_kwargs(self, dataset, loader_kwargs):
+        """Loader options that draw every class equally often.
+
+        ``class_balanced: True``: an epoch draws as many clips as the
+        training set has, with replacement, each with a probability inverse
+        to its class's size, so that rare classes are seen as often as the
+        others (SpeechBrain's ``ReproducibleWeightedRandomSampler``, seeded
+        with the run's seed, a new draw every epoch).
+
+        Arguments
+        ---------
+        dataset : DynamicItemDataset
+            The training data, with a ``label`` per clip.
+        loader_kwargs : dict
+            The loader options (``shuffle`` is replaced by the sampler).
+
+        Returns
+        -------
+        dict
+            The options with the ``sampler``.
+        """
+        labels = [dataset.data[clip]["label"] for clip in dataset.data_ids]
+        counts = {label: labels.count(label) for label in set(labels)}
+        weights = [1.0 / counts[label] for label in labels]
+        sampler = ReproducibleWeightedRandomSampler(
+            weights,
+            num_samples=len(labels),
+            replacement=True,
+            seed=self.hparams.seed,
+        )
+        self.train_sampler = sampler  # SpeechBrain sets its epoch
+        kwargs = {k: v for k, v in loader_kwargs.items() if k != "shuffle"}
+        kwargs["sampler"] = sampler
+        return kwargs
 
     def fit(self, *args, **kwargs):
         """Trains (see ``sb.Brain.fit``), then stops the loaders' workers.
