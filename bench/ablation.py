@@ -252,6 +252,20 @@ REAL = {
         before("--mixup_alpha=1.0"),
         "mixup alpha 1.0 instead of 0.4",
     ),
+    "hop512": (
+        "cnn_large.yaml",
+        before("--hop_length=512"),
+        "hop 512 (23 ms, 173 frames) instead of 256: half the cost",
+    ),
+    "hop512-res": (
+        "cnn_large.yaml",
+        before(
+            "--hop_length=512",
+            "--cnn_extra_convs=[0,1,1,1]",
+            "--cnn_residual=True",
+        ),
+        "hop 512 + a residual 3x3 conv in blocks 2-4 (longer context)",
+    ),
     "aug4": (
         "cnn_large.yaml",
         before(
