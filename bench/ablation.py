@@ -167,6 +167,7 @@ CNN_LARGE_BEFORE = [
     "--cnn_residual=False",
     "--ema_decay=0.0",
     "--class_balanced=False",
+    "--test_checkpoint=best",
 ]
 SCREEN = ["--number_of_epochs=30"]
 
@@ -244,12 +245,12 @@ REAL = {
     ),
     "balanced": (
         "cnn_large.yaml",
-        before("--class_balanced=True"),
+        before("--class_balanced=True", "--test_checkpoint=last"),
         "+ class-balanced sampling",
     ),
     "mixup1": (
         "cnn_large.yaml",
-        before("--mixup_alpha=1.0"),
+        before("--mixup_alpha=1.0", "--test_checkpoint=last"),
         "mixup alpha 1.0 instead of 0.4",
     ),
     "hop512": (

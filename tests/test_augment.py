@@ -1,6 +1,7 @@
-"""The feature augmentations of ``sb_urbansound.augment`` (shapes, limits,
-determinism under a seed), and, through the recipe, that they run in
-training only and stay out of the exported model."""
+"""What the real-audio tuning added: the feature augmentations (shapes,
+limits, determinism under a seed) and, through the recipe, that they run in
+training only and stay out of the exported model; the moving average of the
+weights; class-balanced sampling; testing the last epoch's checkpoint."""
 
 import json
 import math
@@ -454,3 +455,45 @@ def test_class_balanced_sampling_draws_classes_equally():
     b.set_epoch(1)
     assert list(a) != list(b)
     assert list(sampler(1)) != list(sampler(2))
+
+
+def test_the_last_epoch_is_tested_and_exported(monkeypatch, data, tmp_path):
+    from sb_urbansound.errors import UserError
+
+    recipe = load_recipe()
+    brain_class = recipe.SoundClassifierBrain
+    original = brain_class.on_stage_end
+
+    def worse_each_epoch(self, stage, stage_loss, epoch=None):
+        # Validation error rising with the epoch: the best is epoch 1
+        if stage == sb.Stage.VALID:
+            self.stats.summarize = lambda field: 1.0 / epoch
+        return original(self, stage, stage_loss, epoch)
+
+    monkeypatch.setattr(brain_class, "on_stage_end", worse_each_epoch)
+    args = [a for a in RUN_ARGS if not a.startswith("--number_of_epochs")]
+    for which, epoch in (("best", 1), ("last", 3)):
+        out = tmp_path / which
+        recipe.main(
+            [
+                str(HPARAMS / "cnn_large.yaml"),
+                f"--data_folder={data}",
+                f"--output_folder={out}",
+                *args,
+                "--number_of_epochs=3",
+                f"--test_checkpoint={which}",
+            ]
+        )
+        assert f"Epoch loaded: {epoch} " in (out / "train_log.txt").read_text()
+        header = (out / "model" / "hyperparams.yaml").read_text()
+        assert f"'epoch': {epoch}," in header
+    with pytest.raises(UserError, match="test_checkpoint"):
+        recipe.main(
+            [
+                str(HPARAMS / "cnn_large.yaml"),
+                f"--data_folder={data}",
+                f"--output_folder={tmp_path / 'bad'}",
+                *RUN_ARGS,
+                "--test_checkpoint=worst",
+            ]
+        )

@@ -78,10 +78,33 @@ class SoundClassifierBrain(sb.Brain):
     def __init__(self, *args, **kwargs):
         self.loaders = []  # the DataLoaders made, to stop their workers
         super().__init__(*args, **kwargs)
+        self.test_keys = self.tested_checkpoint_keys()
         # An average of the weights (optional): saved with the checkpoints
         self.average = getattr(self.hparams, "weight_average", None)
         if self.average is not None and self.checkpointer is not None:
             self.checkpointer.add_recoverable("weight_average", self.average)
+
+    def tested_checkpoint_keys(self):
+        """How the checkpoint that is tested and exported is found.
+
+        ``test_checkpoint: best`` (the default): the lowest validation error.
+        ``last``: the last epoch's. With a fixed schedule that anneals the
+        learning rate to nearly zero, the last epoch is the finished model;
+        the best validation epoch is a noisy choice where the validation
+        set is small or unlike the test set (another fold of other sources).
+
+        Returns
+        -------
+        dict
+            ``{"min_key": "error"}`` or ``{"max_key": "epoch"}``, for
+            ``evaluate`` and ``export_inference_folder``.
+        """
+        which = getattr(self.hparams, "test_checkpoint", "best")
+        if which == "best":
+            return {"min_key": "error"}
+        if which == "last":
+            return {"max_key": "epoch"}
+        raise UserError(f"test_checkpoint must be best or last, got {which!r}")
 
     def use_bank(self, bank, feature_bank=False):
         """Draws the batches from a clip bank (and its features, if asked).
@@ -384,7 +407,8 @@ class SoundClassifierBrain(sb.Brain):
                     stats,
                 )
             self.checkpointer.save_and_keep_only(
-                meta={"error": stats["error"]}, min_keys=["error"]
+                meta={"error": stats["error"], "epoch": epoch},
+                min_keys=["error"],
             )
             if self.average is not None:
                 self.average.swap()  # back to the trained weights
@@ -927,15 +951,16 @@ def main(argv=None):
         valid_loader_kwargs=hparams["test_dataloader_options"],
     )
 
-    # Test the best checkpoint (lowest validation error)
+    # Test the best checkpoint (lowest validation error), or the last one
+    # (test_checkpoint)
     brain.evaluate(
         datasets["test"],
-        min_key="error",
+        **brain.test_keys,
         test_loader_kwargs=hparams["test_dataloader_options"],
     )
 
-    # The best model, for EncoderClassifier: <output_folder>/model
-    run_on_main(export_inference_folder, args=[hparams])
+    # The tested model, for EncoderClassifier: <output_folder>/model
+    run_on_main(export_inference_folder, args=[hparams], kwargs=brain.test_keys)
 
     # Under DDP, leave the process group before exiting: its threads would
     # otherwise be torn down at interpreter exit (an abort, now and then)
