@@ -12,6 +12,12 @@ the mean ± sample std of the fold accuracies::
     python bench/ablation.py generated --out results/ablation
     python bench/ablation.py fsdd --only full,baseline     # some of them
     python bench/ablation.py fsdd --table                  # the table only
+    python bench/ablation.py real                          # real audio
+
+``real`` cross-validates over the shared real folds 2, 3 and 10 of
+UrbanSound8K (``../shared/data/UrbanSound8K-folds-2-3-10``); its table also
+gives the accuracy of each fold's last-epoch checkpoint, where the run tested
+it (``--test_checkpoint=last``) or ``bench/retest.py`` re-tested it.
 
 ``generated`` first writes an UrbanSound8K-shaped data set of synthetic
 clips in the data set's formats (10 classes, overlapping tones in noise,
@@ -330,12 +336,35 @@ def run(name, config, out, data_folder, extra, folds):
     subprocess.run(cmd, check=True, cwd=REPO, env=env)
 
 
-def row(name, config, out, extra):
-    """One table row: cost, epoch time, accuracy."""
+def summary(accuracies):
+    """``mean ± std % (fold, ...)`` of fold accuracies."""
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    folds = ", ".join(f"{100 * a:.1f}" for a in accuracies)
+    return (
+        f"**{100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f} %** "
+        f"({folds})"
+    )
+
+
+def last_epoch(name, config, out):
+    """The accuracy of the last epochs' checkpoints: tested by the run
+    (``--test_checkpoint=last``) or re-tested (``bench/retest.py``)."""
+    _, overrides, _ = config
+    if "--test_checkpoint=last" in overrides:
+        return "(as tested)"
+    folds = sorted((out / name).glob("fold_*"), key=lambda p: int(p.name[5:]))
+    files = [f / "test_results_last.json" for f in folds]
+    if not folds or not all(f.exists() for f in files):
+        return "(not re-tested)"
+    return summary([json.loads(f.read_text())["accuracy"] for f in files])
+
+
+def row(name, config, out, extra, with_last=False):
+    """One table row: cost, epoch time, accuracy (and the last epoch's)."""
     yaml, overrides, what = config
     results = out / name / "crossval_results.json"
     if not results.exists():
-        return f"| {name} | {what} | (not run) | | | |"
+        return f"| {name} | {what} | (not run) | | | |" + " |" * with_last
     res = json.loads(results.read_text())
     cost = model_cost(HPARAMS / yaml, merged(extra, overrides))
     seconds = []
@@ -346,11 +375,14 @@ def row(name, config, out, extra):
         ]
     epoch = f"{statistics.median(seconds):.1f} s" if seconds else "?"
     folds = ", ".join(f"{100 * f['accuracy']:.1f}" for f in res["folds"])
-    return (
+    line = (
         f"| {name} | {what} | {cost['parameters']:,} | "
         f"{cost['macs_per_clip'] / 1e6:.1f} M | {epoch} | "
         f"**{100 * res['mean']:.1f} ± {100 * res['std']:.1f} %** ({folds}) |"
     )
+    if with_last:
+        line += f" {last_epoch(name, config, out)} |"
+    return line
 
 
 def main(argv=None):
@@ -382,12 +414,19 @@ def main(argv=None):
     if not args.table:
         for name in names:
             run(name, configs[name], out, data, extra, folds)
-    print(
-        "| config | change | parameters | MACs per clip | s per epoch | accuracy (folds) |"
+    with_last = args.set == "real"
+    header = (
+        "| config | change | parameters | MACs per clip | s per epoch "
+        "| accuracy (folds) |"
     )
-    print("|---|---|---:|---:|---:|---|")
+    rule = "|---|---|---:|---:|---:|---|"
+    if with_last:
+        header += " last epoch's checkpoint (folds) |"
+        rule += "---|"
+    print(header)
+    print(rule)
     for name in names:
-        print(row(name, configs[name], out, extra))
+        print(row(name, configs[name], out, extra, with_last))
 
 
 if __name__ == "__main__":
