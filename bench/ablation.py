@@ -189,6 +189,11 @@ REAL = {
         before(epochs=[]),
         "`cnn_large.yaml` before this tuning, 60 epochs",
     ),
+    "before-seed2": (
+        "cnn_large.yaml",
+        before("--seed=2", epochs=[]),
+        "`before`, another seed (2)",
+    ),
     "before-30ep": (
         "cnn_large.yaml",
         before(),
@@ -284,6 +289,23 @@ REAL = {
         "+ gain, time stretch, frequency shift and background together",
     ),
 }
+
+# cnn_large.yaml as it ships, two seeds
+REAL.update(
+    {
+        "shipped": (
+            "cnn_large.yaml",
+            [],
+            "**`cnn_large.yaml` as it ships**: the augmentations of `aug4`, "
+            "class-balanced sampling, the last epoch's checkpoint",
+        ),
+        "shipped-seed2": (
+            "cnn_large.yaml",
+            ["--seed=2"],
+            "the same, another seed (2)",
+        ),
+    }
+)
 
 
 def make_generated(folder):
