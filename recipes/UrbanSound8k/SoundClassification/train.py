@@ -501,9 +501,8 @@ class SoundClassifierBrain(sb.Brain):
         -------
         DataLoader
         """
-        if stage == sb.Stage.TRAIN and getattr(
-            self.hparams, "class_balanced", False
-        ):
+        balanced = getattr(self.hparams, "class_balanced", False)
+        if stage == sb.Stage.TRAIN and balanced:
             loader_kwargs = self.balanced_loader_kwargs(dataset, loader_kwargs)
         loader = super().make_dataloader(
             dataset, stage, ckpt_prefix, **loader_kwargs
