@@ -12,6 +12,12 @@ the mean ± sample std of the fold accuracies::
     python bench/ablation.py generated --out results/ablation
     python bench/ablation.py fsdd --only full,baseline     # some of them
     python bench/ablation.py fsdd --table                  # the table only
+    python bench/ablation.py real                          # real audio
+
+``real`` cross-validates over the shared real folds 2, 3 and 10 of
+UrbanSound8K (``../shared/data/UrbanSound8K-folds-2-3-10``); its table also
+gives the accuracy of each fold's last-epoch checkpoint, where the run tested
+it (``--test_checkpoint=last``) or ``bench/retest.py`` re-tested it.
 
 ``generated`` first writes an UrbanSound8K-shaped data set of synthetic
 clips in the data set's formats (10 classes, overlapping tones in noise,
@@ -144,6 +150,164 @@ GENERATED = {
 }
 
 
+def merged(extra, overrides):
+    """The common options, less those a configuration sets, then its own."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [e for e in extra if e.split("=", 1)[0] not in keys] + overrides
+
+
+# Real UrbanSound8K audio: three-fold cross-validation over the shared folds
+# 2, 3 and 10 (a converted copy: 22.05 kHz mono, zero-padded to 4 s)
+REAL_FOLDS = "[2,3,10]"
+REAL_COMMON = ["--download=False"]
+# cnn_large.yaml as it was before the real-audio tuning (issue 15), as
+# overrides of the shipped one
+CNN_LARGE_BEFORE = [
+    "--gain_db=0.0",
+    "--time_stretch=0.0",
+    "--freq_shift_pct=0.0",
+    "--background_prob=0.0",
+    "--classifier_dropout=0.0",
+    "--weight_decay=0.0",
+    "--cnn_extra_convs=[0,0,0,0]",
+    "--cnn_residual=False",
+    "--ema_decay=0.0",
+    "--class_balanced=False",
+    "--test_checkpoint=best",
+]
+SCREEN = ["--number_of_epochs=30"]
+
+
+def before(*changes, epochs=SCREEN):
+    """The former cnn_large.yaml with some changes (30 epochs by default)."""
+    return merged(merged(CNN_LARGE_BEFORE, list(epochs)), list(changes))
+
+
+REAL = {
+    "before": (
+        "cnn_large.yaml",
+        before(epochs=[]),
+        "`cnn_large.yaml` before this tuning, 60 epochs",
+    ),
+    "before-seed2": (
+        "cnn_large.yaml",
+        before("--seed=2", epochs=[]),
+        "`before`, another seed (2)",
+    ),
+    "before-30ep": (
+        "cnn_large.yaml",
+        before(),
+        "the same, 30 epochs (the screening rows below start from it)",
+    ),
+    "gain": (
+        "cnn_large.yaml",
+        before("--gain_db=6.0"),
+        "+ random gain, +-6 dB per clip",
+    ),
+    "stretch": (
+        "cnn_large.yaml",
+        before("--time_stretch=0.2"),
+        "+ time stretch, rate 1/1.2 to 1.2 per clip",
+    ),
+    "fshift": (
+        "cnn_large.yaml",
+        before("--freq_shift_pct=0.05"),
+        "+ frequency shift, up to 5 % of the mel bands (3 bands) per clip",
+    ),
+    "background": (
+        "cnn_large.yaml",
+        before("--background_prob=0.5"),
+        "+ another clip of the batch as background (p 0.5, 5-20 dB below)",
+    ),
+    "dropout": (
+        "cnn_large.yaml",
+        before("--classifier_dropout=0.3"),
+        "+ dropout 0.3 before the classifier",
+    ),
+    "panns-pool": (
+        "cnn_large.yaml",
+        before("--cnn_pooling=panns"),
+        "pooling: mean over frequency, then max + mean over time",
+    ),
+    "weight_decay": (
+        "cnn_large.yaml",
+        before("--weight_decay=0.05"),
+        "+ weight decay 0.05 (AdamW)",
+    ),
+    "specaug": (
+        "cnn_large.yaml",
+        before("--max_mask_pct=0.2", "--n_freq_masks=2", "--n_time_masks=3"),
+        "stronger SpecAugment: masks up to 20 %, 3 time masks",
+    ),
+    "batch16": (
+        "cnn_large.yaml",
+        before("--batch_size=16"),
+        "batch 16 instead of 32 (twice the optimizer steps)",
+    ),
+    "res34": (
+        "cnn_large.yaml",
+        before("--cnn_extra_convs=[0,0,1,1]", "--cnn_residual=True"),
+        "+ a residual 3x3 conv in blocks 3 and 4",
+    ),
+    "ema": (
+        "cnn_large.yaml",
+        before("--ema_decay=0.99"),
+        "+ moving average of the weights (decay 0.99 per step)",
+    ),
+    "balanced": (
+        "cnn_large.yaml",
+        before("--class_balanced=True", "--test_checkpoint=last"),
+        "+ class-balanced sampling",
+    ),
+    "mixup1": (
+        "cnn_large.yaml",
+        before("--mixup_alpha=1.0", "--test_checkpoint=last"),
+        "mixup alpha 1.0 instead of 0.4",
+    ),
+    "hop512": (
+        "cnn_large.yaml",
+        before("--hop_length=512"),
+        "hop 512 (23 ms, 173 frames) instead of 256: half the cost",
+    ),
+    "hop512-res": (
+        "cnn_large.yaml",
+        before(
+            "--hop_length=512",
+            "--cnn_extra_convs=[0,1,1,1]",
+            "--cnn_residual=True",
+        ),
+        "hop 512 + a residual 3x3 conv in blocks 2-4 (longer context)",
+    ),
+    "aug4": (
+        "cnn_large.yaml",
+        before(
+            "--gain_db=6.0",
+            "--time_stretch=0.2",
+            "--freq_shift_pct=0.05",
+            "--background_prob=0.5",
+        ),
+        "+ gain, time stretch, frequency shift and background together",
+    ),
+}
+
+# cnn_large.yaml as it ships, two seeds
+REAL.update(
+    {
+        "shipped": (
+            "cnn_large.yaml",
+            [],
+            "**`cnn_large.yaml` as it ships**: the augmentations of `aug4`, "
+            "class-balanced sampling, the last epoch's checkpoint",
+        ),
+        "shipped-seed2": (
+            "cnn_large.yaml",
+            ["--seed=2"],
+            "the same, another seed (2)",
+        ),
+    }
+)
+
+
 def make_generated(folder):
     """An UrbanSound8K-shaped data set whose classes overlap (not trivial)."""
     sys.path.insert(0, str(REPO / "tests"))
@@ -166,12 +330,6 @@ def make_generated(folder):
 
     helpers.class_signal = hard_signal
     make_urbansound_tree(folder, 8, folds=range(1, 6), seconds=(1.0, 2.0))
-
-
-def merged(extra, overrides):
-    """The common options, less those a configuration sets, then its own."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    return [e for e in extra if e.split("=", 1)[0] not in keys] + overrides
 
 
 def run(name, config, out, data_folder, extra, folds):
@@ -200,12 +358,35 @@ def run(name, config, out, data_folder, extra, folds):
     subprocess.run(cmd, check=True, cwd=REPO, env=env)
 
 
-def row(name, config, out, extra):
-    """One table row: cost, epoch time, accuracy."""
+def summary(accuracies):
+    """``mean ± std % (fold, ...)`` of fold accuracies."""
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    folds = ", ".join(f"{100 * a:.1f}" for a in accuracies)
+    return (
+        f"**{100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f} %** "
+        f"({folds})"
+    )
+
+
+def last_epoch(name, config, out):
+    """The accuracy of the last epochs' checkpoints: tested by the run
+    (``--test_checkpoint=last``) or re-tested (``bench/retest.py``)."""
+    _, overrides, _ = config
+    if "--test_checkpoint=last" in overrides:
+        return "(as tested)"
+    folds = sorted((out / name).glob("fold_*"), key=lambda p: int(p.name[5:]))
+    files = [f / "test_results_last.json" for f in folds]
+    if not folds or not all(f.exists() for f in files):
+        return "(not re-tested)"
+    return summary([json.loads(f.read_text())["accuracy"] for f in files])
+
+
+def row(name, config, out, extra, with_last=False):
+    """One table row: cost, epoch time, accuracy (and the last epoch's)."""
     yaml, overrides, what = config
     results = out / name / "crossval_results.json"
     if not results.exists():
-        return f"| {name} | {what} | (not run) | | | |"
+        return f"| {name} | {what} | (not run) | | | |" + " |" * with_last
     res = json.loads(results.read_text())
     cost = model_cost(HPARAMS / yaml, merged(extra, overrides))
     seconds = []
@@ -216,17 +397,20 @@ def row(name, config, out, extra):
         ]
     epoch = f"{statistics.median(seconds):.1f} s" if seconds else "?"
     folds = ", ".join(f"{100 * f['accuracy']:.1f}" for f in res["folds"])
-    return (
+    line = (
         f"| {name} | {what} | {cost['parameters']:,} | "
         f"{cost['macs_per_clip'] / 1e6:.1f} M | {epoch} | "
         f"**{100 * res['mean']:.1f} ± {100 * res['std']:.1f} %** ({folds}) |"
     )
+    if with_last:
+        line += f" {last_epoch(name, config, out)} |"
+    return line
 
 
 def main(argv=None):
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("set", choices=["fsdd", "generated"])
+    parser.add_argument("set", choices=["fsdd", "generated", "real"])
     parser.add_argument("--data_folder", default=None)
     parser.add_argument("--out", default="results/ablation")
     parser.add_argument("--only", default=None, help="comma-separated names")
@@ -238,6 +422,11 @@ def main(argv=None):
         data = args.data_folder or str(
             REPO.parent / "shared/data/fsdd/recordings"
         )
+    elif args.set == "real":
+        configs, extra, folds = REAL, REAL_COMMON, REAL_FOLDS
+        data = args.data_folder or str(
+            REPO.parent / "shared/data/UrbanSound8K-folds-2-3-10"
+        )
     else:
         configs, extra, folds = GENERATED, GENERATED_COMMON, "[1,2,3,4,5]"
         data = args.data_folder or str(Path(args.out) / "generated_data")
@@ -247,12 +436,19 @@ def main(argv=None):
     if not args.table:
         for name in names:
             run(name, configs[name], out, data, extra, folds)
-    print(
-        "| config | change | parameters | MACs per clip | s per epoch | accuracy (folds) |"
+    with_last = args.set == "real"
+    header = (
+        "| config | change | parameters | MACs per clip | s per epoch "
+        "| accuracy (folds) |"
     )
-    print("|---|---|---:|---:|---:|---|")
+    rule = "|---|---|---:|---:|---:|---|"
+    if with_last:
+        header += " last epoch's checkpoint (folds) |"
+        rule += "---|"
+    print(header)
+    print(rule)
     for name in names:
-        print(row(name, configs[name], out, extra))
+        print(row(name, configs[name], out, extra, with_last))
 
 
 if __name__ == "__main__":
