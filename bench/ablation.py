@@ -184,6 +184,11 @@ def before(*changes, epochs=SCREEN):
 
 
 REAL = {
+    "cnn": (
+        "cnn.yaml",
+        [],
+        "`cnn.yaml`: the tutorial's network and settings (44.1 kHz stereo)",
+    ),
     "before": (
         "cnn_large.yaml",
         before(epochs=[]),

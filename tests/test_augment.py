@@ -5,6 +5,7 @@ weights; class-balanced sampling; testing the last epoch's checkpoint."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -401,7 +402,11 @@ def test_weight_average_is_validated_exported_and_resumed(
     assert not same_state(full[2]["model"], full[3]["model"])
     # The kept checkpoint holds the averaged weights, and so does the
     # exported model; the trained ones are in the average's state
-    ckpt = next((tmp_path / "full" / "save").glob("CKPT+*"))
+    # (the exported one, named in the model's hyperparams.yaml: a run keeps
+    # the best checkpoint and the last one)
+    header = (tmp_path / "full" / "model" / "hyperparams.yaml").read_text()
+    name = re.search(r"checkpoint: (CKPT\+\S+)", header).group(1)
+    ckpt = tmp_path / "full" / "save" / name
     saved = torch.load(ckpt / "embedding_model.ckpt")
     average = torch.load(ckpt / "weight_average.ckpt")
     assert bool(average["swapped"])
