@@ -264,6 +264,12 @@ REAL = {
         before("--class_balanced=True", "--test_checkpoint=last"),
         "+ class-balanced sampling",
     ),
+    "balanced-60ep": (
+        "cnn_large.yaml",
+        before("--class_balanced=True", "--test_checkpoint=last", epochs=[]),
+        "`balanced` at 60 epochs: class-balanced sampling and the last "
+        "epoch's checkpoint, no feature augmentation",
+    ),
     "mixup1": (
         "cnn_large.yaml",
         before("--mixup_alpha=1.0", "--test_checkpoint=last"),
