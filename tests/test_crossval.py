@@ -624,8 +624,10 @@ def fake_crossval(tmp_path):
             pytest.fail((tmp_path / "stderr.txt").read_text())
         started.append(int(pid_file.read_text()))
 
-        def stop(sig, timeout=20):
-            """Signal crossval; return its exit status and stderr."""
+        def stop(sig, timeout=90):
+            """Signal crossval; return its exit status and stderr (the
+            timeout only guards against a hang: a loaded machine can take
+            tens of seconds to write the report)."""
             parent.send_signal(sig)
             status = parent.wait(timeout=timeout)
             return status, (tmp_path / "stderr.txt").read_text()
