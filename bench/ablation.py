@@ -301,19 +301,28 @@ REAL = {
     ),
 }
 
-# cnn_large.yaml as it ships, two seeds
+# cnn_large.yaml as it ships; the candidate it was chosen against
 REAL.update(
     {
         "shipped": (
             "cnn_large.yaml",
             [],
-            "**`cnn_large.yaml` as it ships**: the augmentations of `aug4`, "
-            "class-balanced sampling, the last epoch's checkpoint",
+            "**`cnn_large.yaml` as it ships**: `before` with the last "
+            "epoch's checkpoint tested",
         ),
-        "shipped-seed2": (
+        "aug4-balanced": (
             "cnn_large.yaml",
-            ["--seed=2"],
-            "the same, another seed (2)",
+            before(
+                "--gain_db=6.0",
+                "--time_stretch=0.2",
+                "--freq_shift_pct=0.05",
+                "--background_prob=0.5",
+                "--class_balanced=True",
+                "--test_checkpoint=last",
+                epochs=[],
+            ),
+            "`balanced-60ep` + the four feature augmentations of `aug4` "
+            "(the first candidate)",
         ),
     }
 )
