@@ -27,6 +27,7 @@ folds 1-5) under ``<out>/generated_data``.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -391,10 +392,14 @@ def summary(accuracies):
 def last_epoch(name, config, out):
     """The accuracy of the last epochs' checkpoints: tested by the run
     (``--test_checkpoint=last``) or re-tested (``bench/retest.py``)."""
-    _, overrides, _ = config
-    if "--test_checkpoint=last" in overrides:
-        return "(as tested)"
     folds = sorted((out / name).glob("fold_*"), key=lambda p: int(p.name[5:]))
+    settings = [f / "hyperparams.yaml" for f in folds]
+    if folds and all(
+        re.search(r"^test_checkpoint: last\s*$", f.read_text(), re.M)
+        for f in settings
+        if f.exists()
+    ):
+        return "(as tested)"
     files = [f / "test_results_last.json" for f in folds]
     if not folds or not all(f.exists() for f in files):
         return "(not re-tested)"
