@@ -53,6 +53,11 @@ MADE_BY = "sb_urbansound"
 LOCK_FILE = ".lock"
 #: Entries that do not make a folder "not empty" for :func:`claim_folder`.
 _IGNORED_ENTRIES = (MARKER_FILE, LOCK_FILE)
+# What SpeechBrain's recipe-test runner (tests/utils/recipe_tests.py) writes
+# into a run's output folder before it starts the run: its logs of the run and
+# its pass flag. We never write, overwrite or delete these names, so they do
+# not make a folder foreign (the runner's checks would otherwise fail).
+_RUNNER_ENTRIES = ("stdout.txt", "stderr.txt", ".passed")
 
 
 def current_umask():
@@ -290,13 +295,15 @@ def mark_store(folder, kind, **info):
     return folder
 
 
-def _entries(folder):
+def _entries(folder, kind=None):
     """The names in ``folder`` that make it not empty (our lock, marker and
-    temporaries, e.g. another process's marker being written, do not)."""
+    temporaries, e.g. another process's marker being written, do not; nor,
+    for a run's folder, the files SpeechBrain's recipe-test runner writes)."""
+    ignored = _IGNORED_ENTRIES + (_RUNNER_ENTRIES if kind == "run" else ())
     return sorted(
         p.name
         for p in Path(folder).iterdir()
-        if p.name not in _IGNORED_ENTRIES and not _TMP_NAME.match(p.name)
+        if p.name not in ignored and not _TMP_NAME.match(p.name)
     )
 
 
@@ -358,7 +365,7 @@ def claim_folder(folder, kind, what="output_folder", legacy=None):
             f"{what} {folder} is an sb-urbansound {found} folder, not a "
             f"{kind} folder: choose another path"
         )
-    entries = _entries(folder)
+    entries = _entries(folder, kind)
     if not entries or (legacy is not None and legacy(folder)):
         return mark_store(folder, kind)
     shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "")
