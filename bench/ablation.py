@@ -177,6 +177,13 @@ CNN_LARGE_BEFORE = [
     "--test_checkpoint=best",
 ]
 SCREEN = ["--number_of_epochs=30"]
+# The four feature augmentations together (the rows "aug4" and after)
+AUGMENTATIONS = [
+    "--gain_db=6.0",
+    "--time_stretch=0.2",
+    "--freq_shift_pct=0.05",
+    "--background_prob=0.5",
+]
 
 
 def before(*changes, epochs=SCREEN):
@@ -292,12 +299,7 @@ REAL = {
     ),
     "aug4": (
         "cnn_large.yaml",
-        before(
-            "--gain_db=6.0",
-            "--time_stretch=0.2",
-            "--freq_shift_pct=0.05",
-            "--background_prob=0.5",
-        ),
+        before(*AUGMENTATIONS),
         "+ gain, time stretch, frequency shift and background together",
     ),
 }
@@ -314,10 +316,7 @@ REAL.update(
         "aug4-balanced": (
             "cnn_large.yaml",
             before(
-                "--gain_db=6.0",
-                "--time_stretch=0.2",
-                "--freq_shift_pct=0.05",
-                "--background_prob=0.5",
+                *AUGMENTATIONS,
                 "--class_balanced=True",
                 "--test_checkpoint=last",
                 epochs=[],
