@@ -132,6 +132,19 @@ def assert_finished(out):
     assert not list(out.rglob("*.sbu-tmp")), "a temporary file was left"
 
 
+def run_again(command, what=None, timeout=600):
+    """Run the stopped command again, as a user would; it must succeed."""
+    rerun = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert rerun.returncode == 0, (what, rerun.stderr[-3000:])
+
+
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_stopped_at_any_point_the_run_resumes(data, tmp_path, phase):
     rng = random.Random(f"{phase}")
@@ -151,15 +164,7 @@ def test_stopped_at_any_point_the_run_resumes(data, tmp_path, phase):
             assert "run the same command again to resume" in log, what
             assert "Traceback" not in log, (what, log[-3000:])
         assert_nothing_left(tag, out)
-        rerun = subprocess.run(
-            train_command(data, out),
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert rerun.returncode == 0, (what, rerun.stderr[-3000:])
+        run_again(train_command(data, out), what)
         assert_finished(out)
 
 
@@ -176,15 +181,7 @@ def test_loader_workers_die_with_a_killed_run(data, tmp_path):
             command, "Going into epoch", 1.0, signum, rng, tag
         )
         assert_nothing_left(tag, out)
-        rerun = subprocess.run(
-            command,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        run_again(command)
         assert_finished(out)
 
 
@@ -216,15 +213,7 @@ def test_crossval_stopped_during_the_bank_build_resumes(data, tmp_path):
     assert code == 128 + signal.SIGTERM, log[-3000:]
     assert "rerun the same command to resume" in log
     assert_nothing_left(tag, out / "fold_1")
-    rerun = subprocess.run(
-        command,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    run_again(command, timeout=900)
     results = json.loads((out / "crossval_results.json").read_text())
     assert [f["test_fold"] for f in results["folds"]] == [1, 2, 3]
 
@@ -239,13 +228,5 @@ def test_a_run_from_shards_resumes_its_interrupted_epoch(data, tmp_path):
         )
         run_and_stop(command, "Going into epoch 2", 0.5, signum, rng, tag)
         assert_nothing_left(tag, out)
-        rerun = subprocess.run(
-            command,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        run_again(command)
         assert_finished(out)
