@@ -16,9 +16,10 @@ training stack (a small box, a container without CUDA wheels)::
 ``python -m sb_urbansound.export MODEL_FOLDER`` writes ``model.onnx``; its
 metadata holds the labels and the audio spec, so the ONNX file alone is
 enough. In a model folder, the metadata must agree with the folder's
-``hyperparams.yaml`` and label files (:func:`check_folder`), so that a
-``model.onnx`` from another folder is refused, not run. ``python -m sb_urbansound.classify MODEL_FOLDER files...
---backend onnx`` uses this module.
+``hyperparams.yaml`` and label files (:func:`check_folder`): a
+``model.onnx`` from another folder is refused, not run. ``python -m
+sb_urbansound.classify MODEL_FOLDER files... --backend onnx`` uses this
+module.
 
 The audio goes through the steps of training's
 :class:`sb_urbansound.audio.ClipConditioner` and of
@@ -469,19 +470,20 @@ def _parse_metadata(session, source):
         }
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"{source}: bad metadata ({e})") from None
+    waveforms, probs = session.get_inputs()[0], session.get_outputs()[0]
     shapes = [
-        ("num_samples", spec["num_samples"], session.get_inputs()[0], 1),
-        ("channels", spec["channels"], session.get_inputs()[0], 2),
-        ("labels", len(spec["labels"]), session.get_outputs()[0], 1),
+        ("samples", spec["num_samples"], "input", waveforms, 1),
+        ("channels", spec["channels"], "input", waveforms, 2),
+        ("labels", len(spec["labels"]), "output", probs, 1),
     ]
-    for key, value, node, axis in shapes:
+    for what, value, kind, node, axis in shapes:
         size = node.shape[axis] if len(node.shape) > axis else None
         if isinstance(size, int) and size != value:
             raise ModelFileError(
-                f"{source}: its metadata gives {key} {value}, but the model's "
-                f"{node.name} has {size}: the metadata was changed after the "
-                "export; export the model folder again (python -m "
-                "sb_urbansound.export MODEL_FOLDER)"
+                f"{source}: its metadata gives {value} {what}, but the "
+                f"model's {kind} {node.name} has {size}: the metadata was "
+                "changed after the export; export the model folder again "
+                "(python -m sb_urbansound.export MODEL_FOLDER)"
             )
     return spec
 
@@ -609,6 +611,15 @@ def check_folder(spec, file):
     ModelFileError
         Naming each value that differs, in the ONNX metadata and in the
         folder's file.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "hyperparams.yaml").write_text("sample_rate: 16000\\n")
+    >>> check_folder({"sample_rate": 8000}, tmp / "model.onnx")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.runtime.ModelFileError: ...model.onnx does not match the model folder it is in: sample_rate is 8000 in its metadata but 16000 in .../hyperparams.yaml. Export ...
     """
     diffs = []
     for key, value, source in folder_spec(Path(file).parent):
@@ -637,8 +648,8 @@ def check_folder(spec, file):
         raise ModelFileError(
             f"{file} does not match the model folder it is in: "
             + "; ".join(diffs)
-            + f". Export the folder again (python -m sb_urbansound.export "
-            f"{Path(file).parent}) or copy its model.onnx with it."
+            + ". Export the folder again to write its own (python -m "
+            f"sb_urbansound.export {Path(file).parent})."
         )
 
 

@@ -125,7 +125,10 @@ def test_metadata_with_fewer_labels_than_outputs_is_refused(folders, tmp_path):
             prop.value = '["a", "b", "c"]'
     onnx.save(model, folder / "model.onnx")
     err = one_error_line(classify_onnx(folder, folders["clip"]), 2)
-    assert "its metadata gives labels 3, but the model's probs has 10" in err
+    assert (
+        "its metadata gives 3 labels, but the model's output probs has 10"
+        in err
+    )
 
 
 NO_TORCH = """
