@@ -55,7 +55,7 @@ from sb_urbansound.audio import (
     find_audio_files,
     load_audio,
 )
-from sb_urbansound.errors import AudioLoadError, UserError
+from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.inference import (
     load_model,
     model_audio_spec,
@@ -739,8 +739,12 @@ def check_backend_options(parser, args):
     args.merge_gap = args.merge_gap or 0.0
     if not 0.0 <= args.threshold <= 1.0:
         parser.error("--threshold must be between 0 and 1")
-    if args.min_duration < 0 or args.merge_gap < 0:
-        parser.error("--min-duration and --merge-gap must not be negative")
+    for option in ("min_duration", "merge_gap"):
+        if not getattr(args, option) >= 0:  # NaN too
+            parser.error(
+                f"--{option.replace('_', '-')} must be a number of seconds "
+                f">= 0, got {getattr(args, option)}"
+            )
 
 
 def format_segment_lines(result):
@@ -818,7 +822,7 @@ def main(argv=None):
         _quiet_speechbrain()
     failed = []
 
-    def report(path, message):
+    def failed_file(path, message):
         """Print a file that could not be classified to stderr."""
         failed.append(path)
         tqdm.write(f"error: {message}", file=sys.stderr)
@@ -832,7 +836,7 @@ def main(argv=None):
             args.trust_model,
         )
     except (UserError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(e)
         return 2
     except Exception as e:  # SpeechBrain's, for a folder that passed the checks
         if args.verbose:
@@ -858,7 +862,7 @@ def main(argv=None):
         top_k=args.top_k,
         batch_size=args.batch_size,
         progress=None if args.progress else False,
-        on_error=report,
+        on_error=failed_file,
         segments=segments,
     )
     try:

@@ -353,6 +353,8 @@ def parse_crossval_args(argv):
     CrossvalError
         For a missing YAML file argument, a missing option value, or a fold list
         override.
+    SystemExit
+        With status 0 after printing the usage, for ``-h`` or ``--help``.
 
     Example
     -------
@@ -369,7 +371,10 @@ def parse_crossval_args(argv):
     ('out', True, ['--x=1'])
     """
     argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if any(arg in ("-h", "--help") for arg in argv):  # as argparse does
+        print(USAGE)
+        sys.exit(0)
+    if not argv:
         raise CrossvalError(USAGE)
     if argv[0].startswith("-"):
         raise CrossvalError(
@@ -397,8 +402,6 @@ def parse_crossval_args(argv):
             i += 2
             return rest[i - 1]
 
-        if key in ("help", "h"):
-            raise CrossvalError(USAGE)
         if norm == "folds":
             args.folds = _as_fold_list(take_value(), "--folds")
         elif key == "leaky-random-split":

@@ -1,12 +1,52 @@
 """The errors that name a user's file, row or option and say what to do.
 
-Commands (``train.py``, ``crossval``, ``classify``) catch :class:`UserError`
-and print its message instead of a traceback.
+Commands (``train.py``, ``crossval``, ``classify``, ``export``) catch
+:class:`UserError` and print its message instead of a traceback
+(:func:`report`).
 
 Authors
 -------
  * sb-urbansound contributors
 """
+
+import logging
+import sys
+
+
+def report(error):
+    """Print an error as one line, ``error: <message>``, on stderr.
+
+    Printed once: the log files of a run (SpeechBrain's ``log.txt``) get the
+    message too, the console's log handlers do not (logging it as well
+    printed every error twice).
+
+    Arguments
+    ---------
+    error : UserError
+        The error.
+
+    Returns
+    -------
+    int
+        Its exit status.
+
+    Example
+    -------
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     status = report(UserError("x.wav: no such file"))
+    >>> err.getvalue(), status
+    ('error: x.wav: no such file\\n', 2)
+    """
+    record = logging.LogRecord(
+        __name__, logging.ERROR, __file__, 0, "%s", (error,), None
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"error: {error}", file=sys.stderr)
+    return getattr(error, "exit_status", 2)
 
 
 class UserError(Exception):

@@ -44,7 +44,8 @@ must get the same top-1 label, and every probability must agree within
 ``1e-4``; the command prints both numbers and writes nothing if they do not
 hold. Exit status: 0 when every asked format was written, 1 when a format was
 refused (a model that cannot be exported: the reason is printed) or failed
-its check, 2 for a usage error or a folder that is not a model folder, 75
+its check, 2 for a usage error, a folder that is not a model folder or a
+``--data`` clip that cannot be read, 75
 when another process is exporting the same folder (its lock, as every store
 of ``docs/stores.md`` has).
 
@@ -74,7 +75,7 @@ from sb_urbansound.audio import (
     find_audio_files,
     load_audio,
 )
-from sb_urbansound.errors import AudioLoadError, UserError
+from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
     check_model_folder,
@@ -976,8 +977,8 @@ class DataClips:
         for path in self.files:
             try:
                 wav, sr = load_audio(path)
-            except AudioLoadError as e:
-                raise ExportError(f"--data: {e}") from None
+            except AudioLoadError as e:  # the clip's fault, not the export's
+                raise AudioLoadError(f"--data: {e}") from None
             yield str(path), self.conditioner.convert(wav, sr)
 
 
@@ -1183,6 +1184,8 @@ def _export_one(model, fmt, folder, clips, opset, log):
         raise ExportError(
             f"{describe_model(model)} cannot be exported to {fmt}: {e}"
         ) from e
+    except UserError:  # a --data clip that cannot be read
+        raise
     except ImportError as e:  # onnx, onnxscript or onnxruntime missing
         raise ExportError(
             f"the {fmt} export needs {e.name or 'a missing package'}: pip "
@@ -1397,8 +1400,7 @@ def main(argv=None):
     except UserError as e:
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_status", 2)  # 75: another export is running
+        return report(e)  # 75: another export is running
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -48,6 +48,7 @@ Authors
 import io
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -606,9 +607,14 @@ def load_model(folder, device="cpu", trust=False):
     from speechbrain.inference.classifiers import EncoderClassifier
 
     source = str(folder.resolve())
-    model = EncoderClassifier.from_hparams(
-        source=source, savedir=source, run_opts={"device": device}
-    )
+    try:
+        model = EncoderClassifier.from_hparams(
+            source=source, savedir=source, run_opts={"device": device}
+        )
+    except Exception as e:  # a truncated checkpoint, the wrong weights, ...
+        raise ModelFolderError(
+            f"cannot load the model in {folder}: {_load_failure(folder, e)}"
+        ) from e
     encoder = getattr(model.hparams, "label_encoder", None)
     if encoder is not None and len(encoder) == 0:
         raise ModelFolderError(
@@ -618,6 +624,23 @@ def load_model(folder, device="cpu", trust=False):
     _check_outputs(model, folder)
     model.model_folder = str(folder)
     return model
+
+
+def _load_failure(folder, error):
+    """Why SpeechBrain could not load a model folder, in one line: the
+    module checkpoint that is not a whole ``torch.save`` archive, if one is
+    not (a truncated copy), else the error itself."""
+    tree = _read_model_yaml(folder)
+    modules = tree.get("modules")
+    for name in modules if isinstance(modules, dict) else ():
+        ckpt = folder / f"{name}.ckpt"
+        if ckpt.is_file() and not zipfile.is_zipfile(ckpt):
+            return (
+                f"{ckpt} is not a complete PyTorch checkpoint (truncated or "
+                "replaced): copy the whole model folder that training wrote "
+                "(<output_folder>/model)"
+            )
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _check_outputs(model, folder):

@@ -1,7 +1,7 @@
 """A runtime without torch: read, condition and classify audio with ``model.onnx``.
 
 This module imports numpy, soundfile and (when a model is loaded)
-onnxruntime, and of this package only its torch-free modules
+onnxruntime and ruamel.yaml, and of this package only its torch-free modules
 (:mod:`sb_urbansound.errors`, :mod:`sb_urbansound.timeline`): no torch, no
 SpeechBrain, no HyperPyYAML. It runs where the model must run without the
 training stack (a small box, a container without CUDA wheels)::
@@ -15,8 +15,11 @@ training stack (a small box, a container without CUDA wheels)::
 
 ``python -m sb_urbansound.export MODEL_FOLDER`` writes ``model.onnx``; its
 metadata holds the labels and the audio spec, so the ONNX file alone is
-enough. ``python -m sb_urbansound.classify MODEL_FOLDER files...
---backend onnx`` uses this module.
+enough. In a model folder, the metadata must agree with the folder's
+``hyperparams.yaml`` and label files (:func:`check_folder`): a
+``model.onnx`` from another folder is refused, not run. ``python -m
+sb_urbansound.classify MODEL_FOLDER files... --backend onnx`` uses this
+module.
 
 The audio goes through the steps of training's
 :class:`sb_urbansound.audio.ClipConditioner` and of
@@ -135,9 +138,7 @@ def read_audio(path):
     if not finite.all():
         raise AudioLoadError(
             f"{path}: holds {int((~finite).sum())} NaN or infinite sample(s), "
-            "which would turn every weight of the model into NaN. Repair or "
-            "remove the file (or prepare the data with skip_missing=True to "
-            "leave it out)."
+            "which no model can use. Repair or remove the file."
         )
     return wav, int(rate)
 
@@ -447,8 +448,10 @@ class Conditioner:
 # ------------------------------------------------------------------- model
 
 
-def _parse_metadata(meta, source):
-    """The audio spec and labels in an ONNX model's metadata."""
+def _parse_metadata(session, source):
+    """The audio spec and labels in an ONNX model's metadata, checked
+    against the model's own input and output shapes."""
+    meta = session.get_modelmeta().custom_metadata_map
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
         raise ModelFileError(
@@ -467,7 +470,187 @@ def _parse_metadata(meta, source):
         }
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"{source}: bad metadata ({e})") from None
+    waveforms, probs = session.get_inputs()[0], session.get_outputs()[0]
+    shapes = [
+        ("samples", spec["num_samples"], "input", waveforms, 1),
+        ("channels", spec["channels"], "input", waveforms, 2),
+        ("labels", len(spec["labels"]), "output", probs, 1),
+    ]
+    for what, value, kind, node, axis in shapes:
+        size = node.shape[axis] if len(node.shape) > axis else None
+        if isinstance(size, int) and size != value:
+            raise ModelFileError(
+                f"{source}: its metadata gives {value} {what}, but the "
+                f"model's {kind} {node.name} has {size}: the metadata was "
+                "changed after the export; export the model folder again "
+                "(python -m sb_urbansound.export MODEL_FOLDER)"
+            )
     return spec
+
+
+def read_label_file(path):
+    """The labels of a SpeechBrain ``CategoricalEncoder`` file, in index order.
+
+    Reads the format of ``CategoricalEncoder.save`` (``'label' => index``
+    lines, then ``================`` and the extras) without SpeechBrain.
+
+    Arguments
+    ---------
+    path : str or Path
+        ``label_encoder.ckpt`` or ``label_encoder.txt`` of a model folder.
+
+    Returns
+    -------
+    list of str
+        The labels, by index.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "l.txt").write_text(
+    ...     "'b' => 1\\n'a' => 0\\n================\\n"
+    ... )
+    >>> read_label_file(tmp / "l.txt")
+    ['a', 'b']
+    """
+    import ast
+
+    labels = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("================"):
+                    break
+                literal, index = line.strip().split(" => ", 1)
+                labels[int(index)] = str(ast.literal_eval(literal))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ModelFileError(
+            f"cannot read the labels in {path} ({e}): copy the whole model "
+            "folder that training wrote"
+        ) from None
+    return [labels[i] for i in sorted(labels)]
+
+
+def folder_spec(folder):
+    """What a model folder's own files say of its audio and labels.
+
+    Read without torch or SpeechBrain: ``sample_rate``, ``channels``,
+    ``duration_ms`` and ``remove_dc`` of ``hyperparams.yaml`` (the YAML read
+    as data, nothing built), and the labels of ``label_encoder.ckpt`` (which
+    the PyTorch model loads) and ``label_encoder.txt``.
+
+    Arguments
+    ---------
+    folder : str or Path
+        A model folder.
+
+    Returns
+    -------
+    list of (str, object, Path)
+        ``(key, value, file)`` for each key found: the keys of
+        :func:`_parse_metadata`'s spec.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "hyperparams.yaml").write_text(
+    ...     "sample_rate: 8000\\nchannels: 1\\nduration_ms: 1500\\nx: !new:a.B\\n"
+    ... )
+    >>> [(key, value) for key, value, _ in folder_spec(tmp)]
+    [('sample_rate', 8000), ('channels', 1), ('num_samples', 12000)]
+    """
+    folder = Path(folder)
+    found = []
+    yaml_file = folder / "hyperparams.yaml"
+    if yaml_file.is_file():
+        from ruamel.yaml import YAML  # tags (!new:) are kept, not built
+
+        try:
+            tree = YAML(typ="rt").load(yaml_file.read_text(encoding="utf-8"))
+        except Exception as e:  # YAML syntax errors, unreadable file
+            raise ModelFileError(f"cannot read {yaml_file}: {e}") from None
+        tree = tree if isinstance(tree, dict) else {}
+        found += [
+            (key, tree[key], yaml_file)
+            for key in ("sample_rate", "channels")
+            if key in tree
+        ]
+        rate, ms = tree.get("sample_rate"), tree.get("duration_ms")
+        if isinstance(rate, int) and isinstance(ms, (int, float)):
+            # as sb_urbansound.inference.model_audio_spec computes it
+            found.append(
+                ("num_samples", int(round(rate * ms / 1000.0)), yaml_file)
+            )
+        if "remove_dc" in tree:
+            found.append(("remove_dc", tree["remove_dc"], yaml_file))
+    for name in ("label_encoder.ckpt", "label_encoder.txt"):
+        if (folder / name).is_file():
+            found.append(
+                ("labels", read_label_file(folder / name), folder / name)
+            )
+    return found
+
+
+def check_folder(spec, file):
+    """Refuse an ONNX model whose metadata differs from its folder's files.
+
+    A ``model.onnx`` copied from another model folder, or a folder whose
+    labels were edited after the export, would otherwise classify with
+    another model's rate, length or class names than the PyTorch model of
+    the same folder.
+
+    Arguments
+    ---------
+    spec : dict
+        The ONNX model's metadata (:func:`_parse_metadata`).
+    file : Path
+        The ONNX file; its folder's files are read (:func:`folder_spec`).
+
+    Raises
+    ------
+    ModelFileError
+        Naming each value that differs, in the ONNX metadata and in the
+        folder's file.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "hyperparams.yaml").write_text("sample_rate: 16000\\n")
+    >>> check_folder({"sample_rate": 8000}, tmp / "model.onnx")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.runtime.ModelFileError: ...model.onnx does not match the model folder it is in: sample_rate is 8000 in its metadata but 16000 in .../hyperparams.yaml. Export ...
+    """
+    diffs = []
+    for key, value, source in folder_spec(Path(file).parent):
+        mine = spec[key]
+        if key == "labels" and value != mine:
+            if len(value) != len(mine):
+                diffs.append(
+                    f"{len(mine)} labels in its metadata but {len(value)} in "
+                    f"{source}"
+                )
+            else:
+                i = next(
+                    i for i, (a, b) in enumerate(zip(mine, value)) if a != b
+                )
+                diffs.append(
+                    f"label {i} is {mine[i]!r} in its metadata but "
+                    f"{value[i]!r} in {source}"
+                )
+        elif key != "labels" and (
+            value != mine or isinstance(value, bool) != isinstance(mine, bool)
+        ):
+            diffs.append(
+                f"{key} is {mine!r} in its metadata but {value!r} in {source}"
+            )
+    if diffs:
+        raise ModelFileError(
+            f"{file} does not match the model folder it is in: "
+            + "; ".join(diffs)
+            + ". Export the folder again to write its own (python -m "
+            f"sb_urbansound.export {Path(file).parent})."
+        )
 
 
 class OnnxModel:
@@ -527,9 +710,9 @@ class OnnxModel:
             raise ModelFileError(
                 f"{file} cannot be loaded by onnxruntime ({e})"
             ) from None
-        spec = _parse_metadata(
-            self.session.get_modelmeta().custom_metadata_map, file
-        )
+        spec = _parse_metadata(self.session, file)
+        if not isinstance(path, bytes):  # the folder's files must agree
+            check_folder(spec, file)
         self.path = file
         self.labels = spec["labels"]
         self.sample_rate = spec["sample_rate"]

@@ -33,7 +33,8 @@ PyTorch model and the ONNX runtime.
 * **Latency** (from the end of a sound to the line that reports it): at most
   one window plus one hop, plus the scoring time. **Memory**: one window and
   one resampling filter of audio, whatever the stream's length.
-* **End**: at the end of the input the last window is scored, and the
+* **End**: at the end of the input the last window is scored (an
+  incomplete last frame is dropped, with a warning on stderr), and the
   function returns 0; a reader that goes away (broken pipe) ends it quietly
   with 0; Ctrl-C with 130.
 
@@ -114,6 +115,7 @@ class StreamWindows:
         self._start = 0  # model sample where the buffer starts
         self.total = 0  # model samples so far
         self.emitted = 0  # windows given out
+        self.dropped = 0  # bytes of an incomplete last frame
 
     def _window(self, samples):
         """One window from ``samples`` (zero-padded), DC removed if asked."""
@@ -173,8 +175,10 @@ class StreamWindows:
         Returns
         -------
         list of (int, numpy.ndarray)
-            As :meth:`feed`; an incomplete last frame is dropped.
+            As :meth:`feed`; an incomplete last frame is dropped (its bytes
+            counted in :attr:`dropped`).
         """
+        self.dropped = len(self._pending)
         out = self._push(rechannel(self.resampler.flush(), self.model_channels))
         if self.total > 0 and (
             self.emitted == 0
@@ -286,6 +290,14 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
                 break
             emit(windows.feed(data))
         emit(windows.finish())
+        if windows.dropped:
+            print(
+                "warning: the stream ended inside a frame: its last "
+                f"{windows.dropped} byte(s) dropped (a frame is "
+                f"{SAMPLE_BYTES * channels} bytes: 16-bit samples, {channels} "
+                "channel(s))",
+                file=sys.stderr,
+            )
     except BrokenPipeError:
         _silence_stdout(outfile)
         return 0

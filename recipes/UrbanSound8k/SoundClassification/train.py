@@ -41,7 +41,7 @@ from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.augment import Mixup, average_views, circular_views
 from sb_urbansound.bank import ClipBank, FeatureBank, place_clips
 from sb_urbansound.distributed import ShardSampler, gather, world
-from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.errors import DataPrepError, UserError, report
 from sb_urbansound.experiment import (
     RunFolder,
     build_partial,
@@ -1225,9 +1225,7 @@ if __name__ == "__main__":
             main()
         except UserError as e:
             # A problem with the data or options: one message, no traceback
-            logger.error("%s", e)
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(e.exit_status)
+            sys.exit(report(e))
         except KeyboardInterrupt as e:
             stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
             print(
