@@ -18,7 +18,11 @@ the same rules (``docs/stores.md``), and this module is where they live:
   checksums, the model folder's YAML, the manifests' options);
 * **deleted only if marked**: :func:`remove_store` and :func:`replace_folder`
   refuse a folder without our marker, and :func:`remove_stale_temps` removes
-  only the temporaries that these helpers name (``.<name>.<8 chars>.sbu-tmp``).
+  only the temporaries that these helpers name (``.<name>.<8 chars>.sbu-tmp``);
+* **never through a link**: :func:`open_store_file` opens a file of a store
+  without following a link and refuses anything but a regular file, so a
+  link planted in a store (``.lock`` -> a user's file) is never written,
+  truncated, or read as ours (a marker, an index, a legacy store's file).
 
 Files get the usual permissions of a new file (0666 less the umask).
 
@@ -32,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import sys
 import tempfile
@@ -205,6 +210,105 @@ def make_temp_folder(parent, name):
     return folder
 
 
+# ------------------------------------------------------- files of a store
+
+
+def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
+    """Open a file of a store, never through a link; refuse what isn't a file.
+
+    A store's files are written by us, so a link among them (``.lock`` -> a
+    user's file, a marker -> another store's) was planted: following it
+    would write or truncate a file that is not ours, or take one for ours.
+    The file is opened with ``O_NOFOLLOW`` (and without blocking, so a FIFO
+    cannot hang us) and must be a regular file.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file.
+    flags : int
+        ``os.open`` flags (``O_NOFOLLOW``, ``O_CLOEXEC`` are added).
+    mode : int
+        The permissions of a file that ``O_CREAT`` creates.
+
+    Returns
+    -------
+    int
+        An open file descriptor.
+
+    Raises
+    ------
+    NotOursError
+        When ``path`` is a link, a folder or another non-regular file.
+    OSError
+        When it cannot be opened otherwise (absent, read-only, ...).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "notes.txt").write_text("mine")
+    >>> (tmp / ".lock").symlink_to(tmp / "notes.txt")
+    >>> open_store_file(tmp / ".lock", os.O_RDWR | os.O_CREAT)
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.NotOursError: .../.lock is a link (to .../notes.txt), ...
+    """
+    extra = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags | extra, mode)
+    except OSError as e:
+        # ELOOP: a link; EISDIR: a folder; ENXIO: a FIFO with no reader
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    path = Path(path)
+    what = (
+        f"a link (to {os.readlink(path)})"
+        if path.is_symlink()
+        else "not a regular file"
+    )
+    raise NotOursError(
+        f"{path} is {what}, not a file that sb-urbansound wrote: it is never "
+        "written or read through. Remove it (or choose another folder)."
+    )
+
+
+def read_store_json(path):
+    """The JSON a store's file holds, or None: absent, unreadable, not JSON,
+    or not a regular file of the store (a link is never followed).
+
+    Ownership is decided by such files (a marker, a legacy store's file):
+    a link to another store's would make a folder of the user's look ours.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    object or None
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> read_store_json(atomic_write_json(tmp / "a.json", {"x": 1}))
+    {'x': 1}
+    >>> (tmp / "b.json").symlink_to(tmp / "a.json")
+    >>> read_store_json(tmp / "b.json") is None
+    True
+    """
+    try:
+        with os.fdopen(open_store_file(path), "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, NotOursError):
+        return None
+
+
 # ------------------------------------------------------------------ markers
 
 
@@ -230,11 +334,7 @@ def read_marker(folder):
     >>> read_marker(tmp)["kind"]
     'run'
     """
-    try:
-        with open(Path(folder) / MARKER_FILE, encoding="utf-8") as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
-        return None
+    marker = read_store_json(Path(folder) / MARKER_FILE)
     if not isinstance(marker, dict) or marker.get("made_by") != MADE_BY:
         return None
     return marker
@@ -640,6 +740,9 @@ class FolderLock:
         BusyError
             When another process holds the lock (and ``wait`` is False), or
             this process already holds it.
+        NotOursError
+            When ``.lock`` is a link or not a regular file (it is never
+            written through).
         OSError
             When the lock file cannot be created (e.g. ``errno.EROFS`` on a
             read-only file system).
@@ -657,7 +760,7 @@ class FolderLock:
             raise BusyError(
                 f"this process already holds the lock of {self.folder}"
             )
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = open_store_file(self.path, os.O_RDWR | os.O_CREAT)
         announced = False
         try:
             while True:
@@ -716,9 +819,10 @@ class FolderLock:
 
 
 def _file_key(path, fd=None):
-    """(device, inode) of a file, or None when it does not exist."""
+    """(device, inode) of a file (not of a link's target), or None when it
+    does not exist."""
     try:
-        st = os.fstat(fd) if fd is not None else os.stat(path)
+        st = os.fstat(fd) if fd is not None else os.lstat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)

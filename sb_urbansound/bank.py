@@ -57,6 +57,7 @@ from sb_urbansound.atomic import (
     is_read_only_error,
     mark_store,
     no_space_error,
+    read_store_json,
     remove_stale_temps,
     remove_store,
     reserve_space,
@@ -122,10 +123,7 @@ def is_bank_folder(folder):
         return False
     if store_kind(folder) == BANK_KIND:
         return True
-    try:
-        marker = json.loads((folder / OLD_MARKER_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
+    marker = read_store_json(folder / OLD_MARKER_FILE)
     return isinstance(marker, dict) and marker.get("made_by") == OLD_MARKER
 
 
@@ -528,11 +526,9 @@ class ClipBank:
 
     # -------------------------------------------------------------- reading
     def _read_index(self):
-        """The index, or None when absent, unreadable or of other settings."""
-        try:
-            index = json.loads((self.folder / INDEX_FILE).read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
+        """The index, or None when absent, unreadable, a link or of other
+        settings."""
+        index = read_store_json(self.folder / INDEX_FILE)
         if (
             not isinstance(index, dict)
             or index.get("settings") != self.settings

@@ -69,11 +69,16 @@ class RobustCheckpointer(Checkpointer):
         super().__init__(checkpoints_dir, *args, **kwargs)
         if if_main_process() and self.checkpoints_dir.is_dir():
             for leftover in self.checkpoints_dir.glob(CKPT_PREFIX + "*"):
+                if leftover.is_symlink():
+                    continue  # not ours: see list_checkpoints
                 if leftover.is_dir() and not (leftover / METAFNAME).exists():
                     shutil.rmtree(leftover, ignore_errors=True)
 
     def list_checkpoints(self):
         """List the checkpoints whose meta file can be read.
+
+        A link named like a checkpoint is not one of ours (we never make
+        links): it is neither loaded, deleted nor set aside.
 
         Returns
         -------
@@ -84,7 +89,8 @@ class RobustCheckpointer(Checkpointer):
         if not self.checkpoints_dir.is_dir():
             return checkpoints
         for path in sorted(self.checkpoints_dir.iterdir()):
-            if not path.name.startswith(CKPT_PREFIX) or not path.is_dir():
+            ours = path.name.startswith(CKPT_PREFIX) and not path.is_symlink()
+            if not ours or not path.is_dir():
                 continue
             try:
                 with open(path / METAFNAME, encoding="utf-8") as f:

@@ -46,7 +46,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sb_urbansound.atomic import FolderLock, atomic_write_json, claim_folder
+from sb_urbansound.atomic import (
+    FolderLock,
+    atomic_write_json,
+    claim_folder,
+    open_store_file,
+)
 from sb_urbansound.errors import BusyError, DataPrepError, UserError
 from sb_urbansound.experiment import (
     RUN_SETTINGS_FILE,
@@ -766,8 +771,9 @@ def inprocess_runner(argv, fold_dir):
 
 
 def _read_json(path):
-    """Load a JSON file."""
-    with open(path, encoding="utf-8") as f:
+    """Load a JSON file of a fold or of the cross-validation (never through
+    a link: a fold's results must be the fold's)."""
+    with open(open_store_file(path), encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from sb_urbansound import __version__
+from sb_urbansound.atomic import open_store_file
 from sb_urbansound.errors import UserError
 from tqdm import tqdm
 
@@ -391,7 +392,11 @@ def _total_from_unsatisfied(content_range):
 
 def _fetch(url, part, progress, timeout):
     """One download attempt into ``part`` (resumed if present); returns MD5."""
-    start = part.stat().st_size if part.exists() else 0
+    try:  # a link planted as the partial file is never resumed or truncated
+        with open(open_store_file(part), "rb") as f:
+            start = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        start = 0
     headers = {"User-Agent": f"sb-urbansound/{__version__} (python-urllib)"}
     if start:
         headers["Range"] = f"bytes={start}-"

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from sb_urbansound.atomic import (
     FolderLock,
     atomic_write_json,
     claim_folder,
+    open_store_file,
+    read_store_json,
     remove_stale_temps,
 )
 from sb_urbansound.errors import UserError
@@ -550,12 +553,7 @@ def check_outside(data_folder, folders):
 def _is_legacy_run(folder):
     """Whether an unmarked folder is the output folder of an earlier version
     (it has the ``run_settings.json`` that every start wrote)."""
-    try:
-        recorded = json.loads(
-            (Path(folder) / RUN_SETTINGS_FILE).read_text(encoding="utf-8")
-        )
-    except (OSError, ValueError):
-        return False
+    recorded = read_store_json(Path(folder) / RUN_SETTINGS_FILE)
     return isinstance(recorded, dict) and "settings" in recorded
 
 
@@ -619,7 +617,8 @@ class RunFolder:
         Raises
         ------
         UserError
-            When another process holds the lock, or the folder is not ours.
+            When another process holds the lock, the folder is not ours, or
+            it holds a link to a file.
         """
         if data_folder is not None:
             check_outside(
@@ -630,6 +629,15 @@ class RunFolder:
         if not _is_inside(self.save_folder, self.folder):
             claim_folder(self.save_folder, "checkpoints", what="save_folder")
         self._lock = FolderLock(self.folder, "writing to").acquire()
+        # SpeechBrain opens the files it writes here by name (log.txt,
+        # env.log, hyperparams.yaml, train_log.txt, a copy of train.py),
+        # following links: a link to a file (a user's) is refused
+        for path in self.folder.iterdir():
+            if not path.is_dir():
+                try:
+                    os.close(open_store_file(path))
+                except OSError:  # not a link: unreadable, or gone meanwhile
+                    pass
         for folder in [self.folder, *self.folder.iterdir()]:
             if folder.is_dir() and not folder.is_symlink():
                 for path in remove_stale_temps(folder):
@@ -656,10 +664,7 @@ class RunFolder:
 
     def _recorded(self):
         """The settings recorded by an earlier start, or None."""
-        try:
-            return json.loads(self.settings_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return read_store_json(self.settings_file)
 
     def check_settings(self, values):
         """Refuse to resume with other settings (call before data prep).

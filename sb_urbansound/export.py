@@ -68,7 +68,11 @@ import numpy as np
 import soundfile
 import torch
 from sb_urbansound import __version__
-from sb_urbansound.atomic import FolderLock, atomic_write_bytes
+from sb_urbansound.atomic import (
+    FolderLock,
+    atomic_write_bytes,
+    is_read_only_error,
+)
 from sb_urbansound.audio import (
     ClipConditioner,
     check_regular_file,
@@ -1135,7 +1139,18 @@ def export_model(
     folder = Path(folder)
     check_model_folder(folder)
     # One writer at a time in the model folder (docs/stores.md)
-    with FolderLock(folder, "exporting the model in").acquire():
+    lock = FolderLock(folder, "exporting the model in")
+    try:
+        lock.acquire()
+    except OSError as e:
+        if not is_read_only_error(e):
+            raise
+        raise UserError(
+            f"the model folder {folder} cannot be written ({e.strerror}): the "
+            "export writes its files into it. Copy the folder to a writable "
+            "place and export the copy."
+        ) from None
+    with lock:
         return _export_locked(
             folder, formats, data, max_clips, opset, log, trust
         )

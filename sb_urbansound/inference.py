@@ -54,7 +54,12 @@ from pathlib import Path
 import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
-from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
+from sb_urbansound.atomic import (
+    make_temp_folder,
+    mark_store,
+    open_store_file,
+    replace_folder,
+)
 from sb_urbansound.audio import ClipConditioner, pad_trunc
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
@@ -430,10 +435,11 @@ def _write_card(folder, hparams):
 def _is_legacy_model(folder):
     """Whether an unmarked folder is a model exported by an earlier version
     (its ``hyperparams.yaml`` starts with the export's header)."""
-    try:
-        with open(Path(folder) / "hyperparams.yaml", encoding="utf-8") as f:
+    try:  # never through a link: a user's folder would look like a model
+        fd = open_store_file(Path(folder) / "hyperparams.yaml")
+        with open(fd, encoding="utf-8") as f:
             first = f.readline()
-    except OSError:
+    except (OSError, UnicodeError, UserError):
         return False
     return first.strip() == f"# {HEADER_FIRST_LINE}"
 

@@ -33,7 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from sb_urbansound.atomic import FolderLock, atomic_write_json, claim_folder
+from sb_urbansound.atomic import (
+    FolderLock,
+    atomic_write_json,
+    claim_folder,
+    read_store_json,
+)
 from sb_urbansound.errors import DataPrepError
 from tqdm import tqdm
 
@@ -140,7 +145,7 @@ def write_manifests(
 
 def _is_legacy(folder):
     """Whether an unmarked folder holds manifests of an earlier version."""
-    return (Path(folder) / OPTIONS_FILE).is_file()
+    return isinstance(read_store_json(Path(folder) / OPTIONS_FILE), dict)
 
 
 def _write_locked(
@@ -234,15 +239,9 @@ def _write_locked(
 
 def _up_to_date(options_path, record, output_paths):
     """Whether ``options_path`` records ``record`` and all outputs exist and
-    read as what we wrote (a damaged one is written again)."""
-    try:
-        previous = json.loads(Path(options_path).read_text(encoding="utf-8"))
-        outputs = [
-            json.loads(Path(p).read_text(encoding="utf-8"))
-            for p in output_paths
-        ]
-    except (OSError, ValueError):
-        return False
+    read as what we wrote (a damaged one, or a link, is written again)."""
+    previous = read_store_json(options_path)
+    outputs = [read_store_json(p) for p in output_paths]
     manifests_ok = all(
         isinstance(o, dict) and all(isinstance(v, dict) for v in o.values())
         for o in outputs[:-1]

@@ -50,10 +50,12 @@ from sb_urbansound.atomic import (
     atomic_write_bytes,
     atomic_write_json,
     claim_folder,
+    is_read_only_error,
+    read_store_json,
     remove_stale_temps,
 )
 from sb_urbansound.bank import decode_clip
-from sb_urbansound.errors import DataPrepError
+from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.hardware import available_cores
 from sb_urbansound.manifests import file_stamp, listing
 from tqdm import tqdm
@@ -177,11 +179,8 @@ class Shards:
         return digest.hexdigest()
 
     def read_index(self):
-        """The index, or None when absent or unreadable."""
-        try:
-            index = json.loads((self.folder / INDEX_FILE).read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
+        """The index, or None when absent, unreadable or a link."""
+        index = read_store_json(self.folder / INDEX_FILE)
         return index if isinstance(index, dict) else None
 
     def _complete(self, index, inputs):
@@ -199,6 +198,9 @@ class Shards:
 
     def write(self, splits, threads=None, progress=True):
         """Write the shards of every split (or reuse them when up to date).
+
+        Complete shards in a folder that cannot be written (a read-only,
+        shared data set) are used as they are, without the lock.
 
         Arguments
         ---------
@@ -219,15 +221,35 @@ class Shards:
         ------
         DataPrepError
             Naming every file that cannot be decoded.
+        UserError
+            When the folder is not ours, or cannot be written and does not
+            hold these clips' shards.
         """
-        claim_folder(self.folder, SHARDS_KIND, "shards_folder")
         inputs = self._inputs(splits)
-        with FolderLock(self.folder, "writing the shards in").acquire(
-            wait=True,
-            on_wait=lambda who: logger.info(
-                "Shards: waiting for %s, which is writing %s", who, self.folder
-            ),
-        ):
+        lock = FolderLock(self.folder, "writing the shards in")
+        try:
+            claim_folder(self.folder, SHARDS_KIND, "shards_folder")
+            lock.acquire(
+                wait=True,
+                on_wait=lambda who: logger.info(
+                    "Shards: waiting for %s, which is writing %s",
+                    who,
+                    self.folder,
+                ),
+            )
+        except OSError as e:
+            if not is_read_only_error(e):
+                raise
+            index = self.read_index()
+            if not self._complete(index, inputs):
+                raise UserError(
+                    f"the shards in {self.folder} cannot be written ({e}) and "
+                    "are not complete for this run: point --shards_folder at "
+                    "a writable folder"
+                ) from None
+            logger.info("Shards: using the read-only shards in %s", self.folder)
+            return index
+        with lock:
             index = self.read_index()
             if self._complete(index, inputs):
                 logger.info("Shards up to date in %s", self.folder)

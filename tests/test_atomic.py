@@ -50,3 +50,155 @@ def test_the_recipe_test_runners_files_do_not_make_a_run_folder_foreign(
     (fresh / "notes.txt").write_text("mine")
     with pytest.raises(NotOursError, match="notes.txt"):
         claim_folder(fresh, "run")
+
+
+# ------------------------------------------- links planted in a store
+
+
+def _user_file(tmp_path):
+    mine = tmp_path / "mine" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("my notes")
+    return mine
+
+
+@pytest.mark.parametrize("what", ["file", "folder", "dangling", "fifo"])
+def test_a_lock_file_that_is_a_link_is_refused(tmp_path, what):
+    """``.lock`` -> a user's file: never opened, truncated or written (the
+    lock writes its holder's pid); a folder, a missing target or a FIFO is
+    refused with the same one line."""
+    from sb_urbansound.atomic import FolderLock
+    from sb_urbansound.errors import NotOursError
+
+    mine = _user_file(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    lock = store / ".lock"
+    if what == "fifo":
+        os.mkfifo(lock)
+    else:
+        target = {
+            "file": mine,
+            "folder": mine.parent,
+            "dangling": mine.parent / "new.txt",
+        }[what]
+        lock.symlink_to(target)
+    with pytest.raises(NotOursError, match=r"\.lock is (a link|not a regular)"):
+        FolderLock(store).acquire()
+    assert mine.read_text() == "my notes"
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["notes.txt"]
+
+
+def test_a_marker_that_is_a_link_never_makes_a_folder_ours(tmp_path):
+    """A marker linked to another store's marker: the folder of the user's
+    files is neither deleted, replaced nor written into."""
+    from sb_urbansound.atomic import (
+        MARKER_FILE,
+        claim_folder,
+        make_temp_folder,
+        mark_store,
+        remove_store,
+        replace_folder,
+    )
+    from sb_urbansound.errors import NotOursError
+
+    real = mark_store(tmp_path / "real", "bank")
+    mine = _user_file(tmp_path).parent
+    (mine / MARKER_FILE).symlink_to(real / MARKER_FILE)
+    with pytest.raises(NotOursError, match="left alone"):
+        remove_store(mine, "bank")
+    new = mark_store(make_temp_folder(tmp_path, "mine"), "bank")
+    with pytest.raises(NotOursError, match="not replaced"):
+        replace_folder(new, mine)
+    with pytest.raises(NotOursError, match="notes.txt"):
+        claim_folder(mine, "bank")
+    assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def _genuine(kind, folder):
+    """A store's file that decides ownership or what is read, as we write
+    it; return (its name, the check of a folder)."""
+    import json
+
+    from sb_urbansound import bank, experiment, inference, manifests
+
+    folder.mkdir()
+    files = {
+        "bank-0.2": (bank.OLD_MARKER_FILE, {"made_by": bank.OLD_MARKER}),
+        "run-legacy": (experiment.RUN_SETTINGS_FILE, {"settings": {}}),
+        "manifests-legacy": (manifests.OPTIONS_FILE, {"options": {}}),
+        "model-legacy": ("hyperparams.yaml", None),
+    }
+    checks = {
+        "bank-0.2": bank.is_bank_folder,
+        "run-legacy": experiment._is_legacy_run,
+        "manifests-legacy": manifests._is_legacy,
+        "model-legacy": inference._is_legacy_model,
+    }
+    name, content = files[kind]
+    text = (
+        f"# {inference.HEADER_FIRST_LINE}\n"
+        if content is None
+        else json.dumps(content)
+    )
+    (folder / name).write_text(text)
+    return name, checks[kind]
+
+
+@pytest.mark.parametrize(
+    "kind", ["bank-0.2", "run-legacy", "manifests-legacy", "model-legacy"]
+)
+def test_a_file_that_makes_a_folder_ours_is_never_read_through_a_link(
+    tmp_path, kind
+):
+    """A folder written by an earlier version is recognised by a file (and
+    then written into, replaced or deleted): that file linked into a user's
+    folder does not make it ours."""
+    name, check = _genuine(kind, tmp_path / "real")
+    assert check(tmp_path / "real")
+    mine = _user_file(tmp_path).parent
+    (mine / name).symlink_to(tmp_path / "real" / name)
+    assert not check(mine)
+
+
+def test_an_index_or_a_folds_results_are_never_read_through_a_link(tmp_path):
+    """A store's index (what its data is) and a fold's results are read only
+    from the store's own files."""
+    from sb_urbansound.atomic import atomic_write_json, read_store_json
+    from sb_urbansound.crossval import _read_json
+    from sb_urbansound.errors import NotOursError
+    from sb_urbansound.manifests import _up_to_date
+
+    real = atomic_write_json(tmp_path / "real.json", {"accuracy": 1.0})
+    link = tmp_path / "test_results.json"
+    link.symlink_to(real)
+    assert read_store_json(real) == {"accuracy": 1.0}
+    assert read_store_json(link) is None
+    with pytest.raises(NotOursError, match="test_results.json is a link"):
+        _read_json(link)
+    # manifests whose options file is a link are prepared again
+    labels = atomic_write_json(tmp_path / "labels.json", ["a"])
+    record = {"accuracy": 1.0}
+    assert _up_to_date(real, record, [labels])
+    assert not _up_to_date(link, record, [labels])
+
+
+def test_a_run_folder_holding_a_link_to_a_file_is_refused(tmp_path):
+    """SpeechBrain writes log.txt, env.log, hyperparams.yaml, train_log.txt
+    by name: a link among them (to a user's file) stops the run before a
+    byte goes through it; a link to a folder (a bank on another disk) is
+    the user's layout and stays."""
+    from sb_urbansound.errors import NotOursError
+    from sb_urbansound.experiment import RunFolder
+
+    mine = _user_file(tmp_path)
+    out = tmp_path / "out"
+    RunFolder(out).lock()
+    (out / "bank").symlink_to(mine.parent)
+    run = RunFolder(out)
+    run.lock()
+    run.unlock()
+    (out / "log.txt").symlink_to(mine)
+    with pytest.raises(NotOursError, match="log.txt is a link"):
+        RunFolder(out).lock()
+    assert mine.read_text() == "my notes"

@@ -164,3 +164,21 @@ def test_a_really_full_disk_is_named(tmp_path):
     assert result.returncode == 3, result.stderr[-3000:]
     assert "no space left" in result.stdout
     assert str(disk / "save") in result.stdout
+
+
+def test_a_link_named_like_a_checkpoint_is_not_loaded_or_deleted(tmp_path):
+    """A ``CKPT+...`` link (to another run's checkpoint, or to a folder of
+    the user's) is not ours: it is neither recovered from nor removed."""
+    other = tmp_path / "other"
+    _, best, _ = two_checkpoints(other)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / best.path.name).symlink_to(best.path)
+    (run / "CKPT+2000-01-01+00-00-00+00").symlink_to(mine)
+    ours, _ = make(RobustCheckpointer, run)
+    assert ours.list_checkpoints() == []
+    assert ours.recover_if_possible() is None
+    assert (mine / "notes.txt").read_text() == "my notes"

@@ -243,6 +243,23 @@ def test_resume_with_range(server, tmp_path):
     assert not staging.exists()
 
 
+def test_a_partial_download_that_is_a_link_is_refused(server, tmp_path):
+    """A link planted as the partial download (-> a user's file) is neither
+    resumed (appended to) nor restarted (truncated): refused, named."""
+    from sb_urbansound.errors import NotOursError
+
+    mine = tmp_path / "notes.txt"
+    mine.write_bytes(ARCHIVE[:2000] + b"my notes")
+    data_folder = tmp_path / "UrbanSound8K"
+    staging = _staging(data_folder)
+    staging.mkdir()
+    (staging / "UrbanSound8K.tar.gz.part").symlink_to(mine)
+    with pytest.raises(NotOursError, match=r"tar\.gz\.part is a link"):
+        _get(server, data_folder)
+    assert mine.read_bytes() == ARCHIVE[:2000] + b"my notes"
+    assert server.requests == []
+
+
 def test_dropped_connection_is_resumed_automatically(server, tmp_path):
     server.drop_first_after = len(ARCHIVE) // 2
     data_folder = tmp_path / "UrbanSound8K"

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import HPARAMS, write_clip
+from helpers import HPARAMS, requires_mount, run_in_namespace, write_clip
 from sb_urbansound import export
 from sb_urbansound.export import (
     PROB_TOLERANCE,
@@ -373,3 +373,47 @@ def test_export_takes_the_model_folder_lock(folders, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_the_file_kept(
+    folders, tmp_path, capsys
+):
+    """The issue's case: ``M/.lock`` replaced by a link to a user's file;
+    the export refuses, naming it, and the file keeps its contents."""
+    folder = folders["cnn.yaml"]
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    lock = folder / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(mine)
+    try:
+        assert main([str(folder), "--format", "all"]) == 2
+    finally:
+        lock.unlink()
+    err = capsys.readouterr().err
+    assert f"{lock} is a link (to {mine})" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert mine.read_text() == "my notes"
+
+
+@requires_mount
+def test_export_of_a_read_only_model_folder_is_one_line(folders):
+    """A model folder on a read-only mount (root ignores permission bits):
+    one line naming the folder and what to do, no traceback."""
+    import subprocess
+    import sys
+
+    folder = folders["cnn.yaml"]
+    mount = (
+        f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}"
+    )
+    result = run_in_namespace(
+        mount,
+        [sys.executable, "-m", "sb_urbansound.export", str(folder)],
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"the model folder {folder} cannot be written" in err
+    assert "Copy the folder to a writable place" in err

@@ -16,6 +16,8 @@ from helpers import (
     TINY_CNN_ARGS,
     US8K_CLASSES,
     make_urbansound_tree,
+    requires_mount,
+    run_in_namespace,
     write_clip,
 )
 from sb_urbansound.audio import ClipConditioner
@@ -106,6 +108,55 @@ def test_a_folder_of_user_files_is_refused(tmp_path, clips):
     shards = Shards(tmp_path / "mine", ClipConditioner(RATE, 1, 500))
     with pytest.raises(NotOursError, match="notes.txt"):
         shards.write({"train": clips}, progress=False)
+
+
+READ_ONLY = """
+import json, logging, sys
+from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.errors import UserError
+from sb_urbansound.shards import Shards, read_shard
+logging.basicConfig(level=logging.INFO)
+shards = Shards(sys.argv[1], ClipConditioner(8000, 1, 500), shard_size=8)
+try:
+    index = shards.write({"train": json.loads(sys.argv[2])}, progress=False)
+except UserError as e:
+    sys.exit(f"error: {e}")
+entries = index["splits"]["train"]
+print(sum(len(list(read_shard(shards.folder / e["name"], e["sha256"])))
+          for e in entries))
+"""
+
+
+@requires_mount
+def test_complete_shards_on_a_read_only_file_system_are_used(tmp_path, clips):
+    """Shared read-only data (docs/scale.md): complete shards are read as
+    they are, without the lock; incomplete ones are one line saying what
+    to do. (root ignores permission bits: a read-only bind mount.)"""
+    folder = tmp_path / "shards"
+    Shards(folder, ClipConditioner(RATE, 1, 500), shard_size=8).write(
+        {"train": clips}, progress=False
+    )
+    mount = (
+        f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}"
+    )
+
+    def run(clips):
+        return run_in_namespace(
+            mount,
+            [sys.executable, "-c", READ_ONLY, str(folder), json.dumps(clips)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    result = run(clips)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == str(len(clips))
+    assert "read-only shards" in result.stderr
+    more = {**clips, "new": (str(write_clip(tmp_path / "new.wav")), "x")}
+    result = run(more)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"the shards in {folder} cannot be written" in result.stderr
+    assert "point --shards_folder at a writable folder" in result.stderr
 
 
 def test_webdataset_layout(tmp_path, clips):
