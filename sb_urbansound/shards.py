@@ -191,8 +191,15 @@ class Shards:
             return False
         for shards in index.get("splits", {}).values():
             for shard in shards:
-                path = self.folder / shard["name"]
-                if not path.is_file() or path.stat().st_size != shard["bytes"]:
+                name = shard.get("name")
+                # Only the plain file names we write: never a path out of
+                # the folder, never a link.
+                if not isinstance(name, str) or Path(name).name != name:
+                    return False
+                path = self.folder / name
+                if path.is_symlink() or not path.is_file():
+                    return False
+                if path.stat().st_size != shard["bytes"]:
                     return False
         return True
 

@@ -102,6 +102,25 @@ def test_a_damaged_shard_is_named(tmp_path, clips):
         list(read_shard(path))  # no checksum to compare: the tar is cut
 
 
+def test_an_index_naming_a_file_outside_its_folder_is_not_complete(
+    tmp_path, clips
+):
+    shards = Shards(tmp_path / "shards", ClipConditioner(RATE, 1, 500), 8)
+    index = shards.write({"train": clips}, progress=False)
+    inputs = index["inputs"]
+    assert shards._complete(index, inputs)
+    # A shard of the same size outside the folder, named through "..".
+    first = index["splits"]["train"][0]
+    outside = tmp_path / "elsewhere.tar"
+    outside.write_bytes((shards.folder / first["name"]).read_bytes())
+    first["name"] = "../elsewhere.tar"
+    assert not shards._complete(index, inputs)
+    # The same shard name as a link to it.
+    first["name"] = "link.tar"
+    (shards.folder / "link.tar").symlink_to(outside)
+    assert not shards._complete(index, inputs)
+
+
 def test_a_folder_of_user_files_is_refused(tmp_path, clips):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
