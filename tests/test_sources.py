@@ -189,7 +189,7 @@ def test_filenames_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("hi")
     with pytest.raises(
-        DataPrepError, match=r"no audio file \(.wav, .flac, .ogg\)"
+        DataPrepError, match=r"no audio file \(.wav, .flac, .ogg, .mp3, in any"
     ):
         prepare_filenames(tmp_path / "empty", out, FSDD_PATTERN)
     with pytest.raises(DataPrepError, match="no audio file"):
@@ -245,7 +245,7 @@ def test_folders_errors(tmp_path, class_folders):
     out = tmp_path / "out"
     with pytest.raises(DataPrepError, match="does not exist"):
         prepare_folders(tmp_path / "nowhere", out)
-    with pytest.raises(DataPrepError, match=r"has no named group \(\?P<group>"):
+    with pytest.raises(DataPrepError, match=r"'rec\\\\d\+' has no group: put"):
         prepare_folders(class_folders, out, group_pattern=r"rec\d+")
     with pytest.raises(DataPrepError, match="finds no group in 16 of 16"):
         prepare_folders(class_folders, out, group_pattern=r"^(?P<group>zzz)")
