@@ -367,20 +367,22 @@ def _write(
     n_folds = check_n_folds(n_folds)
     splits = check_fold_lists(*folds, list(range(1, n_folds + 1)))
     if function == "prepare_folders":
-        key, how = "group_pattern", "set group_pattern, e.g. --group_pattern="
+        key, unset = "group_pattern", "group_pattern is not set"
+        how = "set group_pattern, e.g. --group_pattern="
     else:
-        key, how = "pattern", "add a group to pattern, as in (?P<group>...)"
+        key, unset = "pattern", "pattern has no (?P<group>...)"
+        how = "add a group to pattern, as in (?P<group>...)"
     if any(g is not None for g in groups):
         split = (
-            f"by group: {key} {extra_options[key]!r} gives "
+            f"by group: {key} '{extra_options[key]}' gives "
             f"{table['group'].nunique()} groups of {len(files)} files, and a "
             "group never spans two folds"
         )
     else:
         split = (
-            f"by file: each of the {len(files)} files is its own group (no "
-            f"group in {key}), so clips cut from one recording can land in "
-            "two splits"
+            f"by file: each of the {len(files)} files is its own group "
+            f"({unset}), so clips cut from one recording can land in two "
+            "splits"
         )
         hint = None if leaky_random_split else _group_hint(files, labels)
         if hint is not None:
@@ -390,7 +392,7 @@ def _write(
                 "test, which inflates the accuracy. If they come from one "
                 "recording, %s",
                 hint[0],
-                hint[1] if key == "pattern" else f"{how}'{hint[1]}'",
+                how if key == "pattern" else f"{how}'{hint[1]}'",
             )
     options = {
         "data_folder": str(data_folder),
@@ -553,7 +555,7 @@ def _compile_pattern(pattern, name, required=None):
         ) from None
     if required is None and not regex.groups:
         raise DataPrepError(
-            f"{name} {regex.pattern!r} has no group: put the part of the file "
+            f"{name} '{regex.pattern}' has no group: put the part of the file "
             "name that names the group (recording, speaker) in parentheses, "
             r"e.g. '^(\d+)-'."
         )
