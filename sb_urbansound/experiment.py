@@ -231,9 +231,8 @@ def read_yaml_values(hparams_file, overrides=""):
     """
     import difflib
 
-    from hyperpyyaml import resolve_references
-
     import ruamel.yaml
+    from hyperpyyaml import resolve_references
 
     seen = override_keys(overrides)
     try:

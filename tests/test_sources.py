@@ -10,8 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import FSDD_DIR, requires_fsdd, snapshot_tree, write_clip
-from sb_urbansound.errors import DataPrepError
+from helpers import FSDD_DIR, HPARAMS, requires_fsdd, snapshot_tree, write_clip
+from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.experiment import build_partial, read_yaml_values
 from sb_urbansound.sources import prepare_filenames, prepare_folders
 from sb_urbansound.sources.folds import (
     assign_group_folds,
@@ -19,6 +20,8 @@ from sb_urbansound.sources.folds import (
     check_n_folds,
     parse_fold_list,
 )
+
+import speechbrain as sb
 
 SOURCES_LOGGER = "sb_urbansound.sources.files"
 MANIFESTS_LOGGER = "sb_urbansound.manifests"
@@ -353,10 +356,6 @@ def test_file_names_that_suggest_groups_warn_when_no_group_is_set(
 
 def prepare_from_command_line(tmp_path, data, *args):
     """Data preparation as train.py runs it, from command-line options."""
-    import speechbrain as sb
-    from helpers import HPARAMS
-    from sb_urbansound.experiment import build_partial, read_yaml_values
-
     hparams_file, _, overrides = sb.parse_arguments(
         [
             str(HPARAMS / "folders.yaml"),
@@ -391,8 +390,6 @@ def test_group_pattern_given_on_the_command_line_splits_by_group(tmp_path):
 
 
 def test_a_bad_group_pattern_is_one_line_naming_it(tmp_path):
-    from sb_urbansound.errors import UserError
-
     data = make_named_files(tmp_path / "d", ["a/1-a-0-0.wav", "b/2-b-0-0.wav"])
     for option, expected in [
         ("--group_pattern=(", "group_pattern '(' is not a valid regex: "),
