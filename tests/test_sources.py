@@ -395,7 +395,7 @@ def test_a_bad_group_pattern_is_one_line_naming_it(tmp_path):
         ("--group_pattern=(", "group_pattern '(' is not a valid regex: "),
         ("--group_pattern=[^-]+", "--group_pattern=[^-]+ is not a valid YAML"),
         (r"--group_pattern=^\d+-", r"group_pattern '^\d+-' has no group"),
-        ("--group_pattern=(?P<group>x)", "a value refers to <group>"),
+        ("--group_pattern=^(?P<group>x)-", "a value refers to <group>"),
     ]:
         with pytest.raises(UserError) as error:
             prepare_from_command_line(tmp_path, data, option)
