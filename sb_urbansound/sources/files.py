@@ -160,7 +160,7 @@ def prepare_folders(
                 groups[i] = m.group(which)
         if unmatched:
             raise DataPrepError(
-                f"group_pattern {group_re.pattern!r} finds no group in "
+                f"group_pattern '{group_re.pattern}' finds no group in "
                 f"{len(unmatched)} of {len(files)} file name(s) under {data_folder}: "
                 f"{listing(unmatched)}. Fix group_pattern so that its group "
                 "matches every file name, or rename these files."
