@@ -34,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: Read this much beyond the clip length (see ClipConditioner.max_seconds).
 READ_MARGIN_S = 0.05
-#: Suffixes of the audio files looked for in folders (case-insensitive).
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+#: Suffixes of the audio files looked for in folders (case-insensitive), by
+#: data preparation and ``classify``: what soundfile decodes (MP3 since its
+#: libsndfile 1.1, in soundfile >= 0.12).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):

@@ -34,6 +34,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from sb_urbansound import __version__
 from sb_urbansound.atomic import atomic_write_text
+from sb_urbansound.manifests import recorded_split
 from sb_urbansound.report import format_duration
 
 #: The card's file name in the model folder.
@@ -175,6 +176,9 @@ def card_info(hparams, labels, hardware=None):
         "source": SOURCES.get(prepare, "your data"),
         "data_folder": Path(str(hparams.get("data_folder", ""))).name,
         "n_folds": hparams.get("n_folds"),
+        "split": None
+        if hparams.get("skip_prep")
+        else recorded_split(hparams.get("manifest_folder")),
         "folds": folds,
         "leaky": bool(hparams.get("leaky_random_split", False)),
         "clips": clips,
@@ -241,9 +245,11 @@ def _pct(value):
 USAGE = """\
 ## Usage
 
-Install the plugin (`pip install sb-urbansound`; `sb-urbansound[runtime]`
-adds onnxruntime), and put this folder at `model/` (from the Hugging Face
-Hub: `huggingface-cli download <user>/<repository> --local-dir model`). The
+Install the plugin from a clone of its repository (it is on no package
+index): `pip install -e ".[export,runtime]"` in the clone (`export`: what the
+ONNX export needs, `runtime`: onnxruntime). Put this folder at `model/`
+(from the Hugging Face Hub: `huggingface-cli download <user>/<repository>
+--local-dir model`). The
 examples classify `clip.wav`; any format soundfile reads will do, at any
 rate and channel count: it is converted as in training.
 
@@ -380,12 +386,9 @@ def model_card(info, name="sb-urbansound sound classifier"):
             "land in two splits."
         )
     else:
-        extra = (
-            f", {info['n_folds']} folds split by group"
-            if info["n_folds"]
-            else ""
-        )
-        lines.append(f"{source.capitalize()} in {where}{extra}.")
+        folds = f", {info['n_folds']} folds" if info["n_folds"] else ""
+        split = info["split"] or "not recorded"
+        lines.append(f"{source.capitalize()} in {where}{folds}; split {split}.")
     lines.append("")
     for split in ("train", "valid", "test"):
         folds = info["folds"].get(split)

@@ -14,8 +14,10 @@ torch-free :mod:`sb_urbansound.runtime` (same windows, same results within
 ``--stream`` classifies raw 16-bit PCM from standard input, one JSON line per
 hop (:mod:`sb_urbansound.stream`).
 
-Folders are searched recursively for ``.wav``, ``.flac`` and ``.ogg`` files (in
-sorted order); files named on the command line are read whatever their suffix.
+Folders are searched recursively for the suffixes of
+:data:`sb_urbansound.audio.AUDIO_SUFFIXES` (``.wav``, ``.flac``, ``.ogg``,
+``.mp3``, in sorted order); files named on the command line are read whatever
+their suffix.
 Each file is read (:func:`sb_urbansound.audio.load_audio`), converted to the
 model's sample rate and channels as in training, cut into windows of the
 training duration (hop: half a window; the last window zero-padded as in
@@ -408,7 +410,7 @@ def describe_empty_folder(folder):
     Example
     -------
     >>> describe_empty_folder("clips")
-    'clips: no audio file in this folder or its subfolders (looked for .wav, .flac, .ogg files, in any case; hidden files are skipped)'
+    'clips: no audio file in this folder or its subfolders (looked for .wav, .flac, .ogg, .mp3 files, in any case; hidden files are skipped)'
     """
     suffixes = ", ".join(AUDIO_SUFFIXES)
     return (

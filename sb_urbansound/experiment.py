@@ -234,9 +234,22 @@ def read_yaml_values(hparams_file, overrides=""):
     """
     import difflib
 
+    import ruamel.yaml
     from hyperpyyaml import resolve_references
 
     seen = override_keys(overrides)
+    try:
+        _tolerant_yaml().load(overrides or "")
+    except ruamel.yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        lines = overrides.splitlines()
+        key, _, value = lines[mark.line if mark else 0].partition(":")
+        raise UserError(
+            f"--{key.strip()}={value.strip()} is not a valid YAML value "
+            f"({getattr(e, 'problem', e)}): quote a value that holds YAML's "
+            "signs ([ ] { } # , &), such as a regular expression: "
+            f"--{key.strip()}=\"'{value.strip()}'\""
+        ) from None
     try:
         with open(hparams_file, encoding="utf-8") as fin:
             text = fin.read()
@@ -257,6 +270,14 @@ def read_yaml_values(hparams_file, overrides=""):
     try:
         resolved = resolve_references(io.StringIO(text), overrides)
     except ValueError as e:
+        ref = re.search(r'The reference "([^"]*)" is not valid', str(e))
+        if ref:
+            raise UserError(
+                f"a value refers to <{ref.group(1)}>, which is no key: "
+                "HyperPyYAML reads <name> in a value as a reference to a key. "
+                "In a regular expression (group_pattern), write a plain group "
+                f"in parentheses instead of (?P<{ref.group(1)}>...)"
+            ) from None
         match = re.search(r"'(\w+)' is a !PLACEHOLDER", str(e))
         if not match:
             raise

@@ -1204,7 +1204,8 @@ def _export_one(model, fmt, folder, clips, opset, log):
     except ImportError as e:  # onnx, onnxscript or onnxruntime missing
         raise ExportError(
             f"the {fmt} export needs {e.name or 'a missing package'}: pip "
-            "install onnx onnxscript onnxruntime (or sb-urbansound[export])"
+            "install onnx onnxscript onnxruntime (or, in the sb-urbansound "
+            'clone, pip install -e ".[export]")'
         ) from e
     except Exception as e:  # the exporters' own errors, in many types
         raise ExportError(

@@ -11,8 +11,9 @@ Every data source (:mod:`sb_urbansound.sources`) builds a table of clips
   file as stored, before any resampling or down-mixing);
 * ``labels.json``: the sorted list of all class labels over all folds, so
   label indices are the same in every split;
-* ``prepare_options.json``: the options and a fingerprint of the inputs; when
-  it matches a new call and all outputs exist, the work is skipped.
+* ``prepare_options.json``: the options, a fingerprint of the inputs and how
+  the data was split (:func:`recorded_split`); when it matches a new call and
+  all outputs exist, the work is skipped.
 
 Every file is decoded once (not just its header): a file that is missing, not
 a regular file, unreadable, empty, corrupt after its header or that holds NaN
@@ -82,6 +83,7 @@ def write_manifests(
     missing_hint=None,
     warn_shared_groups=False,
     full_check=True,
+    split=None,
 ):
     """Run the shared pipeline on a table of clips and write the outputs.
 
@@ -112,12 +114,22 @@ def write_manifests(
     full_check : bool
         Decode every file (else read the headers only, for a run whose clip
         bank or shards decode the files and name those that fail).
+    split : str, optional
+        How the clips were dealt to folds, in words ("by group: ..."):
+        logged, and recorded for the recipe's log and the model card.
 
     Returns
     -------
     dict
         Paths of the train/valid/test manifests and of the labels file.
     """
+    if leaky_random_split:
+        split = (
+            "at random, clip by clip (leaky_random_split: clips of one "
+            "recording land in several splits; for comparisons only)"
+        )
+    if split:
+        logger.info("Data split %s", split)
     save_folder = absolute(save_folder)
     # A store (docs/stores.md): ours alone, one writer at a time
     claim_folder(save_folder, MANIFESTS_KIND, "manifest_folder", _is_legacy)
@@ -140,6 +152,7 @@ def write_manifests(
             missing_hint,
             warn_shared_groups,
             full_check,
+            split,
         )
 
 
@@ -161,6 +174,7 @@ def _write_locked(
     missing_hint,
     warn_shared_groups,
     full_check,
+    split,
 ):
     """:func:`write_manifests`, with the manifest folder locked."""
     outputs = {s: str(save_folder / f"{s}.json") for s in SPLITS}
@@ -173,6 +187,7 @@ def _write_locked(
             "options": options,
             "inputs": fingerprint,
             "checks": "decoded" if full_check else "headers",
+            "split": split,
         }
     )
     if _up_to_date(options_path, record, outputs.values()):
@@ -235,6 +250,35 @@ def _write_locked(
     atomic_write_json(outputs["labels"], labels)
     atomic_write_json(options_path, record)
     return outputs
+
+
+def recorded_split(manifest_folder):
+    """How the manifests in ``manifest_folder`` split the data, in words.
+
+    Arguments
+    ---------
+    manifest_folder : str or Path
+        A folder written by :func:`write_manifests`.
+
+    Returns
+    -------
+    str or None
+        What :func:`write_manifests` was told (``"by group: ..."``), or None
+        for a folder without a record (ready-made manifests).
+
+    Example
+    -------
+    >>> recorded_split("/nowhere") is None
+    True
+    """
+    try:
+        record = json.loads(
+            (Path(manifest_folder) / OPTIONS_FILE).read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError, TypeError):
+        return None
+    split = record.get("split") if isinstance(record, dict) else None
+    return split if isinstance(split, str) else None
 
 
 def _up_to_date(options_path, record, output_paths):

@@ -121,6 +121,53 @@ def test_card_without_results_says_so(tmp_path):
     assert "| 0 | car_horn | n/a | n/a |" in text
 
 
+def test_the_card_says_how_the_data_was_split(tmp_path):
+    from sb_urbansound.sources import prepare_folders
+
+    for k in range(12):
+        write_clip(
+            tmp_path / "d" / LABELS[k % 3] / f"{k // 4}-{k % 3}-0-{k}.wav",
+            k % 3,
+            8000,
+            1,
+            0.05,
+            seed=k,
+        )
+    folds = dict(train_fold_nums=[1], valid_fold_nums=[2], test_fold_nums=[3])
+    texts = {}
+    for pattern in (None, r"^(\d+)-"):
+        hparams = run_files(tmp_path / f"run{pattern is None}", test=False)
+        hparams["manifest_folder"] = tmp_path / f"manifests{pattern is None}"
+        hparams["n_folds"] = 3
+        hparams["prepare"] = prepare_folders
+        hparams["data_folder"] = str(tmp_path / "d")
+        prepare_folders(
+            tmp_path / "d",
+            hparams["manifest_folder"],
+            n_folds=3,
+            group_pattern=pattern,
+            **folds,
+        )
+        texts[pattern] = model_card(card_info(hparams, LABELS, "CPU"), "m")
+    assert (
+        "Class folders in `d`, 3 folds; split by file: each of the 12 files "
+        "is its own group (group_pattern is not set), so clips cut from one "
+        "recording can land in two splits." in texts[None]
+    )
+    assert (
+        "Class folders in `d`, 3 folds; split by group: group_pattern "
+        "'^(\\d+)-' gives 3 groups of 12 files, and a group never spans two "
+        "folds." in texts[r"^(\d+)-"]
+    )
+
+
+def test_the_card_says_how_to_install_from_a_clone_with_the_extras(tmp_path):
+    text = model_card(card_info(run_files(tmp_path), LABELS, "CPU"), "m")
+    assert 'pip install -e ".[export,runtime]"' in text
+    assert "clone" in text
+    assert "pip install sb-urbansound" not in text
+
+
 def code_blocks(text):
     """The card's fenced python and bash blocks, in order."""
     return re.findall(r"```(python|bash)\n(.*?)```", text, flags=re.S)

@@ -357,6 +357,19 @@ def test_cli_prints_tab_separated_lines(trained, audio_dir, capsys):
         assert len(prob.split(".")[1]) == 4
 
 
+def test_cli_takes_a_folder_of_mp3_files(trained, tmp_path, capsys):
+    out, _ = trained
+    for label in CLASSES:
+        clip(tmp_path / "mp3" / f"{label}.mp3", label, 44100, 2, 0.7, None)
+    status, stdout, stderr = run_cli(capsys, out / "model", tmp_path / "mp3")
+    assert status == 0, stderr
+    lines = [line.split("\t") for line in stdout.splitlines()]
+    assert [Path(path).name for path, _, _ in lines] == [
+        f"{label}.mp3" for label in sorted(CLASSES)
+    ]
+    assert all(Path(path).stem == label for path, label, _ in lines)
+
+
 def test_cli_top_k(trained, audio_dir, capsys):
     out, _ = trained
     status, stdout, _ = run_cli(capsys, out / "model", audio_dir, "--top-k", 4)
@@ -486,7 +499,7 @@ def test_cli_folder_without_audio_is_an_error(trained, tmp_path, capsys):
         f"error: {empty}: no audio file in this folder or its subfolders"
         in (stderr)
     )
-    assert "looked for .wav, .flac, .ogg files" in stderr
+    assert "looked for .wav, .flac, .ogg, .mp3 files" in stderr
     # Beside a good file: the file is classified, the folder reported
     good = clip(tmp_path / "good.wav", CLASSES[0])
     status, stdout, stderr = run_cli(

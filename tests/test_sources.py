@@ -10,8 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import FSDD_DIR, requires_fsdd, snapshot_tree, write_clip
-from sb_urbansound.errors import DataPrepError
+from helpers import FSDD_DIR, HPARAMS, requires_fsdd, snapshot_tree, write_clip
+from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.experiment import build_partial, read_yaml_values
 from sb_urbansound.sources import prepare_filenames, prepare_folders
 from sb_urbansound.sources.folds import (
     assign_group_folds,
@@ -19,6 +20,8 @@ from sb_urbansound.sources.folds import (
     check_n_folds,
     parse_fold_list,
 )
+
+import speechbrain as sb
 
 SOURCES_LOGGER = "sb_urbansound.sources.files"
 MANIFESTS_LOGGER = "sb_urbansound.manifests"
@@ -189,7 +192,7 @@ def test_filenames_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("hi")
     with pytest.raises(
-        DataPrepError, match=r"no audio file \(.wav, .flac, .ogg\)"
+        DataPrepError, match=r"no audio file \(.wav, .flac, .ogg, .mp3, in any"
     ):
         prepare_filenames(tmp_path / "empty", out, FSDD_PATTERN)
     with pytest.raises(DataPrepError, match="no audio file"):
@@ -245,7 +248,7 @@ def test_folders_errors(tmp_path, class_folders):
     out = tmp_path / "out"
     with pytest.raises(DataPrepError, match="does not exist"):
         prepare_folders(tmp_path / "nowhere", out)
-    with pytest.raises(DataPrepError, match=r"has no named group \(\?P<group>"):
+    with pytest.raises(DataPrepError, match=r"'rec\\d\+' has no group: put"):
         prepare_folders(class_folders, out, group_pattern=r"rec\d+")
     with pytest.raises(DataPrepError, match="finds no group in 16 of 16"):
         prepare_folders(class_folders, out, group_pattern=r"^(?P<group>zzz)")
@@ -275,6 +278,149 @@ def test_folders_errors(tmp_path, class_folders):
     ):
         prepare_folders(single, out)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------
+# Groups: the warning, group_pattern from the command line, and mp3
+# --------------------------------------------------------------------------
+
+FIVE_FOLDS = dict(
+    n_folds=3, train_fold_nums=[1], valid_fold_nums=[2], test_fold_nums=[3]
+)
+
+
+def warnings_of(caplog):
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == SOURCES_LOGGER and r.levelno == logging.WARNING
+    ]
+
+
+def test_file_names_that_suggest_groups_warn_when_no_group_is_set(
+    tmp_path, caplog
+):
+    caplog.set_level(logging.INFO)
+    # UrbanSound8K-style names: fsID-classID-occurrenceID-sliceID
+    us8k = make_named_files(
+        tmp_path / "us8k",
+        [
+            f"{c}/{100 * n + k}-{n}-0-{i}.wav"
+            for n, c in enumerate("ab", 1)
+            for k in range(3)
+            for i in range(2)
+        ],
+    )
+    prepare_folders(us8k, tmp_path / "o1", **FIVE_FOLDS)
+    (message,) = warnings_of(caplog)
+    assert "100-1-0-0.wav and 100-1-0-1.wav" in message
+    assert "--group_pattern='^(\\d+)-'" in message
+    # Shared prefixes: two recordings per class, cut in parts
+    caplog.clear()
+    parts = make_named_files(
+        tmp_path / "parts",
+        [
+            f"{c}/rec{k}_{i:03d}.flac"
+            for c in "ab"
+            for k in range(2)
+            for i in range(3)
+        ],
+    )
+    prepare_folders(parts, tmp_path / "o2", **FIVE_FOLDS)
+    (message,) = warnings_of(caplog)
+    assert "rec0_000.flac and rec0_001.flac share 'rec0'" in message
+    assert "--group_pattern='^(.+)_'" in message
+    # The file-name source: the group goes into its pattern
+    caplog.clear()
+    named = make_named_files(
+        tmp_path / "named",
+        [f"{k % 2}_spk{k % 4}_{k}.wav" for k in range(12)],
+    )
+    prepare_filenames(
+        named, tmp_path / "o3", r"(?P<label>\d)_.*\.wav", **FIVE_FOLDS
+    )
+    (message,) = warnings_of(caplog)
+    assert "add a group to pattern, as in (?P<group>...)" in message
+    # No warning: a group is set, or the names say nothing but the class
+    caplog.clear()
+    prepare_folders(
+        us8k, tmp_path / "o4", group_pattern=r"^(\d+)-", **FIVE_FOLDS
+    )
+    plain = make_named_files(
+        tmp_path / "plain",
+        [f"{c}/{c}_{i}.wav" for c in ("dog", "cat") for i in range(3)],
+    )
+    prepare_folders(plain, tmp_path / "o5", **FIVE_FOLDS)
+    assert warnings_of(caplog) == []
+
+
+def prepare_from_command_line(tmp_path, data, *args):
+    """Data preparation as train.py runs it, from command-line options."""
+    hparams_file, _, overrides = sb.parse_arguments(
+        [
+            str(HPARAMS / "folders.yaml"),
+            f"--data_folder={data}",
+            f"--output_folder={tmp_path / 'out'}",
+            *args,
+        ]
+    )
+    values = read_yaml_values(hparams_file, overrides)
+    return build_partial(values["prepare"])()
+
+
+def test_group_pattern_given_on_the_command_line_splits_by_group(tmp_path):
+    data = make_named_files(
+        tmp_path / "d",
+        [
+            f"{c}/{100 * n + k}-{n}-0-{i}.wav"
+            for n, c in enumerate("ab", 1)
+            for k in range(6)
+            for i in range(3)
+        ],
+    )
+    out = prepare_from_command_line(tmp_path, data, r"--group_pattern=^(\d+)-")
+    manifests, _ = load(out)
+    folds = {}
+    for split, entries in manifests.items():
+        for cid, e in entries.items():
+            assert e["group"] == Path(e["wav"]).name.split("-")[0]
+            folds.setdefault(e["group"], set()).add(split)
+    assert len(folds) == 12
+    assert all(len(splits) == 1 for splits in folds.values())
+
+
+def test_a_bad_group_pattern_is_one_line_naming_it(tmp_path):
+    data = make_named_files(tmp_path / "d", ["a/1-a-0-0.wav", "b/2-b-0-0.wav"])
+    for option, expected in [
+        ("--group_pattern=(", "group_pattern '(' is not a valid regex: "),
+        ("--group_pattern=[^-]+", "--group_pattern=[^-]+ is not a valid YAML"),
+        (r"--group_pattern=^\d+-", r"group_pattern '^\d+-' has no group"),
+        ("--group_pattern=^(?P<group>x)-", "a value refers to <group>"),
+    ]:
+        with pytest.raises(UserError) as error:
+            prepare_from_command_line(tmp_path, data, option)
+        assert str(error.value).startswith(expected), str(error.value)
+        assert "\n" not in str(error.value)
+
+
+def test_a_folder_of_mp3_files_is_prepared(tmp_path):
+    for k in range(6):
+        write_clip(
+            tmp_path / "d" / "ab"[k % 2] / f"{k}.mp3",
+            k % 2,
+            16000,
+            1,
+            0.5,
+            subtype=None,
+            seed=k,
+        )
+    out = prepare_folders(tmp_path / "d", tmp_path / "out", **FIVE_FOLDS)
+    manifests, labels = load(out)
+    entries = [e for m in manifests.values() for e in m.values()]
+    assert labels == ["a", "b"] and len(entries) == 6
+    for e in entries:
+        assert e["wav"].endswith(".mp3") and e["sample_rate"] == 16000
+        assert e["duration"] == pytest.approx(0.5, abs=0.06)
 
 
 # --------------------------------------------------------------------------

@@ -128,6 +128,56 @@ def test_skip_prep_trains_on_ready_made_manifests(class_folders, tmp_path):
     assert res["n_clips"] == len(manifests["test"])
 
 
+def test_a_folder_of_mp3_trains_split_by_the_group_pattern_of_the_command_line(
+    tmp_path,
+):
+    """mp3 files, UrbanSound8K-style names, --group_pattern: the log and the
+    model card say how the data was split."""
+    for c, label in enumerate(["bird", "engine"]):
+        for k in range(5):
+            for i in range(2):
+                write_clip(
+                    tmp_path / "data" / label / f"{10 * c + k}-{c}-0-{i}.mp3",
+                    c,
+                    16000,
+                    1,
+                    0.5,
+                    subtype=None,
+                    seed=10 * k + i,
+                    n_classes=2,
+                )
+    out = tmp_path / "out"
+    result = run_train(
+        "folders.yaml",
+        [
+            f"--data_folder={tmp_path / 'data'}",
+            f"--output_folder={out}",
+            r"--group_pattern=^(\d+)-",
+            "--number_of_epochs=1",
+            "--sample_rate=16000",
+            "--duration_ms=500",
+            *FAST,
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    splits = {}
+    for split in ("train", "valid", "test"):
+        manifest = json.loads((out / "manifests" / f"{split}.json").read_text())
+        for entry in manifest.values():
+            assert entry["wav"].endswith(".mp3")
+            assert (
+                entry["group"] == entry["wav"].rsplit("/", 1)[1].split("-")[0]
+            )
+            splits.setdefault(entry["group"], set()).add(split)
+    assert len(splits) == 10 and all(len(s) == 1 for s in splits.values())
+    split = (
+        r"split by group: group_pattern '^(\d+)-' gives 10 groups of 20 "
+        "files, and a group never spans two folds"
+    )
+    assert f"Data {split}" in (out / "log.txt").read_text()
+    assert f"; {split}." in (out / "model" / "README.md").read_text()
+
+
 def test_folders_yaml_wrong_n_classes_is_clear(class_folders, tmp_path):
     result = run_train(
         "folders.yaml",

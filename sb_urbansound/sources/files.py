@@ -7,8 +7,10 @@
 
 Clips are dealt to ``n_folds`` folds by group
 (:func:`sb_urbansound.sources.folds.assign_group_folds`), so all clips of one
-group land in the same fold. Both write the manifests of
-:mod:`sb_urbansound.manifests`.
+group land in the same fold; without a group each file is its own, and a
+warning names file names that look like parts of one recording. Both write
+the manifests of :mod:`sb_urbansound.manifests`, and record how the data was
+split (the recipe's log and the model card say it).
 
 Authors
 -------
@@ -18,6 +20,7 @@ Authors
 import logging
 import os
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +40,9 @@ from sb_urbansound.sources.folds import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXTENSIONS = AUDIO_SUFFIXES
+#: UrbanSound8K's file names: ``fsID-classID-occurrenceID-sliceID``, the
+#: slices of one Freesound recording (fsID).
+US8K_NAME = re.compile(r"(\d+)-\d+-\d+-\d+")
 
 
 def prepare_folders(
@@ -47,7 +52,6 @@ def prepare_folders(
     train_fold_nums=(1, 2, 3),
     valid_fold_nums=(4,),
     test_fold_nums=(5,),
-    extensions=DEFAULT_EXTENSIONS,
     group_pattern=None,
     skip_missing=False,
     leaky_random_split=False,
@@ -79,13 +83,12 @@ def prepare_folders(
     test_fold_nums : list of int
         Folds of the test split. The three lists must be non-empty and must not
         share any fold.
-    extensions : list of str
-        Audio file suffixes to collect (case-insensitive).
     group_pattern : str, optional
-        Regular expression with a named group ``group``, searched in each file
-        name (anchor it with ``^``/``$`` as needed), e.g. ``r"^(?P<group>\\d+)-"``.
-        Files of the same group stay in the same fold. Without it, each file is
-        its own group.
+        Regular expression searched in each file name (anchor it with
+        ``^``/``$`` as needed); its named group ``group``, or else its first
+        group in parentheses, is the file's group, e.g. ``r"^(\\d+)-"`` for
+        UrbanSound8K's names. Files of the same group stay in the same fold.
+        Without it, each file is its own group.
     skip_missing : bool
         If True, unreadable or empty audio files are left out with one warning;
         if False (default) they raise one error listing them all.
@@ -131,13 +134,10 @@ def prepare_folders(
     ['c0', 'c1']
     """
     data_folder = absolute(data_folder)
-    extensions = _normalise_extensions(extensions)
     group_re = None
     if group_pattern is not None:
-        group_re = _compile_pattern(
-            group_pattern, "group_pattern", required=("group",)
-        )
-    files = _list_audio_files(data_folder, extensions)
+        group_re = _compile_pattern(group_pattern, "group_pattern")
+    files = _list_audio_files(data_folder)
 
     top_level = [rel for rel in files if len(Path(rel).parts) < 2]
     if top_level:
@@ -150,18 +150,19 @@ def prepare_folders(
     labels = [Path(rel).parts[0] for rel in files]
     groups = [None] * len(files)
     if group_re is not None:
+        which = "group" if "group" in group_re.groupindex else 1
         unmatched = []
         for i, rel in enumerate(files):
             m = group_re.search(Path(rel).name)
-            if m is None or not m.group("group"):
+            if m is None or not m.group(which):
                 unmatched.append(rel)
             else:
-                groups[i] = m.group("group")
+                groups[i] = m.group(which)
         if unmatched:
             raise DataPrepError(
-                f"group_pattern {group_re.pattern!r} finds no group in "
+                f"group_pattern '{group_re.pattern}' finds no group in "
                 f"{len(unmatched)} of {len(files)} file name(s) under {data_folder}: "
-                f"{listing(unmatched)}. Fix group_pattern so that its (?P<group>...) "
+                f"{listing(unmatched)}. Fix group_pattern so that its group "
                 "matches every file name, or rename these files."
             )
     for label_dir in sorted(p for p in data_folder.iterdir() if p.is_dir()):
@@ -171,7 +172,7 @@ def prepare_folders(
             logger.warning(
                 "Class folder %s holds no %s file: ignored",
                 label_dir,
-                "/".join(extensions),
+                "/".join(AUDIO_SUFFIXES),
             )
     return _write(
         "prepare_folders",
@@ -181,7 +182,6 @@ def prepare_folders(
         save_folder=save_folder,
         n_folds=n_folds,
         folds=(train_fold_nums, valid_fold_nums, test_fold_nums),
-        extensions=extensions,
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,
@@ -197,7 +197,6 @@ def prepare_filenames(
     train_fold_nums=(1, 2, 3),
     valid_fold_nums=(4,),
     test_fold_nums=(5,),
-    extensions=DEFAULT_EXTENSIONS,
     skip_missing=False,
     leaky_random_split=False,
     seed=1234,
@@ -231,8 +230,6 @@ def prepare_filenames(
     test_fold_nums : list of int
         Folds of the test split. The three lists must be non-empty and must not
         share any fold.
-    extensions : list of str
-        Audio file suffixes to collect (case-insensitive).
     skip_missing : bool
         If True, unreadable or empty audio files are left out with one warning;
         if False (default) they raise one error listing them all.
@@ -278,9 +275,8 @@ def prepare_filenames(
     ['0', '1']
     """
     data_folder = absolute(data_folder)
-    extensions = _normalise_extensions(extensions)
-    regex = _compile_pattern(pattern, "pattern", required=("label",))
-    files = _list_audio_files(data_folder, extensions)
+    regex = _compile_pattern(pattern, "pattern", required="label")
+    files = _list_audio_files(data_folder)
 
     labels, groups, unmatched = [], [], []
     has_group = "group" in regex.groupindex
@@ -313,7 +309,6 @@ def prepare_filenames(
         save_folder=save_folder,
         n_folds=n_folds,
         folds=(train_fold_nums, valid_fold_nums, test_fold_nums),
-        extensions=extensions,
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,
@@ -329,7 +324,6 @@ def _write(
     save_folder,
     n_folds,
     folds,
-    extensions,
     skip_missing,
     leaky_random_split,
     seed,
@@ -354,8 +348,6 @@ def _write(
         Number of folds.
     folds : tuple
         The train, valid and test fold lists.
-    extensions : tuple of str
-        The suffixes collected.
     skip_missing : bool
         Leave unusable files out.
     leaky_random_split : bool
@@ -374,6 +366,34 @@ def _write(
     table = _files_table(data_folder, files, labels, groups, n_folds, seed)
     n_folds = check_n_folds(n_folds)
     splits = check_fold_lists(*folds, list(range(1, n_folds + 1)))
+    if function == "prepare_folders":
+        key, unset = "group_pattern", "group_pattern is not set"
+        how = "set group_pattern, e.g. --group_pattern="
+    else:
+        key, unset = "pattern", "pattern has no (?P<group>...)"
+        how = "add a group to pattern, as in (?P<group>...)"
+    if any(g is not None for g in groups):
+        split = (
+            f"by group: {key} '{extra_options[key]}' gives "
+            f"{table['group'].nunique()} groups of {len(files)} files, and a "
+            "group never spans two folds"
+        )
+    else:
+        split = (
+            f"by file: each of the {len(files)} files is its own group "
+            f"({unset}), so clips cut from one recording can land in two "
+            "splits"
+        )
+        hint = None if leaky_random_split else _group_hint(files, labels)
+        if hint is not None:
+            logger.warning(
+                "The file names suggest groups (%s), but the data is split "
+                "by file: clips of one recording can land in training and "
+                "test, which inflates the accuracy. If they come from one "
+                "recording, %s",
+                hint[0],
+                how if key == "pattern" else f"{how}'{hint[1]}'",
+            )
     options = {
         "data_folder": str(data_folder),
         **extra_options,
@@ -381,7 +401,6 @@ def _write(
         "train_fold_nums": splits["train"],
         "valid_fold_nums": splits["valid"],
         "test_fold_nums": splits["test"],
-        "extensions": list(extensions),
         "skip_missing": bool(skip_missing),
         "leaky_random_split": bool(leaky_random_split),
         "seed": int(seed),
@@ -397,7 +416,66 @@ def _write(
         leaky_random_split=leaky_random_split,
         seed=seed,
         full_check=full_check,
+        split=split,
     )
+
+
+def _group_hint(files, labels):
+    """Groups that the file names suggest: ``(example, regex)``, or None.
+
+    Cheap heuristics, for a warning when no group is set: UrbanSound8K-style
+    names (``fsID-classID-occurrenceID-sliceID``) that share their fsID are
+    slices of one recording; names that share the part before their last
+    ``-`` or ``_`` (``rec1_003``, ``rec1_004``), where a class has several
+    such shared parts, often are too.
+
+    Arguments
+    ---------
+    files : list of str
+        Relative paths.
+    labels : list of str
+        Their labels.
+
+    Returns
+    -------
+    tuple or None
+        An example (two file names and what they share) and a regular
+        expression whose first group would be their group.
+
+    Example
+    -------
+    >>> print(_group_hint(["a/7-1-0-0.wav", "a/7-1-0-1.wav"], ["a", "a"])[1])
+    ^(\\d+)-
+    >>> _group_hint(["dog/1.wav", "dog/2.wav"], ["dog", "dog"]) is None
+    True
+    """
+    names = [Path(rel).name for rel in files]
+    fs_ids, shared = defaultdict(list), defaultdict(list)
+    for name, label in zip(names, labels, strict=True):
+        stem = Path(name).stem
+        us8k = US8K_NAME.fullmatch(stem)
+        if us8k:
+            fs_ids[us8k.group(1)].append(name)
+        cut = max(stem.rfind("-"), stem.rfind("_"))
+        if cut > 0:
+            shared[label, stem[: cut + 1]].append(name)
+    for fs_id, same in fs_ids.items():
+        if len(same) > 1:
+            return (
+                f"{same[0]} and {same[1]} are UrbanSound8K-style names of "
+                f"one recording, fsID {fs_id}",
+                r"^(\d+)-",
+            )
+    several = defaultdict(int)  # labels: their prefixes shared by 2+ files
+    for (label, _), same in shared.items():
+        several[label] += len(same) > 1
+    for (label, prefix), same in shared.items():
+        if len(same) > 1 and several[label] > 1:
+            return (
+                f"{same[0]} and {same[1]} share {prefix[:-1]!r}",
+                f"^(.+){prefix[-1]}",
+            )
+    return None
 
 
 def _files_table(data_folder, files, labels, groups, n_folds, seed):
@@ -444,7 +522,7 @@ def _clip_ids(files):
     return out
 
 
-def _list_audio_files(data_folder, extensions):
+def _list_audio_files(data_folder):
     """Sorted relative paths of the audio files under ``data_folder``."""
     if not data_folder.is_dir():
         raise DataPrepError(
@@ -452,33 +530,21 @@ def _list_audio_files(data_folder, extensions):
             "Point data_folder to the folder that holds your audio."
         )
     try:
-        files = find_audio_files(data_folder, extensions)
+        files = find_audio_files(data_folder)
     except AudioLoadError as e:
         raise DataPrepError(str(e)) from None
     if not files:
         raise DataPrepError(
-            f"no audio file ({', '.join(extensions)}) found under {data_folder}. "
-            "Check data_folder, or add the suffix of your files to extensions."
+            f"no audio file ({', '.join(AUDIO_SUFFIXES)}, in any case) found "
+            f"under {data_folder}. Check data_folder, or convert your files "
+            "to one of these formats (e.g. FLAC)."
         )
     return files
 
 
-def _normalise_extensions(extensions):
-    """Lower-case suffixes with a leading dot, as a tuple."""
-    if isinstance(extensions, str):
-        extensions = [extensions]
-    out = tuple(
-        dict.fromkeys(
-            ("." + str(e).lower().lstrip(".")) for e in extensions if e
-        )
-    )
-    if not out:
-        raise DataPrepError("extensions is empty; give e.g. ['.wav', '.flac']")
-    return out
-
-
-def _compile_pattern(pattern, name, required):
-    """Compile a user regex and check its named groups."""
+def _compile_pattern(pattern, name, required=None):
+    """Compile a user regex: it needs the named group ``required`` or, with
+    None, a group in parentheses (named or not)."""
     try:
         regex = (
             pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
@@ -487,11 +553,16 @@ def _compile_pattern(pattern, name, required):
         raise DataPrepError(
             f"{name} {pattern!r} is not a valid regex: {e}"
         ) from None
-    for group in required:
-        if group not in regex.groupindex:
-            raise DataPrepError(
-                f"{name} {regex.pattern!r} has no named group (?P<{group}>...); "
-                f"wrap the part of the file name that gives the {group} in "
-                f"(?P<{group}>...)."
-            )
+    if required is None and not regex.groups:
+        raise DataPrepError(
+            f"{name} '{regex.pattern}' has no group: put the part of the file "
+            "name that names the group (recording, speaker) in parentheses, "
+            r"e.g. '^(\d+)-'."
+        )
+    if required is not None and required not in regex.groupindex:
+        raise DataPrepError(
+            f"{name} {regex.pattern!r} has no named group (?P<{required}>...); "
+            f"wrap the part of the file name that gives the {required} in "
+            f"(?P<{required}>...)."
+        )
     return regex

@@ -54,7 +54,7 @@ from sb_urbansound.experiment import (
 from sb_urbansound.finetune import check_finetune_options
 from sb_urbansound.hardware import stop_loader_workers
 from sb_urbansound.inference import export_inference_folder
-from sb_urbansound.manifests import read_labels
+from sb_urbansound.manifests import read_labels, recorded_split
 from sb_urbansound.processes import (
     Stopped,
     WorkerInit,
@@ -1157,6 +1157,10 @@ def main(argv=None):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    # How the data was split (data preparation ran before the log was set up)
+    if not hparams["skip_prep"]:
+        split = recorded_split(hparams["manifest_folder"])
+        logger.info("Data split %s", split or "not recorded")
 
     # Pretrained encoder weights, if the YAML has some (before the long steps)
     load_pretrained_encoder(hparams)

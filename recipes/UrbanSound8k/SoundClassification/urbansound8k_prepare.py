@@ -172,4 +172,5 @@ def prepare_urbansound8k(
         missing_hint=missing_hint,
         warn_shared_groups=True,
         full_check=full_check,
+        split="by UrbanSound8K's official folds, as its authors ask",
     )
