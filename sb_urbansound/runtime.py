@@ -676,8 +676,8 @@ class OnnxModel:
             import onnxruntime
         except ImportError:
             raise ModelFileError(
-                "onnxruntime is not installed: pip install onnxruntime (or "
-                "sb-urbansound[runtime])"
+                "onnxruntime is not installed: pip install onnxruntime (or, "
+                'in a clone of sb-urbansound, pip install -e ".[runtime]")'
             ) from None
 
         if isinstance(path, bytes):  # a serialised model (the export's check)
