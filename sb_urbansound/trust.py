@@ -126,12 +126,14 @@ def _object_problem(tag):
     """Why ``!new:``/``!name:``/``!apply:`` + a dotted name is refused."""
     kind, _, name = tag.partition(":")
     obj = _locate(name)
-    qualname = getattr(obj, "__qualname__", None)
-    real = f"{getattr(obj, '__module__', None)}.{qualname}"
+    try:
+        real = f"{obj.__module__}.{obj.__qualname__}"
+    except Exception:  # None, a module, an instance
+        real = None
     if f"{kind}:{real}" in ALLOWED and _locate(real) is obj:
         return None
-    what = f" is {real}," if qualname and real != name else ""
-    return f"{tag}{what} not one of the objects a model is made of"
+    what = f"{real}: " if real and real != name else ""
+    return f"{tag} ({what}not one of the objects a model is made of)"
 
 
 def _node_problem(node, is_key, above):
@@ -226,7 +228,7 @@ def check_model_yaml(path):
     >>> check_model_yaml(tmp / "h.yaml")
     Traceback (most recent call last):
      ...
-    sb_urbansound.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system not one of the objects a model is made of. ...
+    sb_urbansound.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system (not one of the objects a model is made of). ...
     """
     path = Path(path)
     try:
