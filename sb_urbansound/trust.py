@@ -20,7 +20,8 @@ model folders of this plugin are made of, and names every other line:
 * otherwise only plain YAML strings, numbers, booleans, nulls, sequences and
   mappings (``%TAG`` directives and ``!!`` tags resolve to other types), keys
   that are plain names (no merge keys ``<<``, no tags on keys), no anchors
-  (aliases can expand without bound), no string in parentheses;
+  (aliases can expand without bound), no string in parentheses (a
+  ``!tuple``) nor with a ``<reference>`` (evaluated when referenced);
 * no top-level SpeechBrain run option (``compile``, ``jit``, ``device``...),
   nor a ``pretrainer`` that fetches files from elsewhere (``paths``,
   ``collect_in``).
@@ -150,6 +151,8 @@ def _node_problem(node, is_key, above):
     if tag in _PLAIN:
         if tag == _STR and text.startswith("("):
             return f"{text} (a string in parentheses is read as a !tuple)"
+        if tag == _STR and re.search("<[^>]*>", text):
+            return f"{text} (a <reference> in a string is evaluated)"
         return None
     if tag == "!ref":
         match = re.fullmatch(r"<([A-Za-z0-9_]+)>", text)

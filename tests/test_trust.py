@@ -51,6 +51,9 @@ ROUTES = {
     ),
     "an attribute reference": "pwn: !ref <label_encoder.__class__>",
     "an expression": "pwn: !ref \"'x' * 99999999999999999999 * <sample_rate>\"",
+    "a string that a reference evaluates": (
+        "s: \"'x' * 99999999999999999999 * <sample_rate>\"\npwn: !ref <s>"
+    ),
     "anchors and aliases": "a: &a [x, x]\nb: &b [*a, *a]\npwn: [*b, *b]",
     "a merge key": "pwn: {<<: {sample_rate: 8000}}",
     "a run option": "compile: true",
