@@ -1,19 +1,30 @@
 """What a model folder may run: its ``hyperparams.yaml`` is checked first.
 
 A model folder's ``hyperparams.yaml`` is HyperPyYAML, and HyperPyYAML builds
-whatever its tags name: ``!new:os.system`` or ``!apply:os.system`` would run
-a command the moment the folder is loaded. A model folder is therefore code,
-unless it is checked. :func:`check_model_yaml` allows only what a model
-needs, and names every other tag with its line:
+whatever its tags name (``!new:``, ``!name:``, ``!apply:``), evaluates
+``!ref`` expressions, and reads the result with PyYAML's unsafe loader
+(``!!python/object/apply:os.system`` runs a command; so does a string in
+parentheses, which it reads as a ``!tuple``). A model folder is therefore
+code, unless it is checked. :func:`check_model_yaml` allows only what the
+model folders of this plugin are made of, and names every other line:
 
-* ``!new:`` and ``!name:``: classes of SpeechBrain, of this plugin, of
-  ``torch.nn`` and of ``torchaudio.transforms`` (:data:`TRUSTED_PREFIXES`);
-* ``!apply:``: only the few side-effect-free functions that exported models
-  call (:data:`TRUSTED_CALLS`);
-* never ``!module:`` (a module gives access to anything), ``!include:``
-  (another file, unchecked) or a ``!ref`` with ``**`` (an expression that
-  can take forever), nor a ``pretrainer`` that fetches files from elsewhere
-  (``paths``, ``collect_in``).
+* ``!new:``, ``!name:`` and ``!apply:`` only of the objects in
+  :data:`ALLOWED`: the tag's dotted name is resolved as HyperPyYAML resolves
+  it (importing only modules of the packages in :data:`ALLOWED`) and the
+  object found must be the listed one (its ``__module__.__qualname__``, then
+  identity), so ``sb_urbansound.crossval.subprocess.Popen`` is
+  ``subprocess.Popen`` and is refused;
+* ``!ref <key>`` naming a top-level key above it, nothing else (no attribute
+  access ``<key.attr>``, no arithmetic, no ``!copy``, ``!tuple``,
+  ``!PLACEHOLDER``, ``!module:``, ``!include:``, ``!applyref:``);
+* otherwise only plain YAML strings, numbers, booleans, nulls, sequences and
+  mappings (``%TAG`` directives and ``!!`` tags resolve to other types), keys
+  that are plain names (no merge keys ``<<``, no tags on keys), no anchors
+  (aliases can expand without bound), no string in parentheses (a
+  ``!tuple``) nor with a ``<reference>`` (evaluated when referenced);
+* no top-level SpeechBrain run option (``compile``, ``jit``, ``device``...),
+  nor a ``pretrainer`` that fetches files from elsewhere (``paths``,
+  ``collect_in``).
 
 The checkpoint files are read by ``torch.load`` with ``weights_only=True``
 (SpeechBrain's hooks), which refuses pickled code. ``--trust-model``
@@ -25,26 +36,65 @@ Authors
  * sb-urbansound contributors
 """
 
-import importlib
-import inspect
+import pydoc
+import re
 from pathlib import Path
 
+from ruamel.yaml import YAML
+from ruamel.yaml.nodes import MappingNode, ScalarNode
 from sb_urbansound.errors import UserError
 
-#: Modules whose classes a model folder may build (``!new:``, ``!name:``).
-TRUSTED_PREFIXES = (
-    "speechbrain.",
-    "sb_urbansound.",
-    "torch.nn.",
-    "torchaudio.transforms.",
+from speechbrain.utils.run_opts import RunOptions
+
+#: What model folders are made of: ``<tag kind>:<module>.<qualname>`` of each
+#: object that their ``hyperparams.yaml`` builds (``!new:``), names
+#: (``!name:``) or calls (``!apply:``), taken from the model folders of every
+#: recipe YAML (``tests/test_trust.py`` checks them all). A new model class
+#: (e.g. a pretrained encoder) needs its line here.
+ALLOWED = (
+    # Audio, features, normalisers
+    "!new:sb_urbansound.audio.ClipConditioner",
+    "!new:sb_urbansound.inference.TrainingAudioNormalizer",  # 0.1 folders
+    "!new:sb_urbansound.features.MelSpectrogramDB",
+    "!new:sb_urbansound.features.Log1pMelSpectrogram",
+    "!new:sb_urbansound.features.BatchStandardize",
+    "!new:sb_urbansound.features.ClipStandardize",
+    "!new:speechbrain.lobes.features.Fbank",
+    "!new:speechbrain.processing.features.InputNormalization",
+    # Networks
+    "!new:sb_urbansound.models.CNNEmbedding",
+    "!apply:sb_urbansound.models.CNNEmbedding.pooled_size",
+    "!new:sb_urbansound.models.LinearClassifier",
+    "!new:sb_urbansound.finetune.BEATsEncoder",
+    "!new:sb_urbansound.finetune.PassThrough",
+    "!new:speechbrain.lobes.models.Cnn14.Cnn14",
+    "!new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN",
+    "!new:speechbrain.lobes.models.ECAPA_TDNN.Classifier",
+    "!new:speechbrain.lobes.models.Xvector.Xvector",
+    "!new:speechbrain.lobes.models.Xvector.Classifier",
+    "!new:speechbrain.nnet.containers.Sequential",
+    "!new:speechbrain.nnet.containers.LengthsCapableSequential",
+    "!new:torch.nn.modules.linear.Linear",
+    "!new:torch.nn.modules.dropout.Dropout",
+    "!new:torch.nn.modules.activation.ReLU",
+    "!name:torch.nn.modules.activation.LeakyReLU",
+    "!new:torch.nn.modules.activation.LogSoftmax",
+    # Labels and loading
+    "!new:speechbrain.dataio.encoder.CategoricalEncoder",
+    "!apply:speechbrain.dataio.encoder.CategoricalEncoder.ignore_len",
+    "!new:speechbrain.utils.parameter_transfer.Pretrainer",
 )
-#: Functions a model folder may call (``!apply:``, ``!applyref:``).
-TRUSTED_CALLS = (
-    "speechbrain.dataio.encoder.CategoricalEncoder.ignore_len",
-    "sb_urbansound.models.CNNEmbedding.pooled_size",
-)
-#: Tags that need no check.
-_PLAIN_TAGS = ("!ref", "!copy", "!tuple", "!PLACEHOLDER")
+#: The packages whose modules a tag may import (importing a module runs it).
+_PACKAGES = {entry.split(":")[1].split(".")[0] for entry in ALLOWED}
+_STR = "tag:yaml.org,2002:str"
+#: Plain YAML types (``%TAG`` directives and ``!!`` tags give others).
+_PLAIN = {
+    f"tag:yaml.org,2002:{kind}"
+    for kind in ("str", "int", "float", "bool", "null", "seq", "map")
+}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Top-level keys that SpeechBrain reads as run options (``compile``, ...).
+_RUN_OPTIONS = set(RunOptions().as_dict())
 
 
 class UntrustedModelError(UserError):
@@ -57,59 +107,106 @@ class UntrustedModelError(UserError):
     """
 
 
-def _locate(dotted):
-    """The object a dotted path names (module, then attributes), or None."""
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        try:
-            for name in parts[cut:]:
-                obj = getattr(obj, name)
-        except AttributeError:
+def _locate(name):
+    """The object HyperPyYAML's ``pydoc.locate`` finds for ``name``, or None.
+
+    Only names of public attributes inside :data:`_PACKAGES` are looked up.
+    """
+    parts = name.split(".")
+    if parts[0] not in _PACKAGES or not all(
+        p.isidentifier() and not p.startswith("_") for p in parts
+    ):
+        return None
+    try:
+        return pydoc.locate(name)
+    except Exception:  # an import that fails
+        return None
+
+
+def _object_problem(tag):
+    """Why ``!new:``/``!name:``/``!apply:`` + a dotted name is refused."""
+    kind, _, name = tag.partition(":")
+    obj = _locate(name)
+    try:
+        real = f"{obj.__module__}.{obj.__qualname__}"
+    except Exception:  # None, a module, an instance
+        real = None
+    if f"{kind}:{real}" in ALLOWED and _locate(real) is obj:
+        return None
+    what = f"{real}: " if real and real != name else ""
+    return f"{tag} ({what}not one of the objects a model is made of)"
+
+
+def _node_problem(node, is_key, above):
+    """Why a composed YAML node is refused (None: it is not)."""
+    tag = node.tag
+    text = node.value if isinstance(node, ScalarNode) else ""
+    if node.anchor:
+        return f"&{node.anchor} (anchors and aliases can expand without bound)"
+    if is_key:
+        if tag == _STR and _NAME.fullmatch(text):
             return None
-        return obj
-    return None
-
-
-def _problem(tag, node):
-    """Why a tagged node is not allowed (None: it is)."""
-    kind, _, target = tag.partition(":")
-    if tag in _PLAIN_TAGS:
-        text = node.value if isinstance(node.value, str) else ""
-        if "**" in text:
-            return "an expression with ** (it can take forever)"
+        shown = text if tag == _STR else f"{tag} {text}".rstrip()
+        return f"key {shown} (keys are plain names)"
+    if tag in _PLAIN:
+        if tag == _STR and text.startswith("("):
+            return f"{text} (a string in parentheses is read as a !tuple)"
+        if tag == _STR and re.search("<[^>]*>", text):
+            return f"{text} (a <reference> in a string is evaluated)"
         return None
-    if kind in ("!new", "!name"):
-        if not target.startswith(TRUSTED_PREFIXES):
-            return f"{target} is not a class of {', '.join(TRUSTED_PREFIXES)}"
-        obj = _locate(target)
-        if obj is None:
-            return f"{target} cannot be imported"
-        if kind == "!new" and not inspect.isclass(obj):
-            return f"{target} is a function, not a class"
-        return None
-    if kind in ("!apply", "!applyref"):
-        if target not in TRUSTED_CALLS:
-            return f"{target} is not one of the functions a model may call"
-        return None
-    if kind == "!module":
-        return "a module gives access to anything"
-    if kind == "!include":
-        return "it reads another file, unchecked"
-    return "an unknown tag"
+    if tag == "!ref":
+        match = re.fullmatch(r"<([A-Za-z0-9_]+)>", text)
+        if match and match[1] in above:
+            return None
+        return f"!ref {text} (a reference names a key above it: <key>)"
+    if tag.partition(":")[0] in ("!new", "!name", "!apply"):
+        return _object_problem(tag)
+    return f"{tag} (model folders do not use this tag)"
 
 
-def _walk(node):
-    """Every node under ``node`` (mappings: keys and values)."""
-    yield node
-    value = getattr(node, "value", None)
-    if isinstance(value, list):
-        for item in value:
-            for child in item if isinstance(item, tuple) else (item,):
-                yield from _walk(child)
+def _problems(root):
+    """``(line, why)`` of every node of a composed YAML that is refused."""
+    found, seen, above = [], set(), set()
+
+    def walk(node, is_key=False):
+        stack = [(node, is_key)]
+        while stack:
+            node, is_key = stack.pop()
+            if id(node) in seen:  # an alias: its anchor is refused
+                continue
+            seen.add(id(node))
+            why = _node_problem(node, is_key, above)
+            if why:
+                found.append((node.start_mark.line + 1, why))
+            if isinstance(node.value, list):  # children, in document order
+                for item in reversed(node.value):
+                    if isinstance(item, tuple):  # a mapping's (key, value)
+                        stack += [(item[1], False), (item[0], True)]
+                    else:
+                        stack.append((item, False))
+
+    pairs = root.value if isinstance(root, MappingNode) else []
+    for key, value in pairs:
+        walk(key, is_key=True)
+        name = key.value if isinstance(key, ScalarNode) else None
+        line = key.start_mark.line + 1
+        if name in _RUN_OPTIONS:
+            found.append((line, f"{name} (a SpeechBrain run option)"))
+        if name == "pretrainer" and isinstance(value, MappingNode):
+            for arg, _ in value.value:
+                if arg.value in ("paths", "collect_in"):
+                    found.append(
+                        (
+                            arg.start_mark.line + 1,
+                            f"pretrainer {arg.value} (it loads files from "
+                            "outside the model folder)",
+                        )
+                    )
+        walk(value)
+        above.add(name)
+    if root is not None and not pairs:
+        walk(root)
+    return sorted(found, key=lambda item: item[0])
 
 
 def check_model_yaml(path):
@@ -123,7 +220,7 @@ def check_model_yaml(path):
     Raises
     ------
     UntrustedModelError
-        Naming each tag outside the allow-list with its line, and what to do.
+        Naming each line outside the allow-list, and what to do (one line).
 
     Example
     -------
@@ -134,51 +231,20 @@ def check_model_yaml(path):
     >>> check_model_yaml(tmp / "h.yaml")
     Traceback (most recent call last):
      ...
-    sb_urbansound.trust.UntrustedModelError: ...h.yaml runs what a model does not need:
-      line 2: !apply:os.system (os.system is not one of the functions a model may call)
-    ...
+    sb_urbansound.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system (not one of the objects a model is made of). ...
     """
-    from ruamel.yaml import YAML
-
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             root = YAML().compose(f)
-    except Exception as e:  # syntax errors, unreadable file
-        raise UserError(f"cannot read {path}: {e}") from None
-    problems = []
-    for node in _walk(root) if root is not None else ():
-        tag = node.tag or ""
-        if not tag.startswith("!"):
-            continue
-        why = _problem(tag, node)
-        if why is not None:
-            line = node.start_mark.line + 1
-            problems.append(f"line {line}: {tag} ({why})")
-    problems += _pretrainer_problems(root)
+    except Exception as e:  # syntax errors, unreadable file, deep nesting
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())}")
+    problems = _problems(root)
     if problems:
         raise UntrustedModelError(
-            f"{path} runs what a model does not need:\n  "
-            + "\n  ".join(problems)
-            + "\nA model folder is code: this one was changed or made "
+            f"{path} runs what a model does not need: "
+            + "; ".join(f"line {line}: {why}" for line, why in problems)
+            + ". A model folder is code: this one was changed or made "
             "elsewhere. Load it only if you trust where it comes from, with "
             "--trust-model (trust=True)."
         )
-
-
-def _pretrainer_problems(root):
-    """A top-level ``pretrainer`` that fetches files from outside the folder."""
-    if root is None or not isinstance(root.value, list):
-        return []
-    problems = []
-    for key, value in root.value:
-        if key.value != "pretrainer" or not isinstance(value.value, list):
-            continue
-        for arg, _ in value.value:
-            if arg.value in ("paths", "collect_in"):
-                line = arg.start_mark.line + 1
-                problems.append(
-                    f"line {line}: pretrainer {arg.value} (it loads files "
-                    "from outside the model folder)"
-                )
-    return problems

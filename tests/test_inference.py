@@ -827,7 +827,7 @@ def copy_model(trained, tmp_path):
         ),
         (
             'pwned: !new:sb_urbansound.atomic.atomic_write_text ["{marker}", x]',
-            "is a function, not a class",
+            "!new:sb_urbansound.atomic.atomic_write_text",
         ),
         ("pwned: !ref <sample_rate> ** 2 ** 3", "**"),
     ],
