@@ -20,6 +20,7 @@ from sb_urbansound.atomic import (
     remove_stale_temps,
 )
 from sb_urbansound.errors import UserError
+from sb_urbansound.runtime import MAX_RATE, MIN_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,15 @@ def set_override(overrides, key, value):
     return f"{kept}{key}: {value}\n"
 
 
-def _whole(minimum):
-    """A check: a whole number (not a bool) of at least ``minimum``."""
+def _whole(minimum, maximum=None):
+    """A check: a whole number (not a bool) in ``[minimum, maximum]``."""
 
     def check(value):
         return (
             isinstance(value, int)
             and not isinstance(value, bool)
             and value >= minimum
+            and (maximum is None or value <= maximum)
         )
 
     return check
@@ -105,7 +107,10 @@ CHECKED_KEYS = {
     "batch_size": (_whole(1), "a whole number >= 1"),
     "number_of_epochs": (_whole(1), "a whole number >= 1"),
     "channels": (_whole(1), "a whole number >= 1 (1: mono, 2: stereo)"),
-    "sample_rate": (_whole(1000), "a sample rate in Hz, at least 1000"),
+    "sample_rate": (
+        _whole(MIN_RATE, MAX_RATE),
+        f"a sample rate in Hz, {MIN_RATE} to {MAX_RATE}",
+    ),
     "duration_ms": (_number(0), "a clip length in milliseconds > 0"),
     "n_classes": (_whole(0), "0 (as many as the data has) or a whole number"),
     "shift_pct": (_number(0, 1, low_open=False), "a fraction in [0, 1)"),

@@ -35,6 +35,7 @@ import numpy as np
 import soundfile as sf
 from sb_urbansound.atomic import FolderLock, atomic_write_json, claim_folder
 from sb_urbansound.errors import DataPrepError
+from sb_urbansound.runtime import MAX_RATE, MIN_RATE
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ PROBLEM_KINDS = (
     "empty",
     "corrupt",
     "non-finite",
+    "unsupported rate",
 )
 
 
@@ -303,7 +305,8 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
     tuple
         ``(frames, sample_rate, channels)`` for a usable file, else
         ``(kind, message)`` where ``kind`` is one of ``missing``,
-        ``not a file``, ``unreadable``, ``empty``, ``corrupt``, ``non-finite``.
+        ``not a file``, ``unreadable``, ``empty``, ``corrupt``,
+        ``non-finite``, ``unsupported rate``.
 
     Example
     -------
@@ -325,6 +328,11 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
             frames, rate, channels = f.frames, f.samplerate, f.channels
             if frames <= 0 or rate <= 0 or channels <= 0:
                 return ("empty", f"empty (0 frames): {path}")
+            if not MIN_RATE <= rate <= MAX_RATE:
+                return (
+                    "unsupported rate",
+                    f"{rate} Hz, outside {MIN_RATE} to {MAX_RATE} Hz: {path}",
+                )
             bad = 0
             blocks = f.blocks(blocksize=block_frames, dtype="float32")
             for block in blocks if full else ():
