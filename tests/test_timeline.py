@@ -289,8 +289,9 @@ def read_line(proc, timeout=120):
 
 
 def test_stream_answers_before_the_input_ends(model_folder):
-    # A line comes once a window (and the resampler's few samples of
-    # look-ahead) has arrived, while the stream is still open; then one per hop
+    # A line comes once a window (and what the resampler holds back: soxr,
+    # up to 0.12 s at 16 kHz) has arrived, while the stream is still open;
+    # then one per hop
     wav = recording(16000, 1, seed=4)
     data = pcm(wav)
     per_s = 16000 * 2
@@ -302,19 +303,19 @@ def test_stream_answers_before_the_input_ends(model_folder):
         env=ENV,
     )
     try:
-        proc.stdin.write(data[: int(1.01 * per_s) // 2 * 2])
+        proc.stdin.write(data[: int(1.15 * per_s) // 2 * 2])
         proc.stdin.flush()
         first = read_line(proc)
         assert first is not None, "no line after one window"
         assert json.loads(first)["start"] == 0.0
         proc.stdin.write(
-            data[int(1.01 * per_s) // 2 * 2 : int(1.51 * per_s) // 2 * 2]
+            data[int(1.15 * per_s) // 2 * 2 : int(1.65 * per_s) // 2 * 2]
         )
         proc.stdin.flush()
         second = read_line(proc)
         assert second is not None and json.loads(second)["start"] == 0.5
         # The rest, then the end of the input: the remaining windows, exit 0
-        proc.stdin.write(data[int(1.51 * per_s) // 2 * 2 :])
+        proc.stdin.write(data[int(1.65 * per_s) // 2 * 2 :])
         proc.stdin.close()
         rest = proc.stdout.read().splitlines()
         assert proc.wait(timeout=120) == 0
