@@ -26,14 +26,17 @@ from pathlib import Path
 
 import torch
 from sb_urbansound.errors import AudioLoadError
+from sb_urbansound.runtime import Conditioner, check_rate
 
 from speechbrain.dataio import audio_io
-from speechbrain.dataio.preprocess import AudioNormalizer
 
 logger = logging.getLogger(__name__)
 
-#: Read this much beyond the clip length (see ClipConditioner.max_seconds).
-READ_MARGIN_S = 0.05
+#: Read this much beyond the clip length (see ClipConditioner.max_seconds):
+#: soxr's output at the cut depends on about 100 samples of the lower rate
+#: past it (measured: 5 to 10 ms at 16 kHz, up to 100 ms at 1 kHz, the
+#: lowest rate).
+READ_MARGIN_S = 0.15
 #: Suffixes of the audio files looked for in folders (case-insensitive), by
 #: data preparation and ``classify``: what soundfile decodes (MP3 since its
 #: libsndfile 1.1, in soundfile >= 0.12).
@@ -223,6 +226,7 @@ def load_audio(path, max_seconds=None):
         raise AudioLoadError(
             f"{path}: holds no samples; remove it from the data set."
         )
+    check_rate(sample_rate, f"{path}: sample rate")
     if not torch.isfinite(wav).all():
         bad = int((~torch.isfinite(wav)).sum())
         raise AudioLoadError(
@@ -347,36 +351,15 @@ def time_shift(wav, shift_pct, generator=None):
     return torch.roll(wav, shifts=shift, dims=0)
 
 
-def remove_dc_offset(wav):
-    """Subtract each channel's mean from a waveform (time first).
-
-    A constant offset puts energy at 0 Hz, and a step at the edges of the zero
-    padding; one speaker of the spoken-digit data set records with one.
-
-    Arguments
-    ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-
-    Returns
-    -------
-    torch.Tensor
-        The waveform with zero mean per channel.
-
-    Example
-    -------
-    >>> remove_dc_offset(torch.tensor([1.0, 3.0]))
-    tensor([-1.,  1.])
-    """
-    return wav - wav.mean(dim=0, keepdim=True)
-
-
-class ClipConditioner(AudioNormalizer):
+class ClipConditioner:
     """Bring a clip to the model's sample rate, channel count and length.
 
-    SpeechBrain's ``AudioNormalizer`` keeps one resampler per source rate and
-    averages channels to mono (or keeps them). This subclass adds what a sound
-    classifier trained on fixed-length clips needs:
+    The audio normaliser of training's data pipeline, of the clip bank and
+    shards, and of exported model folders (``EncoderClassifier.load_audio``
+    calls it, as it calls SpeechBrain's ``AudioNormalizer``). Rate and
+    channels are converted by :class:`sb_urbansound.runtime.Conditioner`,
+    the torch-free runtime's, so that training, ``classify`` and streams
+    share one code path (soxr's resampler):
 
     * down-mixing *before* resampling (``AudioNormalizer`` resamples every
       channel first, twice the work for stereo sources of a mono model);
@@ -417,14 +400,13 @@ class ClipConditioner(AudioNormalizer):
     def __init__(
         self, sample_rate, channels=1, duration_ms=None, remove_dc=False
     ):
-        super().__init__(sample_rate=int(sample_rate), mix="keep")
-        if int(channels) < 1:
-            raise ValueError(f"channels must be at least 1, got {channels}")
         if duration_ms is not None and not float(duration_ms) > 0:
             raise ValueError(f"duration_ms must be positive, got {duration_ms}")
-        self.channels = int(channels)
+        self.converter = Conditioner(sample_rate, channels, remove_dc)
+        self.sample_rate = self.converter.sample_rate
+        self.channels = self.converter.channels
         self.duration_ms = duration_ms
-        self.remove_dc = bool(remove_dc)
+        self.remove_dc = self.converter.remove_dc
 
     @property
     def num_samples(self):
@@ -436,8 +418,9 @@ class ClipConditioner(AudioNormalizer):
     def max_seconds(self):
         """How much of a file :meth:`clip` needs (for :func:`load_audio`).
 
-        The clip duration plus 50 ms, so that the resampler's filter sees
-        the signal beyond the cut, as when the whole file is read.
+        The clip duration plus ``READ_MARGIN_S``, so that the resampler's
+        filter sees the signal beyond the cut, as when the whole file is
+        read.
 
         Returns
         -------
@@ -454,7 +437,7 @@ class ClipConditioner(AudioNormalizer):
         Arguments
         ---------
         audio : torch.Tensor
-            ``[time]`` or ``[time, channels]``.
+            ``[time]`` or ``[time, channels]``, on the CPU.
         sample_rate : int
             The rate of ``audio``.
 
@@ -463,15 +446,10 @@ class ClipConditioner(AudioNormalizer):
         torch.Tensor
             float32 ``[new_time]`` (mono) or ``[new_time, channels]``.
         """
-        wav = audio.float()
-        if wav.dim() == 1:
-            wav = wav.unsqueeze(-1)
-        wav = rechannel(wav, min(self.channels, wav.shape[-1]))  # down-mix
-        if int(sample_rate) != self.sample_rate:
-            wav = super().__call__(wav, int(sample_rate))  # "keep": channels
-        wav = rechannel(wav, self.channels)  # up-mix
-        if self.remove_dc:
-            wav = remove_dc_offset(wav)
+        wav = self.converter.convert(
+            audio.detach().float().numpy(), sample_rate
+        )
+        wav = torch.from_numpy(wav)
         return wav.squeeze(-1) if self.channels == 1 else wav
 
     def clip(self, audio, sample_rate, random_pad=False, generator=None):

@@ -10,7 +10,8 @@ The :class:`ClipBank` does that work once:
   clip length, with its true length;
 * the store is one memory-mappable ``.npy`` array per settings and an index
   (``index.json``), built with a progress bar and written atomically; it is
-  reused when the files and settings are unchanged, and only the clips whose
+  reused when the files and settings (the resampler among them) are
+  unchanged, and only the clips whose
   files changed (size, modification or status-change time) are decoded again;
 * :meth:`ClipBank.waveforms` draws a batch on the training device: the
   tutorial's random pad position and circular time shift become one circular
@@ -72,6 +73,7 @@ from sb_urbansound.errors import (
 )
 from sb_urbansound.hardware import available_cores
 from sb_urbansound.manifests import file_stamp, listing
+from sb_urbansound.runtime import RESAMPLER
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -228,6 +230,7 @@ class ClipBank:
         self.conditioner = conditioner
         self.settings = {
             "format_version": BANK_FORMAT_VERSION,
+            "resampler": RESAMPLER,
             "sample_rate": conditioner.sample_rate,
             "channels": conditioner.channels,
             "num_samples": conditioner.num_samples,

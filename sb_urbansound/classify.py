@@ -64,7 +64,7 @@ from sb_urbansound.inference import (
     sliding_windows,
     window_probs,
 )
-from sb_urbansound.runtime import OnnxModel, top_k_labels
+from sb_urbansound.runtime import OnnxModel, check_rate, top_k_labels
 from sb_urbansound.stream import run_stream
 from sb_urbansound.timeline import count_events, find_segments, window_spans
 from tqdm import tqdm
@@ -661,7 +661,9 @@ def add_backend_options(parser):
         "arecord/sox/ffmpeg write it, and print one JSON line per hop",
     )
     live.add_argument("--stream", action="store_true", help="classify stdin")
-    live.add_argument("--rate", type=int, help="the stream's sample rate")
+    live.add_argument(
+        "--rate", type=int, help="the stream's sample rate (1000 to 768000)"
+    )
     live.add_argument("--channels", type=int, help="its channel count")
     events = parser.add_argument_group(
         "event timeline",
@@ -717,8 +719,8 @@ def check_backend_options(parser, args):
             parser.error("--stream reads standard input: give no files")
         if args.rate is None or args.channels is None:
             parser.error("--stream needs --rate and --channels")
-        if args.rate < 1 or args.channels < 1:
-            parser.error("--rate and --channels must be at least 1")
+        if args.channels < 1:
+            parser.error("--channels must be at least 1")
         if args.segments or args.json:
             parser.error("--stream prints JSON lines; no --segments or --json")
     else:
@@ -830,6 +832,8 @@ def main(argv=None):
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     try:
+        if args.stream:
+            check_rate(args.rate, "--rate")
         model = load_scorer(
             args.model_folder,
             args.backend,

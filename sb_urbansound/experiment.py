@@ -23,6 +23,7 @@ from sb_urbansound.atomic import (
     remove_stale_temps,
 )
 from sb_urbansound.errors import UserError
+from sb_urbansound.runtime import MAX_RATE, MIN_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,15 @@ def set_override(overrides, key, value):
     return f"{kept}{key}: {value}\n"
 
 
-def _whole(minimum):
-    """A check: a whole number (not a bool) of at least ``minimum``."""
+def _whole(minimum, maximum=None):
+    """A check: a whole number (not a bool) in ``[minimum, maximum]``."""
 
     def check(value):
         return (
             isinstance(value, int)
             and not isinstance(value, bool)
             and value >= minimum
+            and (maximum is None or value <= maximum)
         )
 
     return check
@@ -108,7 +110,10 @@ CHECKED_KEYS = {
     "batch_size": (_whole(1), "a whole number >= 1"),
     "number_of_epochs": (_whole(1), "a whole number >= 1"),
     "channels": (_whole(1), "a whole number >= 1 (1: mono, 2: stereo)"),
-    "sample_rate": (_whole(1000), "a sample rate in Hz, at least 1000"),
+    "sample_rate": (
+        _whole(MIN_RATE, MAX_RATE),
+        f"a sample rate in Hz, {MIN_RATE} to {MAX_RATE}",
+    ),
     "duration_ms": (_number(0), "a clip length in milliseconds > 0"),
     "n_classes": (_whole(0), "0 (as many as the data has) or a whole number"),
     "shift_pct": (_number(0, 1, low_open=False), "a fraction in [0, 1)"),
@@ -361,6 +366,10 @@ def check_values(values, hparams_file="the YAML"):
     Traceback (most recent call last):
      ...
     sb_urbansound.errors.UserError: batch_size=0 is not valid: ...
+    >>> check_values({"sample_rate": 2147483647})
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.UserError: sample_rate=2147483647 is not valid: sample_rate must be a sample rate in Hz, 1000 to 768000 ...
     """
     for key, (check, allowed) in CHECKED_KEYS.items():
         value = values.get(key)

@@ -41,6 +41,7 @@ from sb_urbansound.atomic import (
     read_store_json,
 )
 from sb_urbansound.errors import DataPrepError
+from sb_urbansound.runtime import MAX_RATE, MIN_RATE
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ PROBLEM_KINDS = (
     "empty",
     "corrupt",
     "non-finite",
+    "unsupported rate",
 )
 
 
@@ -346,7 +348,8 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
     tuple
         ``(frames, sample_rate, channels)`` for a usable file, else
         ``(kind, message)`` where ``kind`` is one of ``missing``,
-        ``not a file``, ``unreadable``, ``empty``, ``corrupt``, ``non-finite``.
+        ``not a file``, ``unreadable``, ``empty``, ``corrupt``,
+        ``non-finite``, ``unsupported rate``.
 
     Example
     -------
@@ -368,6 +371,11 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
             frames, rate, channels = f.frames, f.samplerate, f.channels
             if frames <= 0 or rate <= 0 or channels <= 0:
                 return ("empty", f"empty (0 frames): {path}")
+            if not MIN_RATE <= rate <= MAX_RATE:
+                return (
+                    "unsupported rate",
+                    f"{rate} Hz, outside {MIN_RATE} to {MAX_RATE} Hz: {path}",
+                )
             bad = 0
             blocks = f.blocks(blocksize=block_frames, dtype="float32")
             for block in blocks if full else ():

@@ -22,7 +22,8 @@ sb_urbansound.classify MODEL_FOLDER files... --backend onnx`` uses this
 module.
 
 The audio goes through the steps of training's
-:class:`sb_urbansound.audio.ClipConditioner` and of
+:class:`sb_urbansound.audio.ClipConditioner` (which converts with
+:class:`Conditioner`, this module's) and of
 :func:`sb_urbansound.inference.sliding_windows`, written again in numpy
 (``tests/test_runtime.py`` pins both paths to the same numbers on every
 format of UrbanSound8K):
@@ -30,9 +31,9 @@ format of UrbanSound8K):
 1. read with soundfile as float32 ``[time, channels]`` (integer PCM scaled
    to [-1, 1], as ``speechbrain.dataio.audio_io`` reads it);
 2. down-mix (average) when the file has more channels than the model;
-3. resample with torchaudio's sinc interpolation (Hann window, 6 zero
-   crossings, roll-off 0.99; :class:`Resampler`, a numpy port that also
-   works on a stream);
+3. resample with soxr (:class:`Resampler`: bounded memory at any ratio,
+   the same numbers on a stream as on a file; rates from ``MIN_RATE`` to
+   ``MAX_RATE``, others refused);
 4. up-mix mono to the model's channels; subtract each channel's mean when the
    model was trained with ``remove_dc``;
 5. cut into windows of the training length, hop half a window, the last one
@@ -62,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.timeline import sliding_windows
 
@@ -71,6 +73,19 @@ ONNX_FILE = "model.onnx"
 CHUNK_WINDOWS = 16
 #: Metadata keys every sb-urbansound ONNX model has.
 REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
+#: The sample rates read, streamed, resampled and trained at (Hz): below
+#: 1 kHz there is no sound left to classify (a 500 Hz band), and 768 kHz is
+#: the highest rate audio interfaces and formats use. soxr's memory does not
+#: depend on the rates; the largest ratio, 768, keeps its time per second of
+#: audio in tens of milliseconds (``docs/inference.md``).
+MIN_RATE, MAX_RATE = 1000, 768000
+#: soxr's quality: "HQ", its default (20-bit precision; flat to 91 % of the
+#: lower Nyquist frequency).
+RESAMPLE_QUALITY = "HQ"
+#: The resampler, as stores of resampled clips record it (the clip bank,
+#: shards): another resampler or version gives other numbers, so a store of
+#: another one is rebuilt, not read as current.
+RESAMPLER = f"soxr {soxr.__libsoxr_version__} {RESAMPLE_QUALITY}"
 
 
 class ModelFileError(UserError):
@@ -91,8 +106,9 @@ def read_audio(path):
 
     The torch-free twin of :func:`sb_urbansound.audio.load_audio`, with the
     same checks and messages: a missing file or one that is not a regular
-    file, one that cannot be decoded, an empty one and one with NaN or
-    infinite samples raise :class:`~sb_urbansound.errors.AudioLoadError`.
+    file, one that cannot be decoded, an empty one, one at a rate outside
+    ``MIN_RATE`` .. ``MAX_RATE`` and one with NaN or infinite samples raise
+    :class:`~sb_urbansound.errors.AudioLoadError`.
 
     Arguments
     ---------
@@ -134,6 +150,7 @@ def read_audio(path):
         raise AudioLoadError(
             f"{path}: holds no samples; remove it from the data set."
         )
+    check_rate(rate, f"{path}: sample rate")
     finite = np.isfinite(wav)
     if not finite.all():
         raise AudioLoadError(
@@ -180,65 +197,56 @@ def rechannel(wav, channels):
     return np.repeat(mono, channels, axis=-1).astype(wav.dtype, copy=False)
 
 
-def sinc_kernel(orig_freq, new_freq, lowpass_filter_width=6, rolloff=0.99):
-    """torchaudio's Hann-windowed sinc resampling kernel, in numpy.
-
-    The kernel of ``torchaudio.transforms.Resample(orig_freq, new_freq)``
-    with its defaults (``sinc_interp_hann``), computed the same way (float64,
-    then float32) for rates already divided by their greatest common divisor.
+def check_rate(rate, what):
+    """Refuse a sample rate outside ``MIN_RATE`` .. ``MAX_RATE``.
 
     Arguments
     ---------
-    orig_freq : int
-        The reduced input rate.
-    new_freq : int
-        The reduced output rate.
-    lowpass_filter_width : int
-        Zero crossings on each side.
-    rolloff : float
-        Cut-off, as a fraction of the lower Nyquist rate.
+    rate : int
+        The rate (Hz).
+    what : str
+        What has it, for the message (``"--rate"``, ``"x.wav: sample
+        rate"``).
 
     Returns
     -------
-    kernel : numpy.ndarray
-        float32 ``[new_freq, 2 * width + orig_freq]``: one filter per output
-        phase.
-    width : int
-        Input samples of context on each side.
+    int
+        The rate.
+
+    Raises
+    ------
+    AudioLoadError
+        One line naming ``what``, the rate and the range.
 
     Example
     -------
-    >>> kernel, width = sinc_kernel(2, 1)
-    >>> kernel.shape, width
-    ((1, 28), 13)
+    >>> check_rate(44101, "--rate")
+    44101
+    >>> check_rate(0, "--rate")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.AudioLoadError: --rate 0 Hz is outside the supported sample rates, 1000 to 768000 Hz
     """
-    base_freq = min(orig_freq, new_freq) * rolloff
-    width = math.ceil(lowpass_filter_width * orig_freq / base_freq)
-    idx = np.arange(-width, width + orig_freq, dtype=np.float64) / orig_freq
-    # torchaudio divides the output positions in float32 (its default dtype)
-    phases = np.arange(0, -new_freq, -1, dtype=np.float32) / np.float32(
-        new_freq
-    )
-    t = (phases.astype(np.float64)[:, None] + idx[None, :]) * base_freq
-    t = np.clip(t, -lowpass_filter_width, lowpass_filter_width)
-    window = np.cos(t * math.pi / lowpass_filter_width / 2) ** 2
-    t *= math.pi
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kernels = np.where(t == 0, 1.0, np.sin(t) / t)
-    kernels *= window * (base_freq / orig_freq)
-    return kernels.astype(np.float32), width
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioLoadError(
+            f"{what} {rate} Hz is outside the supported sample rates, "
+            f"{MIN_RATE} to {MAX_RATE} Hz"
+        )
+    return int(rate)
 
 
 class Resampler:
-    """torchaudio's sinc resampler in numpy, one block of audio at a time.
+    """Resample ``[time, channels]`` audio block by block with soxr.
 
-    Gives the numbers of ``torchaudio.transforms.Resample(orig_freq,
-    new_freq)`` (the resampler of SpeechBrain's ``AudioNormalizer``, hence of
-    training) on the whole signal, however the signal is cut into blocks:
-    each call returns the output samples that the input so far determines,
-    and :meth:`flush` the rest (the end zero-padded, as torchaudio pads it).
-    It keeps at most one filter's length of input: constant memory on a
-    stream.
+    The one resampler of training, ``classify`` and streams. soxr (libsoxr,
+    its "HQ" quality) is used rather than a sinc table of one filter per
+    output phase (torchaudio's, as before), whose size grows with the
+    reduced ratio (44101 to 16000 Hz: 5.3 GiB): soxr's memory does not
+    depend on the ratio, and its output does not depend on how the input is
+    cut, so a stream gives the numbers of the whole file. Each call returns
+    the output samples that the input so far determines (soxr holds back
+    about 0.1 s at 8 to 48 kHz, up to 1 s at 1 kHz), and :meth:`flush` the
+    rest; the output has ``round(time * new_freq / orig_freq)`` samples.
 
     Arguments
     ---------
@@ -262,44 +270,14 @@ class Resampler:
     """
 
     def __init__(self, orig_freq, new_freq):
-        orig_freq, new_freq = int(orig_freq), int(new_freq)
-        if orig_freq < 1 or new_freq < 1:
-            raise ValueError(
-                f"sample rates must be positive, got {orig_freq} and {new_freq}"
-            )
-        gcd = math.gcd(orig_freq, new_freq)
-        self.orig, self.new = orig_freq // gcd, new_freq // gcd
+        self.orig = check_rate(orig_freq, "resampling from")
+        self.new = check_rate(new_freq, "resampling to")
         self.identity = self.orig == self.new
-        self.kernel, self.width = sinc_kernel(self.orig, self.new)
-        self._buffer = None  # padded input not yet consumed
-        self._seen = 0  # input samples so far
-        self._given = 0  # output samples so far
-        self._channels = 1  # of the input so far
-
-    def _blocks(self, final):
-        """Output samples of every full filter position in the buffer."""
-        size = self.kernel.shape[1]
-        buf = self._buffer
-        n_blocks = (
-            0 if buf.shape[0] < size else 1 + (buf.shape[0] - size) // self.orig
-        )
-        if final:  # torchaudio's length: ceil(new * length / orig)
-            target = math.ceil(self.new * self._seen / self.orig)
-            n_blocks = min(n_blocks, -(-(target - self._given) // self.new))
-        if n_blocks <= 0:
-            return np.zeros((0, buf.shape[1]), np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(buf, size, 0)
-        frames = frames[: n_blocks * self.orig : self.orig]  # [n, C, size]
-        out = np.matmul(frames, self.kernel.T)  # [n, C, new]
-        out = out.transpose(0, 2, 1).reshape(-1, buf.shape[1])
-        self._buffer = buf[n_blocks * self.orig :]
-        if final:
-            out = out[: max(target - self._given, 0)]
-        self._given += out.shape[0]
-        return out
+        self._stream = None  # soxr's, made for the first block's channels
+        self._channels = 1
 
     def __call__(self, x):
-        """Feed ``[time, channels]`` float32 input; return the output so far.
+        """Feed ``[time, channels]`` input; return the output so far.
 
         Arguments
         ---------
@@ -311,15 +289,15 @@ class Resampler:
         numpy.ndarray
             ``[n, channels]`` float32 output samples (possibly none).
         """
-        x = np.asarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         self._channels = x.shape[1]
         if self.identity:
             return x
-        if self._buffer is None:  # torchaudio pads `width` zeros in front
-            self._buffer = np.zeros((self.width, x.shape[1]), np.float32)
-        self._buffer = np.concatenate([self._buffer, x])
-        self._seen += x.shape[0]
-        return self._blocks(final=False)
+        if self._stream is None:
+            self._stream = soxr.ResampleStream(
+                self.orig, self.new, x.shape[1], "float32", RESAMPLE_QUALITY
+            )
+        return self._stream.resample_chunk(x)
 
     def flush(self):
         """The last output samples, once the input has ended.
@@ -329,19 +307,16 @@ class Resampler:
         numpy.ndarray
             ``[n, channels]``; the resampler is then reset.
         """
-        if self.identity or self._buffer is None:
-            return np.zeros((0, self._channels), np.float32)
-        pad = np.zeros(
-            (self.width + self.orig, self._buffer.shape[1]), np.float32
-        )
-        self._buffer = np.concatenate([self._buffer, pad])
-        out = self._blocks(final=True)
-        self._buffer, self._seen, self._given = None, 0, 0
+        end = np.zeros((0, self._channels), np.float32)
+        if self.identity or self._stream is None:
+            return end
+        out = self._stream.resample_chunk(end, last=True)
+        self._stream = None
         return out
 
 
 def resample(wav, orig_freq, new_freq):
-    """Resample ``[time, channels]`` audio as torchaudio's ``Resample`` does.
+    """Resample ``[time, channels]`` audio (:class:`Resampler`, one block).
 
     Arguments
     ---------
@@ -355,17 +330,16 @@ def resample(wav, orig_freq, new_freq):
     Returns
     -------
     numpy.ndarray
-        float32 ``[ceil(time * new_freq / orig_freq), channels]``.
+        float32 ``[round(time * new_freq / orig_freq), channels]``.
 
     Example
     -------
     >>> resample(np.ones((441, 1), np.float32), 44100, 16000).shape
     (160, 1)
     """
-    if int(orig_freq) == int(new_freq):
-        return np.asarray(wav, dtype=np.float32)
     r = Resampler(orig_freq, new_freq)
-    return np.concatenate([r(wav), r.flush()])
+    out = r(wav)
+    return out if r.identity else np.concatenate([out, r.flush()])
 
 
 def remove_dc_offset(wav):
@@ -393,10 +367,10 @@ def remove_dc_offset(wav):
 class Conditioner:
     """Bring audio to a model's rate and channels, as training did.
 
-    The numpy twin of :meth:`sb_urbansound.audio.ClipConditioner.convert`:
-    down-mix, resample, up-mix, and optionally remove the DC offset. Unlike
-    it, mono stays ``[time, 1]``: the ONNX model's input is always
-    ``[windows, samples, channels]``.
+    Down-mix, resample, up-mix, and optionally remove the DC offset: the
+    steps of training (:meth:`sb_urbansound.audio.ClipConditioner.convert`
+    calls this). Mono stays ``[time, 1]`` here: the ONNX model's input is
+    always ``[windows, samples, channels]``.
 
     Arguments
     ---------

@@ -58,6 +58,7 @@ from sb_urbansound.bank import decode_clip
 from sb_urbansound.errors import DataPrepError, UserError
 from sb_urbansound.hardware import available_cores
 from sb_urbansound.manifests import file_stamp, listing
+from sb_urbansound.runtime import RESAMPLER
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class Shards:
         self.fmt = fmt
         self.settings = {
             "format_version": SHARDS_FORMAT_VERSION,
+            "resampler": RESAMPLER,
             "sample_rate": conditioner.sample_rate,
             "channels": conditioner.channels,
             "num_samples": conditioner.num_samples,

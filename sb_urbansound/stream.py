@@ -14,9 +14,10 @@ PyTorch model and the ONNX runtime.
   ``rate``, read as it arrives (``read1``).
 * **Conditioning**, as training's, online: samples scaled to [-1, 1] (as
   soundfile reads 16-bit files), down-mixed to the model's channels,
-  resampled with the streaming twin of training's resampler
-  (:class:`sb_urbansound.runtime.Resampler`: the numbers a file of the whole
-  stream would give), up-mixed.
+  resampled by training's resampler (:class:`sb_urbansound.runtime.Resampler`,
+  soxr, fed block by block: the numbers a file of the whole stream would
+  give), up-mixed. ``rate`` must be in ``runtime.MIN_RATE`` ..
+  ``runtime.MAX_RATE`` (1 kHz to 768 kHz).
 * **Windows**: those of a file (:func:`sb_urbansound.timeline.window_count`):
   windows of the training length starting every hop (half a window), each
   scored once it is full; when the input ends, a last window padded with
@@ -31,8 +32,10 @@ PyTorch model and the ONNX runtime.
   (times in seconds from the start of the stream; a padded last window ends
   where the input ended).
 * **Latency** (from the end of a sound to the line that reports it): at most
-  one window plus one hop, plus the scoring time. **Memory**: one window and
-  one resampling filter of audio, whatever the stream's length.
+  one window plus one hop, plus what the resampler holds back (none at the
+  model's rate; soxr: about 0.1 s at 8 to 48 kHz, up to 1 s at 1 kHz), plus
+  the scoring time. **Memory**: one window, a second of input and soxr's
+  filters, whatever the stream's length and rate.
 * **End**: at the end of the input the last window is scored (an
   incomplete last frame is dropped, with a warning on stderr), and the
   function returns 0; a reader that goes away (broken pipe) ends it quietly
@@ -110,6 +113,7 @@ class StreamWindows:
         self.hop = default_hop(num_samples) if hop is None else int(hop)
         self.remove_dc = bool(remove_dc)
         self.resampler = Resampler(rate, sample_rate)
+        self.frames = 0  # input frames so far
         self._pending = b""  # bytes of an incomplete frame
         self._buffer = np.zeros((0, self.model_channels), np.float32)
         self._start = 0  # model sample where the buffer starts
@@ -167,6 +171,7 @@ class StreamWindows:
         if not usable:
             return []
         block = np.frombuffer(data[:usable], dtype="<i2")
+        self.frames += usable // frame
         return self._push(self._convert(block.reshape(-1, self.channels)))
 
     def finish(self):
@@ -180,7 +185,7 @@ class StreamWindows:
         """
         self.dropped = len(self._pending)
         out = self._push(rechannel(self.resampler.flush(), self.model_channels))
-        if self.total > 0 and (
+        if self.frames > 0 and (  # a few frames may resample to none
             self.emitted == 0
             or self._start + self.num_samples - self.hop < self.total
         ):
@@ -266,6 +271,9 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
         remove_dc=scorer.remove_dc,
     )
     read = getattr(infile, "read1", infile.read)
+    # At most a second of input per read: what one read gives out (resampled
+    # up to 768 times, cut into windows) stays small at any rate
+    size = min(READ_BYTES, SAMPLE_BYTES * windows.channels * int(rate))
     sample_rate = float(scorer.sample_rate)
 
     def emit(items):
@@ -285,7 +293,7 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
 
     try:
         while True:
-            data = read(READ_BYTES)
+            data = read(size)
             if not data:
                 break
             emit(windows.feed(data))

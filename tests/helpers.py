@@ -278,3 +278,30 @@ def run_in_namespace(setup, cmd, **kwargs):
         timeout=kwargs.pop("timeout", 600),
         **kwargs,
     )
+
+
+#: The data memory (heap and anonymous maps) a test's subprocess may take: a
+#: command that loads torch, SpeechBrain and a model uses less than 1 GiB.
+MEMORY_LIMIT = 2 << 30
+
+
+def run_with_memory_limit(cmd, limit=MEMORY_LIMIT, **kwargs):
+    """Run ``cmd`` with its data memory limited to ``limit`` bytes
+    (``RLIMIT_DATA``: an allocation past it fails at once, however much
+    memory the machine has)."""
+    import os
+    import resource
+    import subprocess
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **kwargs.pop("env", {})}
+    return subprocess.run(
+        [str(c) for c in cmd],
+        preexec_fn=limit_memory,
+        capture_output=True,
+        env=env,
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )

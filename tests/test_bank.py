@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import FORMATS, requires_mount, run_in_namespace, write_clip
+from helpers import (
+    FORMATS,
+    requires_mount,
+    run_in_namespace,
+    run_with_memory_limit,
+    write_clip,
+)
 from sb_urbansound import bank as bank_module
 from sb_urbansound.atomic import MARKER_FILE
 from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
@@ -68,6 +74,39 @@ def test_bank_equals_the_per_clip_path(tmp_path, clips, channels):
         assert wav.shape == expected.shape
         # int16 storage: within half a quantisation step (and the clamp)
         assert (wav - expected.clamp(-1, 1)).abs().max() <= 0.5 / 32767 + 1e-7
+
+
+BUILD_ODD_RATE = """
+import sys, torch
+from sb_urbansound.audio import ClipConditioner, load_audio
+from sb_urbansound.bank import ClipBank
+
+cond = ClipConditioner(16000, 1, 1000)
+bank = ClipBank(sys.argv[1], cond)
+bank.build({"a": sys.argv[2]}, progress=False)
+(got,) = bank.waveforms(bank.rows(["a"]), train=False)
+expected = cond.clip(*load_audio(sys.argv[2])).clamp(-1, 1)
+assert (got - expected).abs().max() <= 0.5 / 32767 + 1e-7
+"""
+
+
+def test_a_bank_of_a_44101_hz_file_is_built_in_bounded_memory(tmp_path):
+    path = write_clip(tmp_path / "odd.wav", 2, 44101, 2, 2.0, "PCM_24")
+    result = run_with_memory_limit(
+        [sys.executable, "-c", BUILD_ODD_RATE, tmp_path / "bank", path],
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_bank_of_another_resampler_is_rebuilt(tmp_path, clips, monkeypatch):
+    monkeypatch.setattr(bank_module, "RESAMPLER", "torchaudio sinc")
+    old, _ = make_bank(tmp_path)
+    old.build(clips, progress=False)
+    monkeypatch.undo()
+    new, _ = make_bank(tmp_path)
+    assert new.build(clips, progress=False)["decoded"] == len(clips)
+    assert not old.folder.exists()
 
 
 def test_training_draws_place_each_clip_whole(tmp_path, clips):

@@ -51,6 +51,8 @@ def bad_files(tmp_path):
     sig[10, 1] = np.inf
     sig[20, 0] = np.nan
     sf.write(files["non-finite"], sig, 8000, subtype="FLOAT")
+    files["unsupported rate"] = tmp_path / "slow.wav"
+    sf.write(files["unsupported rate"], np.zeros(800, np.float32), 500)
     return {kind: str(path) for kind, path in files.items()}
 
 
@@ -80,8 +82,9 @@ def test_probe_audio_names_every_file_or_skips(tmp_path, bad_files, caplog):
     msg = str(err.value)
     # Counted in a fixed order of kinds, whatever the order of the files.
     assert (
-        "6 of 7 audio file(s) cannot be used (1 missing, 1 not a file, "
-        "1 unreadable, 1 empty, 1 corrupt, 1 non-finite)" in msg
+        "7 of 8 audio file(s) cannot be used (1 missing, 1 not a file, "
+        "1 unreadable, 1 empty, 1 corrupt, 1 non-finite, 1 unsupported rate)"
+        in msg
     )
     for path in bad_files.values():
         assert path in msg
@@ -90,7 +93,7 @@ def test_probe_audio_names_every_file_or_skips(tmp_path, bad_files, caplog):
     caplog.set_level(logging.WARNING, logger=LOGGER)
     info = probe_audio(paths, skip_missing=True, missing_hint="HINT")
     assert info == {good: (800, 8000, 1)}
-    assert "leaving out 6 of 7 audio file(s)" in caplog.text
+    assert "leaving out 7 of 8 audio file(s)" in caplog.text
     for path in bad_files.values():
         assert path in caplog.text
     # The hint is about missing files only.

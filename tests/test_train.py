@@ -344,6 +344,7 @@ def test_diverging_training_stops_and_names_the_files(small_data, tmp_path):
         ("--hop_length=0", "hop_length=0 is not valid"),
         ("--hop_length=-3", "hop_length=-3 is not valid"),
         ("--sample_rate=100", "sample_rate=100 is not valid"),
+        ("--sample_rate=2147483647", "sample_rate=2147483647 is not valid"),
         ("--top_db=-5", "top_db=-5 is not valid"),
         ("--n_mels=100000", "more than the 513 frequency bins of n_fft=1024"),
         ("--n_fft=1", "n_fft=1 is not valid"),
