@@ -52,7 +52,7 @@ from sb_urbansound.experiment import (
     set_override,
 )
 from sb_urbansound.finetune import check_finetune_options
-from sb_urbansound.hardware import stop_loader_workers
+from sb_urbansound.hardware import check_device, stop_loader_workers
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.processes import (
@@ -1126,6 +1126,8 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    # A device torch cannot use stops here, before the data is prepared
+    check_device(run_opts.get("device"))
 
     # Initialize ddp (useful only for multi-GPU DDP training)
     sb.utils.distributed.ddp_init_group(run_opts)
