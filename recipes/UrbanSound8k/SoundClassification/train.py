@@ -58,6 +58,7 @@ from sb_urbansound.manifests import read_labels
 from sb_urbansound.processes import (
     Stopped,
     WorkerInit,
+    exit_now,
     signal_name,
     stop_on_signals,
 )
@@ -1211,8 +1212,8 @@ def main(argv=None):
     # The tested model, for EncoderClassifier: <output_folder>/model
     run_on_main(export_inference_folder, args=[hparams], kwargs=brain.test_keys)
 
-    # Under DDP, leave the process group before exiting: its threads would
-    # otherwise be torn down at interpreter exit (an abort, now and then)
+    # Under DDP, leave the process group (gloo's threads live on: see
+    # sb_urbansound.processes.exit_now, which ends a torchrun process)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     run.unlock()  # (a run stopped by an error: when its process ends)
@@ -1222,6 +1223,7 @@ def main(argv=None):
 if __name__ == "__main__":
     # SIGTERM (a scheduler's preemption) and SIGHUP stop the run as Ctrl-C
     # does: temporary files are removed and workers stopped on the way out
+    status = 0
     with stop_on_signals():
         try:
             main()
@@ -1229,7 +1231,7 @@ if __name__ == "__main__":
             # A problem with the data or options: one message, no traceback
             logger.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(e.exit_status)
+            status = e.exit_status
         except KeyboardInterrupt as e:
             stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
             print(
@@ -1237,4 +1239,7 @@ if __name__ == "__main__":
                 "command again to resume from the last checkpoint",
                 file=sys.stderr,
             )
-            sys.exit(stop.exit_status)
+            status = stop.exit_status
+    if os.environ.get("RANK") is not None:  # torchrun (as SpeechBrain tells)
+        exit_now(status)  # gloo's threads would abort the teardown
+    sys.exit(status)
