@@ -10,6 +10,7 @@ import os
 import platform
 
 import torch
+from sb_urbansound.errors import UserError
 
 # torch's own default (one thread per physical core), before anyone changes it.
 _DEFAULT_TORCH_THREADS = torch.get_num_threads()
@@ -155,6 +156,60 @@ def hardware_description():
     parts.append(f"torch {torch.__version__}")
     parts.append(f"Python {platform.python_version()} on {platform.system()}")
     return "; ".join(parts)
+
+
+def check_device(device):
+    """Stop at once, in one line, when torch cannot use ``device``.
+
+    SpeechBrain finds out only when the trainer is made, after the data is
+    prepared and the clip bank built (and then with a traceback).
+
+    Arguments
+    ---------
+    device : str or None
+        ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); None:
+        SpeechBrain chooses one.
+
+    Raises
+    ------
+    UserError
+        Naming the device and the devices torch finds.
+
+    Example
+    -------
+    >>> check_device("cpu")
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.UserError: --device=gpu is not a device name: ...
+    """
+    if device is None:
+        return
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"--device={device} is not a device name: use cpu, cuda, cuda:N "
+            "or mps"
+        ) from None
+    if wanted.type in ("cpu", "meta"):
+        return
+    found = torch.accelerator.current_accelerator(check_available=True)
+    count = torch.accelerator.device_count() if found is not None else 0
+    if (
+        found is None
+        or found.type != wanted.type
+        or (wanted.index or 0) >= count
+    ):
+        have = (
+            "no GPU or other accelerator"
+            if found is None
+            else f"{count} {found.type} device(s)"
+        )
+        raise UserError(
+            f"--device={device} cannot be used: torch finds {have} on this "
+            "machine; pass --device=cpu or a device it has"
+        )
 
 
 def stop_loader_workers(loaders):

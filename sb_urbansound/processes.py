@@ -7,13 +7,16 @@
 * :func:`die_with_parent` (in a DataLoader worker, through
   :class:`WorkerInit`) and :func:`die_with_parent_preexec` (for
   ``subprocess.Popen``) make the kernel signal a child when its parent
-  ends, even by SIGKILL, so no worker is ever left running on its own.
+  ends, even by SIGKILL, so no worker is ever left running on its own;
+* :func:`exit_now` ends a ``torchrun`` process without the interpreter's
+  teardown, which gloo's threads can abort.
 
 Authors
 -------
  * sb-urbansound contributors
 """
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -125,6 +128,41 @@ def stop_on_signals(signals=STOP_SIGNALS):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def exit_now(status):
+    """End this process: the exit handlers run, the interpreter is not torn
+    down.
+
+    Under ``torchrun``, gloo's worker threads outlive
+    ``destroy_process_group`` (a DistributedDataParallel module keeps its
+    process group). The last ``barrier`` lets the main thread go on while a
+    worker thread still holds the works it waited for; when that thread then
+    frees a tensor made in Python (SpeechBrain's broadcast of an object), it
+    takes the GIL, and during the interpreter's teardown that ends the
+    thread, through C++ code that cannot be unwound:
+    ``terminate called without an active exception`` (SIGABRT), now and
+    then, once every file is written. Here the exit handlers run as at a
+    normal exit (log files flushed and closed, loader workers stopped), the
+    output is flushed, and the process ends before the teardown.
+
+    Arguments
+    ---------
+    status : int
+        The exit status.
+
+    Example
+    -------
+    >>> import subprocess, sys
+    >>> code = "from sb_urbansound.processes import exit_now; exit_now(3)"
+    >>> subprocess.run([sys.executable, "-c", code]).returncode
+    3
+    """
+    atexit._run_exitfuncs()  # what a normal exit runs first (no public API)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _libc_prctl():

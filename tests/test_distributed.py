@@ -101,3 +101,75 @@ def test_sharded_evaluation_equals_one_process(data, tmp_path, source):
                 labels.index(result["label"])
             ] += 1
         assert matrix == alone["confusion_matrix"]
+
+
+# torchrun's entry point for the next test: the recipe, where one of gloo's
+# worker threads takes the GIL while the interpreter is torn down, as a late
+# thread does on a loaded machine when it frees a tensor of the last
+# collective (SpeechBrain's broadcast before the final barrier): rank 1's
+# thread waits in a future's callback, without the GIL, until the teardown
+# lets it go on.
+GIL_AT_EXIT = """
+import os, runpy, sys, threading, time
+import torch
+import torch.distributed as dist
+
+released = threading.Event()
+destroy = dist.destroy_process_group
+
+
+def destroy_with_a_late_gloo_thread(*args, **kwargs):
+    store = dist.distributed_c10d._get_default_store()
+    message = torch.zeros(1)
+    if dist.get_rank() == 0:
+        store.wait(["gil_at_exit"])  # rank 1's callback is in place
+        dist.broadcast(message, src=0)
+    else:
+        work = dist.broadcast(message, src=0, async_op=True)
+        work.get_future().then(lambda _: released.wait())
+        store.set("gil_at_exit", "1")
+    destroy(*args, **kwargs)
+
+
+class TornDown:
+    # dropped with this module's globals, in the teardown
+    sleep = staticmethod(time.sleep)
+
+    def __del__(self):
+        released.set()
+        self.sleep(0.5)  # the gloo thread takes the GIL
+
+
+torn_down = TornDown()
+dist.destroy_process_group = destroy_with_a_late_gloo_thread
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.realpath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_torchrun_run_ends_cleanly_when_gloo_takes_the_gil_at_exit(
+    data, tmp_path
+):
+    # gloo's threads outlive destroy_process_group (DDP keeps the group); one
+    # that took the GIL in the teardown ended the process with 'terminate
+    # called without an active exception' (SIGABRT, torchrun exit 1), now and
+    # then on a loaded machine, after the results were written
+    shim = tmp_path / "gil_at_exit.py"
+    shim.write_text(GIL_AT_EXIT)
+    out = tmp_path / "out"
+    cmd = command(data, out, ["--data_source=shards", "--shard_size=10"], 2)
+    cmd.insert(cmd.index(str(REPO / "train.py")), str(shim))
+    cmd[cmd.index("--number_of_epochs=3")] = "--number_of_epochs=1"
+    result = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "terminate called" not in output
+    assert json.loads((out / "test_results.json").read_text())["n_clips"] == 15

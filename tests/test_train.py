@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import REPO, TINY_CNN_ARGS, US8K_CLASSES, make_urbansound_tree
 
 CLASSES = US8K_CLASSES[:4]
@@ -363,6 +364,28 @@ def test_bad_options_are_named(tmp_path, option, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_device_torch_cannot_use_stops_the_run_before_anything_is_built(
+    small_data, tmp_path
+):
+    # It was found only when SpeechBrain made the trainer: after the clip
+    # bank was built, and with a traceback ('Found no NVIDIA driver')
+    count = torch.cuda.device_count()
+    device = f"cuda:{count}" if count else "cuda"
+    out = tmp_path / "out"
+    result = run_train(
+        [
+            f"--data_folder={small_data}",
+            f"--output_folder={out}",
+            f"--device={device}",
+            *SMALL,
+        ]
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"--device={device} cannot be used" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()  # nothing prepared, no bank built
 
 
 @pytest.mark.parametrize("key", ["output_folder", "bank_folder"])

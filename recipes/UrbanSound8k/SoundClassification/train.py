@@ -52,12 +52,13 @@ from sb_urbansound.experiment import (
     set_override,
 )
 from sb_urbansound.finetune import check_finetune_options
-from sb_urbansound.hardware import stop_loader_workers
+from sb_urbansound.hardware import check_device, stop_loader_workers
 from sb_urbansound.inference import export_inference_folder
 from sb_urbansound.manifests import read_labels, recorded_split
 from sb_urbansound.processes import (
     Stopped,
     WorkerInit,
+    exit_now,
     signal_name,
     stop_on_signals,
 )
@@ -1126,6 +1127,8 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    # A device torch cannot use stops here, before the data is prepared
+    check_device(run_opts.get("device"))
 
     # Initialize ddp (useful only for multi-GPU DDP training)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -1213,8 +1216,8 @@ def main(argv=None):
     # The tested model, for EncoderClassifier: <output_folder>/model
     run_on_main(export_inference_folder, args=[hparams], kwargs=brain.test_keys)
 
-    # Under DDP, leave the process group before exiting: its threads would
-    # otherwise be torn down at interpreter exit (an abort, now and then)
+    # Under DDP, leave the process group (gloo's threads live on: see
+    # sb_urbansound.processes.exit_now, which ends a torchrun process)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     run.unlock()  # (a run stopped by an error: when its process ends)
@@ -1224,12 +1227,13 @@ def main(argv=None):
 if __name__ == "__main__":
     # SIGTERM (a scheduler's preemption) and SIGHUP stop the run as Ctrl-C
     # does: temporary files are removed and workers stopped on the way out
+    status = 0
     with stop_on_signals():
         try:
             main()
         except UserError as e:
             # A problem with the data or options: one message, no traceback
-            sys.exit(report(e))
+            status = report(e)
         except KeyboardInterrupt as e:
             stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
             print(
@@ -1237,4 +1241,7 @@ if __name__ == "__main__":
                 "command again to resume from the last checkpoint",
                 file=sys.stderr,
             )
-            sys.exit(stop.exit_status)
+            status = stop.exit_status
+    if os.environ.get("RANK") is not None:  # torchrun (as SpeechBrain tells)
+        exit_now(status)  # gloo's threads would abort the teardown
+    sys.exit(status)
