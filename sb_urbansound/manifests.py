@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 from sb_urbansound.atomic import FolderLock, atomic_write_json, claim_folder
 from sb_urbansound.errors import DataPrepError
-from tqdm import tqdm
+from sb_urbansound.hardware import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -381,14 +381,14 @@ def probe_audio(
     info, problems, counts = {}, [], {}
     unique = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
-        results = tqdm(
+        results = progress_bar(
             pool.map(
                 lambda path: check_audio_file(path, full=full_check), unique
             ),
             total=len(unique),
             desc="Checking audio files" if full_check else "Reading headers",
             unit="file",
-            disable=len(unique) < PROGRESS_MIN_FILES,
+            enabled=len(unique) >= PROGRESS_MIN_FILES,
         )
         for path, result in zip(unique, results):
             if isinstance(result[0], str):
