@@ -7,7 +7,9 @@ Authors
  * sb-urbansound contributors
 """
 
+import collections
 import contextlib
+import itertools
 import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
@@ -165,6 +167,49 @@ def core_pool(threads=None):
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(before)
+
+
+def ordered_map(pool, function, items, ahead=None):
+    """``pool.map``, holding at most ``ahead`` results not yet taken.
+
+    ``Executor.map`` submits every item at once: when the caller takes the
+    results more slowly than the pool makes them (decoded clips written to
+    disk), they pile up in memory without bound. Here the next item is
+    submitted as each result is taken.
+
+    Arguments
+    ---------
+    pool : concurrent.futures.Executor
+        The pool.
+    function : callable
+        Called on each item.
+    items : iterable
+        The items.
+    ahead : int, optional
+        Items submitted ahead (default: 4 per thread of the pool).
+
+    Yields
+    ------
+    The results, in the order of ``items``.
+
+    Example
+    -------
+    >>> with core_pool(2) as pool:
+    ...     list(ordered_map(pool, abs, [-1, -2, 3], ahead=1))
+    [1, 2, 3]
+    """
+    if ahead is None:
+        ahead = 4 * pool._max_workers
+    items = iter(items)
+    pending = collections.deque(
+        pool.submit(function, item) for item in itertools.islice(items, ahead)
+    )
+    while pending:
+        result = pending.popleft().result()
+        pending.extend(
+            pool.submit(function, item) for item in itertools.islice(items, 1)
+        )
+        yield result
 
 
 def progress_bar(iterable=None, enabled=True, **kwargs):
