@@ -557,18 +557,23 @@ def run_tutorial(cfg, stamps):
 
 
 # ------------------------------------------------------- (b) the recipe, as run
+class FirstStep(Exception):
+    """Stops a recipe run at its first training step (``bench/startup.py``)."""
+
+
 def recipe_argv(cfg):
     """The recipe's command line for a configuration (hparams/cnn.yaml)."""
+    train, valid, test = cfg.get("folds", (TRAIN_FOLD, VALID_FOLD, TEST_FOLD))
     return [
-        str(CNN_YAML),
+        str(cfg.get("hparams", CNN_YAML)),
         f"--device={cfg['device']}",
         "--noprogressbar",
         f"--data_folder={cfg['data_folder']}",
         f"--output_folder={cfg['output_folder']}",
         "--download=False",
-        f"--train_fold_nums=[{TRAIN_FOLD}]",
-        f"--valid_fold_nums=[{VALID_FOLD}]",
-        f"--test_fold_nums=[{TEST_FOLD}]",
+        f"--train_fold_nums=[{train}]",
+        f"--valid_fold_nums=[{valid}]",
+        f"--test_fold_nums=[{test}]",
         f"--number_of_epochs={cfg['epochs']}",
         f"--batch_size={cfg['batch_size']}",
         f"--seed={cfg['seed']}",
@@ -634,6 +639,8 @@ def run_recipe(cfg, stamps):
 
         def fit_batch(self, batch):
             meter.step()
+            if cfg.get("stop_at_first_step"):
+                raise FirstStep
             meter.clips += batch.batchsize
             return super().fit_batch(batch)
 
@@ -655,7 +662,10 @@ def run_recipe(cfg, stamps):
         recipe.dataio_prep, "dataio_start", "dataio_end"
     )
     recipe.SoundClassifierBrain = TimedBrain
-    hparams = recipe.main(recipe_argv(cfg))
+    try:
+        hparams = recipe.main(recipe_argv(cfg))
+    except FirstStep:
+        return meter, info
     stamps["main_end"] = time.time()
     tested = json.loads(Path(hparams["test_results_file"]).read_text())
     info.update(

@@ -103,8 +103,30 @@ class MelSpectrogramDB(torch.nn.Module):
         # The STFT runs in float32 even under mixed precision: the dB scale
         # needs the range.
         with torch.autocast(device_type=wavs.device.type, enabled=False):
-            spec = self._power_mel(wavs.transpose(1, 2).float())
+            spec = self._unique_channels_mel(wavs.transpose(1, 2).float())
             return self.to_db(spec)
+
+    def _unique_channels_mel(self, signals):
+        """:meth:`_power_mel`, once for clips whose channels are all equal.
+
+        A mono file up-mixed to a stereo model has two equal channels (all of
+        the 22.05 kHz mono clips of the shared data): their spectrogram is
+        computed once and copied, half the work of the costliest step of the
+        feature bank. Equal channels give equal numbers, so nothing changes.
+        """
+        if signals.shape[1] == 1:
+            return self._power_mel(signals)
+        same = (signals[:, 1:] == signals[:, :1]).all(dim=2).all(dim=1)
+        if not bool(same.any()):
+            return self._power_mel(signals)
+        channels = signals.shape[1]
+        mono = self._power_mel(signals[same, :1]).expand(-1, channels, -1, -1)
+        if bool(same.all()):
+            return mono
+        spec = mono.new_empty((len(signals),) + mono.shape[1:])
+        spec[same] = mono
+        spec[~same] = self._power_mel(signals[~same])
+        return spec
 
     def _power_mel(self, signals):
         """Mel power spectrogram of ``[batch, channels, time]`` signals.

@@ -41,8 +41,8 @@ from sb_urbansound.atomic import (
     read_store_json,
 )
 from sb_urbansound.errors import DataPrepError
+from sb_urbansound.hardware import progress_bar
 from sb_urbansound.runtime import MAX_RATE, MIN_RATE
-from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -432,14 +432,14 @@ def probe_audio(
     info, problems, counts = {}, [], {}
     unique = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
-        results = tqdm(
+        results = progress_bar(
             pool.map(
                 lambda path: check_audio_file(path, full=full_check), unique
             ),
             total=len(unique),
             desc="Checking audio files" if full_check else "Reading headers",
             unit="file",
-            disable=len(unique) < PROGRESS_MIN_FILES,
+            enabled=len(unique) >= PROGRESS_MIN_FILES,
         )
         for path, result in zip(unique, results):
             if isinstance(result[0], str):

@@ -40,7 +40,6 @@ import logging
 import random
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +55,9 @@ from sb_urbansound.atomic import (
 )
 from sb_urbansound.bank import decode_clip
 from sb_urbansound.errors import DataPrepError, UserError
-from sb_urbansound.hardware import available_cores
+from sb_urbansound.hardware import core_pool, progress_bar
 from sb_urbansound.manifests import file_stamp, listing
 from sb_urbansound.runtime import RESAMPLER
-from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -268,11 +266,10 @@ class Shards:
             start = time.perf_counter()
             index = {"settings": self.settings, "inputs": inputs, "splits": {}}
             total = sum(len(clips) for clips in splits.values())
-            bar = tqdm(
-                total=total, desc="Shards", unit="clip", disable=not progress
+            bar = progress_bar(
+                total=total, desc="Shards", unit="clip", enabled=progress
             )
-            threads = threads or min(available_cores(), 8)
-            with ThreadPoolExecutor(max(1, int(threads))) as pool:
+            with core_pool(threads) as pool:
                 for split in sorted(splits):
                     index["splits"][split] = self._write_split(
                         split, splits[split], pool, bar

@@ -537,3 +537,86 @@ def test_bank_as_recipe_builds_it(tmp_path, clips):
     bank.build(clips, progress=False)
     assert isinstance(bank.clips, np.memmap)
     assert bank.nbytes == len(clips) * RATE * 2 * 2
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_bank_builds_draw_no_progress_bar_into_a_log_file(
+    tmp_path, clips, capsys
+):
+    bank, _ = make_bank(tmp_path)
+    bank.build(clips)  # progress asked; stderr is not a terminal
+    mel = MelSpectrogramDB(RATE, n_fft=256, n_mels=16, channels=2)
+    FeatureBank(bank, mel)
+    assert "Clip bank" not in capsys.readouterr().err
+
+
+def test_the_clip_and_feature_banks_show_their_progress_on_a_terminal(
+    tmp_path, clips, monkeypatch
+):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bank, _ = make_bank(tmp_path)
+    bank.build(clips)
+    mel = MelSpectrogramDB(RATE, n_fft=256, n_mels=16, channels=2)
+    FeatureBank(bank, mel)
+    done = f" 100%|##########| {len(clips)}/{len(clips)} "
+    assert f"Clip bank:{done}" in terminal.text
+    assert f"Feature bank:{done}" in terminal.text
+
+
+def test_each_thread_of_the_banks_runs_torch_on_one_thread(
+    tmp_path, clips, monkeypatch
+):
+    # Two threads that each start torch's thread pool of 2 make 4 busy
+    # threads on 2 cores: they wait for each other at every operation
+    seen = []
+    decode = bank_module.decode_clip
+
+    def counting_decode(*args):
+        seen.append(("decode", torch.get_num_threads()))
+        return decode(*args)
+
+    class CountingMel(MelSpectrogramDB):
+        def forward(self, wavs):
+            seen.append(("features", torch.get_num_threads()))
+            return super().forward(wavs)
+
+    monkeypatch.setattr(bank_module, "decode_clip", counting_decode)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bank, _ = make_bank(tmp_path)
+        bank.build(clips, threads=2, progress=False)
+        FeatureBank(bank, CountingMel(RATE, n_fft=256, n_mels=16), batch_size=2)
+        assert torch.get_num_threads() == 2  # as it was
+    finally:
+        torch.set_num_threads(before)
+    assert {kind for kind, _ in seen} == {"decode", "features"}
+    assert {threads for _, threads in seen} == {1}
+
+
+def test_the_feature_bank_is_the_same_in_any_batch_size(tmp_path, clips):
+    bank, _ = make_bank(tmp_path, channels=2)
+    bank.build(clips, progress=False)
+    mel = MelSpectrogramDB(RATE, n_fft=256, n_mels=16, channels=2)
+    one = FeatureBank(bank, mel, batch_size=1, progress=False)
+    several = FeatureBank(bank, mel, batch_size=3, progress=False)
+    assert torch.equal(one.feats, several.feats)
+    rows = bank.rows(sorted(clips))
+    stored = mel(bank.waveforms(rows, train=False)).to(torch.float16)
+    assert torch.equal(several.feats[rows], stored)

@@ -190,3 +190,27 @@ def test_classifier_dropout_in_training_only():
     assert list(clf.state_dict()) == list(LinearClassifier(32, 5).state_dict())
     with pytest.raises(ValueError):
         LinearClassifier(32, 5, dropout=1.0)
+
+
+def test_equal_channels_are_computed_once_with_the_same_result():
+    mel = MelSpectrogramDB(16000, n_fft=256, n_mels=16, channels=2)
+    mono = torch.randn(3, 4000, 1)
+    wavs = torch.cat([mono, mono], dim=-1)  # up-mixed mono files
+    wavs[1, :, 1] = torch.randn(4000)  # one stereo clip
+    computed = []
+    power_mel = mel._power_mel
+
+    def counting(signals):
+        computed.append(signals.shape[0] * signals.shape[1])
+        return power_mel(signals)
+
+    mel._power_mel = counting
+    out = mel(wavs)
+    assert sum(computed) == 4  # 1 + 2 + 1 signals, not 6
+    for i in range(3):  # each clip alone, each channel on its own
+        for c in range(2):
+            alone = mel.to_db(power_mel(wavs[i : i + 1, :, c : c + 1].mT))
+            assert torch.allclose(out[i, c], alone[0, 0], atol=1e-4)
+    for all_equal in (wavs[[0, 2]], wavs[[1]]):
+        computed.clear()
+        assert torch.equal(mel(all_equal), mel.to_db(power_mel(all_equal.mT)))

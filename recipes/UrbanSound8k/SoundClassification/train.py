@@ -145,7 +145,10 @@ class SoundClassifierBrain(sb.Brain):
         logger.info("Clip bank: %d clips in %s", len(bank.index), where)
         if feature_bank:
             self.feature_bank = FeatureBank(
-                bank, self.modules.compute_features, device=self.device
+                bank,
+                self.modules.compute_features,
+                device=self.device,
+                progress=not self.noprogressbar,
             )
             logger.info(
                 "Feature bank: %.1f MB on %s",
