@@ -661,9 +661,10 @@ class RunFolder:
         self._lock = FolderLock(self.folder, "writing to").acquire()
         # SpeechBrain opens the files it writes here by name (log.txt,
         # env.log, hyperparams.yaml, train_log.txt, a copy of train.py),
-        # following links: a link to a file (a user's) is refused
+        # following links: a link to a file (a user's) is refused. Not the
+        # lock file: closing any descriptor of it would drop our POSIX lock.
         for path in self.folder.iterdir():
-            if not path.is_dir():
+            if not path.is_dir() and path != self._lock.path:
                 try:
                     os.close(open_store_file(path))
                 except OSError:  # not a link: unreadable, or gone meanwhile
