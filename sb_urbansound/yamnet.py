@@ -317,6 +317,15 @@ class YAMNetEncoder(torch.nn.Module):
     (torch.Size([2, 1, 1024]), torch.Size([2, 4, 521]))
     """
 
+    #: The model card's note on where the encoder comes from.
+    CARD_NOTE = (
+        "The encoder is YAMNet (Google; MobileNetV1 trained on AudioSet's 521 "
+        "sound event classes), from its release in tensorflow/models "
+        "(research/audioset/yamnet; TF Hub google/yamnet/1) under the Apache "
+        "License 2.0, rebuilt in PyTorch by sb_urbansound.yamnet and "
+        "fine-tuned here. Its licence applies to the encoder's weights; the "
+        "training data's licence is above."
+    )
     #: What ``pretrained_encoder`` may be, for the message when it is unset.
     PRETRAINED_HINT = (
         "YAMNet's SavedModel folder (e.g. ../shared/data/yamnet, TF Hub's "

@@ -16,15 +16,24 @@ batch_normalization`` (epsilon 1e-4, offset only), on the sounds of
 """
 
 import csv
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import SHARED
-from sb_urbansound import yamnet
+from helpers import HPARAMS, SHARED
+from sb_urbansound import classify, export, yamnet
 from sb_urbansound.errors import UserError
+from sb_urbansound.export import export_model, untrained_model_folder
 from sb_urbansound.finetune import strict_parameter_transfer
+from sb_urbansound.inference import load_model
+from test_runtime import NO_TORCH
+
+from speechbrain.inference.classifiers import EncoderClassifier
 
 WEIGHTS = SHARED / "data" / "yamnet"
 requires_weights = pytest.mark.skipif(
@@ -388,3 +397,110 @@ def test_a_frozen_encoder_computes_each_patch_once_until_its_weights_change():
     changed = enc(feats)
     assert computed == [8, 8, 8]
     assert not torch.equal(changed, first)
+
+
+# ------------------------------------------------- a model folder's ways out
+
+LABELS = ["dog_bark", "siren", "street_music"]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A yamnet_finetune.yaml model folder: YAMNet's weights, a random head,
+    1 s windows; exported to ONNX and TorchScript (with the export's check)."""
+    if not (WEIGHTS / "variables" / "variables.index").is_file():
+        pytest.skip(f"needs YAMNet's released weights at {WEIGHTS}")
+    torch.manual_seed(0)
+    folder = untrained_model_folder(
+        HPARAMS / "yamnet_finetune.yaml",
+        tmp_path_factory.mktemp("yamnet") / "model",
+        LABELS,
+        {"duration_ms": 1000},
+    )
+    torch.save(yamnet.read_release(WEIGHTS), folder / "embedding_model.ckpt")
+    return folder, export_model(folder)
+
+
+def test_a_yamnet_model_folder_exports_and_matches_eager_pytorch(model_folder):
+    folder, results = model_folder
+    for fmt, file in export.FILES.items():
+        result = results[fmt]
+        assert "error" not in result, result
+        assert (folder / file).is_file()
+        assert result["top1_agree"] == result["clips"] > 0
+        assert result["max_abs_diff"] <= export.PROB_TOLERANCE
+    # the graph starts from the waveform: YAMNet's front end is inside
+    import onnx
+
+    proto = onnx.load(folder / "model.onnx")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert "YAMNetFrontEnd" in meta["modules"]
+    assert "YAMNetEncoder" in meta["modules"]
+    # EncoderClassifier (SpeechBrain's) loads the folder
+    model = load_model(folder)
+    assert isinstance(model, EncoderClassifier)
+    wav = torch.from_numpy(sounds()["siren"][:16000])[None]
+    assert model.classify_batch(wav)[0].shape[-1] == len(LABELS)
+
+
+def test_a_yamnet_model_card_names_yamnet_audioset_and_the_licence(
+    model_folder,
+):
+    card = (model_folder[0] / "README.md").read_text()
+    for words in ("YAMNet", "AudioSet", "Apache License 2.0"):
+        assert words in card
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_classify_segments_and_stream_work_for_yamnet(
+    model_folder, backend, tmp_path, capsys
+):
+    import soundfile as sf
+
+    folder = model_folder[0]
+    wav = np.concatenate(list(sounds().values()))  # 6 s
+    path = tmp_path / "three.wav"
+    sf.write(path, wav, 16000)
+    code = classify.main(
+        [str(folder), str(path), "--segments", "--json", "--backend", backend]
+        + ["--threshold", "0.3"]  # a random head: one class is above 1/3
+    )
+    assert code == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["segments"] and result["n_windows"] == 11
+    pcm = (np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "sb_urbansound.classify", str(folder)]
+        + ["--stream", "--rate", "16000", "--channels", "1"]
+        + ["--backend", backend],
+        input=pcm,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 11 and all(x["label"] in LABELS for x in lines)
+
+
+def test_the_onnx_runtime_scores_a_yamnet_model_without_torch(
+    model_folder, tmp_path
+):
+    import soundfile as sf
+
+    folder = model_folder[0]
+    path = tmp_path / "siren.wav"
+    sf.write(path, sounds()["siren"], 16000)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(folder), str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["loaded"] == []
+    (ref,) = classify.classify_files(folder, [path], top_k=3, progress=False)
+    assert out["result"]["label"] == ref["label"]
+    assert out["result"]["prob"] == pytest.approx(ref["prob"], abs=1e-3)
