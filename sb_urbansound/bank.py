@@ -923,9 +923,16 @@ class FeatureBank:
                 wavs = bank.waveforms(chunk, train=False, device=device)
                 parts.append(compute_features(wavs).to(torch.float16))
             # The frame axis is the one that shrinks with a shorter input
+            # (or, for a front end that pads short clips to a minimum, as
+            # YAMNet's does, grows with a longer one)
             full = compute_features(wavs[:1]).shape
             half = compute_features(wavs[:1, : self.num_samples // 2])
-        dims = [d for d in range(len(full)) if half.shape[d] != full[d]]
+            dims = [d for d in range(len(full)) if half.shape[d] != full[d]]
+            if not dims:
+                longer = compute_features(wavs[:1].repeat_interleave(2, 1))
+                dims = [
+                    d for d in range(len(full)) if longer.shape[d] != full[d]
+                ]
         if len(dims) != 1:
             raise ValueError(
                 f"cannot tell the frame axis of features of shape {tuple(full)}"
