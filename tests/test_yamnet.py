@@ -178,6 +178,16 @@ def test_batch_norm_centres_without_scale_with_epsilon_1e_4():
     expected = expected + bn.beta.data
     torch.testing.assert_close(bn(x).flatten(), expected)
     assert not any("weight" in k for k in bn.state_dict())
+    # in training too: the loaded statistics, never updated
+    bn.train()
+    torch.testing.assert_close(bn(x).flatten(), expected)
+    assert bn.running_mean.tolist() == [1.0, 2.0, 3.0]
+    # the convolution unit folds it into the convolution
+    unit = yamnet.ConvUnit(3, 3, 3, 1, True).train()
+    unit.bn.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 3, 5, 4)
+    unfolded = torch.relu(bn(unit.conv(torch.nn.functional.pad(x, (1,) * 4))))
+    torch.testing.assert_close(unit(x), unfolded)
 
 
 @requires_weights
