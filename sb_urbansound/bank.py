@@ -973,11 +973,20 @@ class FeatureBank:
                 bar.update(len(rows))
             bar.close()
             # The frame axis is the one that shrinks with a shorter input
+            # (or, for a front end that pads short clips to a minimum, as
+            # YAMNet's does, grows with a longer one)
             full = (1, *self.feats.shape[1:])
             with torch.no_grad():
                 wav = bank.waveforms(chunks[0][:1], train=False, device=device)
                 half = compute_features(wav[:, : self.num_samples // 2]).shape
-        dims = [d for d in range(len(full)) if half[d] != full[d]]
+                dims = [d for d in range(len(full)) if half[d] != full[d]]
+                if not dims:
+                    longer = compute_features(wav.repeat_interleave(2, 1))
+                    dims = [
+                        d
+                        for d in range(len(full))
+                        if longer.shape[d] != full[d]
+                    ]
         if len(dims) != 1:
             raise ValueError(
                 f"cannot tell the frame axis of features of shape {tuple(full)}"

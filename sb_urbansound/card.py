@@ -164,6 +164,7 @@ def card_info(hparams, labels, hardware=None):
         for split, entry in (run.get("data") or {}).items()
         if isinstance(entry, dict)
     }
+    encoder = hparams.get("modules", {}).get("embedding_model")
     seconds = None
     if isinstance(history, list) and history:
         times = [h.get("train_seconds") for h in history]
@@ -186,6 +187,8 @@ def card_info(hparams, labels, hardware=None):
         "history": history if isinstance(history, list) else None,
         "train_seconds": seconds,
         "hardware": hardware,
+        # Where a pretrained encoder comes from and its licence (YAMNet)
+        "pretrained": getattr(encoder, "CARD_NOTE", None),
     }
 
 
@@ -404,6 +407,8 @@ def model_card(info, name="sb-urbansound sound classifier"):
             "- **Leaky random split** (`--leaky-random-split`): these "
             "numbers are not comparable to published results."
         )
+    if info.get("pretrained"):
+        lines += ["", "## Pretrained encoder", "", info["pretrained"]]
     lines += ["", "## Results", ""]
     if info["test"]:
         lines.append(

@@ -481,7 +481,9 @@ def strict_parameter_transfer(obj, path):
     warning for each missing or unexpected key. The file is read as
     SpeechBrain reads checkpoints (``torch_patched_state_dict_load``); a
     module with a ``convert_pretrained(checkpoint, path)`` method (e.g.
-    :class:`BEATsEncoder`) first converts other checkpoint formats. Nothing
+    :class:`BEATsEncoder`) first converts other checkpoint formats, and one
+    with ``read_pretrained(path)`` reads other files itself (e.g.
+    :class:`sb_urbansound.yamnet.YAMNetEncoder`, TensorFlow's). Nothing
     is loaded unless every key and shape fits (:func:`check_state_dict`).
 
     Arguments
@@ -508,8 +510,13 @@ def strict_parameter_transfer(obj, path):
     ...     print(str(e).splitlines()[1])
       shape mismatches: 2: weight (file (3, 2), model (4, 2)), bias (file (3,), model (4,))
     """
+    # A module that reads foreign weights (YAMNet's TensorFlow release)
+    # returns them as a state dict, or None for a torch checkpoint
+    read = getattr(obj, "read_pretrained", None)
+    checkpoint = read(path) if read is not None else None
     try:
-        checkpoint = torch_patched_state_dict_load(path, "cpu")
+        if checkpoint is None:
+            checkpoint = torch_patched_state_dict_load(path, "cpu")
     except Exception as e:
         raise UserError(
             f"cannot read the pretrained checkpoint {_describe(path)}: "

@@ -67,6 +67,8 @@ ALLOWED = (
     "!new:sb_urbansound.models.LinearClassifier",
     "!new:sb_urbansound.finetune.BEATsEncoder",
     "!new:sb_urbansound.finetune.PassThrough",
+    "!new:sb_urbansound.yamnet.YAMNetFrontEnd",
+    "!new:sb_urbansound.yamnet.YAMNetEncoder",
     "!new:speechbrain.lobes.models.Cnn14.Cnn14",
     "!new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN",
     "!new:speechbrain.lobes.models.ECAPA_TDNN.Classifier",

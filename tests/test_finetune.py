@@ -12,7 +12,13 @@ import math
 
 import pytest
 import torch
-from helpers import HPARAMS, US8K_CLASSES, load_recipe, make_urbansound_tree
+from helpers import (
+    HPARAMS,
+    SHARED,
+    US8K_CLASSES,
+    load_recipe,
+    make_urbansound_tree,
+)
 from sb_urbansound.errors import UserError
 from sb_urbansound.finetune import (
     BEATsEncoder,
@@ -31,7 +37,11 @@ from speechbrain.lobes.models.Cnn14 import Cnn14
 from speechbrain.nnet.containers import LengthsCapableSequential
 from speechbrain.utils.checkpoints import torch_parameter_transfer
 
-FINETUNE_YAMLS = ["cnn14_finetune.yaml", "beats_finetune.yaml"]
+FINETUNE_YAMLS = [
+    "cnn14_finetune.yaml",
+    "beats_finetune.yaml",
+    "yamnet_finetune.yaml",
+]
 
 # 6 training, 6 validation and 6 test clips: 2 batches of 4 per epoch
 DATA_ARGS = [
@@ -380,3 +390,51 @@ def test_missing_pretrained_encoder_is_named(data, tmp_path, monkeypatch):
             f"--pretrained_encoder={tmp_path / 'nowhere.pt'}",
             *BEATS_ARGS,
         )
+
+
+YAMNET = SHARED / "data" / "yamnet"
+
+
+def test_missing_yamnet_weights_name_the_key_and_the_shared_folder(
+    data, tmp_path, monkeypatch
+):
+    with pytest.raises(UserError) as error:
+        run_recipe(monkeypatch, "yamnet_finetune.yaml", data, tmp_path / "o")
+    message = str(error.value)
+    assert "--pretrained_encoder=<YAMNet's SavedModel folder" in message
+    assert "../shared/data/yamnet" in message
+
+
+@pytest.mark.skipif(
+    not (YAMNET / "variables" / "variables.index").is_file(),
+    reason=f"needs YAMNet's released weights at {YAMNET} (../shared is absent)",
+)
+def test_yamnet_loads_the_release_then_unfreezes_after_one_epoch(
+    data, tmp_path, monkeypatch
+):
+    from sb_urbansound.yamnet import read_release
+
+    out = tmp_path / "out"
+    hparams, records = run_recipe(
+        monkeypatch,
+        "yamnet_finetune.yaml",
+        data,
+        out,
+        f"--pretrained_encoder={YAMNET}",  # the SavedModel folder itself
+        "--unfreeze_after_epochs=1",
+        "--number_of_epochs=2",
+    )
+    release = read_release(YAMNET)
+    first, second = records
+    assert first["trainable"] == {False} and not first["training_mode"]
+    assert same_weights(
+        {k: v for k, v in first["state"].items() if "num_batches" not in k},
+        release,
+        "",
+    )
+    assert second["trainable"] == {True} and second["training_mode"]
+    assert not torch.equal(
+        second["state"]["net.26.conv.weight"], release["net.26.conv.weight"]
+    )
+    assert hparams["feature_bank"]  # YAMNet's log-mel, computed once
+    load_exported(out)

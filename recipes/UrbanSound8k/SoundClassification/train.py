@@ -1086,9 +1086,12 @@ def load_pretrained_encoder(hparams):
         return
     source = hparams.get("pretrained_encoder")
     if not source:
+        what = getattr(
+            hparams.get("embedding_model"), "PRETRAINED_HINT", "checkpoint file"
+        )
         raise UserError(
             "use_pretrained is True but no pretrained_encoder is given: pass "
-            "--pretrained_encoder=<checkpoint file> (see the recipe README), "
+            f"--pretrained_encoder=<{what}> (see the recipe README), "
             "or --use_pretrained=False to train the encoder from random "
             "weights"
         )
