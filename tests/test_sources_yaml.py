@@ -174,7 +174,8 @@ def test_a_folder_of_mp3_trains_split_by_the_group_pattern_of_the_command_line(
         r"split by group: group_pattern '^(\d+)-' gives 10 groups of 20 "
         "files, and a group never spans two folds"
     )
-    assert f"Data {split}" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert f"Data {split}" in log, [x for x in log.splitlines() if "split" in x]
     assert f"; {split}." in (out / "model" / "README.md").read_text()
 
 
