@@ -421,6 +421,7 @@ def test_yamnet_loads_the_release_then_unfreezes_after_one_epoch(
         data,
         out,
         f"--pretrained_encoder={YAMNET}",  # the SavedModel folder itself
+        "--freeze_encoder=False",
         "--unfreeze_after_epochs=1",
         "--number_of_epochs=2",
     )
