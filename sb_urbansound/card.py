@@ -145,6 +145,9 @@ def card_info(hparams, labels, hardware=None):
         "tta_views",
         "tta_max_shift",
         "feature_bank",
+        "freeze_encoder",
+        "unfreeze_after_epochs",
+        "encoder_lr_scale",
         "seed",
     ):
         value = hparams.get(key)

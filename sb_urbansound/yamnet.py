@@ -342,9 +342,10 @@ class YAMNetEncoder(torch.nn.Module):
         "The encoder is YAMNet (Google; MobileNetV1 trained on AudioSet's 521 "
         "sound event classes), from its release in tensorflow/models "
         "(research/audioset/yamnet; TF Hub google/yamnet/1) under the Apache "
-        "License 2.0, rebuilt in PyTorch by sb_urbansound.yamnet and "
-        "fine-tuned here. Its licence applies to the encoder's weights; the "
-        "training data's licence is above."
+        "License 2.0, rebuilt in PyTorch by sb_urbansound.yamnet; the "
+        "settings below say whether it was frozen or fine-tuned here. Its "
+        "licence applies to the encoder's weights; the training data's "
+        "licence is above."
     )
     #: What ``pretrained_encoder`` may be, for the message when it is unset.
     PRETRAINED_HINT = (

@@ -459,6 +459,9 @@ def test_a_yamnet_model_card_names_yamnet_audioset_and_the_licence(
     card = (model_folder[0] / "README.md").read_text()
     for words in ("YAMNet", "AudioSet", "Apache License 2.0"):
         assert words in card
+    # whether the encoder was frozen or fine-tuned is in the settings
+    assert "| freeze_encoder | True |" in card, card
+    assert "and fine-tuned here" not in card
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
