@@ -43,6 +43,7 @@ Authors
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -453,12 +454,56 @@ def describe_nan_model(path, model_folder):
     )
 
 
-def _quiet_speechbrain(level=logging.WARNING):
-    """Lower SpeechBrain's loggers (INFO by default) to ``level``."""
+@contextlib.contextmanager
+def quiet_speechbrain(enabled=True, level=logging.WARNING):
+    """Lower SpeechBrain's loggers (INFO by default) to ``level`` meanwhile.
+
+    SpeechBrain's ``get_logger`` reads ``SB_LOG_LEVEL`` for loggers made
+    later, so the variable is set too, and put back afterwards: a caller's
+    process (and the programs it starts) keeps its own.
+
+    Arguments
+    ---------
+    enabled : bool
+        Whether to lower them (else do nothing).
+    level : int
+        The level meanwhile.
+
+    Yields
+    ------
+    None
+
+    Example
+    -------
+    >>> before = os.environ.get("SB_LOG_LEVEL")
+    >>> with quiet_speechbrain():
+    ...     os.environ["SB_LOG_LEVEL"]
+    'WARNING'
+    >>> os.environ.get("SB_LOG_LEVEL") == before
+    True
+    """
+    if not enabled:
+        yield
+        return
+    names = [
+        name
+        for name in logging.root.manager.loggerDict
+        if name == "speechbrain" or name.startswith("speechbrain.")
+    ]
+    levels = {name: logging.getLogger(name).level for name in names}
+    env = os.environ.get("SB_LOG_LEVEL")
     os.environ["SB_LOG_LEVEL"] = logging.getLevelName(level)
-    for name in list(logging.root.manager.loggerDict):
-        if name == "speechbrain" or name.startswith("speechbrain."):
-            logging.getLogger(name).setLevel(level)
+    for name in names:
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        if env is None:
+            os.environ.pop("SB_LOG_LEVEL", None)
+        else:
+            os.environ["SB_LOG_LEVEL"] = env
+        for name, old in levels.items():
+            logging.getLogger(name).setLevel(old)
 
 
 def _is_path(obj):
@@ -822,8 +867,12 @@ def main(argv=None):
     """
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    if not args.verbose:
-        _quiet_speechbrain()
+    with quiet_speechbrain(enabled=not args.verbose):
+        return _classify(args)
+
+
+def _classify(args):
+    """The command's work, for :func:`main`; returns the exit status."""
     failed = []
 
     def failed_file(path, message):

@@ -1399,20 +1399,19 @@ def main(argv=None):
     """
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    if not args.verbose:
-        from sb_urbansound.classify import _quiet_speechbrain
+    from sb_urbansound.classify import quiet_speechbrain
 
-        _quiet_speechbrain()
     formats = list(FILES) if args.format == "all" else [args.format]
     try:
-        results = export_model(
-            args.model_folder,
-            formats,
-            data=args.data,
-            max_clips=args.max_clips,
-            opset=args.opset,
-            trust=args.trust_model,
-        )
+        with quiet_speechbrain(enabled=not args.verbose):
+            results = export_model(
+                args.model_folder,
+                formats,
+                data=args.data,
+                max_clips=args.max_clips,
+                opset=args.opset,
+                trust=args.trust_model,
+            )
     except UserError as e:
         if args.verbose:
             raise

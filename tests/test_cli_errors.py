@@ -274,3 +274,16 @@ def test_a_stream_ending_inside_a_frame_says_so(folders):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("warning: the stream ended inside a frame:")
     assert "1 byte(s) dropped" in err
+
+
+def test_classify_and_export_in_process_leave_the_log_level_as_it_was(
+    monkeypatch, tmp_path
+):
+    # A train.py started later inherits SB_LOG_LEVEL: WARNING there drops
+    # its INFO lines from log.txt
+    from sb_urbansound import classify, export
+
+    monkeypatch.setenv("SB_LOG_LEVEL", "INFO")
+    assert classify.main([str(tmp_path / "no_model"), "x.wav"]) == 2
+    assert export.main([str(tmp_path / "no_model")]) == 2
+    assert os.environ["SB_LOG_LEVEL"] == "INFO"
