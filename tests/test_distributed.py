@@ -71,6 +71,7 @@ def run(cmd):
         timeout=900,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
@@ -161,15 +162,6 @@ def test_a_torchrun_run_ends_cleanly_when_gloo_takes_the_gil_at_exit(
     cmd = command(data, out, ["--data_source=shards", "--shard_size=10"], 2)
     cmd.insert(cmd.index(str(REPO / "train.py")), str(shim))
     cmd[cmd.index("--number_of_epochs=3")] = "--number_of_epochs=1"
-    result = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    assert "terminate called" not in output
+    result = run(cmd)
+    assert "terminate called" not in result.stdout + result.stderr
     assert json.loads((out / "test_results.json").read_text())["n_clips"] == 15
