@@ -2,8 +2,8 @@
 
 * :func:`find_audio_files` is the one audio finder (data preparation and
   ``classify`` use it): regular files only, each file once.
-* :func:`load_audio` reads a file with ``speechbrain.dataio.audio_io``
-  (soundfile, no FFmpeg), only the frames needed, and refuses non-finite
+* :func:`load_audio` reads a file with soundfile (as
+  ``speechbrain.dataio.audio_io`` does; no FFmpeg), in one open, only the frames needed, and refuses non-finite
   samples.
 * :class:`ClipConditioner` brings a clip to the model's sample rate, channel
   count and length. Training (the recipe's data pipeline) and inference (the
@@ -24,11 +24,10 @@ import os
 import stat
 from pathlib import Path
 
+import soundfile
 import torch
 from sb_urbansound.errors import AudioLoadError
 from sb_urbansound.runtime import Conditioner, check_rate
-
-from speechbrain.dataio import audio_io
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +169,8 @@ def check_regular_file(path):
 def load_audio(path, max_seconds=None):
     """Read an audio file as a float32 ``[time, channels]`` tensor.
 
-    Reads with ``speechbrain.dataio.audio_io`` (soundfile), so no torchcodec or
-    FFmpeg is needed; integer PCM is scaled to [-1, 1]. With ``max_seconds``
+    Reads with soundfile (as ``speechbrain.dataio.audio_io``), so no
+    torchcodec or FFmpeg is needed; integer PCM is scaled to [-1, 1]. With ``max_seconds``
     only the first frames are read, so a long recording costs only what is
     kept.
 
@@ -206,16 +205,17 @@ def load_audio(path, max_seconds=None):
     """
     check_regular_file(path)
     try:
-        num_frames = -1
-        if max_seconds is not None:
-            rate = audio_io.info(str(path)).sample_rate
-            num_frames = max(int(math.ceil(max_seconds * rate)), 1)
-        wav, sample_rate = audio_io.load(
-            str(path),
-            channels_first=False,
-            dtype=torch.float32,
-            num_frames=num_frames,
-        )
+        # soundfile itself, as speechbrain.dataio.audio_io wraps it: its
+        # info() then load() open and parse the file twice, a third of the
+        # clip bank's reading time
+        with soundfile.SoundFile(str(path)) as f:
+            sample_rate = f.samplerate
+            num_frames = -1
+            if max_seconds is not None:
+                num_frames = max(int(math.ceil(max_seconds * sample_rate)), 1)
+            wav = torch.from_numpy(
+                f.read(num_frames, dtype="float32", always_2d=True)
+            )
     except Exception as e:  # libsndfile errors: RuntimeError, LibsndfileError
         cause = e.__cause__ or e
         raise AudioLoadError(

@@ -182,11 +182,18 @@ def decode_clip(conditioner, path):
     """
     try:
         wav, rate = load_audio(path, conditioner.max_seconds())
-        clip = conditioner.convert(wav, rate)[: conditioner.num_samples]
+        # A mono file is quantised before its up-mix (a broadcast view):
+        # half the work for a stereo bank, the same numbers
+        clip = conditioner.converter.convert(wav.numpy(), rate, upmix=False)
     except AudioLoadError as e:
         return None, str(e)
-    pcm = torch.round(clip.clamp(-1.0, 1.0) * _INT16_SCALE).to(torch.int16)
-    return pcm.numpy(), None
+    clip = clip[: conditioner.num_samples]
+    np.clip(clip, -1.0, 1.0, out=clip)
+    np.rint(np.multiply(clip, _INT16_SCALE, out=clip), out=clip)
+    pcm = clip.astype(np.int16)
+    if conditioner.channels == 1:
+        return pcm[:, 0], None
+    return np.broadcast_to(pcm, (len(pcm), conditioner.channels)), None
 
 
 class BankDamaged(Exception):

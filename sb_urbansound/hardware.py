@@ -94,9 +94,14 @@ def set_torch_threads(num_workers, cores=None):
     workers (one thread each) prepare waveforms. More busy threads than cores
     slow OpenMP down badly (its threads wait for each other at every operation):
     on 2 cores with 2 workers, 2 compute threads train several times slower than
-    1. This sets ``cores - num_workers`` threads (at least 1, at most torch's
-    default; cores shared among the processes of a ``torchrun`` launch). The
-    recipe's YAML calls it at load time; ``OMP_NUM_THREADS``, when set, wins.
+    1, and so do 2 threads on 2 cores that other jobs keep busy (`cnn.yaml`'s
+    feature bank, load 5: 57.9 training clips/s at 2 threads, 325.8 at 1;
+    idle, 2 threads gain a third over 1, ``docs/performance.md``). This sets
+    ``cores - num_workers - busy`` threads, ``busy`` being the cores that the
+    system's load average (over the last minute) says others use (at least 1,
+    at most torch's default; cores shared among the processes of a
+    ``torchrun`` launch). The recipe's YAML calls it at load time;
+    ``OMP_NUM_THREADS``, when set, wins.
 
     Arguments
     ---------
@@ -122,7 +127,8 @@ def set_torch_threads(num_workers, cores=None):
     if cores is None:
         cores = available_cores()
     local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
-    free = cores // local_processes - int(num_workers or 0)
+    busy = int(os.getloadavg()[0]) // local_processes
+    free = cores // local_processes - int(num_workers or 0) - busy
     threads = max(1, min(free, _DEFAULT_TORCH_THREADS))
     torch.set_num_threads(threads)
     return threads

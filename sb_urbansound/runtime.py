@@ -395,7 +395,7 @@ class Conditioner:
         if self.channels < 1:
             raise ValueError(f"channels must be at least 1, got {channels}")
 
-    def convert(self, wav, sample_rate):
+    def convert(self, wav, sample_rate, upmix=True):
         """Down-mix, resample, up-mix (and remove the DC offset) a clip.
 
         Arguments
@@ -404,18 +404,24 @@ class Conditioner:
             ``[time]`` or ``[time, channels]``.
         sample_rate : int
             Its rate.
+        upmix : bool
+            Duplicate a mono clip to ``self.channels``; without it a mono
+            clip stays ``[new_time, 1]``, for a caller that duplicates it
+            later at less cost (the clip bank, after quantising).
 
         Returns
         -------
         numpy.ndarray
-            float32 ``[new_time, self.channels]``.
+            float32 ``[new_time, self.channels]`` (or ``[new_time, 1]``).
         """
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim == 1:
             wav = wav[:, None]
         wav = rechannel(wav, min(self.channels, wav.shape[1]))  # down-mix
         wav = resample(wav, sample_rate, self.sample_rate)
-        wav = rechannel(wav, self.channels)  # up-mix
+        if upmix:
+            wav = rechannel(wav, self.channels)
+        # (per channel: the same after the up-mix as before it)
         return remove_dc_offset(wav) if self.remove_dc else wav
 
 

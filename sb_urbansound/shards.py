@@ -72,9 +72,10 @@ FORMATS = ("int16", "flac")
 
 def _encode(pcm, fmt, sample_rate):
     """The bytes of one clip in a shard: ``(extension, bytes)``."""
+    pcm = np.ascontiguousarray(pcm)  # (an up-mix is a broadcast view)
     if fmt == "int16":
         buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(pcm), allow_pickle=False)
+        np.save(buffer, pcm, allow_pickle=False)
         return "npy", buffer.getvalue()
     import soundfile as sf
 
