@@ -28,6 +28,7 @@ Authors
 """
 
 import argparse
+import csv
 import io
 import math
 import os
@@ -894,6 +895,116 @@ def read_release(path):
     return yamnet_state_dict(read_keras_h5(path), f"the weights in {path}")
 
 
+# ------------------------------------------------------------------ zero-shot
+
+
+def read_class_map(path, audioset_names):
+    """Labels and the AudioSet classes that stand for each, from a CSV.
+
+    Each row is ``label,AudioSet class name`` (a header row ``label,audioset``
+    is allowed); a label may have several rows, and its score is the highest
+    of its classes'.
+
+    Arguments
+    ---------
+    path : str or Path
+        The class map.
+    audioset_names : list of str
+        YAMNet's 521 class names, in output order.
+
+    Returns
+    -------
+    dict
+        ``{label: [AudioSet class indices]}``, in the order of the file.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / "map.csv").write_text(
+    ...     "label,audioset\\ndog,Bark\\ndog,Dog\\n"
+    ... )
+    >>> read_class_map(tmp / "map.csv", ["Dog", "Bark"])
+    {'dog': [1, 0]}
+    """
+    index = {name: i for i, name in enumerate(audioset_names)}
+    labels = {}
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path}: cannot be read as a class map ({e})"
+        ) from None
+    for line, row in enumerate(rows, 1):
+        if not row or (line == 1 and row == ["label", "audioset"]):
+            continue
+        if len(row) != 2 or row[1] not in index:
+            raise UserError(
+                f"{path}, line {line}: {','.join(row)!r} is not "
+                "'label,AudioSet class name' with one of YAMNet's 521 names "
+                "(the release's assets/yamnet_class_map.csv lists them)"
+            )
+        labels.setdefault(row[0], []).append(index[row[1]])
+    if not labels:
+        raise UserError(f"{path}: no 'label,AudioSet class name' rows")
+    return labels
+
+
+class ZeroShot:
+    """Label clips with YAMNet's own AudioSet head, without any training.
+
+    A clip's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
+    over its patches of sound; a label scores the highest of its classes'
+    (:func:`read_class_map`), and the clip gets the best label.
+
+    Arguments
+    ---------
+    weights : str or Path
+        YAMNet's release folder (SavedModel, with
+        ``assets/yamnet_class_map.csv``).
+    class_map : str or Path
+        The CSV of ``label,AudioSet class name`` rows.
+    """
+
+    def __init__(self, weights, class_map):
+        names_file = Path(weights) / "assets" / "yamnet_class_map.csv"
+        if not Path(weights).is_dir() or not names_file.is_file():
+            raise UserError(
+                f"{weights}: not YAMNet's release folder (it needs "
+                "variables/ and assets/yamnet_class_map.csv; see "
+                "../shared/data/README.md, section yamnet/)"
+            )
+        with open(names_file, encoding="utf-8", newline="") as f:
+            names = [row[2] for row in list(csv.reader(f))[1:]]
+        self.classes = read_class_map(class_map, names)
+        self.labels = list(self.classes)
+        self.front_end = YAMNetFrontEnd()
+        self.encoder = YAMNetEncoder().eval()
+        self.encoder.load_state_dict(read_release(weights))
+
+    @torch.no_grad()
+    def scores(self, wav):
+        """Each label's score for one clip.
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``[time]`` at 16 kHz, mono.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[labels]``, each in [0, 1].
+        """
+        patches = self.encoder.patches(self.front_end(wav[None]))[0]
+        sound = (patches > SILENCE).flatten(1).any(dim=1)
+        if sound.any():
+            patches = patches[sound]
+        emb = self.encoder.patch_embeddings(patches)
+        audioset = torch.sigmoid(self.encoder.logits(emb)).mean(dim=0)
+        return torch.stack([audioset[i].max() for i in self.classes.values()])
+
+
 # ------------------------------------------------------------------------ CLI
 
 
@@ -924,7 +1035,8 @@ def convert(source, out):
 
 
 def main(argv=None):
-    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt``."""
+    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` or
+    ``zero-shot --weights DIR --map MAP.csv FILE...``."""
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.yamnet",
         description="Convert YAMNet's released weights (TensorFlow "
@@ -935,14 +1047,40 @@ def main(argv=None):
     conv = sub.add_parser("convert", help="write OUT.ckpt from SRC")
     conv.add_argument("source", help="SavedModel folder or yamnet.h5")
     conv.add_argument("out", help="the checkpoint to write")
+    zero = sub.add_parser(
+        "zero-shot",
+        help="label audio files with YAMNet's AudioSet head and a class map "
+        "(no training): prints 'file<TAB>label<TAB>score'",
+    )
+    zero.add_argument("--weights", required=True, help="the release folder")
+    zero.add_argument(
+        "--map", required=True, help="CSV of 'label,AudioSet class name'"
+    )
+    zero.add_argument("files", nargs="+", help="audio files")
     args = parser.parse_args(argv)
     try:
+        if args.command == "zero-shot":
+            return _zero_shot(args)
         state = convert(args.source, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_status
     count = sum(v.numel() for v in state.values())
     print(f"wrote {args.out}: {len(state)} tensors, {count:,} values")
+    return 0
+
+
+def _zero_shot(args):
+    """Print each file's best label and its score."""
+    from sb_urbansound.audio import ClipConditioner, load_audio
+
+    model = ZeroShot(args.weights, args.map)
+    to_16k = ClipConditioner(SAMPLE_RATE, 1)
+    for path in args.files:
+        wav, rate = load_audio(path)
+        scores = model.scores(to_16k.convert(wav, rate))
+        best = int(scores.argmax())
+        print(f"{path}\t{model.labels[best]}\t{float(scores[best]):.3f}")
     return 0
 
 

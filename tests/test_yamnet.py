@@ -517,3 +517,49 @@ def test_the_onnx_runtime_scores_a_yamnet_model_without_torch(
     (ref,) = classify.classify_files(folder, [path], top_k=3, progress=False)
     assert out["result"]["label"] == ref["label"]
     assert out["result"]["prob"] == pytest.approx(ref["prob"], abs=1e-3)
+
+
+@requires_weights
+def test_zero_shot_labels_generated_sounds_through_a_class_map(tmp_path):
+    import soundfile as sf
+
+    class_map = tmp_path / "map.csv"
+    class_map.write_text(
+        "label,audioset\n"
+        "hiss,White noise\n"
+        "beep,Sine wave\n"
+        "beep,Dial tone\n"
+        "wail,Siren\n"
+        "wail,Civil defense siren\n"
+    )
+    files = []
+    for name, wav in sounds().items():
+        files.append(tmp_path / f"{name}.wav")
+        sf.write(files[-1], wav, 16000)
+    result = subprocess.run(
+        [sys.executable, "-m", "sb_urbansound.yamnet", "zero-shot"]
+        + ["--weights", str(WEIGHTS), "--map", str(class_map)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    labels = [line.split("\t")[1] for line in result.stdout.splitlines()]
+    assert labels == ["hiss", "beep", "wail"], result.stdout
+
+
+@requires_weights
+def test_a_class_map_naming_no_audioset_class_is_refused_naming_the_line(
+    tmp_path,
+):
+    class_map = tmp_path / "map.csv"
+    class_map.write_text("label,audioset\ndog,Bark\ncat,Meow meow\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sb_urbansound.yamnet", "zero-shot"]
+        + ["--weights", str(WEIGHTS), "--map", str(class_map), "x.wav"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert f"{class_map}, line 3: 'cat,Meow meow'" in result.stderr
+    assert "Traceback" not in result.stderr
