@@ -29,7 +29,7 @@
 #   2. ruff check + ruff format --check, yamllint, codespell on the added
 #      files, with SpeechBrain's pinned linters (lint-requirements.txt)
 #   3. load_yaml_test for the UrbanSound8k rows (SpeechBrain's ECAPA row too)
-#   4. run_recipe_tests for the UrbanSound8k rows, on the CPU
+#   4. run_recipe_tests for our rows, on the CPU
 #
 # The Python on PATH must have this plugin installed (pip install -e .) and
 # pytest; the linters are installed into a throwaway virtual environment.
@@ -37,7 +37,7 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 die() {
@@ -68,8 +68,9 @@ done
 SB=$(cd "$SB_ARG" && pwd)
 if [ -n "$PATCHES" ]; then
     # Nothing the user has is overwritten, nothing written through a link
-    [ -L "$PATCHES" ] && die "--patches $PATCHES is a link: give a folder"
-    if [ -e "$PATCHES" ] && [ -n "$(ls -A "$PATCHES" 2>/dev/null)" ]; then
+    if [ -L "$PATCHES" ] || { [ -e "$PATCHES" ] && [ ! -d "$PATCHES" ]; }; then
+        die "--patches $PATCHES is not a folder: give a new or empty folder"
+    elif [ -n "$(ls -A "$PATCHES" 2>/dev/null)" ]; then
         die "--patches $PATCHES is not empty: give a new or empty folder"
     fi
     mkdir -p "$PATCHES" || die "cannot create --patches $PATCHES"
@@ -223,16 +224,18 @@ from tests.utils.recipe_tests import load_yaml_test
 ok = load_yaml_test(filters_fields=["Dataset"], filters=[["UrbanSound8k"]])
 sys.exit(0 if ok else 1)'
 if [ "$RECIPE_TESTS" = 1 ]; then
+    # Our rows: SpeechBrain's ECAPA-TDNN row is byte for byte its own (checked
+    # above), and needs its own extras (scikit-learn) and downloads
     run run_recipe_tests "$PYTHON" -c '
 import sys
 from tests.utils.recipe_tests import run_recipe_tests
 ok = run_recipe_tests(
     run_opts="--device=cpu",
-    filters_fields=["Dataset"],
-    filters=[["UrbanSound8k"]],
+    filters_fields=["Dataset", "Script_file"],
+    filters=[["UrbanSound8k"], [sys.argv[1]]],
     do_checks=True,
 )
-sys.exit(0 if ok else 1)'
+sys.exit(0 if ok else 1)' "$DEST/train.py"
     [ "${RESULT[run_recipe_tests]}" = FAIL ] &&
         tail -n 30 tests/tmp/*/stderr.txt 2>/dev/null
 fi
