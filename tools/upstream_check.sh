@@ -26,8 +26,9 @@
 #
 # The checks, from the copy's root:
 #   1. pytest tests/consistency                       (SpeechBrain's checks)
-#   2. ruff check + ruff format --check, yamllint, codespell on the added
-#      files, with SpeechBrain's pinned linters (lint-requirements.txt)
+#   2. git diff --check (trailing whitespace), ruff check + ruff format
+#      --check, yamllint, codespell on the added files, with SpeechBrain's
+#      pinned linters (lint-requirements.txt)
 #   3. load_yaml_test for the UrbanSound8k rows (SpeechBrain's ECAPA row too)
 #   4. run_recipe_tests for our rows, on the CPU
 #
@@ -37,7 +38,7 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 die() {
@@ -210,6 +211,8 @@ echo "== linters (SpeechBrain's pinned versions)"
 LINT=$WORK/lint/bin
 
 run consistency "$PYTHON" -m pytest -q -p no:cacheprovider tests/consistency
+# SpeechBrain's pre-commit hooks refuse trailing whitespace
+run whitespace git diff --check "$BASE" HEAD
 # shellcheck disable=SC2086
 run ruff-check "$LINT/ruff" check $PY_FILES
 # shellcheck disable=SC2086
@@ -243,7 +246,7 @@ fi
 echo
 echo "== summary (SpeechBrain $SB_DESC)"
 status=0
-for name in consistency ruff-check ruff-format yamllint codespell \
+for name in consistency whitespace ruff-check ruff-format yamllint codespell \
     load_yaml_test run_recipe_tests; do
     [ -z "${RESULT[$name]:-}" ] && continue
     printf '%-18s %s\n' "$name" "${RESULT[$name]}"
