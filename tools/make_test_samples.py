@@ -66,7 +66,9 @@ def main():
                 k += 1
     (OUT / "metadata").mkdir(parents=True, exist_ok=True)
     with open(OUT / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=US8K_COLUMNS)
+        # LF line ends, as the data set's own file (CRLF reads as trailing
+        # whitespace in a patch)
+        writer = csv.DictWriter(f, fieldnames=US8K_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 
