@@ -723,11 +723,9 @@ def window_log_probs(model, windows, batch_size=16):
     → ``embedding_model`` → ``classifier``) like ``classify_batch(windows)``,
     with the same result, but the waveform, feature and embedding steps go
     ``batch_size`` windows at a time, so memory stays bounded for long clips.
-    ``mean_var_norm`` sees the features of all the windows at once: a
-    trained ``BatchStandardize`` uses its training statistics, and one from
-    a model folder without them standardises all the windows of a clip with
-    the clip's statistics; either way a clip's result does not depend on
-    other files.
+    ``mean_var_norm`` sees the features of all the windows at once (a
+    trained ``BatchStandardize`` uses its training statistics), so a clip's
+    result does not depend on other files.
 
     Arguments
     ---------
