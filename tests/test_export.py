@@ -326,7 +326,7 @@ def test_a_normaliser_without_training_statistics_is_refused(
     folder = tmp_path / "model"
     shutil.copytree(folders["cnn.yaml"], folder)
     for file in export.FILES.values():
-        (folder / file).unlink()
+        (folder / file).unlink(missing_ok=True)
     ckpt = folder / "mean_var_norm.ckpt"
     state = torch.load(ckpt)
     state["batches"].zero_()
