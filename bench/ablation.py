@@ -164,26 +164,11 @@ REAL_COMMON = ["--download=False"]
 # cnn_large.yaml as it was before the real-audio tuning (issue 15), as
 # overrides of the shipped one
 CNN_LARGE_BEFORE = [
-    "--gain_db=0.0",
-    "--time_stretch=0.0",
-    "--freq_shift_pct=0.0",
-    "--background_prob=0.0",
     "--classifier_dropout=0.0",
     "--weight_decay=0.0",
-    "--cnn_extra_convs=[0,0,0,0]",
-    "--cnn_residual=False",
-    "--ema_decay=0.0",
-    "--class_balanced=False",
     "--test_checkpoint=best",
 ]
 SCREEN = ["--number_of_epochs=30"]
-# The four feature augmentations together (the rows "aug4" and after)
-AUGMENTATIONS = [
-    "--gain_db=6.0",
-    "--time_stretch=0.2",
-    "--freq_shift_pct=0.05",
-    "--background_prob=0.5",
-]
 
 
 def before(*changes, epochs=SCREEN):
@@ -212,26 +197,6 @@ REAL = {
         before(),
         "the same, 30 epochs (the screening rows below start from it)",
     ),
-    "gain": (
-        "cnn_large.yaml",
-        before("--gain_db=6.0"),
-        "+ random gain, +-6 dB per clip",
-    ),
-    "stretch": (
-        "cnn_large.yaml",
-        before("--time_stretch=0.2"),
-        "+ time stretch, rate 1/1.2 to 1.2 per clip",
-    ),
-    "fshift": (
-        "cnn_large.yaml",
-        before("--freq_shift_pct=0.05"),
-        "+ frequency shift, up to 5 % of the mel bands (3 bands) per clip",
-    ),
-    "background": (
-        "cnn_large.yaml",
-        before("--background_prob=0.5"),
-        "+ another clip of the batch as background (p 0.5, 5-20 dB below)",
-    ),
     "dropout": (
         "cnn_large.yaml",
         before("--classifier_dropout=0.3"),
@@ -257,27 +222,6 @@ REAL = {
         before("--batch_size=16"),
         "batch 16 instead of 32 (twice the optimizer steps)",
     ),
-    "res34": (
-        "cnn_large.yaml",
-        before("--cnn_extra_convs=[0,0,1,1]", "--cnn_residual=True"),
-        "+ a residual 3x3 conv in blocks 3 and 4",
-    ),
-    "ema": (
-        "cnn_large.yaml",
-        before("--ema_decay=0.99"),
-        "+ moving average of the weights (decay 0.99 per step)",
-    ),
-    "balanced": (
-        "cnn_large.yaml",
-        before("--class_balanced=True", "--test_checkpoint=last"),
-        "+ class-balanced sampling",
-    ),
-    "balanced-60ep": (
-        "cnn_large.yaml",
-        before("--class_balanced=True", "--test_checkpoint=last", epochs=[]),
-        "`balanced` at 60 epochs: class-balanced sampling and the last "
-        "epoch's checkpoint, no feature augmentation",
-    ),
     "mixup1": (
         "cnn_large.yaml",
         before("--mixup_alpha=1.0", "--test_checkpoint=last"),
@@ -288,44 +232,13 @@ REAL = {
         before("--hop_length=512"),
         "hop 512 (23 ms, 173 frames) instead of 256: half the cost",
     ),
-    "hop512-res": (
+    "shipped": (
         "cnn_large.yaml",
-        before(
-            "--hop_length=512",
-            "--cnn_extra_convs=[0,1,1,1]",
-            "--cnn_residual=True",
-        ),
-        "hop 512 + a residual 3x3 conv in blocks 2-4 (longer context)",
-    ),
-    "aug4": (
-        "cnn_large.yaml",
-        before(*AUGMENTATIONS),
-        "+ gain, time stretch, frequency shift and background together",
+        [],
+        "**`cnn_large.yaml` as it ships**: `before` with the last "
+        "epoch's checkpoint tested",
     ),
 }
-
-# cnn_large.yaml as it ships; the candidate it was chosen against
-REAL.update(
-    {
-        "shipped": (
-            "cnn_large.yaml",
-            [],
-            "**`cnn_large.yaml` as it ships**: `before` with the last "
-            "epoch's checkpoint tested",
-        ),
-        "aug4-balanced": (
-            "cnn_large.yaml",
-            before(
-                *AUGMENTATIONS,
-                "--class_balanced=True",
-                "--test_checkpoint=last",
-                epochs=[],
-            ),
-            "`balanced-60ep` + the four feature augmentations of `aug4` "
-            "(the first candidate)",
-        ),
-    }
-)
 
 
 def make_generated(folder):

@@ -93,11 +93,7 @@ def build(name, workdir, quick):
 
     overrides = {"sample_rate": 16000, "duration_ms": 1000} if quick else {}
     folder = untrained_model_folder(
-        HPARAMS / f"{name}.yaml",
-        workdir / name,
-        LABELS,
-        overrides,
-        statistics=True,
+        HPARAMS / f"{name}.yaml", workdir / name, LABELS, overrides
     )
     lines = []
     results = export_model(folder, log=lines.append)
@@ -205,8 +201,6 @@ def profile(folder, threads, windows):
         str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     feeds = {"waveforms": np.ascontiguousarray(windows[:1])}
-    if "norm_stats" in [i.name for i in session.get_inputs()]:
-        feeds["norm_stats"] = np.full(2, np.nan, np.float32)
     calls = 30
     for _ in range(calls):
         session.run(None, feeds)

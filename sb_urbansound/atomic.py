@@ -22,7 +22,7 @@ the same rules (``docs/stores.md``), and this module is where they live:
 * **never through a link**: :func:`open_store_file` opens a file of a store
   without following a link and refuses anything but a regular file, so a
   link planted in a store (``.lock`` -> a user's file) is never written,
-  truncated, or read as ours (a marker, an index, a legacy store's file).
+  truncated, or read as ours (a marker, an index).
 
 Files get the usual permissions of a new file (0666 less the umask).
 
@@ -281,7 +281,7 @@ def read_store_json(path):
     """The JSON a store's file holds, or None: absent, unreadable, not JSON,
     or not a regular file of the store (a link is never followed).
 
-    Ownership is decided by such files (a marker, a legacy store's file):
+    Ownership is decided by such files (a marker):
     a link to another store's would make a folder of the user's look ours.
 
     Arguments
@@ -407,7 +407,7 @@ def _entries(folder, kind=None):
     )
 
 
-def claim_folder(folder, kind, what="output_folder", legacy=None):
+def claim_folder(folder, kind, what="output_folder"):
     """Make ``folder`` a store of ``kind``, or refuse a folder that isn't ours.
 
     A folder that does not exist or is empty is created and marked; a folder
@@ -423,9 +423,6 @@ def claim_folder(folder, kind, what="output_folder", legacy=None):
         The kind of store (see :func:`mark_store`).
     what : str
         How the message names the folder (an option name).
-    legacy : callable, optional
-        ``legacy(folder) -> bool``: whether an unmarked folder was written
-        by an earlier version of sb-urbansound (it is then marked).
 
     Returns
     -------
@@ -466,7 +463,7 @@ def claim_folder(folder, kind, what="output_folder", legacy=None):
             f"{kind} folder: choose another path"
         )
     entries = _entries(folder, kind)
-    if not entries or (legacy is not None and legacy(folder)):
+    if not entries:
         return mark_store(folder, kind)
     shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "")
     raise NotOursError(
@@ -513,7 +510,7 @@ def remove_store(folder, kind=None):
     shutil.rmtree(folder)
 
 
-def replace_folder(new, folder, kind=None, legacy=None):
+def replace_folder(new, folder, kind=None):
     """Move the folder ``new`` to ``folder``, replacing an older store.
 
     The old folder is first renamed aside, so at every moment ``folder`` is
@@ -530,9 +527,6 @@ def replace_folder(new, folder, kind=None, legacy=None):
         Its final path.
     kind : str, optional
         The kind an existing ``folder`` must have (default: ``new``'s).
-    legacy : callable, optional
-        ``legacy(folder) -> bool``: whether an unmarked ``folder`` was
-        written by an earlier version of sb-urbansound (it is replaced too).
 
     Returns
     -------
@@ -557,8 +551,6 @@ def replace_folder(new, folder, kind=None, legacy=None):
     old = None
     if folder.exists() or folder.is_symlink():
         ours = kind is not None and store_kind(folder) == kind
-        if not ours and legacy is not None and store_kind(folder) is None:
-            ours = legacy(folder)
         if folder.is_symlink() or not ours:
             raise NotOursError(
                 f"{folder} exists and is not an sb-urbansound {kind or ''} "

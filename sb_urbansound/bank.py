@@ -83,9 +83,6 @@ BANK_FORMAT_VERSION = 2
 #: The store kinds of a bank (one settings) and of the folder of banks.
 BANK_KIND = "bank"
 BANKS_KIND = "banks"
-#: The marker file of banks written by sb-urbansound 0.2 (still ours).
-OLD_MARKER_FILE = "BANK.json"
-OLD_MARKER = "sb_urbansound clip bank"
 INDEX_FILE = "index.json"
 #: The only names a bank's array may have: never a path out of the bank.
 _DATA_NAME = re.compile(r"^clips-[0-9a-f]{12}\.npy$")
@@ -118,23 +115,11 @@ def is_bank_folder(folder):
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "BANK.json").write_text('{"settings": 1}')
     >>> is_bank_folder(tmp)
     False
     """
     folder = Path(folder)
-    if folder.is_symlink():
-        return False
-    if store_kind(folder) == BANK_KIND:
-        return True
-    marker = read_store_json(folder / OLD_MARKER_FILE)
-    return isinstance(marker, dict) and marker.get("made_by") == OLD_MARKER
-
-
-def _holds_only_banks(folder):
-    """Whether an unmarked folder of banks was made by sb-urbansound 0.2."""
-    children = [p for p in Path(folder).iterdir() if p.name != ".lock"]
-    return bool(children) and all(is_bank_folder(p) for p in children)
+    return not folder.is_symlink() and store_kind(folder) == BANK_KIND
 
 
 def row_checksum(row):
@@ -297,10 +282,8 @@ class ClipBank:
             read-only bank is not complete.
         """
         start = time.perf_counter()
-        claim_folder(
-            self.root, BANKS_KIND, "bank_folder", legacy=_holds_only_banks
-        )
-        claim_folder(self.folder, BANK_KIND, "bank_folder", is_bank_folder)
+        claim_folder(self.root, BANKS_KIND, "bank_folder")
+        claim_folder(self.folder, BANK_KIND, "bank_folder")
         lock = FolderLock(self.folder, "building the clip bank in")
         try:
             lock.acquire(wait=True, on_wait=self._log_wait)
@@ -527,10 +510,7 @@ class ClipBank:
                     child,
                     size / 1e6,
                 )
-                if store_kind(child) == BANK_KIND:
-                    remove_store(child, BANK_KIND)
-                else:  # a bank of sb-urbansound 0.2
-                    shutil.rmtree(child, ignore_errors=True)
+                remove_store(child, BANK_KIND)
             finally:
                 other.release()
 

@@ -53,12 +53,7 @@ from sb_urbansound.atomic import (
     open_store_file,
 )
 from sb_urbansound.errors import BusyError, DataPrepError, UserError
-from sb_urbansound.experiment import (
-    RUN_SETTINGS_FILE,
-    differences,
-    read_yaml_values,
-    run_settings,
-)
+from sb_urbansound.experiment import differences, read_yaml_values, run_settings
 from sb_urbansound.hardware import hardware_description
 from sb_urbansound.processes import die_with_parent_preexec, signal_name
 from sb_urbansound.sources.folds import parse_fold_list
@@ -852,20 +847,6 @@ def _marker_mismatch(marker, plan, leaky):
     return "; ".join(diffs)
 
 
-def _is_legacy_crossval(folder):
-    """Whether an unmarked folder holds a cross-validation of an earlier
-    version (its results, or a fold folder with crossval's marker)."""
-    folder = Path(folder)
-    return (folder / "crossval_results.json").is_file() or any(
-        (p / FOLD_MARKER).is_file() for p in folder.glob("fold_*")
-    )
-
-
-def _is_legacy_fold(folder):
-    """Whether an unmarked fold folder was made by an earlier crossval."""
-    return (Path(folder) / FOLD_MARKER).is_file()
-
-
 def fold_settings(hparams_file, recipe_argv):
     """The settings a fold's run is made with, comparable as JSON.
 
@@ -904,21 +885,14 @@ def fold_settings(hparams_file, recipe_argv):
 
 
 def _recorded_settings(fold_dir):
-    """The settings a fold folder was run with, or None when it has no
-    progress: those crossval recorded, else the recipe's own record."""
+    """The settings crossval recorded for a fold folder, or None when it has
+    no progress (or no record)."""
     marker_path = fold_dir / FOLD_MARKER
     marker = _read_json(marker_path) if marker_path.is_file() else {}
     progress = (fold_dir / "test_results.json").exists() or _has_checkpoint(
         fold_dir
     )
-    if not progress:
-        return None
-    if "settings" in marker:
-        return marker["settings"]
-    try:  # a fold of an earlier version: the recipe's record
-        return _read_json(fold_dir / RUN_SETTINGS_FILE)["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return marker.get("settings") if progress else None
 
 
 def _refuse_other_settings(plans, out_dir, wanted):
@@ -930,8 +904,6 @@ def _refuse_other_settings(plans, out_dir, wanted):
             continue
         # the fold assignment is compared on its own (a clearer message)
         skip = {*FOLD_KEYS, LEAKY_KEY}
-        if "number_of_epochs" not in recorded:  # the recipe's own record
-            skip.add("number_of_epochs")
         diff = differences(
             {k: v for k, v in recorded.items() if k not in skip},
             {k: v for k, v in wanted[plan.test].items() if k not in skip},
@@ -1003,7 +975,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     if not out_dir:
         raise CrossvalError("no output folder: pass --output_folder=DIR")
     out_dir = Path(out_dir)
-    claim_folder(out_dir, CROSSVAL_KIND, legacy=_is_legacy_crossval)
+    claim_folder(out_dir, CROSSVAL_KIND)
     lock = FolderLock(out_dir, "running a cross-validation in").acquire()
     try:
         return _run_locked(
@@ -1110,7 +1082,7 @@ def _run_locked(args, settings, leaky, plans, out_dir, runner, log, progress):
                 marker["attempts"] += 1
                 marker["recipe_argv"] = recipe_argv
                 marker["settings"] = wanted[plan.test]
-                claim_folder(fold_dir, "run", legacy=_is_legacy_fold)
+                claim_folder(fold_dir, "run")
                 atomic_write_json(marker_path, marker)
                 bar.set_postfix_str(f"fold {plan.test}")
                 start = time.monotonic()

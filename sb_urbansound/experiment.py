@@ -580,13 +580,6 @@ def check_outside(data_folder, folders):
             )
 
 
-def _is_legacy_run(folder):
-    """Whether an unmarked folder is the output folder of an earlier version
-    (it has the ``run_settings.json`` that every start wrote)."""
-    recorded = read_store_json(Path(folder) / RUN_SETTINGS_FILE)
-    return isinstance(recorded, dict) and "settings" in recorded
-
-
 class RunFolder:
     """The output folder of one run: locked, cleaned, bound to its settings.
 
@@ -655,7 +648,7 @@ class RunFolder:
                 data_folder,
                 {"output_folder": self.folder, "save_folder": self.save_folder},
             )
-        claim_folder(self.folder, "run", legacy=_is_legacy_run)
+        claim_folder(self.folder, "run")
         if not _is_inside(self.save_folder, self.folder):
             claim_folder(self.save_folder, "checkpoints", what="save_folder")
         self._lock = FolderLock(self.folder, "writing to").acquire()

@@ -20,15 +20,9 @@ conditioned waveform to class probabilities:
 * output ``probs``: ``[windows, n_classes]``.
 
 A trained ``BatchStandardize`` (``cnn.yaml``'s normaliser) standardises
-with the average statistics of its training batches, so each window is
-scored on its own. One that never saw a training batch (an untrained model,
-a folder exported by sb-urbansound 0.2) standardises the windows given
-together with their own mean and deviation, as ``classify`` does: such a
-model has a second input, ``norm_stats`` (``[mean, std]``; NaN: the windows'
-own), and a second output, ``feature_moments`` (``[count, mean, sum of
-squared deviations]`` of the windows' features), so that a long clip can be
-scored in chunks with the statistics of all its windows (see
-:mod:`sb_urbansound.runtime`).
+with the average statistics of its training batches (constants in the
+export), so each window is scored on its own. One that never saw a training
+batch (an untrained model) has no statistics, and its model is refused.
 
 The ONNX metadata holds ``labels`` (JSON), ``sample_rate``, ``channels``,
 ``num_samples``, ``remove_dc``, ``tta_views``, ``input_layout`` and
@@ -88,7 +82,7 @@ from sb_urbansound.inference import (
     sliding_windows,
     window_probs,
 )
-from sb_urbansound.runtime import CHUNK_WINDOWS, OnnxModel, combine_moments
+from sb_urbansound.runtime import CHUNK_WINDOWS, OnnxModel
 
 logger = logging.getLogger(__name__)
 
@@ -369,62 +363,6 @@ class MelSpectrogramGraph(torch.nn.Module):
 # ---------------------------------------------------------- the normaliser
 
 
-class BatchStandardizeGraph(torch.nn.Module):
-    """``BatchStandardize`` with statistics given from outside, for export.
-
-    With ``norm_stats`` NaN it standardises the batch with its own mean and
-    (unbiased) standard deviation, exactly as
-    :class:`sb_urbansound.features.BatchStandardize`; otherwise with the
-    given ``[mean, std]``. It also returns the batch's moments, so that the
-    statistics of a clip scored in several chunks can be gathered first.
-
-    Arguments
-    ---------
-    eps : float
-        Added to the standard deviation.
-
-    Example
-    -------
-    >>> x = torch.randn(4, 2, 8, 8) * 3 + 1
-    >>> y, moments = BatchStandardizeGraph()(x, torch.full((2,), float("nan")))
-    >>> bool(torch.allclose(y, BatchStandardize()(x)))
-    True
-    >>> moments[0].item()
-    512.0
-    """
-
-    def __init__(self, eps=1e-8):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x, norm_stats):
-        """Standardise ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            The features of the batch.
-        norm_stats : torch.Tensor
-            ``[mean, std]`` to use, or NaN for the batch's own.
-
-        Returns
-        -------
-        torch.Tensor
-            The standardised features.
-        torch.Tensor
-            ``[count, mean, sum of squared deviations]`` of ``x``.
-        """
-        mean = x.mean()
-        std = x.std()
-        given = torch.isnan(norm_stats[0]).logical_not()
-        use_mean = torch.where(given, norm_stats[0], mean)
-        use_std = torch.where(given, norm_stats[1], std)
-        deviation = x - mean
-        count = torch.ones_like(x).sum()
-        moments = torch.stack([count, mean, (deviation * deviation).sum()])
-        return (x - use_mean) / (use_std + self.eps), moments
-
-
 class FixedStandardize(torch.nn.Module):
     """``(x - mean) / (std + eps)`` with constants: a trained
     ``BatchStandardize`` in evaluation (the average of its training batches'
@@ -515,35 +453,32 @@ class WindowClassifier(torch.nn.Module):
         self.compute_features = features
         norm = mods.mean_var_norm
         self.mean_var_norm = norm
-        self.batch_norm = False
         if isinstance(norm, BatchStandardize):
-            if int(getattr(norm, "batches", 0)) > 0:  # training's statistics
-                self.mean_var_norm = FixedStandardize(
-                    norm.running_mean, norm.running_std, norm.eps
+            if int(norm.batches) == 0:
+                raise ExportError(
+                    "its BatchStandardize normaliser has no training "
+                    "statistics (the model was never trained): export a "
+                    "trained model folder"
                 )
-            else:  # never trained, or sb-urbansound 0.2: the windows' own
-                self.batch_norm = True
-                self.mean_var_norm = BatchStandardizeGraph(norm.eps)
+            self.mean_var_norm = FixedStandardize(
+                norm.running_mean, norm.running_std, norm.eps
+            )
         self.embedding_model = mods.embedding_model
         self.classifier = mods.classifier
         self.eval()
 
-    def forward(self, waveforms, norm_stats=None):
+    def forward(self, waveforms):
         """Score the windows of one clip.
 
         Arguments
         ---------
         waveforms : torch.Tensor
             ``[windows, samples, channels]`` at the model's rate.
-        norm_stats : torch.Tensor, optional
-            ``[mean, std]`` of the features (models with
-            ``BatchStandardize``; NaN: the windows' own).
 
         Returns
         -------
         torch.Tensor
-            ``[windows, n_classes]`` probabilities (and, with
-            ``BatchStandardize``, the features' moments).
+            ``[windows, n_classes]`` probabilities.
         """
         n = waveforms.shape[0]
         if self.views > 1:  # as sb_urbansound.augment.circular_views
@@ -552,19 +487,14 @@ class WindowClassifier(torch.nn.Module):
             )
         wavs = waveforms.flatten(1) if self.channels == 1 else waveforms
         feats = self.compute_features(wavs)
-        lens = torch.ones_like(wavs[:, 0])
-        moments = None
-        if self.batch_norm:
-            feats, moments = self.mean_var_norm(feats, norm_stats)
-        else:
-            feats = self.mean_var_norm(feats, lens)
+        feats = self.mean_var_norm(feats, torch.ones_like(wavs[:, 0]))
         # Windows are full length: no lengths (SpeechBrain's pooling layers
         # then need no per-window loop, which would not export)
         scores = self.classifier(self.embedding_model(feats))
         probs = torch.softmax(scores.reshape(wavs.shape[0], -1).float(), -1)
         if self.views > 1:
             probs = probs.reshape(self.views, n, -1).mean(dim=0)
-        return probs if moments is None else (probs, moments)
+        return probs
 
 
 def describe_model(model):
@@ -617,12 +547,7 @@ def model_metadata(model, wrapper):
         "tta_views": str(wrapper.views),
         "input_layout": "waveforms: [windows, samples, channels] float32, "
         "the windows of one clip at sample_rate",
-        "normalization": (
-            "batch: the windows are standardised together (norm_stats "
-            "input: [mean, std] or NaN; feature_moments output)"
-            if wrapper.batch_norm
-            else "per window: each window is scored on its own"
-        ),
+        "normalization": "per window: each window is scored on its own",
         "modules": describe_model(model),
         "producer": f"sb_urbansound.export {__version__}",
     }
@@ -680,13 +605,11 @@ EXAMPLE_WINDOWS = 2
 
 
 def _example(wrapper, n=EXAMPLE_WINDOWS):
-    """Example inputs for tracing: ``n`` windows (and NaN statistics)."""
+    """Example input for tracing: ``n`` windows."""
     gen = torch.Generator().manual_seed(0)
     wavs = 0.1 * torch.randn(
         n, wrapper.num_samples, wrapper.channels, generator=gen
     )
-    if wrapper.batch_norm:
-        return (wavs, torch.full((2,), float("nan")))
     return (wavs,)
 
 
@@ -708,11 +631,7 @@ def to_onnx(wrapper, metadata, opset=DEFAULT_OPSET):
         The serialised ONNX model.
     """
     example = _example(wrapper)
-    names = ["waveforms", "norm_stats"][: len(example)]
-    outputs = ["probs", "feature_moments"][: len(example)]
     dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
-    if wrapper.batch_norm:
-        dynamic["norm_stats"] = None
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export")]
     levels = [log.level for log in quiet]
     with warnings.catch_warnings():
@@ -724,8 +643,8 @@ def to_onnx(wrapper, metadata, opset=DEFAULT_OPSET):
                 wrapper,
                 example,
                 dynamo=True,
-                input_names=names,
-                output_names=outputs,
+                input_names=["waveforms"],
+                output_names=["probs"],
                 dynamic_shapes=dynamic,
                 opset_version=opset,
                 verbose=False,
@@ -796,7 +715,6 @@ class TorchScriptScorer:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(source, _extra_files=files)
         self.metadata = json.loads(files["metadata.json"])
-        self.batch_norm = self.metadata["normalization"].startswith("batch")
         self.chunk = max(int(chunk), 1)
 
     @torch.no_grad()
@@ -814,24 +732,7 @@ class TorchScriptScorer:
             ``[n_windows, n_classes]``.
         """
         x = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
-        if not self.batch_norm:
-            return torch.cat(
-                [self.module(c) for c in x.split(self.chunk)]
-            ).numpy()
-        own = torch.full((2,), float("nan"))
-        stats = own
-        if x.shape[0] > self.chunk:
-            stats = torch.from_numpy(
-                combine_moments(
-                    [
-                        self.module(c, own)[1].numpy()
-                        for c in x.split(self.chunk)
-                    ]
-                ).astype(np.float32)
-            )
-        return torch.cat(
-            [self.module(c, stats)[0] for c in x.split(self.chunk)]
-        ).numpy()
+        return torch.cat([self.module(c) for c in x.split(self.chunk)]).numpy()
 
 
 # -------------------------------------------------------------- the check
@@ -1225,15 +1126,15 @@ def _export_one(model, fmt, folder, clips, opset, log):
 # -------------------------------------------------- untrained model folders
 
 
-def untrained_model_folder(
-    yaml_file, folder, labels, overrides=None, statistics=False
-):
+def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     """Write a model folder from a training YAML's initial (random) weights.
 
     For benchmarks and tests of the export path, which need a model folder
     of a given architecture but not a trained one: the YAML is loaded with
     ``overrides`` (``data_folder`` and ``output_folder`` are filled in, and
-    ``n_classes`` from ``labels``), and
+    ``n_classes`` from ``labels``), a ``BatchStandardize`` normaliser gets
+    the statistics of one batch of generated clips, as training gives it
+    (the network keeps its initial weights), and
     :func:`sb_urbansound.inference.export_inference_folder` writes the folder
     from the modules as built.
 
@@ -1247,10 +1148,6 @@ def untrained_model_folder(
         The class names.
     overrides : dict, optional
         More YAML overrides (sizes, rates).
-    statistics : bool
-        Give a ``BatchStandardize`` normaliser the statistics of one batch of
-        generated clips, as training does (the network keeps its initial
-        weights); without, it has none, as in folders of sb-urbansound 0.2.
 
     Returns
     -------
@@ -1285,7 +1182,7 @@ def untrained_model_folder(
         hparams["label_encoder"].update_from_iterable(labels)
         mods = hparams["modules"]
         norm = mods.get("mean_var_norm")
-        if statistics and isinstance(norm, BatchStandardize):
+        if isinstance(norm, BatchStandardize):
             rate, channels = hparams["sample_rate"], hparams["channels"]
             num = round(rate * hparams["duration_ms"] / 1000)
             clips = generated_clips(rate, channels, num)

@@ -187,8 +187,8 @@ class BatchStandardize(torch.nn.Module):
     statistics of the inputs (mel spectrograms in dB) do not change during
     training, so their average over the training batches is the statistics
     that training normalised with. A module that has seen no training batch
-    (an untrained model, or a model folder exported by sb-urbansound 0.2)
-    standardises its input with the input's own statistics, as before.
+    (an untrained model) standardises its input with the input's own
+    statistics.
 
     SpeechBrain's ``InputNormalization`` normalises per feature dimension
     instead, which is a different model; this keeps the tutorial's.
@@ -246,12 +246,6 @@ class BatchStandardize(torch.nn.Module):
                     self.running_std.add_((std.detach() - self.running_std) / n)
             return (x - mean) / (std + self.eps)
         return (x - self.running_mean) / (self.running_std + self.eps)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Load a checkpoint; one of sb-urbansound 0.2 has no statistics."""
-        for name in ("running_mean", "running_std", "batches"):
-            state_dict.setdefault(prefix + name, getattr(self, name).clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ClipStandardize(torch.nn.Module):

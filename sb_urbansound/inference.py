@@ -54,13 +54,8 @@ from pathlib import Path
 import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
-from sb_urbansound.atomic import (
-    make_temp_folder,
-    mark_store,
-    open_store_file,
-    replace_folder,
-)
-from sb_urbansound.audio import ClipConditioner, pad_trunc
+from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
+from sb_urbansound.audio import pad_trunc
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
@@ -93,34 +88,6 @@ RESERVED_KEYS = (
     "pretrainer",
 )
 _DEFAULT_LABEL_ENCODER = "!new:speechbrain.dataio.encoder.CategoricalEncoder"
-
-
-class TrainingAudioNormalizer(ClipConditioner):
-    """The audio normaliser of model folders exported by sb-urbansound 0.1.
-
-    Kept so that those folders still load; new exports name
-    :class:`sb_urbansound.audio.ClipConditioner` directly.
-
-    Arguments
-    ---------
-    sample_rate : int
-        The model's sample rate.
-    channels : int
-        The model's channel count.
-    pad_to_ms : float, optional
-        Pad shorter clips to this duration (ms).
-    remove_dc : bool
-        Subtract each channel's mean.
-
-    Example
-    -------
-    >>> norm = TrainingAudioNormalizer(16000, channels=2, pad_to_ms=1000)
-    >>> norm(torch.randn(4000), 8000).shape
-    torch.Size([16000, 2])
-    """
-
-    def __init__(self, sample_rate, channels, pad_to_ms=None, remove_dc=False):
-        super().__init__(sample_rate, channels, pad_to_ms, remove_dc)
 
 
 # ------------------------------------------------------------------- export
@@ -414,7 +381,7 @@ def export_inference_folder(
                     f"The exported label encoder has {n_labels} labels"
                 )
         mark_store(tmp, MODEL_KIND)
-        replace_folder(tmp, folder, legacy=_is_legacy_model)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -430,18 +397,6 @@ def _write_card(folder, hparams):
         logger.warning(
             "No model card written in %s (%s: %s)", folder, type(e).__name__, e
         )
-
-
-def _is_legacy_model(folder):
-    """Whether an unmarked folder is a model exported by an earlier version
-    (its ``hyperparams.yaml`` starts with the export's header)."""
-    try:  # never through a link: a user's folder would look like a model
-        fd = open_store_file(Path(folder) / "hyperparams.yaml")
-        with open(fd, encoding="utf-8") as f:
-            first = f.readline()
-    except (OSError, UnicodeError, UserError):
-        return False
-    return first.strip() == f"# {HEADER_FIRST_LINE}"
 
 
 # ---------------------------------------------------------------- inference
@@ -768,11 +723,9 @@ def window_log_probs(model, windows, batch_size=16):
     → ``embedding_model`` → ``classifier``) like ``classify_batch(windows)``,
     with the same result, but the waveform, feature and embedding steps go
     ``batch_size`` windows at a time, so memory stays bounded for long clips.
-    ``mean_var_norm`` sees the features of all the windows at once: a
-    trained ``BatchStandardize`` uses its training statistics, and one from
-    a model folder without them standardises all the windows of a clip with
-    the clip's statistics; either way a clip's result does not depend on
-    other files.
+    ``mean_var_norm`` sees the features of all the windows at once (a
+    trained ``BatchStandardize`` uses its training statistics), so a clip's
+    result does not depend on other files.
 
     Arguments
     ---------

@@ -134,7 +134,7 @@ def write_manifests(
         logger.info("Data split %s", split)
     save_folder = absolute(save_folder)
     # A store (docs/stores.md): ours alone, one writer at a time
-    claim_folder(save_folder, MANIFESTS_KIND, "manifest_folder", _is_legacy)
+    claim_folder(save_folder, MANIFESTS_KIND, "manifest_folder")
     with FolderLock(save_folder, "preparing the manifests in").acquire(
         wait=True,
         on_wait=lambda who: logger.info(
@@ -156,11 +156,6 @@ def write_manifests(
             full_check,
             split,
         )
-
-
-def _is_legacy(folder):
-    """Whether an unmarked folder holds manifests of an earlier version."""
-    return isinstance(read_store_json(Path(folder) / OPTIONS_FILE), dict)
 
 
 def _write_locked(

@@ -34,15 +34,6 @@ class CNNEmbedding(torch.nn.Module):
         maximum side by side: twice the channels; a short sound in a long
         clip is not averaged away), or ``"panns"`` (mean over frequency, then
         maximum plus mean over time, as PANNs' CNN14).
-    extra_convs : list of int, optional
-        Per block, the number of 3x3 convolutions of stride 1 added after the
-        block's own (Conv2d → ReLU → BatchNorm each, as VGG's blocks of two
-        or more convolutions); default none. Each one costs about twice the
-        multiply-accumulates of the block's own convolution (same
-        resolution, its output channels on both sides).
-    residual : bool
-        Add each block's input to the output of its extra convolutions (a
-        residual block, He et al. 2016); only with ``extra_convs``.
 
     Example
     -------
@@ -51,9 +42,6 @@ class CNNEmbedding(torch.nn.Module):
     torch.Size([3, 1, 64])
     >>> CNNEmbedding(in_channels=1, pooling="avgmax").output_size
     128
-    >>> deeper = CNNEmbedding(in_channels=1, extra_convs=[0, 0, 1, 1])
-    >>> deeper(torch.randn(3, 1, 64, 100)).shape
-    torch.Size([3, 1, 64])
     """
 
     POOLINGS = ("avg", "max", "avgmax", "panns")
@@ -66,8 +54,6 @@ class CNNEmbedding(torch.nn.Module):
         strides=(2, 2, 2, 2),
         paddings=None,
         pooling="avg",
-        extra_convs=None,
-        residual=False,
     ):
         super().__init__()
         if pooling not in self.POOLINGS:
@@ -82,27 +68,12 @@ class CNNEmbedding(torch.nn.Module):
             )
         if paddings is None:
             paddings = [k // 2 for k in kernel_sizes]
-        if extra_convs is None:
-            extra_convs = [0] * len(channels)
-        if len(extra_convs) != len(channels) or min(extra_convs) < 0:
-            raise ValueError(
-                "extra_convs must give a count >= 0 for each of the "
-                f"{len(channels)} blocks, got {list(extra_convs)}"
-            )
-        if residual and not any(extra_convs):
-            raise ValueError("residual needs extra_convs in some block")
         layers = []
         prev = in_channels
-        for out, k, s, p, extra in zip(
-            channels, kernel_sizes, strides, paddings, extra_convs, strict=True
+        for out, k, s, p in zip(
+            channels, kernel_sizes, strides, paddings, strict=True
         ):
             layers += self._conv_relu_bn(prev, out, k, s, p)
-            if extra:
-                more = []
-                for _ in range(extra):
-                    more += self._conv_relu_bn(out, out, 3, 1, 1)
-                more = torch.nn.Sequential(*more)
-                layers.append(Residual(more) if residual else more)
             prev = out
         self.conv = torch.nn.Sequential(*layers)
         self.pooling = pooling
@@ -174,41 +145,6 @@ class CNNEmbedding(torch.nn.Module):
         return emb.unsqueeze(1)
 
 
-class Residual(torch.nn.Module):
-    """``x + layers(x)``: a residual connection around some layers.
-
-    Arguments
-    ---------
-    layers : torch.nn.Module
-        Layers whose output has the shape of their input.
-
-    Example
-    -------
-    >>> block = Residual(torch.nn.Conv2d(4, 4, 3, padding=1))
-    >>> block(torch.randn(2, 4, 8, 8)).shape
-    torch.Size([2, 4, 8, 8])
-    """
-
-    def __init__(self, layers):
-        super().__init__()
-        self.layers = layers
-
-    def forward(self, x):
-        """``x + layers(x)``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            The input.
-
-        Returns
-        -------
-        torch.Tensor
-            Same shape.
-        """
-        return x + self.layers(x)
-
-
 class LinearClassifier(torch.nn.Module):
     """A linear layer on an embedding, returning log-probabilities.
 
@@ -256,133 +192,3 @@ class LinearClassifier(torch.nn.Module):
         """
         logits = self.linear(self.dropout(emb))
         return torch.nn.functional.log_softmax(logits, dim=-1)
-
-
-class WeightAverage(torch.nn.Module):
-    """An exponential moving average of the weights of some modules.
-
-    After each optimizer step, :meth:`update` moves the average towards the
-    current weights: ``avg = decay * avg + (1 - decay) * w``, with the decay
-    ramped up as ``min(decay, (1 + n) / (10 + n))`` over the first steps
-    ``n`` (the average of a few steps does not remember the random start).
-    Floating-point buffers (batch-norm statistics) are averaged the same way.
-    An averaged model is a smoother, usually better one than the weights of
-    any single step (Polyak and Juditsky, 1992; timm's ``ModelEmaV2``).
-
-    :meth:`swap` exchanges the averaged and the current weights in place (its
-    own inverse), so that a model can be evaluated, checkpointed and
-    exported with the averaged weights and then trained on; :attr:`swapped`
-    says which of the two the modules hold, and is saved with the average,
-    so a checkpoint taken at either moment resumes right.
-
-    Arguments
-    ---------
-    modules : list of torch.nn.Module
-        The modules whose weights are averaged (e.g. the embedding model and
-        the classifier).
-    decay : float
-        The decay per optimizer step, in ``[0, 1)``: 0.99 averages over about
-        the last 100 steps.
-
-    Example
-    -------
-    >>> net = torch.nn.Linear(2, 1)
-    >>> avg = WeightAverage([net], decay=0.9)
-    >>> with torch.no_grad():
-    ...     _ = net.weight.add_(1.0)
-    >>> avg.update()
-    >>> before = net.weight.clone()
-    >>> avg.swap()  # the averaged weights, for evaluation
-    >>> bool(avg.swapped), torch.equal(net.weight, before)
-    (True, False)
-    >>> avg.swap()  # and back, for training
-    >>> bool(avg.swapped), torch.equal(net.weight, before)
-    (False, True)
-    """
-
-    def __init__(self, modules, decay=0.99):
-        super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.decay = float(decay)
-        # A plain list: the modules are not submodules of the average (their
-        # weights are saved with them, not twice)
-        self._averaged = list(modules)
-        for key, tensor in self._pairs():
-            self.register_buffer(key, tensor.detach().clone())
-        self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
-        self.register_buffer("swapped", torch.zeros((), dtype=torch.bool))
-
-    def _pairs(self):
-        """``(buffer name, current tensor)`` of every averaged tensor.
-
-        Looked up at every call: moving a module to a device replaces its
-        buffers.
-        """
-        for i, module in enumerate(self._averaged):
-            named = list(module.named_parameters()) + [
-                (name, buf)
-                for name, buf in module.named_buffers()
-                if buf.is_floating_point()
-            ]
-            for name, tensor in named:
-                yield f"avg_{i}_{name.replace('.', '_')}", tensor
-
-    def _live(self):
-        """``(average, current tensor)`` pairs, the average on its device."""
-        for key, live in self._pairs():
-            avg = getattr(self, key)
-            if avg.device != live.device:
-                avg = avg.to(live.device)
-                setattr(self, key, avg)
-            yield avg, live
-
-    @classmethod
-    def optional(cls, modules, decay=0.0):
-        """An average of ``modules``' weights, or None where ``decay`` is 0.
-
-        For a YAML key that turns the averaging off at 0.
-
-        Arguments
-        ---------
-        modules : list of torch.nn.Module
-            The modules whose weights are averaged.
-        decay : float
-            The decay per step (0: no averaging, None is returned).
-
-        Returns
-        -------
-        WeightAverage or None
-
-        Example
-        -------
-        >>> WeightAverage.optional([torch.nn.Linear(2, 1)], 0.0) is None
-        True
-        """
-        return cls(modules, decay) if decay else None
-
-    @torch.no_grad()
-    def update(self):
-        """One step of the average, towards the modules' current weights.
-
-        Raises
-        ------
-        RuntimeError
-            If the modules hold the averaged weights (after :meth:`swap`).
-        """
-        if self.swapped:
-            raise RuntimeError("update() while the averaged weights are in")
-        n = int(self.n_updates)
-        decay = min(self.decay, (1.0 + n) / (10.0 + n))
-        for avg, live in self._live():
-            avg.lerp_(live.detach(), 1.0 - decay)
-        self.n_updates += 1
-
-    @torch.no_grad()
-    def swap(self):
-        """Exchanges the averaged and the current weights, in place."""
-        for avg, live in self._live():
-            tmp = live.detach().clone()
-            live.copy_(avg)
-            avg.copy_(tmp)
-        self.swapped.logical_not_()

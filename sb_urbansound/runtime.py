@@ -41,14 +41,8 @@ format of UrbanSound8K):
 
 The ONNX model takes the windows of one clip, ``[windows, samples,
 channels]``, and returns each window's class probabilities (shifted test
-views averaged, when the model was trained with them). A model whose
-normaliser standardises a whole batch with the batch's own mean and
-deviation (a ``BatchStandardize`` without training statistics, as in folders
-of sb-urbansound 0.2) standardises all the windows of a clip together, as
-``classify`` does; for a long clip, scored ``chunk`` windows at a time, a
-first pass collects the features' statistics over all its windows (the
-``feature_moments`` output) and a second scores with them (``norm_stats``
-input), so the result does not depend on the chunk size.
+views averaged, when the model was trained with them), each window scored on
+its own, so a long clip is scored ``chunk`` windows at a time.
 
 Authors
 -------
@@ -56,7 +50,6 @@ Authors
 """
 
 import json
-import math
 import os
 import stat
 from pathlib import Path
@@ -700,20 +693,10 @@ class OnnxModel:
         self.num_samples = spec["num_samples"]
         self.remove_dc = spec["remove_dc"]
         self.chunk = max(int(chunk), 1)
-        inputs = [i.name for i in self.session.get_inputs()]
-        self.input_name = inputs[0]
-        #: Whether the windows of a clip are standardised together
-        self.batch_norm = "norm_stats" in inputs
+        self.input_name = self.session.get_inputs()[0].name
         self.conditioner = Conditioner(
             self.sample_rate, self.channels, self.remove_dc
         )
-
-    def _run(self, windows, stats, outputs=None):
-        """One onnxruntime call on ``[n, samples, channels]`` windows."""
-        feeds = {self.input_name: np.ascontiguousarray(windows, np.float32)}
-        if self.batch_norm:
-            feeds["norm_stats"] = np.asarray(stats, np.float32)
-        return self.session.run(outputs, feeds)
 
     def window_probs(self, windows):
         """Class probabilities of each window of one clip.
@@ -731,19 +714,12 @@ class OnnxModel:
         n = windows.shape[0]
         if windows.ndim == 2:
             windows = windows[..., None]
-        own = [np.nan, np.nan]  # standardise with the batch's own statistics
-        if n <= self.chunk:
-            return self._run(windows, own)[0]
-        stats = own
-        if self.batch_norm:  # first pass: the statistics of all the windows
-            parts = [
-                self._run(windows[i : i + self.chunk], own)[1]
-                for i in range(0, n, self.chunk)
-            ]
-            stats = combine_moments(parts)
+        windows = np.ascontiguousarray(windows, np.float32)
         return np.concatenate(
             [
-                self._run(windows[i : i + self.chunk], stats)[0]
+                self.session.run(
+                    None, {self.input_name: windows[i : i + self.chunk]}
+                )[0]
                 for i in range(0, n, self.chunk)
             ]
         )
@@ -816,40 +792,6 @@ class OnnxModel:
             "n_windows": int(probs.shape[0]),
             "duration_s": duration_s,
         }
-
-
-def combine_moments(parts):
-    """Mean and standard deviation of several batches from their moments.
-
-    Arguments
-    ---------
-    parts : list of numpy.ndarray
-        ``[count, mean, sum of squared deviations]`` of each batch (the ONNX
-        model's ``feature_moments`` output).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``[mean, std]`` of all the values (``std`` unbiased, as
-        ``torch.std``).
-
-    Example
-    -------
-    >>> x = np.arange(10.0)
-    >>> parts = [
-    ...     np.array([len(p), p.mean(), ((p - p.mean()) ** 2).sum()])
-    ...     for p in (x[:3], x[3:])
-    ... ]
-    >>> combine_moments(parts).round(4).tolist(), round(float(x.std(ddof=1)), 4)
-    ([4.5, 3.0277], 3.0277)
-    """
-    parts = np.asarray(parts, dtype=np.float64)
-    counts, means, m2s = parts[:, 0], parts[:, 1], parts[:, 2]
-    total = counts.sum()
-    mean = (counts * means).sum() / total
-    m2 = (m2s + counts * (means - mean) ** 2).sum()
-    std = math.sqrt(m2 / max(total - 1, 1))
-    return np.array([mean, std])
 
 
 def top_k_labels(probs, labels, k=1):

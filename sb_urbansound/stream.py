@@ -24,9 +24,7 @@ PyTorch model and the ONNX runtime.
   zeros is scored if samples are left over (or if the stream was shorter
   than one window). Each window is scored on its own: a trained
   ``BatchStandardize`` uses its training statistics (a window scores as in a
-  file); one without statistics (sb-urbansound 0.2) sees one window at a
-  time, as ``classify`` sees a clip of the training length; a model trained
-  with ``remove_dc`` has each window's mean removed.
+  file); a model trained with ``remove_dc`` has each window's mean removed.
 * **Output**: one JSON line per window, flushed at once: ``{"start": s,
   "end": s, "label": ..., "prob": p, "top_k": [{"label", "prob"}, ...]}``
   (times in seconds from the start of the stream; a padded last window ends

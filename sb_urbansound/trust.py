@@ -54,7 +54,6 @@ from speechbrain.utils.run_opts import RunOptions
 ALLOWED = (
     # Audio, features, normalisers
     "!new:sb_urbansound.audio.ClipConditioner",
-    "!new:sb_urbansound.inference.TrainingAudioNormalizer",  # 0.1 folders
     "!new:sb_urbansound.features.MelSpectrogramDB",
     "!new:sb_urbansound.features.Log1pMelSpectrogram",
     "!new:sb_urbansound.features.BatchStandardize",

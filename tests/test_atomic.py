@@ -115,52 +115,6 @@ def test_a_marker_that_is_a_link_never_makes_a_folder_ours(tmp_path):
     assert (mine / "notes.txt").read_text() == "my notes"
 
 
-def _genuine(kind, folder):
-    """A store's file that decides ownership or what is read, as we write
-    it; return (its name, the check of a folder)."""
-    import json
-
-    from sb_urbansound import bank, experiment, inference, manifests
-
-    folder.mkdir()
-    files = {
-        "bank-0.2": (bank.OLD_MARKER_FILE, {"made_by": bank.OLD_MARKER}),
-        "run-legacy": (experiment.RUN_SETTINGS_FILE, {"settings": {}}),
-        "manifests-legacy": (manifests.OPTIONS_FILE, {"options": {}}),
-        "model-legacy": ("hyperparams.yaml", None),
-    }
-    checks = {
-        "bank-0.2": bank.is_bank_folder,
-        "run-legacy": experiment._is_legacy_run,
-        "manifests-legacy": manifests._is_legacy,
-        "model-legacy": inference._is_legacy_model,
-    }
-    name, content = files[kind]
-    text = (
-        f"# {inference.HEADER_FIRST_LINE}\n"
-        if content is None
-        else json.dumps(content)
-    )
-    (folder / name).write_text(text)
-    return name, checks[kind]
-
-
-@pytest.mark.parametrize(
-    "kind", ["bank-0.2", "run-legacy", "manifests-legacy", "model-legacy"]
-)
-def test_a_file_that_makes_a_folder_ours_is_never_read_through_a_link(
-    tmp_path, kind
-):
-    """A folder written by an earlier version is recognised by a file (and
-    then written into, replaced or deleted): that file linked into a user's
-    folder does not make it ours."""
-    name, check = _genuine(kind, tmp_path / "real")
-    assert check(tmp_path / "real")
-    mine = _user_file(tmp_path).parent
-    (mine / name).symlink_to(tmp_path / "real" / name)
-    assert not check(mine)
-
-
 def test_an_index_or_a_folds_results_are_never_read_through_a_link(tmp_path):
     """A store's index (what its data is) and a fold's results are read only
     from the store's own files."""

@@ -17,7 +17,6 @@ from helpers import HPARAMS, requires_mount, run_in_namespace, write_clip
 from sb_urbansound import export
 from sb_urbansound.export import (
     PROB_TOLERANCE,
-    BatchStandardizeGraph,
     MatmulMelPower,
     MelSpectrogramGraph,
     TorchScriptScorer,
@@ -25,17 +24,15 @@ from sb_urbansound.export import (
     main,
     untrained_model_folder,
 )
-from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
+from sb_urbansound.features import MelSpectrogramDB
 from sb_urbansound.inference import load_model, sliding_windows, window_probs
-from sb_urbansound.runtime import OnnxModel, combine_moments
+from sb_urbansound.runtime import OnnxModel
 
 LABELS = ["dog_bark", "siren", "street_music"]
 # The YAMLs whose models must export, shrunk by overrides (export time is
 # mostly tracing; fsdd.yaml keeps its 5 shifted test views)
-# cnn_large.yaml's BatchStandardize gets training statistics (as a trained
-# model's has: constants in the export); cnn.yaml's and folders.yaml's have
-# none (as folders of sb-urbansound 0.2: the windows' own, norm_stats input)
-WITH_STATISTICS = {"cnn_large.yaml"}
+# (a BatchStandardize gets training statistics, as a trained model's has:
+# constants in the export)
 REQUIRED = {
     "cnn.yaml": {"sample_rate": 16000, "duration_ms": 1000},
     "cnn_large.yaml": {"sample_rate": 8000, "duration_ms": 1000},
@@ -99,20 +96,6 @@ def test_matmul_dft_is_the_power_spectrum():
     assert float(((got - ref).abs() / ref.max()).max()) < 1e-6
 
 
-def test_batch_standardize_graph_own_and_given_statistics():
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 2, 8, 10, generator=gen) * 7 - 30
-    nan = torch.full((2,), float("nan"))
-    y, moments = BatchStandardizeGraph()(x, nan)
-    assert torch.allclose(y, BatchStandardize()(x), atol=1e-6)
-    # Chunks: their moments give the statistics of the whole batch
-    parts = [BatchStandardizeGraph()(c, nan)[1].numpy() for c in x.split(4)]
-    stats = torch.from_numpy(combine_moments(parts).astype(np.float32))
-    assert torch.allclose(stats, torch.stack([x.mean(), x.std()]), rtol=1e-5)
-    y2, _ = BatchStandardizeGraph()(x[4:], stats)
-    assert torch.allclose(y2, y[4:], atol=1e-5)
-
-
 # --------------------------------------------------------- the model YAMLs
 
 
@@ -126,7 +109,6 @@ def folders(tmp_path_factory):
             root / name.replace(".yaml", ""),
             LABELS,
             over,
-            statistics=name in WITH_STATISTICS,
         )
         for name, over in REQUIRED.items()
     }
@@ -155,7 +137,7 @@ def test_required_models_export_and_match_eager_pytorch(
             result["path"] == folders[name] / file and result["path"].is_file()
         )
         # Every generated clip, from 0.3 to 10.5 windows (the long one is
-        # scored in chunks, two passes)
+        # scored in chunks)
         assert result["clips"] == len(export.CHECK_LENGTHS)
         assert result["windows"] == 1 + 1 + 3 + 6 + 20
         assert result["top1_agree"] == result["clips"]
@@ -176,8 +158,7 @@ def test_exported_files_agree_with_eager_on_other_clips(
     name, exported, folders
 ):
     # Read back from disk and scored on clips the check did not see: one
-    # window, and a long clip in chunks of 3 windows (BatchStandardize: two
-    # passes over the chunks)
+    # window, and a long clip in chunks of 3 windows
     folder = folders[name]
     model = load_model(folder)
     rate, channels = model.hparams.sample_rate, model.hparams.channels
@@ -214,9 +195,10 @@ def test_onnx_metadata_and_interface(exported, folders):
         shape = inputs["waveforms"].type.tensor_type.shape.dim
         assert shape[0].dim_param  # the number of windows is dynamic
         assert [d.dim_value for d in shape[1:]] == [num, model.hparams.channels]
-        # fsdd.yaml: ClipStandardize; cnn_large.yaml: training statistics
-        batch_norm = name in ("cnn.yaml", "folders.yaml")
-        assert ("norm_stats" in inputs) == batch_norm
+        # One input, one output: each window is scored on its own
+        assert list(inputs) == ["waveforms"]
+        assert [o.name for o in proto.graph.output] == ["probs"]
+        assert meta["normalization"].startswith("per window")
         assert meta["tta_views"] == ("5" if name == "fsdd.yaml" else "1")
         # TorchScript: the same metadata
         files = {"metadata.json": ""}
@@ -297,12 +279,9 @@ def test_failed_check_writes_nothing_and_exits_1(
         (folder / file).unlink()
     original = export.WindowClassifier.forward
 
-    def off(self, *args):
+    def off(self, waveforms):
         """An export that computes something else: one probability moved."""
-        out = original(self, *args)
-        probs = out[0] if isinstance(out, tuple) else out
-        probs = probs + torch.tensor([0.01, -0.01, 0.0])
-        return (probs, out[1]) if isinstance(out, tuple) else probs
+        return original(self, waveforms) + torch.tensor([0.01, -0.01, 0.0])
 
     monkeypatch.setattr(export.WindowClassifier, "forward", off)
     assert main([str(folder), "--format", "torchscript"]) == 1
@@ -335,6 +314,31 @@ def test_exporter_error_is_a_refusal_with_the_reason(
     assert (
         not (folder / "model.onnx").exists() and (folder / "model.ts").exists()
     )
+
+
+def test_a_normaliser_without_training_statistics_is_refused(
+    folders, tmp_path, capsys
+):
+    """An untrained BatchStandardize has no statistics to hold as constants:
+    its model is refused, naming why, and nothing is written."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(folders["cnn.yaml"], folder)
+    for file in export.FILES.values():
+        (folder / file).unlink(missing_ok=True)
+    ckpt = folder / "mean_var_norm.ckpt"
+    state = torch.load(ckpt)
+    state["batches"].zero_()
+    torch.save(state, ckpt)
+    assert main([str(folder), "--format", "onnx"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "onnx: refused: MelSpectrogramDB + BatchStandardize + CNNEmbedding + "
+        "LinearClassifier cannot be exported to onnx: its BatchStandardize "
+        "normaliser has no training statistics"
+    ) in out
+    assert not (folder / "model.onnx").exists()
 
 
 def test_generated_check_clips_are_fixed(folders):

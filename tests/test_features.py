@@ -133,51 +133,6 @@ def test_cnn_poolings():
         CNNEmbedding(pooling="median")
 
 
-def test_cnn_extra_convs_and_residual_blocks():
-    plain = CNNEmbedding(
-        in_channels=1, channels=[4, 8], kernel_sizes=[5, 3], strides=[2, 2]
-    )
-    deeper = CNNEmbedding(
-        in_channels=1,
-        channels=[4, 8],
-        kernel_sizes=[5, 3],
-        strides=[2, 2],
-        extra_convs=[0, 2],
-        residual=True,
-    )
-    x = torch.randn(3, 1, 16, 40)
-    assert deeper(x).shape == plain(x).shape == (3, 1, 8)
-    # Without extra convolutions the state dict is the former one, so older
-    # checkpoints and exported models still load
-    default = CNNEmbedding(in_channels=1, extra_convs=[0, 0, 0, 0])
-    assert list(default.state_dict()) == list(
-        CNNEmbedding(in_channels=1).state_dict()
-    )
-    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in deeper.modules())
-    assert n_convs == 4
-    # The residual path: zero extra convolutions' output leaves the input
-    torch.manual_seed(0)
-    block = deeper.conv[-1]
-    for module in block.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.zeros_(module.weight)
-    h = torch.randn(2, 8, 4, 10)
-    assert torch.equal(block(h), h)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"extra_convs": [0, 1]},
-        {"extra_convs": [0, 0, -1, 0]},
-        {"residual": True},
-    ],
-)
-def test_cnn_extra_convs_are_checked(kwargs):
-    with pytest.raises(ValueError):
-        CNNEmbedding(in_channels=1, **kwargs)
-
-
 def test_classifier_dropout_in_training_only():
     torch.manual_seed(0)
     clf = LinearClassifier(32, 5, dropout=0.5)

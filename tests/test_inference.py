@@ -15,7 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -32,7 +31,6 @@ from sb_urbansound import classify, inference
 from sb_urbansound.audio import ClipConditioner
 from sb_urbansound.errors import UserError
 from sb_urbansound.inference import (
-    TrainingAudioNormalizer,
     classify_waveform,
     export_inference_folder,
     load_model,
@@ -769,39 +767,6 @@ def test_normalizer_matches_the_training_pipeline(trained, model, tmp_path):
         # What EncoderClassifier.classify_file feeds the model
         got = model.load_audio(str(path))
         assert torch.allclose(got, expected, atol=1e-6)
-        # The normaliser of model folders from before the recipe layout
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-        old = TrainingAudioNormalizer(SAMPLE_RATE, 2, pad_to_ms=1000)(
-            torch.from_numpy(np.ascontiguousarray(data)), rate
-        )
-        assert torch.allclose(old, expected, atol=1e-6)
-
-
-OLD_NORMALIZER = """audio_normalizer: !new:sb_urbansound.inference.TrainingAudioNormalizer
-  sample_rate: !ref <sample_rate>
-  channels: !ref <channels>
-  pad_to_ms: !ref <duration_ms>
-  remove_dc: !ref <remove_dc>
-"""
-
-
-def test_model_folder_of_an_older_export_still_loads(trained, model, tmp_path):
-    """Folders exported before the recipe layout name TrainingAudioNormalizer."""
-    out, _ = trained
-    folder = tmp_path / "old model"
-    shutil.copytree(out / "model", folder)
-    yaml = folder / "hyperparams.yaml"
-    text = yaml.read_text()
-    start = text.index("audio_normalizer: !new:")
-    end = text.index("\n\n", start) + 1
-    yaml.write_text(text[:start] + OLD_NORMALIZER + text[end:])
-    old = load_model(folder)
-    assert type(old.audio_normalizer) is TrainingAudioNormalizer
-    path = clip(tmp_path / "x.wav", CLASSES[3], 22050, 1, 0.7, "PCM_16")
-    old_prob, _, _, old_label = old.classify_file(str(path))
-    new_prob, _, _, new_label = model.classify_file(str(path))
-    assert old_label == new_label == [CLASSES[3]]
-    assert torch.allclose(old_prob, new_prob, atol=1e-6)
 
 
 # ------------------------------------------------ a model folder is code

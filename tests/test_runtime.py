@@ -208,9 +208,9 @@ def test_runtime_equals_torch_on_every_format(trained, tmp_path):
 
 def test_trained_batch_standardize_exports_its_statistics(trained):
     # Trained: BatchStandardize keeps its training statistics, so the export
-    # scores each window on its own (no norm_stats input)
+    # scores each window on its own (one input: the windows)
     model = OnnxModel(trained)
-    assert not model.batch_norm
+    assert [i.name for i in model.session.get_inputs()] == ["waveforms"]
     meta = model.session.get_modelmeta().custom_metadata_map
     assert meta["normalization"].startswith("per window")
 

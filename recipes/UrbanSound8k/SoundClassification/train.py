@@ -68,7 +68,6 @@ from sb_urbansound.shards import Shards, ShardStream
 import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.fetching import FetchConfig
 from speechbrain.utils.logger import get_logger
@@ -102,10 +101,6 @@ class SoundClassifierBrain(sb.Brain):
         self.loaders = []  # the DataLoaders made, to stop their workers
         super().__init__(*args, **kwargs)
         self.test_keys = self.tested_checkpoint_keys()
-        # An average of the weights (optional): saved with the checkpoints
-        self.average = getattr(self.hparams, "weight_average", None)
-        if self.average is not None and self.checkpointer is not None:
-            self.checkpointer.add_recoverable("weight_average", self.average)
 
     def tested_checkpoint_keys(self):
         """How the checkpoint that is tested and exported is found.
@@ -353,11 +348,6 @@ class SoundClassifierBrain(sb.Brain):
         self.stats = ClassificationStats()
         self.eval_loss = [0.0, 0]  # loss summed over clips, clips
         self.stage_started = time.perf_counter()
-        # Validation and test use the averaged weights, which the
-        # checkpoints (and so the exported model) then hold
-        if stage != sb.Stage.TRAIN and self.average is not None:
-            if not self.average.swapped:
-                self.average.swap()
         if stage == sb.Stage.TRAIN and self.plans_freezing():
             frozen = self.encoder_frozen_in(epoch)
             if frozen != self.encoder_is_frozen or epoch == 1:
@@ -476,8 +466,6 @@ class SoundClassifierBrain(sb.Brain):
                 meta={"error": stats["error"], "epoch": epoch},
                 min_keys=["error"],
             )
-            if self.average is not None:
-                self.average.swap()  # back to the trained weights
 
         if stage == sb.Stage.TEST:
             self.hparams.train_logger.log_stats(
@@ -545,10 +533,6 @@ class SoundClassifierBrain(sb.Brain):
                     "gradients in the first epochs)"
                 )
         super().on_fit_start()
-        # A checkpoint taken at validation holds the averaged weights in the
-        # modules: training goes on from the trained ones
-        if self.average is not None and self.average.swapped:
-            self.average.swap()
         current = self.hparams.epoch_counter.current
         total = getattr(self.lr_scheduler, "total_steps", None)
         planned = self.train_steps_per_epoch * self.hparams.number_of_epochs
@@ -610,9 +594,6 @@ class SoundClassifierBrain(sb.Brain):
             loader_kwargs["worker_init_fn"] = WorkerInit(
                 loader_kwargs.get("worker_init_fn")
             )
-        balanced = getattr(self.hparams, "class_balanced", False)
-        if stage == sb.Stage.TRAIN and balanced and not streamed:
-            loader_kwargs = self.balanced_loader_kwargs(dataset, loader_kwargs)
         loader = super().make_dataloader(
             dataset, stage, ckpt_prefix, **loader_kwargs
         )
@@ -622,41 +603,6 @@ class SoundClassifierBrain(sb.Brain):
                 self.train_sampler = dataset
         self.loaders.append(loader)
         return loader
-
-    def balanced_loader_kwargs(self, dataset, loader_kwargs):
-        """Loader options that draw every class equally often.
-
-        ``class_balanced: True``: an epoch draws as many clips as the
-        training set has, with replacement, each with a probability inverse
-        to its class's size, so that rare classes are seen as often as the
-        others (SpeechBrain's ``ReproducibleWeightedRandomSampler``, seeded
-        with the run's seed, a new draw every epoch).
-
-        Arguments
-        ---------
-        dataset : DynamicItemDataset
-            The training data, with a ``label`` per clip.
-        loader_kwargs : dict
-            The loader options (``shuffle`` is replaced by the sampler).
-
-        Returns
-        -------
-        dict
-            The options with the ``sampler``.
-        """
-        labels = [dataset.data[clip]["label"] for clip in dataset.data_ids]
-        counts = {label: labels.count(label) for label in set(labels)}
-        weights = [1.0 / counts[label] for label in labels]
-        sampler = ReproducibleWeightedRandomSampler(
-            weights,
-            num_samples=len(labels),
-            replacement=True,
-            seed=self.hparams.seed,
-        )
-        self.train_sampler = sampler  # SpeechBrain sets its epoch
-        kwargs = {k: v for k, v in loader_kwargs.items() if k != "shuffle"}
-        kwargs["sampler"] = sampler
-        return kwargs
 
     def fit(self, *args, **kwargs):
         """Trains (see ``sb.Brain.fit``), then stops the loaders' workers.
@@ -760,8 +706,6 @@ class SoundClassifierBrain(sb.Brain):
             total = getattr(sched, "total_steps", None)
             if total is None or sched.last_epoch + 1 < total:
                 sched.step()
-        if should_step and self.average is not None:
-            self.average.update()
 
     def _wrap_distributed(self):
         """Wraps modules for DDP without SyncBatchNorm on CPU.
