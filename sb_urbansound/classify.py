@@ -59,15 +59,15 @@ from sb_urbansound.audio import (
     load_audio,
 )
 from sb_urbansound.errors import AudioLoadError, UserError, report
-from sb_urbansound.inference import (
-    load_model,
-    model_audio_spec,
-    sliding_windows,
-    window_probs,
-)
+from sb_urbansound.inference import load_model, model_audio_spec, window_probs
 from sb_urbansound.runtime import OnnxModel, check_rate, top_k_labels
 from sb_urbansound.stream import run_stream
-from sb_urbansound.timeline import count_events, find_segments, window_spans
+from sb_urbansound.timeline import (
+    count_events,
+    find_segments,
+    sliding_windows,
+    window_spans,
+)
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class TorchScorer:
     PyTorch the way ``classify`` always has: the file read by
     :func:`~sb_urbansound.audio.load_audio`, converted by
     :class:`~sb_urbansound.audio.ClipConditioner`, cut by
-    :func:`~sb_urbansound.inference.sliding_windows` and scored by
+    :func:`~sb_urbansound.timeline.sliding_windows` and scored by
     :func:`~sb_urbansound.inference.window_probs`.
 
     Arguments

@@ -85,10 +85,10 @@ from sb_urbansound.inference import (
     check_model_folder,
     load_model,
     model_audio_spec,
-    sliding_windows,
     window_probs,
 )
 from sb_urbansound.runtime import CHUNK_WINDOWS, OnnxModel, combine_moments
+from sb_urbansound.timeline import sliding_windows
 
 logger = logging.getLogger(__name__)
 

@@ -60,11 +60,11 @@ from sb_urbansound.atomic import (
     open_store_file,
     replace_folder,
 )
-from sb_urbansound.audio import ClipConditioner, pad_trunc
+from sb_urbansound.audio import ClipConditioner
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
-from sb_urbansound.timeline import default_hop, window_count
+from sb_urbansound.timeline import sliding_windows
 from sb_urbansound.trust import check_model_yaml
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
@@ -717,49 +717,6 @@ def model_audio_spec(model):
     return int(sample_rate), int(channels), num_samples
 
 
-def sliding_windows(wav, num_samples, hop=None):
-    """Cut a clip (time first) into windows of ``num_samples``.
-
-    A clip no longer than ``num_samples`` gives one window, zero-padded at the
-    end as in evaluation (``pad_trunc(..., random=False)``). A longer clip gives
-    windows starting at ``0, hop, 2 * hop, ...`` until one reaches the end of the
-    clip; that last one is zero-padded at the end. The windows are views of the
-    padded clip (no copy).
-
-    Arguments
-    ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-    num_samples : int
-        The window length (the training clip length).
-    hop : int, optional
-        Hop between window starts (default: half a window).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[n_windows, num_samples(, channels)]``; ``n_windows`` is
-        ``1 + ceil((time - num_samples) / hop)`` for a longer clip.
-
-    Example
-    -------
-    >>> sliding_windows(torch.ones(3, 2), 4).shape
-    torch.Size([1, 4, 2])
-    >>> sliding_windows(torch.arange(10), 4).tolist()
-    [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9]]
-    >>> sliding_windows(torch.ones(11, 1), 4).shape[0]
-    5
-    """
-    num_samples = int(num_samples)
-    hop = default_hop(num_samples) if hop is None else int(hop)
-    n_windows = window_count(wav.shape[0], num_samples, hop)
-    if n_windows == 1:
-        return pad_trunc(wav, num_samples, random=False).unsqueeze(0)
-    padded = pad_trunc(wav, (n_windows - 1) * hop + num_samples, random=False)
-    windows = padded.unfold(0, num_samples, hop)  # [n, (channels,) time]
-    return windows if windows.dim() == 2 else windows.transpose(1, 2)
-
-
 @torch.no_grad()
 def window_log_probs(model, windows, batch_size=16):
     """Class scores of a batch of windows, normalised together, in chunks.
@@ -819,7 +776,8 @@ def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
     """Class probabilities of one clip, averaged over its sliding windows.
 
     ``wav`` must already be at the model's rate and channel count (see
-    :class:`~sb_urbansound.audio.ClipConditioner`). It is cut by :func:`sliding_windows`
+    :class:`~sb_urbansound.audio.ClipConditioner`). It is cut by
+    :func:`~sb_urbansound.timeline.sliding_windows`
     (window = the training clip length, hop = half a window by default), the
     windows are scored together by :func:`window_log_probs`, each window's
     scores become probabilities (softmax) and the probabilities are averaged.
@@ -878,7 +836,7 @@ def window_probs(model, windows, batch_size=16):
         The loaded model.
     windows : torch.Tensor
         ``[n_windows, time(, channels)]`` at the model's rate, all full
-        length (see :func:`sliding_windows`).
+        length (see :func:`~sb_urbansound.timeline.sliding_windows`).
     batch_size : int
         Windows per forward pass (memory only).
 

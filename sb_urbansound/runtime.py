@@ -23,9 +23,9 @@ module.
 
 The audio goes through the steps of training's
 :class:`sb_urbansound.audio.ClipConditioner` (which converts with
-:class:`Conditioner`, this module's) and of
-:func:`sb_urbansound.inference.sliding_windows`, written again in numpy
-(``tests/test_runtime.py`` pins both paths to the same numbers on every
+:class:`Conditioner`, this module's), and the windows of
+:func:`sb_urbansound.timeline.sliding_windows` (which both paths use;
+``tests/test_runtime.py`` pins both paths to the same numbers on every
 format of UrbanSound8K):
 
 1. read with soundfile as float32 ``[time, channels]`` (integer PCM scaled

@@ -26,8 +26,9 @@ from sb_urbansound.export import (
     untrained_model_folder,
 )
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
-from sb_urbansound.inference import load_model, sliding_windows, window_probs
+from sb_urbansound.inference import load_model, window_probs
 from sb_urbansound.runtime import OnnxModel, combine_moments
+from sb_urbansound.timeline import sliding_windows
 
 LABELS = ["dog_bark", "siren", "street_music"]
 # The YAMLs whose models must export, shrunk by overrides (export time is

@@ -36,9 +36,9 @@ from sb_urbansound.inference import (
     classify_waveform,
     export_inference_folder,
     load_model,
-    sliding_windows,
     window_log_probs,
 )
+from sb_urbansound.timeline import sliding_windows
 
 from speechbrain.inference.classifiers import EncoderClassifier
 
