@@ -60,14 +60,9 @@ from sb_urbansound.audio import (
 )
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.inference import load_model, model_audio_spec, window_probs
-from sb_urbansound.runtime import OnnxModel, check_rate, top_k_labels
+from sb_urbansound.runtime import OnnxModel, Scorer, check_rate, top_k_labels
 from sb_urbansound.stream import run_stream
-from sb_urbansound.timeline import (
-    count_events,
-    find_segments,
-    sliding_windows,
-    window_spans,
-)
+from sb_urbansound.timeline import count_events, find_segments, window_spans
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -242,16 +237,13 @@ def classify_files(
     return results
 
 
-class TorchScorer:
-    """A model loaded with SpeechBrain, seen as the runtime sees its models.
+class TorchScorer(Scorer):
+    """A model loaded with SpeechBrain as a scorer (eager PyTorch).
 
-    The interface of :class:`sb_urbansound.runtime.OnnxModel` (``labels``,
-    the audio spec, ``window_probs``, ``file_window_probs``), computed with
-    PyTorch the way ``classify`` always has: the file read by
-    :func:`~sb_urbansound.audio.load_audio`, converted by
-    :class:`~sb_urbansound.audio.ClipConditioner`, cut by
-    :func:`~sb_urbansound.timeline.sliding_windows` and scored by
-    :func:`~sb_urbansound.inference.window_probs`.
+    The file is read by :func:`~sb_urbansound.audio.load_audio`, converted
+    by :class:`~sb_urbansound.audio.ClipConditioner` and its windows scored
+    together by :func:`~sb_urbansound.inference.window_probs`, the way
+    ``classify`` always has.
 
     Arguments
     ---------
@@ -280,44 +272,17 @@ class TorchScorer:
         )
 
     def window_probs(self, windows):
-        """Class probabilities of each window of one clip.
-
-        Arguments
-        ---------
-        windows : numpy.ndarray or torch.Tensor
-            ``[n_windows, num_samples, channels]`` at the model's rate.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n_windows, n_classes]``.
-        """
+        """Class probabilities of each window (as
+        :meth:`Scorer.window_probs`; a torch tensor too)."""
         windows = torch.as_tensor(windows)
         if self.channels == 1 and windows.dim() == 3:
             windows = windows[..., 0]  # SpeechBrain's mono layout
         return window_probs(self.model, windows, self.batch_size).numpy()
 
-    def file_window_probs(self, path):
-        """Read, condition and window a file; score every window.
-
-        Arguments
-        ---------
-        path : str or Path
-            An audio file.
-
-        Returns
-        -------
-        probs : numpy.ndarray
-            ``[n_windows, n_classes]``.
-        duration_s : float
-            The file's duration (at the model's rate).
-        """
+    def read(self, path):
+        """A file at the model's rate and channels (a torch tensor)."""
         wav, rate = load_audio(path)
-        wav = self.normalizer.convert(wav, rate)
-        num_samples = self.num_samples or wav.shape[0]
-        windows = sliding_windows(wav, num_samples)
-        probs = window_probs(self.model, windows, self.batch_size).numpy()
-        return probs, wav.shape[0] / self.sample_rate
+        return self.normalizer.convert(wav, rate)
 
 
 def load_scorer(
@@ -342,8 +307,10 @@ def load_scorer(
 
     Returns
     -------
-    TorchScorer or sb_urbansound.runtime.OnnxModel
-        The scorer, with a ``model_folder`` attribute (for messages).
+    sb_urbansound.runtime.Scorer
+        A :class:`TorchScorer` or an
+        :class:`~sb_urbansound.runtime.OnnxModel`, with a ``model_folder``
+        attribute (for messages).
 
     Example
     -------
@@ -354,7 +321,7 @@ def load_scorer(
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
-    if isinstance(model_folder, (OnnxModel, TorchScorer)):
+    if isinstance(model_folder, Scorer):
         return model_folder
     if not _is_path(model_folder):  # a loaded EncoderClassifier
         return TorchScorer(model_folder, batch_size)

@@ -87,7 +87,12 @@ from sb_urbansound.inference import (
     model_audio_spec,
     window_probs,
 )
-from sb_urbansound.runtime import CHUNK_WINDOWS, OnnxModel, combine_moments
+from sb_urbansound.runtime import (
+    CHUNK_WINDOWS,
+    OnnxModel,
+    Scorer,
+    parse_metadata,
+)
 from sb_urbansound.timeline import sliding_windows
 
 logger = logging.getLogger(__name__)
@@ -774,8 +779,8 @@ def to_torchscript(wrapper, metadata):
     return buffer.getvalue()
 
 
-class TorchScriptScorer:
-    """Score the windows of a clip with a TorchScript export (chunks too).
+class TorchScriptScorer(Scorer):
+    """A TorchScript export (``model.ts``) as a scorer (chunks too).
 
     Arguments
     ---------
@@ -796,42 +801,17 @@ class TorchScriptScorer:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(source, _extra_files=files)
         self.metadata = json.loads(files["metadata.json"])
+        self._use_spec(parse_metadata(self.metadata, "(TorchScript model)"))
         self.batch_norm = self.metadata["normalization"].startswith("batch")
         self.chunk = max(int(chunk), 1)
 
     @torch.no_grad()
-    def window_probs(self, windows):
-        """Class probabilities of each window of one clip.
-
-        Arguments
-        ---------
-        windows : numpy.ndarray
-            ``[n_windows, samples, channels]``.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n_windows, n_classes]``.
-        """
+    def _run(self, windows, stats):
+        """One call of the module (see :meth:`Scorer._run`)."""
         x = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
         if not self.batch_norm:
-            return torch.cat(
-                [self.module(c) for c in x.split(self.chunk)]
-            ).numpy()
-        own = torch.full((2,), float("nan"))
-        stats = own
-        if x.shape[0] > self.chunk:
-            stats = torch.from_numpy(
-                combine_moments(
-                    [
-                        self.module(c, own)[1].numpy()
-                        for c in x.split(self.chunk)
-                    ]
-                ).astype(np.float32)
-            )
-        return torch.cat(
-            [self.module(c, stats)[0] for c in x.split(self.chunk)]
-        ).numpy()
+            return [self.module(x).numpy()]
+        return [out.numpy() for out in self.module(x, torch.from_numpy(stats))]
 
 
 # -------------------------------------------------------------- the check
@@ -993,10 +973,8 @@ def compare(model, scorer, clips):
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
         The eager model.
-    scorer : object
-        The export: ``scorer.window_probs(windows)`` returns
-        ``[n_windows, n_classes]`` for numpy ``[n_windows, samples,
-        channels]`` windows.
+    scorer : sb_urbansound.runtime.Scorer
+        The export.
     clips : iterable of (str, torch.Tensor)
         Conditioned clips (``name, clip``).
 

@@ -66,6 +66,7 @@ from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
 from sb_urbansound.timeline import sliding_windows
 from sb_urbansound.trust import check_model_yaml
+from sb_urbansound.yaml_reader import Tagged, read_yaml
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
@@ -213,6 +214,8 @@ def make_inference_yaml(
       classifier: !ref <classifier>
     ...
     """
+    # Not read_yaml: a writer, ruamel's round trip keeps the nodes' tags and
+    # layout to write them out again
     tree = YAML().load(training_yaml)
     modules = tree.get("modules") if tree is not None else None
     if not isinstance(modules, dict):
@@ -465,9 +468,9 @@ def _read_model_yaml(folder):
     """The top level of ``<folder>/hyperparams.yaml`` (tags kept, not built)."""
     path = folder / "hyperparams.yaml"
     try:
-        tree = YAML().load(path.read_text(encoding="utf-8"))
-    except Exception as e:  # YAML syntax errors, unreadable file
-        raise ModelFolderError(f"cannot read {path}: {e}") from None
+        tree = read_yaml(path)
+    except UserError as e:
+        raise ModelFolderError(str(e)) from None
     if not isinstance(tree, dict):
         raise ModelFolderError(f"{path} is not a YAML mapping")
     return tree
@@ -525,6 +528,8 @@ def check_model_folder(folder):
             "the same training command to finish it (it resumes from its last "
             "checkpoint)."
         )
+    if isinstance(pretrainer, Tagged):  # !new:...Pretrainer
+        pretrainer = pretrainer.value
     if not isinstance(pretrainer, dict):
         return
     loadables = pretrainer.get("loadables")
