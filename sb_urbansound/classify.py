@@ -22,7 +22,7 @@ Each file is read (:func:`sb_urbansound.audio.load_audio`), converted to the
 model's sample rate and channels as in training, cut into windows of the
 training duration (hop: half a window; the last window zero-padded as in
 evaluation; a short clip is one padded window), and the windows' class
-probabilities are averaged (see :func:`sb_urbansound.inference.classify_waveform`).
+probabilities are averaged (see :class:`TorchScorer`).
 
 Output: one line per file on stdout, ``path<TAB>label<TAB>probability`` (with
 ``--top-k N``: N label/probability pairs, most probable first); with ``--json``
@@ -124,7 +124,7 @@ def classify_files(
     """Classify audio files (and the audio files in folders) with a trained model.
 
     Each file is classified on its own: its sliding windows form one batch (see
-    :func:`sb_urbansound.inference.classify_waveform`), so a file's result does
+    :class:`TorchScorer`), so a file's result does
     not depend on the other files.
 
     Arguments

@@ -9,7 +9,12 @@ set at ``data_folder``, and it never writes into a folder that already holds
 the user's own files.
 
 Only the standard library (``urllib``, ``tarfile``, ``hashlib``) and ``tqdm``
-are used.
+are used. SpeechBrain's ``speechbrain.utils.data_utils.download_file`` and
+``speechbrain.utils.fetching.fetch`` download a URL with ``urlretrieve``: no
+``Range`` (no resume), no timeout, no retry, no checksum, written straight to
+the destination (a dropped connection leaves half an archive that the next
+call takes as done: ``tests/test_download.py``), and ``unpack`` extracts any
+member path into the destination; so none of their steps is used here.
 """
 
 import hashlib

@@ -34,7 +34,7 @@ relative ``paths`` against the current directory, not the model folder, so
 relative paths would break as soon as Python runs elsewhere; absolute ones would
 break when the folder moves.)
 
-Long clips: :func:`classify_waveform` (used by :mod:`sb_urbansound.classify`)
+Long clips: :mod:`sb_urbansound.classify` (its ``TorchScorer``)
 cuts clips longer than the training duration into windows of that duration,
 hop half a window, the last window padded with zeros as in evaluation, and
 averages the windows' class probabilities. All the windows of one clip are
@@ -64,7 +64,6 @@ from sb_urbansound.audio import ClipConditioner
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
-from sb_urbansound.timeline import sliding_windows
 from sb_urbansound.trust import check_model_yaml
 from sb_urbansound.yaml_reader import Tagged, read_yaml
 
@@ -777,51 +776,6 @@ def window_log_probs(model, windows, batch_size=16):
     return torch.cat(scores)
 
 
-def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
-    """Class probabilities of one clip, averaged over its sliding windows.
-
-    ``wav`` must already be at the model's rate and channel count (see
-    :class:`~sb_urbansound.audio.ClipConditioner`). It is cut by
-    :func:`~sb_urbansound.timeline.sliding_windows`
-    (window = the training clip length, hop = half a window by default), the
-    windows are scored together by :func:`window_log_probs`, each window's
-    scores become probabilities (softmax) and the probabilities are averaged.
-    A model trained with test-time averaging (``tta_views`` in its
-    ``hyperparams.yaml``) scores each window as that many circularly shifted
-    views, as its test did.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model.
-    wav : torch.Tensor
-        ``[time, channels]`` at the model's rate.
-    num_samples : int, optional
-        Window length (default: the model's training clip length; a model with
-        none scores the whole clip as one window).
-    hop : int, optional
-        Hop between windows (default: half a window).
-    batch_size : int
-        Windows per forward pass (memory only; the result does not depend on it).
-
-    Returns
-    -------
-    probs : torch.Tensor
-        ``[n_classes]``, the mean of the windows' probabilities.
-    n_windows : int
-        The number of windows.
-
-    Example
-    -------
-    See ``tests/test_inference.py``.
-    """
-    if num_samples is None:
-        num_samples = model_audio_spec(model)[2] or wav.shape[0]
-    windows = sliding_windows(wav, num_samples, hop)
-    probs = window_probs(model, windows, batch_size).mean(dim=0)
-    return probs, windows.shape[0]
-
-
 @torch.no_grad()
 def window_probs(model, windows, batch_size=16):
     """Class probabilities of each window of one clip.
@@ -831,8 +785,8 @@ def window_probs(model, windows, batch_size=16):
     probabilities (softmax). A model trained with test-time averaging
     (``tta_views`` in its ``hyperparams.yaml``) scores each window as that
     many circularly shifted views, as its test did, and a window's
-    probabilities are the mean over its views. :func:`classify_waveform`
-    averages these over the windows; segments
+    probabilities are the mean over its views. ``classify`` averages these
+    over the windows; segments
     (:func:`sb_urbansound.timeline.find_segments`) read them one by one.
 
     Arguments
@@ -864,39 +818,3 @@ def window_probs(model, windows, batch_size=16):
     scores = window_log_probs(model, windows, batch_size)
     probs = torch.softmax(scores, dim=-1)
     return probs.view(views, n_windows, -1).mean(dim=0)
-
-
-def top_k_labels(model, probs, k=1):
-    """The ``k`` most probable labels and their probabilities.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model (its ``hparams.label_encoder`` decodes indices).
-    probs : torch.Tensor
-        ``[n_classes]`` probabilities.
-    k : int
-        How many (at most the number of classes).
-
-    Returns
-    -------
-    list of (str, float)
-        ``(label, probability)``, most probable first.
-
-    Example
-    -------
-    >>> from types import SimpleNamespace
-    >>> from speechbrain.dataio.encoder import CategoricalEncoder
-    >>> enc = CategoricalEncoder()
-    >>> enc.update_from_iterable(["a", "b", "c"])
-    >>> m = SimpleNamespace(hparams=SimpleNamespace(label_encoder=enc))
-    >>> top_k_labels(m, torch.tensor([0.2, 0.5, 0.3]), k=2)
-    [('b', 0.5), ('c', 0.30000001192092896)]
-    """
-    k = max(1, min(int(k), probs.shape[-1]))
-    values, indices = torch.topk(probs, k)
-    decode = model.hparams.label_encoder.ind2lab
-    return [
-        (decode[int(i)], float(v))
-        for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-    ]

@@ -49,6 +49,9 @@ class Tagged:
             other.value,
         )
 
+    def __hash__(self):  # a tagged key (refused by the trust check)
+        return hash(self.tag)
+
 
 def _loader():
     """ruamel's safe loader, reading tagged nodes as :class:`Tagged`."""
