@@ -22,7 +22,8 @@ Each file is read (:func:`sb_urbansound.audio.load_audio`), converted to the
 model's sample rate and channels as in training, cut into windows of the
 training duration (hop: half a window; the last window zero-padded as in
 evaluation; a short clip is one padded window), and the windows' class
-probabilities are averaged (see :class:`TorchScorer`).
+probabilities are averaged (see
+:class:`~sb_urbansound.inference.TorchScorer`).
 
 Output: one line per file on stdout, ``path<TAB>label<TAB>probability`` (with
 ``--top-k N``: N label/probability pairs, most probable first); with ``--json``
@@ -51,16 +52,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from sb_urbansound.audio import (
-    AUDIO_SUFFIXES,
-    ClipConditioner,
-    find_audio_files,
-    load_audio,
-)
+from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
-from sb_urbansound.inference import load_model, model_audio_spec, window_probs
-from sb_urbansound.runtime import OnnxModel, Scorer, check_rate, top_k_labels
+from sb_urbansound.inference import TorchScorer, load_model
+from sb_urbansound.runtime import OnnxModel, Scorer, check_rate
 from sb_urbansound.stream import run_stream
 from sb_urbansound.timeline import count_events, find_segments, window_spans
 from tqdm import tqdm
@@ -124,7 +119,7 @@ def classify_files(
     """Classify audio files (and the audio files in folders) with a trained model.
 
     Each file is classified on its own: its sliding windows form one batch (see
-    :class:`TorchScorer`), so a file's result does
+    :class:`~sb_urbansound.inference.TorchScorer`), so a file's result does
     not depend on the other files.
 
     Arguments
@@ -210,19 +205,10 @@ def classify_files(
         except (AudioLoadError, OSError) as e:
             fail(path, describe_load_error(path, e))
             continue
-        probs = per_window.mean(axis=0)
-        if not bool(np.isfinite(probs).all()):
+        if not bool(np.isfinite(per_window.mean(axis=0)).all()):
             fail(path, describe_nan_model(path, folder_name))
             continue
-        best = top_k_labels(probs, scorer.labels, top_k)
-        result = {
-            "path": str(path),
-            "label": best[0]["label"],
-            "prob": best[0]["prob"],
-            "top_k": best,
-            "n_windows": per_window.shape[0],
-            "duration_s": duration_s,
-        }
+        result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
             spans = window_spans(
                 per_window.shape[0],
@@ -237,58 +223,10 @@ def classify_files(
     return results
 
 
-class TorchScorer(Scorer):
-    """A model loaded with SpeechBrain as a scorer (eager PyTorch).
-
-    The file is read by :func:`~sb_urbansound.audio.load_audio`, converted
-    by :class:`~sb_urbansound.audio.ClipConditioner` and its windows scored
-    together by :func:`~sb_urbansound.inference.window_probs`, the way
-    ``classify`` always has.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model.
-    batch_size : int
-        Windows per forward pass (memory only).
-
-    Example
-    -------
-    See ``tests/test_inference.py``.
-    """
-
-    def __init__(self, model, batch_size=16):
-        self.model = model
-        self.batch_size = batch_size
-        self.model_folder = getattr(model, "model_folder", None)
-        rate, channels, num_samples = model_audio_spec(model)
-        self.sample_rate, self.channels = rate, channels
-        self.num_samples = num_samples
-        encoder = model.hparams.label_encoder
-        self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
-        self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-        self.normalizer = ClipConditioner(
-            rate, channels, remove_dc=self.remove_dc
-        )
-
-    def window_probs(self, windows):
-        """Class probabilities of each window (as
-        :meth:`Scorer.window_probs`; a torch tensor too)."""
-        windows = torch.as_tensor(windows)
-        if self.channels == 1 and windows.dim() == 3:
-            windows = windows[..., 0]  # SpeechBrain's mono layout
-        return window_probs(self.model, windows, self.batch_size).numpy()
-
-    def read(self, path):
-        """A file at the model's rate and channels (a torch tensor)."""
-        wav, rate = load_audio(path)
-        return self.normalizer.convert(wav, rate)
-
-
 def load_scorer(
     model_folder, backend="torch", device="cpu", batch_size=16, trust=False
 ):
-    """A model folder (or a loaded model) as a scorer (see :class:`TorchScorer`).
+    """A model folder (or a loaded model) as a scorer (see :class:`~sb_urbansound.runtime.Scorer`).
 
     Arguments
     ---------
@@ -308,7 +246,7 @@ def load_scorer(
     Returns
     -------
     sb_urbansound.runtime.Scorer
-        A :class:`TorchScorer` or an
+        A :class:`~sb_urbansound.inference.TorchScorer` or an
         :class:`~sb_urbansound.runtime.OnnxModel`, with a ``model_folder``
         attribute (for messages).
 

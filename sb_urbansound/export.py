@@ -82,10 +82,10 @@ from sb_urbansound.audio import (
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
+    TorchScorer,
     check_model_folder,
     load_model,
     model_audio_spec,
-    window_probs,
 )
 from sb_urbansound.runtime import (
     CHUNK_WINDOWS,
@@ -986,7 +986,7 @@ def compare(model, scorer, clips):
         ``max_abs_diff`` (largest difference of any window's probability),
         ``worst`` (the clip where it is).
     """
-    _, _, num_samples = model_audio_spec(model)
+    reference = TorchScorer(model)
     stats = {
         "clips": 0,
         "windows": 0,
@@ -995,16 +995,13 @@ def compare(model, scorer, clips):
         "worst": None,
     }
     for name, wav in clips:
-        windows = sliding_windows(wav, num_samples)
-        eager = window_probs(model, windows).double().numpy()
-        array = windows.numpy()
-        if array.ndim == 2:
-            array = array[..., None]
+        windows = sliding_windows(wav, reference.num_samples)
+        eager = reference.window_probs(windows).astype(np.float64)
         try:
-            exported = scorer.window_probs(array)
+            exported = scorer.window_probs(windows.numpy())
         except Exception as e:
             raise ExportError(
-                f"the exported model fails on {name} ({array.shape[0]} "
+                f"the exported model fails on {name} ({windows.shape[0]} "
                 f"window(s); it was exported with {EXAMPLE_WINDOWS}, so the "
                 f"exporter may have fixed the number of windows): {reason(e)}"
             ) from e

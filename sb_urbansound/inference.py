@@ -60,10 +60,11 @@ from sb_urbansound.atomic import (
     open_store_file,
     replace_folder,
 )
-from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.audio import ClipConditioner, load_audio
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
+from sb_urbansound.runtime import Scorer
 from sb_urbansound.trust import check_model_yaml
 from sb_urbansound.yaml_reader import Tagged, read_yaml
 
@@ -818,3 +819,50 @@ def window_probs(model, windows, batch_size=16):
     scores = window_log_probs(model, windows, batch_size)
     probs = torch.softmax(scores, dim=-1)
     return probs.view(views, n_windows, -1).mean(dim=0)
+
+
+class TorchScorer(Scorer):
+    """A model loaded with SpeechBrain as a scorer (eager PyTorch).
+
+    The file is read by :func:`~sb_urbansound.audio.load_audio`, converted
+    by :class:`~sb_urbansound.audio.ClipConditioner` and its windows scored
+    together by :func:`window_probs`, the way ``classify`` always has.
+
+    Arguments
+    ---------
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        The loaded model.
+    batch_size : int
+        Windows per forward pass (memory only).
+
+    Example
+    -------
+    See ``tests/test_inference.py``.
+    """
+
+    def __init__(self, model, batch_size=16):
+        self.model = model
+        self.batch_size = batch_size
+        self.model_folder = getattr(model, "model_folder", None)
+        rate, channels, num_samples = model_audio_spec(model)
+        self.sample_rate, self.channels = rate, channels
+        self.num_samples = num_samples
+        encoder = model.hparams.label_encoder
+        self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+        self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
+        self.normalizer = ClipConditioner(
+            rate, channels, remove_dc=self.remove_dc
+        )
+
+    def window_probs(self, windows):
+        """Class probabilities of each window (as
+        :meth:`Scorer.window_probs`; a torch tensor too)."""
+        windows = torch.as_tensor(windows)
+        if self.channels == 1 and windows.dim() == 3:
+            windows = windows[..., 0]  # SpeechBrain's mono layout
+        return window_probs(self.model, windows, self.batch_size).numpy()
+
+    def read(self, path):
+        """A file at the model's rate and channels (a torch tensor)."""
+        wav, rate = load_audio(path)
+        return self.normalizer.convert(wav, rate)

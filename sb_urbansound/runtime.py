@@ -663,7 +663,7 @@ class Scorer:
     (:func:`~sb_urbansound.timeline.sliding_windows`) and averaging them
     are shared. The backends: :class:`OnnxModel` (onnxruntime, no torch),
     :class:`sb_urbansound.export.TorchScriptScorer` (a TorchScript export)
-    and :class:`sb_urbansound.classify.TorchScorer` (the SpeechBrain model).
+    and :class:`sb_urbansound.inference.TorchScorer` (the SpeechBrain model).
     An export only implements :meth:`_run`: its windows go ``chunk`` at a
     time, and a model that standardises the windows of a clip together
     (``batch_norm``) is run twice on a long clip, first for the statistics
@@ -785,7 +785,10 @@ class Scorer:
         AudioLoadError
             If the file cannot be read.
         """
-        probs, duration_s = self.file_window_probs(path)
+        return self.summary(path, *self.file_window_probs(path), top_k)
+
+    def summary(self, path, probs, duration_s, top_k=1):
+        """:meth:`classify_file`'s result from :meth:`file_window_probs`'s."""
         best = top_k_labels(probs.mean(axis=0), self.labels, top_k)
         return {
             "path": str(path),

@@ -312,12 +312,12 @@ def test_long_clip_uses_sliding_windows(model, tmp_path):
     wav = ClipConditioner(SAMPLE_RATE, 2).convert(torch.from_numpy(wav), rate)
     assert wav.shape == (5 * SAMPLE_RATE, 2)
     windows = sliding_windows(wav, SAMPLE_RATE)
-    probs = classify.TorchScorer(model).window_probs(windows).mean(axis=0)
+    probs = inference.TorchScorer(model).window_probs(windows).mean(axis=0)
     assert windows.shape[0] == 9  # 1 + (5 s - 1 s) / 0.5 s
     assert probs.argmax() == class_index(label)
     assert math.isclose(probs.sum(), 1.0, abs_tol=1e-4)
     # The result does not depend on the chunking of windows
-    scorer_1 = classify.TorchScorer(model, batch_size=1)
+    scorer_1 = inference.TorchScorer(model, batch_size=1)
     probs_1 = scorer_1.window_probs(windows).mean(axis=0)
     assert np.allclose(probs, probs_1, atol=1e-5)
     # A clip no longer than the training duration is one padded window
