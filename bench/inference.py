@@ -107,22 +107,13 @@ def build(name, workdir, quick):
 
 def scorers(folder, backends, threads, batch):
     """``{backend: callable(windows np) -> probs}`` for one model."""
-    import torch
     from sb_urbansound.export import TorchScriptScorer
-    from sb_urbansound.inference import load_model, window_probs
+    from sb_urbansound.inference import TorchScorer, load_model
     from sb_urbansound.runtime import OnnxModel
 
     out = {}
     if "eager" in backends:
-        model = load_model(folder)
-
-        def eager(windows):
-            x = torch.from_numpy(windows)
-            if x.shape[-1] == 1:
-                x = x[..., 0]  # SpeechBrain's mono layout, as classify has it
-            return window_probs(model, x, batch_size=batch).numpy()
-
-        out["eager"] = eager
+        out["eager"] = TorchScorer(load_model(folder), batch).window_probs
     if "torchscript" in backends:
         out["torchscript"] = TorchScriptScorer(
             folder / "model.ts", chunk=batch

@@ -13,6 +13,8 @@ The recipe (``recipes/UrbanSound8k/SoundClassification``: ``train.py`` and
 * :mod:`sb_urbansound.models`: the tutorial's CNN as embedding + classifier.
 * :mod:`sb_urbansound.checkpoints`, :mod:`sb_urbansound.experiment`: robust
   checkpoints, option checks and output-folder bookkeeping.
+* :mod:`sb_urbansound.yaml_reader`: the one reader of HyperPyYAML files as
+  data (nothing built), for the option checks and the model folder checks.
 * :mod:`sb_urbansound.inference`, :mod:`sb_urbansound.classify`: the exported
   model folder and the ``classify`` command; :mod:`sb_urbansound.card`, its
   model card.

@@ -36,6 +36,7 @@ from sb_urbansound import __version__
 from sb_urbansound.atomic import atomic_write_text
 from sb_urbansound.manifests import recorded_split
 from sb_urbansound.report import format_duration
+from sb_urbansound.yaml_reader import read_yaml
 
 #: The card's file name in the model folder.
 CARD_FILE = "README.md"
@@ -502,4 +503,4 @@ def card_metadata(text):
     if not text.startswith("---\n"):
         raise ValueError("a model card starts with --- and YAML metadata")
     end = text.index("\n---\n", 4)
-    return json.loads(json.dumps(YAML(typ="safe").load(text[4:end])))
+    return json.loads(json.dumps(read_yaml(text[4:end])))

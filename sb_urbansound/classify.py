@@ -22,7 +22,8 @@ Each file is read (:func:`sb_urbansound.audio.load_audio`), converted to the
 model's sample rate and channels as in training, cut into windows of the
 training duration (hop: half a window; the last window zero-padded as in
 evaluation; a short clip is one padded window), and the windows' class
-probabilities are averaged (see :func:`sb_urbansound.inference.classify_waveform`).
+probabilities are averaged (see
+:class:`~sb_urbansound.inference.TorchScorer`).
 
 Output: one line per file on stdout, ``path<TAB>label<TAB>probability`` (with
 ``--top-k N``: N label/probability pairs, most probable first); with ``--json``
@@ -51,21 +52,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from sb_urbansound.audio import (
-    AUDIO_SUFFIXES,
-    ClipConditioner,
-    find_audio_files,
-    load_audio,
-)
+from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
-from sb_urbansound.inference import (
-    load_model,
-    model_audio_spec,
-    sliding_windows,
-    window_probs,
-)
-from sb_urbansound.runtime import OnnxModel, check_rate, top_k_labels
+from sb_urbansound.inference import TorchScorer, load_model
+from sb_urbansound.runtime import OnnxModel, Scorer, check_rate
 from sb_urbansound.stream import run_stream
 from sb_urbansound.timeline import count_events, find_segments, window_spans
 from tqdm import tqdm
@@ -129,7 +119,7 @@ def classify_files(
     """Classify audio files (and the audio files in folders) with a trained model.
 
     Each file is classified on its own: its sliding windows form one batch (see
-    :func:`sb_urbansound.inference.classify_waveform`), so a file's result does
+    :class:`~sb_urbansound.inference.TorchScorer`), so a file's result does
     not depend on the other files.
 
     Arguments
@@ -215,19 +205,10 @@ def classify_files(
         except (AudioLoadError, OSError) as e:
             fail(path, describe_load_error(path, e))
             continue
-        probs = per_window.mean(axis=0)
-        if not bool(np.isfinite(probs).all()):
+        if not bool(np.isfinite(per_window.mean(axis=0)).all()):
             fail(path, describe_nan_model(path, folder_name))
             continue
-        best = top_k_labels(probs, scorer.labels, top_k)
-        result = {
-            "path": str(path),
-            "label": best[0]["label"],
-            "prob": best[0]["prob"],
-            "top_k": best,
-            "n_windows": per_window.shape[0],
-            "duration_s": duration_s,
-        }
+        result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
             spans = window_spans(
                 per_window.shape[0],
@@ -242,88 +223,10 @@ def classify_files(
     return results
 
 
-class TorchScorer:
-    """A model loaded with SpeechBrain, seen as the runtime sees its models.
-
-    The interface of :class:`sb_urbansound.runtime.OnnxModel` (``labels``,
-    the audio spec, ``window_probs``, ``file_window_probs``), computed with
-    PyTorch the way ``classify`` always has: the file read by
-    :func:`~sb_urbansound.audio.load_audio`, converted by
-    :class:`~sb_urbansound.audio.ClipConditioner`, cut by
-    :func:`~sb_urbansound.inference.sliding_windows` and scored by
-    :func:`~sb_urbansound.inference.window_probs`.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model.
-    batch_size : int
-        Windows per forward pass (memory only).
-
-    Example
-    -------
-    See ``tests/test_inference.py``.
-    """
-
-    def __init__(self, model, batch_size=16):
-        self.model = model
-        self.batch_size = batch_size
-        self.model_folder = getattr(model, "model_folder", None)
-        rate, channels, num_samples = model_audio_spec(model)
-        self.sample_rate, self.channels = rate, channels
-        self.num_samples = num_samples
-        encoder = model.hparams.label_encoder
-        self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
-        self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-        self.normalizer = ClipConditioner(
-            rate, channels, remove_dc=self.remove_dc
-        )
-
-    def window_probs(self, windows):
-        """Class probabilities of each window of one clip.
-
-        Arguments
-        ---------
-        windows : numpy.ndarray or torch.Tensor
-            ``[n_windows, num_samples, channels]`` at the model's rate.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n_windows, n_classes]``.
-        """
-        windows = torch.as_tensor(windows)
-        if self.channels == 1 and windows.dim() == 3:
-            windows = windows[..., 0]  # SpeechBrain's mono layout
-        return window_probs(self.model, windows, self.batch_size).numpy()
-
-    def file_window_probs(self, path):
-        """Read, condition and window a file; score every window.
-
-        Arguments
-        ---------
-        path : str or Path
-            An audio file.
-
-        Returns
-        -------
-        probs : numpy.ndarray
-            ``[n_windows, n_classes]``.
-        duration_s : float
-            The file's duration (at the model's rate).
-        """
-        wav, rate = load_audio(path)
-        wav = self.normalizer.convert(wav, rate)
-        num_samples = self.num_samples or wav.shape[0]
-        windows = sliding_windows(wav, num_samples)
-        probs = window_probs(self.model, windows, self.batch_size).numpy()
-        return probs, wav.shape[0] / self.sample_rate
-
-
 def load_scorer(
     model_folder, backend="torch", device="cpu", batch_size=16, trust=False
 ):
-    """A model folder (or a loaded model) as a scorer (see :class:`TorchScorer`).
+    """A model folder (or a loaded model) as a scorer (see :class:`~sb_urbansound.runtime.Scorer`).
 
     Arguments
     ---------
@@ -342,8 +245,10 @@ def load_scorer(
 
     Returns
     -------
-    TorchScorer or sb_urbansound.runtime.OnnxModel
-        The scorer, with a ``model_folder`` attribute (for messages).
+    sb_urbansound.runtime.Scorer
+        A :class:`~sb_urbansound.inference.TorchScorer` or an
+        :class:`~sb_urbansound.runtime.OnnxModel`, with a ``model_folder``
+        attribute (for messages).
 
     Example
     -------
@@ -354,7 +259,7 @@ def load_scorer(
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
-    if isinstance(model_folder, (OnnxModel, TorchScorer)):
+    if isinstance(model_folder, Scorer):
         return model_folder
     if not _is_path(model_folder):  # a loaded EncoderClassifier
         return TorchScorer(model_folder, batch_size)

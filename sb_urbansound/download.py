@@ -8,11 +8,15 @@ single rename. An interrupted or failed run therefore never leaves half a data
 set at ``data_folder``, and it never writes into a folder that already holds
 the user's own files.
 
-Only the standard library (``urllib``, ``tarfile``, ``hashlib``) and ``tqdm``
-are used.
+The MD5 is SpeechBrain's (``speechbrain.dataio.dataio.get_md5``); the rest
+is the standard library (``urllib``, ``tarfile``) and ``tqdm``. SpeechBrain's ``speechbrain.utils.data_utils.download_file`` and
+``speechbrain.utils.fetching.fetch`` download a URL with ``urlretrieve``: no
+``Range`` (no resume), no timeout, no retry, no checksum, written straight to
+the destination (a dropped connection leaves half an archive that the next
+call takes as done: ``tests/test_download.py``), and ``unpack`` extracts any
+member path into the destination; so none of their steps is used here.
 """
 
-import hashlib
 import http.client
 import logging
 import os
@@ -156,10 +160,12 @@ def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
     >>> out.read_bytes()
     b'hello'
     """
+    from speechbrain.dataio.dataio import get_md5
+
     dest = Path(dest)
     expected = md5.lower() if md5 else None
     if dest.is_file():
-        if expected is None or _file_md5(dest) == expected:
+        if expected is None or get_md5(dest) == expected:
             logger.info("%s is already downloaded", dest)
             return dest
         logger.warning(
@@ -175,7 +181,7 @@ def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
         size_before = part.stat().st_size if part.exists() else 0
         tries += 1
         try:
-            digest = _fetch(url, part, progress, timeout)
+            _fetch(url, part, progress, timeout)
             break
         except _RetryableError as err:
             if part.exists() and part.stat().st_size > size_before:
@@ -201,6 +207,7 @@ def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
             )
             time.sleep(wait)
 
+    digest = get_md5(part) if expected is not None else None
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(
@@ -370,20 +377,6 @@ def _archive_name(url):
     return urllib.parse.unquote(name) or "UrbanSound8K.tar.gz"
 
 
-def _hash_existing(path):
-    """An MD5 object fed with the bytes already in ``path`` (read in chunks)."""
-    hasher = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            hasher.update(chunk)
-    return hasher
-
-
-def _file_md5(path):
-    """MD5 (hex) of a file."""
-    return _hash_existing(path).hexdigest()
-
-
 def _total_from_unsatisfied(content_range):
     """Total size from a 416 answer's ``Content-Range: bytes */N`` (or None)."""
     m = _CONTENT_RANGE_UNSATISFIED.fullmatch((content_range or "").strip())
@@ -391,7 +384,7 @@ def _total_from_unsatisfied(content_range):
 
 
 def _fetch(url, part, progress, timeout):
-    """One download attempt into ``part`` (resumed if present); returns MD5."""
+    """One download attempt into ``part`` (resumed if present)."""
     try:  # a link planted as the partial file is never resumed or truncated
         with open(open_store_file(part), "rb") as f:
             start = os.fstat(f.fileno()).st_size
@@ -409,7 +402,7 @@ def _fetch(url, part, progress, timeout):
             total = _total_from_unsatisfied(err.headers.get("Content-Range"))
             if total == start:
                 logger.info("%s is already complete (%d bytes)", part, start)
-                return _file_md5(part)
+                return
             logger.warning(
                 "The server cannot resume from byte %d (HTTP 416); restarting",
                 start,
@@ -463,13 +456,9 @@ def _fetch(url, part, progress, timeout):
                 start = 0
             total = length
 
+        mode = "ab" if start else "wb"
         if start:
             logger.info("Resuming %s from byte %d", part.name, start)
-            hasher = _hash_existing(part)
-            mode = "ab"
-        else:
-            hasher = hashlib.md5()
-            mode = "wb"
         if total is not None:
             free = shutil.disk_usage(part.parent).free
             if free < total - start:
@@ -502,14 +491,12 @@ def _fetch(url, part, progress, timeout):
                 if not chunk:
                     break
                 f.write(chunk)
-                hasher.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
     if total is not None and received != total:
         raise _RetryableError(
             f"connection closed after {received} of {total} bytes"
         )
-    return hasher.hexdigest()
 
 
 def _check_member(member, archive):

@@ -24,6 +24,7 @@ from sb_urbansound.atomic import (
 )
 from sb_urbansound.errors import UserError
 from sb_urbansound.runtime import MAX_RATE, MIN_RATE
+from sb_urbansound.yaml_reader import Tagged, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -239,13 +240,13 @@ def read_yaml_values(hparams_file, overrides=""):
     """
     import difflib
 
-    import ruamel.yaml
     from hyperpyyaml import resolve_references
 
     seen = override_keys(overrides)
     try:
-        _tolerant_yaml().load(overrides or "")
-    except ruamel.yaml.YAMLError as e:
+        read_yaml(overrides or "")
+    except UserError as error:
+        e = error.__cause__
         mark = getattr(e, "problem_mark", None)
         lines = overrides.splitlines()
         key, _, value = lines[mark.line if mark else 0].partition(":")
@@ -262,7 +263,7 @@ def read_yaml_values(hparams_file, overrides=""):
         raise UserError(
             f"cannot read the YAML file {hparams_file}: {e}"
         ) from None
-    keys = list(_tolerant_yaml().load(text) or {})
+    keys = list(read_yaml(text, name=hparams_file) or {})
     for key in seen:
         if key not in keys:
             close = difflib.get_close_matches(key, keys, n=3)
@@ -290,57 +291,7 @@ def read_yaml_values(hparams_file, overrides=""):
         raise UserError(
             f"{key} is required: pass --{key}=... on the command line"
         ) from None
-    return dict(_tolerant_yaml().load(resolved) or {})
-
-
-class Tagged:
-    """A YAML node with a HyperPyYAML tag (``!new:``, ``!apply:``, ...).
-
-    Arguments
-    ---------
-    tag : str
-        The tag, e.g. ``!new:torch.nn.Linear``.
-    value : object
-        The node's content (mapping, list or scalar).
-    """
-
-    def __init__(self, tag, value=None):
-        self.tag = tag
-        self.value = value
-
-    def __repr__(self):
-        return f"<{self.tag} {self.value!r}>"
-
-    def __eq__(self, other):
-        return isinstance(other, Tagged) and (self.tag, self.value) == (
-            other.tag,
-            other.value,
-        )
-
-
-def _tolerant_yaml():
-    """A safe YAML loader that reads tagged nodes as :class:`Tagged`."""
-    import ruamel.yaml
-    from ruamel.yaml.constructor import SafeConstructor
-    from ruamel.yaml.nodes import MappingNode, SequenceNode
-
-    class TolerantConstructor(SafeConstructor):
-        """SafeConstructor that accepts any tag (a subclass: ruamel's
-        ``add_multi_constructor`` changes the class it is called on)."""
-
-    def construct_tagged(constructor, suffix, node):
-        if isinstance(node, MappingNode):
-            value = constructor.construct_mapping(node, deep=True)
-        elif isinstance(node, SequenceNode):
-            value = constructor.construct_sequence(node, deep=True)
-        else:
-            value = constructor.construct_scalar(node)
-        return Tagged("!" + suffix, value)
-
-    TolerantConstructor.add_multi_constructor("!", construct_tagged)
-    loader = ruamel.yaml.YAML(typ="safe", pure=True)
-    loader.Constructor = TolerantConstructor
-    return loader
+    return dict(read_yaml(resolved) or {})
 
 
 def check_values(values, hparams_file="the YAML"):

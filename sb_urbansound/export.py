@@ -76,13 +76,18 @@ from sb_urbansound.audio import (
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
+    TorchScorer,
     check_model_folder,
     load_model,
     model_audio_spec,
-    sliding_windows,
-    window_probs,
 )
-from sb_urbansound.runtime import CHUNK_WINDOWS, OnnxModel
+from sb_urbansound.runtime import (
+    CHUNK_WINDOWS,
+    OnnxModel,
+    Scorer,
+    parse_metadata,
+)
+from sb_urbansound.timeline import sliding_windows
 
 logger = logging.getLogger(__name__)
 
@@ -693,8 +698,8 @@ def to_torchscript(wrapper, metadata):
     return buffer.getvalue()
 
 
-class TorchScriptScorer:
-    """Score the windows of a clip with a TorchScript export (chunks too).
+class TorchScriptScorer(Scorer):
+    """A TorchScript export (``model.ts``) as a scorer (chunks too).
 
     Arguments
     ---------
@@ -715,24 +720,14 @@ class TorchScriptScorer:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(source, _extra_files=files)
         self.metadata = json.loads(files["metadata.json"])
+        self._use_spec(parse_metadata(self.metadata, "(TorchScript model)"))
         self.chunk = max(int(chunk), 1)
 
     @torch.no_grad()
-    def window_probs(self, windows):
-        """Class probabilities of each window of one clip.
-
-        Arguments
-        ---------
-        windows : numpy.ndarray
-            ``[n_windows, samples, channels]``.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n_windows, n_classes]``.
-        """
+    def _run(self, windows):
+        """One call of the module (see :meth:`Scorer._run`)."""
         x = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
-        return torch.cat([self.module(c) for c in x.split(self.chunk)]).numpy()
+        return self.module(x).numpy()
 
 
 # -------------------------------------------------------------- the check
@@ -894,10 +889,8 @@ def compare(model, scorer, clips):
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
         The eager model.
-    scorer : object
-        The export: ``scorer.window_probs(windows)`` returns
-        ``[n_windows, n_classes]`` for numpy ``[n_windows, samples,
-        channels]`` windows.
+    scorer : sb_urbansound.runtime.Scorer
+        The export.
     clips : iterable of (str, torch.Tensor)
         Conditioned clips (``name, clip``).
 
@@ -909,7 +902,7 @@ def compare(model, scorer, clips):
         ``max_abs_diff`` (largest difference of any window's probability),
         ``worst`` (the clip where it is).
     """
-    _, _, num_samples = model_audio_spec(model)
+    reference = TorchScorer(model)
     stats = {
         "clips": 0,
         "windows": 0,
@@ -918,16 +911,13 @@ def compare(model, scorer, clips):
         "worst": None,
     }
     for name, wav in clips:
-        windows = sliding_windows(wav, num_samples)
-        eager = window_probs(model, windows).double().numpy()
-        array = windows.numpy()
-        if array.ndim == 2:
-            array = array[..., None]
+        windows = sliding_windows(wav, reference.num_samples)
+        eager = reference.window_probs(windows).astype(np.float64)
         try:
-            exported = scorer.window_probs(array)
+            exported = scorer.window_probs(windows.numpy())
         except Exception as e:
             raise ExportError(
-                f"the exported model fails on {name} ({array.shape[0]} "
+                f"the exported model fails on {name} ({windows.shape[0]} "
                 f"window(s); it was exported with {EXAMPLE_WINDOWS}, so the "
                 f"exporter may have fixed the number of windows): {reason(e)}"
             ) from e

@@ -34,7 +34,7 @@ relative ``paths`` against the current directory, not the model folder, so
 relative paths would break as soon as Python runs elsewhere; absolute ones would
 break when the folder moves.)
 
-Long clips: :func:`classify_waveform` (used by :mod:`sb_urbansound.classify`)
+Long clips: :mod:`sb_urbansound.classify` (its ``TorchScorer``)
 cuts clips longer than the training duration into windows of that duration,
 hop half a window, the last window padded with zeros as in evaluation, and
 averages the windows' class probabilities. All the windows of one clip are
@@ -55,12 +55,13 @@ import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
-from sb_urbansound.audio import pad_trunc
+from sb_urbansound.audio import ClipConditioner, load_audio
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
-from sb_urbansound.timeline import default_hop, window_count
+from sb_urbansound.runtime import Scorer
 from sb_urbansound.trust import check_model_yaml
+from sb_urbansound.yaml_reader import Tagged, read_yaml
 
 from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
 
@@ -180,6 +181,8 @@ def make_inference_yaml(
       classifier: !ref <classifier>
     ...
     """
+    # Not read_yaml: a writer, ruamel's round trip keeps the nodes' tags and
+    # layout to write them out again
     tree = YAML().load(training_yaml)
     modules = tree.get("modules") if tree is not None else None
     if not isinstance(modules, dict):
@@ -420,9 +423,9 @@ def _read_model_yaml(folder):
     """The top level of ``<folder>/hyperparams.yaml`` (tags kept, not built)."""
     path = folder / "hyperparams.yaml"
     try:
-        tree = YAML().load(path.read_text(encoding="utf-8"))
-    except Exception as e:  # YAML syntax errors, unreadable file
-        raise ModelFolderError(f"cannot read {path}: {e}") from None
+        tree = read_yaml(path)
+    except UserError as e:
+        raise ModelFolderError(str(e)) from None
     if not isinstance(tree, dict):
         raise ModelFolderError(f"{path} is not a YAML mapping")
     return tree
@@ -480,6 +483,8 @@ def check_model_folder(folder):
             "the same training command to finish it (it resumes from its last "
             "checkpoint)."
         )
+    if isinstance(pretrainer, Tagged):  # !new:...Pretrainer
+        pretrainer = pretrainer.value
     if not isinstance(pretrainer, dict):
         return
     loadables = pretrainer.get("loadables")
@@ -672,49 +677,6 @@ def model_audio_spec(model):
     return int(sample_rate), int(channels), num_samples
 
 
-def sliding_windows(wav, num_samples, hop=None):
-    """Cut a clip (time first) into windows of ``num_samples``.
-
-    A clip no longer than ``num_samples`` gives one window, zero-padded at the
-    end as in evaluation (``pad_trunc(..., random=False)``). A longer clip gives
-    windows starting at ``0, hop, 2 * hop, ...`` until one reaches the end of the
-    clip; that last one is zero-padded at the end. The windows are views of the
-    padded clip (no copy).
-
-    Arguments
-    ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-    num_samples : int
-        The window length (the training clip length).
-    hop : int, optional
-        Hop between window starts (default: half a window).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[n_windows, num_samples(, channels)]``; ``n_windows`` is
-        ``1 + ceil((time - num_samples) / hop)`` for a longer clip.
-
-    Example
-    -------
-    >>> sliding_windows(torch.ones(3, 2), 4).shape
-    torch.Size([1, 4, 2])
-    >>> sliding_windows(torch.arange(10), 4).tolist()
-    [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9]]
-    >>> sliding_windows(torch.ones(11, 1), 4).shape[0]
-    5
-    """
-    num_samples = int(num_samples)
-    hop = default_hop(num_samples) if hop is None else int(hop)
-    n_windows = window_count(wav.shape[0], num_samples, hop)
-    if n_windows == 1:
-        return pad_trunc(wav, num_samples, random=False).unsqueeze(0)
-    padded = pad_trunc(wav, (n_windows - 1) * hop + num_samples, random=False)
-    windows = padded.unfold(0, num_samples, hop)  # [n, (channels,) time]
-    return windows if windows.dim() == 2 else windows.transpose(1, 2)
-
-
 @torch.no_grad()
 def window_log_probs(model, windows, batch_size=16):
     """Class scores of a batch of windows, normalised together, in chunks.
@@ -768,50 +730,6 @@ def window_log_probs(model, windows, batch_size=16):
     return torch.cat(scores)
 
 
-def classify_waveform(model, wav, num_samples=None, hop=None, batch_size=16):
-    """Class probabilities of one clip, averaged over its sliding windows.
-
-    ``wav`` must already be at the model's rate and channel count (see
-    :class:`~sb_urbansound.audio.ClipConditioner`). It is cut by :func:`sliding_windows`
-    (window = the training clip length, hop = half a window by default), the
-    windows are scored together by :func:`window_log_probs`, each window's
-    scores become probabilities (softmax) and the probabilities are averaged.
-    A model trained with test-time averaging (``tta_views`` in its
-    ``hyperparams.yaml``) scores each window as that many circularly shifted
-    views, as its test did.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model.
-    wav : torch.Tensor
-        ``[time, channels]`` at the model's rate.
-    num_samples : int, optional
-        Window length (default: the model's training clip length; a model with
-        none scores the whole clip as one window).
-    hop : int, optional
-        Hop between windows (default: half a window).
-    batch_size : int
-        Windows per forward pass (memory only; the result does not depend on it).
-
-    Returns
-    -------
-    probs : torch.Tensor
-        ``[n_classes]``, the mean of the windows' probabilities.
-    n_windows : int
-        The number of windows.
-
-    Example
-    -------
-    See ``tests/test_inference.py``.
-    """
-    if num_samples is None:
-        num_samples = model_audio_spec(model)[2] or wav.shape[0]
-    windows = sliding_windows(wav, num_samples, hop)
-    probs = window_probs(model, windows, batch_size).mean(dim=0)
-    return probs, windows.shape[0]
-
-
 @torch.no_grad()
 def window_probs(model, windows, batch_size=16):
     """Class probabilities of each window of one clip.
@@ -821,8 +739,8 @@ def window_probs(model, windows, batch_size=16):
     probabilities (softmax). A model trained with test-time averaging
     (``tta_views`` in its ``hyperparams.yaml``) scores each window as that
     many circularly shifted views, as its test did, and a window's
-    probabilities are the mean over its views. :func:`classify_waveform`
-    averages these over the windows; segments
+    probabilities are the mean over its views. ``classify`` averages these
+    over the windows; segments
     (:func:`sb_urbansound.timeline.find_segments`) read them one by one.
 
     Arguments
@@ -831,7 +749,7 @@ def window_probs(model, windows, batch_size=16):
         The loaded model.
     windows : torch.Tensor
         ``[n_windows, time(, channels)]`` at the model's rate, all full
-        length (see :func:`sliding_windows`).
+        length (see :func:`~sb_urbansound.timeline.sliding_windows`).
     batch_size : int
         Windows per forward pass (memory only).
 
@@ -856,37 +774,48 @@ def window_probs(model, windows, batch_size=16):
     return probs.view(views, n_windows, -1).mean(dim=0)
 
 
-def top_k_labels(model, probs, k=1):
-    """The ``k`` most probable labels and their probabilities.
+class TorchScorer(Scorer):
+    """A model loaded with SpeechBrain as a scorer (eager PyTorch).
+
+    The file is read by :func:`~sb_urbansound.audio.load_audio`, converted
+    by :class:`~sb_urbansound.audio.ClipConditioner` and its windows scored
+    together by :func:`window_probs`, the way ``classify`` always has.
 
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model (its ``hparams.label_encoder`` decodes indices).
-    probs : torch.Tensor
-        ``[n_classes]`` probabilities.
-    k : int
-        How many (at most the number of classes).
-
-    Returns
-    -------
-    list of (str, float)
-        ``(label, probability)``, most probable first.
+        The loaded model.
+    batch_size : int
+        Windows per forward pass (memory only).
 
     Example
     -------
-    >>> from types import SimpleNamespace
-    >>> from speechbrain.dataio.encoder import CategoricalEncoder
-    >>> enc = CategoricalEncoder()
-    >>> enc.update_from_iterable(["a", "b", "c"])
-    >>> m = SimpleNamespace(hparams=SimpleNamespace(label_encoder=enc))
-    >>> top_k_labels(m, torch.tensor([0.2, 0.5, 0.3]), k=2)
-    [('b', 0.5), ('c', 0.30000001192092896)]
+    See ``tests/test_inference.py``.
     """
-    k = max(1, min(int(k), probs.shape[-1]))
-    values, indices = torch.topk(probs, k)
-    decode = model.hparams.label_encoder.ind2lab
-    return [
-        (decode[int(i)], float(v))
-        for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-    ]
+
+    def __init__(self, model, batch_size=16):
+        self.model = model
+        self.batch_size = batch_size
+        self.model_folder = getattr(model, "model_folder", None)
+        rate, channels, num_samples = model_audio_spec(model)
+        self.sample_rate, self.channels = rate, channels
+        self.num_samples = num_samples
+        encoder = model.hparams.label_encoder
+        self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+        self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
+        self.normalizer = ClipConditioner(
+            rate, channels, remove_dc=self.remove_dc
+        )
+
+    def window_probs(self, windows):
+        """Class probabilities of each window (as
+        :meth:`Scorer.window_probs`; a torch tensor too)."""
+        windows = torch.as_tensor(windows)
+        if self.channels == 1 and windows.dim() == 3:
+            windows = windows[..., 0]  # SpeechBrain's mono layout
+        return window_probs(self.model, windows, self.batch_size).numpy()
+
+    def read(self, path):
+        """A file at the model's rate and channels (a torch tensor)."""
+        wav, rate = load_audio(path)
+        return self.normalizer.convert(wav, rate)

@@ -2,7 +2,8 @@
 
 This module imports numpy, soundfile and (when a model is loaded)
 onnxruntime and ruamel.yaml, and of this package only its torch-free modules
-(:mod:`sb_urbansound.errors`, :mod:`sb_urbansound.timeline`): no torch, no
+(:mod:`sb_urbansound.errors`, :mod:`sb_urbansound.timeline`,
+:mod:`sb_urbansound.yaml_reader`): no torch, no
 SpeechBrain, no HyperPyYAML. It runs where the model must run without the
 training stack (a small box, a container without CUDA wheels)::
 
@@ -23,9 +24,9 @@ module.
 
 The audio goes through the steps of training's
 :class:`sb_urbansound.audio.ClipConditioner` (which converts with
-:class:`Conditioner`, this module's) and of
-:func:`sb_urbansound.inference.sliding_windows`, written again in numpy
-(``tests/test_runtime.py`` pins both paths to the same numbers on every
+:class:`Conditioner`, this module's), and the windows of
+:func:`sb_urbansound.timeline.sliding_windows` (which both paths use;
+``tests/test_runtime.py`` pins both paths to the same numbers on every
 format of UrbanSound8K):
 
 1. read with soundfile as float32 ``[time, channels]`` (integer PCM scaled
@@ -59,6 +60,7 @@ import soundfile as sf
 import soxr
 from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.yaml_reader import read_yaml
 
 #: The exported model's file name in a model folder.
 ONNX_FILE = "model.onnx"
@@ -421,10 +423,29 @@ class Conditioner:
 # ------------------------------------------------------------------- model
 
 
-def _parse_metadata(session, source):
-    """The audio spec and labels in an ONNX model's metadata, checked
-    against the model's own input and output shapes."""
-    meta = session.get_modelmeta().custom_metadata_map
+def parse_metadata(meta, source):
+    """The audio spec and labels in an export's metadata (ONNX or TorchScript).
+
+    Arguments
+    ---------
+    meta : dict
+        The export's metadata (string values, as
+        :func:`sb_urbansound.export.model_metadata` writes them).
+    source : str or Path
+        Named in messages.
+
+    Returns
+    -------
+    dict
+        ``labels``, ``sample_rate``, ``channels``, ``num_samples``,
+        ``remove_dc``.
+
+    Example
+    -------
+    >>> meta = {"labels": '["a"]', "sample_rate": "8000", "channels": "1"}
+    >>> parse_metadata({**meta, "num_samples": "800"}, "m")["num_samples"]
+    800
+    """
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
         raise ModelFileError(
@@ -434,7 +455,7 @@ def _parse_metadata(session, source):
         )
     try:
         labels = json.loads(meta["labels"])
-        spec = {
+        return {
             "labels": [str(label) for label in labels],
             "sample_rate": int(meta["sample_rate"]),
             "channels": int(meta["channels"]),
@@ -443,6 +464,13 @@ def _parse_metadata(session, source):
         }
     except (ValueError, TypeError) as e:
         raise ModelFileError(f"{source}: bad metadata ({e})") from None
+
+
+def _parse_metadata(session, source):
+    """The audio spec and labels in an ONNX model's metadata, checked
+    against the model's own input and output shapes."""
+    meta = session.get_modelmeta().custom_metadata_map
+    spec = parse_metadata(meta, source)
     waveforms, probs = session.get_inputs()[0], session.get_outputs()[0]
     shapes = [
         ("samples", spec["num_samples"], "input", waveforms, 1),
@@ -536,12 +564,10 @@ def folder_spec(folder):
     found = []
     yaml_file = folder / "hyperparams.yaml"
     if yaml_file.is_file():
-        from ruamel.yaml import YAML  # tags (!new:) are kept, not built
-
         try:
-            tree = YAML(typ="rt").load(yaml_file.read_text(encoding="utf-8"))
-        except Exception as e:  # YAML syntax errors, unreadable file
-            raise ModelFileError(f"cannot read {yaml_file}: {e}") from None
+            tree = read_yaml(yaml_file)  # tags (!new:) are kept, not built
+        except UserError as e:
+            raise ModelFileError(str(e)) from None
         tree = tree if isinstance(tree, dict) else {}
         found += [
             (key, tree[key], yaml_file)
@@ -626,7 +652,146 @@ def check_folder(spec, file):
         )
 
 
-class OnnxModel:
+class Scorer:
+    """What scores the windows of a clip: the interface of every backend.
+
+    ``classify`` (files, ``--segments``, ``--stream``) and the export's check
+    see a model only through it: the spec (``labels``, ``sample_rate``,
+    ``channels``, ``num_samples``, ``remove_dc``) and :meth:`window_probs`.
+    Reading a file, cutting it into windows
+    (:func:`~sb_urbansound.timeline.sliding_windows`) and averaging them
+    are shared. The backends: :class:`OnnxModel` (onnxruntime, no torch),
+    :class:`sb_urbansound.export.TorchScriptScorer` (a TorchScript export)
+    and :class:`sb_urbansound.inference.TorchScorer` (the SpeechBrain model).
+    An export only implements :meth:`_run`: its windows go ``chunk`` at a
+    time (each window is scored alone, so the result does not depend on
+    ``chunk``).
+
+    Example
+    -------
+    >>> class Uniform(Scorer):
+    ...     labels, sample_rate, channels, num_samples = ["a", "b"], 8, 1, 4
+    ...
+    ...     def _run(self, windows):
+    ...         return np.full((len(windows), 2), 0.5, np.float32)
+    >>> Uniform().window_probs(np.zeros((40, 4))).shape
+    (40, 2)
+    """
+
+    #: The model folder (for messages; None: a model in memory).
+    model_folder = None
+    #: Windows per run (memory only: results do not depend on it).
+    chunk = CHUNK_WINDOWS
+    remove_dc = False
+
+    def _use_spec(self, spec):
+        """Take the spec of :func:`parse_metadata`."""
+        self.labels = spec["labels"]
+        self.sample_rate = spec["sample_rate"]
+        self.channels = spec["channels"]
+        self.num_samples = spec["num_samples"]
+        self.remove_dc = spec["remove_dc"]
+
+    def _run(self, windows):
+        """One call of an export on float32 ``[n, samples, channels]``
+        windows: their ``[n, n_classes]`` probabilities."""
+        raise NotImplementedError
+
+    def window_probs(self, windows):
+        """Class probabilities of each window of one clip.
+
+        Arguments
+        ---------
+        windows : numpy.ndarray
+            ``[n_windows, num_samples, channels]`` at the model's rate.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``[n_windows, n_classes]``.
+        """
+        if windows.ndim == 2:
+            windows = windows[..., None]
+        step = max(int(self.chunk), 1)
+        chunks = [windows[i : i + step] for i in range(0, len(windows), step)]
+        return np.concatenate([self._run(chunk) for chunk in chunks])
+
+    def read(self, path):
+        """Read a file and convert it to the model's rate and channels.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``[time, channels]`` at the model's rate.
+        """
+        wav, rate = read_audio(path)
+        conditioner = Conditioner(
+            self.sample_rate, self.channels, self.remove_dc
+        )
+        return conditioner.convert(wav, rate)
+
+    def file_window_probs(self, path):
+        """Read, condition and window a file; score every window.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+
+        Returns
+        -------
+        probs : numpy.ndarray
+            ``[n_windows, n_classes]``.
+        duration_s : float
+            The file's duration (at the model's rate).
+        """
+        wav = self.read(path)
+        windows = sliding_windows(wav, self.num_samples or wav.shape[0])
+        return self.window_probs(windows), wav.shape[0] / self.sample_rate
+
+    def classify_file(self, path, top_k=1):
+        """Classify one file as ``classify`` does: windows, mean probability.
+
+        Arguments
+        ---------
+        path : str or Path
+            An audio file.
+        top_k : int
+            How many labels to return.
+
+        Returns
+        -------
+        dict
+            ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
+            "prob"}``), ``n_windows``, ``duration_s``: what
+            :func:`sb_urbansound.classify.classify_files` gives.
+
+        Raises
+        ------
+        AudioLoadError
+            If the file cannot be read.
+        """
+        return self.summary(path, *self.file_window_probs(path), top_k)
+
+    def summary(self, path, probs, duration_s, top_k=1):
+        """:meth:`classify_file`'s result from :meth:`file_window_probs`'s."""
+        best = top_k_labels(probs.mean(axis=0), self.labels, top_k)
+        return {
+            "path": str(path),
+            "label": best[0]["label"],
+            "prob": best[0]["prob"],
+            "top_k": best,
+            "n_windows": int(probs.shape[0]),
+            "duration_s": duration_s,
+        }
+
+
+class OnnxModel(Scorer):
     """An exported model (``model.onnx``) with the audio steps of training.
 
     Arguments
@@ -687,111 +852,14 @@ class OnnxModel:
         if not isinstance(path, bytes):  # the folder's files must agree
             check_folder(spec, file)
         self.path = file
-        self.labels = spec["labels"]
-        self.sample_rate = spec["sample_rate"]
-        self.channels = spec["channels"]
-        self.num_samples = spec["num_samples"]
-        self.remove_dc = spec["remove_dc"]
+        self._use_spec(spec)
         self.chunk = max(int(chunk), 1)
         self.input_name = self.session.get_inputs()[0].name
-        self.conditioner = Conditioner(
-            self.sample_rate, self.channels, self.remove_dc
-        )
 
-    def window_probs(self, windows):
-        """Class probabilities of each window of one clip.
-
-        Arguments
-        ---------
-        windows : numpy.ndarray
-            ``[n_windows, num_samples, channels]`` at the model's rate.
-
-        Returns
-        -------
-        numpy.ndarray
-            float32 ``[n_windows, n_classes]``.
-        """
-        n = windows.shape[0]
-        if windows.ndim == 2:
-            windows = windows[..., None]
-        windows = np.ascontiguousarray(windows, np.float32)
-        return np.concatenate(
-            [
-                self.session.run(
-                    None, {self.input_name: windows[i : i + self.chunk]}
-                )[0]
-                for i in range(0, n, self.chunk)
-            ]
-        )
-
-    def read(self, path):
-        """Read a file and convert it to the model's rate and channels.
-
-        Arguments
-        ---------
-        path : str or Path
-            An audio file.
-
-        Returns
-        -------
-        numpy.ndarray
-            float32 ``[time, channels]`` at the model's rate.
-        """
-        wav, rate = read_audio(path)
-        return self.conditioner.convert(wav, rate)
-
-    def file_window_probs(self, path):
-        """Read, condition and window a file; score every window.
-
-        Arguments
-        ---------
-        path : str or Path
-            An audio file.
-
-        Returns
-        -------
-        probs : numpy.ndarray
-            ``[n_windows, n_classes]``.
-        duration_s : float
-            The file's duration (at the model's rate).
-        """
-        wav = self.read(path)
-        windows = sliding_windows(wav, self.num_samples)
-        return self.window_probs(windows), wav.shape[0] / self.sample_rate
-
-    def classify_file(self, path, top_k=1):
-        """Classify one file as ``classify`` does: windows, mean probability.
-
-        Arguments
-        ---------
-        path : str or Path
-            An audio file.
-        top_k : int
-            How many labels to return.
-
-        Returns
-        -------
-        dict
-            ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
-            "prob"}``), ``n_windows``, ``duration_s``: what
-            :func:`sb_urbansound.classify.classify_files` gives.
-
-        Raises
-        ------
-        AudioLoadError
-            If the file cannot be read.
-        """
-        probs, duration_s = self.file_window_probs(path)
-        mean = probs.mean(axis=0)
-        best = top_k_labels(mean, self.labels, top_k)
-        return {
-            "path": str(path),
-            "label": best[0]["label"],
-            "prob": best[0]["prob"],
-            "top_k": best,
-            "n_windows": int(probs.shape[0]),
-            "duration_s": duration_s,
-        }
+    def _run(self, windows):
+        """One onnxruntime call (see :meth:`Scorer._run`)."""
+        feeds = {self.input_name: np.ascontiguousarray(windows, np.float32)}
+        return self.session.run(None, feeds)[0]
 
 
 def top_k_labels(probs, labels, k=1):

@@ -84,25 +84,27 @@ def window_count(length, num_samples, hop=None):
 
 
 def sliding_windows(wav, num_samples, hop=None):
-    """Cut a clip (time first) into windows of ``num_samples`` (numpy).
+    """Cut a clip (time first) into windows of ``num_samples``.
 
-    The numpy twin of :func:`sb_urbansound.inference.sliding_windows`: the
-    same windows (:func:`window_count`), the last one zero-padded at the end.
+    The one window cutter of the package (PyTorch path and runtime): windows
+    start at ``0, hop, 2 * hop, ...`` (:func:`window_count`); the last one is
+    zero-padded at the end, as evaluation pads short clips. The windows are
+    views of the (padded) clip, not copies. A numpy array gives a read-only
+    numpy view; a torch tensor gives a tensor (torch is imported only then).
 
     Arguments
     ---------
-    wav : numpy.ndarray
+    wav : numpy.ndarray or torch.Tensor
         ``[time]`` or ``[time, channels]``.
     num_samples : int
-        The window length.
+        The window length (the training clip length).
     hop : int, optional
         The hop (default: half a window).
 
     Returns
     -------
-    numpy.ndarray
-        ``[n_windows, num_samples(, channels)]``, a read-only view of the
-        padded clip.
+    numpy.ndarray or torch.Tensor
+        ``[n_windows, num_samples(, channels)]``, the type of ``wav``.
 
     Example
     -------
@@ -115,14 +117,23 @@ def sliding_windows(wav, num_samples, hop=None):
     hop = default_hop(num_samples) if hop is None else int(hop)
     n = window_count(wav.shape[0], num_samples, hop)
     total = (n - 1) * hop + num_samples
-    if wav.shape[0] != total:
-        padded = np.zeros((total,) + wav.shape[1:], dtype=wav.dtype)
-        keep = min(total, wav.shape[0])
-        padded[:keep] = wav[:keep]
-        wav = padded
-    windows = np.lib.stride_tricks.sliding_window_view(wav, num_samples, 0)
-    windows = windows[::hop]  # [n, (channels,) num_samples]
-    return windows if windows.ndim == 2 else np.moveaxis(windows, -1, 1)
+    tensor = not isinstance(wav, np.ndarray)
+    array = wav.detach().cpu().numpy() if tensor else wav  # no copy on CPU
+    if array.shape[0] != total:
+        padded = np.zeros((total,) + array.shape[1:], dtype=array.dtype)
+        keep = min(total, array.shape[0])
+        padded[:keep] = array[:keep]
+        array = padded
+    windows = np.lib.stride_tricks.sliding_window_view(
+        array, num_samples, 0, writeable=tensor
+    )[::hop]  # [n, (channels,) num_samples]
+    if windows.ndim == 3:
+        windows = np.moveaxis(windows, -1, 1)
+    if not tensor:
+        return windows
+    import torch
+
+    return torch.from_numpy(windows).to(wav.device)
 
 
 def window_spans(n_windows, num_samples, sample_rate, duration_s, hop=None):

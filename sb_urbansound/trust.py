@@ -40,9 +40,9 @@ import pydoc
 import re
 from pathlib import Path
 
-from ruamel.yaml import YAML
 from ruamel.yaml.nodes import MappingNode, ScalarNode
 from sb_urbansound.errors import UserError
+from sb_urbansound.yaml_reader import read_yaml
 
 from speechbrain.utils.run_opts import RunOptions
 
@@ -235,12 +235,7 @@ def check_model_yaml(path):
     sb_urbansound.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system (not one of the objects a model is made of). ...
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            root = YAML().compose(f)
-    except Exception as e:  # syntax errors, unreadable file, deep nesting
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())}")
-    problems = _problems(root)
+    problems = _problems(read_yaml(path, nodes=True))
     if problems:
         raise UntrustedModelError(
             f"{path} runs what a model does not need: "

@@ -25,8 +25,9 @@ from sb_urbansound.export import (
     untrained_model_folder,
 )
 from sb_urbansound.features import MelSpectrogramDB
-from sb_urbansound.inference import load_model, sliding_windows, window_probs
-from sb_urbansound.runtime import OnnxModel
+from sb_urbansound.inference import TorchScorer, load_model, window_probs
+from sb_urbansound.runtime import OnnxModel, Scorer
+from sb_urbansound.timeline import sliding_windows
 
 LABELS = ["dog_bark", "siren", "street_music"]
 # The YAMLs whose models must export, shrunk by overrides (export time is
@@ -177,6 +178,31 @@ def test_exported_files_agree_with_eager_on_other_clips(
             got = scorer.window_probs(array)
             assert np.abs(got - ref).max() < PROB_TOLERANCE
             assert (got.mean(0).argmax()) == ref.mean(0).argmax()
+
+
+def test_every_backend_is_one_scorer_with_the_folders_spec(
+    exported, folders, tmp_path
+):
+    # classify, --stream and the export's check see a model only through
+    # runtime.Scorer: the same spec, and the same result for a file
+    folder = folders["cnn.yaml"]
+    clip = write_clip(tmp_path / "c.wav", 1, 22050, 1, 2.3)
+    scorers = [
+        TorchScorer(load_model(folder)),
+        OnnxModel(folder),
+        TorchScriptScorer(folder / "model.ts"),
+    ]
+    spec = ("labels", "sample_rate", "channels", "num_samples", "remove_dc")
+    ref = scorers[0].classify_file(clip)
+    for scorer in scorers:
+        assert isinstance(scorer, Scorer)
+        assert [getattr(scorer, k) for k in spec] == [
+            getattr(scorers[0], k) for k in spec
+        ]
+        got = scorer.classify_file(clip)
+        assert got["n_windows"] == ref["n_windows"] > 1
+        assert got["label"] == ref["label"]
+        assert abs(got["prob"] - ref["prob"]) < 1e-3
 
 
 def test_onnx_metadata_and_interface(exported, folders):

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -31,12 +32,11 @@ from sb_urbansound import classify, inference
 from sb_urbansound.audio import ClipConditioner
 from sb_urbansound.errors import UserError
 from sb_urbansound.inference import (
-    classify_waveform,
     export_inference_folder,
     load_model,
-    sliding_windows,
     window_log_probs,
 )
+from sb_urbansound.timeline import sliding_windows
 
 from speechbrain.inference.classifiers import EncoderClassifier
 
@@ -310,13 +310,15 @@ def test_long_clip_uses_sliding_windows(model, tmp_path):
     # As classify does: rate and channels only, the whole clip
     wav = ClipConditioner(SAMPLE_RATE, 2).convert(torch.from_numpy(wav), rate)
     assert wav.shape == (5 * SAMPLE_RATE, 2)
-    probs, n_windows = classify_waveform(model, wav)
-    assert n_windows == 9  # 1 + (5 s - 1 s) / 0.5 s
-    assert probs.argmax().item() == class_index(label)
-    assert math.isclose(probs.sum().item(), 1.0, abs_tol=1e-4)
+    windows = sliding_windows(wav, SAMPLE_RATE)
+    probs = inference.TorchScorer(model).window_probs(windows).mean(axis=0)
+    assert windows.shape[0] == 9  # 1 + (5 s - 1 s) / 0.5 s
+    assert probs.argmax() == class_index(label)
+    assert math.isclose(probs.sum(), 1.0, abs_tol=1e-4)
     # The result does not depend on the chunking of windows
-    probs_1, _ = classify_waveform(model, wav, batch_size=1)
-    assert torch.allclose(probs, probs_1, atol=1e-5)
+    scorer_1 = inference.TorchScorer(model, batch_size=1)
+    probs_1 = scorer_1.window_probs(windows).mean(axis=0)
+    assert np.allclose(probs, probs_1, atol=1e-5)
     # A clip no longer than the training duration is one padded window
     assert sliding_windows(wav[:100], SAMPLE_RATE).shape == (1, SAMPLE_RATE, 2)
 

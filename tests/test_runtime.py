@@ -31,7 +31,6 @@ from sb_urbansound import classify, runtime
 from sb_urbansound.audio import ClipConditioner, load_audio
 from sb_urbansound.errors import AudioLoadError
 from sb_urbansound.export import export_model
-from sb_urbansound.inference import sliding_windows
 from sb_urbansound.runtime import (
     Conditioner,
     OnnxModel,
@@ -39,7 +38,7 @@ from sb_urbansound.runtime import (
     read_audio,
     resample,
 )
-from sb_urbansound.timeline import sliding_windows as np_sliding_windows
+from sb_urbansound.timeline import sliding_windows
 
 CLASSES = US8K_CLASSES[:4]
 # Rates of UrbanSound8K's files (8 to 96 kHz, and 11.025, 32 kHz) and of the
@@ -140,7 +139,7 @@ def test_conditioning_equals_training(
     # and the windows are the same windows
     num = model_rate // 2
     ref_windows = sliding_windows(torch.from_numpy(ref), num).numpy()
-    got_windows = np_sliding_windows(got, num)
+    got_windows = sliding_windows(got, num)
     assert got_windows.shape == ref_windows.shape
     assert np.abs(got_windows - ref_windows).max() <= 1e-5
 
@@ -149,7 +148,7 @@ def test_conditioning_equals_training(
 def test_numpy_windows_equal_torch_windows(length):
     x = np.random.default_rng(length).standard_normal((length, 2))
     ref = sliding_windows(torch.from_numpy(x), 16000).numpy()
-    assert np.array_equal(np_sliding_windows(x, 16000), ref)
+    assert np.array_equal(sliding_windows(x, 16000), ref)
 
 
 # --------------------------------------------------- against the torch path
