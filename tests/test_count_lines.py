@@ -64,7 +64,9 @@ def test_count_lines_follows_lazy_relative_and_yaml_imports(tmp_path):
             "    def one(self):\n        pass\n\n"
             "    @staticmethod\n    def two():\n        pass\n"
         ),
-        recipe / "hparams" / "cnn.yaml": "# note\nm: !new:sb_urbansound.m.M\n",
+        recipe / "hparams" / "cnn.yaml": (
+            "# not sb_urbansound.unused\nm: !new:sb_urbansound.m.M\n"
+        ),
         tmp_path / "sb_urbansound" / "__init__.py": "",
         tmp_path / "sb_urbansound" / "a.py": (
             "def f():\n    from .sub import deep\n"

@@ -96,7 +96,8 @@ def recipe_imports(recipe):
     for path in recipe.glob("*.py"):
         names += imported_names(parse(path), "")
     for path in (recipe / "hparams").glob("*.yaml"):
-        names += re.findall(rf"{PLUGIN}(?:\.\w+)+", "\n".join(read(path)))
+        tags = rf"!(?:new|name|apply):({PLUGIN}(?:\.\w+)+)"
+        names += re.findall(tags, "\n".join(read(path)))
     return names
 
 
