@@ -13,23 +13,6 @@ Example
 
 Authors
  * sb-urbansound contributors 2026
-"""Print the sizes that issue 23 tracks, measured from this repository's files.
-
-One row per size: its name, its value, and for the sizes with a target the
-target and PASS or FAIL. The rows are the recipe's ``train.py`` lines, its
-Brain subclass's methods and lines, each YAML of the recipe's ``hparams/``
-(lines, % of comment lines, ``!apply`` lines), the plugin's lines and modules,
-and the plugin modules the recipe reaches through its imports (followed, with
-``ast``, through the plugin's own imports, those inside functions included).
-It always exits 0: it reports, the targets are goals.
-
-Example
--------
-    python tools/count_lines.py          # this repository
-    python tools/count_lines.py ROOT     # another checkout
-
-Authors
- * sb-urbansound contributors 2026
 """
 
 import ast
