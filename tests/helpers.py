@@ -257,11 +257,17 @@ def _can_mount_tmpfs():
 
 
 CAN_MOUNT = _can_mount_tmpfs()
-requires_mount = pytest.mark.skipif(
+_skip_without_mount = pytest.mark.skipif(
     not CAN_MOUNT,
     reason="needs `unshare -m` and mount permission (a real full or "
     "read-only file system in a private mount namespace)",
 )
+
+
+def requires_mount(test):
+    """Skip ``test`` where no file system can be mounted, and mark it slow:
+    it starts a Python that loads torch, in a private mount namespace."""
+    return pytest.mark.slow(_skip_without_mount(test))
 
 
 def run_in_namespace(setup, cmd, **kwargs):

@@ -470,6 +470,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_run_and_resume(tmp_path):
     data = tmp_path / "data"
     make_urbansound_tree(

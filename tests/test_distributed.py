@@ -11,6 +11,9 @@ import pytest
 from helpers import REPO, TINY_CNN_ARGS, US8K_CLASSES, make_urbansound_tree
 from sb_urbansound.classify import classify_files
 
+# torchrun with two CPU processes, four times: minutes in all
+pytestmark = pytest.mark.slow
+
 SOURCES = {
     "bank": [],
     "per-clip": ["--clip_bank=False", "--feature_bank=False"],

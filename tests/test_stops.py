@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from helpers import REPO, TINY_CNN_ARGS, US8K_CLASSES, make_urbansound_tree
 
+# Each test trains, stops and resumes whole runs: minutes in all
+pytestmark = pytest.mark.slow
+
 CLASSES = US8K_CLASSES[:4]
 EPOCHS = 2
 #: The log line that starts each phase, and how long the phase lasts at

@@ -84,6 +84,7 @@ def test_training_learns(small_data, tmp_path):
     assert lrs.index(max(lrs)) not in (0, len(lrs) - 1)  # rises, then falls
 
 
+@pytest.mark.slow
 def test_kill_and_resume(small_data, tmp_path):
     out = tmp_path / "out"
     args = [
@@ -208,6 +209,7 @@ def test_missing_data_folder_option_is_clear():
     )
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(small_data, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
