@@ -1,30 +1,11 @@
 """Stores: how every folder that sb-urbansound writes is written.
 
-A *store* is a folder we write: a run's output folder, a clip bank, a
-manifest folder, an exported model, a cross-validation. Every store follows
-the same rules (``docs/stores.md``), and this module is where they live:
-
-* **marked as ours**: :func:`claim_folder` writes a marker file
-  (``.sb_urbansound.json``, with the store's kind) into a folder that is new
-  or empty, and refuses a folder that holds anything else, naming what it
-  would overwrite;
-* **written atomically**: :func:`atomic_write_bytes` and friends write a
-  temporary file and rename it; :func:`make_temp_folder` and
-  :func:`replace_folder` do the same for a whole folder;
-* **locked while written**: :class:`FolderLock`, a POSIX record lock that
-  belongs to one process (a child process never inherits it, and it goes
-  away with its process, however that process ends);
-* **checked when read**: each store checks what it reads (the bank's
-  checksums, the model folder's YAML, the manifests' options);
-* **deleted only if marked**: :func:`remove_store` and :func:`replace_folder`
-  refuse a folder without our marker, and :func:`remove_stale_temps` removes
-  only the temporaries that these helpers name (``.<name>.<8 chars>.sbu-tmp``);
-* **never through a link**: :func:`open_store_file` opens a file of a store
-  without following a link and refuses anything but a regular file, so a
-  link planted in a store (``.lock`` -> a user's file) is never written,
-  truncated, or read as ours (a marker, an index).
-
-Files get the usual permissions of a new file (0666 less the umask).
+The rules of ``docs/stores.md`` live here: a store is marked as ours
+(:func:`claim_folder`), written atomically (:func:`atomic_write_bytes`,
+:func:`make_temp_folder`, :func:`replace_folder`), locked while written
+(:class:`FolderLock`), deleted only if marked (:func:`remove_store`,
+:func:`remove_stale_temps`) and never read or written through a link
+(:func:`open_store_file`). Files get the usual permissions of a new file.
 
 Authors
 -------
@@ -47,40 +28,31 @@ from sb_urbansound.errors import BusyError, NotOursError, UserError
 
 #: Suffix of the temporary files and folders written here.
 TMP_SUFFIX = ".sbu-tmp"
-#: What a temporary name looks like: ``.<final name>.<8 random chars>.sbu-tmp``
-#: (``tempfile``'s random part); nothing else is ever taken for one.
+#: A temporary's name, ``.<final name>.<8 random chars>.sbu-tmp``; nothing
+#: else is ever taken for one.
 _TMP_NAME = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.sbu-tmp$")
-#: The marker file of a store.
+#: The marker file of a store, and its ``made_by`` value.
 MARKER_FILE = ".sb_urbansound.json"
-#: Its ``made_by`` value.
 MADE_BY = "sb_urbansound"
 #: The lock file of a store.
 LOCK_FILE = ".lock"
-#: Entries that do not make a folder "not empty" for :func:`claim_folder`.
-_IGNORED_ENTRIES = (MARKER_FILE, LOCK_FILE)
-# What SpeechBrain's recipe-test runner (tests/utils/recipe_tests.py) writes
-# into a run's output folder before it starts the run: its logs of the run and
-# its pass flag. We never write, overwrite or delete these names, so they do
-# not make a folder foreign (the runner's checks would otherwise fail).
+# SpeechBrain's recipe-test runner writes these into a run's folder before
+# the run: we never touch them, so they do not make a run folder foreign.
 _RUNNER_ENTRIES = ("stdout.txt", "stderr.txt", ".passed")
 
 
-def current_umask():
-    """The process's file-mode creation mask.
-
-    Returns
-    -------
-    int
-        The mask, e.g. ``0o022``.
-
-    Example
-    -------
-    >>> 0 <= current_umask() <= 0o777
-    True
-    """
+def _umask():
+    """The process's file-mode creation mask."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _mkdtemp(parent, name):
+    """A new temporary folder named for ``name`` in ``parent``."""
+    return Path(
+        tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=TMP_SUFFIX)
+    )
 
 
 def atomic_write_bytes(path, data):
@@ -110,18 +82,14 @@ def atomic_write_bytes(path, data):
         dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX
     )
     try:
-        # mkstemp makes the file readable by its owner only
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
 
@@ -150,8 +118,8 @@ def atomic_write_text(path, text):
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj, indent=2):
-    """Serialise ``obj`` as JSON and write it to ``path`` atomically.
+def atomic_write_json(path, obj):
+    """Write ``obj`` as indented JSON to ``path`` atomically.
 
     Arguments
     ---------
@@ -159,8 +127,6 @@ def atomic_write_json(path, obj, indent=2):
         Destination file.
     obj : object
         Anything ``json.dumps`` accepts.
-    indent : int
-        Indentation of the JSON text.
 
     Returns
     -------
@@ -170,18 +136,16 @@ def atomic_write_json(path, obj, indent=2):
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> import json
     >>> json.loads(atomic_write_json(tmp / "a.json", {"x": 1}).read_text())
     {'x': 1}
     """
-    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def make_temp_folder(parent, name):
-    """Create a hidden temporary folder next to where ``name`` will live.
+    """Create a hidden temporary folder where ``name`` will live.
 
-    Build a folder's contents in it, then move it into place with
-    :func:`replace_folder`; :func:`remove_stale_temps` cleans up after a kill.
+    Build a folder in it, then move it into place with :func:`replace_folder`.
 
     Arguments
     ---------
@@ -201,26 +165,18 @@ def make_temp_folder(parent, name):
     >>> make_temp_folder(tmp, "model").name.startswith(".model.")
     True
     """
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(
-        tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=TMP_SUFFIX)
-    )
-    os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp makes it private
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = _mkdtemp(parent, name)
+    os.chmod(folder, 0o777 & ~_umask())  # mkdtemp makes it private
     return folder
-
-
-# ------------------------------------------------------- files of a store
 
 
 def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
     """Open a file of a store, never through a link; refuse what isn't a file.
 
-    A store's files are written by us, so a link among them (``.lock`` -> a
-    user's file, a marker -> another store's) was planted: following it
-    would write or truncate a file that is not ours, or take one for ours.
-    The file is opened with ``O_NOFOLLOW`` (and without blocking, so a FIFO
-    cannot hang us) and must be a regular file.
+    A link among a store's files was planted: following it would write a file
+    that is not ours, or take one for ours. The file is opened with
+    ``O_NOFOLLOW`` (and ``O_NONBLOCK``: a FIFO cannot hang us).
 
     Arguments
     ---------
@@ -278,11 +234,7 @@ def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
 
 
 def read_store_json(path):
-    """The JSON a store's file holds, or None: absent, unreadable, not JSON,
-    or not a regular file of the store (a link is never followed).
-
-    Ownership is decided by such files (a marker):
-    a link to another store's would make a folder of the user's look ours.
+    """The JSON of a store's file, or None (absent, not JSON, or a link).
 
     Arguments
     ---------
@@ -309,31 +261,8 @@ def read_store_json(path):
         return None
 
 
-# ------------------------------------------------------------------ markers
-
-
-def read_marker(folder):
-    """The marker of a store, or None when ``folder`` has none.
-
-    Arguments
-    ---------
-    folder : str or Path
-        A folder.
-
-    Returns
-    -------
-    dict or None
-        The marker (``made_by``, ``kind`` and what the store recorded).
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> read_marker(tmp) is None
-    True
-    >>> _ = mark_store(tmp, "run")
-    >>> read_marker(tmp)["kind"]
-    'run'
-    """
+def _marker(folder):
+    """The marker of a store, or None when ``folder`` has none."""
     marker = read_store_json(Path(folder) / MARKER_FILE)
     if not isinstance(marker, dict) or marker.get("made_by") != MADE_BY:
         return None
@@ -357,15 +286,15 @@ def store_kind(folder):
     >>> store_kind(getfixture("tmp_path")) is None
     True
     """
-    marker = read_marker(folder)
+    marker = _marker(folder)
     return None if marker is None else marker.get("kind")
 
 
 def mark_store(folder, kind, **info):
     """Mark ``folder`` as a store of ours of the given kind.
 
-    The marker is written only when it is absent or says something else, so
-    a complete store on a read-only file system is never rewritten.
+    The marker is written only when absent or different, so a complete store
+    on a read-only file system is never rewritten.
 
     Arguments
     ---------
@@ -375,7 +304,7 @@ def mark_store(folder, kind, **info):
         What the store is: ``run``, ``banks``, ``bank``, ``manifests``,
         ``model``, ``crossval``, ...
     **info
-        More JSON-able facts to record (a format version, settings).
+        More JSON-able facts to record (settings).
 
     Returns
     -------
@@ -390,30 +319,16 @@ def mark_store(folder, kind, **info):
     """
     folder = Path(folder)
     marker = {"made_by": MADE_BY, "kind": kind, **info}
-    if read_marker(folder) != json.loads(json.dumps(marker)):
+    if _marker(folder) != json.loads(json.dumps(marker)):
         atomic_write_json(folder / MARKER_FILE, marker)
     return folder
-
-
-def _entries(folder, kind=None):
-    """The names in ``folder`` that make it not empty (our lock, marker and
-    temporaries, e.g. another process's marker being written, do not; nor,
-    for a run's folder, the files SpeechBrain's recipe-test runner writes)."""
-    ignored = _IGNORED_ENTRIES + (_RUNNER_ENTRIES if kind == "run" else ())
-    return sorted(
-        p.name
-        for p in Path(folder).iterdir()
-        if p.name not in ignored and not _TMP_NAME.match(p.name)
-    )
 
 
 def claim_folder(folder, kind, what="output_folder"):
     """Make ``folder`` a store of ``kind``, or refuse a folder that isn't ours.
 
-    A folder that does not exist or is empty is created and marked; a folder
-    marked as a store of this kind is used as it is. Any other folder is
-    refused, naming what could be overwritten: nothing that the user has is
-    written over.
+    A new or empty folder is created and marked; a store of this kind is used
+    as it is; any other folder is refused, naming what could be overwritten.
 
     Arguments
     ---------
@@ -462,7 +377,15 @@ def claim_folder(folder, kind, what="output_folder"):
             f"{what} {folder} is an sb-urbansound {found} folder, not a "
             f"{kind} folder: choose another path"
         )
-    entries = _entries(folder, kind)
+    # our lock, marker and temporaries (another writer's) do not count
+    ignored = (MARKER_FILE, LOCK_FILE) + (
+        _RUNNER_ENTRIES if kind == "run" else ()
+    )
+    entries = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in ignored and not _TMP_NAME.match(p.name)
+    )
     if not entries:
         return mark_store(folder, kind)
     shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "")
@@ -510,23 +433,19 @@ def remove_store(folder, kind=None):
     shutil.rmtree(folder)
 
 
-def replace_folder(new, folder, kind=None):
+def replace_folder(new, folder):
     """Move the folder ``new`` to ``folder``, replacing an older store.
 
-    The old folder is first renamed aside, so at every moment ``folder`` is
-    either the old one or the new one. An existing ``folder`` is replaced
-    only when it is a store of ours of the same kind (``new``'s kind, or
-    ``kind``).
+    The old folder is renamed aside first, so ``folder`` is always the old one
+    or the new one. An existing ``folder`` is replaced only when it is a store
+    of ours of ``new``'s kind.
 
     Arguments
     ---------
     new : str or Path
-        A complete folder (e.g. from :func:`make_temp_folder`), on the same
-        file system.
+        A complete folder (from :func:`make_temp_folder`).
     folder : str or Path
         Its final path.
-    kind : str, optional
-        The kind an existing ``folder`` must have (default: ``new``'s).
 
     Returns
     -------
@@ -547,7 +466,7 @@ def replace_folder(new, folder, kind=None):
     ['.sb_urbansound.json', 'a.txt']
     """
     new, folder = Path(new), Path(folder)
-    kind = kind or store_kind(new)
+    kind = store_kind(new)
     old = None
     if folder.exists() or folder.is_symlink():
         ours = kind is not None and store_kind(folder) == kind
@@ -557,11 +476,7 @@ def replace_folder(new, folder, kind=None):
                 "folder, so it is not replaced: move it away, or choose "
                 "another path"
             )
-        old = Path(
-            tempfile.mkdtemp(
-                dir=folder.parent, prefix=f".{folder.name}.", suffix=TMP_SUFFIX
-            )
-        )
+        old = _mkdtemp(folder.parent, folder.name)
         os.replace(folder, old / folder.name)
     os.replace(new, folder)
     if old is not None:
@@ -569,20 +484,16 @@ def replace_folder(new, folder, kind=None):
     return folder
 
 
-def remove_stale_temps(folder, names=None):
-    """Delete the temporary files and folders that a killed write left behind.
+def remove_stale_temps(folder):
+    """Delete the temporaries that a killed write left behind.
 
-    Only the entries named as these helpers name them
-    (``.<name>.<8 random chars>.sbu-tmp``) are removed, never a user's file
-    that merely ends in ``.tmp``, and only when no other process could still
-    be writing them: call it while holding the store's lock.
+    Only names of the form ``.<name>.<8 random chars>.sbu-tmp`` are removed
+    (never a user's ``x.tmp``). Call it while holding the store's lock.
 
     Arguments
     ---------
     folder : str or Path
         The folder to clean (not recursive).
-    names : list of str, optional
-        Only the temporaries of these final names (default: all).
 
     Returns
     -------
@@ -599,20 +510,14 @@ def remove_stale_temps(folder, names=None):
     ['.a.txt.k2j3ab_9.sbu-tmp']
     """
     folder = Path(folder)
-    removed = []
     if not folder.is_dir():
-        return removed
-    for entry in sorted(folder.iterdir()):
-        match = _TMP_NAME.match(entry.name)
-        if match is None:
-            continue
-        if names is not None and match.group("final") not in names:
-            continue
+        return []
+    removed = [e for e in sorted(folder.iterdir()) if _TMP_NAME.match(e.name)]
+    for entry in removed:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-        removed.append(entry)
     return removed
 
 
@@ -620,44 +525,28 @@ def remove_stale_temps(folder, names=None):
 
 #: The locks this process holds: (device, inode) of the lock file -> path.
 _HELD = {}
-#: Layout of ``struct flock`` on Linux (l_type, l_whence, l_start, l_len,
-#: l_pid, padding), for asking the kernel which process holds a lock.
+#: Linux ``struct flock`` (l_type, l_whence, l_start, l_len, l_pid, padding).
 _FLOCK = "hhqqi4x"
 
 
-def _lock_holder(fd):
-    """The pid of the process holding a lock on ``fd`` (Linux), or None."""
+def _holder(fd):
+    """``"process 123 (python train.py ...)"``: who holds the lock on ``fd``."""
     import fcntl
 
-    if not sys.platform.startswith("linux"):
-        return None
-    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-    try:
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-    except OSError:
-        return None
-    l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
-    return pid if l_type != fcntl.F_UNLCK and pid > 0 else None
-
-
-def describe_process(pid):
-    """``"process 123 (python train.py ...)"``, as far as it can be told.
-
-    Arguments
-    ---------
-    pid : int
-        A process id.
-
-    Returns
-    -------
-    str
-        The description.
-
-    Example
-    -------
-    >>> str(os.getpid()) in describe_process(os.getpid())
-    True
-    """
+    pid = None
+    if sys.platform.startswith("linux"):  # ask the kernel
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+            l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
+            pid = pid if l_type != fcntl.F_UNLCK and pid > 0 else None
+        except OSError:
+            pid = None
+    if pid is None:  # the pid the holder wrote
+        try:
+            pid = int(os.pread(fd, 32, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            return "a process that could not be identified"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             words = f.read().split(b"\0")
@@ -669,15 +558,21 @@ def describe_process(pid):
     return f"process {pid}" + (f" ({command})" if command else "")
 
 
+def _file_key(path, fd=None):
+    """(device, inode) of a file (not of a link's target), or None."""
+    try:
+        st = os.fstat(fd) if fd is not None else os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class FolderLock:
     """An exclusive lock on a store, held by this process alone.
 
     A POSIX record lock (``fcntl.lockf``) on ``<folder>/.lock``: the kernel
-    releases it when this process ends, however it ends (kill -9 included),
-    and a child process (a DataLoader worker, a forked decoder) never holds
-    it, so a stopped run never leaves its folder locked. Its message names
-    the process that holds the lock, as the kernel reports it (a live
-    process). The lock file also records the holder's pid.
+    releases it when this process ends, however it ends, and a child process
+    never holds it. A refusal names the holder; the lock file records its pid.
 
     Arguments
     ---------
@@ -705,12 +600,7 @@ class FolderLock:
         self._fd = None
         self._key = None
 
-    @property
-    def held(self):
-        """Whether this object holds the lock."""
-        return self._fd is not None
-
-    def acquire(self, wait=False, on_wait=None, poll_s=0.5):
+    def acquire(self, wait=False, on_wait=None):
         """Take the lock.
 
         Arguments
@@ -719,8 +609,6 @@ class FolderLock:
             Wait for another process to release it (else raise at once).
         on_wait : callable, optional
             Called once, with the holder's description, when waiting starts.
-        poll_s : float
-            Seconds between tries while waiting.
 
         Returns
         -------
@@ -733,22 +621,18 @@ class FolderLock:
             When another process holds the lock (and ``wait`` is False), or
             this process already holds it.
         NotOursError
-            When ``.lock`` is a link or not a regular file (it is never
-            written through).
+            When ``.lock`` is a link or not a regular file.
         OSError
-            When the lock file cannot be created (e.g. ``errno.EROFS`` on a
-            read-only file system).
+            When the lock file cannot be created (``EROFS``...).
         """
         import fcntl
 
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        # A second lock of one file in one process would succeed (POSIX
-        # locks belong to processes), and closing its descriptor would drop
-        # the first: this process's locks are looked up first.
-        key = _file_key(self.path)
-        if key in _HELD:
+        # POSIX locks belong to processes: a second lock of one file here
+        # would succeed, and closing it would drop the first
+        if _file_key(self.path) in _HELD:
             raise BusyError(
                 f"this process already holds the lock of {self.folder}"
             )
@@ -762,7 +646,7 @@ class FolderLock:
                 except OSError as e:
                     if e.errno not in (errno.EACCES, errno.EAGAIN):
                         raise
-                holder = self._holder(fd)
+                holder = _holder(fd)
                 if not wait:
                     raise BusyError(
                         f"another run ({holder}) is {self.what} "
@@ -772,7 +656,7 @@ class FolderLock:
                 if not announced and on_wait is not None:
                     on_wait(holder)
                 announced = True
-                time.sleep(poll_s)
+                time.sleep(0.5)
         except BaseException:
             os.close(fd)
             raise
@@ -782,16 +666,6 @@ class FolderLock:
         self._key = _file_key(self.path, fd)
         _HELD[self._key] = str(self.path)
         return self
-
-    def _holder(self, fd):
-        """A description of the process holding the lock."""
-        pid = _lock_holder(fd)
-        if pid is None:
-            try:
-                pid = int(os.pread(fd, 32, 0).split()[0])
-            except (OSError, ValueError, IndexError):
-                return "a process that could not be identified"
-        return describe_process(pid)
 
     def release(self):
         """Release the lock (it is also released when the process ends)."""
@@ -808,16 +682,6 @@ class FolderLock:
 
     def __exit__(self, *exc):
         self.release()
-
-
-def _file_key(path, fd=None):
-    """(device, inode) of a file (not of a link's target), or None when it
-    does not exist."""
-    try:
-        st = os.fstat(fd) if fd is not None else os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def is_read_only_error(error):
@@ -844,35 +708,11 @@ def is_read_only_error(error):
     )
 
 
-def is_no_space_error(error):
-    """Whether an ``OSError`` means that the disk (or quota) is full.
-
-    Arguments
-    ---------
-    error : OSError
-        The error.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> is_no_space_error(OSError(errno.ENOSPC, "full"))
-    True
-    """
-    return isinstance(error, OSError) and error.errno in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-    )
-
-
 def reserve_space(fd, size, folder):
     """Allocate ``size`` bytes for an open file, or say there is no room.
 
-    A memory-mapped file whose blocks are not allocated kills its writer
-    with SIGBUS when the disk fills up; reserving the blocks first turns a
-    full disk into an error with a message.
+    A memory-mapped file whose blocks are not allocated dies by SIGBUS when
+    the disk fills up; reserving them first turns that into a message.
 
     Arguments
     ---------
@@ -896,37 +736,34 @@ def reserve_space(fd, size, folder):
     >>> (tmp / "f").stat().st_size
     4096
     """
+    full = (errno.ENOSPC, errno.EDQUOT)
     try:
         os.posix_fallocate(fd, 0, size)
         return
     except OSError as e:
-        if is_no_space_error(e):
+        if e.errno in full:
             raise no_space_error(folder, size) from None
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
-    # No fallocate on this file system: write zeros, which allocates too
-    block = bytes(1 << 24)
+    block = bytes(1 << 24)  # no fallocate here: zeros allocate too
     try:
-        done = 0
-        while done < size:
-            n = min(len(block), size - done)
-            os.pwrite(fd, block[:n], done)
-            done += n
+        for done in range(0, size, len(block)):
+            os.pwrite(fd, block[: min(len(block), size - done)], done)
         os.fsync(fd)
     except OSError as e:
-        if is_no_space_error(e):
+        if e.errno in full:
             raise no_space_error(folder, size) from None
         raise
 
 
-def no_space_error(folder, needed=None):
+def no_space_error(folder, needed):
     """The message for a disk too full to hold what we write.
 
     Arguments
     ---------
     folder : str or Path
         Where we write.
-    needed : int, optional
+    needed : int
         Bytes needed.
 
     Returns
@@ -943,9 +780,8 @@ def no_space_error(folder, needed=None):
         free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free"
     except OSError:
         free = "free space unknown"
-    size = "" if needed is None else f"it needs {needed / 1e6:.0f} MB, "
     return UserError(
-        f"no space left on the device of {folder} ({size}{free}). Free some "
-        "space or point the folder at another disk, then run the same "
-        "command again: it resumes."
+        f"no space left on the device of {folder} (it needs "
+        f"{needed / 1e6:.0f} MB, {free}). Free some space or point the "
+        "folder at another disk, then run the same command again: it resumes."
     )
