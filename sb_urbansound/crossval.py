@@ -1,39 +1,19 @@
 """K-fold cross-validation of the recipe, as one resumable command.
 
-UrbanSound8K results are only comparable under its official protocol: train and
-test once per predefined fold, each fold being the test set once, and report the
-mean and standard deviation of the fold accuracies. This module runs that
-protocol for any recipe YAML and any data source (they all expose folds the same
-way)::
+::
 
     python -m sb_urbansound.crossval hparams/cnn.yaml \\
         --data_folder=/data/UrbanSound8K --output_folder=results/cv \\
         [--folds=[1,2,3,4,5,6,7,8,9,10]] [--leaky-random-split] \\
         [any YAML override or SpeechBrain run flag, e.g. --number_of_epochs=30]
 
-Fold assignment (the *valid-fold rule*): the listed folds are sorted; for each
-fold ``k`` the test set is ``[k]``, the validation set is the **next listed fold
-after k, cyclically** (the last fold is validated on the first), and the other
-listed folds train. With folds 1..10: test 1 / valid 2, test 2 / valid 3, ...,
-test 10 / valid 1. The validation fold is thus never the test fold, and every
-fold is validated on once and tested on once.
-
-Each fold runs the recipe (the ``train.py`` beside the YAML's ``hparams`` folder)
-in a subprocess with
-``--output_folder=<output_folder>/fold_<k>`` and the three fold lists, so each
-fold is isolated (logging handlers, CUDA memory) and resumable: a fold is
-finished when both its ``test_results.json`` and its exported model
-(``model/hyperparams.yaml``) exist, and is then skipped; any other fold is rerun
-in the same folder and the recipe resumes from its last checkpoint (a fold
-stopped during the model export trains nothing more: it is tested and exported
-again). At the end the output folder holds ``crossval_results.json``,
-``crossval_report.md``, ``confusion_matrix.png`` and ``learning_curves.png``.
-
-Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP sent to crossval are forwarded
-to the running recipe, which is given ``STOP_TIMEOUT_S`` seconds to exit before
-it is killed; crossval then exits with status 128 + the signal number. On Linux
-the recipe also gets SIGTERM when crossval dies without warning (SIGKILL), so
-no fold is ever left training without its crossval.
+Each listed fold is the test set once; its validation fold is the next listed
+fold, cyclically; the others train. Each fold runs the recipe (the
+``train.py`` beside the YAML's ``hparams`` folder) in a subprocess in
+``<output_folder>/fold_<k>``; a fold with ``test_results.json`` and
+``model/hyperparams.yaml`` is finished and skipped, any other resumes. Stop
+signals are forwarded to the recipe (killed after ``STOP_TIMEOUT_S``), and
+crossval exits with 128 + the signal. See ``docs/crossval.md``.
 """
 
 import json
@@ -58,30 +38,10 @@ from sb_urbansound.hardware import hardware_description
 from sb_urbansound.processes import die_with_parent_preexec, signal_name
 from sb_urbansound.sources.folds import parse_fold_list
 
-__all__ = [
-    "CrossvalError",
-    "FoldFailedError",
-    "FoldInterrupted",
-    "FoldPlan",
-    "CrossvalArgs",
-    "assign_folds",
-    "parse_crossval_args",
-    "read_recipe_settings",
-    "fold_argv",
-    "fold_finished",
-    "run_forwarding_signals",
-    "subprocess_runner",
-    "inprocess_runner",
-    "run_crossval",
-    "main",
-]
-
 MIN_FOLDS = 3
 FOLD_MARKER = "crossval_fold.json"
-#: The store kind of a cross-validation's output folder.
 CROSSVAL_KIND = "crossval"
-#: The files of a finished fold (relative to its folder): the test results and
-#: the exported model, written last.
+#: The files of a finished fold: its test results and its model, written last.
 FOLD_OUTPUTS = ("test_results.json", "model/hyperparams.yaml")
 #: Seconds the recipe is given to exit after a forwarded signal.
 STOP_TIMEOUT_S = 30.0
@@ -107,10 +67,7 @@ class FoldFailedError(RuntimeError):
 
 
 class FoldInterrupted(KeyboardInterrupt):
-    """Crossval got a stop signal while the recipe ran; the recipe has ended.
-
-    A :class:`KeyboardInterrupt`, so that nothing on the way out mistakes it
-    for an error, and Ctrl-C is reported as before.
+    """A stop signal came while the recipe ran; the recipe has ended.
 
     Arguments
     ---------
@@ -146,8 +103,8 @@ class FoldPlan:
 
     Example
     -------
-    >>> FoldPlan(test=1, valid=2, train=(3, 4)).valid
-    2
+    >>> FoldPlan(test=1, valid=2, train=(3, 4)).name
+    'fold_1'
     """
 
     test: int
@@ -158,6 +115,15 @@ class FoldPlan:
     def name(self):
         """The fold's subfolder name, ``fold_<test>``."""
         return f"fold_{self.test}"
+
+    def record(self, leaky):
+        """The assignment as a fold's marker records it."""
+        return {
+            "test_fold": self.test,
+            "valid_folds": [self.valid],
+            "train_folds": list(self.train),
+            "leaky_random_split": bool(leaky),
+        }
 
 
 def _as_fold_list(value, what):
@@ -174,18 +140,12 @@ def recipe_script(hparams_file):
     Arguments
     ---------
     hparams_file : str or Path
-        A YAML file in a recipe's ``hparams`` folder (links are followed, so
-        the repository's top-level ``hparams/`` works too).
+        A YAML file in a recipe's ``hparams`` folder (links are followed).
 
     Returns
     -------
     Path
         The recipe's ``train.py``.
-
-    Raises
-    ------
-    CrossvalError
-        If there is no ``train.py`` beside the YAML's folder.
 
     Example
     -------
@@ -206,9 +166,8 @@ def recipe_script(hparams_file):
 def import_recipe(script):
     """Import a recipe's ``train.py`` as a module (to call its ``main``).
 
-    The recipe's folder is put on ``sys.path``, as ``python train.py`` does,
-    so that its YAML files find the recipe's own modules
-    (``urbansound8k_prepare``).
+    Its folder goes on ``sys.path``, as ``python train.py`` does, so that its
+    YAML files find the recipe's own modules.
 
     Arguments
     ---------
@@ -234,25 +193,18 @@ def import_recipe(script):
 def assign_folds(folds):
     """Plan the runs of a cross-validation: each fold is the test set once.
 
-    The valid-fold rule: folds are sorted; fold ``k``'s validation fold is the
-    next listed fold after ``k``, wrapping around to the first; the remaining
-    folds train.
+    Folds are sorted; fold ``k`` is validated on the next listed fold after
+    ``k``, wrapping around; the remaining folds train.
 
     Arguments
     ---------
     folds : list of int
-        The folds to cross-validate over (at least 3, no duplicates).
+        The folds (at least 3, no duplicates).
 
     Returns
     -------
     list of FoldPlan
         One plan per fold, in ascending order of test fold.
-
-    Raises
-    ------
-    CrossvalError
-        With fewer than 3 folds (a test, a valid and at least one train fold are
-        needed) or duplicated folds.
 
     Example
     -------
@@ -286,14 +238,14 @@ class CrossvalArgs:
     hparams_file : str
         The recipe YAML.
     output_folder : str or None
-        ``--output_folder``; None to use the YAML's (after overrides).
+        ``--output_folder``; None to use the YAML's.
     folds : list of int or None
         ``--folds``; None to use the union of the YAML's fold lists.
     leaky : bool
-        Whether ``--leaky-random-split`` was given (or the override
-        ``--leaky_random_split=True``).
+        Whether ``--leaky-random-split`` (or ``--leaky_random_split=True``)
+        was given.
     passthrough : list of str
-        Every other argument, passed unchanged to the recipe for every fold.
+        Every other argument, passed to the recipe for every fold.
     argv : list of str
         The full command line, for the report.
 
@@ -334,8 +286,8 @@ def parse_crossval_args(argv):
     """Split the command line into crossval's own options and the rest.
 
     Crossval's options: ``--folds`` (``--folds=[1,2,3]``, ``--folds=1,2,3`` or
-    ``--folds [1,2,3]``), ``--leaky-random-split``, ``--output_folder``. A
-    ``--leaky_random_split=<bool>`` override is understood too. The fold lists
+    ``--folds [1,2,3]``), ``--leaky-random-split`` (or
+    ``--leaky_random_split=<bool>``) and ``--output_folder``. The fold lists
     (``--train_fold_nums`` etc.) are set by crossval and may not be given.
 
     Arguments
@@ -351,8 +303,7 @@ def parse_crossval_args(argv):
     Raises
     ------
     CrossvalError
-        For a missing YAML file argument, a missing option value, or a fold list
-        override.
+        For a missing YAML argument or option value, or a fold list override.
     SystemExit
         With status 0 after printing the usage, for ``-h`` or ``--help``.
 
@@ -381,55 +332,39 @@ def parse_crossval_args(argv):
             "the first argument must be the recipe YAML\n" + USAGE
         )
     args = CrossvalArgs(hparams_file=argv[0], argv=argv)
-    rest = argv[1:]
+    rest = argv[1:] + ["--"]  # a sentinel: no value follows the last one
     i = 0
-    while i < len(rest):
+    while i < len(rest) - 1:
         token = rest[i]
-        if not token.startswith("--"):
-            args.passthrough.append(token)
-            i += 1
-            continue
         key, has_eq, value = token[2:].partition("=")
         norm = key.replace("-", "_")
-
-        def take_value(key=key, has_eq=has_eq, value=value):
-            nonlocal i
-            if has_eq:
-                i += 1
-                return value
-            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-                raise CrossvalError(f"--{key} needs a value")
-            i += 2
-            return rest[i - 1]
-
-        if norm == "folds":
-            args.folds = _as_fold_list(take_value(), "--folds")
-        elif key == "leaky-random-split":
-            if has_eq:
-                args.leaky = _is_true(value)
-            else:
-                args.leaky = True
-            i += 1
-        elif norm == LEAKY_KEY:
-            if has_eq:
-                args.leaky = _is_true(value)
-                i += 1
-            elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                args.leaky = _is_true(rest[i + 1])
-                i += 2
-            else:
-                args.leaky = True
-                i += 1
-        elif norm == "output_folder":
-            args.output_folder = take_value()
+        nxt = rest[i + 1]
+        i += 1
+        if not token.startswith("--") or norm not in (
+            "folds",
+            "output_folder",
+            LEAKY_KEY,
+            *FOLD_KEYS,
+        ):
+            args.passthrough.append(token)
         elif norm in FOLD_KEYS:
             raise CrossvalError(
                 f"--{key} is set by crossval for each fold; choose the folds to "
                 "cross-validate over with --folds=[...] instead"
             )
+        elif norm == LEAKY_KEY:
+            # --leaky_random_split may take its value as the next argument
+            takes = key != "leaky-random-split" and not nxt.startswith("--")
+            args.leaky = _is_true(value if has_eq else nxt if takes else True)
+            i += takes and not has_eq
         else:
-            args.passthrough.append(token)
-            i += 1
+            if not has_eq and nxt.startswith("--"):
+                raise CrossvalError(f"--{key} needs a value")
+            value, i = (value, i) if has_eq else (nxt, i + 1)
+            if norm == "folds":
+                args.folds = _as_fold_list(value, "--folds")
+            else:
+                args.output_folder = value
     return args
 
 
@@ -446,12 +381,20 @@ def _yaml_overrides(hparams_file, passthrough):
     return overrides
 
 
+def _read_values(hparams_file, passthrough):
+    """The YAML's values with these overrides (no object built)."""
+    overrides = _yaml_overrides(hparams_file, passthrough)
+    try:
+        return read_yaml_values(hparams_file, overrides)
+    except Exception as e:  # UserError, YAML parse errors and the like
+        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
+
+
 def read_recipe_settings(hparams_file, passthrough=()):
     """Read the recipe YAML's fold lists, output folder and leaky flag.
 
-    References (``!ref``) and overrides are resolved exactly as the recipe would
-    (:func:`sb_urbansound.experiment.read_yaml_values`), but no object is
-    built.
+    References and overrides are resolved as the recipe would
+    (:func:`sb_urbansound.experiment.read_yaml_values`); no object is built.
 
     Arguments
     ---------
@@ -463,17 +406,15 @@ def read_recipe_settings(hparams_file, passthrough=()):
     Returns
     -------
     dict
-        ``folds`` (sorted union of the train/valid/test fold lists),
-        ``train_fold_nums``, ``valid_fold_nums``, ``test_fold_nums`` (lists),
+        ``folds`` (sorted union of the fold lists), the three fold lists,
         ``output_folder`` (str or None), ``leaky_random_split`` (bool),
-        ``test_annotation`` (the test manifest's path, or None) and ``keys``
-        (the set of top-level keys).
+        ``test_annotation`` (str or None) and ``keys`` (the top-level keys).
 
     Raises
     ------
     CrossvalError
-        If the file is missing, unreadable, has an unfilled ``!PLACEHOLDER``
-        (e.g. ``data_folder`` not given), or lacks the fold lists.
+        If the file is missing, unreadable, has an unfilled ``!PLACEHOLDER``,
+        or lacks the fold lists.
 
     Example
     -------
@@ -490,13 +431,7 @@ def read_recipe_settings(hparams_file, passthrough=()):
     path = Path(hparams_file)
     if not path.is_file():
         raise CrossvalError(f"recipe YAML not found: {hparams_file}")
-    overrides = _yaml_overrides(path, passthrough)
-    try:
-        tree = read_yaml_values(path, overrides)
-    except UserError as e:
-        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
-    except Exception as e:  # ruamel/yaml parse errors and the like
-        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
+    tree = _read_values(path, passthrough)
     missing = [k for k in FOLD_KEYS if k not in tree]
     if missing:
         raise CrossvalError(
@@ -516,86 +451,26 @@ def read_recipe_settings(hparams_file, passthrough=()):
     return settings
 
 
-def fold_argv(hparams_file, plan, fold_dir, passthrough=(), leaky=False):
-    """The recipe's command line for one fold.
-
-    Arguments
-    ---------
-    hparams_file : str
-        The recipe YAML.
-    plan : FoldPlan
-        The fold's test/valid/train folds.
-    fold_dir : str or Path
-        The fold's output folder.
-    passthrough : list of str
-        Other overrides and run flags, passed unchanged.
-    leaky : bool
-        Whether to add ``--leaky_random_split=True``.
-
-    Returns
-    -------
-    list of str
-        ``[hparams_file, ..., "--output_folder=...", "--train_fold_nums=[...]",
-        "--valid_fold_nums=[...]", "--test_fold_nums=[...]"]``.
-
-    Example
-    -------
-    >>> fold_argv("h.yaml", FoldPlan(1, 2, (3, 4)), "out/fold_1", ["--seed=3"])
-    ... # doctest: +NORMALIZE_WHITESPACE
-    ['h.yaml', '--seed=3', '--output_folder=out/fold_1',
-     '--train_fold_nums=[3,4]', '--valid_fold_nums=[2]', '--test_fold_nums=[1]']
-    """
-
-    def as_list(folds):
-        return "[" + ",".join(str(f) for f in folds) + "]"
-
-    argv = [str(hparams_file), *passthrough]
+def _fold_argv(hparams_file, plan, fold_dir, passthrough, leaky):
+    """The recipe's command line for one fold."""
+    lists = (plan.train, [plan.valid], [plan.test])
+    argv = [str(hparams_file), *passthrough, f"--output_folder={fold_dir}"]
     argv += [
-        f"--output_folder={fold_dir}",
-        f"--train_fold_nums={as_list(plan.train)}",
-        f"--valid_fold_nums={as_list([plan.valid])}",
-        f"--test_fold_nums={as_list([plan.test])}",
+        f"--{key}=[{','.join(map(str, folds))}]"
+        for key, folds in zip(FOLD_KEYS, lists, strict=True)
     ]
-    if leaky:
-        argv.append(f"--{LEAKY_KEY}=True")
-    return argv
+    return argv + ([f"--{LEAKY_KEY}=True"] if leaky else [])
 
 
-def _install_handlers(handler):
-    """Install ``handler`` for the forwarded signals; return the old handlers.
-
-    Only in the main thread (Python's rule); a signal that is ignored
-    (``nohup``) stays ignored.
-    """
-    previous = {}
-    if threading.current_thread() is not threading.main_thread():
-        return previous
-    for sig in FORWARDED_SIGNALS:
-        old = signal.getsignal(sig)
-        if old is signal.SIG_IGN:
-            continue
-        signal.signal(sig, handler)
-        previous[sig] = signal.SIG_DFL if old is None else old
-    return previous
-
-
-#: Seconds between checks of the recipe while it runs.
-_POLL_S = 0.2
-
-
-def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
+def run_forwarding_signals(cmd, what="the recipe"):
     """Run a command; forward stop signals to it; wait for it, boundedly.
 
-    While the command runs, SIGTERM, SIGINT and SIGHUP received by this process
-    (main thread only) are sent on to it, and it is given ``stop_timeout``
-    seconds from the first one to exit, then killed. On Linux the command also
-    gets SIGTERM if this process dies (see
-    :func:`sb_urbansound.processes.die_with_parent_preexec`).
-    The previous signal handlers are restored before returning.
-
-    A Ctrl-C in a terminal reaches both processes (one process group), so the
-    command may get SIGINT twice; a SpeechBrain recipe stops either way (its
-    files are written atomically and it resumes after any kill).
+    While it runs, SIGTERM, SIGINT and SIGHUP received here (main thread
+    only; an ignored signal stays ignored) are sent on to it, and it is
+    killed :data:`STOP_TIMEOUT_S` seconds after the first. On Linux it gets
+    SIGTERM if this process dies
+    (:func:`sb_urbansound.processes.die_with_parent_preexec`). A Ctrl-C in a
+    terminal may reach it twice; a SpeechBrain recipe stops either way.
 
     Arguments
     ---------
@@ -603,8 +478,6 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
         The command.
     what : str
         How messages name the command.
-    stop_timeout : float, optional
-        Seconds to wait after a signal (default: :data:`STOP_TIMEOUT_S`).
 
     Returns
     -------
@@ -621,17 +494,22 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
     >>> run_forwarding_signals([sys.executable, "-c", "raise SystemExit(3)"])
     3
     """
-    stop_timeout = STOP_TIMEOUT_S if stop_timeout is None else stop_timeout
+    stop_timeout = STOP_TIMEOUT_S
     received = []  # (signal, monotonic time, sent on)
     running = []  # the process, once started
 
     def forward(signum, frame):
-        """Send the signal on to the command (if it has started)."""
         if running:
             _send(running[0], signum)
         received.append((signum, time.monotonic(), bool(running)))
 
-    previous = _install_handlers(forward)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in FORWARDED_SIGNALS:
+            old = signal.getsignal(sig)
+            if old is not signal.SIG_IGN:
+                signal.signal(sig, forward)
+                previous[sig] = signal.SIG_DFL if old is None else old
     killed = False
     try:
         proc = subprocess.Popen(cmd, preexec_fn=die_with_parent_preexec())
@@ -639,32 +517,33 @@ def run_forwarding_signals(cmd, what="the recipe", stop_timeout=None):
         for signum, _, sent in list(received):  # while it was being started
             if not sent:
                 _send(proc, signum)
-        while True:
-            code = proc.poll()
-            if code is not None:
-                break
+        while (code := proc.poll()) is None:
             if received and time.monotonic() > received[0][1] + stop_timeout:
                 proc.kill()
                 code, killed = proc.wait(), True
                 break
-            time.sleep(_POLL_S)
+            time.sleep(0.2)
     except BaseException:  # e.g. Ctrl-C where no handler could be installed
         if running and running[0].poll() is None:
-            _stop(running[0], stop_timeout)
+            try:
+                running[0].wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                running[0].kill()
+                running[0].wait()
         raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:
+        fate = (
+            f"did not exit within {stop_timeout:g} s of it and was killed"
+            if killed
+            else f"was stopped (exit status {code})"
+        )
         signum = received[0][0]
-        name = signal_name(signum)
-        if killed:
-            fate = (
-                f"did not exit within {stop_timeout:g} s of it and was killed"
-            )
-        else:
-            fate = f"was stopped (exit status {code})"
-        raise FoldInterrupted(signum, f"got {name}; {what} {fate}")
+        raise FoldInterrupted(
+            signum, f"got {signal_name(signum)}; {what} {fate}"
+        )
     return code
 
 
@@ -676,35 +555,18 @@ def _send(proc, signum):
         pass
 
 
-def _stop(proc, timeout):
-    """Wait up to ``timeout`` seconds for a process to end, then kill it."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def subprocess_runner(argv, fold_dir):
     """Run the recipe on one fold in a fresh Python process.
 
-    Output (SpeechBrain's logs and progress bars) goes straight to this
-    process's terminal; SpeechBrain also logs to ``<fold_dir>/log.txt``. Stop
-    signals (SIGTERM, SIGINT, SIGHUP) are forwarded to the recipe, which is
-    given ``STOP_TIMEOUT_S`` seconds to exit before it is killed, and the
-    recipe gets SIGTERM if this process dies (Linux): see
-    :func:`run_forwarding_signals`.
+    Its output goes to this terminal (and to ``<fold_dir>/log.txt``); stop
+    signals are forwarded (:func:`run_forwarding_signals`).
 
     Arguments
     ---------
     argv : list of str
-        The recipe's arguments (see :func:`fold_argv`).
+        The recipe's arguments (the YAML first).
     fold_dir : Path
         The fold's output folder (for error messages).
-
-    Returns
-    -------
-    None
 
     Raises
     ------
@@ -721,25 +583,26 @@ def subprocess_runner(argv, fold_dir):
     code = run_forwarding_signals(
         cmd, what=f"the recipe on {Path(fold_dir).name}"
     )
-    if code != 0:
-        log = Path(fold_dir) / "log.txt"
-        where = f"; its log is {log}" if log.exists() else ""
-        if code == BusyError.exit_status:  # another process holds the fold
-            hint = (
-                f"Another process is writing to {fold_dir} (see the message "
-                "above): wait for it to finish, or stop it, then rerun."
-            )
-        elif code == UserError.exit_status:  # bad data, options or folders
-            hint = "The recipe rejected the data or options: see its message above."
-        else:
-            hint = (
-                "Rerun the same crossval command to resume: finished folds are "
-                "skipped, the unfinished one resumes from its last checkpoint."
-            )
-        raise FoldFailedError(
-            f"the recipe failed on {Path(fold_dir).name} (exit status {code}){where}."
-            f"\ncommand: {shlex.join(cmd)}\n{hint}"
+    if code == 0:
+        return
+    log = Path(fold_dir) / "log.txt"
+    where = f"; its log is {log}" if log.exists() else ""
+    if code == BusyError.exit_status:  # another process holds the fold
+        hint = (
+            f"Another process is writing to {fold_dir} (see the message "
+            "above): wait for it to finish, or stop it, then rerun."
         )
+    elif code == UserError.exit_status:  # bad data, options or folders
+        hint = "The recipe rejected the data or options: see its message above."
+    else:
+        hint = (
+            "Rerun the same crossval command to resume: finished folds are "
+            "skipped, the unfinished one resumes from its last checkpoint."
+        )
+    raise FoldFailedError(
+        f"the recipe failed on {Path(fold_dir).name} (exit status {code}){where}."
+        f"\ncommand: {shlex.join(cmd)}\n{hint}"
+    )
 
 
 def inprocess_runner(argv, fold_dir):
@@ -748,47 +611,38 @@ def inprocess_runner(argv, fold_dir):
     Arguments
     ---------
     argv : list of str
-        The recipe's arguments (see :func:`fold_argv`).
+        The recipe's arguments (the YAML first).
     fold_dir : Path
         The fold's output folder (unused).
 
-    Returns
-    -------
-    None
-
     Example
     -------
-    >>> inprocess_runner(
-    ...     ["h.yaml", "--output_folder=out"], "out"
-    ... )  # doctest: +SKIP
+    >>> inprocess_runner(["h.yaml", "--output_folder=o"], "o")  # doctest: +SKIP
     """
     import_recipe(recipe_script(argv[0])).main(list(argv))
 
 
 def _read_json(path):
-    """Load a JSON file of a fold or of the cross-validation (never through
-    a link: a fold's results must be the fold's)."""
+    """A JSON file of a fold or of the cross-validation (never via a link)."""
     with open(open_store_file(path), encoding="utf-8") as f:
         return json.load(f)
 
 
-def _has_checkpoint(fold_dir):
-    """Whether a SpeechBrain checkpoint (``CKPT+...`` folder) exists in ``fold_dir``."""
-    return any(p.is_dir() for p in Path(fold_dir).rglob("CKPT+*"))
+def _started(fold_dir):
+    """Whether a fold has test results or a ``CKPT+...`` checkpoint."""
+    return (fold_dir / "test_results.json").exists() or any(
+        p.is_dir() for p in Path(fold_dir).rglob("CKPT+*")
+    )
 
 
 def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
-    """Clip ids that are in the test manifests of more than one fold.
-
-    Every clip must be tested exactly once over a cross-validation; this checks
-    it on the manifests the recipe wrote (when the YAML names them with
-    ``test_annotation`` and they exist), whatever the data source.
-    """
+    """Clip ids in the test manifests (``test_annotation``) of two folds, or
+    None when a fold's manifest is not there."""
     seen, repeated = set(), set()
     for plan in plans:
-        fold_dir = out_dir / plan.name
         settings = read_recipe_settings(
-            hparams_file, [*passthrough, f"--output_folder={fold_dir}"]
+            hparams_file,
+            [*passthrough, f"--output_folder={out_dir / plan.name}"],
         )
         path = settings["test_annotation"]
         if not path or not Path(path).is_file():
@@ -802,10 +656,8 @@ def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
 def fold_finished(fold_dir):
     """Whether a fold's run is complete: test results and exported model.
 
-    The recipe writes ``test_results.json`` after testing and the ``model``
-    folder last, so a fold killed during the export has results but no model:
-    it is not finished (rerunning it trains nothing more, tests and exports
-    again).
+    The model is written last, so a fold killed during the export is not
+    finished (rerunning it tests and exports again).
 
     Arguments
     ---------
@@ -831,79 +683,27 @@ def fold_finished(fold_dir):
     return all((Path(fold_dir) / name).is_file() for name in FOLD_OUTPUTS)
 
 
-def _marker_mismatch(marker, plan, leaky):
-    """Describe how a fold folder's recorded assignment differs from ``plan``."""
-    want = {
-        "test_fold": plan.test,
-        "valid_folds": [plan.valid],
-        "train_folds": list(plan.train),
-        "leaky_random_split": bool(leaky),
-    }
-    diffs = [
-        f"{k}: was {marker.get(k)!r}, now {v!r}"
-        for k, v in want.items()
-        if marker.get(k) != v
-    ]
-    return "; ".join(diffs)
-
-
-def fold_settings(hparams_file, recipe_argv):
-    """The settings a fold's run is made with, comparable as JSON.
-
-    The recipe's own comparison (:func:`sb_urbansound.experiment.run_settings`:
-    every key that shapes the model or the data) and the number of epochs,
-    which a finished fold's results depend on too.
-
-    Arguments
-    ---------
-    hparams_file : str or Path
-        The recipe YAML.
-    recipe_argv : list of str
-        The fold's recipe command line (:func:`fold_argv`).
-
-    Returns
-    -------
-    dict
-        Key to canonical value.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "h.yaml").write_text("lr: 0.1\\nnumber_of_epochs: 3\\n")
-    >>> fold_settings(tmp / "h.yaml", [str(tmp / "h.yaml"), "--lr=0.5"])
-    {'lr': 0.5, 'number_of_epochs': 3}
-    """
-    overrides = _yaml_overrides(hparams_file, list(recipe_argv[1:]))
-    try:
-        values = read_yaml_values(hparams_file, overrides)
-    except UserError as e:
-        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
+def _fold_settings(hparams_file, recipe_argv):
+    """The settings of a fold's run, as JSON: the recipe's
+    (:func:`sb_urbansound.experiment.run_settings`) and the epochs."""
+    values = _read_values(hparams_file, list(recipe_argv[1:]))
     settings = run_settings(values)
     if "number_of_epochs" in values:
         settings["number_of_epochs"] = values["number_of_epochs"]
     return json.loads(json.dumps(settings, default=str))
 
 
-def _recorded_settings(fold_dir):
-    """The settings crossval recorded for a fold folder, or None when it has
-    no progress (or no record)."""
-    marker_path = fold_dir / FOLD_MARKER
-    marker = _read_json(marker_path) if marker_path.is_file() else {}
-    progress = (fold_dir / "test_results.json").exists() or _has_checkpoint(
-        fold_dir
-    )
-    return marker.get("settings") if progress else None
-
-
 def _refuse_other_settings(plans, out_dir, wanted):
     """Refuse folds run (or started) with settings other than ``wanted``."""
     problems = []
+    skip = {*FOLD_KEYS, LEAKY_KEY}  # the assignment is compared on its own
     for plan in plans:
-        recorded = _recorded_settings(out_dir / plan.name)
+        fold_dir = out_dir / plan.name
+        marker = fold_dir / FOLD_MARKER
+        recorded = _read_json(marker) if marker.is_file() else {}
+        recorded = recorded.get("settings") if _started(fold_dir) else None
         if recorded is None:
             continue
-        # the fold assignment is compared on its own (a clearer message)
-        skip = {*FOLD_KEYS, LEAKY_KEY}
         diff = differences(
             {k: v for k, v in recorded.items() if k not in skip},
             {k: v for k, v in wanted[plan.test].items() if k not in skip},
@@ -927,13 +727,12 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     Arguments
     ---------
     argv : list of str
-        The arguments of ``python -m sb_urbansound.crossval`` (see the module
-        docstring).
+        The arguments of ``python -m sb_urbansound.crossval``.
     runner : callable, optional
         ``runner(recipe_argv, fold_dir)`` trains and tests one fold, writing
-        ``test_results.json``, ``history.json`` and the exported model
-        (``model/hyperparams.yaml``) to ``fold_dir`` and raising on failure.
-        Default: :func:`subprocess_runner`.
+        ``test_results.json``, ``history.json`` and ``model/hyperparams.yaml``
+        to ``fold_dir``, raising on failure (default:
+        :func:`subprocess_runner`).
     log : callable, optional
         Where the one-line messages go (default: ``tqdm.write``).
     progress : bool
@@ -951,7 +750,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     FoldFailedError
         If the recipe fails on a fold (finished folds are kept).
     FoldInterrupted
-        If a stop signal ended the recipe (see :func:`run_forwarding_signals`).
+        If a stop signal ended the recipe.
 
     Example
     -------
@@ -976,13 +775,86 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         raise CrossvalError("no output folder: pass --output_folder=DIR")
     out_dir = Path(out_dir)
     claim_folder(out_dir, CROSSVAL_KIND)
-    lock = FolderLock(out_dir, "running a cross-validation in").acquire()
-    try:
+    with FolderLock(out_dir, "running a cross-validation in"):
         return _run_locked(
             args, settings, leaky, plans, out_dir, runner, log, progress
         )
+
+
+def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
+    """Run one fold (or skip it when finished); return its results and
+    marker."""
+    from sb_urbansound import report
+
+    marker_path = fold_dir / FOLD_MARKER
+    results_path = fold_dir / "test_results.json"
+    marker = _read_json(marker_path) if marker_path.exists() else None
+    if marker is not None:
+        record = plan.record(leaky)
+        diff = "; ".join(
+            f"{k}: was {marker.get(k)!r}, now {v!r}"
+            for k, v in record.items()
+            if marker.get(k) != v
+        )
+        if diff and _started(fold_dir):
+            raise CrossvalError(
+                f"{fold_dir} was run with a different fold assignment "
+                f"({diff}). Use a new --output_folder, or delete {fold_dir} "
+                "to rerun that fold."
+            )
+        if diff:  # an earlier attempt stopped before any checkpoint
+            marker = None
+    elif results_path.exists():
+        log(
+            f"warning: {fold_dir} has results but no {FOLD_MARKER}; "
+            "assuming it was run with this assignment"
+        )
+    if fold_finished(fold_dir):
+        res = _read_json(results_path)
+        log(
+            f"fold {plan.test}: already finished "
+            f"(accuracy {100 * res['accuracy']:.2f} %), skipped"
+        )
+        return res, marker
+    marker = marker or {**plan.record(leaky), "seconds": 0.0, "attempts": 0}
+    if results_path.exists():
+        log(
+            f"fold {plan.test}: has test results but no exported "
+            f"model ({fold_dir / FOLD_OUTPUTS[1]}): the run "
+            "stopped during the export; rerunning it (it trains "
+            "nothing more, tests and exports again)"
+        )
+    elif marker["attempts"]:
+        log(f"fold {plan.test}: resuming the unfinished run")
+    marker["attempts"] += 1
+    marker["recipe_argv"] = recipe_argv
+    marker["settings"] = wanted
+    claim_folder(fold_dir, "run")
+    atomic_write_json(marker_path, marker)
+    bar.set_postfix_str(f"fold {plan.test}")
+    start = time.monotonic()
+    try:
+        runner(recipe_argv, fold_dir)
     finally:
-        lock.release()
+        marker["seconds"] += time.monotonic() - start
+        atomic_write_json(marker_path, marker)
+    missing = [
+        str(fold_dir / name)
+        for name in FOLD_OUTPUTS
+        if not (fold_dir / name).is_file()
+    ]
+    if missing:
+        raise FoldFailedError(
+            f"the recipe finished fold {plan.test} without writing "
+            f"{' and '.join(missing)}"
+        )
+    res = _read_json(results_path)
+    log(
+        f"fold {plan.test}: accuracy {100 * res['accuracy']:.2f} % on "
+        f"{res['n_clips']} clips (valid fold {plan.valid}), "
+        f"{report.format_duration(marker['seconds'])}"
+    )
+    return res, marker
 
 
 def _run_locked(args, settings, leaky, plans, out_dir, runner, log, progress):
@@ -1002,24 +874,22 @@ def _run_locked(args, settings, leaky, plans, out_dir, runner, log, progress):
         f"cross-validation over folds {[p.test for p in plans]} "
         f"(valid fold = next listed fold, cyclically) in {out_dir}"
     )
-
     # One clip bank for all folds: they hold the same clips
     passthrough = list(args.passthrough)
     if BANK_KEY in settings["keys"] and not any(
         a.lstrip("-").startswith(BANK_KEY) for a in passthrough
     ):
         passthrough.append(f"--{BANK_KEY}={out_dir / 'bank'}")
-
     # Every fold must be run with this command's settings: a finished fold
     # of another command would be averaged in under the wrong command
     argvs = {
-        plan.test: fold_argv(
+        plan.test: _fold_argv(
             args.hparams_file, plan, out_dir / plan.name, passthrough, leaky
         )
         for plan in plans
     }
     wanted = {
-        test: fold_settings(args.hparams_file, argv)
+        test: _fold_settings(args.hparams_file, argv)
         for test, argv in argvs.items()
     }
     _refuse_other_settings(plans, out_dir, wanted)
@@ -1031,83 +901,17 @@ def _run_locked(args, settings, leaky, plans, out_dir, runner, log, progress):
     try:
         for plan in plans:
             fold_dir = out_dir / plan.name
-            marker_path = fold_dir / FOLD_MARKER
-            results_path = fold_dir / "test_results.json"
-            recipe_argv = argvs[plan.test]
-            marker = _read_json(marker_path) if marker_path.exists() else None
-            if marker is not None:
-                diff = _marker_mismatch(marker, plan, leaky)
-                if diff and (
-                    results_path.exists() or _has_checkpoint(fold_dir)
-                ):
-                    raise CrossvalError(
-                        f"{fold_dir} was run with a different fold assignment "
-                        f"({diff}). Use a new --output_folder, or delete {fold_dir} "
-                        "to rerun that fold."
-                    )
-                if diff:  # an earlier attempt stopped before any checkpoint
-                    marker = None
-            elif results_path.exists():
-                log(
-                    f"warning: {fold_dir} has results but no {FOLD_MARKER}; "
-                    "assuming it was run with this assignment"
-                )
-
-            if fold_finished(fold_dir):
-                res = _read_json(results_path)
-                sec = (marker or {}).get("seconds")
-                seconds[plan.test] = sec
-                log(
-                    f"fold {plan.test}: already finished "
-                    f"(accuracy {100 * res['accuracy']:.2f} %), skipped"
-                )
-            else:
-                marker = marker or {
-                    "test_fold": plan.test,
-                    "valid_folds": [plan.valid],
-                    "train_folds": list(plan.train),
-                    "leaky_random_split": bool(leaky),
-                    "seconds": 0.0,
-                    "attempts": 0,
-                }
-                if results_path.exists():
-                    log(
-                        f"fold {plan.test}: has test results but no exported "
-                        f"model ({fold_dir / FOLD_OUTPUTS[1]}): the run "
-                        "stopped during the export; rerunning it (it trains "
-                        "nothing more, tests and exports again)"
-                    )
-                elif marker["attempts"]:
-                    log(f"fold {plan.test}: resuming the unfinished run")
-                marker["attempts"] += 1
-                marker["recipe_argv"] = recipe_argv
-                marker["settings"] = wanted[plan.test]
-                claim_folder(fold_dir, "run")
-                atomic_write_json(marker_path, marker)
-                bar.set_postfix_str(f"fold {plan.test}")
-                start = time.monotonic()
-                try:
-                    runner(recipe_argv, fold_dir)
-                finally:
-                    marker["seconds"] += time.monotonic() - start
-                    atomic_write_json(marker_path, marker)
-                missing = [
-                    str(fold_dir / name)
-                    for name in FOLD_OUTPUTS
-                    if not (fold_dir / name).is_file()
-                ]
-                if missing:
-                    raise FoldFailedError(
-                        f"the recipe finished fold {plan.test} without writing "
-                        f"{' and '.join(missing)}"
-                    )
-                res = _read_json(results_path)
-                seconds[plan.test] = marker["seconds"]
-                log(
-                    f"fold {plan.test}: accuracy {100 * res['accuracy']:.2f} % on "
-                    f"{res['n_clips']} clips (valid fold {plan.valid}), "
-                    f"{report.format_duration(marker['seconds'])}"
-                )
+            res, marker = _run_fold(
+                plan,
+                fold_dir,
+                argvs[plan.test],
+                wanted[plan.test],
+                leaky,
+                runner,
+                log,
+                bar,
+            )
+            seconds[plan.test] = (marker or {}).get("seconds")
             argv = (marker or {}).get("recipe_argv")
             if argv:
                 commands[plan.test] = shlex.join(
