@@ -1,24 +1,20 @@
 """Manifests: check every audio file once, write SpeechBrain JSON manifests
 atomically, and skip the work when they are up to date.
 
-Every data source (:mod:`sb_urbansound.sources`) builds a table of clips
-(``clip_id``, ``path``, ``label``, ``fold``, ``group``) and hands it to
+Every data source (:mod:`sb_urbansound.sources`) hands a table of clips to
 :func:`write_manifests`, which writes in ``save_folder``:
 
 * ``train.json``, ``valid.json``, ``test.json``: ``{clip_id: {"wav": <absolute
-  path>, "label": str, "fold": int, "group": str, "duration": float seconds,
-  "sample_rate": int, "channels": int}}`` (sample rate and channels of the
-  file as stored, before any resampling or down-mixing);
-* ``labels.json``: the sorted list of all class labels over all folds, so
-  label indices are the same in every split;
+  path>, "label", "fold", "group", "duration" (s), "sample_rate",
+  "channels"}}`` (of the file as stored);
+* ``labels.json``: the sorted labels over all folds;
 * ``prepare_options.json``: the options, a fingerprint of the inputs and how
-  the data was split (:func:`recorded_split`); when it matches a new call and
-  all outputs exist, the work is skipped.
+  the data was split; when it matches and all outputs read back, the work is
+  skipped.
 
-Every file is decoded once (not just its header): a file that is missing, not
-a regular file, unreadable, empty, corrupt after its header or that holds NaN
-or infinite samples is named; with ``skip_missing`` it is left out with a
-warning that names it. Nothing in the data folder is ever modified.
+Every file is decoded once: a missing, unreadable, empty, corrupt or
+non-finite file is named (or left out with ``skip_missing``). Nothing in the
+data folder is ever modified.
 
 Authors
 -------
@@ -46,20 +42,11 @@ from sb_urbansound.runtime import MAX_RATE, MIN_RATE
 
 logger = logging.getLogger(__name__)
 
-# Bump when the content or format of the outputs changes, so that old outputs
-# are rebuilt instead of being reused.
+# Bump when the outputs change, so that old outputs are rebuilt.
 MANIFEST_FORMAT_VERSION = 2
-
 SPLITS = ("train", "valid", "test")
-#: The store kind of a manifest folder.
 MANIFESTS_KIND = "manifests"
 OPTIONS_FILE = "prepare_options.json"
-LABELS_FILE = "labels.json"
-
-# How many offending items an error message lists before "... and N more".
-MAX_LISTED = 20
-# Below this many files, the check runs without a progress bar.
-PROGRESS_MIN_FILES = 200
 # The kinds of unusable audio file, in the order error messages count them.
 PROBLEM_KINDS = (
     "missing",
@@ -87,7 +74,7 @@ def write_manifests(
     full_check=True,
     split=None,
 ):
-    """Run the shared pipeline on a table of clips and write the outputs.
+    """Check the clips of a table and write the manifests (or reuse them).
 
     Arguments
     ---------
@@ -112,13 +99,12 @@ def write_manifests(
     missing_hint : str, optional
         Extra advice appended to the error about missing files.
     warn_shared_groups : bool
-        Warn (instead of staying silent) when a group spans several splits.
+        Warn when a group spans several splits.
     full_check : bool
         Decode every file (else read the headers only, for a run whose clip
-        bank or shards decode the files and name those that fail).
+        bank or shards decode the files).
     split : str, optional
-        How the clips were dealt to folds, in words ("by group: ..."):
-        logged, and recorded for the recipe's log and the model card.
+        How the clips were dealt to folds, in words: logged and recorded.
 
     Returns
     -------
@@ -133,73 +119,73 @@ def write_manifests(
     if split:
         logger.info("Data split %s", split)
     save_folder = absolute(save_folder)
-    # A store (docs/stores.md): ours alone, one writer at a time
     claim_folder(save_folder, MANIFESTS_KIND, "manifest_folder")
-    with FolderLock(save_folder, "preparing the manifests in").acquire(
+    lock = FolderLock(save_folder, "preparing the manifests in")
+    with lock.acquire(
         wait=True,
         on_wait=lambda who: logger.info(
             "Waiting for %s, which is preparing %s", who, save_folder
         ),
     ):
-        return _write_locked(
-            function,
+        outputs = {s: str(save_folder / f"{s}.json") for s in SPLITS}
+        outputs["labels"] = str(save_folder / "labels.json")
+        options_path = save_folder / OPTIONS_FILE
+        record = json.loads(  # through JSON, so that it compares equal
+            json.dumps(
+                {
+                    "format_version": MANIFEST_FORMAT_VERSION,
+                    "function": function,
+                    "options": options,
+                    "inputs": fingerprint,
+                    "checks": "decoded" if full_check else "headers",
+                    "split": split,
+                }
+            )
+        )
+        read = [read_store_json(p) for p in outputs.values()]  # no link
+        if (
+            read_store_json(options_path) == record
+            and all(
+                isinstance(o, dict)
+                and all(isinstance(v, dict) for v in o.values())
+                for o in read[:-1]
+            )
+            and isinstance(read[-1], list)
+        ):
+            logger.info(
+                "Manifests in %s are up to date, skipping preparation",
+                save_folder,
+            )
+            return outputs
+        # An interrupted run must not look up to date
+        options_path.unlink(missing_ok=True)
+        _write(
             table,
-            save_folder,
+            outputs,
             splits,
-            options,
-            fingerprint,
             skip_missing,
             leaky_random_split,
             seed,
             missing_hint,
             warn_shared_groups,
             full_check,
-            split,
         )
-
-
-def _write_locked(
-    function,
-    table,
-    save_folder,
-    splits,
-    options,
-    fingerprint,
-    skip_missing,
-    leaky_random_split,
-    seed,
-    missing_hint,
-    warn_shared_groups,
-    full_check,
-    split,
-):
-    """:func:`write_manifests`, with the manifest folder locked."""
-    outputs = {s: str(save_folder / f"{s}.json") for s in SPLITS}
-    outputs["labels"] = str(save_folder / LABELS_FILE)
-    options_path = save_folder / OPTIONS_FILE
-    record = _jsonable(
-        {
-            "format_version": MANIFEST_FORMAT_VERSION,
-            "function": function,
-            "options": options,
-            "inputs": fingerprint,
-            "checks": "decoded" if full_check else "headers",
-            "split": split,
-        }
-    )
-    if _up_to_date(options_path, record, outputs.values()):
-        logger.info(
-            "Manifests in %s are up to date, skipping preparation", save_folder
-        )
+        atomic_write_json(options_path, record)
         return outputs
 
-    # Outputs are about to change: an interrupted run must not look up to date.
-    options_path.unlink(missing_ok=True)
 
+def _write(table, outputs, splits, skip, leaky, seed, hint, warn, full):
+    """Check the clips of ``table`` and write its manifests and labels."""
     labels = sorted(table["label"].unique())
-    if leaky_random_split:
-        table = _leaky_reassign(table, seed)
-
+    if leaky:
+        logger.warning(
+            "leaky_random_split=True: clips are reassigned to random folds, so "
+            "clips of one recording/group leak across train, valid and test. "
+            "This inflates scores and is only meant to compare against the "
+            "proper split; do not report it as a result."
+        )
+        rng = np.random.default_rng(seed)
+        table = table.assign(fold=rng.permutation(table["fold"].to_numpy()))
     fold_to_split = {f: s for s, folds in splits.items() for f in folds}
     table = table.assign(split=table["fold"].map(fold_to_split))
     unused = table[table["split"].isna()]
@@ -210,28 +196,54 @@ def _write_locked(
             sorted(unused["fold"].unique().tolist()),
         )
     table = table[table["split"].notna()].sort_values("clip_id", kind="stable")
-    _check_unique_ids(table)
-
-    info = probe_audio(
-        table["path"].to_list(),
-        skip_missing,
-        missing_hint,
-        full_check=full_check,
-    )
+    dup = table["clip_id"].duplicated(keep=False)
+    if dup.any():
+        rows = [
+            f"{c}: {p}"
+            for c, p in zip(
+                table["clip_id"][dup], table["path"][dup], strict=True
+            )
+        ]
+        raise DataPrepError(
+            f"{int(dup.sum())} clips share a clip id: {listing(rows)}. Rename the "
+            "files so that each clip id is unique."
+        )
+    info = probe_audio(table["path"].to_list(), skip, hint, full_check=full)
     table = table[table["path"].isin(info)]
     for split in SPLITS:
-        if not (table["split"] == split).any():
+        part = table[table["split"] == split]
+        if part.empty:
             raise DataPrepError(
                 f"no usable clip is left in the {split} split (folds "
                 f"{splits[split]}) once unusable files are skipped; add audio to "
                 "these folds or choose other folds."
             )
-
-    _report_split(table, labels, warn_shared_groups, leaky_random_split)
+        logger.info(
+            "%s: %d clips, %d groups, folds %s",
+            split,
+            len(part),
+            part["group"].nunique(),
+            sorted(part["fold"].unique().tolist()),
+        )
+    train_labels = set(table["label"][table["split"] == "train"])
+    absent = [lab for lab in labels if lab not in train_labels]
+    if absent:
+        logger.warning(
+            "label(s) %s have no clip in the train split", listing(absent, 10)
+        )
+    if warn and not leaky:
+        spread = table.groupby("group")["split"].nunique()
+        shared = spread[spread > 1].index.tolist()
+        if shared:
+            logger.warning(
+                "%d group(s) (source recordings) have clips in more than one "
+                "split: %s. This comes from the data set's own folds.",
+                len(shared),
+                listing(sorted(shared), 10),
+            )
     for split in SPLITS:
-        part = table[table["split"] == split]
         manifest = {}
-        for row in part.itertuples(index=False):
+        for row in table[table["split"] == split].itertuples(index=False):
             frames, rate, channels = info[row.path]
             manifest[row.clip_id] = {
                 "wav": row.path,
@@ -245,8 +257,6 @@ def _write_locked(
         atomic_write_json(outputs[split], manifest)
         logger.info("Wrote %d clips to %s", len(manifest), outputs[split])
     atomic_write_json(outputs["labels"], labels)
-    atomic_write_json(options_path, record)
-    return outputs
 
 
 def recorded_split(manifest_folder):
@@ -268,66 +278,17 @@ def recorded_split(manifest_folder):
     >>> recorded_split("/nowhere") is None
     True
     """
-    try:
-        record = json.loads(
-            (Path(manifest_folder) / OPTIONS_FILE).read_text(encoding="utf-8")
-        )
-    except (OSError, ValueError, TypeError):
-        return None
+    record = read_store_json(Path(manifest_folder) / OPTIONS_FILE)
     split = record.get("split") if isinstance(record, dict) else None
     return split if isinstance(split, str) else None
-
-
-def _up_to_date(options_path, record, output_paths):
-    """Whether ``options_path`` records ``record`` and all outputs exist and
-    read as what we wrote (a damaged one, or a link, is written again)."""
-    previous = read_store_json(options_path)
-    outputs = [read_store_json(p) for p in output_paths]
-    manifests_ok = all(
-        isinstance(o, dict) and all(isinstance(v, dict) for v in o.values())
-        for o in outputs[:-1]
-    )
-    labels_ok = isinstance(outputs[-1], list)
-    return previous == record and manifests_ok and labels_ok
-
-
-def _leaky_reassign(table, seed):
-    """Give each clip a random fold, keeping fold sizes (leaks groups)."""
-    logger.warning(
-        "leaky_random_split=True: clips are reassigned to random folds, so clips "
-        "of one recording/group leak across train, valid and test. This inflates "
-        "scores and is only meant to compare against the proper split; do not "
-        "report it as a result."
-    )
-    rng = np.random.default_rng(seed)
-    return table.assign(fold=rng.permutation(table["fold"].to_numpy()))
-
-
-def _check_unique_ids(table):
-    """Raise if two clips selected for the manifests share a clip id."""
-    dup = table["clip_id"].duplicated(keep=False)
-    if dup.any():
-        rows = [
-            f"{c}: {p}"
-            for c, p in zip(
-                table["clip_id"][dup], table["path"][dup], strict=True
-            )
-        ]
-        raise DataPrepError(
-            f"{int(dup.sum())} clips share a clip id: {listing(rows)}. Rename the "
-            "files so that each clip id is unique."
-        )
 
 
 def check_audio_file(path, block_frames=1 << 20, full=True):
     """Decode a whole audio file once; return its shape or why it is unusable.
 
-    Reading only the header would let through a file whose data is corrupt
-    after the header (it would stop training mid-epoch) or that holds NaN
-    samples (they would turn the model's weights into NaN). The file is read in
-    blocks, so a long recording needs little memory. With ``full=False`` only
-    the header is read: for runs whose clip bank or shards decode every file
-    anyway, and name the ones that cannot be decoded.
+    A header alone would let through a file corrupt after it (training stops
+    mid-epoch) or holding NaN samples (NaN weights). The file is decoded in
+    blocks (little memory); ``full=False`` reads the header only.
 
     Arguments
     ---------
@@ -342,9 +303,7 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
     -------
     tuple
         ``(frames, sample_rate, channels)`` for a usable file, else
-        ``(kind, message)`` where ``kind`` is one of ``missing``,
-        ``not a file``, ``unreadable``, ``empty``, ``corrupt``,
-        ``non-finite``, ``unsupported rate``.
+        ``(kind, message)``, ``kind`` one of :data:`PROBLEM_KINDS`.
 
     Example
     -------
@@ -381,7 +340,9 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
             sf.info(path)
         except Exception:
             kind = "unreadable"
-        return (kind, f"{kind} ({_short_error(e, path)}): {path}")
+        msg = str(e).replace(f"'{path}'", "").replace(str(path), "")
+        msg = re.sub(r"^Error opening\s*:\s*", "", msg).strip(": ")
+        return (kind, f"{kind} ({msg or type(e).__name__}): {path}")
     if bad:
         return (
             "non-finite",
@@ -390,14 +351,9 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
     return (int(frames), int(rate), int(channels))
 
 
-def probe_audio(
-    paths, skip_missing, missing_hint=None, threads=4, full_check=True
-):
-    """Decode every file once; report or skip the unusable ones.
-
-    See :func:`check_audio_file` for what is checked. The files are decoded by
-    a few threads (libsndfile works without Python's lock), with a progress
-    bar for large data sets.
+def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
+    """Decode every file once (:func:`check_audio_file`, a few threads);
+    report or skip the unusable ones.
 
     Arguments
     ---------
@@ -407,8 +363,6 @@ def probe_audio(
         Skip unusable files with a warning that names them instead of raising.
     missing_hint : str, optional
         Extra advice for the error about missing files.
-    threads : int
-        Files decoded at once.
     full_check : bool
         Decode the samples (else read the headers only).
 
@@ -426,15 +380,13 @@ def probe_audio(
 
     info, problems, counts = {}, [], {}
     unique = list(dict.fromkeys(paths))
-    with ThreadPoolExecutor(max(1, int(threads))) as pool:
+    with ThreadPoolExecutor(4) as pool:  # libsndfile runs without the GIL
         results = progress_bar(
-            pool.map(
-                lambda path: check_audio_file(path, full=full_check), unique
-            ),
+            pool.map(lambda p: check_audio_file(p, full=full_check), unique),
             total=len(unique),
             desc="Checking audio files" if full_check else "Reading headers",
             unit="file",
-            enabled=len(unique) >= PROGRESS_MIN_FILES,
+            enabled=len(unique) >= 200,
         )
         for path, result in zip(unique, results):
             if isinstance(result[0], str):
@@ -442,69 +394,36 @@ def probe_audio(
                 problems.append(result[1])
             else:
                 info[path] = result
-    if problems:
-        summary = ", ".join(
-            f"{counts[k]} {k}" for k in PROBLEM_KINDS if k in counts
-        )
-        if skip_missing:
-            logger.warning(
-                "skip_missing=True: leaving out %d of %d audio file(s) (%s):\n  %s",
-                len(problems),
-                len(unique),
-                summary,
-                listing(problems, sep="\n  "),
-            )
-        else:
-            hint = ""
-            if missing_hint and counts.get("missing"):
-                hint = f"\n{missing_hint}"
-            raise DataPrepError(
-                f"{len(problems)} of {len(unique)} audio file(s) cannot be used "
-                f"({summary}):\n  "
-                + listing(problems, sep="\n  ")
-                + hint
-                + "\nFix or remove these files, or pass skip_missing=True to "
-                "leave them out."
-            )
-    return info
-
-
-def _report_split(table, labels, warn_shared_groups, leaky):
-    """Log split sizes; warn about labels absent from train and shared groups."""
-    for split in SPLITS:
-        part = table[table["split"] == split]
-        logger.info(
-            "%s: %d clips, %d groups, folds %s",
-            split,
-            len(part),
-            part["group"].nunique(),
-            sorted(part["fold"].unique().tolist()),
-        )
-    train_labels = set(table["label"][table["split"] == "train"])
-    absent = [lab for lab in labels if lab not in train_labels]
-    if absent:
+    if not problems:
+        return info
+    summary = ", ".join(
+        f"{counts[k]} {k}" for k in PROBLEM_KINDS if k in counts
+    )
+    if skip_missing:
         logger.warning(
-            "label(s) %s have no clip in the train split", listing(absent, 10)
+            "skip_missing=True: leaving out %d of %d audio file(s) (%s):\n  %s",
+            len(problems),
+            len(unique),
+            summary,
+            listing(problems, sep="\n  "),
         )
-    if warn_shared_groups and not leaky:
-        spread = table.groupby("group")["split"].nunique()
-        shared = spread[spread > 1].index.tolist()
-        if shared:
-            logger.warning(
-                "%d group(s) (source recordings) have clips in more than one "
-                "split: %s. This comes from the data set's own folds.",
-                len(shared),
-                listing(sorted(shared), 10),
-            )
+        return info
+    hint = f"\n{missing_hint}" if missing_hint and counts.get("missing") else ""
+    raise DataPrepError(
+        f"{len(problems)} of {len(unique)} audio file(s) cannot be used "
+        f"({summary}):\n  "
+        + listing(problems, sep="\n  ")
+        + hint
+        + "\nFix or remove these files, or pass skip_missing=True to "
+        "leave them out."
+    )
 
 
 def file_stamp(path):
     """What changes when a file's content changes: size, mtime and ctime.
 
-    The status-change time (ctime) cannot be set back by a user or a tool, so
-    rewriting a file with the same size and an old mtime still changes the
-    stamp (copying or moving the data set does too, which only costs a
-    rebuild).
+    The ctime cannot be set back, so a rewrite that restores the mtime still
+    changes the stamp.
 
     Arguments
     ---------
@@ -529,52 +448,18 @@ def file_stamp(path):
 
 
 def stat_entry(path):
-    """Path and :func:`file_stamp` of one file (for the options record).
-
-    Arguments
-    ---------
-    path : str or Path
-        The file.
-
-    Returns
-    -------
-    dict
-        ``{"path": str, "stamp": list or None}``.
-    """
+    """``{"path", "stamp"}`` of one file, for the options record."""
     return {"path": str(path), "stamp": file_stamp(path)}
 
 
 def stat_list(data_folder, files):
-    """``[relative path, stamp]`` of each file (for the options record).
-
-    Arguments
-    ---------
-    data_folder : Path
-        The folder the paths are relative to.
-    files : list of str
-        Relative paths.
-
-    Returns
-    -------
-    list
-        ``[[path, stamp], ...]``.
-    """
+    """``[[relative path, stamp], ...]``, for the options record."""
     return [[rel, file_stamp(data_folder / rel)] for rel in files]
 
 
 def stat_digest(paths):
-    """Compact fingerprint of many files: count present + hash of their stamps.
-
-    Arguments
-    ---------
-    paths : list of str
-        The files.
-
-    Returns
-    -------
-    dict
-        ``files_listed``, ``files_present`` and ``sha256``.
-    """
+    """Fingerprint of many files: ``files_listed``, ``files_present`` and a
+    ``sha256`` of their stamps."""
     h = hashlib.sha256()
     present = 0
     for path in sorted(paths):
@@ -588,25 +473,13 @@ def stat_digest(paths):
     }
 
 
-def _short_error(exc, path):
-    """An exception message without the repeated file path."""
-    msg = str(exc).replace(f"'{path}'", "").replace(str(path), "")
-    msg = re.sub(r"^Error opening\s*:\s*", "", msg).strip(": ")
-    return msg or type(exc).__name__
-
-
-def listing(items, limit=MAX_LISTED, sep=", "):
+def listing(items, limit=20, sep=", "):
     """Join the first ``limit`` items, then "... and N more"."""
     items = [str(i) for i in items]
     text = sep.join(items[:limit])
     if len(items) > limit:
         text += f"{sep}... and {len(items) - limit} more"
     return text
-
-
-def _jsonable(obj):
-    """Normalise through JSON (tuples to lists) so records compare equal."""
-    return json.loads(json.dumps(obj))
 
 
 def absolute(path):
@@ -618,7 +491,7 @@ def read_labels(labels_file=None, manifests=()):
     """The class labels in index order.
 
     From ``labels.json`` when data preparation wrote one; else (ready-made
-    manifests, ``skip_prep``) the sorted labels found in the manifests.
+    manifests) the sorted labels found in the manifests.
 
     Arguments
     ---------
