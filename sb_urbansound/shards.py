@@ -1,32 +1,18 @@
 """Shards: the conditioned clips as WebDataset tar files, read by rank.
 
-For data sets larger than a disk, or read by many machines, the clip bank's
-one array per node does not scale: every node would decode and store every
-clip. Shards are another form of the bank: each clip is decoded,
-resampled, rechannelled and cut once (by the same
-:class:`~sb_urbansound.audio.ClipConditioner`), and written to tar files in
-the WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and
-``<key>.json`` with the clip id, label and length), a few hundred clips a
-shard. Any WebDataset reader (SpeechBrain's ``speechbrain.dataio`` or the
-``webdataset`` package) reads them; so does :class:`ShardStream`, which needs
-nothing but the standard library:
+Another form of the clip bank, for data larger than a node's disk or read by
+many machines: each clip is conditioned once (by the same
+:class:`~sb_urbansound.audio.ClipConditioner`) and written to tar files in the
+WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and ``<key>.json``),
+which any WebDataset reader reads; :class:`ShardStream` needs only the
+standard library. In training each rank reads its shards of the epoch (dealt
+anew from the seed and the epoch) through a fixed shuffle buffer, so memory
+does not grow with the data, and every rank trains on as many clips as the
+rank with the fewest; in evaluation each rank reads every ``size``-th shard.
 
-* in training each process (rank) reads its own shards, one at a time,
-  ahead of training by a thread, and their clips through a shuffle buffer of
-  fixed size, so its memory (one shard and twice the buffer) does not grow
-  with the number of shards; the shards are dealt to the ranks anew each epoch,
-  and the order is drawn from the seed and the epoch (the same run gives
-  the same order); every rank trains on as many clips as the rank with the
-  fewest (DDP needs the same number of steps everywhere), and the clips left
-  out change from epoch to epoch;
-* in evaluation each rank reads every ``size``-th shard, in order: each clip
-  once, pooled afterwards (see :mod:`sb_urbansound.distributed`).
-
-The shards folder is a store (``docs/stores.md``): marked, locked while
-written, each shard written atomically and its SHA-256 recorded in the index
-(``shards.json``, written last), which is checked while a shard is read (no
-second pass over the file). The shards are reused while the clips, their
-files and the settings are unchanged.
+The folder is a store (``docs/stores.md``): each shard is written atomically
+and its SHA-256, in the index ``shards.json`` (written last), is checked as
+the shard is read. Shards are reused while clips, files and settings match.
 
 Authors
 -------
@@ -85,27 +71,15 @@ def _encode(pcm, fmt, sample_rate):
 
 
 def _decode_member(ext, data):
-    """int16 samples from a shard member's bytes (a view of the shard)."""
+    """int16 samples from a shard member's bytes (a copy, not a view)."""
     if ext == "npy":
-        stream = io.BytesIO(data)
-        major, _ = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if major == 1
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(stream)
-        if dtype != np.int16:
-            raise ValueError(f"a clip of {dtype}, not int16")
-        offset = stream.tell()
-        count = int(np.prod(shape))
-        flat = np.frombuffer(data, np.int16, count, offset)
-        # a copy: a clip held in a buffer must not keep its shard in memory
-        return flat.reshape(shape, order="F" if fortran else "C").copy()
+        pcm = np.load(io.BytesIO(data), allow_pickle=False)
+        if pcm.dtype != np.int16:
+            raise ValueError(f"a clip of {pcm.dtype}, not int16")
+        return pcm
     import soundfile as sf
 
-    pcm, _ = sf.read(io.BytesIO(data), dtype="int16")
-    return pcm
+    return sf.read(io.BytesIO(data), dtype="int16")[0]
 
 
 def _add(tar, name, data):
@@ -188,34 +162,30 @@ class Shards:
         """Whether ``index`` describes these clips and its shards exist."""
         if index is None or index.get("settings") != self.settings:
             return False
-        if index.get("inputs") != inputs:
+        shards = [s for ss in index.get("splits", {}).values() for s in ss]
+        # only the plain file names we write: no path out, no link
+        names = [s.get("name") for s in shards]
+        if index.get("inputs") != inputs or not all(
+            isinstance(n, str) and Path(n).name == n for n in names
+        ):
             return False
-        for shards in index.get("splits", {}).values():
-            for shard in shards:
-                name = shard.get("name")
-                # Only the plain file names we write: never a path out of
-                # the folder, never a link.
-                if not isinstance(name, str) or Path(name).name != name:
-                    return False
-                path = self.folder / name
-                if path.is_symlink() or not path.is_file():
-                    return False
-                if path.stat().st_size != shard["bytes"]:
-                    return False
-        return True
+        paths = [self.folder / n for n in names]
+        return all(
+            not p.is_symlink()
+            and p.is_file()
+            and p.stat().st_size == s["bytes"]
+            for p, s in zip(paths, shards, strict=True)
+        )
 
-    def write(self, splits, threads=None, progress=True):
+    def write(self, splits, progress=True):
         """Write the shards of every split (or reuse them when up to date).
 
-        Complete shards in a folder that cannot be written (a read-only,
-        shared data set) are used as they are, without the lock.
+        Complete shards in a read-only folder are used without the lock.
 
         Arguments
         ---------
         splits : dict
             ``{split: {clip_id: (audio file, label)}}``.
-        threads : int, optional
-            Threads decoding in parallel (default: the CPU cores, at most 8).
         progress : bool
             Show a progress bar.
 
@@ -270,7 +240,7 @@ class Shards:
             bar = progress_bar(
                 total=total, desc="Shards", unit="clip", enabled=progress
             )
-            with core_pool(threads) as pool:
+            with core_pool() as pool:
                 for split in sorted(splits):
                     index["splits"][split] = self._write_split(
                         split, splits[split], pool, bar
@@ -350,11 +320,7 @@ class Shards:
 
 
 def read_shard(path, sha256=None):
-    """The clips of one shard, one at a time, once its checksum is checked.
-
-    The shard is read whole (one shard in memory at a time: ``shard_size``
-    clips), its SHA-256 compared with the index's, and its clips are then
-    taken from that one buffer.
+    """The clips of one shard, read whole and its checksum checked.
 
     Arguments
     ---------
@@ -411,10 +377,8 @@ def read_shard(path, sha256=None):
 
 
 def deal_shards(shards, rank, size, seed, epoch):
-    """The training shards of one rank in one epoch, in reading order.
-
-    The shards are shuffled with ``(seed, epoch)`` and dealt round-robin to
-    the ranks, so each epoch every rank reads other shards.
+    """The training shards of one rank in one epoch, in reading order:
+    shuffled with ``(seed, epoch)`` and dealt round-robin to the ranks.
 
     Arguments
     ---------
@@ -514,13 +478,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             )
 
     def set_epoch(self, epoch):
-        """Choose the epoch (its shards and order).
-
-        Arguments
-        ---------
-        epoch : int
-            The epoch, from 1.
-        """
+        """Choose the epoch, from 1 (its shards and order)."""
         self.epoch = int(epoch)
 
     def __len__(self):
@@ -529,8 +487,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         return sum(s["clips"] for s in self.shards[self.rank :: self.size])
 
     def _clips(self, shards):
-        """The clips of ``shards``, read ahead by a thread (the reading, its
-        checksum and the decoding overlap the training step)."""
+        """The clips of ``shards``, read ahead by a thread."""
 
         def read():
             for shard in shards:
@@ -582,28 +539,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def _read_ahead(items, depth):
-    """``items``, produced by a thread up to ``depth`` items ahead.
-
-    The consumer may stop early (a rank's quota): the thread then stops at
-    its next item. An error in the thread is raised in the consumer.
-
-    Arguments
-    ---------
-    items : iterator
-        What to produce.
-    depth : int
-        Items held at most.
-
-    Yields
-    ------
-    object
-        The items, in order.
-
-    Example
-    -------
-    >>> list(_read_ahead(iter(range(5)), 2))
-    [0, 1, 2, 3, 4]
-    """
+    """``items``, made by a thread up to ``depth`` ahead; the thread stops
+    when the consumer does, and its error is raised in the consumer."""
     import queue
     import threading
 
