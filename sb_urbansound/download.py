@@ -1,20 +1,14 @@
 """Download, verify and extract UrbanSound8K (resumable, atomic, checksummed).
 
-:func:`download_urbansound8k` fetches the official archive from Zenodo into a
-hidden staging folder next to ``data_folder``, resumes an interrupted download
-with an HTTP ``Range`` request, checks the MD5 of the whole archive, extracts it
-into a temporary folder and only then moves the data set into place with a
-single rename. An interrupted or failed run therefore never leaves half a data
-set at ``data_folder``, and it never writes into a folder that already holds
-the user's own files.
-
-The MD5 is SpeechBrain's (``speechbrain.dataio.dataio.get_md5``); the rest
-is the standard library (``urllib``, ``tarfile``) and ``tqdm``. SpeechBrain's ``speechbrain.utils.data_utils.download_file`` and
-``speechbrain.utils.fetching.fetch`` download a URL with ``urlretrieve``: no
-``Range`` (no resume), no timeout, no retry, no checksum, written straight to
-the destination (a dropped connection leaves half an archive that the next
-call takes as done: ``tests/test_download.py``), and ``unpack`` extracts any
-member path into the destination; so none of their steps is used here.
+The archive goes to a hidden staging folder beside ``data_folder``; a broken
+download resumes with an HTTP ``Range`` request; the whole archive's MD5 is
+checked (SpeechBrain's ``get_md5``); it is extracted into a temporary folder
+and moved into place with one rename, so no half data set is ever left at
+``data_folder``, and a folder of the user's is never written into.
+SpeechBrain's ``download_file``/``fetch`` cannot do it: no resume, timeout,
+retry or checksum, written straight to the destination (a dropped
+connection leaves half an archive that the next call takes as done:
+``tests/test_download.py``), and ``unpack`` extracts any member path.
 """
 
 import http.client
@@ -38,25 +32,8 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "URBANSOUND8K_URL",
-    "URBANSOUND8K_MD5",
-    "DownloadError",
-    "ChecksumError",
-    "download_file",
-    "download_urbansound8k",
-]
-
-# Official archive: Zenodo record 1203745 (DOI 10.5281/zenodo.1203745),
-# ``UrbanSound8K.tar.gz``, about 6 GB. URL and MD5 as given by soundata
-# (github.com/soundata/soundata, soundata/datasets/urbansound8k.py, REMOTES["all"]:
-# url "https://zenodo.org/record/1203745/files/UrbanSound8K.tar.gz?download=1",
-# checksum "9aa69802bbf37fb986f71ec1483a196e"; soundata/download_utils.py checks
-# that checksum with soundata.validate.md5, i.e. it is an MD5). The same MD5
-# appears independently in other public download scripts for this record.
-# We use Zenodo's current "/records/" path; the legacy "/record/" path that
-# soundata uses redirects to it (urllib follows redirects and keeps the Range
-# header).
+# The official archive (Zenodo record 1203745, about 6 GB); the MD5 is the
+# one soundata checks (soundata/datasets/urbansound8k.py, REMOTES["all"]).
 URBANSOUND8K_URL = (
     "https://zenodo.org/records/1203745/files/UrbanSound8K.tar.gz?download=1"
 )
@@ -64,36 +41,16 @@ URBANSOUND8K_MD5 = "9aa69802bbf37fb986f71ec1483a196e"
 
 METADATA_RELPATH = Path("metadata") / "UrbanSound8K.csv"
 
-_CHUNK_BYTES = 1 << 20
 _RETRY_WAIT_S = 2.0  # multiplied by the attempt number; tests set it to 0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_CONTENT_RANGE_UNSATISFIED = re.compile(r"bytes\s+\*/(\d+)")
 
 
 class DownloadError(UserError, RuntimeError):
-    """Raised when the data set cannot be downloaded, verified or put in place.
-
-    The message says what went wrong, which URL or folder it concerns, and what
-    to do next.
-
-    Example
-    -------
-    >>> issubclass(DownloadError, RuntimeError)
-    True
-    """
+    """The data set cannot be downloaded, verified or put in place."""
 
 
 class ChecksumError(DownloadError):
-    """Raised when a downloaded file does not have the expected MD5 checksum.
-
-    The bad file has already been deleted when this is raised; running the
-    download again starts from scratch.
-
-    Example
-    -------
-    >>> issubclass(ChecksumError, DownloadError)
-    True
-    """
+    """A download does not have the expected MD5 (it has been deleted)."""
 
 
 class _BadArchiveError(DownloadError):
@@ -104,62 +61,10 @@ class _RetryableError(Exception):
     """A transient network failure: the partial file is kept for resuming."""
 
 
-def download_file(url, dest, md5=None, progress=True, timeout=60.0, retries=3):
-    """Download ``url`` to ``dest``, resuming a partial download, checking MD5.
-
-    Bytes go to ``<dest>.part`` first. If that file exists (an earlier run was
-    interrupted), the download continues from its end with an HTTP ``Range``
-    request; a server that ignores ``Range`` (answers 200) makes it start again
-    from zero, and a 416 answer is handled (complete partial file: kept; other:
-    restarted). Transient failures (timeouts, dropped connections, HTTP 5xx) are
-    retried ``retries`` times, each time resuming. The MD5 is computed while
-    streaming; only a file that matches ``md5`` is renamed to ``dest``.
-
-    Arguments
-    ---------
-    url : str
-        What to download (``http``, ``https`` or ``file`` URL).
-    dest : str or Path
-        Where the finished file goes. If it already exists and matches ``md5``
-        (or ``md5`` is None) it is returned without downloading.
-    md5 : str or None
-        Expected MD5 (hex). None skips the check.
-    progress : bool
-        Show a tqdm progress bar (with the total size when the server says it).
-    timeout : float
-        Seconds to wait for the connection and for each read.
-    retries : int
-        How many times in a row a transient failure that downloaded nothing
-        new is retried before giving up (an attempt that made progress resets
-        the count).
-
-    Returns
-    -------
-    Path
-        ``dest``.
-
-    Raises
-    ------
-    ChecksumError
-        The downloaded bytes do not match ``md5`` (the bad file is deleted).
-    DownloadError
-        The server answered with an error, or the download kept failing (the
-        partial file is kept; running again resumes it).
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> src = tmp / "src.bin"
-    >>> _ = src.write_bytes(b"hello")
-    >>> out = download_file(
-    ...     src.as_uri(),
-    ...     tmp / "copy.bin",
-    ...     progress=False,
-    ...     md5="5d41402abc4b2a76b9719d911017c592",
-    ... )
-    >>> out.read_bytes()
-    b'hello'
-    """
+def _download(url, dest, md5, progress, timeout, retries):
+    """Download ``url`` to ``dest`` through ``<dest>.part`` (resumed with a
+    ``Range`` request, retried ``retries`` times in a row without progress);
+    only a file that matches ``md5`` becomes ``dest``."""
     from speechbrain.dataio.dataio import get_md5
 
     dest = Path(dest)
@@ -236,18 +141,12 @@ def download_urbansound8k(
 ):
     """Download UrbanSound8K into ``data_folder`` (safely, resumably, verified).
 
-    Does nothing if ``data_folder/metadata/UrbanSound8K.csv`` already exists.
-    Otherwise ``data_folder`` must not exist or be empty: a non-empty folder
-    without the metadata CSV is refused, so a download is never mixed into the
-    user's own files. The archive is downloaded into the hidden staging folder
-    ``<parent>/.<name>.download/`` next to ``data_folder`` (an interrupted
-    download resumes from there), its MD5 is checked, it is extracted into a
-    temporary folder in the staging folder, the folder that holds
-    ``metadata/UrbanSound8K.csv`` is located and moved to ``data_folder`` with a
-    single rename. Temporaries are removed on failure; a verified archive is
-    kept in the staging folder when extraction fails for a reason other than
-    its contents (e.g. a full disk) so that the next run does not download it
-    again.
+    Nothing is done when ``data_folder/metadata/UrbanSound8K.csv`` exists; a
+    non-empty folder without it is refused. The archive is downloaded into
+    ``<parent>/.<name>.download/`` (resumed from there), checked, extracted
+    beside it and moved to ``data_folder`` with one rename. A verified
+    archive is kept there when a step after it fails (a full disk), so the
+    next run does not download it again.
 
     Arguments
     ---------
@@ -261,13 +160,12 @@ def download_urbansound8k(
     progress : bool
         Show a tqdm progress bar while downloading.
     keep_archive : bool
-        Keep the verified archive after a successful extraction, moved to
-        ``<parent of data_folder>/<archive name>`` (left in the staging folder
-        if a file of that name already exists). By default it is deleted.
+        Keep the archive, moved to ``<parent of data_folder>/<archive name>``
+        (left in the staging folder if that name is taken).
     timeout : float
         Seconds to wait for the connection and for each read.
     retries : int
-        How many times a transient network failure is retried (resuming).
+        How many network failures in a row (with no progress) are retried.
 
     Returns
     -------
@@ -278,9 +176,8 @@ def download_urbansound8k(
     Raises
     ------
     DownloadError
-        ``data_folder`` is a non-empty folder without the metadata CSV (nothing
-        is downloaded or changed), or the download, verification (see
-        :class:`ChecksumError`) or extraction failed.
+        ``data_folder`` is a non-empty folder without the metadata CSV, or
+        the download, its MD5 (:class:`ChecksumError`) or extraction failed.
 
     Example
     -------
@@ -343,14 +240,7 @@ def download_urbansound8k(
         shutil.rmtree(stale, ignore_errors=True)
     done = False
     try:
-        download_file(
-            url,
-            archive,
-            md5=md5,
-            progress=progress,
-            timeout=timeout,
-            retries=retries,
-        )
+        _download(url, archive, md5, progress, timeout, retries)
         try:
             _extract_into_place(archive, target, staging)
         except _BadArchiveError:
@@ -377,12 +267,6 @@ def _archive_name(url):
     return urllib.parse.unquote(name) or "UrbanSound8K.tar.gz"
 
 
-def _total_from_unsatisfied(content_range):
-    """Total size from a 416 answer's ``Content-Range: bytes */N`` (or None)."""
-    m = _CONTENT_RANGE_UNSATISFIED.fullmatch((content_range or "").strip())
-    return int(m.group(1)) if m else None
-
-
 def _fetch(url, part, progress, timeout):
     """One download attempt into ``part`` (resumed if present)."""
     try:  # a link planted as the partial file is never resumed or truncated
@@ -399,8 +283,8 @@ def _fetch(url, part, progress, timeout):
     except urllib.error.HTTPError as err:
         err.close()
         if err.code == 416 and start:
-            total = _total_from_unsatisfied(err.headers.get("Content-Range"))
-            if total == start:
+            total = err.headers.get("Content-Range") or ""
+            if re.fullmatch(rf"bytes\s+\*/{start}", total.strip()):
                 logger.info("%s is already complete (%d bytes)", part, start)
                 return
             logger.warning(
@@ -483,7 +367,7 @@ def _fetch(url, part, progress, timeout):
         with open(part, mode) as f, bar:
             while True:
                 try:
-                    chunk = response.read(_CHUNK_BYTES)
+                    chunk = response.read(1 << 20)
                 except (OSError, http.client.HTTPException) as err:
                     raise _RetryableError(
                         f"connection lost after {received} bytes ({err!r})"
