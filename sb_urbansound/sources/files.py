@@ -61,12 +61,9 @@ def prepare_folders(
     """Write train/valid/test manifests from one folder per class.
 
     Every audio file under ``<data_folder>/<label>/``, at any depth, is a clip
-    of ``label`` (the first path component below ``data_folder``). Files and
-    folders whose name starts with a dot (``.DS_Store``, macOS ``._x.wav``
-    resource forks, ``.ipynb_checkpoints``) are ignored. Clips are assigned to
-    ``n_folds`` folds by group: the sorted unique groups are shuffled with
-    ``numpy.random.default_rng(seed)`` and dealt round-robin to folds
-    ``1..n_folds``, so one group never spans two folds.
+    of ``label``; names starting with a dot are ignored. The groups are
+    shuffled with ``seed`` and dealt round-robin to folds ``1..n_folds``, so
+    one group never spans two folds.
 
     Arguments
     ---------
@@ -75,31 +72,27 @@ def prepare_folders(
     save_folder : str or Path
         Where the manifests are written (created if needed).
     n_folds : int
-        Number of folds the groups are dealt into (at most the number of groups).
+        Number of folds (at most the number of groups).
     train_fold_nums : list of int
         Folds (in ``1..n_folds``) of the training split.
     valid_fold_nums : list of int
         Folds of the validation split.
     test_fold_nums : list of int
-        Folds of the test split. The three lists must be non-empty and must not
-        share any fold.
+        Folds of the test split (the three lists share no fold).
     group_pattern : str, optional
-        Regular expression searched in each file name (anchor it with
-        ``^``/``$`` as needed); its named group ``group``, or else its first
-        group in parentheses, is the file's group, e.g. ``r"^(\\d+)-"`` for
-        UrbanSound8K's names. Files of the same group stay in the same fold.
-        Without it, each file is its own group.
+        Regular expression searched in each file name; its group ``group``,
+        or else its first group, is the file's group (``r"^(\\d+)-"`` for
+        UrbanSound8K's names). Without it, each file is its own group.
     skip_missing : bool
-        If True, unreadable or empty audio files are left out with one warning;
-        if False (default) they raise one error listing them all.
+        Leave unusable audio files out with one warning (else one error).
     leaky_random_split : bool
-        Bad practice, for comparisons only: reassign each clip to a random fold
-        (seeded, fold sizes kept), which leaks groups across splits.
+        For comparisons only: reassign each clip to a random fold, which
+        leaks groups across splits.
     seed : int
         Seed of the fold assignment (and of ``leaky_random_split``).
     full_check : bool
-        Decode every file (else read the headers only: the recipe asks for
-        this when its clip bank or shards decode the files anyway).
+        Decode every file (else read the headers only, when the clip bank or
+        shards decode the files anyway).
 
     Returns
     -------
@@ -174,18 +167,14 @@ def prepare_folders(
                 label_dir,
                 "/".join(AUDIO_SUFFIXES),
             )
+    folds = (train_fold_nums, valid_fold_nums, test_fold_nums)
+    pattern = None if group_re is None else group_re.pattern
     return _write(
         "prepare_folders",
-        {"group_pattern": None if group_re is None else group_re.pattern},
+        {"group_pattern": pattern},
         (files, labels, groups),
-        data_folder=data_folder,
-        save_folder=save_folder,
-        n_folds=n_folds,
-        folds=(train_fold_nums, valid_fold_nums, test_fold_nums),
-        skip_missing=skip_missing,
-        leaky_random_split=leaky_random_split,
-        seed=seed,
-        full_check=full_check,
+        (data_folder, save_folder, n_folds, folds),
+        (skip_missing, leaky_random_split, seed, full_check),
     )
 
 
@@ -204,12 +193,10 @@ def prepare_filenames(
 ):
     """Write train/valid/test manifests, reading labels from the file names.
 
-    ``pattern`` must match (``re.fullmatch``) the name of every audio file found
-    anywhere under ``data_folder``; its named group ``label`` gives the label and
-    its optional named group ``group`` the group (speaker, source recording).
-    A file whose ``group`` did not participate in the match is its own group.
-    Folds are assigned by group as in :func:`prepare_folders`. Files and folders
-    whose name starts with a dot are ignored.
+    ``pattern`` must match (``re.fullmatch``) the name of every audio file
+    under ``data_folder``: its named group ``label`` gives the label, its
+    optional group ``group`` the group (a file without one is its own). Folds
+    are dealt as in :func:`prepare_folders`.
 
     Arguments
     ---------
@@ -219,28 +206,23 @@ def prepare_filenames(
         Where the manifests are written (created if needed).
     pattern : str
         Regular expression with a named group ``label`` (and optionally
-        ``group``), e.g. ``r"(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav"`` for the
-        Free Spoken Digit Dataset.
+        ``group``), e.g. ``r"(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav"``.
     n_folds : int
-        Number of folds the groups are dealt into (at most the number of groups).
+        Number of folds (at most the number of groups).
     train_fold_nums : list of int
         Folds (in ``1..n_folds``) of the training split.
     valid_fold_nums : list of int
         Folds of the validation split.
     test_fold_nums : list of int
-        Folds of the test split. The three lists must be non-empty and must not
-        share any fold.
+        Folds of the test split (the three lists share no fold).
     skip_missing : bool
-        If True, unreadable or empty audio files are left out with one warning;
-        if False (default) they raise one error listing them all.
+        Leave unusable audio files out with one warning (else one error).
     leaky_random_split : bool
-        Bad practice, for comparisons only: reassign each clip to a random fold
-        (seeded, fold sizes kept), which leaks groups across splits.
+        For comparisons only: reassign each clip to a random fold.
     seed : int
         Seed of the fold assignment (and of ``leaky_random_split``).
     full_check : bool
-        Decode every file (else read the headers only: the recipe asks for
-        this when its clip bank or shards decode the files anyway).
+        Decode every file (else read the headers only).
 
     Returns
     -------
@@ -250,9 +232,9 @@ def prepare_filenames(
     Raises
     ------
     DataPrepError
-        On a missing or empty data folder, a pattern without ``label``, a pattern
-        that matches no file or not every file, fewer than two classes, invalid
-        fold lists, or unusable audio files.
+        On a missing or empty data folder, a pattern without ``label`` or
+        that does not match every file, fewer than two classes, invalid fold
+        lists, or unusable audio files.
 
     Example
     -------
@@ -301,77 +283,31 @@ def prepare_filenames(
             f"{listing(unmatched)}. Widen the pattern (it must match the whole "
             "file name, suffix included) or move these files out of data_folder."
         )
+    folds = (train_fold_nums, valid_fold_nums, test_fold_nums)
     return _write(
         "prepare_filenames",
         {"pattern": regex.pattern},
         (files, labels, groups),
-        data_folder=data_folder,
-        save_folder=save_folder,
-        n_folds=n_folds,
-        folds=(train_fold_nums, valid_fold_nums, test_fold_nums),
-        skip_missing=skip_missing,
-        leaky_random_split=leaky_random_split,
-        seed=seed,
-        full_check=full_check,
+        (data_folder, save_folder, n_folds, folds),
+        (skip_missing, leaky_random_split, seed, full_check),
     )
 
 
-def _write(
-    function,
-    extra_options,
-    clips,
-    data_folder,
-    save_folder,
-    n_folds,
-    folds,
-    skip_missing,
-    leaky_random_split,
-    seed,
-    full_check=True,
-):
-    """Deal the clips to folds and write the manifests of a file source.
-
-    Arguments
-    ---------
-    function : str
-        The public function (recorded in the options file).
-    extra_options : dict
-        The source's own options (its pattern), recorded with the others.
-    clips : tuple
-        ``(files, labels, groups)``: relative paths, their labels and groups
-        (None: the file is its own group).
-    data_folder : Path
-        The (absolute) data folder.
-    save_folder : str or Path
-        Where the manifests go.
-    n_folds : int
-        Number of folds.
-    folds : tuple
-        The train, valid and test fold lists.
-    skip_missing : bool
-        Leave unusable files out.
-    leaky_random_split : bool
-        Shuffle clips across folds (comparisons only).
-    seed : int
-        Seed of the fold assignment.
-    full_check : bool
-        Decode every file (else read the headers only).
-
-    Returns
-    -------
-    dict
-        The paths written (see :func:`write_manifests`).
-    """
+def _write(function, extra_options, clips, where, how):
+    """Deal ``clips`` (files, labels, groups: None for its own) to folds and
+    write their manifests; ``where`` and ``how`` hold the options."""
+    data_folder, save_folder, n_folds, folds = where
+    skip_missing, leaky_random_split, seed, full_check = how
     files, labels, groups = clips
     table = _files_table(data_folder, files, labels, groups, n_folds, seed)
     n_folds = check_n_folds(n_folds)
     splits = check_fold_lists(*folds, list(range(1, n_folds + 1)))
     if function == "prepare_folders":
         key, unset = "group_pattern", "group_pattern is not set"
-        how = "set group_pattern, e.g. --group_pattern="
+        fix = "set group_pattern, e.g. --group_pattern="
     else:
         key, unset = "pattern", "pattern has no (?P<group>...)"
-        how = "add a group to pattern, as in (?P<group>...)"
+        fix = "add a group to pattern, as in (?P<group>...)"
     if any(g is not None for g in groups):
         split = (
             f"by group: {key} '{extra_options[key]}' gives "
@@ -392,7 +328,7 @@ def _write(
                 "test, which inflates the accuracy. If they come from one "
                 "recording, %s",
                 hint[0],
-                how if key == "pattern" else f"{how}'{hint[1]}'",
+                fix if key == "pattern" else f"{fix}'{hint[1]}'",
             )
     options = {
         "data_folder": str(data_folder),
@@ -421,34 +357,9 @@ def _write(
 
 
 def _group_hint(files, labels):
-    """Groups that the file names suggest: ``(example, regex)``, or None.
-
-    Cheap heuristics, for a warning when no group is set: UrbanSound8K-style
-    names (``fsID-classID-occurrenceID-sliceID``) that share their fsID are
-    slices of one recording; names that share the part before their last
-    ``-`` or ``_`` (``rec1_003``, ``rec1_004``), where a class has several
-    such shared parts, often are too.
-
-    Arguments
-    ---------
-    files : list of str
-        Relative paths.
-    labels : list of str
-        Their labels.
-
-    Returns
-    -------
-    tuple or None
-        An example (two file names and what they share) and a regular
-        expression whose first group would be their group.
-
-    Example
-    -------
-    >>> print(_group_hint(["a/7-1-0-0.wav", "a/7-1-0-1.wav"], ["a", "a"])[1])
-    ^(\\d+)-
-    >>> _group_hint(["dog/1.wav", "dog/2.wav"], ["dog", "dog"]) is None
-    True
-    """
+    """Groups the file names suggest, ``(example, regex)``, or None: shared
+    UrbanSound8K fsIDs, or parts before a last ``-``/``_`` that a class
+    shares in several ways."""
     names = [Path(rel).name for rel in files]
     fs_ids, shared = defaultdict(list), defaultdict(list)
     for name, label in zip(names, labels, strict=True):

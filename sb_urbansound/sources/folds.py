@@ -27,10 +27,8 @@ def _parse_int(value):
 
 
 def parse_fold_list(value, name="folds"):
-    """Read a list of fold numbers, however it was written.
-
-    Accepts a list (``[1, 2]``), one number (``3``) and the strings a command
-    line gives (``"[1,2]"``, ``"1,2"``, ``"1 2"``).
+    """Read a list of fold numbers: ``[1, 2]``, ``3``, ``"[1,2]"``, ``"1,2"``
+    or ``"1 2"``.
 
     Arguments
     ---------
@@ -151,10 +149,8 @@ def check_n_folds(n_folds):
 
 
 def assign_group_folds(groups, n_folds, seed=1234):
-    """Deal groups to folds ``1..n_folds`` so that no group spans two folds.
-
-    The sorted unique groups are shuffled with ``numpy.random.default_rng(seed)``
-    and dealt round-robin, so fold sizes (in groups) differ by at most one.
+    """Deal groups to folds ``1..n_folds`` so that no group spans two folds:
+    the sorted groups, shuffled with ``seed``, are dealt round-robin.
 
     Arguments
     ---------
