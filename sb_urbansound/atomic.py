@@ -62,8 +62,8 @@ def atomic_write_bytes(path, data):
     ---------
     path : str or Path
         Destination file; its parent folder is created if needed.
-    data : bytes
-        The full contents of the file.
+    data : bytes or str
+        The full contents of the file (a str is written as UTF-8).
 
     Returns
     -------
@@ -75,7 +75,11 @@ def atomic_write_bytes(path, data):
     >>> tmp = getfixture("tmp_path")
     >>> atomic_write_bytes(tmp / "a.bin", b"abc").read_bytes()
     b'abc'
+    >>> atomic_write_text(tmp / "a.txt", "hi").read_text()
+    'hi'
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
@@ -94,28 +98,8 @@ def atomic_write_bytes(path, data):
     return path
 
 
-def atomic_write_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically.
-
-    Arguments
-    ---------
-    path : str or Path
-        Destination file.
-    text : str
-        The full contents of the file.
-
-    Returns
-    -------
-    Path
-        The path that was written.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> atomic_write_text(tmp / "a.txt", "hi").read_text()
-    'hi'
-    """
-    return atomic_write_bytes(path, text.encode("utf-8"))
+#: Writes text (UTF-8) atomically: :func:`atomic_write_bytes` takes both.
+atomic_write_text = atomic_write_bytes
 
 
 def atomic_write_json(path, obj):
@@ -139,7 +123,7 @@ def atomic_write_json(path, obj):
     >>> json.loads(atomic_write_json(tmp / "a.json", {"x": 1}).read_text())
     {'x': 1}
     """
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    return atomic_write_bytes(path, json.dumps(obj, indent=2) + "\n")
 
 
 def make_temp_folder(parent, name):
@@ -191,13 +175,6 @@ def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
     -------
     int
         An open file descriptor.
-
-    Raises
-    ------
-    NotOursError
-        When ``path`` is a link, a folder or another non-regular file.
-    OSError
-        When it cannot be opened otherwise (absent, read-only, ...).
 
     Example
     -------
@@ -344,12 +321,6 @@ def claim_folder(folder, kind, what="output_folder"):
     Path
         The folder.
 
-    Raises
-    ------
-    NotOursError
-        For a path that is not a folder, a folder of another kind, or a
-        folder holding files that are not ours.
-
     Example
     -------
     >>> tmp = getfixture("tmp_path")
@@ -406,11 +377,6 @@ def remove_store(folder, kind=None):
     kind : str, optional
         Only a store of this kind.
 
-    Raises
-    ------
-    NotOursError
-        When ``folder`` is not marked as ours (or is of another kind).
-
     Example
     -------
     >>> tmp = getfixture("tmp_path")
@@ -451,11 +417,6 @@ def replace_folder(new, folder):
     -------
     Path
         ``folder``.
-
-    Raises
-    ------
-    NotOursError
-        When ``folder`` exists and is not such a store.
 
     Example
     -------
@@ -603,6 +564,10 @@ class FolderLock:
     def acquire(self, wait=False, on_wait=None):
         """Take the lock.
 
+        Raises :class:`BusyError` when another process holds it (and ``wait``
+        is False) or this one does, :class:`NotOursError` when ``.lock`` is a
+        link or not a file, ``OSError`` (``EROFS``...) when it cannot be made.
+
         Arguments
         ---------
         wait : bool
@@ -614,16 +579,6 @@ class FolderLock:
         -------
         FolderLock
             ``self``.
-
-        Raises
-        ------
-        BusyError
-            When another process holds the lock (and ``wait`` is False), or
-            this process already holds it.
-        NotOursError
-            When ``.lock`` is a link or not a regular file.
-        OSError
-            When the lock file cannot be created (``EROFS``...).
         """
         import fcntl
 
@@ -722,11 +677,6 @@ def reserve_space(fd, size, folder):
         Bytes the file will hold.
     folder : str or Path
         Named in the message.
-
-    Raises
-    ------
-    UserError
-        When the disk cannot hold ``size`` bytes.
 
     Example
     -------

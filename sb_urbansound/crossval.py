@@ -67,21 +67,7 @@ class FoldFailedError(RuntimeError):
 
 
 class FoldInterrupted(KeyboardInterrupt):
-    """A stop signal came while the recipe ran; the recipe has ended.
-
-    Arguments
-    ---------
-    signum : int
-        The (first) signal received.
-    message : str
-        What happened to the recipe.
-
-    Example
-    -------
-    >>> e = FoldInterrupted(signal.SIGTERM, "the recipe exited")
-    >>> e.signum == signal.SIGTERM, str(e)
-    (True, 'the recipe exited')
-    """
+    """A stop signal (``signum``) came while the recipe ran; it has ended."""
 
     def __init__(self, signum, message):
         super().__init__(message)
@@ -289,6 +275,7 @@ def parse_crossval_args(argv):
     ``--folds [1,2,3]``), ``--leaky-random-split`` (or
     ``--leaky_random_split=<bool>``) and ``--output_folder``. The fold lists
     (``--train_fold_nums`` etc.) are set by crossval and may not be given.
+    ``-h``/``--help`` prints the usage and exits.
 
     Arguments
     ---------
@@ -299,13 +286,6 @@ def parse_crossval_args(argv):
     -------
     CrossvalArgs
         The parsed arguments.
-
-    Raises
-    ------
-    CrossvalError
-        For a missing YAML argument or option value, or a fold list override.
-    SystemExit
-        With status 0 after printing the usage, for ``-h`` or ``--help``.
 
     Example
     -------
@@ -395,6 +375,8 @@ def read_recipe_settings(hparams_file, passthrough=()):
 
     References and overrides are resolved as the recipe would
     (:func:`sb_urbansound.experiment.read_yaml_values`); no object is built.
+    A missing or unreadable file, an unfilled ``!PLACEHOLDER`` or missing fold
+    lists raise :class:`CrossvalError`.
 
     Arguments
     ---------
@@ -409,12 +391,6 @@ def read_recipe_settings(hparams_file, passthrough=()):
         ``folds`` (sorted union of the fold lists), the three fold lists,
         ``output_folder`` (str or None), ``leaky_random_split`` (bool),
         ``test_annotation`` (str or None) and ``keys`` (the top-level keys).
-
-    Raises
-    ------
-    CrossvalError
-        If the file is missing, unreadable, has an unfilled ``!PLACEHOLDER``,
-        or lacks the fold lists.
 
     Example
     -------
@@ -462,38 +438,11 @@ def _fold_argv(hparams_file, plan, fold_dir, passthrough, leaky):
     return argv + ([f"--{LEAKY_KEY}=True"] if leaky else [])
 
 
-def run_forwarding_signals(cmd, what="the recipe"):
-    """Run a command; forward stop signals to it; wait for it, boundedly.
-
-    While it runs, SIGTERM, SIGINT and SIGHUP received here (main thread
-    only; an ignored signal stays ignored) are sent on to it, and it is
-    killed :data:`STOP_TIMEOUT_S` seconds after the first. On Linux it gets
-    SIGTERM if this process dies
-    (:func:`sb_urbansound.processes.die_with_parent_preexec`). A Ctrl-C in a
-    terminal may reach it twice; a SpeechBrain recipe stops either way.
-
-    Arguments
-    ---------
-    cmd : list of str
-        The command.
-    what : str
-        How messages name the command.
-
-    Returns
-    -------
-    int
-        The command's exit status (negative: killed by that signal).
-
-    Raises
-    ------
-    FoldInterrupted
-        If a signal was received: after the command has ended.
-
-    Example
-    -------
-    >>> run_forwarding_signals([sys.executable, "-c", "raise SystemExit(3)"])
-    3
-    """
+def _run_forwarding_signals(cmd, what):
+    """Run ``cmd``, forwarding SIGTERM, SIGINT and SIGHUP to it (main thread
+    only; an ignored one stays ignored) and killing it ``STOP_TIMEOUT_S``
+    after the first; it gets SIGTERM if we die (Linux). Return its status,
+    or raise :class:`FoldInterrupted` once it has ended after a signal."""
     stop_timeout = STOP_TIMEOUT_S
     received = []  # (signal, monotonic time, sent on)
     running = []  # the process, once started
@@ -559,7 +508,8 @@ def subprocess_runner(argv, fold_dir):
     """Run the recipe on one fold in a fresh Python process.
 
     Its output goes to this terminal (and to ``<fold_dir>/log.txt``); stop
-    signals are forwarded (:func:`run_forwarding_signals`).
+    signals are forwarded to it. A failure raises :class:`FoldFailedError`,
+    a stop signal :class:`FoldInterrupted`.
 
     Arguments
     ---------
@@ -568,19 +518,12 @@ def subprocess_runner(argv, fold_dir):
     fold_dir : Path
         The fold's output folder (for error messages).
 
-    Raises
-    ------
-    FoldFailedError
-        If the recipe exits with a non-zero status.
-    FoldInterrupted
-        If a stop signal was received (after the recipe has ended).
-
     Example
     -------
     >>> subprocess_runner(["--help"], "unused")  # doctest: +SKIP
     """
     cmd = [sys.executable, str(recipe_script(argv[0])), *argv]
-    code = run_forwarding_signals(
+    code = _run_forwarding_signals(
         cmd, what=f"the recipe on {Path(fold_dir).name}"
     )
     if code == 0:
@@ -724,6 +667,10 @@ def _refuse_other_settings(plans, out_dir, wanted):
 def run_crossval(argv, runner=None, log=None, progress=True):
     """Run the cross-validation described by a command line; write the reports.
 
+    Raises :class:`CrossvalError` for bad arguments or folds of other
+    settings, :class:`FoldFailedError` when a fold fails (finished folds are
+    kept), :class:`FoldInterrupted` after a stop signal.
+
     Arguments
     ---------
     argv : list of str
@@ -742,15 +689,6 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     -------
     dict
         The aggregated results (the contents of ``crossval_results.json``).
-
-    Raises
-    ------
-    CrossvalError
-        For bad arguments or an output folder from a different assignment.
-    FoldFailedError
-        If the recipe fails on a fold (finished folds are kept).
-    FoldInterrupted
-        If a stop signal ended the recipe.
 
     Example
     -------

@@ -142,16 +142,7 @@ def write_manifests(
                 }
             )
         )
-        read = [read_store_json(p) for p in outputs.values()]  # no link
-        if (
-            read_store_json(options_path) == record
-            and all(
-                isinstance(o, dict)
-                and all(isinstance(v, dict) for v in o.values())
-                for o in read[:-1]
-            )
-            and isinstance(read[-1], list)
-        ):
+        if _up_to_date(options_path, record, outputs.values()):
             logger.info(
                 "Manifests in %s are up to date, skipping preparation",
                 save_folder,
@@ -172,6 +163,20 @@ def write_manifests(
         )
         atomic_write_json(options_path, record)
         return outputs
+
+
+def _up_to_date(options_path, record, output_paths):
+    """Whether ``options_path`` records ``record`` and every output reads
+    back as we wrote it (never through a link)."""
+    outputs = [read_store_json(p) for p in output_paths]
+    return (
+        read_store_json(options_path) == record
+        and all(
+            isinstance(o, dict) and all(isinstance(v, dict) for v in o.values())
+            for o in outputs[:-1]
+        )
+        and isinstance(outputs[-1], list)
+    )
 
 
 def _write(table, outputs, splits, skip, leaky, seed, hint, warn, full):

@@ -690,6 +690,20 @@ def test_a_recipe_that_does_not_stop_is_killed(fake_crossval):
     )
 
 
+def test_a_failed_recipe_is_named_with_its_exit_status_and_command(tmp_path):
+    from sb_urbansound.crossval import subprocess_runner
+
+    (tmp_path / "recipe" / "hparams").mkdir(parents=True)
+    (tmp_path / "recipe" / "train.py").write_text("raise SystemExit(3)\n")
+    yaml_file = tmp_path / "recipe" / "hparams" / "h.yaml"
+    yaml_file.write_text("seed: 1\n")
+    with pytest.raises(FoldFailedError) as info:
+        subprocess_runner([str(yaml_file), "--seed=2"], tmp_path / "fold_1")
+    message = str(info.value)
+    assert "failed on fold_1 (exit status 3)" in message
+    assert "--seed=2" in message and "Rerun the same crossval" in message
+
+
 def test_folds_share_one_clip_bank(tmp_path):
     out = tmp_path / "cv"
     runner = FakeRunner()
