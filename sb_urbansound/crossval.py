@@ -150,10 +150,8 @@ def recipe_script(hparams_file):
 
 
 def import_recipe(script):
-    """Import a recipe's ``train.py`` as a module (to call its ``main``).
-
-    Its folder goes on ``sys.path``, as ``python train.py`` does, so that its
-    YAML files find the recipe's own modules.
+    """Import a recipe's ``train.py`` as a module (to call its ``main``); its
+    folder goes on ``sys.path``, as ``python train.py`` does.
 
     Arguments
     ---------
@@ -207,12 +205,11 @@ def assign_folds(folds):
             f"to validate, at least one to train); got {folds}"
         )
     folds = sorted(folds)
-    plans = []
-    for i, test in enumerate(folds):
-        valid = folds[(i + 1) % len(folds)]
-        train = tuple(f for f in folds if f not in (test, valid))
-        plans.append(FoldPlan(test=test, valid=valid, train=train))
-    return plans
+    valids = folds[1:] + folds[:1]
+    return [
+        FoldPlan(test, valid, tuple(f for f in folds if f not in (test, valid)))
+        for test, valid in zip(folds, valids, strict=True)
+    ]
 
 
 @dataclass
@@ -234,12 +231,6 @@ class CrossvalArgs:
         Every other argument, passed to the recipe for every fold.
     argv : list of str
         The full command line, for the report.
-
-    Example
-    -------
-    >>> a = parse_crossval_args(["h.yaml", "--folds=[1,2,3]", "--seed=3"])
-    >>> a.folds, a.passthrough
-    ([1, 2, 3], ['--seed=3'])
     """
 
     hparams_file: str
@@ -290,16 +281,10 @@ def parse_crossval_args(argv):
     Example
     -------
     >>> a = parse_crossval_args(
-    ...     [
-    ...         "h.yaml",
-    ...         "--output_folder",
-    ...         "out",
-    ...         "--leaky-random-split",
-    ...         "--x=1",
-    ...     ]
+    ...     ["h.yaml", "--folds=1,2,3", "--leaky-random-split"]
     ... )
-    >>> a.output_folder, a.leaky, a.passthrough
-    ('out', True, ['--x=1'])
+    >>> a.folds, a.leaky, parse_crossval_args(["h.yaml", "--x=1"]).passthrough
+    ([1, 2, 3], True, ['--x=1'])
     """
     argv = list(argv)
     if any(arg in ("-h", "--help") for arg in argv):  # as argparse does

@@ -376,10 +376,6 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
     dict
         ``{path: (frames, sample_rate, channels)}`` for the usable files.
 
-    Raises
-    ------
-    DataPrepError
-        Naming every unusable file, unless ``skip_missing``.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -509,11 +505,6 @@ def read_labels(labels_file=None, manifests=()):
     -------
     list of str
         The labels.
-
-    Raises
-    ------
-    DataPrepError
-        If neither gives a label.
 
     Example
     -------

@@ -195,13 +195,6 @@ class Shards:
             The index: ``settings``, ``inputs`` and ``splits`` (``{split:
             [{"name", "clips", "bytes", "sha256"}]}``).
 
-        Raises
-        ------
-        DataPrepError
-            Naming every file that cannot be decoded.
-        UserError
-            When the folder is not ours, or cannot be written and does not
-            hold these clips' shards.
         """
         inputs = self._inputs(splits)
         lock = FolderLock(self.folder, "writing the shards in")
@@ -320,7 +313,8 @@ class Shards:
 
 
 def read_shard(path, sha256=None):
-    """The clips of one shard, read whole and its checksum checked.
+    """The clips of one shard, read whole and its checksum checked; a
+    damaged shard raises :class:`DataPrepError`.
 
     Arguments
     ---------
@@ -335,11 +329,6 @@ def read_shard(path, sha256=None):
         ``id``, ``label``, ``wav`` (the source file), ``length`` and ``pcm``
         (int16 ``[time(, channels)]``).
 
-    Raises
-    ------
-    DataPrepError
-        When the shard is damaged (another checksum, not a tar, a member
-        missing).
     """
     path = Path(path)
     try:

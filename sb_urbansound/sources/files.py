@@ -99,12 +99,6 @@ def prepare_folders(
     dict
         ``{"train": path, "valid": path, "test": path, "labels": path}`` (str).
 
-    Raises
-    ------
-    DataPrepError
-        On a missing or empty data folder, fewer than two classes, a bad
-        ``group_pattern``, invalid fold lists, or unusable audio files.
-
     Example
     -------
     >>> tmp = getfixture("tmp_path")
@@ -228,13 +222,6 @@ def prepare_filenames(
     -------
     dict
         ``{"train": path, "valid": path, "test": path, "labels": path}`` (str).
-
-    Raises
-    ------
-    DataPrepError
-        On a missing or empty data folder, a pattern without ``label`` or
-        that does not match every file, fewer than two classes, invalid fold
-        lists, or unusable audio files.
 
     Example
     -------

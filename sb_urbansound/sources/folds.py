@@ -42,11 +42,6 @@ def parse_fold_list(value, name="folds"):
     list of int
         The folds, in the order given.
 
-    Raises
-    ------
-    DataPrepError
-        If an item is not a whole number.
-
     Example
     -------
     >>> parse_fold_list("[1, 2,3]"), parse_fold_list(4), parse_fold_list("5 6")
@@ -92,12 +87,6 @@ def check_fold_lists(train, valid, test, available):
     -------
     dict
         ``{"train": [...], "valid": [...], "test": [...]}``.
-
-    Raises
-    ------
-    DataPrepError
-        If a list is empty, names a fold the data lacks, or shares a fold with
-        another list.
 
     Example
     -------
@@ -165,11 +154,6 @@ def assign_group_folds(groups, n_folds, seed=1234):
     -------
     list of int
         The fold (1-based) of each clip, in the order of ``groups``.
-
-    Raises
-    ------
-    DataPrepError
-        If ``n_folds`` is not a positive integer or exceeds the number of groups.
 
     Example
     -------

@@ -49,12 +49,6 @@ def load_urbansound8k_table(csv_path, data_folder=None):
         ``fold`` (int), ``group`` (str), ``class_id`` (int) and ``line`` (the
         CSV line number).
 
-    Raises
-    ------
-    DataPrepError
-        If the CSV cannot be parsed, lacks a required column, has invalid rows,
-        or holds fewer than two classes.
-
     Example
     -------
     >>> tmp = getfixture("tmp_path")
