@@ -16,6 +16,7 @@ signals are forwarded to the recipe (killed after ``STOP_TIMEOUT_S``), and
 crossval exits with 128 + the signal. See ``docs/crossval.md``.
 """
 
+import contextlib
 import json
 import shlex
 import signal
@@ -483,10 +484,8 @@ def _run_forwarding_signals(cmd, what):
 
 def _send(proc, signum):
     """Send a signal to a process that may have ended."""
-    try:
+    with contextlib.suppress(OSError):  # ended meanwhile
         proc.send_signal(signum)
-    except OSError:  # ended meanwhile
-        pass
 
 
 def subprocess_runner(argv, fold_dir):

@@ -11,6 +11,7 @@ connection leaves half an archive that the next call takes as done:
 ``tests/test_download.py``), and ``unpack`` extracts any member path.
 """
 
+import contextlib
 import http.client
 import logging
 import os
@@ -212,10 +213,7 @@ def download_urbansound8k(
     staging = target.parent / f".{target.name}.download"
     archive = staging / _archive_name(url)
     logger.info(
-        "Downloading UrbanSound8K from %s to %s (staging in %s)",
-        url,
-        data_folder,
-        staging,
+        "Downloading %s to %s (staging in %s)", url, data_folder, staging
     )
     staging.mkdir(parents=True, exist_ok=True)
     for stale in staging.glob("extract-*"):  # left by a run that was killed
@@ -239,7 +237,8 @@ def download_urbansound8k(
                 "The verified archive is kept at %s; the next run reuses it",
                 archive,
             )
-        _rmdir_if_empty(staging)
+        with contextlib.suppress(OSError):  # only when empty
+            staging.rmdir()
     logger.info("UrbanSound8K is ready at %s", data_folder)
     return data_folder
 
@@ -397,6 +396,8 @@ def _find_dataset_root(folder, max_depth=2):
 def _extract_into_place(archive, target, staging):
     """Extract ``archive`` into a temporary folder, then rename it to ``target``."""
     tmp = Path(tempfile.mkdtemp(prefix="extract-", dir=staging))
+    # tarfile's own check of each member: 3.12, 3.11.4+, 3.10.12+
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         logger.info("Extracting %s", archive)
         try:
@@ -410,12 +411,7 @@ def _extract_into_place(archive, target, staging):
                             member.name,
                         )
                         continue
-                    if hasattr(
-                        tarfile, "data_filter"
-                    ):  # 3.12, 3.11.4+, 3.10.12+
-                        tar.extract(member, tmp, filter="data")
-                    else:
-                        tar.extract(member, tmp)
+                    tar.extract(member, tmp, **safe)
         except (tarfile.TarError, EOFError) as err:
             raise _BadArchiveError(
                 f"Could not read the archive {archive} ({err}); it was deleted. "
@@ -457,19 +453,7 @@ def _dispose_archive(archive, parent, keep_archive):
         return
     kept = parent / archive.name
     if kept.exists():
-        logger.warning(
-            "%s already exists; the archive is left at %s instead",
-            kept,
-            archive,
-        )
+        logger.warning("%s exists; the archive is left at %s", kept, archive)
         return
     os.replace(archive, kept)
     logger.info("Archive kept at %s", kept)
-
-
-def _rmdir_if_empty(folder):
-    """Remove ``folder`` if it exists and is empty."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

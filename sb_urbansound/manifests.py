@@ -375,7 +375,6 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
     -------
     dict
         ``{path: (frames, sample_rate, channels)}`` for the usable files.
-
     """
     from concurrent.futures import ThreadPoolExecutor
 

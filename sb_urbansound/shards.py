@@ -194,7 +194,6 @@ class Shards:
         dict
             The index: ``settings``, ``inputs`` and ``splits`` (``{split:
             [{"name", "clips", "bytes", "sha256"}]}``).
-
         """
         inputs = self._inputs(splits)
         lock = FolderLock(self.folder, "writing the shards in")
@@ -240,16 +239,12 @@ class Shards:
                     )
             bar.close()
             atomic_write_json(self.folder / INDEX_FILE, index)
-            size = sum(
-                s["bytes"]
-                for shards in index["splits"].values()
-                for s in shards
-            )
+            shards = [s for ss in index["splits"].values() for s in ss]
             logger.info(
                 "Shards ready: %d clips, %d shards, %.1f MB in %s (%.1f s)",
                 total,
-                sum(len(s) for s in index["splits"].values()),
-                size / 1e6,
+                len(shards),
+                sum(s["bytes"] for s in shards) / 1e6,
                 self.folder,
                 time.perf_counter() - start,
             )
@@ -328,7 +323,6 @@ def read_shard(path, sha256=None):
     dict
         ``id``, ``label``, ``wav`` (the source file), ``length`` and ``pcm``
         (int16 ``[time(, channels)]``).
-
     """
     path = Path(path)
     try:
