@@ -7,13 +7,9 @@
         [--folds=[1,2,3,4,5,6,7,8,9,10]] [--leaky-random-split] \\
         [any YAML override or SpeechBrain run flag, e.g. --number_of_epochs=30]
 
-Each listed fold is the test set once; its validation fold is the next listed
-fold, cyclically; the others train. Each fold runs the recipe (the
-``train.py`` beside the YAML's ``hparams`` folder) in a subprocess in
-``<output_folder>/fold_<k>``; a fold with ``test_results.json`` and
-``model/hyperparams.yaml`` is finished and skipped, any other resumes. Stop
-signals are forwarded to the recipe (killed after ``STOP_TIMEOUT_S``), and
-crossval exits with 128 + the signal. See ``docs/crossval.md``.
+Each listed fold is tested once, validated on the next listed fold; each
+runs the recipe in a subprocess in ``<output_folder>/fold_<k>``, resumably.
+See :data:`USAGE` and ``docs/crossval.md``.
 """
 
 import contextlib

@@ -1,20 +1,11 @@
 """Manifests: check every audio file once, write SpeechBrain JSON manifests
 atomically, and skip the work when they are up to date.
 
-Every data source (:mod:`sb_urbansound.sources`) hands a table of clips to
-:func:`write_manifests`, which writes in ``save_folder``:
-
-* ``train.json``, ``valid.json``, ``test.json``: ``{clip_id: {"wav": <absolute
-  path>, "label", "fold", "group", "duration" (s), "sample_rate",
-  "channels"}}`` (of the file as stored);
-* ``labels.json``: the sorted labels over all folds;
-* ``prepare_options.json``: the options, a fingerprint of the inputs and how
-  the data was split; when it matches and all outputs read back, the work is
-  skipped.
-
-Every file is decoded once: a missing, unreadable, empty, corrupt or
-non-finite file is named (or left out with ``skip_missing``). Nothing in the
-data folder is ever modified.
+:func:`write_manifests` writes ``train.json``, ``valid.json``, ``test.json``
+(``{clip_id: {"wav", "label", "fold", "group", "duration", "sample_rate",
+"channels"}}``), ``labels.json`` (the sorted labels of all folds) and
+``prepare_options.json`` (options, inputs, split: when it matches, the work
+is skipped). Each file is decoded once; an unusable one is named.
 
 Authors
 -------

@@ -1,18 +1,11 @@
 """Shards: the conditioned clips as WebDataset tar files, read by rank.
 
-Another form of the clip bank, for data larger than a node's disk or read by
-many machines: each clip is conditioned once (by the same
-:class:`~sb_urbansound.audio.ClipConditioner`) and written to tar files in the
-WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and ``<key>.json``),
-which any WebDataset reader reads; :class:`ShardStream` needs only the
-standard library. In training each rank reads its shards of the epoch (dealt
-anew from the seed and the epoch) through a fixed shuffle buffer, so memory
-does not grow with the data, and every rank trains on as many clips as the
-rank with the fewest; in evaluation each rank reads every ``size``-th shard.
-
-The folder is a store (``docs/stores.md``): each shard is written atomically
-and its SHA-256, in the index ``shards.json`` (written last), is checked as
-the shard is read. Shards are reused while clips, files and settings match.
+The clip bank for data larger than a node's disk: each clip, conditioned
+once by the same :class:`~sb_urbansound.audio.ClipConditioner`, goes to tar
+files in the WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and
+``<key>.json``). :class:`ShardStream` reads a rank's shards through a fixed
+shuffle buffer. The folder is a store (``docs/stores.md``); each shard's
+SHA-256, in the index ``shards.json`` (written last), is checked when read.
 
 Authors
 -------

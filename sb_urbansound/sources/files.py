@@ -5,12 +5,9 @@
 * :func:`prepare_filenames`: a regular expression reads the label (and
   optionally the group: speaker, source recording) from each file name.
 
-Clips are dealt to ``n_folds`` folds by group
-(:func:`sb_urbansound.sources.folds.assign_group_folds`), so all clips of one
-group land in the same fold; without a group each file is its own, and a
-warning names file names that look like parts of one recording. Both write
-the manifests of :mod:`sb_urbansound.manifests`, and record how the data was
-split (the recipe's log and the model card say it).
+Clips are dealt to folds by group (a file without one is its own, and names
+that look like parts of one recording are warned about); how the data was
+split is recorded with the manifests.
 
 Authors
 -------
@@ -101,22 +98,13 @@ def prepare_folders(
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> import numpy as np, soundfile as sf
+    >>> import json, numpy as np, soundfile as sf
+    >>> data = getfixture("tmp_path") / "data"
     >>> for i in range(6):
-    ...     (tmp / "data" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
-    ...     sf.write(
-    ...         tmp / "data" / f"c{i % 2}" / f"{i}.wav", np.zeros(80), 8000
-    ...     )
-    >>> out = prepare_folders(
-    ...     tmp / "data",
-    ...     tmp / "out",
-    ...     n_folds=3,
-    ...     train_fold_nums=[1],
-    ...     valid_fold_nums=[2],
-    ...     test_fold_nums=[3],
-    ... )
-    >>> import json
+    ...     (data / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+    ...     sf.write(data / f"c{i % 2}" / f"{i}.wav", np.zeros(80), 8000)
+    >>> folds = dict(train_fold_nums=1, valid_fold_nums=2, test_fold_nums=3)
+    >>> out = prepare_folders(data, data.parent / "out", n_folds=3, **folds)
     >>> json.loads(Path(out["labels"]).read_text())
     ['c0', 'c1']
     """
@@ -225,21 +213,14 @@ def prepare_filenames(
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> import numpy as np, soundfile as sf
-    >>> (tmp / "data").mkdir()
+    >>> import json, numpy as np, soundfile as sf
+    >>> data = getfixture("tmp_path") / "data"
+    >>> data.mkdir()
     >>> for i in range(6):
-    ...     sf.write(tmp / "data" / f"{i % 2}_s{i % 3}.wav", np.zeros(80), 8000)
-    >>> out = prepare_filenames(
-    ...     tmp / "data",
-    ...     tmp / "out",
-    ...     r"(?P<label>\\d)_(?P<group>s\\d)\\.wav",
-    ...     n_folds=3,
-    ...     train_fold_nums=[1],
-    ...     valid_fold_nums=[2],
-    ...     test_fold_nums=[3],
-    ... )
-    >>> import json
+    ...     sf.write(data / f"{i % 2}_s{i % 3}.wav", np.zeros(80), 8000)
+    >>> pattern = r"(?P<label>\\d)_(?P<group>s\\d)\\.wav"
+    >>> folds = dict(train_fold_nums=1, valid_fold_nums=2, test_fold_nums=3)
+    >>> out = prepare_filenames(data, data.parent / "o", pattern, 3, **folds)
     >>> json.loads(Path(out["labels"]).read_text())
     ['0', '1']
     """

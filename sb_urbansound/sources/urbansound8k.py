@@ -1,9 +1,7 @@
 """UrbanSound8K: its metadata CSV, checked row by row, and its official folds.
 
-The data set (Salamon, Jacoby and Bello, ACM MM 2014) is 8,732 labelled
-slices of 1,297 Freesound recordings (``fsID``), in 10 predefined folds that
-keep the slices of a recording together. The recipe's
-``urbansound8k_prepare.py`` turns the table read here into manifests.
+8,732 slices of 1,297 Freesound recordings (``fsID``) in 10 folds that keep
+a recording's slices together (Salamon, Jacoby and Bello, ACM MM 2014).
 
 Authors
 -------
