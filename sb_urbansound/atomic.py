@@ -656,11 +656,8 @@ def is_read_only_error(error):
     >>> is_read_only_error(OSError(errno.EROFS, "read-only"))
     True
     """
-    return isinstance(error, OSError) and error.errno in (
-        errno.EROFS,
-        errno.EACCES,
-        errno.EPERM,
-    )
+    read_only = (errno.EROFS, errno.EACCES, errno.EPERM)
+    return isinstance(error, OSError) and error.errno in read_only
 
 
 def reserve_space(fd, size, folder):
@@ -686,22 +683,18 @@ def reserve_space(fd, size, folder):
     >>> (tmp / "f").stat().st_size
     4096
     """
-    full = (errno.ENOSPC, errno.EDQUOT)
     try:
-        os.posix_fallocate(fd, 0, size)
-        return
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            block = bytes(1 << 24)  # no fallocate here: zeros allocate too
+            for done in range(0, size, len(block)):
+                os.pwrite(fd, block[: min(len(block), size - done)], done)
+            os.fsync(fd)
     except OSError as e:
-        if e.errno in full:
-            raise no_space_error(folder, size) from None
-        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-    block = bytes(1 << 24)  # no fallocate here: zeros allocate too
-    try:
-        for done in range(0, size, len(block)):
-            os.pwrite(fd, block[: min(len(block), size - done)], done)
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno in full:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise no_space_error(folder, size) from None
         raise
 

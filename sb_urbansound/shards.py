@@ -14,6 +14,7 @@ Authors
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import random
@@ -483,23 +484,17 @@ class ShardStream(torch.utils.data.IterableDataset):
                 self.buffer,
                 random.Random(f"{self.seed}:{self.epoch}:{self.rank}"),
             )
-            quota = self.quota
         else:
             clips = self._clips(self.shards[self.rank :: self.size])
-            quota = None
-        for n, clip in enumerate(clips):
-            if quota is not None and n >= quota:
-                return
+        for clip in itertools.islice(clips, self.quota):  # None: all
             yield self._item(clip)
 
     def _item(self, clip):
         """One clip as the recipe's batches hold it."""
         pcm = clip["pcm"]
-        if self.num_samples is not None and len(pcm) < self.num_samples:
-            padding = [(0, self.num_samples - len(pcm))] + [(0, 0)] * (
-                pcm.ndim - 1
-            )
-            pcm = np.pad(pcm, padding)
+        missing = (self.num_samples or 0) - len(pcm)
+        if missing > 0:
+            pcm = np.pad(pcm, [(0, missing)] + [(0, 0)] * (pcm.ndim - 1))
         item = {
             "id": clip["id"],
             "wav": clip.get("wav", clip["id"]),

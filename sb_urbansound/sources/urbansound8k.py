@@ -102,15 +102,8 @@ def load_urbansound8k_table(csv_path, data_folder=None):
 
     problems = []
     folds, class_ids = [], []
-    for line, name, fs_id, fold, class_id, cls in zip(
-        df["line"],
-        df["slice_file_name"],
-        df["fsID"],
-        df["fold"],
-        df["classID"],
-        df["class"],
-        strict=True,
-    ):
+    rows = df[["line", *US8K_REQUIRED_COLUMNS]].itertuples(index=False)
+    for line, name, fs_id, fold, class_id, cls in rows:
         where = f"line {line} ({name or 'no file name'})"
         if not name:
             problems.append(f"{where}: empty slice_file_name")
