@@ -20,8 +20,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from sb_urbansound.atomic import (
     FolderLock,
@@ -209,35 +210,6 @@ def assign_folds(folds):
     ]
 
 
-@dataclass
-class CrossvalArgs:
-    """The parsed command line of ``python -m sb_urbansound.crossval``.
-
-    Arguments
-    ---------
-    hparams_file : str
-        The recipe YAML.
-    output_folder : str or None
-        ``--output_folder``; None to use the YAML's.
-    folds : list of int or None
-        ``--folds``; None to use the union of the YAML's fold lists.
-    leaky : bool
-        Whether ``--leaky-random-split`` (or ``--leaky_random_split=True``)
-        was given.
-    passthrough : list of str
-        Every other argument, passed to the recipe for every fold.
-    argv : list of str
-        The full command line, for the report.
-    """
-
-    hparams_file: str
-    output_folder: str = None
-    folds: list = None
-    leaky: bool = False
-    passthrough: list = field(default_factory=list)
-    argv: list = field(default_factory=list)
-
-
 USAGE = """\
 usage: python -m sb_urbansound.crossval HPARAMS.yaml [--data_folder=DIR]
            [--output_folder=DIR] [--folds=[1,2,...]] [--leaky-random-split]
@@ -272,8 +244,9 @@ def parse_crossval_args(argv):
 
     Returns
     -------
-    CrossvalArgs
-        The parsed arguments.
+    types.SimpleNamespace
+        ``hparams_file``; ``output_folder`` and ``folds`` (None: the YAML's);
+        ``leaky``; ``passthrough`` (the rest, for the recipe); ``argv`` (all).
 
     Example
     -------
@@ -293,7 +266,14 @@ def parse_crossval_args(argv):
         raise CrossvalError(
             "the first argument must be the recipe YAML\n" + USAGE
         )
-    args = CrossvalArgs(hparams_file=argv[0], argv=argv)
+    args = SimpleNamespace(
+        hparams_file=argv[0],
+        output_folder=None,
+        folds=None,
+        leaky=False,
+        passthrough=[],
+        argv=argv,
+    )
     rest = argv[1:] + ["--"]  # a sentinel: no value follows the last one
     i = 0
     while i < len(rest) - 1:
@@ -402,9 +382,9 @@ def read_recipe_settings(hparams_file, passthrough=()):
     settings["output_folder"] = None if out is None else str(out)
     settings["leaky_random_split"] = _is_true(tree.get(LEAKY_KEY, False))
     settings["keys"] = set(tree.keys())
-    test_annotation = tree.get("test_annotation")
+    annotation = tree.get("test_annotation")
     settings["test_annotation"] = (
-        str(test_annotation) if isinstance(test_annotation, str) else None
+        annotation if isinstance(annotation, str) else None
     )
     return settings
 

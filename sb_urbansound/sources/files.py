@@ -17,7 +17,7 @@ Authors
 import logging
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -385,9 +385,7 @@ def _files_table(data_folder, files, labels, groups, n_folds, seed):
 def _clip_ids(files):
     """Clip ids from relative paths: no suffix, ``/`` replaced, made unique."""
     ids = [os.path.splitext(rel)[0].replace("/", "__") for rel in files]
-    seen = {}
-    for cid in ids:
-        seen[cid] = seen.get(cid, 0) + 1
+    seen = Counter(ids)
     out, used = [], set()
     for rel, cid in zip(files, ids, strict=True):
         if seen[cid] > 1:  # same stem, different suffix: keep the suffix
