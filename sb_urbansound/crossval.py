@@ -310,8 +310,9 @@ def parse_crossval_args(argv):
     return args
 
 
-def _yaml_overrides(hparams_file, passthrough):
-    """The YAML overrides string of ``passthrough``, as the recipe sees it."""
+def _read_values(hparams_file, passthrough):
+    """The YAML's values with the overrides of ``passthrough``, as the
+    recipe reads them (no object built)."""
     from speechbrain.utils.run_opts import RunOptions
 
     try:
@@ -320,12 +321,6 @@ def _yaml_overrides(hparams_file, passthrough):
         )
     except SystemExit as e:  # argparse already printed why
         raise CrossvalError(f"invalid recipe arguments: {passthrough}") from e
-    return overrides
-
-
-def _read_values(hparams_file, passthrough):
-    """The YAML's values with these overrides (no object built)."""
-    overrides = _yaml_overrides(hparams_file, passthrough)
     try:
         return read_yaml_values(hparams_file, overrides)
     except Exception as e:  # UserError, YAML parse errors and the like
