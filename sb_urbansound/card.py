@@ -1,26 +1,12 @@
 """The model card: ``README.md`` in every model folder, Hugging Face style.
 
-:func:`sb_urbansound.inference.export_inference_folder` (so every training
-run) writes ``<output_folder>/model/README.md`` with :func:`write_model_card`.
-Uploading the folder to the Hugging Face Hub then makes a model page:
-
-* YAML front matter: ``library_name: speechbrain``, ``pipeline_tag`` and the
-  ``audio-classification`` tag, the data set, the metric, and a
-  ``model-index`` with the test accuracy;
-* the classes, with their test accuracy and clip counts; the training data
-  and its folds; the settings; the hardware and the training time (the sum
-  of the epochs' training stages, from ``history.json``);
-* usage, as code blocks that run as written in a folder holding the model
-  folder as ``model/`` and a clip ``clip.wav``: Python (SpeechBrain's
-  ``EncoderClassifier`` and :func:`sb_urbansound.inference.load_model`), the
-  ``classify`` command line, and ONNX (export, then the torch-free runtime).
-  ``tests/test_card.py`` runs them, as SpeechBrain's hub checks run the
-  READMEs of its models.
-
-The numbers come from the run's own files: ``test_results.json``,
-``history.json`` and ``run_settings.json`` in ``output_folder``; a folder
-exported without them (an untrained model, a run that was not tested) says
-so instead.
+:func:`write_model_card` (called by every export of a model folder) writes
+the YAML front matter (``library_name: speechbrain``, ``pipeline_tag``, the
+data set, a ``model-index`` with the test accuracy), the classes with their
+test accuracy, the training data, settings, hardware and training time, and
+usage examples that run as written (``tests/test_card.py`` runs them). The
+numbers come from the run's ``test_results.json``, ``history.json`` and
+``run_settings.json``; a folder exported without them says so.
 
 Authors
 -------
@@ -128,29 +114,11 @@ def card_info(hparams, labels, hardware=None):
     }
     settings = {}
     for key in (
-        "sample_rate",
-        "channels",
-        "duration_ms",
-        "remove_dc",
-        "n_mels",
-        "n_fft",
-        "hop_length",
-        "cnn_channels",
-        "cnn_pooling",
-        "number_of_epochs",
-        "batch_size",
-        "lr",
-        "max_lr",
-        "label_smoothing",
-        "mixup_alpha",
-        "tta_views",
-        "tta_max_shift",
-        "feature_bank",
-        "freeze_encoder",
-        "unfreeze_after_epochs",
-        "encoder_lr_scale",
-        "seed",
-    ):
+        "sample_rate channels duration_ms remove_dc n_mels n_fft hop_length "
+        "cnn_channels cnn_pooling number_of_epochs batch_size lr max_lr "
+        "label_smoothing mixup_alpha tta_views tta_max_shift feature_bank "
+        "freeze_encoder unfreeze_after_epochs encoder_lr_scale seed"
+    ).split():
         value = hparams.get(key)
         if isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) for v in value
@@ -212,31 +180,14 @@ def _front_matter(info, name):
     test = info["test"]
     if test and test.get("accuracy") is not None:
         split = ", ".join(str(f) for f in info["folds"].get("test", []))
-        meta["model-index"] = [
-            {
-                "name": name,
-                "results": [
-                    {
-                        "task": {
-                            "type": "audio-classification",
-                            "name": "Audio Classification",
-                        },
-                        "dataset": {
-                            "name": dataset or "test set",
-                            "type": (dataset or "audio").lower(),
-                            "split": f"fold {split}" if split else "test",
-                        },
-                        "metrics": [
-                            {
-                                "type": "accuracy",
-                                "value": round(float(test["accuracy"]), 4),
-                                "name": "Test accuracy",
-                            }
-                        ],
-                    }
-                ],
-            }
-        ]
+        task = {"type": "audio-classification", "name": "Audio Classification"}
+        data = {"name": dataset or "test set"}
+        data["type"] = (dataset or "audio").lower()
+        data["split"] = f"fold {split}" if split else "test"
+        value = round(float(test["accuracy"]), 4)
+        metric = {"type": "accuracy", "value": value, "name": "Test accuracy"}
+        result = {"task": task, "dataset": data, "metrics": [metric]}
+        meta["model-index"] = [{"name": name, "results": [result]}]
     stream = io.StringIO()
     yaml = YAML()
     yaml.default_flow_style = False

@@ -54,21 +54,11 @@ logger = logging.getLogger(__name__)
 PROGRESS_MIN_FILES = 10
 
 
-def expand_inputs(inputs):
+def _expand_inputs(inputs):
     """Expand files and folders into a list of audio files.
 
     Folders are searched recursively; other inputs are kept as they are (a
     missing file is reported when it is classified).
-
-    Arguments
-    ---------
-    inputs : list of str or Path
-        Files and folders.
-
-    Returns
-    -------
-    list of Path
-        The files, in input order.
 
     Example
     -------
@@ -76,7 +66,7 @@ def expand_inputs(inputs):
     >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", "a.mp3"]:
     ...     (tmp / name).parent.mkdir(exist_ok=True)
     ...     _ = (tmp / name).write_bytes(b"")
-    >>> found = expand_inputs([tmp / "b", tmp / "a.mp3"])
+    >>> found = _expand_inputs([tmp / "b", tmp / "a.mp3"])
     >>> [p.relative_to(tmp).as_posix() for p in found]
     ['b/1.WAV', 'b/2.flac', 'a.mp3']
     """
@@ -156,11 +146,11 @@ def classify_files(
     folder_name = scorer.model_folder
     items = []  # (path, message): message for an input with no audio file
     for item in paths:
-        found = expand_inputs([item])
+        found = _expand_inputs([item])
         if found:
             items += [(path, None) for path in found]
         else:  # a folder (a file is kept, and reported if it cannot be read)
-            items.append((Path(item), describe_empty_folder(item)))
+            items.append((Path(item), _describe_empty_folder(item)))
     if progress is None:
         progress = len(items) >= PROGRESS_MIN_FILES
     if on_error is None:
@@ -184,10 +174,10 @@ def classify_files(
         try:
             per_window, duration_s = scorer.file_window_probs(path)
         except (AudioLoadError, OSError) as e:
-            fail(path, describe_load_error(path, e))
+            fail(path, _describe_load_error(path, e))
             continue
         if not bool(np.isfinite(per_window.mean(axis=0)).all()):
-            fail(path, describe_nan_model(path, folder_name))
+            fail(path, _describe_nan_model(path, folder_name))
             continue
         result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
@@ -244,24 +234,12 @@ def load_scorer(
     return scorer
 
 
-def describe_load_error(path, error):
+def _describe_load_error(path, error):
     """A one-line message naming a file that could not be read, and why.
-
-    Arguments
-    ---------
-    path : str or Path
-        The file.
-    error : Exception
-        What reading it raised.
-
-    Returns
-    -------
-    str
-        The message.
 
     Example
     -------
-    >>> describe_load_error("no/such.wav", AudioLoadError("not found"))
+    >>> _describe_load_error("no/such.wav", AudioLoadError("not found"))
     'no/such.wav: no such file'
     """
     if not Path(path).is_file():
@@ -272,22 +250,12 @@ def describe_load_error(path, error):
     return f"{path}: cannot be read as audio ({cause})"
 
 
-def describe_empty_folder(folder):
+def _describe_empty_folder(folder):
     """The message for a folder in which no audio file was found.
-
-    Arguments
-    ---------
-    folder : str or Path
-        The folder.
-
-    Returns
-    -------
-    str
-        The message.
 
     Example
     -------
-    >>> describe_empty_folder("clips")
+    >>> _describe_empty_folder("clips")
     'clips: no audio file in this folder or its subfolders (looked for .wav, .flac, .ogg, .mp3 files, in any case; hidden files are skipped)'
     """
     suffixes = ", ".join(AUDIO_SUFFIXES)
@@ -297,25 +265,13 @@ def describe_empty_folder(folder):
     )
 
 
-def describe_nan_model(path, model_folder):
+def _describe_nan_model(path, model_folder):
     """The message for a file whose class probabilities are not finite
     (loaded audio is finite, so the model's weights are at fault).
 
-    Arguments
-    ---------
-    path : str or Path
-        The file.
-    model_folder : str or Path or None
-        The model folder (None: unknown).
-
-    Returns
-    -------
-    str
-        The message.
-
     Example
     -------
-    >>> describe_nan_model("a.wav", "run/model")  # doctest: +ELLIPSIS
+    >>> _describe_nan_model("a.wav", "run/model")  # doctest: +ELLIPSIS
     'a.wav: the model gives NaN probabilities: ... model folder: run/model'
     """
     if model_folder is None:
@@ -376,21 +332,11 @@ def quiet_speechbrain(enabled=True):
             logging.getLogger(name).setLevel(old)
 
 
-def format_line(result):
+def _format_line(result):
     """One tab-separated output line: path, then label/probability pairs.
 
     Tabs, newlines and backslashes in a path or label are escaped (as in
     PostgreSQL's text format), so every line has its fields.
-
-    Arguments
-    ---------
-    result : dict
-        A successful result of :func:`classify_files`.
-
-    Returns
-    -------
-    str
-        The line (probabilities with 4 decimals).
 
     Example
     -------
@@ -401,10 +347,10 @@ def format_line(result):
     ...         {"label": "car_horn", "prob": 0.05},
     ...     ],
     ... }
-    >>> format_line(r).split("\\t")
+    >>> _format_line(r).split("\\t")
     ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
     >>> r["top_k"] = [{"label": "dog\\tbark", "prob": 1.0}]
-    >>> format_line(r).split("\\t")
+    >>> _format_line(r).split("\\t")
     ['a.wav', 'dog\\\\tbark', '1.0000']
     """
     fields = [_escape(result["path"])]
@@ -419,24 +365,15 @@ def _escape(text):
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def write_results(results, as_json, stream):
+def _write_results(results, as_json, stream):
     """Write the results: tab-separated lines, or a JSON list.
-
-    Arguments
-    ---------
-    results : list of dict
-        From :func:`classify_files`.
-    as_json : bool
-        A JSON list (failed files too) instead of lines.
-    stream : file
-        Where to write (flushed, so a full disk is reported here).
 
     Example
     -------
     >>> import io
     >>> out = io.StringIO()
     >>> r = {"path": "a.wav", "top_k": [{"label": "dog", "prob": 1.0}]}
-    >>> write_results([r, {"path": "b.wav", "error": "x"}], False, out)
+    >>> _write_results([r, {"path": "b.wav", "error": "x"}], False, out)
     >>> out.getvalue()
     'a.wav\\tdog\\t1.0000\\n'
     """
@@ -449,9 +386,9 @@ def write_results(results, as_json, stream):
             if "error" in result:
                 continue
             if "segments" in result:  # --segments: the events, then counts
-                stream.write("\n".join(format_segment_lines(result)) + "\n")
+                stream.write("\n".join(_format_segment_lines(result)) + "\n")
             else:
-                stream.write(format_line(result) + "\n")
+                stream.write(_format_line(result) + "\n")
     stream.flush()
 
 
@@ -621,26 +558,15 @@ def parse_args(argv=None):
     return args
 
 
-def format_segment_lines(result):
+def _format_segment_lines(result):
     """The tab-separated lines of a file's events, and a count line.
-
-    Arguments
-    ---------
-    result : dict
-        A result of :func:`classify_files` with ``segments`` and ``counts``.
-
-    Returns
-    -------
-    list of str
-        ``path<TAB>start<TAB>end<TAB>label<TAB>score`` per event, then
-        ``# path: N events: label n, ...``.
 
     Example
     -------
     >>> seg = {"start": 0.0, "end": 2.5, "label": "siren", "score": 0.91}
     >>> counts = {"dog_bark": 0, "siren": 1}
     >>> r = {"path": "a.wav", "segments": [seg], "counts": counts}
-    >>> for line in format_segment_lines(r):
+    >>> for line in _format_segment_lines(r):
     ...     print(line.replace("\\t", " | "))
     a.wav | 0.000 | 2.500 | siren | 0.9100
     # a.wav: 1 events: siren 1
@@ -729,7 +655,7 @@ def _classify(args):
         segments=segments,
     )
     try:
-        write_results(results, args.json, sys.stdout)
+        _write_results(results, args.json, sys.stdout)
     except BrokenPipeError:  # the reader went away (``| head``)
         _silence_stdout(sys.stdout)
         return 0

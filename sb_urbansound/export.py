@@ -295,22 +295,13 @@ class MelSpectrogramGraph(torch.nn.Module):
         return self.to_db(mel)
 
 
-class FixedStandardize(torch.nn.Module):
+class _FixedStandardize(torch.nn.Module):
     """``(x - mean) / (std + eps)`` with constants: a trained
     ``BatchStandardize`` in evaluation, without its branch on statistics.
 
-    Arguments
-    ---------
-    mean : torch.Tensor
-        The mean.
-    std : torch.Tensor
-        The standard deviation.
-    eps : float
-        Added to ``std``.
-
     Example
     -------
-    >>> FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
+    >>> _FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
     ...     torch.tensor([3.0])
     ... )
     tensor([1.])
@@ -373,7 +364,7 @@ class WindowClassifier(torch.nn.Module):
                     "statistics (the model was never trained): export a "
                     "trained model folder"
                 )
-            self.mean_var_norm = FixedStandardize(
+            self.mean_var_norm = _FixedStandardize(
                 norm.running_mean, norm.running_std, norm.eps
             )
         self.embedding_model = mods.embedding_model
@@ -442,21 +433,9 @@ def model_metadata(model, wrapper):
     }
 
 
-def reason(error, limit=400):
+def _reason(error, limit=400):
     """A short reason from an exporter's error: its root cause's type and
     message lines that are not stack frames (at most ``limit`` characters).
-
-    Arguments
-    ---------
-    error : BaseException
-        The error.
-    limit : int
-        Longest reason kept (characters).
-
-    Returns
-    -------
-    str
-        ``"<Type>: <message>"``.
 
     Example
     -------
@@ -466,7 +445,7 @@ def reason(error, limit=400):
     ...     except ValueError as e:
     ...         raise RuntimeError("Failed to export") from e
     ... except RuntimeError as e:
-    ...     print(reason(e))
+    ...     print(_reason(e))
     ValueError: Sizes must match
     """
     root = error
@@ -625,25 +604,15 @@ def generated_clips(sample_rate, channels, num_samples):
     return clips
 
 
-def data_files(paths):
+def _data_files(paths):
     """The audio files named by ``--data``: files, folders (searched
     recursively), SpeechBrain JSON manifests (their ``wav`` entries).
-
-    Arguments
-    ---------
-    paths : list of str or Path
-        What ``--data`` names.
-
-    Returns
-    -------
-    list of Path
-        The files, in order.
 
     Example
     -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "m.json").write_text('{"a": {"wav": "x.wav"}}')
-    >>> data_files([tmp / "m.json"])
+    >>> _data_files([tmp / "m.json"])
     [PosixPath('x.wav')]
     """
     files = []
@@ -665,23 +634,16 @@ def data_files(paths):
     return files
 
 
-class DataClips:
+class _DataClips:
     """The ``--data`` clips, read and conditioned one at a time.
 
     Each pass reads the files again (as training does), so one clip is in
     memory, not the fold; their headers are checked first, so a file that
     is not audio is named before anything is exported.
 
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The model (its audio spec).
-    files : list of Path
-        Audio files.
-
     Example
     -------
-    >>> DataClips(None, ["no/such.wav"])
+    >>> _DataClips(None, ["no/such.wav"])
     Traceback (most recent call last):
      ...
     sb_urbansound.export.ExportError: --data: no/such.wav: no such file
@@ -713,24 +675,9 @@ class DataClips:
             yield str(path), clip
 
 
-def compare(model, scorer, clips):
-    """Compare an export with eager PyTorch on the windows of each clip.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The eager model.
-    scorer : sb_urbansound.runtime.Scorer
-        The export.
-    clips : iterable of (str, torch.Tensor)
-        Conditioned clips (``name, clip``).
-
-    Returns
-    -------
-    dict
-        ``clips``, ``windows``, ``top1_agree`` (clips with the same top-1
-        label), ``max_abs_diff`` (over all probabilities), ``worst`` (clip).
-    """
+def _compare(model, scorer, clips):
+    """Compare an export with eager PyTorch on the windows of each clip:
+    ``clips``, ``windows``, ``top1_agree``, ``max_abs_diff``, ``worst``."""
     reference = TorchScorer(model)
     stats = dict(clips=0, windows=0, top1_agree=0, max_abs_diff=0.0, worst=None)
     for name, wav in clips:
@@ -742,7 +689,7 @@ def compare(model, scorer, clips):
             raise ExportError(
                 f"the exported model fails on {name} ({windows.shape[0]} "
                 f"window(s); it was exported with {EXAMPLE_WINDOWS}, so the "
-                f"exporter may have fixed the number of windows): {reason(e)}"
+                f"exporter may have fixed the number of windows): {_reason(e)}"
             ) from e
         exported = np.asarray(exported, dtype=np.float64)
         if exported.shape != eager.shape:
@@ -763,28 +710,13 @@ def compare(model, scorer, clips):
     return stats
 
 
-def check_summary(fmt, stats):
+def _check_summary(fmt, stats):
     """One line on an export's check, and whether it passed.
-
-    Arguments
-    ---------
-    fmt : str
-        ``"onnx"`` or ``"torchscript"``.
-    stats : dict
-        From :func:`compare`.
-
-    Returns
-    -------
-    line : str
-        The summary.
-    ok : bool
-        Every clip has the same top-1 label and every probability agrees
-        within :data:`PROB_TOLERANCE`.
 
     Example
     -------
     >>> s = dict(clips=5, windows=21, top1_agree=5, max_abs_diff=2e-7)
-    >>> check_summary("onnx", s)
+    >>> _check_summary("onnx", s)
     ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on 5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
     """
     tolerance = PROB_TOLERANCE
@@ -864,10 +796,10 @@ def _export_all(model, folder, formats, data, max_clips, opset, log):
             "the training clip length"
         )
     if data:
-        files = data_files(data)
+        files = _data_files(data)
         if not files:
             raise ExportError("--data names no audio file")
-        clips = DataClips(model, files[:max_clips])
+        clips = _DataClips(model, files[:max_clips])
     else:
         clips = generated_clips(rate, channels, num_samples)[:max_clips]
     results = {}
@@ -892,7 +824,7 @@ def _export_one(model, fmt, folder, clips, opset, log):
         else:
             data = _to_torchscript(wrapper, metadata)
             scorer = TorchScriptScorer(data)
-        stats = compare(model, scorer, clips)
+        stats = _compare(model, scorer, clips)
     except ExportError as e:
         raise ExportError(
             f"{_describe_model(model)} cannot be exported to {fmt}: {e}"
@@ -907,9 +839,9 @@ def _export_one(model, fmt, folder, clips, opset, log):
         ) from e
     except Exception as e:  # the exporters' own errors, in many types
         raise ExportError(
-            f"{_describe_model(model)} cannot be exported to {fmt}: {reason(e)}"
+            f"{_describe_model(model)} cannot be exported to {fmt}: {_reason(e)}"
         ) from e
-    line, ok = check_summary(fmt, stats)
+    line, ok = _check_summary(fmt, stats)
     if not ok:
         raise ExportError(
             f"{line}: the export does not compute what the model computes "
