@@ -392,6 +392,38 @@ def _write_results(results, as_json, stream):
     stream.flush()
 
 
+def add_model_options(parser, verbose_help):
+    """Add the model folder and the options every command that loads one has.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The command's parser.
+    verbose_help : str
+        What ``-v`` shows.
+
+    Example
+    -------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_model_options(parser, "show tracebacks")
+    >>> parser.parse_args(["m", "--trust-model"]).trust_model
+    True
+    """
+    parser.add_argument(
+        "model_folder", help="the inference folder (<output_folder>/model)"
+    )
+    parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model folder whose hyperparams.yaml builds or calls "
+        "more than a model needs (a model folder is code: only for folders "
+        "whose origin you trust; see sb_urbansound.trust)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help=verbose_help
+    )
+
+
 def parse_args(argv=None):
     """Parse the command line (see the module docstring).
 
@@ -430,13 +462,15 @@ def parse_args(argv=None):
         ),
     )
     add = parser.add_argument
-    add("model_folder", help="the inference folder (<output_folder>/model)")
+    add_model_options(
+        parser, "show SpeechBrain's information messages (model loading)"
+    )
+    suffixes = "/".join(s.lstrip(".") for s in AUDIO_SUFFIXES)
     add(
         "inputs",
         nargs="*",
-        help="audio files, or folders searched recursively for "
-        + "/".join(s.lstrip(".") for s in AUDIO_SUFFIXES)
-        + " files (none with --stream)",
+        help=f"audio files, or folders searched recursively for {suffixes} "
+        "files (none with --stream)",
     )
     add(
         "--top-k",
@@ -458,19 +492,6 @@ def parse_args(argv=None):
         "(default: 16)",
     )
     add(
-        "--trust-model",
-        action="store_true",
-        help="load a model folder whose hyperparams.yaml builds or calls "
-        "more than a model needs (a model folder is code: only for folders "
-        "whose origin you trust; see sb_urbansound.trust)",
-    )
-    add(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show SpeechBrain's information messages (model loading)",
-    )
-    add(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -488,18 +509,15 @@ def parse_args(argv=None):
         "live stream",
         "read raw signed 16-bit little-endian PCM from standard input, as "
         "arecord/sox/ffmpeg write it, and print one JSON line per hop",
-    )
-    live.add_argument("--stream", action="store_true", help="classify stdin")
-    live.add_argument(
-        "--rate", type=int, help="the stream's sample rate (1000 to 768000)"
-    )
-    live.add_argument("--channels", type=int, help="its channel count")
-    events = parser.add_argument_group(
+    ).add_argument
+    live("--stream", action="store_true", help="classify stdin")
+    live("--rate", type=int, help="the stream's sample rate (1000 to 768000)")
+    live("--channels", type=int, help="its channel count")
+    event = parser.add_argument_group(
         "event timeline",
         "print each file's events (start, end, label, score) from its "
         "windows' probabilities, and their count per class",
-    )
-    event = events.add_argument
+    ).add_argument
     event("--segments", action="store_true", help="find events in each file")
     event(
         "--threshold",

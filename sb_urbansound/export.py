@@ -50,6 +50,7 @@ from sb_urbansound.atomic import (
     is_read_only_error,
 )
 from sb_urbansound.audio import check_regular_file, find_audio_files
+from sb_urbansound.classify import add_model_options, quiet_speechbrain
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
@@ -949,9 +950,7 @@ def parse_args(argv=None):
             "failed its check, 2 for a usage or model folder error."
         ),
     )
-    parser.add_argument(
-        "model_folder", help="the inference folder (<output_folder>/model)"
-    )
+    add_model_options(parser, "show tracebacks")
     parser.add_argument(
         "--format",
         choices=["onnx", "torchscript", "all"],
@@ -976,16 +975,6 @@ def parse_args(argv=None):
         type=int,
         default=DEFAULT_OPSET,
         help=f"ONNX opset (default: {DEFAULT_OPSET})",
-    )
-    parser.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="load a model folder whose hyperparams.yaml builds or calls more "
-        "than a model needs (only for folders whose origin you trust; see "
-        "sb_urbansound.trust)",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="show tracebacks"
     )
     args = parser.parse_args(argv)
     if args.max_clips is not None and args.max_clips < 1:
@@ -1014,8 +1003,6 @@ def main(argv=None):
     """
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    from sb_urbansound.classify import quiet_speechbrain
-
     formats = list(FILES) if args.format == "all" else [args.format]
     try:
         with quiet_speechbrain(enabled=not args.verbose):

@@ -375,9 +375,8 @@ def check_model_folder(folder):
     Raises
     ------
     ModelFolderError
-        If ``folder`` has no ``hyperparams.yaml``, is a training output folder
-        (the message names its ``model`` folder), or lacks a
-        ``<name>.ckpt`` file that the YAML's ``pretrainer`` loads.
+        If ``folder`` has no ``hyperparams.yaml``, is a training output
+        folder, or lacks a ``<name>.ckpt`` that its ``pretrainer`` loads.
 
     Example
     -------
@@ -476,12 +475,6 @@ def load_model(folder, device="cpu", trust=False):
     speechbrain.inference.classifiers.EncoderClassifier
         The model, in eval mode, on ``device``.
 
-    Raises
-    ------
-    ModelFolderError
-        If ``folder`` is not a complete model folder (see
-        :func:`check_model_folder`) or its label encoder holds no labels.
-
     Example
     -------
     >>> load_model("no/such/folder")
@@ -571,30 +564,20 @@ def model_audio_spec(model):
 
     Example
     -------
-    >>> from types import SimpleNamespace
-    >>> m = SimpleNamespace(
-    ...     hparams=SimpleNamespace(
-    ...         sample_rate=16000, channels=2, duration_ms=1000
-    ...     )
+    >>> from types import SimpleNamespace as NS
+    >>> model_audio_spec(
+    ...     NS(hparams=NS(sample_rate=8, channels=2, duration_ms=500))
     ... )
-    >>> model_audio_spec(m)
-    (16000, 2, 16000)
+    (8, 2, 4)
     """
-    hp = model.hparams
-    normalizer = getattr(model, "audio_normalizer", None)
-    sample_rate = getattr(hp, "sample_rate", None)
-    if sample_rate is None:
-        sample_rate = getattr(normalizer, "sample_rate", 16000)
-    channels = getattr(hp, "channels", None)
-    if channels is None:
-        channels = getattr(normalizer, "channels", 1)
-    duration_ms = getattr(hp, "duration_ms", None)
-    num_samples = (
-        None
-        if duration_ms is None
-        else int(round(int(sample_rate) * duration_ms / 1000.0))
+    hp, norm = model.hparams, getattr(model, "audio_normalizer", None)
+    rate = getattr(hp, "sample_rate", None) or getattr(
+        norm, "sample_rate", 16000
     )
-    return int(sample_rate), int(channels), num_samples
+    channels = getattr(hp, "channels", None) or getattr(norm, "channels", 1)
+    ms = getattr(hp, "duration_ms", None)
+    num_samples = None if ms is None else int(round(int(rate) * ms / 1000.0))
+    return int(rate), int(channels), num_samples
 
 
 @torch.no_grad()

@@ -58,18 +58,15 @@ class StreamWindows:
 
     Example
     -------
+    >>> def pcm16(items):
+    ...     return [
+    ...         (s, (x.ravel() * 32768).astype(int).tolist()) for s, x in items
+    ...     ]
     >>> w = StreamWindows(8000, 1, 8000, 1, num_samples=4)
-    >>> pcm = (np.arange(1, 8, dtype="<i2") * 1000).tobytes()
-    >>> [
-    ...     (s, win.ravel().astype(float).round(3).tolist())
-    ...     for s, win in w.feed(pcm)
-    ... ]
-    [(0, [0.031, 0.061, 0.092, 0.122]), (2, [0.092, 0.122, 0.153, 0.183])]
-    >>> [
-    ...     (s, win.ravel().astype(float).round(3).tolist())
-    ...     for s, win in w.finish()
-    ... ]
-    [(4, [0.153, 0.183, 0.214, 0.0])]
+    >>> pcm16(w.feed((np.arange(1, 8, dtype="<i2") * 1000).tobytes()))
+    [(0, [1000, 2000, 3000, 4000]), (2, [3000, 4000, 5000, 6000])]
+    >>> pcm16(w.finish())
+    [(4, [5000, 6000, 7000, 0])]
     """
 
     def __init__(
