@@ -84,19 +84,10 @@ def card_info(hparams, labels, hardware=None):
 
     Example
     -------
-    >>> info = card_info(
-    ...     {
-    ...         "output_folder": "/nowhere",
-    ...         "sample_rate": 16000,
-    ...         "channels": 1,
-    ...         "duration_ms": 1000,
-    ...         "modules": {},
-    ...     },
-    ...     ["a", "b"],
-    ...     hardware="CPU",
-    ... )
-    >>> info["labels"], info["test"], info["source"]
-    (['a', 'b'], None, 'your data')
+    >>> hparams = {"output_folder": "/nowhere", "sample_rate": 16000}
+    >>> info = card_info(hparams, ["a", "b"], hardware="CPU")
+    >>> info["labels"], info["test"], info["source"], info["settings"]
+    (['a', 'b'], None, 'your data', {'sample_rate': 16000})
     """
     if hardware is None:
         from sb_urbansound.hardware import hardware_description
@@ -284,11 +275,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
 
     Example
     -------
-    >>> info = card_info(
-    ...     {"output_folder": "/nowhere", "modules": {}},
-    ...     ["dog", "siren"],
-    ...     hardware="CPU",
-    ... )
+    >>> info = card_info({"output_folder": "/nowhere"}, ["dog", "siren"], "CPU")
     >>> text = model_card(info)
     >>> text.startswith("---\\nlibrary_name: speechbrain\\n")
     True
@@ -400,7 +387,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
     return "\n".join(lines)
 
 
-def write_model_card(folder, hparams, labels=None, name=None):
+def write_model_card(folder, hparams):
     """Write ``<folder>/README.md`` (atomically) for a run's model folder.
 
     Arguments
@@ -408,11 +395,7 @@ def write_model_card(folder, hparams, labels=None, name=None):
     folder : str or Path
         The model folder (or the temporary folder it is built in).
     hparams : dict
-        The run's loaded hyperparameters.
-    labels : list of str, optional
-        The class names (default: from ``hparams["label_encoder"]``).
-    name : str, optional
-        The model's name (default: from the embedding model's class).
+        The run's loaded hyperparameters (``label_encoder`` filled).
 
     Returns
     -------
@@ -423,13 +406,11 @@ def write_model_card(folder, hparams, labels=None, name=None):
     -------
     See ``tests/test_card.py``.
     """
-    if labels is None:
-        encoder = hparams["label_encoder"]
-        labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    encoder = hparams["label_encoder"]
+    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
     info = card_info(hparams, labels)
-    if name is None:
-        model = info["modules"].get("embedding_model", "model")
-        name = f"sb-urbansound {model} sound classifier"
+    model = info["modules"].get("embedding_model", "model")
+    name = f"sb-urbansound {model} sound classifier"
     return atomic_write_text(Path(folder) / CARD_FILE, model_card(info, name))
 
 

@@ -153,31 +153,21 @@ def classify_files(
             items.append((Path(item), _describe_empty_folder(item)))
     if progress is None:
         progress = len(items) >= PROGRESS_MIN_FILES
-    if on_error is None:
-
-        def on_error(path, message):
-            """Log a file that could not be classified."""
-            logger.warning("%s", message)
-
+    on_error = on_error or (lambda path, message: logger.warning(message))
     results = []
-
-    def fail(path, message):
-        """Record a file that could not be classified."""
-        on_error(path, message)
-        results.append({"path": str(path), "error": message})
-
     bar = tqdm(items, disable=not progress, unit="file", file=sys.stderr)
     for path, message in bar:
+        if message is None:
+            try:
+                per_window, duration_s = scorer.file_window_probs(path)
+            except (AudioLoadError, OSError) as e:
+                message = _describe_load_error(path, e)
+            else:
+                if not np.isfinite(per_window.mean(axis=0)).all():
+                    message = _describe_nan_model(path, folder_name)
         if message is not None:
-            fail(path, message)
-            continue
-        try:
-            per_window, duration_s = scorer.file_window_probs(path)
-        except (AudioLoadError, OSError) as e:
-            fail(path, _describe_load_error(path, e))
-            continue
-        if not bool(np.isfinite(per_window.mean(axis=0)).all()):
-            fail(path, _describe_nan_model(path, folder_name))
+            on_error(path, message)
+            results.append({"path": str(path), "error": message})
             continue
         result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:

@@ -270,17 +270,9 @@ class MelSpectrogramGraph(torch.nn.Module):
         batch, length, channels = wavs.shape
         signals = wavs.transpose(1, 2).reshape(batch * channels, length)
         if self.method == "stft":
+            args = (self.hop, self.win_length, self.window, self.center)
             stft = torch.stft(
-                signals,
-                n_fft=self.n_fft,
-                hop_length=self.hop,
-                win_length=self.win_length,
-                window=self.window,
-                center=self.center,
-                pad_mode=self.pad_mode,
-                normalized=False,
-                onesided=True,
-                return_complex=True,
+                signals, self.n_fft, *args, self.pad_mode, return_complex=True
             )
             bins = torch.view_as_real(stft)
             power = bins[..., 0].square() + bins[..., 1].square()
