@@ -203,14 +203,6 @@ def make_inference_yaml(
     return "\n".join(lines) + "\n"
 
 
-def _find_recoverable_name(checkpointer, obj):
-    """The name under which ``checkpointer`` saves ``obj`` (identity), or None."""
-    for name, recoverable in getattr(checkpointer, "recoverables", {}).items():
-        if recoverable is obj:
-            return name
-    return None
-
-
 def _save_module(obj, path):
     """Save ``obj`` with its SpeechBrain default save hook."""
     if isinstance(obj, torch.nn.Module) and not obj.state_dict():
@@ -289,13 +281,15 @@ def export_inference_folder(
         header=header,
     )
 
+    recoverables = getattr(checkpointer, "recoverables", {}).items()
+    saved_as = {id(obj): name for name, obj in recoverables}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_folder(folder.parent, folder.name)
     try:
         (tmp / "hyperparams.yaml").write_text(text, encoding="utf-8")
         for name, module in modules.items():
             target = tmp / f"{name}.ckpt"
-            rec_name = _find_recoverable_name(checkpointer, module)
+            rec_name = saved_as.get(id(module))
             if best is not None and rec_name in best.paramfiles:
                 shutil.copyfile(best.paramfiles[rec_name], target)
                 continue
@@ -308,7 +302,11 @@ def export_inference_folder(
             _save_module(module, target)
         hparams["label_encoder"].save(tmp / "label_encoder.txt")
         shutil.copyfile(tmp / "label_encoder.txt", tmp / "label_encoder.ckpt")
-        _write_card(tmp, hparams)
+        try:
+            write_model_card(tmp, hparams)
+        except Exception as e:  # the model matters more than its card
+            name = type(e).__name__
+            logger.warning("No model card written in %s (%s: %s)", tmp, name, e)
         if verify:
             model = load_model(tmp, trust=True)  # this run wrote it
             n_labels = len(model.hparams.label_encoder)
@@ -323,16 +321,6 @@ def export_inference_folder(
         raise
     logger.info("Inference folder written to %s", folder)
     return folder
-
-
-def _write_card(folder, hparams):
-    """Write the model card (README.md); a failure is a warning, not an error."""
-    try:
-        write_model_card(folder, hparams)
-    except Exception as e:  # the model matters more than its card
-        logger.warning(
-            "No model card written in %s (%s: %s)", folder, type(e).__name__, e
-        )
 
 
 class ModelFolderError(UserError, FileNotFoundError):

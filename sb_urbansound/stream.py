@@ -43,14 +43,10 @@ class StreamWindows:
 
     Arguments
     ---------
-    rate : int
-        The input's rate.
-    channels : int
-        The input's channel count.
-    sample_rate : int
-        The model's rate.
-    model_channels : int
-        The model's channel count.
+    rate, channels : int
+        The input's rate and channel count.
+    sample_rate, model_channels : int
+        The model's.
     num_samples : int
         The window length (model samples).
     remove_dc : bool
@@ -173,16 +169,9 @@ def _window_line(start, end, probs, labels, top_k=1):
     '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75, "top_k": [{"label": "b", "prob": 0.75}]}'
     """
     best = top_k_labels(probs, labels, top_k)
-    return json.dumps(
-        {
-            "start": round(float(start), 6),
-            "end": round(float(end), 6),
-            "label": best[0]["label"],
-            "prob": best[0]["prob"],
-            "top_k": best,
-        },
-        allow_nan=False,
-    )
+    line = {"start": round(float(start), 6), "end": round(float(end), 6)}
+    line.update(label=best[0]["label"], prob=best[0]["prob"], top_k=best)
+    return json.dumps(line, allow_nan=False)
 
 
 def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
@@ -192,16 +181,12 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
     ---------
     scorer : sb_urbansound.runtime.Scorer
         The model.
-    rate : int
-        The input's rate.
-    channels : int
-        The input's channel count.
+    rate, channels : int
+        The input's rate and channel count.
     top_k : int
         Labels per line.
-    infile : binary file, optional
-        The input (default: standard input).
-    outfile : text file, optional
-        The output (default: standard output).
+    infile, outfile : file, optional
+        Binary input and text output (default: standard input and output).
 
     Returns
     -------
@@ -222,7 +207,7 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
     read = getattr(infile, "read1", infile.read)
     # At most a second of input per read (resampled up to 768 times)
     size = min(READ_BYTES, SAMPLE_BYTES * windows.channels * int(rate))
-    sample_rate = float(scorer.sample_rate)
+    sr = float(scorer.sample_rate)
 
     def emit(items):
         """Score windows and print their lines."""
@@ -230,11 +215,7 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
             probs = scorer.window_probs(window[None])[0]
             end = min(start + windows.num_samples, max(windows.total, 1))
             line = _window_line(
-                start / sample_rate,
-                end / sample_rate,
-                probs,
-                scorer.labels,
-                top_k,
+                start / sr, end / sr, probs, scorer.labels, top_k
             )
             outfile.write(line + "\n")
             outfile.flush()

@@ -48,10 +48,8 @@ def window_count(length, num_samples):
 
     Arguments
     ---------
-    length : int
-        The clip length (samples).
-    num_samples : int
-        The window length.
+    length, num_samples : int
+        The clip length and the window length (samples).
 
     Returns
     -------
@@ -125,12 +123,8 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s):
 
     Arguments
     ---------
-    n_windows : int
-        The number of windows.
-    num_samples : int
-        The window length (samples).
-    sample_rate : int
-        The rate of the windows.
+    n_windows, num_samples, sample_rate : int
+        The number of windows, their length (samples) and rate.
     duration_s : float
         The length of the recording (seconds).
 
@@ -155,12 +149,7 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s):
 
 
 def find_segments(
-    probs,
-    labels,
-    spans,
-    threshold=0.5,
-    min_duration=0.0,
-    merge_gap=0.0,
+    probs, labels, spans, threshold=0.5, min_duration=0.0, merge_gap=0.0
 ):
     """Turn per-window class probabilities into events (module docstring);
     an event's score is its class's mean probability over its windows.
@@ -222,14 +211,14 @@ def find_segments(
     return events
 
 
-def count_events(segments, labels=None):
+def count_events(segments, labels):
     """How many events of each class.
 
     Arguments
     ---------
     segments : list of dict
         From :func:`find_segments`.
-    labels : list of str, optional
+    labels : list of str
         Classes to list even when they have no event (in this order).
 
     Returns
@@ -239,12 +228,11 @@ def count_events(segments, labels=None):
 
     Example
     -------
-    >>> count_events(
-    ...     [{"label": "b"}, {"label": "a"}, {"label": "b"}], ["a", "b", "c"]
-    ... )
+    >>> segments = [{"label": "b"}, {"label": "a"}, {"label": "b"}]
+    >>> count_events(segments, ["a", "b", "c"])
     {'a': 1, 'b': 2, 'c': 0}
     """
-    counts = dict.fromkeys(labels or [], 0)
+    counts = dict.fromkeys(labels, 0)
     for seg in segments:
         counts[seg["label"]] = counts.get(seg["label"], 0) + 1
     return counts
