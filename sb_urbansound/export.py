@@ -656,9 +656,6 @@ class _DataClips:
                 ) from None
         self.scorer = None if model is None else TorchScorer(model)
 
-    def __len__(self):
-        return len(self.files)
-
     def __iter__(self):
         for path in self.files:
             try:
