@@ -617,7 +617,13 @@ def _data_files(paths):
             try:
                 manifest = json.loads(item.read_text(encoding="utf-8"))
                 files += [Path(e["wav"]) for e in manifest.values()]
-            except (OSError, ValueError, LookupError, AttributeError) as e:
+            except (
+                OSError,
+                ValueError,
+                LookupError,
+                TypeError,
+                AttributeError,
+            ) as e:
                 raise ExportError(
                     f"{item}: not a SpeechBrain manifest with 'wav' entries "
                     f"({type(e).__name__}: {e})"
