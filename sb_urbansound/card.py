@@ -42,13 +42,6 @@ def _read_json(path):
         return None
 
 
-def _prepare_name(hparams):
-    """The name of the YAML's data preparation function (or None)."""
-    prepare = hparams.get("prepare")
-    func = getattr(prepare, "func", prepare)
-    return getattr(func, "__name__", None)
-
-
 def _module_name(module):
     """A module's class name; a container's is its children's, joined."""
     name = type(module).__name__
@@ -97,7 +90,8 @@ def card_info(hparams, labels, hardware=None):
     test = _read_json(hparams.get("test_results_file", output / "x.json"))
     history = _read_json(hparams.get("history_file", output / "x.json"))
     run = _read_json(output / "run_settings.json") or {}
-    prepare = _prepare_name(hparams)
+    prepare = hparams.get("prepare")  # a function, or a partial of one
+    prepare = getattr(getattr(prepare, "func", prepare), "__name__", None)
     modules = {
         name: _module_name(module)
         for name, module in hparams.get("modules", {}).items()

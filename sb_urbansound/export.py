@@ -37,12 +37,14 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 from sb_urbansound import __version__
 from sb_urbansound.atomic import (
     FolderLock,
@@ -56,6 +58,7 @@ from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
     TorchScorer,
     check_model_folder,
+    export_inference_folder,
     load_model,
     model_audio_spec,
 )
@@ -597,6 +600,10 @@ def generated_clips(sample_rate, channels, num_samples):
     return clips
 
 
+#: What reading a JSON file that is not a manifest raises.
+_NOT_A_MANIFEST = (OSError, ValueError, LookupError, TypeError, AttributeError)
+
+
 def _data_files(paths):
     """The audio files named by ``--data``: files, folders (searched
     recursively), SpeechBrain JSON manifests (their ``wav`` entries).
@@ -617,13 +624,7 @@ def _data_files(paths):
             try:
                 manifest = json.loads(item.read_text(encoding="utf-8"))
                 files += [Path(e["wav"]) for e in manifest.values()]
-            except (
-                OSError,
-                ValueError,
-                LookupError,
-                TypeError,
-                AttributeError,
-            ) as e:
+            except _NOT_A_MANIFEST as e:
                 raise ExportError(
                     f"{item}: not a SpeechBrain manifest with 'wav' entries "
                     f"({type(e).__name__}: {e})"
@@ -780,32 +781,29 @@ def export_model(
         ) from None
     with lock:
         model = load_model(folder, trust=trust)
-        return _export_all(model, folder, formats, data, max_clips, opset, log)
-
-
-def _export_all(model, folder, formats, data, max_clips, opset, log):
-    """:func:`export_model` once the folder's lock is held."""
-    rate, channels, num_samples = model_audio_spec(model)
-    if num_samples is None:
-        raise ExportError(
-            f"{folder}: hyperparams.yaml has no duration_ms: the export needs "
-            "the training clip length"
-        )
-    if data:
-        files = _data_files(data)
-        if not files:
-            raise ExportError("--data names no audio file")
-        clips = _DataClips(model, files[:max_clips])
-    else:
-        clips = generated_clips(rate, channels, num_samples)[:max_clips]
-    results = {}
-    for fmt in formats:
-        try:
-            results[fmt] = _export_one(model, fmt, folder, clips, opset, log)
-        except ExportError as e:
-            log(f"{fmt}: refused: {e}")
-            results[fmt] = {"error": str(e)}
-    return results
+        rate, channels, num_samples = model_audio_spec(model)
+        if num_samples is None:
+            raise ExportError(
+                f"{folder}: hyperparams.yaml has no duration_ms: the export "
+                "needs the training clip length"
+            )
+        if data:
+            files = _data_files(data)
+            if not files:
+                raise ExportError("--data names no audio file")
+            clips = _DataClips(model, files[:max_clips])
+        else:
+            clips = generated_clips(rate, channels, num_samples)[:max_clips]
+        results = {}
+        for fmt in formats:
+            try:
+                results[fmt] = _export_one(
+                    model, fmt, folder, clips, opset, log
+                )
+            except ExportError as e:
+                log(f"{fmt}: refused: {e}")
+                results[fmt] = {"error": str(e)}
+        return results
 
 
 def _export_one(model, fmt, folder, clips, opset, log):
@@ -875,11 +873,6 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     -------
     See ``tests/test_export.py`` and ``bench/inference.py``.
     """
-    import tempfile
-
-    from hyperpyyaml import load_hyperpyyaml, resolve_references
-    from sb_urbansound.inference import export_inference_folder
-
     yaml_file = Path(yaml_file)
     recipe = str(yaml_file.resolve().parent.parent)  # !name:<prepare module>
     if recipe not in sys.path:
@@ -963,7 +956,7 @@ def parse_args(argv=None):
         "--max-clips",
         type=int,
         metavar="N",
-        help="check at most N of the --data clips",
+        help="check at most N --data clips",
     )
     parser.add_argument(
         "--opset",
