@@ -1,26 +1,12 @@
 """The model card: ``README.md`` in every model folder, Hugging Face style.
 
-:func:`sb_urbansound.inference.export_inference_folder` (so every training
-run) writes ``<output_folder>/model/README.md`` with :func:`write_model_card`.
-Uploading the folder to the Hugging Face Hub then makes a model page:
-
-* YAML front matter: ``library_name: speechbrain``, ``pipeline_tag`` and the
-  ``audio-classification`` tag, the data set, the metric, and a
-  ``model-index`` with the test accuracy;
-* the classes, with their test accuracy and clip counts; the training data
-  and its folds; the settings; the hardware and the training time (the sum
-  of the epochs' training stages, from ``history.json``);
-* usage, as code blocks that run as written in a folder holding the model
-  folder as ``model/`` and a clip ``clip.wav``: Python (SpeechBrain's
-  ``EncoderClassifier`` and :func:`sb_urbansound.inference.load_model`), the
-  ``classify`` command line, and ONNX (export, then the torch-free runtime).
-  ``tests/test_card.py`` runs them, as SpeechBrain's hub checks run the
-  READMEs of its models.
-
-The numbers come from the run's own files: ``test_results.json``,
-``history.json`` and ``run_settings.json`` in ``output_folder``; a folder
-exported without them (an untrained model, a run that was not tested) says
-so instead.
+:func:`write_model_card` (called by every export of a model folder) writes
+the YAML front matter (``library_name: speechbrain``, ``pipeline_tag``, the
+data set, a ``model-index`` with the test accuracy), the classes with their
+test accuracy, the training data, settings, hardware and training time, and
+usage examples that run as written (``tests/test_card.py`` runs them). The
+numbers come from the run's ``test_results.json``, ``history.json`` and
+``run_settings.json``; a folder exported without them says so.
 
 Authors
 -------
@@ -54,13 +40,6 @@ def _read_json(path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _prepare_name(hparams):
-    """The name of the YAML's data preparation function (or None)."""
-    prepare = hparams.get("prepare")
-    func = getattr(prepare, "func", prepare)
-    return getattr(func, "__name__", None)
 
 
 def _module_name(module):
@@ -98,19 +77,10 @@ def card_info(hparams, labels, hardware=None):
 
     Example
     -------
-    >>> info = card_info(
-    ...     {
-    ...         "output_folder": "/nowhere",
-    ...         "sample_rate": 16000,
-    ...         "channels": 1,
-    ...         "duration_ms": 1000,
-    ...         "modules": {},
-    ...     },
-    ...     ["a", "b"],
-    ...     hardware="CPU",
-    ... )
-    >>> info["labels"], info["test"], info["source"]
-    (['a', 'b'], None, 'your data')
+    >>> hparams = {"output_folder": "/nowhere", "sample_rate": 16000}
+    >>> info = card_info(hparams, ["a", "b"], hardware="CPU")
+    >>> info["labels"], info["test"], info["source"], info["settings"]
+    (['a', 'b'], None, 'your data', {'sample_rate': 16000})
     """
     if hardware is None:
         from sb_urbansound.hardware import hardware_description
@@ -120,7 +90,8 @@ def card_info(hparams, labels, hardware=None):
     test = _read_json(hparams.get("test_results_file", output / "x.json"))
     history = _read_json(hparams.get("history_file", output / "x.json"))
     run = _read_json(output / "run_settings.json") or {}
-    prepare = _prepare_name(hparams)
+    prepare = hparams.get("prepare")  # a function, or a partial of one
+    prepare = getattr(getattr(prepare, "func", prepare), "__name__", None)
     modules = {
         name: _module_name(module)
         for name, module in hparams.get("modules", {}).items()
@@ -128,29 +99,11 @@ def card_info(hparams, labels, hardware=None):
     }
     settings = {}
     for key in (
-        "sample_rate",
-        "channels",
-        "duration_ms",
-        "remove_dc",
-        "n_mels",
-        "n_fft",
-        "hop_length",
-        "cnn_channels",
-        "cnn_pooling",
-        "number_of_epochs",
-        "batch_size",
-        "lr",
-        "max_lr",
-        "label_smoothing",
-        "mixup_alpha",
-        "tta_views",
-        "tta_max_shift",
-        "feature_bank",
-        "freeze_encoder",
-        "unfreeze_after_epochs",
-        "encoder_lr_scale",
-        "seed",
-    ):
+        "sample_rate channels duration_ms remove_dc n_mels n_fft hop_length "
+        "cnn_channels cnn_pooling number_of_epochs batch_size lr max_lr "
+        "label_smoothing mixup_alpha tta_views tta_max_shift feature_bank "
+        "freeze_encoder unfreeze_after_epochs encoder_lr_scale seed"
+    ).split():
         value = hparams.get(key)
         if isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) for v in value
@@ -212,31 +165,14 @@ def _front_matter(info, name):
     test = info["test"]
     if test and test.get("accuracy") is not None:
         split = ", ".join(str(f) for f in info["folds"].get("test", []))
-        meta["model-index"] = [
-            {
-                "name": name,
-                "results": [
-                    {
-                        "task": {
-                            "type": "audio-classification",
-                            "name": "Audio Classification",
-                        },
-                        "dataset": {
-                            "name": dataset or "test set",
-                            "type": (dataset or "audio").lower(),
-                            "split": f"fold {split}" if split else "test",
-                        },
-                        "metrics": [
-                            {
-                                "type": "accuracy",
-                                "value": round(float(test["accuracy"]), 4),
-                                "name": "Test accuracy",
-                            }
-                        ],
-                    }
-                ],
-            }
-        ]
+        task = {"type": "audio-classification", "name": "Audio Classification"}
+        data = {"name": dataset or "test set"}
+        data["type"] = (dataset or "audio").lower()
+        data["split"] = f"fold {split}" if split else "test"
+        value = round(float(test["accuracy"]), 4)
+        metric = {"type": "accuracy", "value": value, "name": "Test accuracy"}
+        result = {"task": task, "dataset": data, "metrics": [metric]}
+        meta["model-index"] = [{"name": name, "results": [result]}]
     stream = io.StringIO()
     yaml = YAML()
     yaml.default_flow_style = False
@@ -333,11 +269,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
 
     Example
     -------
-    >>> info = card_info(
-    ...     {"output_folder": "/nowhere", "modules": {}},
-    ...     ["dog", "siren"],
-    ...     hardware="CPU",
-    ... )
+    >>> info = card_info({"output_folder": "/nowhere"}, ["dog", "siren"], "CPU")
     >>> text = model_card(info)
     >>> text.startswith("---\\nlibrary_name: speechbrain\\n")
     True
@@ -449,7 +381,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
     return "\n".join(lines)
 
 
-def write_model_card(folder, hparams, labels=None, name=None):
+def write_model_card(folder, hparams):
     """Write ``<folder>/README.md`` (atomically) for a run's model folder.
 
     Arguments
@@ -457,11 +389,7 @@ def write_model_card(folder, hparams, labels=None, name=None):
     folder : str or Path
         The model folder (or the temporary folder it is built in).
     hparams : dict
-        The run's loaded hyperparameters.
-    labels : list of str, optional
-        The class names (default: from ``hparams["label_encoder"]``).
-    name : str, optional
-        The model's name (default: from the embedding model's class).
+        The run's loaded hyperparameters (``label_encoder`` filled).
 
     Returns
     -------
@@ -472,13 +400,11 @@ def write_model_card(folder, hparams, labels=None, name=None):
     -------
     See ``tests/test_card.py``.
     """
-    if labels is None:
-        encoder = hparams["label_encoder"]
-        labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    encoder = hparams["label_encoder"]
+    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
     info = card_info(hparams, labels)
-    if name is None:
-        model = info["modules"].get("embedding_model", "model")
-        name = f"sb-urbansound {model} sound classifier"
+    model = info["modules"].get("embedding_model", "model")
+    name = f"sb-urbansound {model} sound classifier"
     return atomic_write_text(Path(folder) / CARD_FILE, model_card(info, name))
 
 

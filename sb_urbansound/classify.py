@@ -9,34 +9,22 @@ Usage::
     python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R --channels C
 
 ``--backend onnx`` scores with the folder's ``model.onnx`` through the
-torch-free :mod:`sb_urbansound.runtime` (same windows, same results within
-1e-3). ``--segments`` adds each file's events (:mod:`sb_urbansound.timeline`);
-``--stream`` classifies raw 16-bit PCM from standard input, one JSON line per
-hop (:mod:`sb_urbansound.stream`).
+torch-free :mod:`sb_urbansound.runtime`; ``--segments`` adds each file's
+events (:mod:`sb_urbansound.timeline`); ``--stream`` classifies raw 16-bit
+PCM from standard input (:mod:`sb_urbansound.stream`).
 
-Folders are searched recursively for the suffixes of
-:data:`sb_urbansound.audio.AUDIO_SUFFIXES` (``.wav``, ``.flac``, ``.ogg``,
-``.mp3``, in sorted order); files named on the command line are read whatever
-their suffix.
-Each file is read (:func:`sb_urbansound.audio.load_audio`), converted to the
-model's sample rate and channels as in training, cut into windows of the
-training duration (hop: half a window; the last window zero-padded as in
-evaluation; a short clip is one padded window), and the windows' class
-probabilities are averaged (see
-:class:`~sb_urbansound.inference.TorchScorer`).
+Folders are searched recursively for :data:`sb_urbansound.audio.AUDIO_SUFFIXES`;
+named files are read whatever their suffix. Each file is converted as in
+training, cut into windows of the training duration (hop: half a window, the
+last zero-padded) and the windows' probabilities averaged.
 
-Output: one line per file on stdout, ``path<TAB>label<TAB>probability`` (with
-``--top-k N``: N label/probability pairs, most probable first); with ``--json``
-a JSON list of objects instead (``path``, ``label``, ``prob``, ``top_k``,
-``n_windows``, ``duration_s``; a file that could not be classified has
-``path`` and ``error`` only). A file that cannot be read, a folder with no
-audio file, and a file whose probabilities are not finite (a model with NaN
-weights) are reported on stderr and the others are still classified; the exit
-status is then 1 (0 when every file was classified, 2 for a usage error or a
-model folder that cannot be loaded: missing, a training output folder instead
-of its ``model`` folder, or a checkpoint file missing). The JSON output is
-always valid JSON (no ``NaN``). A progress bar goes to stderr when there are
-many files.
+Output: ``path<TAB>label<TAB>probability`` per file (``--top-k N``: N pairs),
+or with ``--json`` a JSON list (``path``, ``label``, ``prob``, ``top_k``,
+``n_windows``, ``duration_s``; or ``path`` and ``error``). An unreadable
+file, a folder without audio or NaN probabilities are reported on stderr and
+the other files still classified. Exit status: 0 when every file was
+classified, 1 otherwise, 2 for a usage error or a model folder that cannot
+be loaded.
 
 Authors
 -------
@@ -56,7 +44,7 @@ from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.inference import TorchScorer, load_model
 from sb_urbansound.runtime import OnnxModel, Scorer, check_rate
-from sb_urbansound.stream import run_stream
+from sb_urbansound.stream import _silence_stdout, run_stream
 from sb_urbansound.timeline import count_events, find_segments, window_spans
 from tqdm import tqdm
 
@@ -66,22 +54,11 @@ logger = logging.getLogger(__name__)
 PROGRESS_MIN_FILES = 10
 
 
-def expand_inputs(inputs):
+def _expand_inputs(inputs):
     """Expand files and folders into a list of audio files.
 
-    A folder is searched recursively with
-    :func:`sb_urbansound.audio.find_audio_files`; any other input is kept as
-    it is, in order (a missing file is then reported when it is classified).
-
-    Arguments
-    ---------
-    inputs : list of str or Path
-        Files and folders.
-
-    Returns
-    -------
-    list of Path
-        The files, in input order.
+    Folders are searched recursively; other inputs are kept as they are (a
+    missing file is reported when it is classified).
 
     Example
     -------
@@ -89,7 +66,7 @@ def expand_inputs(inputs):
     >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", "a.mp3"]:
     ...     (tmp / name).parent.mkdir(exist_ok=True)
     ...     _ = (tmp / name).write_bytes(b"")
-    >>> found = expand_inputs([tmp / "b", tmp / "a.mp3"])
+    >>> found = _expand_inputs([tmp / "b", tmp / "a.mp3"])
     >>> [p.relative_to(tmp).as_posix() for p in found]
     ['b/1.WAV', 'b/2.flac', 'a.mp3']
     """
@@ -118,9 +95,8 @@ def classify_files(
 ):
     """Classify audio files (and the audio files in folders) with a trained model.
 
-    Each file is classified on its own: its sliding windows form one batch (see
-    :class:`~sb_urbansound.inference.TorchScorer`), so a file's result does
-    not depend on the other files.
+    Each file is classified on its own (its windows form one batch), so its
+    result does not depend on the other files.
 
     Arguments
     ---------
@@ -128,8 +104,7 @@ def classify_files(
         The inference folder (``<output_folder>/model``), or a model already
         loaded from one (with SpeechBrain, or with the torch-free runtime).
     paths : list of str or Path
-        Audio files and folders (searched recursively, see
-        :func:`find_audio_files`).
+        Audio files and folders (searched recursively).
     top_k : int
         How many labels to return per file.
     batch_size : int
@@ -147,24 +122,20 @@ def classify_files(
         Load a model folder whose ``hyperparams.yaml`` builds or calls
         anything (see :mod:`sb_urbansound.trust`).
     backend : str
-        ``"torch"`` (PyTorch and SpeechBrain) or ``"onnx"`` (the folder's
-        ``model.onnx`` with :mod:`sb_urbansound.runtime`, no torch), when
-        ``model_folder`` is a folder.
+        For a folder: ``"torch"`` (SpeechBrain) or ``"onnx"`` (its
+        ``model.onnx`` with :mod:`sb_urbansound.runtime`, no torch).
     segments : dict, optional
-        Also find each file's events (:func:`sb_urbansound.timeline.
-        find_segments` with these ``threshold``, ``min_duration`` and
-        ``merge_gap``) from its windows' probabilities.
+        Also find each file's events: the ``threshold``, ``min_duration``
+        and ``merge_gap`` of :func:`sb_urbansound.timeline.find_segments`.
 
     Returns
     -------
     list of dict
-        One per file, in order: ``path`` (str), ``label`` and ``prob`` (the most
-        probable class), ``top_k`` (list of ``{"label", "prob"}``),
-        ``n_windows`` and ``duration_s`` (with ``segments``: also
-        ``segments``, a list of ``{"start", "end", "label", "score"}``, and
-        ``counts``, events per class); or ``path`` and ``error`` (a message)
-        for a file that could not be read or whose probabilities are not
-        finite, and for a folder with no audio file.
+        One per file, in order: ``path``, ``label``, ``prob``, ``top_k``
+        (``{"label", "prob"}``), ``n_windows``, ``duration_s`` (with
+        ``segments``: also ``segments`` and ``counts`` per class); or
+        ``path`` and ``error`` (a message) for a file that could not be
+        classified or a folder with no audio file.
 
     Example
     -------
@@ -175,38 +146,28 @@ def classify_files(
     folder_name = scorer.model_folder
     items = []  # (path, message): message for an input with no audio file
     for item in paths:
-        found = expand_inputs([item])
+        found = _expand_inputs([item])
         if found:
             items += [(path, None) for path in found]
         else:  # a folder (a file is kept, and reported if it cannot be read)
-            items.append((Path(item), describe_empty_folder(item)))
+            items.append((Path(item), _describe_empty_folder(item)))
     if progress is None:
         progress = len(items) >= PROGRESS_MIN_FILES
-    if on_error is None:
-
-        def on_error(path, message):
-            """Log a file that could not be classified."""
-            logger.warning("%s", message)
-
+    on_error = on_error or (lambda path, message: logger.warning(message))
     results = []
-
-    def fail(path, message):
-        """Record a file that could not be classified."""
-        on_error(path, message)
-        results.append({"path": str(path), "error": message})
-
     bar = tqdm(items, disable=not progress, unit="file", file=sys.stderr)
     for path, message in bar:
+        if message is None:
+            try:
+                per_window, duration_s = scorer.file_window_probs(path)
+            except (AudioLoadError, OSError) as e:
+                message = _describe_load_error(path, e)
+            else:
+                if not np.isfinite(per_window.mean(axis=0)).all():
+                    message = _describe_nan_model(path, folder_name)
         if message is not None:
-            fail(path, message)
-            continue
-        try:
-            per_window, duration_s = scorer.file_window_probs(path)
-        except (AudioLoadError, OSError) as e:
-            fail(path, describe_load_error(path, e))
-            continue
-        if not bool(np.isfinite(per_window.mean(axis=0)).all()):
-            fail(path, describe_nan_model(path, folder_name))
+            on_error(path, message)
+            results.append({"path": str(path), "error": message})
             continue
         result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
@@ -226,29 +187,20 @@ def classify_files(
 def load_scorer(
     model_folder, backend="torch", device="cpu", batch_size=16, trust=False
 ):
-    """A model folder (or a loaded model) as a scorer (see :class:`~sb_urbansound.runtime.Scorer`).
+    """A model folder (or a loaded model) as a :class:`~sb_urbansound.runtime.Scorer`.
 
     Arguments
     ---------
     model_folder : str or Path or EncoderClassifier or OnnxModel
         The inference folder, or a model already loaded.
-    backend : str
-        For a folder: ``"torch"`` (SpeechBrain) or ``"onnx"`` (the folder's
-        ``model.onnx``, torch-free runtime).
-    device : str
-        Where the PyTorch model runs.
-    batch_size : int
-        Windows per forward pass (PyTorch).
-    trust : bool
-        Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (PyTorch; see :mod:`sb_urbansound.trust`).
+    backend, device, batch_size, trust
+        As :func:`classify_files`.
 
     Returns
     -------
     sb_urbansound.runtime.Scorer
         A :class:`~sb_urbansound.inference.TorchScorer` or an
-        :class:`~sb_urbansound.runtime.OnnxModel`, with a ``model_folder``
-        attribute (for messages).
+        :class:`~sb_urbansound.runtime.OnnxModel`, with ``model_folder``.
 
     Example
     -------
@@ -261,7 +213,7 @@ def load_scorer(
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
     if isinstance(model_folder, Scorer):
         return model_folder
-    if not _is_path(model_folder):  # a loaded EncoderClassifier
+    if not isinstance(model_folder, (str, Path)):  # an EncoderClassifier
         return TorchScorer(model_folder, batch_size)
     if backend == "onnx":
         scorer = OnnxModel(model_folder)
@@ -272,24 +224,12 @@ def load_scorer(
     return scorer
 
 
-def describe_load_error(path, error):
+def _describe_load_error(path, error):
     """A one-line message naming a file that could not be read, and why.
-
-    Arguments
-    ---------
-    path : str or Path
-        The file.
-    error : Exception
-        What reading it raised.
-
-    Returns
-    -------
-    str
-        ``"<path>: no such file"`` or ``"<path>: cannot be read as audio (<why>)"``.
 
     Example
     -------
-    >>> describe_load_error("no/such.wav", AudioLoadError("not found"))
+    >>> _describe_load_error("no/such.wav", AudioLoadError("not found"))
     'no/such.wav: no such file'
     """
     if not Path(path).is_file():
@@ -300,22 +240,12 @@ def describe_load_error(path, error):
     return f"{path}: cannot be read as audio ({cause})"
 
 
-def describe_empty_folder(folder):
+def _describe_empty_folder(folder):
     """The message for a folder in which no audio file was found.
-
-    Arguments
-    ---------
-    folder : str or Path
-        The folder.
-
-    Returns
-    -------
-    str
-        A one-line message naming the folder and the suffixes looked for.
 
     Example
     -------
-    >>> describe_empty_folder("clips")
+    >>> _describe_empty_folder("clips")
     'clips: no audio file in this folder or its subfolders (looked for .wav, .flac, .ogg, .mp3 files, in any case; hidden files are skipped)'
     """
     suffixes = ", ".join(AUDIO_SUFFIXES)
@@ -325,28 +255,13 @@ def describe_empty_folder(folder):
     )
 
 
-def describe_nan_model(path, model_folder):
-    """The message for a file whose class probabilities are not finite.
-
-    The audio that :func:`~sb_urbansound.audio.load_audio` returns is always
-    finite, so the model is at fault: its weights (or normalisation
-    statistics) are NaN or infinite, as after training on bad data.
-
-    Arguments
-    ---------
-    path : str or Path
-        The file.
-    model_folder : str or Path or None
-        The model folder (None: unknown).
-
-    Returns
-    -------
-    str
-        A one-line message naming the file and the model folder.
+def _describe_nan_model(path, model_folder):
+    """The message for a file whose class probabilities are not finite
+    (loaded audio is finite, so the model's weights are at fault).
 
     Example
     -------
-    >>> describe_nan_model("a.wav", "run/model")  # doctest: +ELLIPSIS
+    >>> _describe_nan_model("a.wav", "run/model")  # doctest: +ELLIPSIS
     'a.wav: the model gives NaN probabilities: ... model folder: run/model'
     """
     if model_folder is None:
@@ -360,19 +275,15 @@ def describe_nan_model(path, model_folder):
 
 
 @contextlib.contextmanager
-def quiet_speechbrain(enabled=True, level=logging.WARNING):
-    """Lower SpeechBrain's loggers (INFO by default) to ``level`` meanwhile.
+def quiet_speechbrain(enabled=True):
+    """Lower SpeechBrain's loggers (INFO by default) to WARNING meanwhile.
 
-    SpeechBrain's ``get_logger`` reads ``SB_LOG_LEVEL`` for loggers made
-    later, so the variable is set too, and put back afterwards: a caller's
-    process (and the programs it starts) keeps its own.
+    ``SB_LOG_LEVEL`` (read for loggers made later) is set too, and put back.
 
     Arguments
     ---------
     enabled : bool
         Whether to lower them (else do nothing).
-    level : int
-        The level meanwhile.
 
     Yields
     ------
@@ -397,9 +308,9 @@ def quiet_speechbrain(enabled=True, level=logging.WARNING):
     ]
     levels = {name: logging.getLogger(name).level for name in names}
     env = os.environ.get("SB_LOG_LEVEL")
-    os.environ["SB_LOG_LEVEL"] = logging.getLevelName(level)
+    os.environ["SB_LOG_LEVEL"] = "WARNING"
     for name in names:
-        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         yield
     finally:
@@ -411,27 +322,11 @@ def quiet_speechbrain(enabled=True, level=logging.WARNING):
             logging.getLogger(name).setLevel(old)
 
 
-def _is_path(obj):
-    """Whether ``obj`` names a folder (rather than being a loaded model)."""
-    return isinstance(obj, (str, Path))
-
-
-def format_line(result):
+def _format_line(result):
     """One tab-separated output line: path, then label/probability pairs.
 
-    A tab, newline or backslash inside a path or label is written as ``\\t``,
-    ``\\n`` or ``\\\\`` (as in PostgreSQL's text format), so every line has its
-    fields.
-
-    Arguments
-    ---------
-    result : dict
-        A successful result of :func:`classify_files`.
-
-    Returns
-    -------
-    str
-        ``path\\tlabel\\tprob[\\tlabel\\tprob...]``, probabilities with 4 decimals.
+    Tabs, newlines and backslashes in a path or label are escaped (as in
+    PostgreSQL's text format), so every line has its fields.
 
     Example
     -------
@@ -442,10 +337,10 @@ def format_line(result):
     ...         {"label": "car_horn", "prob": 0.05},
     ...     ],
     ... }
-    >>> format_line(r).split("\\t")
+    >>> _format_line(r).split("\\t")
     ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
     >>> r["top_k"] = [{"label": "dog\\tbark", "prob": 1.0}]
-    >>> format_line(r).split("\\t")
+    >>> _format_line(r).split("\\t")
     ['a.wav', 'dog\\\\tbark', '1.0000']
     """
     fields = [_escape(result["path"])]
@@ -460,25 +355,15 @@ def _escape(text):
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def write_results(results, as_json, stream):
+def _write_results(results, as_json, stream):
     """Write the results: tab-separated lines, or a JSON list.
-
-    Arguments
-    ---------
-    results : list of dict
-        From :func:`classify_files`.
-    as_json : bool
-        A JSON list (failed files included, with their ``error``) instead of
-        one line per classified file.
-    stream : file
-        Where to write; it is flushed, so a full disk is reported here.
 
     Example
     -------
     >>> import io
     >>> out = io.StringIO()
     >>> r = {"path": "a.wav", "top_k": [{"label": "dog", "prob": 1.0}]}
-    >>> write_results([r, {"path": "b.wav", "error": "x"}], False, out)
+    >>> _write_results([r, {"path": "b.wav", "error": "x"}], False, out)
     >>> out.getvalue()
     'a.wav\\tdog\\t1.0000\\n'
     """
@@ -491,10 +376,42 @@ def write_results(results, as_json, stream):
             if "error" in result:
                 continue
             if "segments" in result:  # --segments: the events, then counts
-                stream.write("\n".join(format_segment_lines(result)) + "\n")
+                stream.write("\n".join(_format_segment_lines(result)) + "\n")
             else:
-                stream.write(format_line(result) + "\n")
+                stream.write(_format_line(result) + "\n")
     stream.flush()
+
+
+def add_model_options(parser, verbose_help):
+    """Add the model folder and the options every command that loads one has.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The command's parser.
+    verbose_help : str
+        What ``-v`` shows.
+
+    Example
+    -------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_model_options(parser, "show tracebacks")
+    >>> parser.parse_args(["m", "--trust-model"]).trust_model
+    True
+    """
+    parser.add_argument(
+        "model_folder", help="the inference folder (<output_folder>/model)"
+    )
+    parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model folder whose hyperparams.yaml builds or calls "
+        "more than a model needs (a model folder is code: only for folders "
+        "whose origin you trust; see sb_urbansound.trust)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help=verbose_help
+    )
 
 
 def parse_args(argv=None):
@@ -508,14 +425,19 @@ def parse_args(argv=None):
     Returns
     -------
     argparse.Namespace
-        ``model_folder``, ``inputs``, ``top_k``, ``json``, ``device``,
-        ``batch_size``, ``verbose``, ``progress``.
+        One attribute per option; ``threshold``, ``min_duration`` and
+        ``merge_gap`` have their defaults filled in.
 
     Example
     -------
     >>> a = parse_args(["model", "x.wav", "dir", "--top-k", "3", "--json"])
     >>> a.model_folder, a.inputs, a.top_k, a.json, a.device
     ('model', ['x.wav', 'dir'], 3, True, 'cpu')
+    >>> a = parse_args(
+    ...     ["model", "--stream", "--rate", "8000", "--channels", "1"]
+    ... )
+    >>> a.stream, a.rate, a.channels, a.inputs
+    (True, 8000, 1, [])
     """
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.classify",
@@ -529,30 +451,29 @@ def parse_args(argv=None):
             "folder cannot be loaded."
         ),
     )
-    parser.add_argument(
-        "model_folder", help="the inference folder (<output_folder>/model)"
+    add = parser.add_argument
+    add_model_options(
+        parser, "show SpeechBrain's information messages (model loading)"
     )
-    parser.add_argument(
+    suffixes = "/".join(s.lstrip(".") for s in AUDIO_SUFFIXES)
+    add(
         "inputs",
         nargs="*",
-        help="audio files, or folders searched recursively for "
-        + "/".join(s.lstrip(".") for s in AUDIO_SUFFIXES)
-        + " files (none with --stream)",
+        help=f"audio files, or folders searched recursively for {suffixes} "
+        "files (none with --stream)",
     )
-    parser.add_argument(
+    add(
         "--top-k",
         type=int,
         default=1,
         metavar="N",
         help="print the N most probable labels (default: 1)",
     )
-    parser.add_argument(
+    add(
         "--json", action="store_true", help="print a JSON list instead of lines"
     )
-    parser.add_argument(
-        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"
-    )
-    parser.add_argument(
+    add("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    add(
         "--batch-size",
         type=int,
         default=16,
@@ -560,44 +481,13 @@ def parse_args(argv=None):
         help="windows per forward pass; memory only, results do not change "
         "(default: 16)",
     )
-    parser.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="load a model folder whose hyperparams.yaml builds or calls "
-        "more than a model needs (a model folder is code: only for folders "
-        "whose origin you trust; see sb_urbansound.trust)",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show SpeechBrain's information messages (model loading)",
-    )
-    parser.add_argument(
+    add(
         "--no-progress",
         dest="progress",
         action="store_false",
         help=f"no progress bar (default: shown from {PROGRESS_MIN_FILES} files)",
     )
-    add_backend_options(parser)
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error("--top-k must be at least 1")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    check_backend_options(parser, args)
-    return args
-
-
-def add_backend_options(parser):
-    """Add the options of the backend, live streams and event timelines.
-
-    Arguments
-    ---------
-    parser : argparse.ArgumentParser
-        The ``classify`` parser.
-    """
-    parser.add_argument(
+    add(
         "--backend",
         choices=["torch", "onnx"],
         default="torch",
@@ -609,61 +499,38 @@ def add_backend_options(parser):
         "live stream",
         "read raw signed 16-bit little-endian PCM from standard input, as "
         "arecord/sox/ffmpeg write it, and print one JSON line per hop",
-    )
-    live.add_argument("--stream", action="store_true", help="classify stdin")
-    live.add_argument(
-        "--rate", type=int, help="the stream's sample rate (1000 to 768000)"
-    )
-    live.add_argument("--channels", type=int, help="its channel count")
-    events = parser.add_argument_group(
+    ).add_argument
+    live("--stream", action="store_true", help="classify stdin")
+    live("--rate", type=int, help="the stream's sample rate (1000 to 768000)")
+    live("--channels", type=int, help="its channel count")
+    event = parser.add_argument_group(
         "event timeline",
         "print each file's events (start, end, label, score) from its "
         "windows' probabilities, and their count per class",
-    )
-    events.add_argument(
-        "--segments", action="store_true", help="find events in each file"
-    )
-    events.add_argument(
+    ).add_argument
+    event("--segments", action="store_true", help="find events in each file")
+    event(
         "--threshold",
         type=float,
-        default=None,
         help="lowest probability for a class to be present (default: 0.5)",
     )
-    events.add_argument(
+    event(
         "--min-duration",
         type=float,
-        default=None,
         metavar="S",
         help="drop events shorter than S seconds (default: 0)",
     )
-    events.add_argument(
+    event(
         "--merge-gap",
         type=float,
-        default=None,
         metavar="S",
         help="merge events of a class at most S seconds apart (default: 0)",
     )
-
-
-def check_backend_options(parser, args):
-    """Check the stream and segment options together; fill the defaults.
-
-    Arguments
-    ---------
-    parser : argparse.ArgumentParser
-        For the error messages.
-    args : argparse.Namespace
-        The parsed arguments (``threshold``, ``min_duration`` and
-        ``merge_gap`` are filled in).
-
-    Example
-    -------
-    >>> a = parse_args(
-    ...     ["model", "--stream", "--rate", "16000", "--channels", "1"]
-    ... )
-    >>> a.stream, a.rate, a.channels, a.inputs
-    (True, 16000, 1, [])
-    """
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if args.stream:
         if args.inputs:
             parser.error("--stream reads standard input: give no files")
@@ -678,16 +545,13 @@ def check_backend_options(parser, args):
             parser.error("give audio files or folders (or --stream)")
         if args.rate is not None or args.channels is not None:
             parser.error("--rate and --channels describe a --stream")
-    given = {
-        "--threshold": args.threshold,
-        "--min-duration": args.min_duration,
-        "--merge-gap": args.merge_gap,
-    }
-    if not args.segments and any(v is not None for v in given.values()):
-        parser.error(
-            ", ".join(k for k, v in given.items() if v is not None)
-            + " only apply with --segments"
-        )
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k in ("threshold", "min_duration", "merge_gap")
+        if getattr(args, k) is not None
+    ]
+    if given and not args.segments:
+        parser.error(", ".join(given) + " only apply with --segments")
     args.threshold = 0.5 if args.threshold is None else args.threshold
     args.min_duration = args.min_duration or 0.0
     args.merge_gap = args.merge_gap or 0.0
@@ -699,49 +563,27 @@ def check_backend_options(parser, args):
                 f"--{option.replace('_', '-')} must be a number of seconds "
                 f">= 0, got {getattr(args, option)}"
             )
+    return args
 
 
-def format_segment_lines(result):
+def _format_segment_lines(result):
     """The tab-separated lines of a file's events, and a count line.
-
-    Arguments
-    ---------
-    result : dict
-        A result of :func:`classify_files` with ``segments`` and ``counts``.
-
-    Returns
-    -------
-    list of str
-        ``path<TAB>start<TAB>end<TAB>label<TAB>score`` per event (seconds
-        with 3 decimals, score with 4), then ``# path: N events: label n,
-        ...``.
 
     Example
     -------
-    >>> r = {
-    ...     "path": "a.wav",
-    ...     "segments": [
-    ...         {"start": 0.0, "end": 2.5, "label": "siren", "score": 0.91}
-    ...     ],
-    ...     "counts": {"dog_bark": 0, "siren": 1},
-    ... }
-    >>> for line in format_segment_lines(r):
+    >>> seg = {"start": 0.0, "end": 2.5, "label": "siren", "score": 0.91}
+    >>> counts = {"dog_bark": 0, "siren": 1}
+    >>> r = {"path": "a.wav", "segments": [seg], "counts": counts}
+    >>> for line in _format_segment_lines(r):
     ...     print(line.replace("\\t", " | "))
     a.wav | 0.000 | 2.500 | siren | 0.9100
     # a.wav: 1 events: siren 1
     """
     path = _escape(result["path"])
     lines = [
-        "\t".join(
-            [
-                path,
-                f"{seg['start']:.3f}",
-                f"{seg['end']:.3f}",
-                _escape(seg["label"]),
-                f"{seg['score']:.4f}",
-            ]
-        )
-        for seg in result["segments"]
+        f"{path}\t{s['start']:.3f}\t{s['end']:.3f}\t"
+        f"{_escape(s['label'])}\t{s['score']:.4f}"
+        for s in result["segments"]
     ]
     counts = ", ".join(
         f"{_escape(k)} {n}" for k, n in result["counts"].items() if n
@@ -809,13 +651,8 @@ def _classify(args):
         return 2
     if args.stream:
         return run_stream(model, args.rate, args.channels, args.top_k)
-    segments = None
-    if args.segments:
-        segments = {
-            "threshold": args.threshold,
-            "min_duration": args.min_duration,
-            "merge_gap": args.merge_gap,
-        }
+    keys = ("threshold", "min_duration", "merge_gap")
+    segments = {k: getattr(args, k) for k in keys} if args.segments else None
     results = classify_files(
         model,
         args.inputs,
@@ -826,11 +663,9 @@ def _classify(args):
         segments=segments,
     )
     try:
-        write_results(results, args.json, sys.stdout)
-    except BrokenPipeError:
-        # The reader went away (``| head``): stop quietly, and keep Python
-        # from reporting the failed flush of stdout at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _write_results(results, args.json, sys.stdout)
+    except BrokenPipeError:  # the reader went away (``| head``)
+        _silence_stdout(sys.stdout)
         return 0
     except OSError as e:
         print(f"error: cannot write the results: {e}", file=sys.stderr)

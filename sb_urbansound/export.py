@@ -5,43 +5,25 @@ Usage::
     python -m sb_urbansound.export MODEL_FOLDER [--format onnx|torchscript|all]
         [--data PATH...] [--max-clips N] [--opset N]
 
-writes ``model.onnx`` and/or ``model.ts`` beside the files of the model
-folder (``<output_folder>/model``). Each holds the whole path from the
-conditioned waveform to class probabilities:
+writes ``model.onnx`` and/or ``model.ts`` in the model folder: input
+``waveforms`` ``[windows, samples, channels]`` float32 (the windows of one
+clip at the model's rate; the number of windows is dynamic), then mel
+spectrogram (matrix-product DFT for ONNX, ``torch.stft`` for TorchScript),
+normaliser (a trained ``BatchStandardize``'s statistics as constants; an
+untrained one is refused), embedding, classifier, softmax, the mean over the
+test-time views (``tta_views``); output ``probs`` ``[windows, n_classes]``.
+The metadata (ONNX properties; ``metadata.json`` in the TorchScript archive)
+holds ``labels`` (JSON), ``sample_rate``, ``channels``, ``num_samples``,
+``remove_dc``, ``tta_views``, ``input_layout`` and ``normalization``.
 
-* input ``waveforms``: ``[windows, samples, channels]`` float32, the windows
-  of **one** clip at the model's rate and channel count, each of the training
-  length (``samples``); the number of windows is dynamic;
-* mel spectrogram (a matrix-product DFT for ONNX, ``torch.stft`` for
-  TorchScript, both equal to the recipe's ``MelSpectrogramDB``), normaliser,
-  embedding model, classifier, softmax; with the test-time views of the
-  training (``tta_views``), each window is scored as its shifted views and
-  their probabilities averaged;
-* output ``probs``: ``[windows, n_classes]``.
-
-A trained ``BatchStandardize`` (``cnn.yaml``'s normaliser) standardises
-with the average statistics of its training batches (constants in the
-export), so each window is scored on its own. One that never saw a training
-batch (an untrained model) has no statistics, and its model is refused.
-
-The ONNX metadata holds ``labels`` (JSON), ``sample_rate``, ``channels``,
-``num_samples``, ``remove_dc``, ``tta_views``, ``input_layout`` and
-``normalization``; the TorchScript file holds the same as ``metadata.json``
-(``torch.jit.load(path, _extra_files={"metadata.json": ""})``).
-
-Each exported model is checked before it is written, against the eager
-PyTorch model (:func:`sb_urbansound.inference.window_probs`, ``classify``'s
-path) on the same windows: the files given with ``--data`` (audio files,
-folders, or SpeechBrain manifests such as ``<output_folder>/manifests/
-test.json``), otherwise generated clips of 0.3 to 10.5 windows. Every clip
-must get the same top-1 label, and every probability must agree within
-``1e-4``; the command prints both numbers and writes nothing if they do not
-hold. Exit status: 0 when every asked format was written, 1 when a format was
-refused (a model that cannot be exported: the reason is printed) or failed
-its check, 2 for a usage error, a folder that is not a model folder or a
-``--data`` clip that cannot be read, 75
-when another process is exporting the same folder (its lock, as every store
-of ``docs/stores.md`` has).
+Before it is written, each export is compared with eager PyTorch
+(:func:`sb_urbansound.inference.window_probs`) on the windows of the
+``--data`` clips (files, folders, manifests) or of generated clips: every
+clip must get the same top-1 label and every probability agree within
+``1e-4``. Exit status: 0 when every format was written, 1 when one was
+refused or failed its check, 2 for a usage error, a folder that is not a
+model folder or an unreadable ``--data`` clip, 75 when another process is
+exporting the same folder (its lock, ``docs/stores.md``).
 
 Authors
 -------
@@ -55,29 +37,28 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 from sb_urbansound import __version__
 from sb_urbansound.atomic import (
     FolderLock,
     atomic_write_bytes,
     is_read_only_error,
 )
-from sb_urbansound.audio import (
-    ClipConditioner,
-    check_regular_file,
-    find_audio_files,
-    load_audio,
-)
+from sb_urbansound.audio import check_regular_file, find_audio_files
+from sb_urbansound.classify import add_model_options, quiet_speechbrain
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
 from sb_urbansound.inference import (
     TorchScorer,
     check_model_folder,
+    export_inference_folder,
     load_model,
     model_audio_spec,
 )
@@ -111,9 +92,6 @@ class ExportError(UserError):
     """
 
 
-# ----------------------------------------------------------- the features
-
-
 def _split(n):
     """``n = n1 * n2`` with ``n1 <= n2`` as close as possible."""
     n1 = math.isqrt(n)
@@ -125,15 +103,11 @@ def _split(n):
 class MatmulMelPower(torch.nn.Module):
     """Mel power spectrogram of padded signals by two matrix-product stages.
 
-    ``|rfft(frame * window)|² @ fb`` for every frame, without complex
-    numbers or FFT operators (ONNX's are slow in onnxruntime, and complex
-    tensors do not export): one step of Cooley-Tukey's algorithm as matrix
-    products. A frame of ``n = n1 * n2`` samples, seen as ``[n1, n2]``,
-    is transformed along its ``n1`` rows, multiplied by the twiddle factors
-    and transformed along its ``n2`` columns (the twiddles are folded into
-    that second matrix); the bins come out in ``(k1, k2)`` order, so the mel
-    matrix's rows are reordered to match. About ``2 * (n1 + n2) / n`` of the
-    products of a plain DFT matrix (1/8 at ``n = 1024``).
+    ``|rfft(frame * window)|² @ fb`` per frame without complex numbers or
+    FFT operators (slow in onnxruntime; complex tensors do not export): one
+    Cooley-Tukey step as matrix products over a frame seen as ``[n1, n2]``,
+    twiddles folded into the second matrix, the mel rows reordered to the
+    ``(k1, k2)`` bin order; about 1/8 of a DFT matrix's products at 1024.
 
     Arguments
     ---------
@@ -151,19 +125,11 @@ class MatmulMelPower(torch.nn.Module):
     -------
     >>> mel = torch.rand(33, 4)
     >>> op = MatmulMelPower(torch.hann_window(64), mel, 16, 200)
-    >>> x = torch.randn(3, 200)
-    >>> spec = (
-    ...     torch.stft(
-    ...         x,
-    ...         64,
-    ...         16,
-    ...         window=torch.hann_window(64),
-    ...         center=False,
-    ...         return_complex=True,
-    ...     ).abs()
-    ...     ** 2
+    >>> x, w = torch.randn(3, 200), torch.hann_window(64)
+    >>> spec = torch.stft(
+    ...     x, 64, 16, window=w, center=False, return_complex=True
     ... )
-    >>> ref = spec.transpose(1, 2) @ mel
+    >>> ref = spec.abs().square().transpose(1, 2) @ mel
     >>> bool(torch.allclose(op(x), ref, rtol=1e-4, atol=1e-3))
     True
     """
@@ -218,18 +184,7 @@ class MatmulMelPower(torch.nn.Module):
         self.float()  # buffers computed in float64, used in float32
 
     def forward(self, signals):
-        """Compute the mel power of every frame.
-
-        Arguments
-        ---------
-        signals : torch.Tensor
-            ``[batch, length]`` (already padded as the STFT pads).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, frames, n_mels]``.
-        """
+        """Mel power ``[batch, frames, n_mels]`` of padded ``[batch, length]``."""
         batch = signals.shape[0]
         shape = (batch, self.n1, self.n_frames, self.n2)
         if self.blocks:  # gather rows of n2 samples
@@ -253,11 +208,9 @@ class MatmulMelPower(torch.nn.Module):
 class MelSpectrogramGraph(torch.nn.Module):
     """``MelSpectrogramDB`` for export: fixed length, no chunks, no complex.
 
-    Computes what :class:`sb_urbansound.features.MelSpectrogramDB` computes,
-    for clips of a fixed length: with ``method="matmul"``
-    (:class:`MatmulMelPower`, for ONNX) or ``method="stft"`` (one
-    ``torch.stft`` over the batch, for TorchScript; the eager module cuts the
-    batch into cache-sized chunks, which a trace would freeze).
+    ``method="matmul"`` (:class:`MatmulMelPower`, for ONNX) or ``"stft"``
+    (one ``torch.stft`` over the batch, for TorchScript: the eager module's
+    cache-sized chunks would be frozen by a trace).
 
     Arguments
     ---------
@@ -280,28 +233,21 @@ class MelSpectrogramGraph(torch.nn.Module):
     def __init__(self, mel, num_samples, method="matmul"):
         super().__init__()
         spec = mel.melspec.spectrogram
-        unsupported = [
-            name
-            for name, bad in [
-                (f"power={spec.power}", spec.power != 2.0),
-                ("normalized=True", bool(spec.normalized)),
-                (f"pad={spec.pad}", bool(spec.pad)),
-                ("onesided=False", not spec.onesided),
-                (
-                    f"pad_mode={spec.pad_mode}",
-                    spec.pad_mode not in ("reflect", "constant"),
-                ),
-            ]
-            if bad
-        ]
+        checks = {
+            f"power={spec.power}": spec.power != 2.0,
+            "normalized=True": bool(spec.normalized),
+            f"pad={spec.pad}": bool(spec.pad),
+            "onesided=False": not spec.onesided,
+            f"pad_mode={spec.pad_mode}": spec.pad_mode
+            not in ("reflect", "constant"),
+        }
+        unsupported = [name for name, bad in checks.items() if bad]
         if unsupported:
             raise ExportError(
                 "MelSpectrogramDB with " + ", ".join(unsupported) + " is not "
                 "supported by the export (power 2, no normalisation, no "
                 "padding, one-sided, reflect or constant padding)"
             )
-        if method not in ("matmul", "stft"):
-            raise ValueError(f"method must be matmul or stft, got {method!r}")
         self.method = method
         self.n_fft, self.hop = spec.n_fft, spec.hop_length
         self.win_length = spec.win_length
@@ -321,35 +267,15 @@ class MelSpectrogramGraph(torch.nn.Module):
             )
 
     def forward(self, wavs):
-        """Compute the features.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, time]`` (mono) or ``[batch, time, channels]``, with the
-            model's channels.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, channels, n_mels, frames]`` in dB.
-        """
+        """``[batch, time(, channels)]`` → dB ``[batch, channels, mels, frames]``."""
         if wavs.dim() == 2:
             wavs = wavs.unsqueeze(-1)
         batch, length, channels = wavs.shape
         signals = wavs.transpose(1, 2).reshape(batch * channels, length)
         if self.method == "stft":
+            args = (self.hop, self.win_length, self.window, self.center)
             stft = torch.stft(
-                signals,
-                n_fft=self.n_fft,
-                hop_length=self.hop,
-                win_length=self.win_length,
-                window=self.window,
-                center=self.center,
-                pad_mode=self.pad_mode,
-                normalized=False,
-                onesided=True,
-                return_complex=True,
+                signals, self.n_fft, *args, self.pad_mode, return_complex=True
             )
             bins = torch.view_as_real(stft)
             power = bins[..., 0].square() + bins[..., 1].square()
@@ -365,26 +291,13 @@ class MelSpectrogramGraph(torch.nn.Module):
         return self.to_db(mel)
 
 
-# ---------------------------------------------------------- the normaliser
-
-
-class FixedStandardize(torch.nn.Module):
+class _FixedStandardize(torch.nn.Module):
     """``(x - mean) / (std + eps)`` with constants: a trained
-    ``BatchStandardize`` in evaluation (the average of its training batches'
-    statistics), without the branch on whether it has seen any.
-
-    Arguments
-    ---------
-    mean : torch.Tensor
-        The mean.
-    std : torch.Tensor
-        The standard deviation.
-    eps : float
-        Added to ``std``.
+    ``BatchStandardize`` in evaluation, without its branch on statistics.
 
     Example
     -------
-    >>> FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
+    >>> _FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
     ...     torch.tensor([3.0])
     ... )
     tensor([1.])
@@ -397,34 +310,16 @@ class FixedStandardize(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x, lengths=None):
-        """Standardise ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            The features.
-        lengths : torch.Tensor, optional
-            Unused (SpeechBrain's interface).
-
-        Returns
-        -------
-        torch.Tensor
-            Same shape as ``x``.
-        """
+        """Standardise ``x`` (``lengths``: SpeechBrain's interface, unused)."""
         return (x - self.mean) / (self.std + self.eps)
-
-
-# ------------------------------------------------------ the whole classifier
 
 
 class WindowClassifier(torch.nn.Module):
     """The windows of one clip → class probabilities: what gets exported.
 
-    ``[windows, samples, channels]`` → shifted views (if the model was tested
-    with them) → features → normaliser → embedding model → classifier →
-    softmax → mean over each window's views → ``[windows, n_classes]``:
-    :func:`sb_urbansound.inference.window_probs`'s computation, in one
-    module.
+    :func:`sb_urbansound.inference.window_probs`'s computation (views,
+    features, normaliser, embedding, classifier, softmax, mean over views)
+    in one module.
 
     Arguments
     ---------
@@ -465,7 +360,7 @@ class WindowClassifier(torch.nn.Module):
                     "statistics (the model was never trained): export a "
                     "trained model folder"
                 )
-            self.mean_var_norm = FixedStandardize(
+            self.mean_var_norm = _FixedStandardize(
                 norm.running_mean, norm.running_std, norm.eps
             )
         self.embedding_model = mods.embedding_model
@@ -473,18 +368,7 @@ class WindowClassifier(torch.nn.Module):
         self.eval()
 
     def forward(self, waveforms):
-        """Score the windows of one clip.
-
-        Arguments
-        ---------
-        waveforms : torch.Tensor
-            ``[windows, samples, channels]`` at the model's rate.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[windows, n_classes]`` probabilities.
-        """
+        """``[windows, samples, channels]`` → ``[windows, n_classes]`` probs."""
         n = waveforms.shape[0]
         if self.views > 1:  # as sb_urbansound.augment.circular_views
             waveforms = torch.cat(
@@ -502,22 +386,14 @@ class WindowClassifier(torch.nn.Module):
         return probs
 
 
-def describe_model(model):
-    """The classes of a model's four modules, for messages.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The model.
-
-    Returns
-    -------
-    str
-        E.g. ``"MelSpectrogramDB + BatchStandardize + CNNEmbedding +
-        LinearClassifier"``.
-    """
-    names = ["compute_features", "mean_var_norm", "embedding_model"]
-    names.append("classifier")
+def _describe_model(model):
+    """The classes of a model's four modules, for messages."""
+    names = (
+        "compute_features",
+        "mean_var_norm",
+        "embedding_model",
+        "classifier",
+    )
     return " + ".join(type(getattr(model.mods, n)).__name__ for n in names)
 
 
@@ -534,49 +410,28 @@ def model_metadata(model, wrapper):
     Returns
     -------
     dict
-        String values: ``labels`` (JSON list), ``sample_rate``,
-        ``channels``, ``num_samples``, ``remove_dc``, ``tta_views``,
-        ``input_layout``, ``normalization``, ``modules``, ``producer``.
+        String values (see the module docstring).
     """
     rate, channels, num_samples = model_audio_spec(model)
-    encoder = model.hparams.label_encoder
-    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    scorer = TorchScorer(model)
     return {
-        "labels": json.dumps(labels),
+        "labels": json.dumps(scorer.labels),
         "sample_rate": str(rate),
         "channels": str(channels),
         "num_samples": str(num_samples),
-        "remove_dc": str(
-            bool(getattr(model.hparams, "remove_dc", False))
-        ).lower(),
+        "remove_dc": str(scorer.remove_dc).lower(),
         "tta_views": str(wrapper.views),
         "input_layout": "waveforms: [windows, samples, channels] float32, "
         "the windows of one clip at sample_rate",
         "normalization": "per window: each window is scored on its own",
-        "modules": describe_model(model),
+        "modules": _describe_model(model),
         "producer": f"sb_urbansound.export {__version__}",
     }
 
 
-def reason(error, limit=400):
-    """A short reason from an exporter's error (its root cause's message).
-
-    Exporters wrap the real problem in generic messages ("Failed to export
-    the model with torch.export", "The following operation failed in the
-    TorchScript interpreter") and long traces: this keeps the root cause's
-    type and the lines of its message that are not stack frames.
-
-    Arguments
-    ---------
-    error : BaseException
-        The error.
-    limit : int
-        Longest reason kept (characters).
-
-    Returns
-    -------
-    str
-        ``"<Type>: <message>"``.
+def _reason(error, limit=400):
+    """A short reason from an exporter's error: its root cause's type and
+    message lines that are not stack frames (at most ``limit`` characters).
 
     Example
     -------
@@ -586,7 +441,7 @@ def reason(error, limit=400):
     ...     except ValueError as e:
     ...         raise RuntimeError("Failed to export") from e
     ... except RuntimeError as e:
-    ...     print(reason(e))
+    ...     print(_reason(e))
     ValueError: Sizes must match
     """
     root = error
@@ -609,32 +464,15 @@ def reason(error, limit=400):
 EXAMPLE_WINDOWS = 2
 
 
-def _example(wrapper, n=EXAMPLE_WINDOWS):
-    """Example input for tracing: ``n`` windows."""
+def _example(wrapper):
+    """Example input for tracing: :data:`EXAMPLE_WINDOWS` windows."""
+    shape = (EXAMPLE_WINDOWS, wrapper.num_samples, wrapper.channels)
     gen = torch.Generator().manual_seed(0)
-    wavs = 0.1 * torch.randn(
-        n, wrapper.num_samples, wrapper.channels, generator=gen
-    )
-    return (wavs,)
+    return (0.1 * torch.randn(shape, generator=gen),)
 
 
-def to_onnx(wrapper, metadata, opset=DEFAULT_OPSET):
-    """Export a :class:`WindowClassifier` to ONNX (the dynamo exporter).
-
-    Arguments
-    ---------
-    wrapper : WindowClassifier
-        The module (MelSpectrogramDB features with ``method="matmul"``).
-    metadata : dict
-        String metadata to store in the model.
-    opset : int
-        The ONNX opset.
-
-    Returns
-    -------
-    bytes
-        The serialised ONNX model.
-    """
+def _to_onnx(wrapper, metadata, opset):
+    """A :class:`WindowClassifier` as ONNX bytes (the dynamo exporter)."""
     example = _example(wrapper)
     dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export")]
@@ -670,21 +508,8 @@ def to_onnx(wrapper, metadata, opset=DEFAULT_OPSET):
     return proto.SerializeToString()
 
 
-def to_torchscript(wrapper, metadata):
-    """Trace a :class:`WindowClassifier` into TorchScript.
-
-    Arguments
-    ---------
-    wrapper : WindowClassifier
-        The module (MelSpectrogramDB features with ``method="stft"``).
-    metadata : dict
-        Stored as ``metadata.json`` in the archive.
-
-    Returns
-    -------
-    bytes
-        The serialised TorchScript archive.
-    """
+def _to_torchscript(wrapper, metadata):
+    """A :class:`WindowClassifier` traced into TorchScript archive bytes."""
     example = _example(wrapper)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -730,10 +555,7 @@ class TorchScriptScorer(Scorer):
         return self.module(x).numpy()
 
 
-# -------------------------------------------------------------- the check
-
-
-def generated_clips(sample_rate, channels, num_samples, seed=0):
+def generated_clips(sample_rate, channels, num_samples):
     """Clips to check an export with: tones, noise and silence, at the model's
     rate and channels, of :data:`CHECK_LENGTHS` windows.
 
@@ -745,8 +567,6 @@ def generated_clips(sample_rate, channels, num_samples, seed=0):
         Its channel count.
     num_samples : int
         Its window length.
-    seed : int
-        Random seed.
 
     Returns
     -------
@@ -758,7 +578,7 @@ def generated_clips(sample_rate, channels, num_samples, seed=0):
     >>> [(n, c.shape) for n, c in generated_clips(8000, 2, 800)][:2]
     [('generated-0', torch.Size([240, 2])), ('generated-1', torch.Size([800, 2]))]
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     clips = []
     for i, windows in enumerate(CHECK_LENGTHS):
         n = max(int(windows * num_samples), 1)
@@ -780,25 +600,19 @@ def generated_clips(sample_rate, channels, num_samples, seed=0):
     return clips
 
 
-def data_files(paths):
-    """The audio files named by ``--data``: files, folders, manifests.
+#: What reading a JSON file that is not a manifest raises.
+_NOT_A_MANIFEST = (OSError, ValueError, LookupError, TypeError, AttributeError)
 
-    Arguments
-    ---------
-    paths : list of str or Path
-        Audio files; folders (searched recursively); SpeechBrain JSON
-        manifests (their ``wav`` entries, e.g. ``manifests/test.json``).
 
-    Returns
-    -------
-    list of Path
-        The files, in order.
+def _data_files(paths):
+    """The audio files named by ``--data``: files, folders (searched
+    recursively), SpeechBrain JSON manifests (their ``wav`` entries).
 
     Example
     -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "m.json").write_text('{"a": {"wav": "x.wav"}}')
-    >>> data_files([tmp / "m.json"])
+    >>> _data_files([tmp / "m.json"])
     [PosixPath('x.wav')]
     """
     files = []
@@ -810,13 +624,7 @@ def data_files(paths):
             try:
                 manifest = json.loads(item.read_text(encoding="utf-8"))
                 files += [Path(e["wav"]) for e in manifest.values()]
-            except (
-                OSError,
-                ValueError,
-                KeyError,
-                TypeError,
-                AttributeError,
-            ) as e:
+            except _NOT_A_MANIFEST as e:
                 raise ExportError(
                     f"{item}: not a SpeechBrain manifest with 'wav' entries "
                     f"({type(e).__name__}: {e})"
@@ -826,26 +634,16 @@ def data_files(paths):
     return files
 
 
-class DataClips:
+class _DataClips:
     """The ``--data`` clips, read and conditioned one at a time.
 
-    Each pass over it reads the files again (the training pipeline:
-    :func:`~sb_urbansound.audio.load_audio`,
-    :class:`~sb_urbansound.audio.ClipConditioner`), so checking an export on a
-    whole test fold holds one clip in memory, not the fold. The files' headers
-    are checked when it is made, so a file that is not audio is named before
-    anything is exported.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The model (its audio spec).
-    files : list of Path
-        Audio files.
+    Each pass reads the files again (as training does), so one clip is in
+    memory, not the fold; their headers are checked first, so a file that
+    is not audio is named before anything is exported.
 
     Example
     -------
-    >>> DataClips(None, ["no/such.wav"])
+    >>> _DataClips(None, ["no/such.wav"])
     Traceback (most recent call last):
      ...
     sb_urbansound.export.ExportError: --data: no/such.wav: no such file
@@ -863,53 +661,22 @@ class DataClips:
                 raise ExportError(
                     f"--data: {path}: cannot be read as audio ({e})"
                 ) from None
-        if model is not None:
-            rate, channels, _ = model_audio_spec(model)
-            remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-            self.conditioner = ClipConditioner(
-                rate, channels, remove_dc=remove_dc
-            )
-
-    def __len__(self):
-        return len(self.files)
+        self.scorer = None if model is None else TorchScorer(model)
 
     def __iter__(self):
         for path in self.files:
             try:
-                wav, sr = load_audio(path)
+                clip = self.scorer.read(path)
             except AudioLoadError as e:  # the clip's fault, not the export's
                 raise AudioLoadError(f"--data: {e}") from None
-            yield str(path), self.conditioner.convert(wav, sr)
+            yield str(path), clip
 
 
-def compare(model, scorer, clips):
-    """Compare an export with eager PyTorch on the windows of each clip.
-
-    Arguments
-    ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The eager model.
-    scorer : sb_urbansound.runtime.Scorer
-        The export.
-    clips : iterable of (str, torch.Tensor)
-        Conditioned clips (``name, clip``).
-
-    Returns
-    -------
-    dict
-        ``clips``, ``windows``, ``top1_agree`` (clips whose mean
-        probabilities have the same most probable class),
-        ``max_abs_diff`` (largest difference of any window's probability),
-        ``worst`` (the clip where it is).
-    """
+def _compare(model, scorer, clips):
+    """Compare an export with eager PyTorch on the windows of each clip:
+    ``clips``, ``windows``, ``top1_agree``, ``max_abs_diff``, ``worst``."""
     reference = TorchScorer(model)
-    stats = {
-        "clips": 0,
-        "windows": 0,
-        "top1_agree": 0,
-        "max_abs_diff": 0.0,
-        "worst": None,
-    }
+    stats = dict(clips=0, windows=0, top1_agree=0, max_abs_diff=0.0, worst=None)
     for name, wav in clips:
         windows = sliding_windows(wav, reference.num_samples)
         eager = reference.window_probs(windows).astype(np.float64)
@@ -919,7 +686,7 @@ def compare(model, scorer, clips):
             raise ExportError(
                 f"the exported model fails on {name} ({windows.shape[0]} "
                 f"window(s); it was exported with {EXAMPLE_WINDOWS}, so the "
-                f"exporter may have fixed the number of windows): {reason(e)}"
+                f"exporter may have fixed the number of windows): {_reason(e)}"
             ) from e
         exported = np.asarray(exported, dtype=np.float64)
         if exported.shape != eager.shape:
@@ -940,38 +707,16 @@ def compare(model, scorer, clips):
     return stats
 
 
-def check_summary(fmt, stats, tolerance=PROB_TOLERANCE):
+def _check_summary(fmt, stats):
     """One line on an export's check, and whether it passed.
-
-    Arguments
-    ---------
-    fmt : str
-        ``"onnx"`` or ``"torchscript"``.
-    stats : dict
-        From :func:`compare`.
-    tolerance : float
-        The largest difference allowed.
-
-    Returns
-    -------
-    line : str
-        The summary.
-    ok : bool
-        Every clip has the same top-1 label and every probability agrees
-        within ``tolerance``.
 
     Example
     -------
-    >>> s = {
-    ...     "clips": 5,
-    ...     "windows": 21,
-    ...     "top1_agree": 5,
-    ...     "max_abs_diff": 2e-7,
-    ...     "worst": "a",
-    ... }
-    >>> check_summary("onnx", s)
+    >>> s = dict(clips=5, windows=21, top1_agree=5, max_abs_diff=2e-7)
+    >>> _check_summary("onnx", s)
     ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on 5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
     """
+    tolerance = PROB_TOLERANCE
     ok = (
         stats["top1_agree"] == stats["clips"]
         and stats["max_abs_diff"] <= tolerance
@@ -1019,13 +764,6 @@ def export_model(
     dict
         Per format: ``{"path": Path, **check stats}`` when written, or
         ``{"error": message}``.
-
-    Raises
-    ------
-    UserError
-        If ``folder`` is not a model folder, or the ``--data`` clips cannot
-        be read; :class:`~sb_urbansound.errors.BusyError` if another process
-        is exporting it (the folder's lock, see ``docs/stores.md``).
     """
     folder = Path(folder)
     check_model_folder(folder)
@@ -1042,35 +780,30 @@ def export_model(
             "place and export the copy."
         ) from None
     with lock:
-        return _export_locked(
-            folder, formats, data, max_clips, opset, log, trust
-        )
-
-
-def _export_locked(folder, formats, data, max_clips, opset, log, trust):
-    """:func:`export_model`, the folder's lock held."""
-    model = load_model(folder, trust=trust)
-    rate, channels, num_samples = model_audio_spec(model)
-    if num_samples is None:
-        raise ExportError(
-            f"{folder}: hyperparams.yaml has no duration_ms: the export needs "
-            "the training clip length"
-        )
-    if data:
-        files = data_files(data)
-        if not files:
-            raise ExportError("--data names no audio file")
-        clips = DataClips(model, files[:max_clips])
-    else:
-        clips = generated_clips(rate, channels, num_samples)[:max_clips]
-    results = {}
-    for fmt in formats:
-        try:
-            results[fmt] = _export_one(model, fmt, folder, clips, opset, log)
-        except ExportError as e:
-            log(f"{fmt}: refused: {e}")
-            results[fmt] = {"error": str(e)}
-    return results
+        model = load_model(folder, trust=trust)
+        rate, channels, num_samples = model_audio_spec(model)
+        if num_samples is None:
+            raise ExportError(
+                f"{folder}: hyperparams.yaml has no duration_ms: the export "
+                "needs the training clip length"
+            )
+        if data:
+            files = _data_files(data)
+            if not files:
+                raise ExportError("--data names no audio file")
+            clips = _DataClips(model, files[:max_clips])
+        else:
+            clips = generated_clips(rate, channels, num_samples)[:max_clips]
+        results = {}
+        for fmt in formats:
+            try:
+                results[fmt] = _export_one(
+                    model, fmt, folder, clips, opset, log
+                )
+            except ExportError as e:
+                log(f"{fmt}: refused: {e}")
+                results[fmt] = {"error": str(e)}
+        return results
 
 
 def _export_one(model, fmt, folder, clips, opset, log):
@@ -1080,15 +813,15 @@ def _export_one(model, fmt, folder, clips, opset, log):
         wrapper = WindowClassifier(model, method)
         metadata = model_metadata(model, wrapper)
         if fmt == "onnx":
-            data = to_onnx(wrapper, metadata, opset)
+            data = _to_onnx(wrapper, metadata, opset)
             scorer = OnnxModel(data)
         else:
-            data = to_torchscript(wrapper, metadata)
+            data = _to_torchscript(wrapper, metadata)
             scorer = TorchScriptScorer(data)
-        stats = compare(model, scorer, clips)
+        stats = _compare(model, scorer, clips)
     except ExportError as e:
         raise ExportError(
-            f"{describe_model(model)} cannot be exported to {fmt}: {e}"
+            f"{_describe_model(model)} cannot be exported to {fmt}: {e}"
         ) from e
     except UserError:  # a --data clip that cannot be read
         raise
@@ -1100,9 +833,9 @@ def _export_one(model, fmt, folder, clips, opset, log):
         ) from e
     except Exception as e:  # the exporters' own errors, in many types
         raise ExportError(
-            f"{describe_model(model)} cannot be exported to {fmt}: {reason(e)}"
+            f"{_describe_model(model)} cannot be exported to {fmt}: {_reason(e)}"
         ) from e
-    line, ok = check_summary(fmt, stats)
+    line, ok = _check_summary(fmt, stats)
     if not ok:
         raise ExportError(
             f"{line}: the export does not compute what the model computes "
@@ -1113,20 +846,12 @@ def _export_one(model, fmt, folder, clips, opset, log):
     return {"path": path, **stats}
 
 
-# -------------------------------------------------- untrained model folders
-
-
 def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     """Write a model folder from a training YAML's initial (random) weights.
 
-    For benchmarks and tests of the export path, which need a model folder
-    of a given architecture but not a trained one: the YAML is loaded with
-    ``overrides`` (``data_folder`` and ``output_folder`` are filled in, and
-    ``n_classes`` from ``labels``), a ``BatchStandardize`` normaliser gets
-    the statistics of one batch of generated clips, as training gives it
-    (the network keeps its initial weights), and
-    :func:`sb_urbansound.inference.export_inference_folder` writes the folder
-    from the modules as built.
+    For benchmarks and tests of the export path: a ``BatchStandardize``
+    normaliser gets the statistics of one batch of generated clips, as
+    training gives it; the network keeps its initial weights.
 
     Arguments
     ---------
@@ -1148,11 +873,6 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     -------
     See ``tests/test_export.py`` and ``bench/inference.py``.
     """
-    import tempfile
-
-    from hyperpyyaml import load_hyperpyyaml, resolve_references
-    from sb_urbansound.inference import export_inference_folder
-
     yaml_file = Path(yaml_file)
     recipe = str(yaml_file.resolve().parent.parent)  # !name:<prepare module>
     if recipe not in sys.path:
@@ -1188,9 +908,6 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     return folder
 
 
-# ------------------------------------------------------------ command line
-
-
 def parse_args(argv=None):
     """Parse the command line (see the module docstring).
 
@@ -1221,9 +938,7 @@ def parse_args(argv=None):
             "failed its check, 2 for a usage or model folder error."
         ),
     )
-    parser.add_argument(
-        "model_folder", help="the inference folder (<output_folder>/model)"
-    )
+    add_model_options(parser, "show tracebacks")
     parser.add_argument(
         "--format",
         choices=["onnx", "torchscript", "all"],
@@ -1241,23 +956,13 @@ def parse_args(argv=None):
         "--max-clips",
         type=int,
         metavar="N",
-        help="check at most N of the --data clips",
+        help="check at most N --data clips",
     )
     parser.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
         help=f"ONNX opset (default: {DEFAULT_OPSET})",
-    )
-    parser.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="load a model folder whose hyperparams.yaml builds or calls more "
-        "than a model needs (only for folders whose origin you trust; see "
-        "sb_urbansound.trust)",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="show tracebacks"
     )
     args = parser.parse_args(argv)
     if args.max_clips is not None and args.max_clips < 1:
@@ -1286,8 +991,6 @@ def main(argv=None):
     """
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    from sb_urbansound.classify import quiet_speechbrain
-
     formats = list(FILES) if args.format == "all" else [args.format]
     try:
         with quiet_speechbrain(enabled=not args.verbose):

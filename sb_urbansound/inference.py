@@ -1,44 +1,28 @@
 """Using a trained model: the self-contained inference folder and window scoring.
 
 At the end of training, :func:`export_inference_folder` writes
-``<output_folder>/model/``, a folder that SpeechBrain's own ``EncoderClassifier``
-loads without the data set, the manifests or any training object::
+``<output_folder>/model/``, which SpeechBrain's ``EncoderClassifier`` loads
+without the data set or any training object::
 
     model/
-        hyperparams.yaml        # the modules, as trained, + pretrainer + normaliser
-        compute_features.ckpt   # one checkpoint per module in hparams["modules"],
-        mean_var_norm.ckpt      # copied from the best checkpoint (the one tested)
-        embedding_model.ckpt
-        classifier.ckpt
+        hyperparams.yaml        # the modules as trained, pretrainer, conditioner
+        <module>.ckpt           # one per module, from the best checkpoint
         label_encoder.txt       # the class list (CategoricalEncoder format)
-        label_encoder.ckpt      # the same file, under the name Pretrainer looks for
-
-Load it with::
-
-    from speechbrain.inference.classifiers import EncoderClassifier
+        label_encoder.ckpt      # the same file, under the name Pretrainer reads
 
     model = EncoderClassifier.from_hparams(source=folder, savedir=folder)
     out_prob, score, index, labels = model.classify_file("dog.wav")
 
-``hyperparams.yaml`` is generated from the training YAML (the resolved copy that
-SpeechBrain writes to ``<output_folder>/hyperparams.yaml``): the definition of
-every module in ``hparams["modules"]`` and the label encoder are kept with the
-values used in training; everything else (data, preparation, optimiser,
-checkpointer) is left out. It adds ``sample_rate``, ``channels`` and
-``duration_ms``, an ``audio_normalizer`` (:class:`~sb_urbansound.audio.ClipConditioner`: the
-training pipeline's resampling and channel conversion, used by
-``classify_file``) and a ``pretrainer`` whose loadables are the modules and the
-label encoder. The pretrainer has no ``paths``: each loadable is read from
-``<folder>/<name>.ckpt``, the folder being the ``source``. (SpeechBrain resolves
-relative ``paths`` against the current directory, not the model folder, so
-relative paths would break as soon as Python runs elsewhere; absolute ones would
-break when the folder moves.)
+``hyperparams.yaml`` keeps the training YAML's module definitions and label
+encoder and adds ``sample_rate``, ``channels``, ``duration_ms``, an
+``audio_normalizer`` (:class:`~sb_urbansound.audio.ClipConditioner`) and a
+``pretrainer`` without ``paths``: each loadable is read from
+``<source>/<name>.ckpt`` (SpeechBrain resolves relative paths against the
+current directory, absolute ones break when the folder moves).
 
-Long clips: :mod:`sb_urbansound.classify` (its ``TorchScorer``)
-cuts clips longer than the training duration into windows of that duration,
-hop half a window, the last window padded with zeros as in evaluation, and
-averages the windows' class probabilities. All the windows of one clip are
-normalised together (one batch), see :func:`window_log_probs`.
+Long clips are cut into windows of the training duration (hop: half a
+window, the last zero-padded) whose probabilities ``classify`` averages
+(:class:`TorchScorer`, :func:`window_probs`).
 
 Authors
 -------
@@ -69,37 +53,16 @@ logger = logging.getLogger(__name__)
 
 #: Sub-folder of ``output_folder`` that holds the inference folder.
 MODEL_SUBFOLDER = "model"
-#: The store kind of an inference folder (``docs/stores.md``).
-MODEL_KIND = "model"
-#: The first line of the ``hyperparams.yaml`` that an export writes.
-HEADER_FIRST_LINE = (
-    "Inference hyperparameters of a trained sb-urbansound model."
-)
 #: Keys that the generated ``hyperparams.yaml`` defines besides the modules.
-RESERVED_KEYS = (
-    "sample_rate",
-    "channels",
-    "duration_ms",
-    "remove_dc",
-    "tta_views",
-    "tta_max_shift",
-    "modules",
-    "label_encoder",
-    "audio_normalizer",
-    "pretrainer",
+RESERVED_KEYS = tuple(
+    "sample_rate channels duration_ms remove_dc tta_views tta_max_shift "
+    "modules label_encoder audio_normalizer pretrainer".split()
 )
 _DEFAULT_LABEL_ENCODER = "!new:speechbrain.dataio.encoder.CategoricalEncoder"
 
 
-# ------------------------------------------------------------------- export
-
-
 def _strip_comments(node, seen=None):
-    """Remove ruamel comments from a loaded YAML tree (in place), return it.
-
-    Comments in a resolved training YAML are attached to whatever node precedes
-    them, so once nodes are picked out of it they would land in odd places.
-    """
+    """Remove ruamel comments (which would land in odd places) from a tree."""
     seen = set() if seen is None else seen
     if id(node) in seen:
         return node
@@ -123,18 +86,15 @@ def make_inference_yaml(
 ):
     """Build the inference ``hyperparams.yaml`` from a resolved training YAML.
 
-    Keeps the definitions of the listed modules (top-level keys named after the
-    modules, with the values used in training) and of ``label_encoder``, and adds
-    ``sample_rate``, ``channels``, ``duration_ms``, ``modules``,
-    ``audio_normalizer`` and a ``pretrainer`` that loads every module and the
-    label encoder from ``<folder>/<name>.ckpt``.
+    Keeps the listed modules' definitions and ``label_encoder``, and adds the
+    audio spec, ``modules``, ``audio_normalizer`` and a ``pretrainer`` that
+    loads every module and the label encoder from ``<folder>/<name>.ckpt``.
 
     Arguments
     ---------
     training_yaml : str
-        The training YAML with references resolved (as SpeechBrain saves it in
-        ``<output_folder>/hyperparams.yaml``, or ``hyperpyyaml.resolve_references``
-        returns it); it must have a ``modules`` mapping.
+        The training YAML with references resolved (as SpeechBrain saves it
+        in ``<output_folder>/hyperparams.yaml``), with a ``modules`` mapping.
     module_names : list of str
         The modules to keep (keys of ``modules``).
     sample_rate : int
@@ -181,9 +141,7 @@ def make_inference_yaml(
       classifier: !ref <classifier>
     ...
     """
-    # Not read_yaml: a writer, ruamel's round trip keeps the nodes' tags and
-    # layout to write them out again
-    tree = YAML().load(training_yaml)
+    tree = YAML().load(training_yaml)  # not read_yaml: round trip keeps tags
     modules = tree.get("modules") if tree is not None else None
     if not isinstance(modules, dict):
         raise ValueError(
@@ -245,14 +203,6 @@ def make_inference_yaml(
     return "\n".join(lines) + "\n"
 
 
-def _find_recoverable_name(checkpointer, obj):
-    """The name under which ``checkpointer`` saves ``obj`` (identity), or None."""
-    for name, recoverable in getattr(checkpointer, "recoverables", {}).items():
-        if recoverable is obj:
-            return name
-    return None
-
-
 def _save_module(obj, path):
     """Save ``obj`` with its SpeechBrain default save hook."""
     if isinstance(obj, torch.nn.Module) and not obj.state_dict():
@@ -265,39 +215,22 @@ def _save_module(obj, path):
 
 
 def export_inference_folder(
-    hparams,
-    checkpointer=None,
-    yaml_file=None,
-    folder=None,
-    min_key="error",
-    max_key=None,
-    verify=True,
+    hparams, folder=None, min_key="error", max_key=None, verify=True
 ):
     """Write the self-contained inference folder of a trained model.
 
-    The folder (default ``<output_folder>/model``) is built in a temporary
-    sibling folder, checked by loading it with ``EncoderClassifier`` (``verify``),
-    then moved into place, replacing an older export.
-
-    Every module in ``hparams["modules"]`` gets ``<name>.ckpt``: the checkpointer's
-    file for it in the best checkpoint (``min_key``/``max_key``, as the test
-    stage picks it) when the module is a recoverable, else the module's current
-    state saved with SpeechBrain's default hook (stateless modules such as the
-    feature extractor; a warning is logged if such a module has trainable
-    parameters, since they were then never checkpointed).
+    Built in a temporary sibling folder, checked by loading it (``verify``),
+    then moved into place. Each module gets ``<name>.ckpt``: its file in the
+    best checkpoint of ``hparams["checkpointer"]`` (as the test stage picks
+    it), else its current state (with a warning if it has trainable
+    parameters). The training YAML is ``<output_folder>/hyperparams.yaml``.
 
     Arguments
     ---------
     hparams : dict
         The loaded training hyperparameters: ``output_folder``, ``modules``,
         ``label_encoder`` (filled), ``sample_rate``, ``channels``,
-        ``duration_ms``, optionally ``checkpointer`` and ``label_encoder_file``.
-    checkpointer : speechbrain.utils.checkpoints.Checkpointer, optional
-        Where the best checkpoint is found (default ``hparams["checkpointer"]``).
-    yaml_file : str or Path, optional
-        The training YAML with references resolved (default:
-        ``<output_folder>/hyperparams.yaml``, which
-        ``sb.create_experiment_directory`` writes).
+        ``duration_ms``, optionally ``checkpointer``.
     folder : str or Path, optional
         Where to write (default ``<output_folder>/model``).
     min_key : str, optional
@@ -317,22 +250,14 @@ def export_inference_folder(
     See ``tests/test_inference.py`` (it needs a trained run).
     """
     output_folder = Path(hparams["output_folder"])
-    folder = (
-        Path(folder) if folder is not None else output_folder / MODEL_SUBFOLDER
-    )
-    yaml_file = (
-        Path(yaml_file) if yaml_file else output_folder / "hyperparams.yaml"
-    )
-    if checkpointer is None:
-        checkpointer = hparams.get("checkpointer")
+    folder = Path(folder or output_folder / MODEL_SUBFOLDER)
+    yaml_file = output_folder / "hyperparams.yaml"
+    checkpointer = hparams.get("checkpointer")
     modules = {k: v for k, v in hparams["modules"].items() if v is not None}
-
     best = None
     if checkpointer is not None:
-        if max_key is not None:
-            best = checkpointer.find_checkpoint(max_key=max_key)
-        else:
-            best = checkpointer.find_checkpoint(min_key=min_key)
+        key = {"max_key": max_key} if max_key else {"min_key": min_key}
+        best = checkpointer.find_checkpoint(**key)
     if best is None:
         logger.warning(
             "No checkpoint found in %s: exporting the modules as they are in memory.",
@@ -340,7 +265,7 @@ def export_inference_folder(
         )
 
     header = (
-        f"{HEADER_FIRST_LINE}\n"
+        "Inference hyperparameters of a trained sb-urbansound model.\n"
         f"Generated by sb_urbansound.inference.export_inference_folder from\n"
         f"{yaml_file}\n"
         f"checkpoint: {best.path.name if best is not None else '(in memory)'}"
@@ -356,13 +281,15 @@ def export_inference_folder(
         header=header,
     )
 
+    recoverables = getattr(checkpointer, "recoverables", {}).items()
+    saved_as = {id(obj): name for name, obj in recoverables}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_folder(folder.parent, folder.name)
     try:
         (tmp / "hyperparams.yaml").write_text(text, encoding="utf-8")
         for name, module in modules.items():
             target = tmp / f"{name}.ckpt"
-            rec_name = _find_recoverable_name(checkpointer, module)
+            rec_name = saved_as.get(id(module))
             if best is not None and rec_name in best.paramfiles:
                 shutil.copyfile(best.paramfiles[rec_name], target)
                 continue
@@ -375,7 +302,11 @@ def export_inference_folder(
             _save_module(module, target)
         hparams["label_encoder"].save(tmp / "label_encoder.txt")
         shutil.copyfile(tmp / "label_encoder.txt", tmp / "label_encoder.ckpt")
-        _write_card(tmp, hparams)
+        try:
+            write_model_card(tmp, hparams)
+        except Exception as e:  # the model matters more than its card
+            name = type(e).__name__
+            logger.warning("No model card written in %s (%s: %s)", tmp, name, e)
         if verify:
             model = load_model(tmp, trust=True)  # this run wrote it
             n_labels = len(model.hparams.label_encoder)
@@ -383,26 +314,13 @@ def export_inference_folder(
                 raise RuntimeError(
                     f"The exported label encoder has {n_labels} labels"
                 )
-        mark_store(tmp, MODEL_KIND)
+        mark_store(tmp, "model")  # the store kind (docs/stores.md)
         replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("Inference folder written to %s", folder)
     return folder
-
-
-def _write_card(folder, hparams):
-    """Write the model card (README.md); a failure is a warning, not an error."""
-    try:
-        write_model_card(folder, hparams)
-    except Exception as e:  # the model matters more than its card
-        logger.warning(
-            "No model card written in %s (%s: %s)", folder, type(e).__name__, e
-        )
-
-
-# ---------------------------------------------------------------- inference
 
 
 class ModelFolderError(UserError, FileNotFoundError):
@@ -434,10 +352,8 @@ def _read_model_yaml(folder):
 def check_model_folder(folder):
     """Check that ``folder`` holds a model and every file its YAML loads.
 
-    Called by :func:`load_model` before SpeechBrain sees the folder, so that a
-    wrong folder gives one message instead of an error from deep inside
-    SpeechBrain (or, for a missing ``label_encoder.ckpt``, an empty label
-    encoder and a wrong result).
+    So that a wrong folder gets one message, not an error from deep inside
+    SpeechBrain (or, without ``label_encoder.ckpt``, an empty encoder).
 
     Arguments
     ---------
@@ -447,9 +363,8 @@ def check_model_folder(folder):
     Raises
     ------
     ModelFolderError
-        If ``folder`` has no ``hyperparams.yaml``, is a training output folder
-        (the message names its ``model`` folder), or lacks a
-        ``<name>.ckpt`` file that the YAML's ``pretrainer`` loads.
+        If ``folder`` has no ``hyperparams.yaml``, is a training output
+        folder, or lacks a ``<name>.ckpt`` that its ``pretrainer`` loads.
 
     Example
     -------
@@ -527,16 +442,11 @@ def _check_audio_spec(tree, path):
 def load_model(folder, device="cpu", trust=False):
     """Load an inference folder with SpeechBrain's ``EncoderClassifier``.
 
-    Equivalent to ``EncoderClassifier.from_hparams(source=folder,
-    savedir=folder)``, but checks the folder first (:func:`check_model_folder`):
-    SpeechBrain would take any string that is not a local folder for a
-    HuggingFace model name and try to download it, fail on a training output
-    folder with an unrelated error, and silently leave the label encoder empty
-    when ``label_encoder.ckpt`` is missing. Its ``hyperparams.yaml`` may only
-    build what a model needs (:func:`sb_urbansound.trust.check_model_yaml`),
-    unless ``trust`` is set. Once loaded, the model's number of outputs is
-    checked against its labels. The folder is recorded in the model's
-    ``model_folder`` attribute (for messages).
+    As ``EncoderClassifier.from_hparams(source=folder, savedir=folder)``,
+    after :func:`check_model_folder` (SpeechBrain would try to download a
+    missing folder) and, unless ``trust``, :func:`sb_urbansound.trust.
+    check_model_yaml`; the outputs are checked against the labels, and the
+    folder is kept in ``model.model_folder``.
 
     Arguments
     ---------
@@ -552,12 +462,6 @@ def load_model(folder, device="cpu", trust=False):
     -------
     speechbrain.inference.classifiers.EncoderClassifier
         The model, in eval mode, on ``device``.
-
-    Raises
-    ------
-    ModelFolderError
-        If ``folder`` is not a complete model folder (see
-        :func:`check_model_folder`) or its label encoder holds no labels.
 
     Example
     -------
@@ -593,9 +497,7 @@ def load_model(folder, device="cpu", trust=False):
 
 
 def _load_failure(folder, error):
-    """Why SpeechBrain could not load a model folder, in one line: the
-    module checkpoint that is not a whole ``torch.save`` archive, if one is
-    not (a truncated copy), else the error itself."""
+    """Why a folder did not load: a truncated checkpoint, else ``error``."""
     tree = _read_model_yaml(folder)
     modules = tree.get("modules")
     for name in modules if isinstance(modules, dict) else ():
@@ -631,9 +533,8 @@ def _check_outputs(model, folder):
 def model_audio_spec(model):
     """The sample rate, channel count and clip length (samples) a model expects.
 
-    Read from the inference folder's ``sample_rate``, ``channels`` and
-    ``duration_ms``; for other ``EncoderClassifier`` models, from the
-    ``audio_normalizer`` (rate; mono unless it keeps channels) with no length.
+    From ``sample_rate``, ``channels`` and ``duration_ms``; for other
+    models, from the ``audio_normalizer``, with no length.
 
     Arguments
     ---------
@@ -651,43 +552,29 @@ def model_audio_spec(model):
 
     Example
     -------
-    >>> from types import SimpleNamespace
-    >>> m = SimpleNamespace(
-    ...     hparams=SimpleNamespace(
-    ...         sample_rate=16000, channels=2, duration_ms=1000
-    ...     )
+    >>> from types import SimpleNamespace as NS
+    >>> model_audio_spec(
+    ...     NS(hparams=NS(sample_rate=8, channels=2, duration_ms=500))
     ... )
-    >>> model_audio_spec(m)
-    (16000, 2, 16000)
+    (8, 2, 4)
     """
-    hp = model.hparams
-    normalizer = getattr(model, "audio_normalizer", None)
-    sample_rate = getattr(hp, "sample_rate", None)
-    if sample_rate is None:
-        sample_rate = getattr(normalizer, "sample_rate", 16000)
-    channels = getattr(hp, "channels", None)
-    if channels is None:
-        channels = getattr(normalizer, "channels", 1)
-    duration_ms = getattr(hp, "duration_ms", None)
-    num_samples = (
-        None
-        if duration_ms is None
-        else int(round(int(sample_rate) * duration_ms / 1000.0))
+    hp, norm = model.hparams, getattr(model, "audio_normalizer", None)
+    rate = getattr(hp, "sample_rate", None) or getattr(
+        norm, "sample_rate", 16000
     )
-    return int(sample_rate), int(channels), num_samples
+    channels = getattr(hp, "channels", None) or getattr(norm, "channels", 1)
+    ms = getattr(hp, "duration_ms", None)
+    num_samples = None if ms is None else int(round(int(rate) * ms / 1000.0))
+    return int(rate), int(channels), num_samples
 
 
 @torch.no_grad()
 def window_log_probs(model, windows, batch_size=16):
     """Class scores of a batch of windows, normalised together, in chunks.
 
-    Runs ``EncoderClassifier``'s steps (``compute_features`` → ``mean_var_norm``
-    → ``embedding_model`` → ``classifier``) like ``classify_batch(windows)``,
-    with the same result, but the waveform, feature and embedding steps go
-    ``batch_size`` windows at a time, so memory stays bounded for long clips.
-    ``mean_var_norm`` sees the features of all the windows at once (a
-    trained ``BatchStandardize`` uses its training statistics), so a clip's
-    result does not depend on other files.
+    ``classify_batch(windows)``'s result, with the feature and embedding
+    steps ``batch_size`` windows at a time (bounded memory); the normaliser
+    sees all the windows at once.
 
     Arguments
     ---------
@@ -734,14 +621,9 @@ def window_log_probs(model, windows, batch_size=16):
 def window_probs(model, windows, batch_size=16):
     """Class probabilities of each window of one clip.
 
-    The windows are scored together by :func:`window_log_probs` (so the
-    windows of a clip are normalised together), each window's scores become
-    probabilities (softmax). A model trained with test-time averaging
-    (``tta_views`` in its ``hyperparams.yaml``) scores each window as that
-    many circularly shifted views, as its test did, and a window's
-    probabilities are the mean over its views. ``classify`` averages these
-    over the windows; segments
-    (:func:`sb_urbansound.timeline.find_segments`) read them one by one.
+    The softmax of :func:`window_log_probs`; a model tested with shifted
+    views (``tta_views``) scores each window as those views and averages
+    their probabilities, as its test did.
 
     Arguments
     ---------
@@ -763,7 +645,6 @@ def window_probs(model, windows, batch_size=16):
     See ``tests/test_inference.py``.
     """
     n_windows = windows.shape[0]
-    # A model tested with shifted views (tta_views) is used the same way
     views = int(getattr(model.hparams, "tta_views", 1) or 1)
     if views > 1:
         max_shift = float(getattr(model.hparams, "tta_max_shift", 0.0))
@@ -777,9 +658,8 @@ def window_probs(model, windows, batch_size=16):
 class TorchScorer(Scorer):
     """A model loaded with SpeechBrain as a scorer (eager PyTorch).
 
-    The file is read by :func:`~sb_urbansound.audio.load_audio`, converted
-    by :class:`~sb_urbansound.audio.ClipConditioner` and its windows scored
-    together by :func:`window_probs`, the way ``classify`` always has.
+    Files are read and converted as in training, their windows scored
+    together by :func:`window_probs`.
 
     Arguments
     ---------

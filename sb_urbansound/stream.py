@@ -1,43 +1,23 @@
 """Classify a live stream: raw 16-bit PCM in, one JSON line per hop out.
 
 Used by ``python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R
---channels C``, which reads what ``arecord``, ``sox`` or ``ffmpeg`` write::
-
-    arecord -f S16_LE -r 16000 -c 1 -t raw | \\
-        python -m sb_urbansound.classify results/cnn/1234/model \\
-        --stream --rate 16000 --channels 1
-
-Torch-free (numpy, and the scorer it is given): the same code feeds the
-PyTorch model and the ONNX runtime.
+--channels C``, fed by ``arecord -f S16_LE -r 16000 -c 1 -t raw``, ``sox``
+or ``ffmpeg``. Torch-free: the same code feeds PyTorch and ONNX scorers.
 
 * **Input**: signed 16-bit little-endian PCM, ``channels`` interleaved, at
-  ``rate``, read as it arrives (``read1``).
-* **Conditioning**, as training's, online: samples scaled to [-1, 1] (as
-  soundfile reads 16-bit files), down-mixed to the model's channels,
-  resampled by training's resampler (:class:`sb_urbansound.runtime.Resampler`,
-  soxr, fed block by block: the numbers a file of the whole stream would
-  give), up-mixed. ``rate`` must be in ``runtime.MIN_RATE`` ..
-  ``runtime.MAX_RATE`` (1 kHz to 768 kHz).
-* **Windows**: those of a file (:func:`sb_urbansound.timeline.window_count`):
-  windows of the training length starting every hop (half a window), each
-  scored once it is full; when the input ends, a last window padded with
-  zeros is scored if samples are left over (or if the stream was shorter
-  than one window). Each window is scored on its own: a trained
-  ``BatchStandardize`` uses its training statistics (a window scores as in a
-  file); a model trained with ``remove_dc`` has each window's mean removed.
-* **Output**: one JSON line per window, flushed at once: ``{"start": s,
-  "end": s, "label": ..., "prob": p, "top_k": [{"label", "prob"}, ...]}``
-  (times in seconds from the start of the stream; a padded last window ends
-  where the input ended).
-* **Latency** (from the end of a sound to the line that reports it): at most
-  one window plus one hop, plus what the resampler holds back (none at the
-  model's rate; soxr: about 0.1 s at 8 to 48 kHz, up to 1 s at 1 kHz), plus
-  the scoring time. **Memory**: one window, a second of input and soxr's
-  filters, whatever the stream's length and rate.
-* **End**: at the end of the input the last window is scored (an
-  incomplete last frame is dropped, with a warning on stderr), and the
-  function returns 0; a reader that goes away (broken pipe) ends it quietly
-  with 0; Ctrl-C with 130.
+  ``rate`` (``runtime.MIN_RATE`` to ``runtime.MAX_RATE``), read as it arrives.
+* **Conditioning** as training's, online: scaled to [-1, 1], down-mixed,
+  resampled block by block by training's resampler (soxr), up-mixed.
+* **Windows**: those of a file (:mod:`sb_urbansound.timeline`), each scored
+  on its own once full; at the end of the input a last zero-padded window
+  is scored if samples are left (or the stream was shorter than a window).
+* **Output**: one JSON line per window, flushed at once: ``start``, ``end``
+  (seconds from the start), ``label``, ``prob``, ``top_k``.
+* **Latency**: one window plus one hop, plus what soxr holds back (about
+  0.1 s at 8 to 48 kHz) and the scoring time. **Memory**: one window, a
+  second of input and soxr's filters, whatever the stream's length.
+* **End**: 0 at the end of the input (an incomplete last frame is dropped
+  with a warning) or when the reader goes away; 130 on Ctrl-C.
 
 Authors
 -------
@@ -63,35 +43,26 @@ class StreamWindows:
 
     Arguments
     ---------
-    rate : int
-        The input's rate.
-    channels : int
-        The input's channel count.
-    sample_rate : int
-        The model's rate.
-    model_channels : int
-        The model's channel count.
+    rate, channels : int
+        The input's rate and channel count.
+    sample_rate, model_channels : int
+        The model's.
     num_samples : int
         The window length (model samples).
-    hop : int, optional
-        Model samples between window starts (default: half a window).
     remove_dc : bool
         Subtract each window's mean.
 
     Example
     -------
+    >>> def pcm16(items):
+    ...     return [
+    ...         (s, (x.ravel() * 32768).astype(int).tolist()) for s, x in items
+    ...     ]
     >>> w = StreamWindows(8000, 1, 8000, 1, num_samples=4)
-    >>> pcm = (np.arange(1, 8, dtype="<i2") * 1000).tobytes()
-    >>> [
-    ...     (s, win.ravel().astype(float).round(3).tolist())
-    ...     for s, win in w.feed(pcm)
-    ... ]
-    [(0, [0.031, 0.061, 0.092, 0.122]), (2, [0.092, 0.122, 0.153, 0.183])]
-    >>> [
-    ...     (s, win.ravel().astype(float).round(3).tolist())
-    ...     for s, win in w.finish()
-    ... ]
-    [(4, [0.153, 0.183, 0.214, 0.0])]
+    >>> pcm16(w.feed((np.arange(1, 8, dtype="<i2") * 1000).tobytes()))
+    [(0, [1000, 2000, 3000, 4000]), (2, [3000, 4000, 5000, 6000])]
+    >>> pcm16(w.finish())
+    [(4, [5000, 6000, 7000, 0])]
     """
 
     def __init__(
@@ -101,14 +72,12 @@ class StreamWindows:
         sample_rate,
         model_channels,
         num_samples,
-        hop=None,
         remove_dc=False,
     ):
         self.channels = int(channels)
         self.model_channels = int(model_channels)
-        self.sample_rate = int(sample_rate)
         self.num_samples = int(num_samples)
-        self.hop = default_hop(num_samples) if hop is None else int(hop)
+        self.hop = default_hop(num_samples)
         self.remove_dc = bool(remove_dc)
         self.resampler = Resampler(rate, sample_rate)
         self.frames = 0  # input frames so far
@@ -137,8 +106,7 @@ class StreamWindows:
                 (self._start, self._window(self._buffer[: self.num_samples]))
             )
             self.emitted += 1
-            drop = min(self.hop, self._buffer.shape[0])
-            self._buffer = self._buffer[drop:]
+            self._buffer = self._buffer[self.hop :]
             self._start += self.hop
         return out
 
@@ -192,43 +160,18 @@ class StreamWindows:
         return out
 
 
-def window_line(start, end, probs, labels, top_k=1):
+def _window_line(start, end, probs, labels, top_k=1):
     """The JSON line of one window.
-
-    Arguments
-    ---------
-    start : float
-        The window's start (seconds from the start of the stream).
-    end : float
-        Its end.
-    probs : numpy.ndarray
-        ``[n_classes]`` probabilities.
-    labels : list of str
-        The class names.
-    top_k : int
-        How many labels to list.
-
-    Returns
-    -------
-    str
-        One line of JSON (no newline).
 
     Example
     -------
-    >>> window_line(0.0, 1.0, np.array([0.25, 0.75]), ["a", "b"])
+    >>> _window_line(0.0, 1.0, np.array([0.25, 0.75]), ["a", "b"])
     '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75, "top_k": [{"label": "b", "prob": 0.75}]}'
     """
     best = top_k_labels(probs, labels, top_k)
-    return json.dumps(
-        {
-            "start": round(float(start), 6),
-            "end": round(float(end), 6),
-            "label": best[0]["label"],
-            "prob": best[0]["prob"],
-            "top_k": best,
-        },
-        allow_nan=False,
-    )
+    line = {"start": round(float(start), 6), "end": round(float(end), 6)}
+    line.update(label=best[0]["label"], prob=best[0]["prob"], top_k=best)
+    return json.dumps(line, allow_nan=False)
 
 
 def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
@@ -236,21 +179,14 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
 
     Arguments
     ---------
-    scorer : object
-        The model: ``labels``, ``sample_rate``, ``channels``, ``num_samples``,
-        ``remove_dc`` and ``window_probs(windows)`` (``[n, num_samples,
-        channels]`` → ``[n, n_classes]``), as
-        :class:`sb_urbansound.runtime.OnnxModel` has.
-    rate : int
-        The input's rate.
-    channels : int
-        The input's channel count.
+    scorer : sb_urbansound.runtime.Scorer
+        The model.
+    rate, channels : int
+        The input's rate and channel count.
     top_k : int
         Labels per line.
-    infile : binary file, optional
-        The input (default: standard input).
-    outfile : text file, optional
-        The output (default: standard output).
+    infile, outfile : file, optional
+        Binary input and text output (default: standard input and output).
 
     Returns
     -------
@@ -269,22 +205,17 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
         remove_dc=scorer.remove_dc,
     )
     read = getattr(infile, "read1", infile.read)
-    # At most a second of input per read: what one read gives out (resampled
-    # up to 768 times, cut into windows) stays small at any rate
+    # At most a second of input per read (resampled up to 768 times)
     size = min(READ_BYTES, SAMPLE_BYTES * windows.channels * int(rate))
-    sample_rate = float(scorer.sample_rate)
+    sr = float(scorer.sample_rate)
 
     def emit(items):
         """Score windows and print their lines."""
         for start, window in items:
             probs = scorer.window_probs(window[None])[0]
             end = min(start + windows.num_samples, max(windows.total, 1))
-            line = window_line(
-                start / sample_rate,
-                end / sample_rate,
-                probs,
-                scorer.labels,
-                top_k,
+            line = _window_line(
+                start / sr, end / sr, probs, scorer.labels, top_k
             )
             outfile.write(line + "\n")
             outfile.flush()
@@ -316,12 +247,8 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
 
 
 def _silence_stdout(outfile):
-    """After a broken pipe: send what is left to /dev/null, quietly.
-
-    Python flushes standard output at exit, which would raise the broken pipe
-    again and print an error; standard output is pointed at /dev/null
-    instead.
-    """
+    """After a broken pipe: point stdout at /dev/null (Python's flush at
+    exit would raise again)."""
     if outfile is not sys.stdout:
         return
     try:

@@ -1,24 +1,16 @@
 """The time axis of a recording: sliding windows, and event timelines.
 
-Torch-free (numpy only), so that the PyTorch path
-(:mod:`sb_urbansound.inference`, :mod:`sb_urbansound.classify`) and the
-torch-free runtime (:mod:`sb_urbansound.runtime`, :mod:`sb_urbansound.stream`)
-share one definition of the windows and of the segments.
+Torch-free (numpy only): the PyTorch path and the runtime share one
+definition of the windows and of the segments.
 
-* **Windows.** A clip is scored over windows of the training length
-  (``num_samples``) starting at ``0, hop, 2 * hop, ...`` (hop: half a window),
-  until a window reaches the end of the clip; that last window is padded with
-  zeros at the end, as evaluation pads short clips (:func:`window_count`,
-  :func:`sliding_windows`).
-* **Segments.** :func:`find_segments` turns the windows' class probabilities
-  into ``start, end, label, score`` events: window *k* speaks for the hop-long
-  stretch around its centre, ``[k * hop + (num_samples - hop) / 2,
-  k * hop + (num_samples + hop) / 2]`` (the first from 0, the last up to the
-  end of the recording; with half-window hops these stretches tile the
+* **Windows**: of the training length (``num_samples``), starting every hop
+  (half a window) until one reaches the end of the clip; that last one is
+  zero-padded, as evaluation pads short clips.
+* **Segments**: window *k* speaks for the hop-long stretch around its
+  centre (the first from 0, the last up to the end: the stretches tile the
   recording); a class is present where its probability reaches the
-  threshold; runs of such stretches are merged across gaps of at most
-  ``merge_gap`` seconds, and events shorter than ``min_duration`` are
-  dropped. :func:`count_events` counts them per class.
+  threshold; runs closer than ``merge_gap`` seconds are merged and events
+  shorter than ``min_duration`` dropped.
 
 Authors
 -------
@@ -51,17 +43,13 @@ def default_hop(num_samples):
     return max(int(num_samples) // 2, 1)
 
 
-def window_count(length, num_samples, hop=None):
+def window_count(length, num_samples):
     """How many windows cover a clip of ``length`` samples.
 
     Arguments
     ---------
-    length : int
-        The clip length (samples).
-    num_samples : int
-        The window length.
-    hop : int, optional
-        The hop between window starts (default: :func:`default_hop`).
+    length, num_samples : int
+        The clip length and the window length (samples).
 
     Returns
     -------
@@ -75,22 +63,17 @@ def window_count(length, num_samples, hop=None):
     (1, 4, 5)
     """
     num_samples = int(num_samples)
-    hop = default_hop(num_samples) if hop is None else int(hop)
-    if hop < 1:
-        raise ValueError(f"hop must be at least 1 sample, got {hop}")
     if length <= num_samples:
         return 1
-    return 1 + math.ceil((length - num_samples) / hop)
+    return 1 + math.ceil((length - num_samples) / default_hop(num_samples))
 
 
-def sliding_windows(wav, num_samples, hop=None):
+def sliding_windows(wav, num_samples):
     """Cut a clip (time first) into windows of ``num_samples``.
 
-    The one window cutter of the package (PyTorch path and runtime): windows
-    start at ``0, hop, 2 * hop, ...`` (:func:`window_count`); the last one is
-    zero-padded at the end, as evaluation pads short clips. The windows are
-    views of the (padded) clip, not copies. A numpy array gives a read-only
-    numpy view; a torch tensor gives a tensor (torch is imported only then).
+    The one window cutter of the package (see the module docstring). The
+    windows are views of the (padded) clip: a read-only numpy view for an
+    array, a tensor for a tensor (torch is imported only then).
 
     Arguments
     ---------
@@ -98,8 +81,6 @@ def sliding_windows(wav, num_samples, hop=None):
         ``[time]`` or ``[time, channels]``.
     num_samples : int
         The window length (the training clip length).
-    hop : int, optional
-        The hop (default: half a window).
 
     Returns
     -------
@@ -114,8 +95,8 @@ def sliding_windows(wav, num_samples, hop=None):
     (1, 4, 2)
     """
     num_samples = int(num_samples)
-    hop = default_hop(num_samples) if hop is None else int(hop)
-    n = window_count(wav.shape[0], num_samples, hop)
+    hop = default_hop(num_samples)
+    n = window_count(wav.shape[0], num_samples)
     total = (n - 1) * hop + num_samples
     tensor = not isinstance(wav, np.ndarray)
     array = wav.detach().cpu().numpy() if tensor else wav  # no copy on CPU
@@ -136,27 +117,16 @@ def sliding_windows(wav, num_samples, hop=None):
     return torch.from_numpy(windows).to(wav.device)
 
 
-def window_spans(n_windows, num_samples, sample_rate, duration_s, hop=None):
-    """The stretch of time each window speaks for, in seconds.
-
-    Window *k* covers ``[k * hop, k * hop + num_samples]``; it speaks for the
-    hop-long stretch around its centre. The first stretch starts at 0 and the
-    last ends at ``duration_s`` (no stretch goes beyond it), so the stretches
-    of consecutive windows follow each other without gaps and cover the
-    recording.
+def window_spans(n_windows, num_samples, sample_rate, duration_s):
+    """The stretch of time each window speaks for, in seconds: the hop
+    around its centre, from 0 for the first to ``duration_s`` for the last.
 
     Arguments
     ---------
-    n_windows : int
-        The number of windows.
-    num_samples : int
-        The window length (samples).
-    sample_rate : int
-        The rate of the windows.
+    n_windows, num_samples, sample_rate : int
+        The number of windows, their length (samples) and rate.
     duration_s : float
         The length of the recording (seconds).
-    hop : int, optional
-        The hop (default: half a window).
 
     Returns
     -------
@@ -168,8 +138,7 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s, hop=None):
     >>> window_spans(3, 4, 1, 8.0).tolist()
     [[0.0, 3.0], [3.0, 5.0], [5.0, 8.0]]
     """
-    num_samples = int(num_samples)
-    hop = default_hop(num_samples) if hop is None else int(hop)
+    hop = default_hop(num_samples)
     centres = np.arange(n_windows) * hop + num_samples / 2
     spans = np.stack([centres - hop / 2, centres + hop / 2], axis=1)
     spans /= float(sample_rate)
@@ -180,21 +149,10 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s, hop=None):
 
 
 def find_segments(
-    probs,
-    labels,
-    spans,
-    threshold=0.5,
-    min_duration=0.0,
-    merge_gap=0.0,
+    probs, labels, spans, threshold=0.5, min_duration=0.0, merge_gap=0.0
 ):
-    """Turn per-window class probabilities into events.
-
-    A class is present during a window's stretch (:func:`window_spans`) when
-    its probability is at least ``threshold``. Consecutive stretches make one
-    event; two events of a class separated by at most ``merge_gap`` seconds
-    become one; events shorter than ``min_duration`` seconds are dropped. An
-    event's score is the mean probability of its class over the windows it
-    holds.
+    """Turn per-window class probabilities into events (module docstring);
+    an event's score is its class's mean probability over its windows.
 
     Arguments
     ---------
@@ -229,13 +187,6 @@ def find_segments(
     2
     """
     probs = np.asarray(probs, dtype=np.float64)
-    spans = np.asarray(spans, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != len(labels):
-        raise ValueError(
-            f"probs must be [n_windows, {len(labels)}], got {probs.shape}"
-        )
-    if spans.shape != (probs.shape[0], 2):
-        raise ValueError(f"spans must be [{probs.shape[0]}, 2]")
     events = []
     for c, label in enumerate(labels):
         runs = []  # [first window, last window]
@@ -253,26 +204,21 @@ def find_segments(
             start, end = spans[first, 0], spans[last, 1]
             if end - start < min_duration:
                 continue
-            events.append(
-                {
-                    "start": round(float(start), 6),
-                    "end": round(float(end), 6),
-                    "label": label,
-                    "score": float(held.mean()),
-                }
-            )
+            start, end = round(float(start), 6), round(float(end), 6)
+            score = float(held.mean())
+            events.append(dict(start=start, end=end, label=label, score=score))
     events.sort(key=lambda e: (e["start"], e["label"]))
     return events
 
 
-def count_events(segments, labels=None):
+def count_events(segments, labels):
     """How many events of each class.
 
     Arguments
     ---------
     segments : list of dict
         From :func:`find_segments`.
-    labels : list of str, optional
+    labels : list of str
         Classes to list even when they have no event (in this order).
 
     Returns
@@ -282,12 +228,11 @@ def count_events(segments, labels=None):
 
     Example
     -------
-    >>> count_events(
-    ...     [{"label": "b"}, {"label": "a"}, {"label": "b"}], ["a", "b", "c"]
-    ... )
+    >>> segments = [{"label": "b"}, {"label": "a"}, {"label": "b"}]
+    >>> count_events(segments, ["a", "b", "c"])
     {'a': 1, 'b': 2, 'c': 0}
     """
-    counts = dict.fromkeys(labels or [], 0)
+    counts = dict.fromkeys(labels, 0)
     for seg in segments:
         counts[seg["label"]] = counts.get(seg["label"], 0) + 1
     return counts
