@@ -144,7 +144,7 @@ def card_info(hparams, labels, hardware=None):
         "mixup_alpha",
         "tta_views",
         "tta_max_shift",
-        "feature_bank",
+        "data_source",
         "freeze_encoder",
         "unfreeze_after_epochs",
         "encoder_lr_scale",
