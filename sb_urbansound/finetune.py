@@ -12,7 +12,7 @@
   ``[batch, 1, dim]``; it reads the BEATs authors' checkpoints.
 * :class:`PassThrough`: returns its input, for the recipe's
   ``compute_features`` or ``mean_var_norm`` when an encoder does its own;
-* :func:`load_pretrained_encoder`, :func:`frozen_in_epoch` and
+* :func:`load_pretrained_encoder`, :func:`set_trainable` and
   :func:`encoder_optimizer`: the YAML's ``pretrainer``, ``freeze_encoder``,
   ``unfreeze_after_epochs`` and ``encoder_lr_scale``, for the recipe.
 
@@ -153,37 +153,6 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
             )
 
 
-def frozen_in_epoch(hparams, epoch):
-    """Whether the encoder is frozen in an epoch (counted from 1).
-
-    ``freeze_encoder: True`` freezes the encoder (``embedding_model``) for
-    the whole run; ``unfreeze_after_epochs: N`` for the first N epochs.
-
-    Arguments
-    ---------
-    hparams : types.SimpleNamespace
-        A Brain's hyperparameters.
-    epoch : int
-        The epoch.
-
-    Returns
-    -------
-    bool or None
-        None when the YAML freezes it in no epoch: its ``requires_grad``
-        flags are then left alone.
-
-    Example
-    -------
-    >>> from types import SimpleNamespace as H
-    >>> frozen_in_epoch(H(unfreeze_after_epochs=2), 2), frozen_in_epoch(H(), 2)
-    (True, None)
-    """
-    if getattr(hparams, "freeze_encoder", False):
-        return True
-    epochs = getattr(hparams, "unfreeze_after_epochs", 0)
-    return epoch <= epochs if epochs else None
-
-
 def set_trainable(module, trainable):
     """Freezes or unfreezes the parameters of a module.
 
@@ -246,9 +215,9 @@ def encoder_optimizer(opt_class, modules, scale):
 def load_pretrained_encoder(hparams):
     """Loads the pretrained encoder weights of the YAML's ``pretrainer``.
 
-    Only with ``use_pretrained: True``, and only on a fresh run: a resumed
-    run's checkpoint holds the fine-tuned weights, and SpeechBrain recovers
-    it later. ``pretrained_encoder`` is a local file or ``<hub repo>/<file>``
+    For a YAML with a ``pretrainer`` and ``use_pretrained: True``; only on
+    a fresh run: a resumed run's checkpoint holds the fine-tuned weights,
+    and SpeechBrain recovers it later. ``pretrained_encoder`` is a local file or ``<hub repo>/<file>``
     (fetched by SpeechBrain from the Hugging Face hub). The YAML's loading
     hook (:func:`strict_parameter_transfer`) stops on any key that does not
     fit.
@@ -258,8 +227,6 @@ def load_pretrained_encoder(hparams):
     hparams : dict
         The loaded hyperparameters.
     """
-    if "pretrainer" not in hparams or not hparams.get("use_pretrained", True):
-        return
     if hparams["checkpointer"].find_checkpoint() is not None:
         logger.info("Resuming: the checkpoint replaces the pretrained encoder")
         return

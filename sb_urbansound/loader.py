@@ -29,12 +29,11 @@ import inspect
 import logging
 
 import torch
-from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.augment import circular_views
 from sb_urbansound.bank import ClipBank, FeatureBank, place_clips
 from sb_urbansound.distributed import ShardSampler, world
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.experiment import build_partial, set_override
+from sb_urbansound.experiment import set_override
 from sb_urbansound.hardware import stop_loader_workers
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.processes import WorkerInit
@@ -42,7 +41,6 @@ from sb_urbansound.shards import Shards, ShardStream
 
 import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import run_on_main
 
 logger = logging.getLogger(__name__)
@@ -51,7 +49,7 @@ SPLITS = ("train", "valid", "test")
 SOURCES = ("files", "bank", "feature_bank", "shards")
 
 
-def prepare_data(values, overrides):
+def prepare_data(prepare, values, overrides):
     """Prepares the data and sizes the model to it, before anything is built.
 
     Data preparation writes the manifests (main process only); with
@@ -61,6 +59,8 @@ def prepare_data(values, overrides):
 
     Arguments
     ---------
+    prepare : functools.partial
+        The YAML's ``prepare`` function, with its arguments.
     values : dict
         The YAML's values, resolved but not built (``read_yaml_values``).
     overrides : str
@@ -72,7 +72,6 @@ def prepare_data(values, overrides):
         The overrides, with ``n_classes`` added when it came from the data.
     """
     if not values["skip_prep"]:
-        prepare = build_partial(values["prepare"])
         # One decode pass: when the bank or the shards decode every file
         # (and name those that fail), preparation reads the headers only.
         # With skip_missing, it decodes them, to leave the bad out.
@@ -97,154 +96,65 @@ def prepare_data(values, overrides):
     return overrides
 
 
-def make_conditioner(hparams):
-    """The clip conditioning of a run (training, bank, shards, inference).
+def load_label_encoder(label_encoder, path, labels):
+    """Loads (or creates) the label encoder, checked against the data:
+    each class to an index, the same in every split and every run of an
+    output folder.
 
     Arguments
     ---------
-    hparams : dict
-        The loaded hyperparameters.
-
-    Returns
-    -------
-    sb_urbansound.audio.ClipConditioner
-    """
-    return ClipConditioner(
-        sample_rate=hparams["sample_rate"],
-        channels=hparams["channels"],
-        duration_ms=hparams["duration_ms"],
-        remove_dc=hparams.get("remove_dc", False),
-    )
-
-
-def read_splits(hparams):
-    """The clips of each split: ``{split: {clip_id: (wav, label)}}``.
-
-    Arguments
-    ---------
-    hparams : dict
-        The loaded hyperparameters.
-
-    Returns
-    -------
-    dict
-    """
-    replacements = {"data_root": hparams["data_folder"]}
-    return {
-        split: {
-            clip_id: (entry["wav"], entry["label"])
-            for clip_id, entry in sb.dataio.dataio.load_data_json(
-                hparams[f"{split}_annotation"], replacements
-            ).items()
-        }
-        for split in SPLITS
-    }
-
-
-def load_label_encoder(hparams):
-    """The label encoder: each class to an index, the same in every split
-    and every run of this output folder.
-
-    Arguments
-    ---------
-    hparams : dict
-        The loaded hyperparameters.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        The YAML's encoder.
+    path : str
+        Its file in the run's ``save_folder``.
+    labels : list of str
+        The data's classes, sorted (``manifests.read_labels``).
 
     Returns
     -------
     speechbrain.dataio.encoder.CategoricalEncoder
     """
-    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
-    labels = read_labels(hparams["labels_file"], manifests)
-    label_encoder = hparams["label_encoder"]
-    label_encoder.load_or_create(
-        path=hparams["label_encoder_file"], from_iterables=[labels]
-    )
+    label_encoder.load_or_create(path=path, from_iterables=[labels])
     label_encoder.expect_len(len(labels))
     encoded = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
     if encoded != labels:
         raise DataPrepError(
-            f"the label encoder in {hparams['label_encoder_file']} holds "
-            f"{encoded}, but the data has {labels}: it was made for other "
-            "data. Use a new output_folder."
+            f"the label encoder in {path} holds {encoded}, but the data has "
+            f"{labels}: it was made for other data. Use a new output_folder."
         )
     return label_encoder
 
 
-def dataio_prep(hparams, bank=None):
-    """Creates the datasets and their data processing pipelines.
-
-    With a clip bank, an item is the clip's row in the bank. Without one,
-    each clip is read (only the part that is kept), resampled, rechannelled
-    and padded or cut by the ``ClipConditioner`` that the exported model
-    uses at inference; training clips get a random pad position and a random
-    circular time shift.
+def clips_of(datasets):
+    """The clips of each split: ``{split: {clip_id: (wav, label)}}``.
 
     Arguments
     ---------
-    hparams : dict
-        The loaded hyperparameters.
-    bank : sb_urbansound.bank.ClipBank, optional
-        The clip bank (None: the per-clip pipeline).
+    datasets : dict
+        ``{split: DynamicItemDataset}`` (from the manifests).
 
     Returns
     -------
-    datasets : dict
-        ``{"train": DynamicItemDataset, "valid": ..., "test": ...}``, whose
-        items have ``id``, ``wav``, ``label``, ``label_encoded`` and
-        ``bank_row`` (with a bank) or ``sig`` (without).
+    dict
     """
-    label_encoder = load_label_encoder(hparams)
-    conditioner = make_conditioner(hparams)
-
-    @sb.utils.data_pipeline.takes("label")
-    @sb.utils.data_pipeline.provides("label", "label_encoded")
-    def label_pipeline(label):
-        """Maps a label to its index."""
-        yield label
-        yield torch.LongTensor([label_encoder.encode_label(label)])
-
-    @sb.utils.data_pipeline.takes("id")
-    @sb.utils.data_pipeline.provides("bank_row")
-    def bank_pipeline(clip_id):
-        """The clip's row in the clip bank."""
-        return torch.LongTensor([bank.index[clip_id]])
-
-    def audio_pipeline(train):
-        """The waveform steps of one split (random ones in training only)."""
-
-        @sb.utils.data_pipeline.takes("wav")
-        @sb.utils.data_pipeline.provides("sig")
-        def pipeline(wav):
-            """Loads and conditions one clip."""
-            sig, rate = load_audio(wav, max_seconds=conditioner.max_seconds())
-            sig = conditioner.clip(sig, rate, random_pad=train)
-            if train:
-                sig = time_shift(sig, hparams["shift_pct"])
-            return sig
-
-        return pipeline
-
-    datasets = {}
-    for split in SPLITS:
-        key = "sig" if bank is None else "bank_row"
-        item = audio_pipeline(split == "train") if bank is None else None
-        datasets[split] = DynamicItemDataset.from_json(
-            json_path=hparams[f"{split}_annotation"],
-            replacements={"data_root": hparams["data_folder"]},
-            dynamic_items=[item or bank_pipeline, label_pipeline],
-            output_keys=["id", "wav", key, "label", "label_encoded"],
-        )
-    return datasets
+    return {
+        split: {i: (d.data[i]["wav"], d.data[i]["label"]) for i in d.data_ids}
+        for split, d in datasets.items()
+    }
 
 
-def build_clip_bank(hparams):
-    """Builds (main process) and opens the clip bank of a run's clips.
+def build_clip_bank(folder, conditioner, datasets):
+    """Builds (main process) and opens the clip bank of a run's clips; the
+    items of ``datasets`` become the clips' rows in it (``bank_row``).
 
     Arguments
     ---------
-    hparams : dict
-        The loaded hyperparameters.
+    folder : str
+        The YAML's ``bank_folder``.
+    conditioner : sb_urbansound.audio.ClipConditioner
+        The run's clip conditioning.
+    datasets : dict
+        ``{split: DynamicItemDataset}``, changed in place.
 
     Returns
     -------
@@ -252,37 +162,48 @@ def build_clip_bank(hparams):
     """
     paths = {
         clip_id: wav
-        for clips in read_splits(hparams).values()
+        for clips in clips_of(datasets).values()
         for clip_id, (wav, _) in clips.items()
     }
-    bank = ClipBank(hparams["bank_folder"], make_conditioner(hparams))
+    bank = ClipBank(folder, conditioner)
     run_on_main(bank.build, args=[paths])
-    return bank.open(paths)
+    bank = bank.open(paths)
+
+    @sb.utils.data_pipeline.takes("id")
+    @sb.utils.data_pipeline.provides("bank_row")
+    def bank_pipeline(clip_id):
+        """The clip's row in the clip bank."""
+        return torch.LongTensor([bank.index[clip_id]])
+
+    for dataset in datasets.values():
+        dataset.add_dynamic_item(bank_pipeline)
+        keys = ["id", "wav", "bank_row", "label", "label_encoded"]
+        dataset.set_output_keys(keys)
+    return bank
 
 
-def shard_datasets(hparams):
+def shard_datasets(shards, datasets, hparams, buffer):
     """Writes (main process) the shards of a run's clips; opens them.
 
     Arguments
     ---------
-    hparams : dict
-        The loaded hyperparameters.
+    shards : sb_urbansound.shards.Shards
+        Where and how the shards are written.
+    datasets : dict
+        ``{split: DynamicItemDataset}``: the clips.
+    hparams : types.SimpleNamespace
+        A Brain's hyperparameters (``seed``, ``number_of_epochs``,
+        ``label_encoder``).
+    buffer : int
+        Training clips held for shuffling (``shuffle_buffer``).
 
     Returns
     -------
     datasets : dict
-        ``{"train": ShardStream, "valid": ..., "test": ...}``, whose items
-        have ``id``, ``wav``, ``label``, ``label_encoded``, ``pcm`` (int16)
-        and ``length``.
+        ``{split: ShardStream}``, whose items have ``id``, ``wav``,
+        ``label``, ``label_encoded``, ``pcm`` (int16) and ``length``.
     """
-    label_encoder = load_label_encoder(hparams)
-    shards = Shards(
-        hparams["shards_folder"],
-        make_conditioner(hparams),
-        hparams["shard_size"],
-        hparams["shard_format"],
-    )
-    run_on_main(shards.write, args=[read_splits(hparams)])
+    run_on_main(shards.write, args=[clips_of(datasets)])
     index = shards.read_index()
     rank, size = world()
     return {
@@ -292,10 +213,10 @@ def shard_datasets(hparams):
             train=split == "train",
             rank=rank,
             size=size,
-            seed=hparams["seed"],
-            buffer=hparams["shuffle_buffer"],
-            label_encoder=label_encoder,
-            epochs=hparams["number_of_epochs"],
+            seed=hparams.seed,
+            buffer=buffer,
+            label_encoder=hparams.label_encoder,
+            epochs=hparams.number_of_epochs,
             num_samples=index["settings"]["num_samples"],
         )
         for split in SPLITS
@@ -303,7 +224,7 @@ def shard_datasets(hparams):
 
 
 class DataSource:
-    """The datasets, loaders and batch features of a run's ``data_source``.
+    """The loaders and batch features of a run's ``data_source``.
 
     Made after the Brain (it needs its device and, for a feature bank, its
     feature extractor): the training loader is the Brain's own
@@ -314,42 +235,61 @@ class DataSource:
 
     Arguments
     ---------
-    hparams : dict
-        The loaded hyperparameters (``data_source``, the manifests, the
-        conditioning and loader options).
     brain : speechbrain.core.Brain
-        The Brain that trains on it.
+        The Brain that trains on it (its ``hparams`` have ``shift_pct``,
+        ``seed``, ``number_of_epochs``, ``batch_size`` and
+        ``label_encoder``).
+    datasets : dict
+        ``{split: DynamicItemDataset}``: the clips decoded per epoch
+        (``files``), whose items have ``id``, ``wav``, ``sig``, ``label``
+        and ``label_encoded``.
+    source : str
+        ``data_source``: one of :data:`SOURCES`.
+    conditioner : sb_urbansound.audio.ClipConditioner
+        The run's clip conditioning (for the bank or the shards).
+    bank_folder : str
+        Where the clip bank is kept.
+    shards : tuple
+        ``(shards_folder, shard_size, shard_format, shuffle_buffer)``.
+    options : tuple of dict
+        The training and the evaluation loader options.
 
     Example
     -------
     See ``recipes/UrbanSound8k/SoundClassification/train.py``.
     """
 
-    def __init__(self, hparams, brain):
-        self.source = hparams["data_source"]
-        self.shift_pct = hparams["shift_pct"]
+    def __init__(
+        self, brain, datasets, source, conditioner, bank_folder, shards, options
+    ):
+        if source not in SOURCES:  # (check_values names the key first)
+            raise ValueError(f"data_source must be one of {SOURCES}")
+        self.source = source
+        self.shift_pct = brain.hparams.shift_pct
         self.bank = self.feature_bank = None
         self.loaders = []
-        train_options = hparams["dataloader_options"]
-        self.test_options = hparams["test_dataloader_options"]
-        if self.source == "shards":
-            datasets = shard_datasets(hparams)
+        train_options, self.test_options = options
+        if source == "shards":
+            folder, size, fmt, buffer = shards
+            datasets = shard_datasets(
+                Shards(folder, conditioner, size, fmt),
+                datasets,
+                brain.hparams,
+                buffer,
+            )
             # Streams are read in this process; SpeechBrain gives the
             # training stream its epoch (its shards). A stream has no
             # position to save: a resumed run starts its epoch again, so a
             # mid-epoch checkpoint would only repeat the epoch's first steps
             train_options = self.test_options = {
-                "batch_size": hparams["batch_size"],
+                "batch_size": brain.hparams.batch_size,
                 "collate_fn": PaddedBatch,
             }
             brain.train_sampler = datasets["train"]
             brain.ckpt_interval_minutes = brain.ckpt_interval_steps = 0
-        elif self.source == "files":
-            datasets = dataio_prep(hparams)
-        else:
-            bank = build_clip_bank(hparams)
-            datasets = dataio_prep(hparams, bank)
-            self.use_bank(bank, brain, self.source == "feature_bank")
+        elif source != "files":
+            bank = build_clip_bank(bank_folder, conditioner, datasets)
+            self.use_bank(bank, brain, source == "feature_bank")
         self.datasets = datasets
         self.train = brain.make_dataloader(
             datasets["train"], sb.Stage.TRAIN, **self._workers(train_options)

@@ -31,7 +31,7 @@ import time
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from sb_urbansound.atomic import atomic_write_json
+from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.augment import Mixup, average_views
 from sb_urbansound.checkpoints import check_resumed_schedule
 from sb_urbansound.distributed import (
@@ -42,6 +42,7 @@ from sb_urbansound.distributed import (
 from sb_urbansound.errors import UserError
 from sb_urbansound.experiment import (
     RunFolder,
+    build_partial,
     check_outside,
     check_values,
     read_yaml_values,
@@ -49,31 +50,31 @@ from sb_urbansound.experiment import (
 from sb_urbansound.finetune import (
     check_finetune_options,
     encoder_optimizer,
-    frozen_in_epoch,
     load_pretrained_encoder,
     set_trainable,
 )
 from sb_urbansound.hardware import check_device
 from sb_urbansound.inference import export_inference_folder
-from sb_urbansound.loader import SPLITS, DataSource, prepare_data
-from sb_urbansound.manifests import recorded_split
+from sb_urbansound.loader import (
+    SPLITS,
+    DataSource,
+    load_label_encoder,
+    prepare_data,
+)
+from sb_urbansound.manifests import read_labels, recorded_split
 from sb_urbansound.processes import run_recipe
-from sb_urbansound.report import append_history, classification_results
+from sb_urbansound.report import append_history, write_test_results
 
 import speechbrain as sb
+from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import ClassificationStats
 
 logger = get_logger(__name__)
 #: The folders a run writes (never inside ``data_folder``).
-WRITTEN_FOLDERS = (
-    "output_folder",
-    "save_folder",
-    "manifest_folder",
-    "bank_folder",
-    "shards_folder",
-)
+WRITTEN_FOLDERS = ("output_folder", "save_folder", "manifest_folder")
+WRITTEN_FOLDERS += ("bank_folder", "shards_folder")
 
 
 class SoundClassifierBrain(sb.Brain):
@@ -88,22 +89,8 @@ class SoundClassifierBrain(sb.Brain):
     frozen = False  # whether the encoder is frozen in this epoch
 
     def compute_forward(self, batch, stage):
-        """Computes the class log-probabilities of a batch of clips.
-
-        Arguments
-        ---------
-        batch : PaddedBatch
-            Clips (``sig``), or their rows in the bank or their shard samples.
-        stage : sb.Stage
-            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
-
-        Returns
-        -------
-        predictions : torch.Tensor
-            ``[batch, 1, n_classes]`` log-probabilities (or scores).
-        lens : torch.Tensor
-            The relative lengths of the clips.
-        """
+        """Computes the class log-probabilities of a batch: ``(predictions,
+        lens)``, ``[batch, 1, n_classes]`` and the relative lengths."""
         batch = batch.to(self.device)
         train = stage == sb.Stage.TRAIN
         # Test-time averaging (optional): several circularly shifted views
@@ -144,22 +131,7 @@ class SoundClassifierBrain(sb.Brain):
         return predictions, lens
 
     def compute_objectives(self, predictions, batch, stage):
-        """Computes the loss and records the predictions for the accuracy.
-
-        Arguments
-        ---------
-        predictions : tuple
-            The output of ``compute_forward``.
-        batch : PaddedBatch
-            With ``id``, ``wav`` and ``label_encoded``.
-        stage : sb.Stage
-            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
-
-        Returns
-        -------
-        loss : torch.Tensor
-            A one-element tensor used for backpropagating the gradient.
-        """
+        """Computes the loss and records the predictions for the accuracy."""
         predictions, lens = predictions
         targets, _ = batch.label_encoded
         if stage == sb.Stage.TRAIN and self.mixed is not None:
@@ -189,20 +161,14 @@ class SoundClassifierBrain(sb.Brain):
         return loss
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the statistics; freezes the encoder in the planned epochs.
-
-        Arguments
-        ---------
-        stage : sb.Stage
-            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
-        epoch : int
-            The currently-starting epoch.
-        """
+        """Resets the statistics; freezes the encoder in the planned epochs."""
         self.stats = ClassificationStats()
         self.loss_sum = 0.0
         self.stage_started = time.perf_counter()
-        frozen = frozen_in_epoch(self.hparams, epoch or 0)
-        if stage == sb.Stage.TRAIN and frozen is not None:
+        freeze = getattr(self.hparams, "freeze_encoder", False)
+        unfreeze_after = getattr(self.hparams, "unfreeze_after_epochs", 0)
+        if stage == sb.Stage.TRAIN and (freeze or unfreeze_after):
+            frozen = freeze or epoch <= unfreeze_after
             if frozen != self.frozen or epoch == 1:
                 state = "frozen" if frozen else "trained"
                 logger.info("Epoch %s: encoder %s", epoch, state)
@@ -210,17 +176,7 @@ class SoundClassifierBrain(sb.Brain):
             self.frozen = frozen
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs the stage; checkpoints after validation; writes test results.
-
-        Arguments
-        ---------
-        stage : sb.Stage
-            One of sb.Stage.TRAIN, sb.Stage.VALID, or sb.Stage.TEST.
-        stage_loss : float
-            The average loss of the stage.
-        epoch : int
-            The currently-ending epoch.
-        """
+        """Logs the stage; checkpoints after validation; writes test results."""
         if stage != sb.Stage.TRAIN:  # every process's clips, pooled
             self.stats, stage_loss = pool_stats(self.stats, self.loss_sum)
         accuracy = self.stats.summarize("accuracy") if self.stats.ids else 0.0
@@ -241,13 +197,8 @@ class SoundClassifierBrain(sb.Brain):
             # The learning curve first, then the checkpoint: a run killed
             # between the two repeats the epoch and replaces its entry
             if if_main_process():
-                append_history(
-                    self.hparams.history_file,
-                    epoch,
-                    lr,
-                    self.train_stats,
-                    stats,
-                )
+                history = self.hparams.history_file
+                append_history(history, epoch, lr, self.train_stats, stats)
             self.checkpointer.save_and_keep_only(
                 meta={"error": stats["error"], "epoch": epoch},
                 min_keys=["error"],
@@ -259,26 +210,15 @@ class SoundClassifierBrain(sb.Brain):
                 test_stats=stats,
             )
             if if_main_process():
-                encoder = self.hparams.label_encoder
-                labels = [encoder.ind2lab[i] for i in range(len(encoder))]
-                results = classification_results(
-                    self.stats.targets, self.stats.predictions, labels
-                )
-                atomic_write_json(self.hparams.test_results_file, results)
-                logger.info(
-                    "Test accuracy %.4f on %d clips; results in %s",
-                    results["accuracy"],
-                    results["n_clips"],
+                write_test_results(
                     self.hparams.test_results_file,
+                    self.stats,
+                    self.hparams.label_encoder,
                 )
 
     def on_fit_start(self):
-        """Recovers the last checkpoint; refuses a schedule planned otherwise.
-
-        A one-cycle schedule is planned for ``number_of_epochs``: resuming it
-        with another number (or batch size) would train the extra epochs at
-        the schedule's final rate, nearly zero.
-        """
+        """Recovers the last checkpoint; refuses to resume a learning-rate
+        schedule planned for another number of epochs or batches."""
         # A frozen encoder is frozen before DDP wraps the modules: DDP then
         # leaves it out (one unfrozen later is wrapped with its gradients)
         if getattr(self.hparams, "freeze_encoder", False):
@@ -298,14 +238,9 @@ class SoundClassifierBrain(sb.Brain):
                 f.write(f"resumed from the checkpoint after epoch {current}\n")
 
     def init_optimizers(self):
-        """Creates the optimizer, then the per-batch learning-rate schedule.
-
-        With ``encoder_lr_scale`` (e.g. 0.1), the encoder is a second
-        parameter group whose learning rate (and ``max_lr`` peak) is the
-        others' times the scale. The schedule is registered with the
-        checkpointer before SpeechBrain recovers the last checkpoint, so a
-        resumed run continues it.
-        """
+        """Creates the optimizer (with ``encoder_lr_scale``, the encoder's own
+        group: scaled learning rate and ``max_lr``) and the per-batch schedule,
+        registered before SpeechBrain recovers the last checkpoint."""
         scale = getattr(self.hparams, "encoder_lr_scale", None)
         if scale is None or self.opt_class is None:
             super().init_optimizers()
@@ -332,19 +267,7 @@ class SoundClassifierBrain(sb.Brain):
         self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Steps the learning-rate schedule after each optimizer step.
-
-        Arguments
-        ---------
-        batch : PaddedBatch
-            The batch.
-        outputs : tuple
-            The output of ``compute_forward``.
-        loss : torch.Tensor
-            The loss.
-        should_step : bool
-            Whether the optimizer stepped.
-        """
+        """Steps the learning-rate schedule after each optimizer step."""
         sched = self.lr_scheduler
         # Batch k trains with the rate of step k, so a run of N batches needs
         # N - 1 steps: OneCycleLR extrapolates below its final rate at step N
@@ -353,6 +276,63 @@ class SoundClassifierBrain(sb.Brain):
             total = getattr(sched, "total_steps", None)
             if total is None or sched.last_epoch + 1 < total:
                 sched.step()
+
+
+def make_conditioner(hparams):
+    """The clip conditioning of this run (training, bank, shards, export)."""
+    return ClipConditioner(
+        sample_rate=hparams["sample_rate"],
+        channels=hparams["channels"],
+        duration_ms=hparams["duration_ms"],
+        remove_dc=hparams.get("remove_dc", False),
+    )
+
+
+def dataio_prep(hparams):
+    """Creates the datasets and their data processing pipelines: each clip
+    read, resampled, rechannelled and padded or cut by the conditioner the
+    exported model uses; training clips at a random position and shift.
+    (From a bank or shards, ``DataSource`` reads the clips there instead.)
+    """
+    manifests = [hparams[f"{split}_annotation"] for split in SPLITS]
+    label_encoder = load_label_encoder(
+        hparams["label_encoder"],
+        hparams["label_encoder_file"],
+        read_labels(hparams["labels_file"], manifests),
+    )
+    conditioner = make_conditioner(hparams)
+
+    @sb.utils.data_pipeline.takes("label")
+    @sb.utils.data_pipeline.provides("label", "label_encoded")
+    def label_pipeline(label):
+        """Maps a label to its index."""
+        yield label
+        yield torch.LongTensor([label_encoder.encode_label(label)])
+
+    def audio_pipeline(train):
+        """The waveform steps of one split (random ones in training only)."""
+
+        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.provides("sig")
+        def pipeline(wav):
+            """Loads and conditions one clip."""
+            sig, rate = load_audio(wav, max_seconds=conditioner.max_seconds())
+            sig = conditioner.clip(sig, rate, random_pad=train)
+            if train:
+                sig = time_shift(sig, hparams["shift_pct"])
+            return sig
+
+        return pipeline
+
+    return {
+        split: DynamicItemDataset.from_json(
+            json_path=hparams[f"{split}_annotation"],
+            replacements={"data_root": hparams["data_folder"]},
+            dynamic_items=[audio_pipeline(split == "train"), label_pipeline],
+            output_keys=["id", "wav", "sig", "label", "label_encoded"],
+        )
+        for split in SPLITS
+    }
 
 
 def main(argv=None):
@@ -391,7 +371,8 @@ def main(argv=None):
         run.check_settings(values)
 
     # Data preparation (main process): the manifests, and n_classes
-    overrides = prepare_data(values, overrides)
+    prepare = build_partial(values["prepare"])
+    overrides = prepare_data(prepare, values, overrides)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     if if_main_process():
@@ -409,7 +390,8 @@ def main(argv=None):
         logger.info("Data split %s", split or "not recorded")
 
     # Pretrained encoder weights, if the YAML has some (before the long steps)
-    load_pretrained_encoder(hparams)
+    if "pretrainer" in hparams and hparams.get("use_pretrained", True):
+        load_pretrained_encoder(hparams)
 
     brain = SoundClassifierBrain(
         modules=hparams["modules"],
@@ -419,9 +401,21 @@ def main(argv=None):
         checkpointer=hparams["checkpointer"],
     )
     # Where the clips come from (data_source: files, bank, feature_bank or
-    # shards, in bank_folder or shards_folder, with shard_size, shard_format
-    # and shuffle_buffer): datasets, loaders and the features of a batch
-    brain.data = DataSource(hparams, brain)
+    # shards): the loaders, and the features of a batch (sb_urbansound.loader)
+    brain.data = DataSource(
+        brain,
+        dataio_prep(hparams),
+        hparams["data_source"],
+        make_conditioner(hparams),
+        hparams["bank_folder"],
+        (
+            hparams["shards_folder"],
+            hparams["shard_size"],
+            hparams["shard_format"],
+            hparams["shuffle_buffer"],
+        ),
+        (hparams["dataloader_options"], hparams["test_dataloader_options"]),
+    )
     # Test the best checkpoint (lowest validation error) or the last one
     test_keys = {"best": {"min_key": "error"}, "last": {"max_key": "epoch"}}[
         hparams.get("test_checkpoint", "best")
