@@ -13,7 +13,7 @@ from sb_urbansound.classify import classify_files
 
 SOURCES = {
     "bank": [],
-    "per-clip": ["--clip_bank=False", "--feature_bank=False"],
+    "per-clip": ["--data_source=files"],
     "shards": ["--data_source=shards", "--shard_size=4"],
 }
 

@@ -335,6 +335,25 @@ def dataio_prep(hparams):
     }
 
 
+def data_source(hparams, brain):
+    """The clips of ``data_source`` (files, bank, feature_bank or shards):
+    loaders, and the features of a batch (``sb_urbansound.loader``)."""
+    return DataSource(
+        brain,
+        dataio_prep(hparams),
+        hparams["data_source"],
+        make_conditioner(hparams),
+        hparams["bank_folder"],
+        (
+            hparams["shards_folder"],
+            hparams["shard_size"],
+            hparams["shard_format"],
+            hparams["shuffle_buffer"],
+        ),
+        (hparams["dataloader_options"], hparams["test_dataloader_options"]),
+    )
+
+
 def main(argv=None):
     """Runs one experiment: prepare the data, train, test, export the model.
 
@@ -400,22 +419,8 @@ def main(argv=None):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    # Where the clips come from (data_source: files, bank, feature_bank or
-    # shards): the loaders, and the features of a batch (sb_urbansound.loader)
-    brain.data = DataSource(
-        brain,
-        dataio_prep(hparams),
-        hparams["data_source"],
-        make_conditioner(hparams),
-        hparams["bank_folder"],
-        (
-            hparams["shards_folder"],
-            hparams["shard_size"],
-            hparams["shard_format"],
-            hparams["shuffle_buffer"],
-        ),
-        (hparams["dataloader_options"], hparams["test_dataloader_options"]),
-    )
+    # Where the clips come from: loaders, and the features of a batch
+    brain.data = data_source(hparams, brain)
     # Test the best checkpoint (lowest validation error) or the last one
     test_keys = {"best": {"min_key": "error"}, "last": {"max_key": "epoch"}}[
         hparams.get("test_checkpoint", "best")
