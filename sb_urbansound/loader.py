@@ -3,7 +3,7 @@
 One YAML key, ``data_source``, says where the batches of a run come from:
 
 * ``files``: every clip is read, resampled, rechannelled and padded or cut
-  at every epoch, in DataLoader workers (:func:`dataio_prep`);
+  at every epoch, in DataLoader workers (the recipe's ``dataio_prep``);
 * ``bank``: every clip is decoded once into a clip bank
   (:class:`sb_urbansound.bank.ClipBank`); batches come from memory (the
   training device's when it fits), randomly placed per batch;
@@ -13,11 +13,11 @@ One YAML key, ``data_source``, says where the batches of a run come from:
   (:mod:`sb_urbansound.shards`), which each process reads through a
   shuffle buffer.
 
-:class:`DataSource` builds the datasets and their loaders for a Brain. Under
-``torchrun``, validation and test are split between the processes, each clip
-once (SpeechBrain evaluates every clip in every process): see
-:mod:`sb_urbansound.distributed`. Loader workers die with the run and are
-stopped when it ends.
+:class:`DataSource` makes a Brain's loaders from the recipe's datasets, and
+the features of a batch. Under ``torchrun``, validation and test are split
+between the processes, each clip once (SpeechBrain evaluates every clip in
+every process): see :mod:`sb_urbansound.distributed`. Loader workers die
+with the run and are stopped when it ends.
 
 Authors
 -------
