@@ -150,7 +150,8 @@ class SoundClassifierBrain(sb.Brain):
                 "this batch holds bad samples, or training diverged (lower "
                 "lr/max_lr). The batch's files:\n  " + "\n  ".join(batch.wav)
             )
-        self.loss_sum += float(loss) * len(batch.id)  # pooled in evaluation
+        if stage != sb.Stage.TRAIN:  # the mean loss per clip, pooled
+            self.loss_sum += float(loss) * len(batch.id)
         decode = self.hparams.label_encoder.ind2lab
         predicted = predictions.detach().argmax(dim=-1).view(-1).tolist()
         self.stats.append(
