@@ -13,8 +13,8 @@ same accuracy, per-class accuracy and confusion matrix as one process
 or none, and a wrapper would wait for the others at its first forward.
 
 SpeechBrain 1.1.2 converts every BatchNorm to ``SyncBatchNorm`` under DDP,
-which runs on CUDA only; :func:`sync_batchnorm_on_cuda_only` leaves them as
-they are on CPU (``gloo``), until SpeechBrain does (``docs/upstream.md``).
+which does not run on CPU; :func:`no_sync_batchnorm_on_cpu` leaves them as
+they are there (``gloo``), until SpeechBrain does (``docs/upstream.md``).
 
 Authors
 -------
@@ -180,9 +180,9 @@ class _KeepBatchNorm:
 
 
 @contextlib.contextmanager
-def sync_batchnorm_on_cuda_only(device):
+def no_sync_batchnorm_on_cpu(device):
     """Within: SpeechBrain wraps modules for DDP without ``SyncBatchNorm``
-    when ``device`` is not a CUDA device.
+    when ``device`` is the CPU.
 
     ``speechbrain.core.Brain._wrap_distributed`` (1.1.2) converts every
     BatchNorm to ``SyncBatchNorm`` under DDP; its forward in training
@@ -197,11 +197,11 @@ def sync_batchnorm_on_cuda_only(device):
 
     Example
     -------
-    >>> with sync_batchnorm_on_cuda_only("cpu"):
+    >>> with no_sync_batchnorm_on_cpu("cpu"):
     ...     speechbrain.core.SyncBatchNorm is _KeepBatchNorm
     True
     """
-    if str(device).startswith("cuda"):
+    if not str(device).startswith("cpu"):
         yield
         return
     saved = speechbrain.core.SyncBatchNorm

@@ -35,8 +35,8 @@ from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
 from sb_urbansound.augment import Mixup, average_views
 from sb_urbansound.checkpoints import check_resumed_schedule
 from sb_urbansound.distributed import (
+    no_sync_batchnorm_on_cpu,
     pool_stats,
-    sync_batchnorm_on_cuda_only,
     unwrapped,
 )
 from sb_urbansound.errors import UserError
@@ -224,7 +224,7 @@ class SoundClassifierBrain(sb.Brain):
         # leaves it out (one unfrozen later is wrapped with its gradients)
         if getattr(self.hparams, "freeze_encoder", False):
             set_trainable(self.modules.embedding_model, False)
-        with sync_batchnorm_on_cuda_only(self.device):
+        with no_sync_batchnorm_on_cpu(self.device):
             super().on_fit_start()
         current = self.hparams.epoch_counter.current
         check_resumed_schedule(
