@@ -104,6 +104,8 @@ def _one_of(*allowed):
     return check
 
 
+#: The values of ``data_source`` (``sb_urbansound.loader``).
+DATA_SOURCES = ("files", "bank", "feature_bank", "shards")
 #: Keys whose values are checked before anything is built: the check and what
 #: a valid value is, for the message.
 CHECKED_KEYS = {
@@ -130,8 +132,8 @@ CHECKED_KEYS = {
         "a fraction of the bands or frames in [0, 1)",
     ),
     "data_source": (
-        _one_of("files", "bank", "feature_bank", "shards"),
-        "files, bank, feature_bank or shards",
+        _one_of(*DATA_SOURCES),
+        ", ".join(DATA_SOURCES[:-1]) + " or " + DATA_SOURCES[-1],
     ),
     "test_checkpoint": (_one_of("best", "last"), "best or last"),
     "shard_size": (_whole(1), "a whole number of clips >= 1"),

@@ -33,7 +33,10 @@ from sb_urbansound.augment import circular_views
 from sb_urbansound.bank import ClipBank, FeatureBank, place_clips
 from sb_urbansound.distributed import ShardSampler, world
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.experiment import set_override
+from sb_urbansound.experiment import (
+    DATA_SOURCES as SOURCES,
+    set_override,
+)
 from sb_urbansound.hardware import stop_loader_workers
 from sb_urbansound.manifests import read_labels
 from sb_urbansound.processes import WorkerInit
@@ -45,8 +48,6 @@ from speechbrain.utils.distributed import run_on_main
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
-#: The values of ``data_source``.
-SOURCES = ("files", "bank", "feature_bank", "shards")
 
 
 def prepare_data(prepare, values, overrides):
