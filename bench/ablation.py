@@ -48,7 +48,7 @@ FSDD = {
             "--label_smoothing=0.0",
             "--tta_views=1",
             "--mixup_prob=0.0",
-            "--feature_bank=False",
+            "--data_source=bank",
         ],
         "the former defaults: average pooling, no label smoothing, no views",
     ),
@@ -58,30 +58,30 @@ FSDD = {
             "--label_smoothing=0.0",
             "--tta_views=1",
             "--mixup_prob=0.0",
-            "--feature_bank=False",
+            "--data_source=bank",
         ],
         "+ average and maximum pooling",
     ),
     "avgmax+ls": (
         "fsdd.yaml",
-        ["--tta_views=1", "--mixup_prob=0.0", "--feature_bank=False"],
+        ["--tta_views=1", "--mixup_prob=0.0", "--data_source=bank"],
         "+ label smoothing 0.1",
     ),
     "full": (
         "fsdd.yaml",
-        ["--mixup_prob=0.0", "--feature_bank=False"],
+        ["--mixup_prob=0.0", "--data_source=bank"],
         "+ 5 shifted views at validation and test",
     ),
     "full+mixup": (
         "fsdd.yaml",
-        ["--mixup_prob=1.0", "--feature_bank=False"],
+        ["--mixup_prob=1.0", "--data_source=bank"],
         "+ mixup (alpha 0.4): fsdd.yaml's settings",
     ),
     "full+wide": (
         "fsdd.yaml",
         [
             "--mixup_prob=0.0",
-            "--feature_bank=False",
+            "--data_source=bank",
             "--cnn_channels=[16,32,64,128]",
             "--last_channels=128",
         ],
@@ -89,12 +89,12 @@ FSDD = {
     ),
     "full+feature_bank": (
         "fsdd.yaml",
-        ["--mixup_prob=0.0", "--feature_bank=True"],
+        ["--mixup_prob=0.0", "--data_source=feature_bank"],
         "`full` from the feature bank (features computed once)",
     ),
     "full+per_clip": (
         "fsdd.yaml",
-        ["--mixup_prob=0.0", "--clip_bank=False", "--feature_bank=False"],
+        ["--mixup_prob=0.0", "--data_source=files"],
         "`full` from the per-clip pipeline (no bank)",
     ),
 }
@@ -102,7 +102,7 @@ FSDD = {
 # The runs of docs/accuracy.md used the clip bank without the feature bank
 GENERATED_COMMON = [
     "--download=False",
-    "--feature_bank=False",
+    "--data_source=bank",
     "--number_of_epochs=10",
     "--duration_ms=2000",
 ]

@@ -43,12 +43,6 @@ def retest_fold(fold, which="last", device="cpu"):
     with tempfile.TemporaryDirectory() as tmp:
         # The run's own log stays as it is
         hparams["train_logger"] = FileTrainLogger(str(Path(tmp) / "log.txt"))
-        bank = None
-        if hparams["clip_bank"]:
-            bank = recipe.ClipBank(
-                hparams["bank_folder"], recipe.make_conditioner(hparams)
-            ).open()
-        datasets = recipe.dataio_prep(hparams, bank)
         brain = recipe.SoundClassifierBrain(
             modules=hparams["modules"],
             opt_class=hparams["opt_class"],
@@ -56,13 +50,10 @@ def retest_fold(fold, which="last", device="cpu"):
             run_opts={"device": device, "noprogressbar": True},
             checkpointer=hparams["checkpointer"],
         )
-        if bank is not None:
-            brain.use_bank(bank, feature_bank=hparams["feature_bank"])
-        brain.evaluate(
-            datasets["test"],
-            **KEYS[which],
-            test_loader_kwargs=hparams["test_dataloader_options"],
-        )
+        # The run's own data source (its bank is there already)
+        brain.data = recipe.data_source(hparams, brain)
+        with brain.data:
+            brain.evaluate(brain.data.test_loader(), **KEYS[which])
     return json.loads(target.read_text(encoding="utf-8"))
 
 

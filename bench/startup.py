@@ -73,8 +73,7 @@ def recipe_start(args, workdir, rep):
         "epochs": 1,
         "batch_size": 16,
         "seed": 1234,
-        "clip_bank": True,
-        "feature_bank": True,
+        "data_source": "feature_bank",
         "stop_at_first_step": True,
     }
     result = run_child(cfg, workdir / f"recipe-{rep}.log")

@@ -20,13 +20,14 @@ the same clips, with the tutorial's settings (those of ``hparams/cnn.yaml``:
   ``recipe-bank-large`` (the bank at ``--large-batch``): the recipe's own
   ``main()`` (``train.py``, loaded with ``sb_urbansound.crossval``) on the
   real ``hparams/cnn.yaml`` with command-line overrides (data folder, output
-  folder, folds, epochs, ``clip_bank``, ``feature_bank``, batch size): data
+  folder, folds, epochs, ``data_source``, batch size): data
   preparation, clip bank, training with validation every epoch, test of the
   best checkpoint, model export. ``main()`` runs unchanged; to time its
   phases the child replaces, before calling it, some of the recipe module's
   names by wrappers that only take timestamps (``prepare_data``,
-  ``load_hyperpyyaml``, ``build_clip_bank``, ``dataio_prep``, and
-  ``SoundClassifierBrain`` by a subclass);
+  ``load_hyperpyyaml``, ``dataio_prep``, and ``SoundClassifierBrain`` by a
+  subclass), and so does ``sb_urbansound.loader`` (``build_clip_bank``,
+  ``DataSource.use_bank``);
 * ``ceiling``, ``ceiling-large``: a plain PyTorch loop, no SpeechBrain and no
   DataLoader, with every clip already decoded and held as int16 in device
   memory (decoded beforehand, untimed, into a clip bank), doing per batch
@@ -142,14 +143,14 @@ US8K_EPOCHS = 30
 CONFIGS = {
     "tutorial": {"kind": "tutorial"},
     "tutorial-1thread": {"kind": "tutorial", "threads": 1},
-    "recipe-per-clip": {"kind": "recipe", "clip_bank": False},
-    "recipe-bank": {"kind": "recipe", "clip_bank": True},
-    "recipe-bank-large": {"kind": "recipe", "clip_bank": True, "large": True},
-    "recipe-feature-bank": {
+    "recipe-per-clip": {"kind": "recipe", "data_source": "files"},
+    "recipe-bank": {"kind": "recipe", "data_source": "bank"},
+    "recipe-bank-large": {
         "kind": "recipe",
-        "clip_bank": True,
-        "feature_bank": True,
+        "data_source": "bank",
+        "large": True,
     },
+    "recipe-feature-bank": {"kind": "recipe", "data_source": "feature_bank"},
     "recipe-shards": {"kind": "recipe", "data_source": "shards"},
     "ceiling": {"kind": "ceiling"},
     "ceiling-large": {"kind": "ceiling", "large": True},
@@ -577,8 +578,6 @@ def recipe_argv(cfg):
         f"--number_of_epochs={cfg['epochs']}",
         f"--batch_size={cfg['batch_size']}",
         f"--seed={cfg['seed']}",
-        f"--clip_bank={cfg.get('clip_bank', True)}",
-        f"--feature_bank={cfg.get('feature_bank', False)}",
         f"--data_source={cfg.get('data_source', 'bank')}",
     ]
 
@@ -608,26 +607,29 @@ def run_recipe(cfg, stamps):
 
         return wrapper
 
-    build_clip_bank = recipe.build_clip_bank
+    from sb_urbansound import loader
 
-    def timed_build_clip_bank(hparams):
+    build_clip_bank = loader.build_clip_bank
+    use_bank = loader.DataSource.use_bank
+
+    def timed_build_clip_bank(*args):
         stamps["bank_start"] = time.time()
-        bank = build_clip_bank(hparams)
+        bank = build_clip_bank(*args)
         stamps["bank_end"] = time.time()
         info["bank_bytes"] = bank.nbytes
         info["bank_clips"] = len(bank.index)
         return bank
 
+    def timed_use_bank(self, bank, brain, feature_bank=False):
+        stamps["use_bank_start"] = time.time()
+        use_bank(self, bank, brain, feature_bank)
+        sync(brain.device)
+        stamps["use_bank_end"] = time.time()
+        if self.feature_bank is not None:
+            info["feature_bank_bytes"] = self.feature_bank.nbytes
+
     class TimedBrain(recipe.SoundClassifierBrain):
         """The recipe's Brain, unchanged but for timestamps."""
-
-        def use_bank(self, bank, feature_bank=False):
-            stamps["use_bank_start"] = time.time()
-            super().use_bank(bank, feature_bank)
-            sync(self.device)
-            stamps["use_bank_end"] = time.time()
-            if self.feature_bank is not None:
-                info["feature_bank_bytes"] = self.feature_bank.nbytes
 
         def fit(self, *args, **kwargs):
             stamps["fit_start"] = time.time()
@@ -657,7 +659,8 @@ def run_recipe(cfg, stamps):
         recipe.prepare_data, "prepare_start", "prepare_end"
     )
     recipe.load_hyperpyyaml = stamped(recipe.load_hyperpyyaml, None, "yaml_end")
-    recipe.build_clip_bank = timed_build_clip_bank
+    loader.build_clip_bank = timed_build_clip_bank
+    loader.DataSource.use_bank = timed_use_bank
     recipe.dataio_prep = stamped(
         recipe.dataio_prep, "dataio_start", "dataio_end"
     )
@@ -925,14 +928,12 @@ def summarize(r):
         ("prepare_start", "option checks"),
         ("prepare_end", "data prep"),
         ("yaml_end", "YAML build"),
-        ("bank_start", "experiment folder"),
-        ("bank_end", "clip bank"),
-        ("dataio_start", "experiment folder"),
+        ("dataio_start", "experiment folder, Brain"),
         ("dataio_end", "datasets"),
-        ("use_bank_start", "Brain"),
+        ("bank_end", "clip bank"),
         ("use_bank_end", feature),
-        ("fit_start", "Brain"),
-        ("first_step", "fit: loaders, optimizer, first batch"),
+        ("fit_start", "loaders"),
+        ("first_step", "fit: optimizer, first batch"),
     ):
         if st.get(stamp) is not None and st.get(last) is not None:
             phases.append((label, st[stamp] - st[last]))

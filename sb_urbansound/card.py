@@ -101,7 +101,7 @@ def card_info(hparams, labels, hardware=None):
     for key in (
         "sample_rate channels duration_ms remove_dc n_mels n_fft hop_length "
         "cnn_channels cnn_pooling number_of_epochs batch_size lr max_lr "
-        "label_smoothing mixup_alpha tta_views tta_max_shift feature_bank "
+        "label_smoothing mixup_alpha tta_views tta_max_shift data_source "
         "freeze_encoder unfreeze_after_epochs encoder_lr_scale seed"
     ).split():
         value = hparams.get(key)

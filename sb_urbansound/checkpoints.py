@@ -253,3 +253,45 @@ def _write_failure(error, folder):
             return "a write failed (no space left?)"
         return f"a write failed with {free:.0f} MB free (no space left?)"
     return None
+
+
+def check_resumed_schedule(scheduler, steps_per_epoch, epochs, current):
+    """Refuses to resume a learning-rate schedule planned for other steps.
+
+    A one-cycle schedule is planned for ``epochs`` epochs of
+    ``steps_per_epoch`` steps: resuming it with another number of epochs
+    (or batch size, or processes) would train the extra steps at the
+    schedule's final rate, nearly zero. A finished run trains nothing more,
+    and may be tested with other settings.
+
+    Arguments
+    ---------
+    scheduler : object
+        The recovered schedule (checked if it has ``total_steps``).
+    steps_per_epoch : int
+        Training batches per epoch now.
+    epochs : int
+        ``number_of_epochs`` now.
+    current : int
+        The epochs trained before this start.
+
+    Example
+    -------
+    >>> from types import SimpleNamespace
+    >>> check_resumed_schedule(SimpleNamespace(total_steps=20), 10, 2, 1)
+    >>> check_resumed_schedule(SimpleNamespace(total_steps=20), 10, 3, 1)
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.UserError: this run's learning-rate schedule ...
+    """
+    total = getattr(scheduler, "total_steps", None)
+    planned = steps_per_epoch * epochs
+    if 0 < current < epochs and total is not None and total != planned:
+        raise UserError(
+            f"this run's learning-rate schedule was planned for {total} "
+            f"steps ({total // steps_per_epoch} epochs of {steps_per_epoch} "
+            f"batches); resuming it for {epochs} epochs ({planned} steps) "
+            "would train at its final rate, nearly zero. Rerun with the "
+            "original --number_of_epochs and batch size, or train the new "
+            "schedule in a new --output_folder."
+        )

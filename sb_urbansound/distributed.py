@@ -7,14 +7,26 @@ split too: :class:`ShardSampler` gives each process every ``world``-th clip
 found, so the statistics are computed once, from all the clips. A clip's
 score does not depend on the other clips of its batch (the recipe's
 normalisers work per clip in evaluation), so a sharded evaluation gives the
-same accuracy, per-class accuracy and confusion matrix as one process.
+same accuracy, per-class accuracy and confusion matrix as one process
+(:func:`pool_stats`). A process evaluates without the DDP wrappers
+(:func:`unwrapped`): with its share it may have fewer batches than another,
+or none, and a wrapper would wait for the others at its first forward.
+
+SpeechBrain 1.1.2 converts every BatchNorm to ``SyncBatchNorm`` under DDP,
+which does not run on CPU; :func:`no_sync_batchnorm_on_cpu` leaves them as
+they are there (``gloo``), until SpeechBrain does (``docs/upstream.md``).
 
 Authors
 -------
  * sb-urbansound contributors
 """
 
+import contextlib
+import types
+
 import torch
+
+import speechbrain.core
 
 
 def world():
@@ -94,3 +106,107 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(self.indices)
+
+
+def pool_stats(stats, loss_sum):
+    """Every process's evaluation statistics, pooled (in every process).
+
+    Arguments
+    ---------
+    stats : speechbrain.utils.metric_stats.ClassificationStats
+        This process's predictions.
+    loss_sum : float
+        The loss summed over this process's clips.
+
+    Returns
+    -------
+    stats : ClassificationStats
+        The predictions of every clip.
+    loss : float
+        The mean loss per clip.
+
+    Example
+    -------
+    >>> from speechbrain.utils.metric_stats import ClassificationStats
+    >>> stats = ClassificationStats()
+    >>> stats.append(["a", "b"], ["dog", "cat"], ["dog", "dog"])
+    >>> pooled, loss = pool_stats(stats, 3.0)
+    >>> pooled.summarize("accuracy"), loss
+    (0.5, 1.5)
+    """
+    parts = gather((stats.ids, stats.predictions, stats.targets, loss_sum))
+    if len(parts) > 1:
+        stats = type(stats)()
+        for ids, predictions, targets, _ in parts:
+            stats.append(ids, predictions, targets)
+    clips = len(stats.ids)
+    return stats, sum(p[3] for p in parts) / clips if clips else 0.0
+
+
+def unwrapped(modules):
+    """The modules, without their DDP wrappers (for evaluation).
+
+    Arguments
+    ---------
+    modules : torch.nn.ModuleDict
+        A Brain's modules.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        The same modules by name, each without its wrapper.
+
+    Example
+    -------
+    >>> unwrapped(torch.nn.ModuleDict({"a": torch.nn.Linear(1, 1)})).a
+    Linear(in_features=1, out_features=1, bias=True)
+    """
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return types.SimpleNamespace(
+        **{
+            name: module.module if isinstance(module, ddp) else module
+            for name, module in modules.items()
+        }
+    )
+
+
+class _KeepBatchNorm:
+    """Stands for ``SyncBatchNorm`` in SpeechBrain: converts nothing."""
+
+    @staticmethod
+    def convert_sync_batchnorm(module, process_group=None):
+        """Returns ``module`` as it is."""
+        return module
+
+
+@contextlib.contextmanager
+def no_sync_batchnorm_on_cpu(device):
+    """Within: SpeechBrain wraps modules for DDP without ``SyncBatchNorm``
+    when ``device`` is the CPU.
+
+    ``speechbrain.core.Brain._wrap_distributed`` (1.1.2) converts every
+    BatchNorm to ``SyncBatchNorm`` under DDP; its forward in training
+    raises on CPU tensors. On CPU the BatchNorms stay as they are, and DDP
+    broadcasts their statistics from the first process at every forward.
+    ``docs/upstream.md`` proposes the same test in SpeechBrain.
+
+    Arguments
+    ---------
+    device : str
+        The Brain's device.
+
+    Example
+    -------
+    >>> with no_sync_batchnorm_on_cpu("cpu"):
+    ...     speechbrain.core.SyncBatchNorm is _KeepBatchNorm
+    True
+    """
+    if not str(device).startswith("cpu"):
+        yield
+        return
+    saved = speechbrain.core.SyncBatchNorm
+    speechbrain.core.SyncBatchNorm = _KeepBatchNorm
+    try:
+        yield
+    finally:
+        speechbrain.core.SyncBatchNorm = saved

@@ -105,6 +105,8 @@ def _one_of(*allowed):
     return check
 
 
+#: The values of ``data_source`` (``sb_urbansound.loader``).
+DATA_SOURCES = ("files", "bank", "feature_bank", "shards")
 #: Keys whose values are checked before anything is built: the check and what
 #: a valid value is, for the message.
 CHECKED_KEYS = {
@@ -130,7 +132,11 @@ CHECKED_KEYS = {
         _number(0, 1, low_open=False),
         "a fraction of the bands or frames in [0, 1)",
     ),
-    "data_source": (_one_of("bank", "shards"), "bank or shards"),
+    "data_source": (
+        _one_of(*DATA_SOURCES),
+        ", ".join(DATA_SOURCES[:-1]) + " or " + DATA_SOURCES[-1],
+    ),
+    "test_checkpoint": (_one_of("best", "last"), "best or last"),
     "shard_size": (_whole(1), "a whole number of clips >= 1"),
     "shard_format": (_one_of("int16", "flac"), "int16 or flac"),
     "shuffle_buffer": (_whole(1), "a whole number of clips >= 1"),
@@ -350,9 +356,7 @@ RUN_ONLY_KEYS = {
     "pretrained_encoder",
     "use_pretrained",
     "pretrainer",
-    "clip_bank",
     "bank_folder",
-    "feature_bank",
     "data_source",
     "shards_folder",
     "shard_size",

@@ -11,7 +11,10 @@
   file), taking ``(waveforms, lengths)`` and returning the mean of its tokens,
   ``[batch, 1, dim]``; it reads the BEATs authors' checkpoints.
 * :class:`PassThrough`: returns its input, for the recipe's
-  ``compute_features`` or ``mean_var_norm`` when an encoder does its own.
+  ``compute_features`` or ``mean_var_norm`` when an encoder does its own;
+* :func:`load_pretrained_encoder`, :func:`set_trainable` and
+  :func:`encoder_optimizer`: the YAML's ``pretrainer``, ``freeze_encoder``,
+  ``unfreeze_after_epochs`` and ``encoder_lr_scale``, for the recipe.
 
 Authors
 -------
@@ -26,6 +29,11 @@ import torch
 from sb_urbansound.errors import UserError
 
 from speechbrain.utils.checkpoints import torch_patched_state_dict_load
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.fetching import FetchConfig
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
 
 #: Keys listed per kind in a transfer error (the rest are counted).
 MAX_LISTED_KEYS = 12
@@ -64,12 +72,15 @@ class PassThrough(torch.nn.Module):
         return x
 
 
-def check_finetune_options(values, hparams_file="the YAML"):
+def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
     """Check the fine-tuning options of a YAML before anything is built.
 
     ``freeze_encoder`` and ``use_pretrained`` are True or False,
     ``unfreeze_after_epochs`` a whole number >= 0 and ``encoder_lr_scale``
-    null or a number > 0; a YAML need not have them.
+    null or a number > 0; a YAML need not have them. With SpeechBrain's run
+    options: an encoder unfrozen later under ``torchrun`` needs
+    ``--find_unused_parameters`` (it gets no gradients while frozen), and
+    ``encoder_lr_scale`` makes its own parameter groups.
 
     Arguments
     ---------
@@ -77,6 +88,8 @@ def check_finetune_options(values, hparams_file="the YAML"):
         Top-level keys and values (``sb_urbansound.experiment.read_yaml_values``).
     hparams_file : str or Path
         Named in the message.
+    run_opts : dict, optional
+        SpeechBrain's run options.
 
     Raises
     ------
@@ -123,6 +136,132 @@ def check_finetune_options(values, hparams_file="the YAML"):
             "freeze_encoder=True freezes the encoder for the whole run, "
             "unfreeze_after_epochs unfreezes it: set only one of them"
         )
+    run_opts = run_opts or {}
+    torchrun = os.environ.get("RANK") is not None
+    if values.get("unfreeze_after_epochs") and torchrun:
+        if not run_opts.get("find_unused_parameters"):
+            raise UserError(
+                "unfreeze_after_epochs with several processes needs "
+                "--find_unused_parameters (the frozen encoder gets no "
+                "gradients in the first epochs)"
+            )
+    if values.get("encoder_lr_scale") is not None:
+        if run_opts.get("remove_vector_weight_decay"):
+            raise UserError(
+                "encoder_lr_scale makes its own parameter groups; it "
+                "cannot be combined with --remove_vector_weight_decay"
+            )
+
+
+def set_trainable(module, trainable):
+    """Freezes or unfreezes the parameters of a module.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module.
+    trainable : bool
+        Whether its parameters get gradients.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> set_trainable(layer, False)
+    >>> layer.weight.requires_grad
+    False
+    """
+    for param in module.parameters():
+        param.requires_grad_(trainable)
+
+
+def encoder_optimizer(opt_class, modules, scale):
+    """An optimizer whose second group, the encoder, has ``scale`` times the
+    learning rate of the first (the rest, whose rate the logs report).
+
+    Arguments
+    ---------
+    opt_class : callable
+        The YAML's ``opt_class`` (parameter groups to an optimizer).
+    modules : torch.nn.ModuleDict
+        A Brain's modules, with ``embedding_model``.
+    scale : float
+        The encoder's learning rate over the others' (``encoder_lr_scale``).
+
+    Returns
+    -------
+    torch.optim.Optimizer
+
+    Example
+    -------
+    >>> modules = torch.nn.ModuleDict(
+    ...     {
+    ...         "embedding_model": torch.nn.Linear(2, 2),
+    ...         "head": torch.nn.Linear(2, 1),
+    ...     }
+    ... )
+    >>> sgd = lambda groups: torch.optim.SGD(groups, lr=1.0)
+    >>> opt = encoder_optimizer(sgd, modules, 0.1)
+    >>> [g["lr"] for g in opt.param_groups]
+    [1.0, 0.1]
+    """
+    encoder = list(modules.embedding_model.parameters())
+    in_encoder = {id(p) for p in encoder}
+    others = [p for p in modules.parameters() if id(p) not in in_encoder]
+    optimizer = opt_class([{"params": others}, {"params": encoder}])
+    optimizer.param_groups[1]["lr"] *= scale
+    return optimizer
+
+
+def load_pretrained_encoder(hparams):
+    """Loads the pretrained encoder weights of the YAML's ``pretrainer``.
+
+    For a YAML with a ``pretrainer`` and ``use_pretrained: True``; only on
+    a fresh run: a resumed run's checkpoint holds the fine-tuned weights,
+    and SpeechBrain recovers it later. ``pretrained_encoder`` is a local file or ``<hub repo>/<file>``
+    (fetched by SpeechBrain from the Hugging Face hub). The YAML's loading
+    hook (:func:`strict_parameter_transfer`) stops on any key that does not
+    fit.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+    """
+    if hparams["checkpointer"].find_checkpoint() is not None:
+        logger.info("Resuming: the checkpoint replaces the pretrained encoder")
+        return
+    source = hparams.get("pretrained_encoder")
+    if not source:
+        what = getattr(
+            hparams.get("embedding_model"), "PRETRAINED_HINT", "checkpoint file"
+        )
+        raise UserError(
+            "use_pretrained is True but no pretrained_encoder is given: pass "
+            f"--pretrained_encoder=<{what}> (see the recipe README), "
+            "or --use_pretrained=False to train the encoder from random "
+            "weights"
+        )
+    source = str(source)
+    if not os.path.exists(source) and source.startswith(("/", ".", "~")):
+        raise UserError(f"pretrained_encoder: {source} does not exist")
+    pretrainer = hparams["pretrainer"]
+    if pretrainer.collect_in is not None and if_main_process():
+        os.makedirs(pretrainer.collect_in, exist_ok=True)
+    try:
+        # overwrite: replace the link an earlier start may have left
+        run_on_main(
+            pretrainer.collect_files,
+            kwargs={"fetch_config": FetchConfig(overwrite=True)},
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot fetch pretrained_encoder={source}: it is not a local "
+            "file, and fetching it from the Hugging Face hub failed "
+            f"({type(e).__name__}: {e}). Without internet, download it "
+            "elsewhere and pass the local file."
+        ) from None
+    pretrainer.load_collected()
+    logger.info("Pretrained encoder loaded from %s", source)
 
 
 # ---------------------------------------------------------------------- BEATs

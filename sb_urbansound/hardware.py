@@ -43,7 +43,7 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def default_num_workers(clip_bank=False, cores=None, max_workers=8):
+def default_num_workers(data_source="files", cores=None, max_workers=8):
     """A default number of DataLoader workers: half the cores, from 1 to 8.
 
     The waveform steps of a clip (decode, resample) cost a few milliseconds of
@@ -54,13 +54,14 @@ def default_num_workers(clip_bank=False, cores=None, max_workers=8):
     workers feed it well over a thousand clips a second. Cores are shared among
     the processes of a ``torchrun`` launch.
 
-    With a clip bank there is nothing left to load per clip: no worker (a
-    worker costs start-up and shutdown time and memory, and gains nothing).
+    From a clip bank or shards (any ``data_source`` but ``files``) there is
+    nothing left to load per clip: no worker (a worker costs start-up and
+    shutdown time and memory, and gains nothing).
 
     Arguments
     ---------
-    clip_bank : bool
-        Whether the run draws its batches from a clip bank.
+    data_source : str
+        The run's ``data_source`` (``sb_urbansound.loader.SOURCES``).
     cores : int, optional
         CPU cores available (default: this process's CPU affinity).
     max_workers : int
@@ -75,10 +76,10 @@ def default_num_workers(clip_bank=False, cores=None, max_workers=8):
     -------
     >>> default_num_workers(cores=2), default_num_workers(cores=64)
     (1, 8)
-    >>> default_num_workers(clip_bank=True)
+    >>> default_num_workers("bank")
     0
     """
-    if clip_bank:
+    if data_source != "files":
         return 0
     if cores is None:
         cores = available_cores()

@@ -9,7 +9,8 @@
   ``subprocess.Popen``) make the kernel signal a child when its parent
   ends, even by SIGKILL, so no worker is ever left running on its own;
 * :func:`exit_now` ends a ``torchrun`` process without the interpreter's
-  teardown, which gloo's threads can abort.
+  teardown, which gloo's threads can abort;
+* :func:`run_recipe` runs a recipe's ``main`` with all of the above.
 
 Authors
 -------
@@ -163,6 +164,42 @@ def exit_now(status):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(status)
+
+
+def run_recipe(main):
+    """Runs a recipe's ``main()`` as a command, and exits.
+
+    SIGTERM (a scheduler's preemption) and SIGHUP stop the run as Ctrl-C
+    does (:func:`stop_on_signals`): temporary files are removed and workers
+    stopped on the way out, and the message says how to resume. A
+    ``UserError`` (bad data or options) is one line, without a traceback
+    (``sb_urbansound.errors.report``). Under ``torchrun`` the process ends
+    with :func:`exit_now`.
+
+    Arguments
+    ---------
+    main : callable
+        The recipe's ``main``, called without arguments.
+    """
+    from sb_urbansound.errors import UserError, report
+
+    status = 0
+    with stop_on_signals():
+        try:
+            main()
+        except UserError as e:
+            status = report(e)
+        except KeyboardInterrupt as e:
+            stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
+            print(
+                f"\nstopped by {signal_name(stop.signum)}: run the same "
+                "command again to resume from the last checkpoint",
+                file=sys.stderr,
+            )
+            status = stop.exit_status
+    if os.environ.get("RANK") is not None:  # torchrun (as SpeechBrain tells)
+        exit_now(status)  # gloo's threads would abort the teardown
+    sys.exit(status)
 
 
 def _libc_prctl():

@@ -33,6 +33,7 @@ __all__ = [
     "plot_learning_curves",
     "append_history",
     "classification_results",
+    "write_test_results",
     "confusion_matrix",
     "format_duration",
 ]
@@ -774,3 +775,43 @@ def classification_results(targets, predictions, labels):
         "labels": list(labels),
         "n_clips": n_clips,
     }
+
+
+def write_test_results(path, stats, label_encoder):
+    """Writes a test's results (:func:`classification_results`) as JSON.
+
+    Arguments
+    ---------
+    path : str
+        The results file (the YAML's ``test_results_file``).
+    stats : speechbrain.utils.metric_stats.ClassificationStats
+        The test's predictions.
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        The classes, in index order.
+
+    Returns
+    -------
+    dict
+        The results.
+
+    Example
+    -------
+    >>> from speechbrain.dataio.encoder import CategoricalEncoder
+    >>> from speechbrain.utils.metric_stats import ClassificationStats
+    >>> stats, encoder = ClassificationStats(), CategoricalEncoder()
+    >>> encoder.update_from_iterable(["a", "b"])
+    >>> stats.append(["x", "y"], ["a", "a"], ["a", "b"])
+    >>> path = getfixture("tmp_path") / "r.json"
+    >>> write_test_results(path, stats, encoder)["accuracy"]
+    0.5
+    """
+    labels = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
+    results = classification_results(stats.targets, stats.predictions, labels)
+    atomic_write_json(path, results)
+    logger.info(
+        "Test accuracy %.4f on %d clips; results in %s",
+        results["accuracy"],
+        results["n_clips"],
+        path,
+    )
+    return results

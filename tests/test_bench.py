@@ -86,7 +86,7 @@ def test_benchmark_quick_runs_and_reports(tmp_path):
     assert (
         tmp_path / "out" / "recipe-bank" / "manifests" / "train.json"
     ).is_file()
-    # clip_bank True/False reached the recipe
+    # data_source bank/files reached the recipe
     assert list(
         (tmp_path / "out" / "recipe-bank" / "bank").glob("*/index.json")
     )

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 SOURCES = {
     "bank": [],
-    "per-clip": ["--clip_bank=False", "--feature_bank=False"],
+    "per-clip": ["--data_source=files"],
     "shards": ["--data_source=shards", "--shard_size=4"],
 }
 

@@ -437,5 +437,7 @@ def test_yamnet_loads_the_release_then_unfreezes_after_one_epoch(
     assert not torch.equal(
         second["state"]["net.26.conv.weight"], release["net.26.conv.weight"]
     )
-    assert hparams["feature_bank"]  # YAMNet's log-mel, computed once
+    assert (
+        hparams["data_source"] == "feature_bank"
+    )  # YAMNet's log-mel, computed once
     load_exported(out)

@@ -13,9 +13,12 @@ tests apply the same rules here, so that drift shows up before a pull request:
 * every row runs as SpeechBrain's ``run_recipe_tests`` runs it, on the CPU,
   and leaves the files its checks name;
 * the recipe folder holds no link that leaves it, and the sample data is
-  small.
+  small;
+* the recipe's Brain is made of SpeechBrain's usual hooks (no override of
+  ``make_dataloader``, ``fit``, ``evaluate`` or a private method).
 """
 
+import ast
 import csv
 import os
 import re
@@ -98,6 +101,42 @@ def test_the_key_check_can_fail():
     assert yaml_keys_to_check(text) == ["unused_key", "out"]
     assert not script_reads('x = hparams["out"]', "unused_key")
     assert script_reads('hparams[f"{s}_annotation"]', "test_annotation")
+
+
+#: The Brain methods SpeechBrain's recipes override
+BRAIN_HOOKS = {
+    "compute_forward",
+    "compute_objectives",
+    "on_stage_start",
+    "on_stage_end",
+    "init_optimizers",
+    "on_fit_start",
+    "on_fit_batch_start",
+    "on_fit_batch_end",
+    "on_evaluate_start",
+}
+
+
+def brain_methods(script_text):
+    """The methods of the script's ``sb.Brain`` subclass, in order."""
+    (brain,) = [
+        node
+        for node in ast.parse(script_text).body
+        if isinstance(node, ast.ClassDef)
+        and any(getattr(base, "attr", None) == "Brain" for base in node.bases)
+    ]
+    return [f.name for f in brain.body if isinstance(f, ast.FunctionDef)]
+
+
+def test_the_recipe_brain_is_made_of_speechbrains_hooks():
+    methods = brain_methods(TRAIN_PY.read_text(encoding="utf-8"))
+    assert len(methods) <= 8, methods
+    assert set(methods) <= BRAIN_HOOKS, sorted(set(methods) - BRAIN_HOOKS)
+
+
+def test_the_brain_check_can_fail():
+    text = "import speechbrain as sb\nclass B(sb.Brain):\n    def fit(s): 0\n"
+    assert brain_methods(text) == ["fit"]
 
 
 def test_every_yaml_has_a_recipe_row():

@@ -178,7 +178,7 @@ def test_loader_workers_die_with_a_killed_run(data, tmp_path):
         out = tmp_path / f"out{attempt}"
         tag = uuid.uuid4().hex
         command = train_command(
-            data, out, ["--clip_bank=False", "--num_workers=2"]
+            data, out, ["--data_source=files", "--num_workers=2"]
         )
         code, log, delay = run_and_stop(
             command, "Going into epoch", 1.0, signum, rng, tag

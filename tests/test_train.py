@@ -352,7 +352,11 @@ def test_diverging_training_stops_and_names_the_files(small_data, tmp_path):
         ("--n_mels=100000", "more than the 513 frequency bins of n_fft=1024"),
         ("--n_fft=1", "n_fft=1 is not valid"),
         ("--max_mask_pct=-0.5", "max_mask_pct=-0.5 is not valid"),
-        ("--feature_bank=True --clip_bank=False", "needs the clip bank"),
+        (
+            "--data_source=clips",
+            "data_source='clips' is not valid: data_source must be files, "
+            "bank, feature_bank or shards",
+        ),
     ],
 )
 def test_bad_options_are_named(tmp_path, option, message):
@@ -444,7 +448,7 @@ def test_loader_workers_are_stopped_when_the_run_ends(small_data, tmp_path):
             f"--data_folder={small_data}",
             f"--output_folder={tmp_path / 'out'}",
             "--number_of_epochs=1",
-            "--clip_bank=False",
+            "--data_source=files",
             "--noprogressbar",
             *replace_arg(SMALL, "num_workers", 2),
         ]
@@ -525,8 +529,7 @@ def test_one_decode_pass_still_names_bad_files(tmp_path):
         [
             f"--data_folder={data}",
             f"--output_folder={per_clip}",
-            "--clip_bank=False",
-            "--feature_bank=False",
+            "--data_source=files",
             *SMALL,
         ]
     )
