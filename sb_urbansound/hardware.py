@@ -288,17 +288,21 @@ def hardware_description():
     return "; ".join(parts)
 
 
-def check_device(device):
+def check_device(device, backend=None):
     """Stop at once, in one line, when torch cannot use ``device``.
 
     SpeechBrain finds out only when the trainer is made, after the data is
-    prepared and the clip bank built (and then with a traceback).
+    prepared and the clip bank built (and then with a traceback); under
+    ``torchrun``, a backend other than gloo needs one GPU per process
+    (SpeechBrain's ``ddp_init_group`` stops with "Not enough GPUs available!").
 
     Arguments
     ---------
     device : str or None
         ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); None:
         SpeechBrain chooses one.
+    backend : str, optional
+        ``--distributed_backend`` (checked only under ``torchrun``).
 
     Raises
     ------
@@ -313,6 +317,16 @@ def check_device(device):
      ...
     sb_urbansound.errors.UserError: --device=gpu is not a device name: ...
     """
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and backend not in (None, "gloo"):
+        gpus = torch.cuda.device_count()
+        if int(local_rank) >= gpus:
+            raise UserError(
+                f"--distributed_backend={backend} needs one GPU per torchrun "
+                f"process, and torch finds {gpus} GPU(s) for process "
+                f"{local_rank}: on CPUs pass --distributed_backend=gloo "
+                "--device=cpu, or start fewer processes (--nproc_per_node)"
+            )
     if device is None:
         return
     try:

@@ -32,3 +32,16 @@ def test_omp_num_threads_wins_over_the_load(restore_threads, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(hardware.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert hardware.set_torch_threads(0, cores=2) == 1
+
+
+def test_a_torchrun_process_without_its_gpu_is_stopped_in_one_line(
+    monkeypatch,
+):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(hardware.torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(hardware.UserError) as e:
+        hardware.check_device(None, "nccl")
+    assert "--distributed_backend=gloo --device=cpu" in str(e.value)
+    hardware.check_device("cpu", "gloo")  # gloo runs on CPUs
+    monkeypatch.delenv("LOCAL_RANK")
+    hardware.check_device(None, "nccl")  # not under torchrun

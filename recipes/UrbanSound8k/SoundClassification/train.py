@@ -371,7 +371,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     # A device torch cannot use stops here, before the data is prepared
-    check_device(run_opts.get("device"))
+    check_device(run_opts.get("device"), run_opts.get("distributed_backend"))
 
     # Initialize ddp (useful only for multi-GPU DDP training)
     sb.utils.distributed.ddp_init_group(run_opts)
