@@ -260,8 +260,8 @@ def recorded_split(manifest_folder):
 
     Arguments
     ---------
-    manifest_folder : str or Path
-        A folder written by :func:`write_manifests`.
+    manifest_folder : str or Path or None
+        A folder written by :func:`write_manifests` (None: no folder).
 
     Returns
     -------
@@ -271,9 +271,11 @@ def recorded_split(manifest_folder):
 
     Example
     -------
-    >>> recorded_split("/nowhere") is None
-    True
+    >>> recorded_split("/nowhere") is None, recorded_split(None) is None
+    (True, True)
     """
+    if manifest_folder is None:
+        return None
     record = read_store_json(Path(manifest_folder) / OPTIONS_FILE)
     split = record.get("split") if isinstance(record, dict) else None
     return split if isinstance(split, str) else None
