@@ -517,3 +517,20 @@ def test_the_onnx_runtime_scores_a_yamnet_model_without_torch(
     (ref,) = classify.classify_files(folder, [path], top_k=3, progress=False)
     assert out["result"]["label"] == ref["label"]
     assert out["result"]["prob"] == pytest.approx(ref["prob"], abs=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "mean+std"])
+def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(
+    encoder, pooling, monkeypatch
+):
+    monkeypatch.setattr(encoder, "pooling", pooling)
+    front = yamnet.YAMNetFrontEnd()
+    sound = torch.from_numpy(sounds()["siren"][:16000])
+    with torch.no_grad():
+        short, long = (
+            encoder(front(torch.cat([sound, torch.zeros(pad)])[None]))
+            for pad in (16000, 48000)
+        )
+    assert encoder.patches(front(torch.zeros(1, 64000))).shape[1] == 8
+    assert short.abs().max() > 0.1  # (a random encoder's would be ~0)
+    torch.testing.assert_close(short, long)
