@@ -317,7 +317,7 @@ class ConvUnit(torch.nn.Module):
 
 
 class YAMNetEncoder(torch.nn.Module):
-    """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, dim]``.
+    """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, 1024]``.
 
     The frames are cut into patches of 96 frames every 48 (as YAMNet
     frames them); each patch goes through YAMNet's network (a 3x3
@@ -329,22 +329,12 @@ class YAMNetEncoder(torch.nn.Module):
     those patches are computed; an exported graph computes all of them
     (same result).
 
-    Arguments
-    ---------
-    pooling : str
-        ``"mean"``: the clip's embedding is the patches' mean (1024-d);
-        ``"mean+std"``: their mean and standard deviation (2048-d; the
-        same masked statistics as SpeechBrain's ``StatisticsPooling``,
-        which takes a length, not a mask, and adds noise).
-
     Example
     -------
     >>> enc = YAMNetEncoder().eval()
     >>> feats = YAMNetFrontEnd()(torch.randn(2, 32000) * 0.1)
     >>> enc(feats).shape, enc.audioset_logits(feats).shape
     (torch.Size([2, 1, 1024]), torch.Size([2, 4, 521]))
-    >>> YAMNetEncoder(pooling="mean+std").eval()(feats).shape
-    torch.Size([2, 1, 2048])
     """
 
     #: The model card's note on where the encoder comes from.
@@ -364,16 +354,8 @@ class YAMNetEncoder(torch.nn.Module):
         "python -m sb_urbansound.yamnet convert"
     )
 
-    #: The clip embedding's size for each ``pooling``.
-    POOLED_DIM = {"mean": EMBEDDING_DIM, "mean+std": 2 * EMBEDDING_DIM}
-
-    def __init__(self, pooling="mean"):
+    def __init__(self):
         super().__init__()
-        if pooling not in self.POOLED_DIM:
-            raise UserError(
-                f"pooling: {pooling!r} is not one of {list(self.POOLED_DIM)}"
-            )
-        self.pooling = pooling
         units, channels = [], 1
         for i, (stride, out) in enumerate(LAYERS):
             if i == 0:
@@ -464,7 +446,7 @@ class YAMNetEncoder(torch.nn.Module):
         return self.logits(emb).unflatten(0, patches.shape[:2])
 
     def forward(self, feats, lengths=None):
-        """Embed clips: the mean (and std) of their patches' embeddings.
+        """Embed clips: the mean of their patches' embeddings.
 
         Arguments
         ---------
@@ -476,7 +458,7 @@ class YAMNetEncoder(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[batch, 1, 1024]`` (``[batch, 1, 2048]`` with mean+std).
+            ``[batch, 1, 1024]``.
         """
         patches = self.patches(feats)
         batch, count = patches.shape[:2]
@@ -491,13 +473,8 @@ class YAMNetEncoder(torch.nn.Module):
             keep = sound.flatten()
             emb = flat.new_zeros(len(flat), EMBEDDING_DIM)
             emb[keep] = self.frozen_embeddings(flat[keep])
-        emb = emb.view(batch, count, -1)
-        count = weights.sum(dim=1)
-        pooled = (emb * weights).sum(dim=1) / count
-        if self.pooling == "mean+std":
-            var = ((emb - pooled.unsqueeze(1)).square() * weights).sum(1)
-            std = (var / count).clamp(min=1e-8).sqrt()
-            pooled = torch.cat([pooled, std], dim=-1)
+        emb = emb.view(batch, count, -1) * weights
+        pooled = emb.sum(dim=1) / weights.sum(dim=1)
         return pooled.unsqueeze(1)
 
     def read_pretrained(self, path):

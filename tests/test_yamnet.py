@@ -519,11 +519,7 @@ def test_the_onnx_runtime_scores_a_yamnet_model_without_torch(
     assert out["result"]["prob"] == pytest.approx(ref["prob"], abs=1e-3)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "mean+std"])
-def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(
-    encoder, pooling, monkeypatch
-):
-    monkeypatch.setattr(encoder, "pooling", pooling)
+def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(encoder):
     front = yamnet.YAMNetFrontEnd()
     sound = torch.from_numpy(sounds()["siren"][:16000])
     with torch.no_grad():

@@ -191,17 +191,14 @@ class SoundClassifierBrain(sb.Brain):
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)
 
-        # Mixup (optional, training only): pairs of clips and their losses;
-        # of the features, or of the embeddings (mixup_embeddings: True)
+        # Mixup (optional, training only): pairs of clips and their losses
         self.mixed = None
-        mixup = getattr(self.hparams, "mixup", None) if train else None
-        late = getattr(self.hparams, "mixup_embeddings", False)
-        if mixup is not None and not late:
-            feats, *self.mixed = mixup(feats)
+        mixup = getattr(self.hparams, "mixup", None)
+        if train and mixup is not None:
+            feats, perm, lam = mixup(feats)
+            self.mixed = (perm, lam)
 
         embeddings = self.network("embedding_model", train)(feats, lens)
-        if mixup is not None and late:
-            embeddings, *self.mixed = mixup(embeddings)
         predictions = self.network("classifier", train)(embeddings)
         if predictions.dim() == 2:
             predictions = predictions.unsqueeze(1)
