@@ -563,3 +563,16 @@ def test_a_class_map_naming_no_audioset_class_is_refused_naming_the_line(
     assert result.returncode == 2
     assert f"{class_map}, line 3: 'cat,Meow meow'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(encoder):
+    front = yamnet.YAMNetFrontEnd()
+    sound = torch.from_numpy(sounds()["siren"][:16000])
+    with torch.no_grad():
+        short, long = (
+            encoder(front(torch.cat([sound, torch.zeros(pad)])[None]))
+            for pad in (16000, 48000)
+        )
+    assert encoder.patches(front(torch.zeros(1, 64000))).shape[1] == 8
+    assert short.abs().max() > 0.1  # (a random encoder's would be ~0)
+    torch.testing.assert_close(short, long)
