@@ -565,6 +565,7 @@ def test_a_class_map_naming_no_audioset_class_is_refused_naming_the_line(
     assert "Traceback" not in result.stderr
 
 
+@requires_weights
 def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(encoder):
     front = yamnet.YAMNetFrontEnd()
     sound = torch.from_numpy(sounds()["siren"][:16000])
