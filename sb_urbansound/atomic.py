@@ -335,7 +335,8 @@ def claim_folder(folder, kind, what="output_folder"):
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotOursError(
-            f"{what} {folder} is a file, not a folder: choose another path"
+            f"{what} {folder} is a file, not a folder: choose another path "
+            f"(--{what}=...)"
         )
     if not folder.exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -346,7 +347,7 @@ def claim_folder(folder, kind, what="output_folder"):
     if found is not None:
         raise NotOursError(
             f"{what} {folder} is an sb-urbansound {found} folder, not a "
-            f"{kind} folder: choose another path"
+            f"{kind} folder: choose another path (--{what}=...)"
         )
     # our lock, marker and temporaries (another writer's) do not count
     ignored = (MARKER_FILE, LOCK_FILE) + (

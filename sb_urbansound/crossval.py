@@ -324,7 +324,10 @@ def _read_values(hparams_file, passthrough):
     try:
         return read_yaml_values(hparams_file, overrides)
     except Exception as e:  # UserError, YAML parse errors and the like
-        raise CrossvalError(f"cannot read {hparams_file}: {e}") from None
+        why = str(e)  # (the YAML reader's own errors name the file already)
+        if not why.startswith("cannot read "):
+            why = f"cannot read {hparams_file}: {why}"
+        raise CrossvalError(why) from None
 
 
 def read_recipe_settings(hparams_file, passthrough=()):

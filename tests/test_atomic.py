@@ -156,3 +156,15 @@ def test_a_run_folder_holding_a_link_to_a_file_is_refused(tmp_path):
     with pytest.raises(NotOursError, match="log.txt is a link"):
         RunFolder(out).lock()
     assert mine.read_text() == "my notes"
+
+
+def test_a_folder_of_another_kind_is_refused_naming_the_option(tmp_path):
+    from sb_urbansound.atomic import NotOursError, claim_folder
+
+    claim_folder(tmp_path / "run", "run")
+    with pytest.raises(NotOursError, match="--output_folder=") as e:
+        claim_folder(tmp_path / "run", "crossval")
+    assert "is an sb-urbansound run folder" in str(e.value)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotOursError, match="--bank_folder="):
+        claim_folder(tmp_path / "file", "banks", "bank_folder")

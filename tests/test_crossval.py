@@ -811,3 +811,12 @@ def test_a_folder_of_user_files_is_refused(tmp_path, capsys):
     assert main(cv_argv(out, "--folds=[1,2,3]")) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_yaml_crossval_cannot_read_is_named_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(CrossvalError) as e:
+        read_recipe_settings(bad)
+    assert str(e.value).count("cannot read") == 1, str(e.value)
+    assert str(bad) in str(e.value)
