@@ -385,6 +385,13 @@ class YAMNetEncoder(torch.nn.Module):
             )
         return feats.unfold(1, PATCH, PATCH_HOP).transpose(2, 3)
 
+    @staticmethod
+    def sound(patches):
+        """``[batch, patches, 96, 64]`` → ``[batch, patches]``: the patches
+        of sound (not only padding), or every patch of an all-silent clip."""
+        sound = (patches > SILENCE).flatten(2).any(dim=2)
+        return sound | ~sound.any(dim=1, keepdim=True)
+
     def patch_embeddings(self, patches):
         """``[n, 96, 64]`` log-mel patches → ``[n, 1024]`` embeddings."""
         return self.net(patches.unsqueeze(1)).mean(dim=(2, 3))
@@ -463,8 +470,7 @@ class YAMNetEncoder(torch.nn.Module):
         """
         patches = self.patches(feats)
         batch, count = patches.shape[:2]
-        sound = (patches > SILENCE).flatten(2).any(dim=2)
-        sound = sound | ~sound.any(dim=1, keepdim=True)  # else: all of it
+        sound = self.sound(patches)
         weights = sound.unsqueeze(-1).to(patches.dtype)
         flat = patches.flatten(0, 1)
         exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -996,10 +1002,8 @@ class ZeroShot:
         torch.Tensor
             ``[labels]``, each in [0, 1].
         """
-        patches = self.encoder.patches(self.front_end(wav[None]))[0]
-        sound = (patches > SILENCE).flatten(1).any(dim=1)
-        if sound.any():
-            patches = patches[sound]
+        patches = self.encoder.patches(self.front_end(wav[None]))
+        patches = patches[self.encoder.sound(patches)]
         emb = self.encoder.patch_embeddings(patches)
         audioset = torch.sigmoid(self.encoder.logits(emb)).mean(dim=0)
         return torch.stack([audioset[i].max() for i in self.classes.values()])
