@@ -3,8 +3,8 @@
 * :func:`find_audio_files` is the one audio finder (data preparation and
   ``classify`` use it): regular files only, each file once.
 * :func:`load_audio` reads a file with soundfile (as
-  ``speechbrain.dataio.audio_io`` does; no FFmpeg), in one open, only the frames needed, and refuses non-finite
-  samples.
+  ``speechbrain.dataio.audio_io`` does; no FFmpeg), in one open, only the
+  frames needed, and refuses non-finite samples.
 * :class:`ClipConditioner` brings a clip to the model's sample rate, channel
   count and length. Training (the recipe's data pipeline) and inference (the
   exported model's ``audio_normalizer``) use the same object, so a model hears
@@ -19,15 +19,13 @@ Authors
 """
 
 import logging
-import math
 import os
 import stat
 from pathlib import Path
 
-import soundfile
 import torch
 from sb_urbansound.errors import AudioLoadError
-from sb_urbansound.runtime import Conditioner, check_rate
+from sb_urbansound.runtime import Conditioner, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -140,39 +138,11 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     return sorted(found)
 
 
-def check_regular_file(path):
-    """Raise :class:`AudioLoadError` unless ``path`` is an existing regular file.
-
-    Arguments
-    ---------
-    path : str or Path
-        The file.
-
-    Example
-    -------
-    >>> check_regular_file("no/such.wav")
-    Traceback (most recent call last):
-     ...
-    sb_urbansound.errors.AudioLoadError: no/such.wav: no such file
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise AudioLoadError(f"{path}: no such file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise AudioLoadError(
-            f"{path}: not a regular file (a folder, pipe or device); only "
-            "regular files are read as audio"
-        )
-
-
 def load_audio(path, max_seconds=None):
     """Read an audio file as a float32 ``[time, channels]`` tensor.
 
-    Reads with soundfile (as ``speechbrain.dataio.audio_io``), so no
-    torchcodec or FFmpeg is needed; integer PCM is scaled to [-1, 1]. With ``max_seconds``
-    only the first frames are read, so a long recording costs only what is
-    kept.
+    :func:`sb_urbansound.runtime.read_audio` (soundfile, no FFmpeg; with
+    ``max_seconds`` only the first frames are read), as a tensor.
 
     Arguments
     ---------
@@ -203,37 +173,8 @@ def load_audio(path, max_seconds=None):
     >>> wav.shape, sr
     (torch.Size([400, 2]), 8000)
     """
-    check_regular_file(path)
-    try:
-        # soundfile itself, as speechbrain.dataio.audio_io wraps it: its
-        # info() then load() open and parse the file twice, a third of the
-        # clip bank's reading time
-        with soundfile.SoundFile(str(path)) as f:
-            sample_rate = f.samplerate
-            num_frames = -1
-            if max_seconds is not None:
-                num_frames = max(int(math.ceil(max_seconds * sample_rate)), 1)
-            wav = torch.from_numpy(
-                f.read(num_frames, dtype="float32", always_2d=True)
-            )
-    except Exception as e:  # libsndfile errors: RuntimeError, LibsndfileError
-        cause = e.__cause__ or e
-        raise AudioLoadError(
-            f"{path}: cannot be decoded ({cause}). The file may be corrupt: "
-            "replace it, or remove it from the data set."
-        ) from e
-    if wav.shape[0] == 0:
-        raise AudioLoadError(
-            f"{path}: holds no samples; remove it from the data set."
-        )
-    check_rate(sample_rate, f"{path}: sample rate")
-    if not torch.isfinite(wav).all():
-        bad = int((~torch.isfinite(wav)).sum())
-        raise AudioLoadError(
-            f"{path}: holds {bad} NaN or infinite sample(s), which no model "
-            "can use. Repair or remove the file."
-        )
-    return wav, int(sample_rate)
+    wav, sample_rate = read_audio(path, max_seconds)
+    return torch.from_numpy(wav), sample_rate
 
 
 def rechannel(wav, channels):

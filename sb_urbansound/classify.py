@@ -54,33 +54,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_MIN_FILES = 10
 
 
-def _expand_inputs(inputs):
-    """Expand files and folders into a list of audio files.
-
-    Folders are searched recursively; other inputs are kept as they are (a
-    missing file is reported when it is classified).
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", "a.mp3"]:
-    ...     (tmp / name).parent.mkdir(exist_ok=True)
-    ...     _ = (tmp / name).write_bytes(b"")
-    >>> found = _expand_inputs([tmp / "b", tmp / "a.mp3"])
-    >>> [p.relative_to(tmp).as_posix() for p in found]
-    ['b/1.WAV', 'b/2.flac', 'a.mp3']
-    """
-    files = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            found = find_audio_files(item, duplicates=[])
-            files += [item / rel for rel in found]
-        else:
-            files.append(item)
-    return files
-
-
 def classify_files(
     model_folder,
     paths,
@@ -144,13 +117,15 @@ def classify_files(
     """
     scorer = load_scorer(model_folder, backend, device, batch_size, trust)
     folder_name = scorer.model_folder
-    items = []  # (path, message): message for an input with no audio file
-    for item in paths:
-        found = _expand_inputs([item])
-        if found:
-            items += [(path, None) for path in found]
-        else:  # a folder (a file is kept, and reported if it cannot be read)
-            items.append((Path(item), _describe_empty_folder(item)))
+    items = []  # (path, message): message for a folder with no audio file
+    for item in map(Path, paths):
+        if not item.is_dir():  # reported when it is read, if it cannot be
+            items.append((item, None))
+            continue
+        found = find_audio_files(item, duplicates=[])
+        items += [(item / rel, None) for rel in found] or [
+            (item, _describe_empty_folder(item))
+        ]
     if progress is None:
         progress = len(items) >= PROGRESS_MIN_FILES
     on_error = on_error or (lambda path, message: logger.warning(message))

@@ -51,7 +51,7 @@ from sb_urbansound.atomic import (
     atomic_write_bytes,
     is_read_only_error,
 )
-from sb_urbansound.audio import check_regular_file, find_audio_files
+from sb_urbansound.audio import find_audio_files
 from sb_urbansound.classify import add_model_options, quiet_speechbrain
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
@@ -66,6 +66,7 @@ from sb_urbansound.runtime import (
     CHUNK_WINDOWS,
     OnnxModel,
     Scorer,
+    check_regular_file,
     parse_metadata,
 )
 from sb_urbansound.timeline import sliding_windows
@@ -90,14 +91,6 @@ class ExportError(UserError):
     >>> issubclass(ExportError, UserError)
     True
     """
-
-
-def _split(n):
-    """``n = n1 * n2`` with ``n1 <= n2`` as close as possible."""
-    n1 = math.isqrt(n)
-    while n % n1:
-        n1 -= 1
-    return n1, n // n1
 
 
 class MatmulMelPower(torch.nn.Module):
@@ -138,7 +131,10 @@ class MatmulMelPower(torch.nn.Module):
         super().__init__()
         n = window.numel()
         n_bins = n // 2 + 1
-        n1, n2 = _split(n)
+        n1 = math.isqrt(n)  # n = n1 * n2, n1 <= n2 as close as possible
+        while n % n1:
+            n1 -= 1
+        n2 = n // n1
         self.n1, self.n2, self.hop = n1, n2, int(hop)
         self.n_frames = 1 + (int(length) - n) // self.hop
         k2n = -(-n_bins // n1)  # second-stage bins needed
@@ -388,12 +384,7 @@ class WindowClassifier(torch.nn.Module):
 
 def _describe_model(model):
     """The classes of a model's four modules, for messages."""
-    names = (
-        "compute_features",
-        "mean_var_norm",
-        "embedding_model",
-        "classifier",
-    )
+    names = "compute_features mean_var_norm embedding_model classifier".split()
     return " + ".join(type(getattr(model.mods, n)).__name__ for n in names)
 
 
@@ -412,13 +403,12 @@ def model_metadata(model, wrapper):
     dict
         String values (see the module docstring).
     """
-    rate, channels, num_samples = model_audio_spec(model)
     scorer = TorchScorer(model)
     return {
         "labels": json.dumps(scorer.labels),
-        "sample_rate": str(rate),
-        "channels": str(channels),
-        "num_samples": str(num_samples),
+        "sample_rate": str(scorer.sample_rate),
+        "channels": str(scorer.channels),
+        "num_samples": str(scorer.num_samples),
         "remove_dc": str(scorer.remove_dc).lower(),
         "tta_views": str(wrapper.views),
         "input_layout": "waveforms: [windows, samples, channels] float32, "
@@ -604,16 +594,20 @@ def generated_clips(sample_rate, channels, num_samples):
 _NOT_A_MANIFEST = (OSError, ValueError, LookupError, TypeError, AttributeError)
 
 
-def _data_files(paths):
+def _data_files(paths, max_clips=None):
     """The audio files named by ``--data``: files, folders (searched
-    recursively), SpeechBrain JSON manifests (their ``wav`` entries).
+    recursively), SpeechBrain JSON manifests (their ``wav`` entries); at
+    most ``max_clips``, each checked to be audio before anything is
+    exported (each format's check reads them again, one at a time).
 
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "m.json").write_text('{"a": {"wav": "x.wav"}}')
+    >>> _ = (tmp / "m.json").write_text('{"a": {"wav": "no/such.wav"}}')
     >>> _data_files([tmp / "m.json"])
-    [PosixPath('x.wav')]
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.export.ExportError: --data: no/such.wav: no such file
     """
     files = []
     for item in paths:
@@ -631,53 +625,33 @@ def _data_files(paths):
                 ) from None
         else:
             files.append(item)
-    return files
-
-
-class _DataClips:
-    """The ``--data`` clips, read and conditioned one at a time.
-
-    Each pass reads the files again (as training does), so one clip is in
-    memory, not the fold; their headers are checked first, so a file that
-    is not audio is named before anything is exported.
-
-    Example
-    -------
-    >>> _DataClips(None, ["no/such.wav"])
-    Traceback (most recent call last):
-     ...
-    sb_urbansound.export.ExportError: --data: no/such.wav: no such file
-    """
-
-    def __init__(self, model, files):
-        self.files = list(files)
-        for path in self.files:
-            try:
-                check_regular_file(path)
-                soundfile.info(str(path))
-            except AudioLoadError as e:
-                raise ExportError(f"--data: {e}") from None
-            except Exception as e:  # soundfile: not audio
-                raise ExportError(
-                    f"--data: {path}: cannot be read as audio ({e})"
-                ) from None
-        self.scorer = None if model is None else TorchScorer(model)
-
-    def __iter__(self):
-        for path in self.files:
-            try:
-                clip = self.scorer.read(path)
-            except AudioLoadError as e:  # the clip's fault, not the export's
-                raise AudioLoadError(f"--data: {e}") from None
-            yield str(path), clip
+    if not files:
+        raise ExportError("--data names no audio file")
+    for path in files[:max_clips]:
+        try:
+            check_regular_file(path)
+            soundfile.info(str(path))
+        except AudioLoadError as e:
+            raise ExportError(f"--data: {e}") from None
+        except Exception as e:  # soundfile: not audio
+            raise ExportError(
+                f"--data: {path}: cannot be read as audio ({e})"
+            ) from None
+    return files[:max_clips]
 
 
 def _compare(model, scorer, clips):
-    """Compare an export with eager PyTorch on the windows of each clip:
-    ``clips``, ``windows``, ``top1_agree``, ``max_abs_diff``, ``worst``."""
+    """Compare an export with eager PyTorch on the windows of each clip
+    (``(name, wav)``, or ``(name, path)`` of a ``--data`` file): ``clips``,
+    ``windows``, ``top1_agree``, ``max_abs_diff``, ``worst``."""
     reference = TorchScorer(model)
     stats = dict(clips=0, windows=0, top1_agree=0, max_abs_diff=0.0, worst=None)
     for name, wav in clips:
+        if isinstance(wav, Path):
+            try:
+                wav = reference.read(wav)
+            except AudioLoadError as e:  # the clip's fault, not the export's
+                raise AudioLoadError(f"--data: {e}") from None
         windows = sliding_windows(wav, reference.num_samples)
         eager = reference.window_probs(windows).astype(np.float64)
         try:
@@ -788,10 +762,7 @@ def export_model(
                 "needs the training clip length"
             )
         if data:
-            files = _data_files(data)
-            if not files:
-                raise ExportError("--data names no audio file")
-            clips = _DataClips(model, files[:max_clips])
+            clips = [(str(p), p) for p in _data_files(data, max_clips)]
         else:
             clips = generated_clips(rate, channels, num_samples)[:max_clips]
         results = {}

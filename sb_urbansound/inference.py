@@ -39,7 +39,6 @@ import torch
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
-from sb_urbansound.audio import ClipConditioner, load_audio
 from sb_urbansound.augment import circular_views
 from sb_urbansound.card import write_model_card
 from sb_urbansound.errors import UserError
@@ -658,8 +657,8 @@ def window_probs(model, windows, batch_size=16):
 class TorchScorer(Scorer):
     """A model loaded with SpeechBrain as a scorer (eager PyTorch).
 
-    Files are read and converted as in training, their windows scored
-    together by :func:`window_probs`.
+    Files are read and converted as :class:`~sb_urbansound.runtime.Scorer`
+    does, their windows scored together by :func:`window_probs`.
 
     Arguments
     ---------
@@ -683,9 +682,6 @@ class TorchScorer(Scorer):
         encoder = model.hparams.label_encoder
         self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
         self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
-        self.normalizer = ClipConditioner(
-            rate, channels, remove_dc=self.remove_dc
-        )
 
     def window_probs(self, windows):
         """Class probabilities of each window (as
@@ -697,5 +693,4 @@ class TorchScorer(Scorer):
 
     def read(self, path):
         """A file at the model's rate and channels (a torch tensor)."""
-        wav, rate = load_audio(path)
-        return self.normalizer.convert(wav, rate)
+        return torch.from_numpy(super().read(path))

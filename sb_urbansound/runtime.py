@@ -1,11 +1,8 @@
 """A runtime without torch: read, condition and classify audio with ``model.onnx``.
 
-This module imports numpy, soundfile and (when a model is loaded)
-onnxruntime and ruamel.yaml, and of this package only its torch-free modules
-(:mod:`sb_urbansound.errors`, :mod:`sb_urbansound.timeline`,
-:mod:`sb_urbansound.yaml_reader`): no torch, no
-SpeechBrain, no HyperPyYAML. It runs where the model must run without the
-training stack (a small box, a container without CUDA wheels)::
+Imports numpy, soundfile, soxr and (when a model is loaded) onnxruntime and
+ruamel.yaml, and of this package only its torch-free modules (``errors``,
+``timeline``, ``yaml_reader``), so the model runs without the training stack::
 
     from sb_urbansound.runtime import OnnxModel
 
@@ -14,36 +11,21 @@ training stack (a small box, a container without CUDA wheels)::
     # {'path': 'dog.wav', 'label': 'dog_bark', 'prob': 0.97, 'top_k': [...],
     #  'n_windows': 1, 'duration_s': 4.0}
 
-``python -m sb_urbansound.export MODEL_FOLDER`` writes ``model.onnx``; its
-metadata holds the labels and the audio spec, so the ONNX file alone is
-enough. In a model folder, the metadata must agree with the folder's
-``hyperparams.yaml`` and label files (:func:`check_folder`): a
-``model.onnx`` from another folder is refused, not run. ``python -m
-sb_urbansound.classify MODEL_FOLDER files... --backend onnx`` uses this
-module.
+``python -m sb_urbansound.export MODEL_FOLDER`` writes ``model.onnx``, whose
+metadata holds the labels and the audio spec; in a model folder they must
+agree with the folder's files (:func:`check_folder`). ``python -m
+sb_urbansound.classify MODEL_FOLDER files... --backend onnx`` uses it.
 
-The audio goes through the steps of training's
-:class:`sb_urbansound.audio.ClipConditioner` (which converts with
-:class:`Conditioner`, this module's), and the windows of
-:func:`sb_urbansound.timeline.sliding_windows` (which both paths use;
-``tests/test_runtime.py`` pins both paths to the same numbers on every
-format of UrbanSound8K):
-
-1. read with soundfile as float32 ``[time, channels]`` (integer PCM scaled
-   to [-1, 1], as ``speechbrain.dataio.audio_io`` reads it);
-2. down-mix (average) when the file has more channels than the model;
-3. resample with soxr (:class:`Resampler`: bounded memory at any ratio,
-   the same numbers on a stream as on a file; rates from ``MIN_RATE`` to
-   ``MAX_RATE``, others refused);
-4. up-mix mono to the model's channels; subtract each channel's mean when the
-   model was trained with ``remove_dc``;
-5. cut into windows of the training length, hop half a window, the last one
-   zero-padded (:func:`sb_urbansound.timeline.sliding_windows`).
-
-The ONNX model takes the windows of one clip, ``[windows, samples,
-channels]``, and returns each window's class probabilities (shifted test
-views averaged, when the model was trained with them), each window scored on
-its own, so a long clip is scored ``chunk`` windows at a time.
+Audio takes training's steps (:class:`Conditioner` is the converter of
+:class:`sb_urbansound.audio.ClipConditioner`; ``tests/test_runtime.py`` pins
+both paths to the same numbers on every format of UrbanSound8K): read with
+soundfile as float32 ``[time, channels]``; down-mix; resample with soxr
+(:class:`Resampler`: bounded memory at any ratio, a stream gets the numbers of
+a file; rates ``MIN_RATE`` to ``MAX_RATE``); up-mix; optionally remove each
+channel's mean; cut into windows (:func:`sb_urbansound.timeline.
+sliding_windows`). The ONNX model takes the windows of one clip, ``[windows,
+samples, channels]``, and returns each window's class probabilities (each
+window scored alone, so a long clip goes ``chunk`` windows at a time).
 
 Authors
 -------
@@ -51,6 +33,7 @@ Authors
 """
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -69,17 +52,13 @@ CHUNK_WINDOWS = 16
 #: Metadata keys every sb-urbansound ONNX model has.
 REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
 #: The sample rates read, streamed, resampled and trained at (Hz): below
-#: 1 kHz there is no sound left to classify (a 500 Hz band), and 768 kHz is
-#: the highest rate audio interfaces and formats use. soxr's memory does not
-#: depend on the rates; the largest ratio, 768, keeps its time per second of
-#: audio in tens of milliseconds (``docs/inference.md``).
+#: 1 kHz no sound is left to classify; 768 kHz is the highest rate audio
+#: interfaces use; soxr's time per second stays in tens of ms at ratio 768.
 MIN_RATE, MAX_RATE = 1000, 768000
-#: soxr's quality: "HQ", its default (20-bit precision; flat to 91 % of the
-#: lower Nyquist frequency).
+#: soxr's quality: "HQ", its default (20-bit; flat to 91 % of Nyquist).
 RESAMPLE_QUALITY = "HQ"
 #: The resampler, as stores of resampled clips record it (the clip bank,
-#: shards): another resampler or version gives other numbers, so a store of
-#: another one is rebuilt, not read as current.
+#: shards): a store made by another one is rebuilt, not read as current.
 RESAMPLER = f"soxr {soxr.__libsoxr_version__} {RESAMPLE_QUALITY}"
 
 
@@ -93,22 +72,48 @@ class ModelFileError(UserError):
     """
 
 
-# ------------------------------------------------------------ reading audio
+def check_regular_file(path):
+    """Raise :class:`AudioLoadError` unless ``path`` is an existing regular file.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file.
+
+    Example
+    -------
+    >>> check_regular_file("no/such.wav")
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.errors.AudioLoadError: no/such.wav: no such file
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise AudioLoadError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioLoadError(
+            f"{path}: not a regular file (a folder, pipe or device); only "
+            "regular files are read as audio"
+        )
 
 
-def read_audio(path):
+def read_audio(path, max_seconds=None):
     """Read an audio file as float32 ``[time, channels]`` with its rate.
 
-    The torch-free twin of :func:`sb_urbansound.audio.load_audio`, with the
-    same checks and messages: a missing file or one that is not a regular
-    file, one that cannot be decoded, an empty one, one at a rate outside
-    ``MIN_RATE`` .. ``MAX_RATE`` and one with NaN or infinite samples raise
-    :class:`~sb_urbansound.errors.AudioLoadError`.
+    The one audio reader (:func:`sb_urbansound.audio.load_audio` wraps it):
+    soundfile, as ``speechbrain.dataio.audio_io`` reads (integer PCM scaled
+    to [-1, 1]), in one open and only the frames needed. A missing or not
+    regular file, one that cannot be decoded, an empty one, one at a rate
+    outside ``MIN_RATE`` .. ``MAX_RATE`` and one with NaN or infinite samples
+    raise :class:`~sb_urbansound.errors.AudioLoadError`, naming the file.
 
     Arguments
     ---------
     path : str or Path
         The audio file (anything soundfile reads).
+    max_seconds : float, optional
+        Read at most this many seconds from the start.
 
     Returns
     -------
@@ -124,22 +129,20 @@ def read_audio(path):
     >>> wav, rate = read_audio(tmp / "a.wav")
     >>> wav.shape, wav.dtype, rate
     ((800, 2), dtype('float32'), 8000)
+    >>> read_audio(tmp / "a.wav", max_seconds=0.05)[0].shape
+    (400, 2)
     """
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise AudioLoadError(f"{path}: no such file") from None
-    if not stat.S_ISREG(st.st_mode):
+    check_regular_file(path)
+    try:  # one open (info() then read() would parse the file twice)
+        with sf.SoundFile(str(path)) as f:
+            rate, frames = f.samplerate, -1
+            if max_seconds is not None:
+                frames = max(math.ceil(max_seconds * rate), 1)
+            wav = f.read(frames, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile errors: RuntimeError, LibsndfileError
         raise AudioLoadError(
-            f"{path}: not a regular file (a folder, pipe or device); only "
-            "regular files are read as audio"
-        )
-    try:
-        wav, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile errors
-        raise AudioLoadError(
-            f"{path}: cannot be decoded ({e}). The file may be corrupt: "
-            "replace it, or remove it from the data set."
+            f"{path}: cannot be decoded ({e.__cause__ or e}). The file may be "
+            "corrupt: replace it, or remove it from the data set."
         ) from e
     if wav.shape[0] == 0:
         raise AudioLoadError(
@@ -155,13 +158,9 @@ def read_audio(path):
     return wav, int(rate)
 
 
-# ------------------------------------------------------------- conditioning
-
-
 def rechannel(wav, channels):
-    """Convert ``[time, channels]`` audio to ``channels`` channels.
-
-    As :func:`sb_urbansound.audio.rechannel`: mono to several channels
+    """Convert ``[time, channels]`` audio to ``channels`` channels, as
+    :func:`sb_urbansound.audio.rechannel` (numpy): mono to several
     duplicates, several to mono averages, anything else goes through mono.
 
     Arguments
@@ -233,15 +232,13 @@ def check_rate(rate, what):
 class Resampler:
     """Resample ``[time, channels]`` audio block by block with soxr.
 
-    The one resampler of training, ``classify`` and streams. soxr (libsoxr,
-    its "HQ" quality) is used rather than a sinc table of one filter per
-    output phase (torchaudio's, as before), whose size grows with the
-    reduced ratio (44101 to 16000 Hz: 5.3 GiB): soxr's memory does not
-    depend on the ratio, and its output does not depend on how the input is
-    cut, so a stream gives the numbers of the whole file. Each call returns
-    the output samples that the input so far determines (soxr holds back
-    about 0.1 s at 8 to 48 kHz, up to 1 s at 1 kHz), and :meth:`flush` the
-    rest; the output has ``round(time * new_freq / orig_freq)`` samples.
+    The one resampler of training, ``classify`` and streams: soxr's memory
+    does not depend on the ratio (torchaudio's sinc table for 44101 to
+    16000 Hz: 5.3 GiB), and its output not on how the input is cut, so a
+    stream gets the numbers of the whole file. Each call returns what the
+    input so far determines (soxr holds back about 0.1 s at 8 to 48 kHz, up
+    to 1 s at 1 kHz), :meth:`flush` the rest: ``round(time * new_freq /
+    orig_freq)`` samples in all.
 
     Arguments
     ---------
@@ -362,10 +359,9 @@ def remove_dc_offset(wav):
 class Conditioner:
     """Bring audio to a model's rate and channels, as training did.
 
-    Down-mix, resample, up-mix, and optionally remove the DC offset: the
-    steps of training (:meth:`sb_urbansound.audio.ClipConditioner.convert`
-    calls this). Mono stays ``[time, 1]`` here: the ONNX model's input is
-    always ``[windows, samples, channels]``.
+    Down-mix, resample, up-mix, optionally remove the DC offset (training's
+    :meth:`sb_urbansound.audio.ClipConditioner.convert` calls this). Mono
+    stays ``[time, 1]``, the ONNX model's layout.
 
     Arguments
     ---------
@@ -400,9 +396,8 @@ class Conditioner:
         sample_rate : int
             Its rate.
         upmix : bool
-            Duplicate a mono clip to ``self.channels``; without it a mono
-            clip stays ``[new_time, 1]``, for a caller that duplicates it
-            later at less cost (the clip bank, after quantising).
+            Duplicate a mono clip to ``self.channels`` (False: it stays
+            ``[new_time, 1]``, for the clip bank, which duplicates later).
 
         Returns
         -------
@@ -416,11 +411,7 @@ class Conditioner:
         wav = resample(wav, sample_rate, self.sample_rate)
         if upmix:
             wav = rechannel(wav, self.channels)
-        # (per channel: the same after the up-mix as before it)
         return remove_dc_offset(wav) if self.remove_dc else wav
-
-
-# ------------------------------------------------------------------- model
 
 
 def parse_metadata(meta, source):
@@ -467,8 +458,8 @@ def parse_metadata(meta, source):
 
 
 def _parse_metadata(session, source):
-    """The audio spec and labels in an ONNX model's metadata, checked
-    against the model's own input and output shapes."""
+    """:func:`parse_metadata` of an ONNX session, checked against the
+    model's input and output shapes."""
     meta = session.get_modelmeta().custom_metadata_map
     spec = parse_metadata(meta, source)
     waveforms, probs = session.get_inputs()[0], session.get_outputs()[0]
@@ -490,10 +481,9 @@ def _parse_metadata(session, source):
 
 
 def read_label_file(path):
-    """The labels of a SpeechBrain ``CategoricalEncoder`` file, in index order.
-
-    Reads the format of ``CategoricalEncoder.save`` (``'label' => index``
-    lines, then ``================`` and the extras) without SpeechBrain.
+    """The labels of a ``CategoricalEncoder.save`` file (``'label' =>
+    index`` lines, then ``================`` and the extras), by index,
+    without SpeechBrain.
 
     Arguments
     ---------
@@ -533,12 +523,9 @@ def read_label_file(path):
 
 
 def folder_spec(folder):
-    """What a model folder's own files say of its audio and labels.
-
-    Read without torch or SpeechBrain: ``sample_rate``, ``channels``,
-    ``duration_ms`` and ``remove_dc`` of ``hyperparams.yaml`` (the YAML read
-    as data, nothing built), and the labels of ``label_encoder.ckpt`` (which
-    the PyTorch model loads) and ``label_encoder.txt``.
+    """What a model folder's own files say of its audio and labels: the
+    spec in ``hyperparams.yaml`` (read as data, nothing built) and the
+    labels of ``label_encoder.ckpt`` and ``label_encoder.txt``.
 
     Arguments
     ---------
@@ -591,12 +578,9 @@ def folder_spec(folder):
 
 
 def check_folder(spec, file):
-    """Refuse an ONNX model whose metadata differs from its folder's files.
-
-    A ``model.onnx`` copied from another model folder, or a folder whose
-    labels were edited after the export, would otherwise classify with
-    another model's rate, length or class names than the PyTorch model of
-    the same folder.
+    """Refuse an ONNX model whose metadata differs from its folder's files
+    (a ``model.onnx`` copied from another folder, labels edited after the
+    export): it would classify unlike the folder's PyTorch model.
 
     Arguments
     ---------
@@ -655,17 +639,13 @@ def check_folder(spec, file):
 class Scorer:
     """What scores the windows of a clip: the interface of every backend.
 
-    ``classify`` (files, ``--segments``, ``--stream``) and the export's check
-    see a model only through it: the spec (``labels``, ``sample_rate``,
-    ``channels``, ``num_samples``, ``remove_dc``) and :meth:`window_probs`.
-    Reading a file, cutting it into windows
-    (:func:`~sb_urbansound.timeline.sliding_windows`) and averaging them
-    are shared. The backends: :class:`OnnxModel` (onnxruntime, no torch),
-    :class:`sb_urbansound.export.TorchScriptScorer` (a TorchScript export)
-    and :class:`sb_urbansound.inference.TorchScorer` (the SpeechBrain model).
-    An export only implements :meth:`_run`: its windows go ``chunk`` at a
-    time (each window is scored alone, so the result does not depend on
-    ``chunk``).
+    ``classify`` and the export's check see a model only through its spec
+    (``labels``, ``sample_rate``, ``channels``, ``num_samples``,
+    ``remove_dc``) and :meth:`window_probs`; reading, windowing and
+    averaging are shared. Backends: :class:`OnnxModel`,
+    :class:`sb_urbansound.export.TorchScriptScorer` and
+    :class:`sb_urbansound.inference.TorchScorer`. An export implements only
+    :meth:`_run`, called ``chunk`` windows at a time (memory only).
 
     Example
     -------
