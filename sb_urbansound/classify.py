@@ -11,20 +11,17 @@ Usage::
 ``--backend onnx`` scores with the folder's ``model.onnx`` through the
 torch-free :mod:`sb_urbansound.runtime`; ``--segments`` adds each file's
 events (:mod:`sb_urbansound.timeline`); ``--stream`` classifies raw 16-bit
-PCM from standard input (:mod:`sb_urbansound.stream`).
+PCM from standard input (:mod:`sb_urbansound.stream`). Folders are searched
+recursively for audio files; each file is converted as in training, cut into
+windows (:func:`sb_urbansound.timeline.sliding_windows`) and their
+probabilities averaged.
 
-Folders are searched recursively for :data:`sb_urbansound.audio.AUDIO_SUFFIXES`;
-named files are read whatever their suffix. Each file is converted as in
-training, cut into windows of the training duration (hop: half a window, the
-last zero-padded) and the windows' probabilities averaged.
-
-Output: ``path<TAB>label<TAB>probability`` per file (``--top-k N``: N pairs),
-or with ``--json`` a JSON list (``path``, ``label``, ``prob``, ``top_k``,
-``n_windows``, ``duration_s``; or ``path`` and ``error``). An unreadable
-file, a folder without audio or NaN probabilities are reported on stderr and
-the other files still classified. Exit status: 0 when every file was
-classified, 1 otherwise, 2 for a usage error or a model folder that cannot
-be loaded.
+Output: ``path<TAB>label<TAB>probability`` per file (``--top-k N``: N
+pairs), or with ``--json`` a JSON list (:func:`classify_files`' results).
+An unreadable file, a folder without audio or NaN probabilities are reported
+on stderr and the other files still classified. Exit status: 0 when every
+file was classified, 1 otherwise, 2 for a usage error or a model folder that
+cannot be loaded.
 
 Authors
 -------
@@ -66,10 +63,8 @@ def classify_files(
     backend="torch",
     segments=None,
 ):
-    """Classify audio files (and the audio files in folders) with a trained model.
-
-    Each file is classified on its own (its windows form one batch), so its
-    result does not depend on the other files.
+    """Classify audio files (and those in folders) with a trained model, each
+    on its own (its windows form one batch).
 
     Arguments
     ---------
@@ -85,12 +80,10 @@ def classify_files(
     device : str
         Where to run the model, when ``model_folder`` is a folder.
     progress : bool, optional
-        Show a tqdm bar on stderr (default: when there are at least
-        ``PROGRESS_MIN_FILES`` files).
+        Show a tqdm bar on stderr (default: from ``PROGRESS_MIN_FILES``).
     on_error : callable, optional
-        Called as ``on_error(path, message)`` for each file that cannot be
-        classified and each folder with no audio file (default: log a
-        warning).
+        ``on_error(path, message)`` for each file that cannot be classified
+        and each folder with no audio file (default: log a warning).
     trust : bool
         Load a model folder whose ``hyperparams.yaml`` builds or calls
         anything (see :mod:`sb_urbansound.trust`).
@@ -104,11 +97,9 @@ def classify_files(
     Returns
     -------
     list of dict
-        One per file, in order: ``path``, ``label``, ``prob``, ``top_k``
-        (``{"label", "prob"}``), ``n_windows``, ``duration_s`` (with
-        ``segments``: also ``segments`` and ``counts`` per class); or
-        ``path`` and ``error`` (a message) for a file that could not be
-        classified or a folder with no audio file.
+        One per file, in order: :meth:`~sb_urbansound.runtime.Scorer.
+        classify_file`'s keys (with ``segments``: also ``segments`` and
+        ``counts`` per class), or ``path`` and ``error`` (a message).
 
     Example
     -------
@@ -116,7 +107,7 @@ def classify_files(
     ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
     """
     scorer = load_scorer(model_folder, backend, device, batch_size, trust)
-    folder_name = scorer.model_folder
+    folder_name = scorer.model_folder or "(a model loaded in memory)"
     items = []  # (path, message): message for a folder with no audio file
     for item in map(Path, paths):
         if not item.is_dir():  # reported when it is read, if it cannot be
@@ -124,7 +115,12 @@ def classify_files(
             continue
         found = find_audio_files(item, duplicates=[])
         items += [(item / rel, None) for rel in found] or [
-            (item, _describe_empty_folder(item))
+            (
+                item,
+                f"{item}: no audio file in this folder or its subfolders "
+                f"(looked for {', '.join(AUDIO_SUFFIXES)} files, in any case; "
+                "hidden files are skipped)",
+            )
         ]
     if progress is None:
         progress = len(items) >= PROGRESS_MIN_FILES
@@ -136,10 +132,21 @@ def classify_files(
             try:
                 per_window, duration_s = scorer.file_window_probs(path)
             except (AudioLoadError, OSError) as e:
-                message = _describe_load_error(path, e)
-            else:
+                cause = e
+                while cause.__cause__ is not None:
+                    cause = cause.__cause__
+                message = f"{path}: cannot be read as audio ({cause})"
+                if not path.is_file():
+                    message = f"{path}: no such file"
+            else:  # the audio is finite: the model's weights are at fault
                 if not np.isfinite(per_window.mean(axis=0)).all():
-                    message = _describe_nan_model(path, folder_name)
+                    message = (
+                        f"{path}: the model gives NaN probabilities: its "
+                        "weights are not finite, so it was likely trained on "
+                        "bad data (clips or features with NaN or infinite "
+                        "values) or its training diverged; retrain it. "
+                        f"model folder: {folder_name}"
+                    )
         if message is not None:
             on_error(path, message)
             results.append({"path": str(path), "error": message})
@@ -199,61 +206,10 @@ def load_scorer(
     return scorer
 
 
-def _describe_load_error(path, error):
-    """A one-line message naming a file that could not be read, and why.
-
-    Example
-    -------
-    >>> _describe_load_error("no/such.wav", AudioLoadError("not found"))
-    'no/such.wav: no such file'
-    """
-    if not Path(path).is_file():
-        return f"{path}: no such file"
-    cause = error
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    return f"{path}: cannot be read as audio ({cause})"
-
-
-def _describe_empty_folder(folder):
-    """The message for a folder in which no audio file was found.
-
-    Example
-    -------
-    >>> _describe_empty_folder("clips")
-    'clips: no audio file in this folder or its subfolders (looked for .wav, .flac, .ogg, .mp3 files, in any case; hidden files are skipped)'
-    """
-    suffixes = ", ".join(AUDIO_SUFFIXES)
-    return (
-        f"{folder}: no audio file in this folder or its subfolders (looked for "
-        f"{suffixes} files, in any case; hidden files are skipped)"
-    )
-
-
-def _describe_nan_model(path, model_folder):
-    """The message for a file whose class probabilities are not finite
-    (loaded audio is finite, so the model's weights are at fault).
-
-    Example
-    -------
-    >>> _describe_nan_model("a.wav", "run/model")  # doctest: +ELLIPSIS
-    'a.wav: the model gives NaN probabilities: ... model folder: run/model'
-    """
-    if model_folder is None:
-        model_folder = "(a model loaded in memory)"
-    return (
-        f"{path}: the model gives NaN probabilities: its weights are not "
-        "finite, so it was likely trained on bad data (clips or features with "
-        "NaN or infinite values) or its training diverged; retrain it. "
-        f"model folder: {model_folder}"
-    )
-
-
 @contextlib.contextmanager
 def quiet_speechbrain(enabled=True):
-    """Lower SpeechBrain's loggers (INFO by default) to WARNING meanwhile.
-
-    ``SB_LOG_LEVEL`` (read for loggers made later) is set too, and put back.
+    """Lower SpeechBrain's loggers (INFO by default) to WARNING meanwhile,
+    and ``SB_LOG_LEVEL`` (read for loggers made later); put both back.
 
     Arguments
     ---------
@@ -298,10 +254,8 @@ def quiet_speechbrain(enabled=True):
 
 
 def _format_line(result):
-    """One tab-separated output line: path, then label/probability pairs.
-
-    Tabs, newlines and backslashes in a path or label are escaped (as in
-    PostgreSQL's text format), so every line has its fields.
+    """One tab-separated output line: path, then label/probability pairs
+    (tabs, newlines, backslashes escaped as in PostgreSQL's text format).
 
     Example
     -------

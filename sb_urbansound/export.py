@@ -7,23 +7,20 @@ Usage::
 
 writes ``model.onnx`` and/or ``model.ts`` in the model folder: input
 ``waveforms`` ``[windows, samples, channels]`` float32 (the windows of one
-clip at the model's rate; the number of windows is dynamic), then mel
-spectrogram (matrix-product DFT for ONNX, ``torch.stft`` for TorchScript),
-normaliser (a trained ``BatchStandardize``'s statistics as constants; an
-untrained one is refused), embedding, classifier, softmax, the mean over the
-test-time views (``tta_views``); output ``probs`` ``[windows, n_classes]``.
-The metadata (ONNX properties; ``metadata.json`` in the TorchScript archive)
-holds ``labels`` (JSON), ``sample_rate``, ``channels``, ``num_samples``,
-``remove_dc``, ``tta_views``, ``input_layout`` and ``normalization``.
+clip; their number is dynamic), then mel spectrogram (matrix-product DFT for
+ONNX, ``torch.stft`` for TorchScript), normaliser (a trained
+``BatchStandardize``'s statistics as constants), embedding, classifier,
+softmax, mean over the test-time views; output ``probs`` ``[windows,
+n_classes]``. The metadata (ONNX properties; ``metadata.json`` in the
+TorchScript archive) holds the labels and audio spec (:func:`model_metadata`).
 
-Before it is written, each export is compared with eager PyTorch
-(:func:`sb_urbansound.inference.window_probs`) on the windows of the
-``--data`` clips (files, folders, manifests) or of generated clips: every
-clip must get the same top-1 label and every probability agree within
-``1e-4``. Exit status: 0 when every format was written, 1 when one was
-refused or failed its check, 2 for a usage error, a folder that is not a
-model folder or an unreadable ``--data`` clip, 75 when another process is
-exporting the same folder (its lock, ``docs/stores.md``).
+Before it is written, each export is compared with eager PyTorch on the
+windows of the ``--data`` clips (files, folders, manifests) or of generated
+clips: same top-1 label on every clip, every probability within ``1e-4``.
+Exit status: 0 when every format was written, 1 when one was refused or
+failed its check, 2 for a usage error, a folder that is not a model folder
+or an unreadable ``--data`` clip, 75 when another process exports the same
+folder (its lock, ``docs/stores.md``).
 
 Authors
 -------
@@ -98,9 +95,8 @@ class MatmulMelPower(torch.nn.Module):
 
     ``|rfft(frame * window)|² @ fb`` per frame without complex numbers or
     FFT operators (slow in onnxruntime; complex tensors do not export): one
-    Cooley-Tukey step as matrix products over a frame seen as ``[n1, n2]``,
-    twiddles folded into the second matrix, the mel rows reordered to the
-    ``(k1, k2)`` bin order; about 1/8 of a DFT matrix's products at 1024.
+    Cooley-Tukey step over a frame seen as ``[n1, n2]``, twiddles folded
+    into the second matrix, mel rows in ``(k1, k2)`` bin order.
 
     Arguments
     ---------
@@ -311,11 +307,8 @@ class _FixedStandardize(torch.nn.Module):
 
 
 class WindowClassifier(torch.nn.Module):
-    """The windows of one clip → class probabilities: what gets exported.
-
-    :func:`sb_urbansound.inference.window_probs`'s computation (views,
-    features, normaliser, embedding, classifier, softmax, mean over views)
-    in one module.
+    """The windows of one clip → class probabilities: what gets exported
+    (:func:`sb_urbansound.inference.window_probs`'s computation).
 
     Arguments
     ---------
@@ -420,8 +413,8 @@ def model_metadata(model, wrapper):
 
 
 def _reason(error, limit=400):
-    """A short reason from an exporter's error: its root cause's type and
-    message lines that are not stack frames (at most ``limit`` characters).
+    """An exporter's error in short: its root cause's type and message
+    lines that are not stack frames (at most ``limit`` characters).
 
     Example
     -------
@@ -546,7 +539,7 @@ class TorchScriptScorer(Scorer):
 
 
 def generated_clips(sample_rate, channels, num_samples):
-    """Clips to check an export with: tones, noise and silence, at the model's
+    """Clips to check an export with (tones, noise, silence) at the model's
     rate and channels, of :data:`CHECK_LENGTHS` windows.
 
     Arguments
@@ -818,11 +811,9 @@ def _export_one(model, fmt, folder, clips, opset, log):
 
 
 def untrained_model_folder(yaml_file, folder, labels, overrides=None):
-    """Write a model folder from a training YAML's initial (random) weights.
-
-    For benchmarks and tests of the export path: a ``BatchStandardize``
-    normaliser gets the statistics of one batch of generated clips, as
-    training gives it; the network keeps its initial weights.
+    """Write a model folder from a training YAML's initial (random) weights,
+    for benchmarks and tests: a ``BatchStandardize`` normaliser gets the
+    statistics of one batch of generated clips.
 
     Arguments
     ---------

@@ -14,15 +14,11 @@ without the data set or any training object::
     out_prob, score, index, labels = model.classify_file("dog.wav")
 
 ``hyperparams.yaml`` keeps the training YAML's module definitions and label
-encoder and adds ``sample_rate``, ``channels``, ``duration_ms``, an
-``audio_normalizer`` (:class:`~sb_urbansound.audio.ClipConditioner`) and a
-``pretrainer`` without ``paths``: each loadable is read from
-``<source>/<name>.ckpt`` (SpeechBrain resolves relative paths against the
-current directory, absolute ones break when the folder moves).
-
-Long clips are cut into windows of the training duration (hop: half a
-window, the last zero-padded) whose probabilities ``classify`` averages
-(:class:`TorchScorer`, :func:`window_probs`).
+encoder and adds the audio spec, an ``audio_normalizer``
+(:class:`~sb_urbansound.audio.ClipConditioner`) and a ``pretrainer`` without
+``paths``: each loadable is read from ``<source>/<name>.ckpt`` (relative
+paths resolve against the current directory, absolute ones break when the
+folder moves). :class:`TorchScorer` scores a clip's windows.
 
 Authors
 -------
@@ -220,9 +216,7 @@ def export_inference_folder(
 
     Built in a temporary sibling folder, checked by loading it (``verify``),
     then moved into place. Each module gets ``<name>.ckpt``: its file in the
-    best checkpoint of ``hparams["checkpointer"]`` (as the test stage picks
-    it), else its current state (with a warning if it has trainable
-    parameters). The training YAML is ``<output_folder>/hyperparams.yaml``.
+    best checkpoint (as the test stage picks it), else its current state.
 
     Arguments
     ---------
@@ -349,10 +343,8 @@ def _read_model_yaml(folder):
 
 
 def check_model_folder(folder):
-    """Check that ``folder`` holds a model and every file its YAML loads.
-
-    So that a wrong folder gets one message, not an error from deep inside
-    SpeechBrain (or, without ``label_encoder.ckpt``, an empty encoder).
+    """Check that ``folder`` holds a model and every file its YAML loads, so
+    that a wrong folder gets one message, not an error from SpeechBrain.
 
     Arguments
     ---------
@@ -439,13 +431,10 @@ def _check_audio_spec(tree, path):
 
 
 def load_model(folder, device="cpu", trust=False):
-    """Load an inference folder with SpeechBrain's ``EncoderClassifier``.
-
-    As ``EncoderClassifier.from_hparams(source=folder, savedir=folder)``,
-    after :func:`check_model_folder` (SpeechBrain would try to download a
-    missing folder) and, unless ``trust``, :func:`sb_urbansound.trust.
-    check_model_yaml`; the outputs are checked against the labels, and the
-    folder is kept in ``model.model_folder``.
+    """Load an inference folder with SpeechBrain's ``EncoderClassifier``,
+    after :func:`check_model_folder` and (unless ``trust``)
+    :func:`sb_urbansound.trust.check_model_yaml`; the outputs are checked
+    against the labels, the folder kept in ``model.model_folder``.
 
     Arguments
     ---------
@@ -530,10 +519,8 @@ def _check_outputs(model, folder):
 
 
 def model_audio_spec(model):
-    """The sample rate, channel count and clip length (samples) a model expects.
-
-    From ``sample_rate``, ``channels`` and ``duration_ms``; for other
-    models, from the ``audio_normalizer``, with no length.
+    """The sample rate, channel count and clip length (samples) a model
+    expects (else its ``audio_normalizer``'s rate and channels).
 
     Arguments
     ---------
@@ -569,11 +556,8 @@ def model_audio_spec(model):
 
 @torch.no_grad()
 def window_log_probs(model, windows, batch_size=16):
-    """Class scores of a batch of windows, normalised together, in chunks.
-
-    ``classify_batch(windows)``'s result, with the feature and embedding
-    steps ``batch_size`` windows at a time (bounded memory); the normaliser
-    sees all the windows at once.
+    """``classify_batch(windows)``'s scores, the feature and embedding steps
+    ``batch_size`` windows at a time (the normaliser sees them all).
 
     Arguments
     ---------
@@ -618,11 +602,9 @@ def window_log_probs(model, windows, batch_size=16):
 
 @torch.no_grad()
 def window_probs(model, windows, batch_size=16):
-    """Class probabilities of each window of one clip.
-
-    The softmax of :func:`window_log_probs`; a model tested with shifted
-    views (``tta_views``) scores each window as those views and averages
-    their probabilities, as its test did.
+    """Class probabilities of each window of one clip: the softmax of
+    :func:`window_log_probs`, averaged over shifted views (``tta_views``)
+    for a model tested with them.
 
     Arguments
     ---------

@@ -5,17 +5,15 @@ Used by ``python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R
 or ``ffmpeg``. Torch-free: the same code feeds PyTorch and ONNX scorers.
 
 * **Input**: signed 16-bit little-endian PCM, ``channels`` interleaved, at
-  ``rate`` (``runtime.MIN_RATE`` to ``runtime.MAX_RATE``), read as it arrives.
-* **Conditioning** as training's, online: scaled to [-1, 1], down-mixed,
-  resampled block by block by training's resampler (soxr), up-mixed.
+  ``rate`` (``runtime.MIN_RATE`` to ``runtime.MAX_RATE``), read as it arrives,
+  conditioned as in training (down-mix, soxr block by block, up-mix).
 * **Windows**: those of a file (:mod:`sb_urbansound.timeline`), each scored
-  on its own once full; at the end of the input a last zero-padded window
-  is scored if samples are left (or the stream was shorter than a window).
+  once full; at the end a last zero-padded one if samples are left.
 * **Output**: one JSON line per window, flushed at once: ``start``, ``end``
-  (seconds from the start), ``label``, ``prob``, ``top_k``.
-* **Latency**: one window plus one hop, plus what soxr holds back (about
-  0.1 s at 8 to 48 kHz) and the scoring time. **Memory**: one window, a
-  second of input and soxr's filters, whatever the stream's length.
+  (seconds), ``label``, ``prob``, ``top_k``.
+* **Latency**: a window and a hop, plus what soxr holds back (about 0.1 s)
+  and the scoring time. **Memory**: a window, a second of input and soxr's
+  filters, whatever the stream's length.
 * **End**: 0 at the end of the input (an incomplete last frame is dropped
   with a warning) or when the reader goes away; 130 on Ctrl-C.
 

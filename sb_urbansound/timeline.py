@@ -69,11 +69,9 @@ def window_count(length, num_samples):
 
 
 def sliding_windows(wav, num_samples):
-    """Cut a clip (time first) into windows of ``num_samples``.
-
-    The one window cutter of the package (see the module docstring). The
-    windows are views of the (padded) clip: a read-only numpy view for an
-    array, a tensor for a tensor (torch is imported only then).
+    """Cut a clip (time first) into windows of ``num_samples``: the one
+    window cutter (module docstring); views of the (padded) clip, read-only
+    for an array, a tensor for a tensor (torch imported only then).
 
     Arguments
     ---------
