@@ -171,17 +171,15 @@ def make_inference_yaml(
     yaml = YAML()
     yaml.width = 88
     yaml.dump(out, stream)
-    loadables = [*module_names, "label_encoder"]
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    lines.append(stream.getvalue().rstrip("\n"))
     lines += [
+        stream.getvalue().rstrip("\n"),
         "# Filled from label_encoder.ckpt, so its size is right: no expect_len warning",
         "__label_encoder_ignore_len: !apply:speechbrain.dataio.encoder."
         "CategoricalEncoder.ignore_len [!ref <label_encoder>]",
-    ]
-    lines += ["", "modules:"]
-    lines += [f"  {name}: !ref <{name}>" for name in module_names]
-    lines += [
+        "",
+        "modules:",
+        *[f"  {name}: !ref <{name}>" for name in module_names],
         "",
         "# classify_file: resample + channels as in training, pad short clips",
         "audio_normalizer: !new:sb_urbansound.audio.ClipConditioner",
@@ -193,8 +191,11 @@ def make_inference_yaml(
         "# Each loadable is read from <folder>/<name>.ckpt (source=<folder>)",
         "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
         "  loadables:",
+        *[
+            f"    {name}: !ref <{name}>"
+            for name in [*module_names, "label_encoder"]
+        ],
     ]
-    lines += [f"    {name}: !ref <{name}>" for name in loadables]
     return "\n".join(lines) + "\n"
 
 

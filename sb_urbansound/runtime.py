@@ -665,12 +665,8 @@ class Scorer:
     remove_dc = False
 
     def _use_spec(self, spec):
-        """Take the spec of :func:`parse_metadata`."""
-        self.labels = spec["labels"]
-        self.sample_rate = spec["sample_rate"]
-        self.channels = spec["channels"]
-        self.num_samples = spec["num_samples"]
-        self.remove_dc = spec["remove_dc"]
+        """Take the spec of :func:`parse_metadata` as attributes."""
+        vars(self).update(spec)
 
     def _run(self, windows):
         """One call of an export on float32 ``[n, samples, channels]``
