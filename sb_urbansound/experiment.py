@@ -6,6 +6,7 @@ Authors
  * sb-urbansound contributors
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -63,46 +64,31 @@ def set_override(overrides, key, value):
 
 def _whole(minimum, maximum=None):
     """A check: a whole number (not a bool) in ``[minimum, maximum]``."""
-
-    def check(value):
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and value >= minimum
-            and (maximum is None or value <= maximum)
-        )
-
-    return check
+    return lambda v: (
+        isinstance(v, int)
+        and not isinstance(v, bool)
+        and minimum <= v <= (v if maximum is None else maximum)
+    )
 
 
 def _number(low, high=None, low_open=True):
     """A check: a real number in ``(low, high)`` (``[low, ...`` if closed)."""
-
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        above = value > low if low_open else value >= low
-        return above and (high is None or value < high)
-
-    return check
+    return lambda v: (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and (v > low if low_open else v >= low)
+        and (high is None or v < high)
+    )
 
 
 def _optional(check):
     """A check that also accepts ``None`` (YAML ``null``: the default)."""
-
-    def optional(value):
-        return value is None or check(value)
-
-    return optional
+    return lambda value: value is None or check(value)
 
 
 def _one_of(*allowed):
     """A check: one of the ``allowed`` values."""
-
-    def check(value):
-        return value in allowed
-
-    return check
+    return lambda value: value in allowed
 
 
 #: The values of ``data_source`` (``sb_urbansound.loader``).
@@ -349,35 +335,16 @@ def check_values(values, hparams_file="the YAML"):
 RUN_SETTINGS_FILE = "run_settings.json"
 #: Keys that may change when a run resumes: they do not shape the model or
 #: the data (the data is compared through the manifests; the number of
-#: epochs through the learning-rate schedule, see the recipe).
-RUN_ONLY_KEYS = {
-    "number_of_epochs",
-    # the pretrained encoder only initialises a fresh run
-    "pretrained_encoder",
-    "use_pretrained",
-    "pretrainer",
-    "bank_folder",
-    "data_source",
-    "shards_folder",
-    "shard_size",
-    "shard_format",
-    "shuffle_buffer",
-    "epoch_counter",
-    "checkpointer",
-    "num_workers",
-    "ckpt_interval_minutes",
-    "dataloader_options",
-    "test_dataloader_options",
-    "n_classes",
-    "data_folder",
-    "download",
-    "skip_missing",
-    "skip_prep",
-    "prepare",
-    "train_annotation",
-    "valid_annotation",
-    "test_annotation",
-}
+#: epochs through the learning-rate schedule, see the recipe; the pretrained
+#: encoder only initialises a fresh run).
+RUN_ONLY_KEYS = set(
+    "number_of_epochs pretrained_encoder use_pretrained pretrainer "
+    "bank_folder data_source shards_folder shard_size shard_format "
+    "shuffle_buffer epoch_counter checkpointer num_workers "
+    "ckpt_interval_minutes dataloader_options test_dataloader_options "
+    "n_classes data_folder download skip_missing skip_prep prepare "
+    "train_annotation valid_annotation test_annotation".split()
+)
 
 
 def _canonical(value, replacements):
@@ -428,7 +395,7 @@ def run_settings(values):
         for key, value in values.items()
         if key not in RUN_ONLY_KEYS
         and not key.startswith("__")
-        and key not in ("output_folder",)
+        and key != "output_folder"
     }
 
 
@@ -484,12 +451,11 @@ def differences(old, new, limit=8):
     >>> differences({"lr": 0.1, "seed": 1}, {"lr": 0.01, "seed": 1})
     ['lr: 0.1 -> 0.01']
     """
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            lines.append(
-                f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
-            )
+    lines = [
+        f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
     if len(lines) > limit:
         lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
     return lines
@@ -538,15 +504,10 @@ def check_outside(data_folder, folders):
 class RunFolder:
     """The output folder of one run: locked, cleaned, bound to its settings.
 
-    * :meth:`lock` claims the folder (new, empty or a run folder of ours:
-      never a folder of the user's files) and takes its lock, so that two
-      runs never write one folder (a second run stops with a message naming
-      the first one's process);
-    * temporary files and folders that a killed run left are removed;
-    * :meth:`check_settings` and :meth:`check_data` refuse to resume a run
-      whose settings or data split differ from those it was started with:
-      the checkpoint would otherwise be tested on other data (its training
-      clips, maybe) or trained further with another model.
+    :meth:`lock` claims and locks it and removes what killed runs left;
+    :meth:`check_settings` and :meth:`check_data` refuse to resume a run with
+    other settings or data split (its checkpoint would be tested on other
+    clips, maybe its training clips, or trained further as another model).
 
     Arguments
     ---------
@@ -579,18 +540,14 @@ class RunFolder:
     def lock(self, data_folder=None):
         """Claim and lock the folder; remove what killed runs left behind.
 
-        The folder must be new, empty or an output folder of ours (see
-        :func:`sb_urbansound.atomic.claim_folder`): a folder holding the
-        user's files is refused, naming them, since a run would overwrite
-        them. The lock belongs to this process alone (a POSIX lock: no child
-        process holds it, and it goes away with the process, however it
-        ends).
+        The folder must be new, empty or ours
+        (:func:`sb_urbansound.atomic.claim_folder`); the lock is a
+        :class:`sb_urbansound.atomic.FolderLock`.
 
         Arguments
         ---------
         data_folder : str or Path, optional
-            The data; the output and checkpoint folders may not be inside it
-            (a run never modifies the data folder).
+            The data, which the output and checkpoint folders may not be in.
 
         Raises
         ------
@@ -598,11 +555,12 @@ class RunFolder:
             When another process holds the lock, the folder is not ours, or
             it holds a link to a file.
         """
+        folders = {
+            "output_folder": self.folder,
+            "save_folder": self.save_folder,
+        }
         if data_folder is not None:
-            check_outside(
-                data_folder,
-                {"output_folder": self.folder, "save_folder": self.save_folder},
-            )
+            check_outside(data_folder, folders)
         claim_folder(self.folder, "run")
         if not _is_inside(self.save_folder, self.folder):
             claim_folder(self.save_folder, "checkpoints", what="save_folder")
@@ -613,10 +571,9 @@ class RunFolder:
         # lock file: closing any descriptor of it would drop our POSIX lock.
         for path in self.folder.iterdir():
             if not path.is_dir() and path != self._lock.path:
-                try:
+                # OSError: not a link (unreadable, or gone meanwhile)
+                with contextlib.suppress(OSError):
                     os.close(open_store_file(path))
-                except OSError:  # not a link: unreadable, or gone meanwhile
-                    pass
         for folder in [self.folder, *self.folder.iterdir()]:
             if folder.is_dir() and not folder.is_symlink():
                 for path in remove_stale_temps(folder):
@@ -629,21 +586,12 @@ class RunFolder:
             self._lock = None
 
     def has_progress(self):
-        """Whether the folder holds a checkpoint or test results.
-
-        Returns
-        -------
-        bool
-        """
+        """Whether the folder holds a checkpoint or test results."""
         if (self.folder / "test_results.json").exists():
             return True
         return self.save_folder.is_dir() and any(
             p.name.startswith("CKPT+") for p in self.save_folder.iterdir()
         )
-
-    def _recorded(self):
-        """The settings recorded by an earlier start, or None."""
-        return read_store_json(self.settings_file)
 
     def check_settings(self, values):
         """Refuse to resume with other settings (call before data prep).
@@ -660,12 +608,11 @@ class RunFolder:
             checkpoint or results of a run with other settings.
         """
         self._settings = run_settings(values)
-        recorded = self._recorded()
-        if recorded is None or not self.has_progress():
-            return
-        diff = differences(recorded.get("settings", {}), self._settings)
-        if diff:
-            self._refuse("other settings", diff)
+        recorded = read_store_json(self.settings_file)  # by an earlier start
+        if recorded is not None and self.has_progress():
+            diff = differences(recorded.get("settings", {}), self._settings)
+            if diff:
+                self._refuse("other settings", diff)
 
     def check_data(self, manifests):
         """Refuse to resume on another data split; record this start's settings.
@@ -682,7 +629,7 @@ class RunFolder:
             checkpoints were trained and selected on.
         """
         data = data_signature(manifests)
-        recorded = self._recorded()
+        recorded = read_store_json(self.settings_file)
         if recorded is not None and self.has_progress():
             diff = differences(recorded.get("data", {}), data)
             if diff:

@@ -141,17 +141,92 @@ def write_manifests(
             return outputs
         # An interrupted run must not look up to date
         options_path.unlink(missing_ok=True)
-        _write(
-            table,
-            outputs,
-            splits,
-            skip_missing,
-            leaky_random_split,
-            seed,
-            missing_hint,
-            warn_shared_groups,
-            full_check,
+        labels = sorted(table["label"].unique())
+        if leaky_random_split:
+            logger.warning(
+                "leaky_random_split=True: clips are reassigned to random "
+                "folds, so clips of one recording/group leak across train, "
+                "valid and test. This inflates scores and is only meant to "
+                "compare against the proper split; do not report it as a result."
+            )
+            rng = np.random.default_rng(seed)
+            table = table.assign(fold=rng.permutation(table["fold"].to_numpy()))
+        fold_to_split = {f: s for s, folds in splits.items() for f in folds}
+        table = table.assign(split=table["fold"].map(fold_to_split))
+        unused = table[table["split"].isna()]
+        if len(unused):
+            logger.info(
+                "%d clip(s) of fold(s) %s are in no split (not used)",
+                len(unused),
+                sorted(unused["fold"].unique().tolist()),
+            )
+        table = table[table["split"].notna()].sort_values(
+            "clip_id", kind="stable"
         )
+        dup = table["clip_id"].duplicated(keep=False)
+        if dup.any():
+            rows = [
+                f"{c}: {p}"
+                for c, p in zip(
+                    table["clip_id"][dup], table["path"][dup], strict=True
+                )
+            ]
+            raise DataPrepError(
+                f"{int(dup.sum())} clips share a clip id: {listing(rows)}. "
+                "Rename the files so that each clip id is unique."
+            )
+        info = probe_audio(
+            table["path"].to_list(), skip_missing, missing_hint, full_check
+        )
+        table = table[table["path"].isin(info)]
+        for name in SPLITS:
+            part = table[table["split"] == name]
+            if part.empty:
+                raise DataPrepError(
+                    f"no usable clip is left in the {name} split (folds "
+                    f"{splits[name]}) once unusable files are skipped; add "
+                    "audio to these folds or choose other folds."
+                )
+            logger.info(
+                "%s: %d clips, %d groups, folds %s",
+                name,
+                len(part),
+                part["group"].nunique(),
+                sorted(part["fold"].unique().tolist()),
+            )
+        train_labels = set(table["label"][table["split"] == "train"])
+        absent = [lab for lab in labels if lab not in train_labels]
+        if absent:
+            logger.warning(
+                "label(s) %s have no clip in the train split",
+                listing(absent, 10),
+            )
+        if warn_shared_groups and not leaky_random_split:
+            spread = table.groupby("group")["split"].nunique()
+            shared = spread[spread > 1].index.tolist()
+            if shared:
+                logger.warning(
+                    "%d group(s) (source recordings) have clips in more than "
+                    "one split: %s. This comes from the data set's own folds.",
+                    len(shared),
+                    listing(sorted(shared), 10),
+                )
+        for name in SPLITS:
+            manifest = {}
+            for row in table[table["split"] == name].itertuples(index=False):
+                frames, rate, channels = info[row.path]
+                manifest[row.clip_id] = {
+                    "wav": row.path,
+                    "label": str(row.label),
+                    "fold": int(row.fold),
+                    "group": str(row.group),
+                    "duration": frames / rate,
+                    "sample_rate": int(rate),
+                    "channels": int(channels),
+                }
+            atomic_write_json(outputs[name], manifest)
+            logger.info("Wrote %d clips to %s", len(manifest), outputs[name])
+        atomic_write_json(outputs["labels"], labels)
         atomic_write_json(options_path, record)
         return outputs
 
@@ -168,91 +243,6 @@ def _up_to_date(options_path, record, output_paths):
         )
         and isinstance(outputs[-1], list)
     )
-
-
-def _write(table, outputs, splits, skip, leaky, seed, hint, warn, full):
-    """Check the clips of ``table`` and write its manifests and labels."""
-    labels = sorted(table["label"].unique())
-    if leaky:
-        logger.warning(
-            "leaky_random_split=True: clips are reassigned to random folds, so "
-            "clips of one recording/group leak across train, valid and test. "
-            "This inflates scores and is only meant to compare against the "
-            "proper split; do not report it as a result."
-        )
-        rng = np.random.default_rng(seed)
-        table = table.assign(fold=rng.permutation(table["fold"].to_numpy()))
-    fold_to_split = {f: s for s, folds in splits.items() for f in folds}
-    table = table.assign(split=table["fold"].map(fold_to_split))
-    unused = table[table["split"].isna()]
-    if len(unused):
-        logger.info(
-            "%d clip(s) of fold(s) %s are in no split (not used)",
-            len(unused),
-            sorted(unused["fold"].unique().tolist()),
-        )
-    table = table[table["split"].notna()].sort_values("clip_id", kind="stable")
-    dup = table["clip_id"].duplicated(keep=False)
-    if dup.any():
-        rows = [
-            f"{c}: {p}"
-            for c, p in zip(
-                table["clip_id"][dup], table["path"][dup], strict=True
-            )
-        ]
-        raise DataPrepError(
-            f"{int(dup.sum())} clips share a clip id: {listing(rows)}. Rename the "
-            "files so that each clip id is unique."
-        )
-    info = probe_audio(table["path"].to_list(), skip, hint, full_check=full)
-    table = table[table["path"].isin(info)]
-    for split in SPLITS:
-        part = table[table["split"] == split]
-        if part.empty:
-            raise DataPrepError(
-                f"no usable clip is left in the {split} split (folds "
-                f"{splits[split]}) once unusable files are skipped; add audio to "
-                "these folds or choose other folds."
-            )
-        logger.info(
-            "%s: %d clips, %d groups, folds %s",
-            split,
-            len(part),
-            part["group"].nunique(),
-            sorted(part["fold"].unique().tolist()),
-        )
-    train_labels = set(table["label"][table["split"] == "train"])
-    absent = [lab for lab in labels if lab not in train_labels]
-    if absent:
-        logger.warning(
-            "label(s) %s have no clip in the train split", listing(absent, 10)
-        )
-    if warn and not leaky:
-        spread = table.groupby("group")["split"].nunique()
-        shared = spread[spread > 1].index.tolist()
-        if shared:
-            logger.warning(
-                "%d group(s) (source recordings) have clips in more than one "
-                "split: %s. This comes from the data set's own folds.",
-                len(shared),
-                listing(sorted(shared), 10),
-            )
-    for split in SPLITS:
-        manifest = {}
-        for row in table[table["split"] == split].itertuples(index=False):
-            frames, rate, channels = info[row.path]
-            manifest[row.clip_id] = {
-                "wav": row.path,
-                "label": str(row.label),
-                "fold": int(row.fold),
-                "group": str(row.group),
-                "duration": frames / rate,
-                "sample_rate": int(rate),
-                "channels": int(channels),
-            }
-        atomic_write_json(outputs[split], manifest)
-        logger.info("Wrote %d clips to %s", len(manifest), outputs[split])
-    atomic_write_json(outputs["labels"], labels)
 
 
 def recorded_split(manifest_folder):
@@ -443,11 +433,6 @@ def file_stamp(path):
 def stat_entry(path):
     """``{"path", "stamp"}`` of one file, for the options record."""
     return {"path": str(path), "stamp": file_stamp(path)}
-
-
-def stat_list(data_folder, files):
-    """``[[relative path, stamp], ...]``, for the options record."""
-    return [[rel, file_stamp(data_folder / rel)] for rel in files]
 
 
 def stat_digest(paths):
