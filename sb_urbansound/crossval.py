@@ -228,11 +228,10 @@ def _is_true(text):
 def parse_crossval_args(argv):
     """Split the command line into crossval's own options and the rest.
 
-    Crossval's options: ``--folds`` (``--folds=[1,2,3]``, ``--folds=1,2,3`` or
-    ``--folds [1,2,3]``), ``--leaky-random-split`` (or
-    ``--leaky_random_split=<bool>``) and ``--output_folder``. The fold lists
-    (``--train_fold_nums`` etc.) are set by crossval and may not be given.
-    ``-h``/``--help`` prints the usage and exits.
+    Crossval's: ``--folds`` (``=[1,2,3]``, ``=1,2,3`` or `` [1,2,3]``),
+    ``--leaky-random-split`` (or ``--leaky_random_split=<bool>``),
+    ``--output_folder``; ``--train_fold_nums`` etc. are refused; ``--help``
+    prints the usage and exits.
 
     Arguments
     ---------
@@ -318,12 +317,9 @@ def _read_values(hparams_file, passthrough):
 
 
 def read_recipe_settings(hparams_file, passthrough=()):
-    """Read the recipe YAML's fold lists, output folder and leaky flag.
-
-    References and overrides are resolved as the recipe would
-    (:func:`sb_urbansound.experiment.read_yaml_values`); no object is built.
-    A missing or unreadable file, an unfilled ``!PLACEHOLDER`` or missing fold
-    lists raise :class:`CrossvalError`.
+    """Read the recipe YAML's fold lists, output folder and leaky flag, as
+    the recipe would (:func:`sb_urbansound.experiment.read_yaml_values`);
+    raise :class:`CrossvalError` for a bad file or missing fold lists.
 
     Arguments
     ---------
@@ -440,11 +436,9 @@ def _send(proc, signum):
 
 
 def subprocess_runner(argv, fold_dir):
-    """Run the recipe on one fold in a fresh Python process.
-
-    Its output goes to this terminal (and to ``<fold_dir>/log.txt``); stop
-    signals are forwarded to it. A failure raises :class:`FoldFailedError`,
-    a stop signal :class:`FoldInterrupted`.
+    """Run the recipe on one fold in a fresh Python process, its output on
+    this terminal, stop signals forwarded (:class:`FoldInterrupted`); a
+    failure raises :class:`FoldFailedError`.
 
     Arguments
     ---------
@@ -452,10 +446,6 @@ def subprocess_runner(argv, fold_dir):
         The recipe's arguments (the YAML first).
     fold_dir : Path
         The fold's output folder (for error messages).
-
-    Example
-    -------
-    >>> subprocess_runner(["--help"], "unused")  # doctest: +SKIP
     """
     cmd = [sys.executable, str(recipe_script(argv[0])), *argv]
     name = Path(fold_dir).name
@@ -491,10 +481,6 @@ def inprocess_runner(argv, fold_dir):
         The recipe's arguments (the YAML first).
     fold_dir : Path
         The fold's output folder (unused).
-
-    Example
-    -------
-    >>> inprocess_runner(["h.yaml", "--output_folder=o"], "o")  # doctest: +SKIP
     """
     import_recipe(recipe_script(argv[0])).main(list(argv))
 
@@ -531,10 +517,8 @@ def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
 
 
 def fold_finished(fold_dir):
-    """Whether a fold's run is complete: test results and exported model.
-
-    The model is written last, so a fold killed during the export is not
-    finished (rerunning it tests and exports again).
+    """Whether a fold's run is complete: test results and exported model
+    (written last: a fold killed during the export is not finished).
 
     Arguments
     ---------
@@ -623,10 +607,6 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     -------
     dict
         The aggregated results (the contents of ``crossval_results.json``).
-
-    Example
-    -------
-    >>> run_crossval(["hparams/cnn.yaml", "--data_folder=d"])  # doctest: +SKIP
     """
     from sb_urbansound import report
     from tqdm.auto import tqdm
@@ -835,10 +815,6 @@ def main(argv=None):
     int
         The exit status: 0 on success, 2 for bad arguments, 1 if a fold failed,
         128 + the signal number when stopped by a signal (130 for Ctrl-C).
-
-    Example
-    -------
-    >>> main(["--help"])  # doctest: +SKIP
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -31,11 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 def set_override(overrides, key, value):
-    """Set one top-level key in SpeechBrain's YAML overrides string.
-
-    ``speechbrain.parse_arguments`` returns the command line's ``--key=value``
-    options as YAML text, one ``key: value`` line per key; this replaces the
-    line of ``key`` (or adds one).
+    """Set one top-level key in SpeechBrain's YAML overrides string (the
+    ``key: value`` lines of ``speechbrain.parse_arguments``).
 
     Arguments
     ---------
@@ -195,11 +192,9 @@ def override_keys(overrides):
 
 
 def read_yaml_values(hparams_file, overrides=""):
-    """The YAML's top-level values, with overrides, without building anything.
-
-    References (``!ref``) are resolved as ``load_hyperpyyaml`` would resolve
-    them, but no object is created (``!new:`` and ``!name:`` nodes come back
-    as ruamel tagged nodes).
+    """The YAML's top-level values, with overrides, without building anything:
+    ``!ref`` resolved as ``load_hyperpyyaml`` would, other tags as
+    :class:`sb_urbansound.yaml_reader.Tagged`.
 
     Arguments
     ---------
@@ -211,13 +206,8 @@ def read_yaml_values(hparams_file, overrides=""):
     Returns
     -------
     dict
-        The top-level keys and their resolved values.
-
-    Raises
-    ------
-    UserError
-        For a key given twice, an unknown key or a required key left unset;
-        the message names the key.
+        The top-level keys and their resolved values (a UserError names a
+        key given twice, unknown or required and left unset).
 
     Example
     -------
@@ -288,20 +278,15 @@ def read_yaml_values(hparams_file, overrides=""):
 
 def check_values(values, hparams_file="the YAML"):
     """Check the values of :data:`CHECKED_KEYS` before anything is built,
-    and the values that must fit together (clip length and FFT size, mel
-    bands and FFT bins, ``f_max`` and the sample rate).
+    and those that must fit together (clip length, FFT size, mel bands,
+    ``f_max`` and the sample rate).
 
     Arguments
     ---------
     values : dict
         Top-level keys and values (from :func:`read_yaml_values`).
     hparams_file : str or Path
-        Named in the message.
-
-    Raises
-    ------
-    UserError
-        Naming the key, its value and what a valid value is.
+        Named in the message (with the key, its value and what is valid).
 
     Example
     -------
@@ -364,12 +349,9 @@ def _canonical(value, replacements):
 
 
 def run_settings(values):
-    """The settings that shape a run's model and data, comparable as JSON.
-
-    Every top-level key of the YAML except :data:`RUN_ONLY_KEYS` and the
-    ``__`` keys (run for their side effects); paths inside the output and
-    data folders are written relative to them, so the same run started with
-    a relative or an absolute path compares equal.
+    """The settings that shape a run's model and data, comparable as JSON:
+    the top-level keys but :data:`RUN_ONLY_KEYS` and ``__`` keys, with paths
+    in the output and data folders relative to them.
 
     Arguments
     ---------
@@ -477,12 +459,8 @@ def check_outside(data_folder, folders):
     data_folder : str or Path
         The data.
     folders : dict
-        ``{option name: folder}`` of the folders a run writes.
-
-    Raises
-    ------
-    UserError
-        Naming the first folder inside ``data_folder``.
+        ``{option name: folder}`` of the folders a run writes (the first
+        one inside ``data_folder`` is named).
 
     Example
     -------
@@ -651,12 +629,9 @@ class RunFolder:
 
 
 def build_partial(node, key="prepare"):
-    """The function a HyperPyYAML ``!name:`` node stands for, with its arguments.
-
-    :func:`read_yaml_values` reads a YAML without building anything; this
-    builds one ``!name:`` node of it the way ``load_hyperpyyaml`` would (a
-    ``functools.partial``), so that data preparation can run before the
-    models are built (they may need the number of classes it finds).
+    """The function a HyperPyYAML ``!name:`` node stands for, with its
+    arguments, as ``load_hyperpyyaml`` builds it: so that data preparation
+    can run before the models are built (they may need its classes).
 
     Arguments
     ---------

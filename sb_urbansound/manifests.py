@@ -3,9 +3,8 @@ atomically, and skip the work when they are up to date.
 
 :func:`write_manifests` writes ``train.json``, ``valid.json``, ``test.json``
 (``{clip_id: {"wav", "label", "fold", "group", "duration", "sample_rate",
-"channels"}}``), ``labels.json`` (the sorted labels of all folds) and
-``prepare_options.json`` (options, inputs, split: when it matches, the work
-is skipped). Each file is decoded once; an unusable one is named.
+"channels"}}``), ``labels.json`` and ``prepare_options.json`` (options,
+inputs, split: when it matches, the work is skipped).
 
 Authors
 -------
@@ -72,19 +71,17 @@ def write_manifests(
     function : str
         Name of the public function (recorded in the options file).
     table : pandas.DataFrame
-        Clips with columns ``clip_id``, ``path``, ``label``, ``fold``, ``group``.
+        Clips: ``clip_id``, ``path``, ``label``, ``fold``, ``group``.
     save_folder : str or Path
         Output folder.
     splits : dict
         ``{"train": [folds], "valid": [folds], "test": [folds]}``, validated.
-    options : dict
-        The options that determine the outputs (JSON-serialisable).
-    fingerprint : dict
-        What identifies the inputs (stats of the CSV or of the files).
+    options, fingerprint : dict
+        The options that determine the outputs; what identifies the inputs.
     skip_missing : bool
         Leave unusable files out (one warning) instead of raising.
     leaky_random_split : bool
-        Reassign clips to random folds (sizes kept) before splitting.
+        Reassign clips to random folds (sizes kept), with ``seed``.
     seed : int
         Seed of ``leaky_random_split``.
     missing_hint : str, optional
@@ -92,8 +89,7 @@ def write_manifests(
     warn_shared_groups : bool
         Warn when a group spans several splits.
     full_check : bool
-        Decode every file (else read the headers only, for a run whose clip
-        bank or shards decode the files).
+        Decode every file (else read the headers only).
     split : str, optional
         How the clips were dealt to folds, in words: logged and recorded.
 
@@ -272,11 +268,9 @@ def recorded_split(manifest_folder):
 
 
 def check_audio_file(path, block_frames=1 << 20, full=True):
-    """Decode a whole audio file once; return its shape or why it is unusable.
-
-    A header alone would let through a file corrupt after it (training stops
-    mid-epoch) or holding NaN samples (NaN weights). The file is decoded in
-    blocks (little memory); ``full=False`` reads the header only.
+    """Decode a whole audio file once, in blocks; return its shape or why it
+    is unusable (a header alone lets through a file corrupt after it, or
+    holding NaN samples).
 
     Arguments
     ---------
@@ -403,10 +397,8 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
 
 def file_stamp(path):
-    """What changes when a file's content changes: size, mtime and ctime.
-
-    The ctime cannot be set back, so a rewrite that restores the mtime still
-    changes the stamp.
+    """What changes when a file's content changes: size, mtime and ctime
+    (which cannot be set back, as the mtime can).
 
     Arguments
     ---------
@@ -466,10 +458,8 @@ def absolute(path):
 
 
 def read_labels(labels_file=None, manifests=()):
-    """The class labels in index order.
-
-    From ``labels.json`` when data preparation wrote one; else (ready-made
-    manifests) the sorted labels found in the manifests.
+    """The class labels in index order: ``labels.json`` when data preparation
+    wrote one, else the sorted labels of the (ready-made) manifests.
 
     Arguments
     ---------

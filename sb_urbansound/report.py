@@ -21,18 +21,6 @@ from sb_urbansound.atomic import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "aggregate_folds",
-    "write_markdown_report",
-    "plot_confusion_matrix",
-    "plot_learning_curves",
-    "append_history",
-    "classification_results",
-    "write_test_results",
-    "confusion_matrix",
-    "format_duration",
-]
-
 LEAKY_WARNING = """\
 ## ⚠️ LEAKY RANDOM SPLIT: these numbers are NOT comparable to published results
 
