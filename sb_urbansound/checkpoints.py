@@ -110,23 +110,14 @@ class RobustCheckpointer(Checkpointer):
         min_key=None,
         ckpt_predicate=None,
     ):
-        """Recover from the best checkpoint that loads.
-
-        Candidates are ranked as by SpeechBrain's ``recover_if_possible``
-        (most recent, or by ``importance_key``, ``max_key`` or ``min_key``);
-        one that fails to load is reported, set aside and the next one is
-        tried.
+        """Recover from the best checkpoint that loads; one that does not is
+        reported, set aside and the next one tried.
 
         Arguments
         ---------
-        importance_key : callable, optional
-            The key function used in sorting.
-        max_key : str, optional
-            Load the checkpoint with the highest value of this meta key.
-        min_key : str, optional
-            Load the checkpoint with the lowest value of this meta key.
-        ckpt_predicate : callable, optional
-            Only checkpoints for which this returns True are considered.
+        importance_key, max_key, min_key, ckpt_predicate : optional
+            How to rank and choose the checkpoints, as in SpeechBrain's
+            ``Checkpointer.recover_if_possible``.
 
         Returns
         -------
@@ -169,14 +160,8 @@ class RobustCheckpointer(Checkpointer):
 
         Arguments
         ---------
-        meta : mapping
-            Added to the checkpoint's meta file.
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-        name : str, optional
-            A custom name (prefixed with ``CKPT+``).
-        verbosity : int
-            Logging level of the "saved" message.
+        meta, end_of_epoch, name, verbosity
+            As in SpeechBrain's ``Checkpointer.save_checkpoint``.
 
         Returns
         -------

@@ -25,6 +25,7 @@ from sb_urbansound.errors import BusyError, DataPrepError, UserError
 from sb_urbansound.experiment import differences, read_yaml_values, run_settings
 from sb_urbansound.hardware import hardware_description
 from sb_urbansound.processes import (
+    STOP_SIGNALS,
     die_with_parent_preexec,
     handling,
     signal_name,
@@ -39,11 +40,7 @@ FOLD_OUTPUTS = ("test_results.json", "model/hyperparams.yaml")
 #: Seconds the recipe is given to exit after a forwarded signal.
 STOP_TIMEOUT_S = 30.0
 #: The signals that crossval forwards to the recipe (those that exist here).
-FORWARDED_SIGNALS = tuple(
-    getattr(signal, n)
-    for n in ("SIGTERM", "SIGINT", "SIGHUP")
-    if hasattr(signal, n)
-)
+FORWARDED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 # YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"

@@ -156,27 +156,11 @@ def _combination_errors(values):
     return errors
 
 
-def override_keys(overrides):
-    """The top-level keys set on the command line, in order.
+def _override_keys(overrides):
+    """The top-level keys of YAML overrides (SpeechBrain's ``key: value``
+    lines), in order; a key given twice is a :class:`UserError`.
 
-    Arguments
-    ---------
-    overrides : str
-        YAML overrides (SpeechBrain's format: one ``key: value`` line each).
-
-    Returns
-    -------
-    list of str
-        The keys.
-
-    Raises
-    ------
-    UserError
-        For a key given twice.
-
-    Example
-    -------
-    >>> override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
+    >>> _override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
     ['lr', 'folds']
     """
     seen = []
@@ -224,7 +208,7 @@ def read_yaml_values(hparams_file, overrides=""):
 
     from hyperpyyaml import resolve_references
 
-    seen = override_keys(overrides)
+    seen = _override_keys(overrides)
     try:
         read_yaml(overrides or "")
     except UserError as error:
@@ -381,24 +365,13 @@ def run_settings(values):
     }
 
 
-def data_signature(manifests):
-    """A digest of the clips of each split: ids and labels, not paths.
+def _data_signature(manifests):
+    """A digest of the clips of each manifest (``{split: path}``): ids and
+    labels, not paths, as ``{split: {"clips": int, "sha256": str}}``.
 
-    Arguments
-    ---------
-    manifests : dict
-        ``{split: path of its JSON manifest}``.
-
-    Returns
-    -------
-    dict
-        ``{split: {"clips": int, "sha256": str}}``.
-
-    Example
-    -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "t.json").write_text('{"a": {"label": "dog", "wav": "/x"}}')
-    >>> data_signature({"train": tmp / "t.json"})["train"]["clips"]
+    >>> _data_signature({"train": tmp / "t.json"})["train"]["clips"]
     1
     """
     signature = {}
@@ -606,7 +579,7 @@ class RunFolder:
             When the clips of a split differ from those the folder's
             checkpoints were trained and selected on.
         """
-        data = data_signature(manifests)
+        data = _data_signature(manifests)
         recorded = read_store_json(self.settings_file)
         if recorded is not None and self.has_progress():
             diff = differences(recorded.get("data", {}), data)

@@ -100,8 +100,7 @@ def load_urbansound8k_table(csv_path, data_folder=None):
     if df.empty:
         raise DataPrepError(f"metadata CSV {csv_path} has no data row")
 
-    problems = []
-    folds, class_ids = [], []
+    problems, folds, class_ids = [], [], []
     rows = df[["line", *US8K_REQUIRED_COLUMNS]].itertuples(index=False)
     for line, name, fs_id, fold, class_id, cls in rows:
         where = f"line {line} ({name or 'no file name'})"
