@@ -257,8 +257,7 @@ def store_kind(folder):
     >>> store_kind(getfixture("tmp_path")) is None
     True
     """
-    marker = _marker(folder)
-    return None if marker is None else marker.get("kind")
+    return (_marker(folder) or {}).get("kind")
 
 
 def mark_store(folder, kind, **info):

@@ -135,15 +135,11 @@ def prepare_folders(
                 f"{listing(unmatched)}. Fix group_pattern so that its group "
                 "matches every file name, or rename these files."
             )
+    known = set(labels)
     for label_dir in sorted(p for p in data_folder.iterdir() if p.is_dir()):
-        if not label_dir.name.startswith(".") and label_dir.name not in set(
-            labels
-        ):
-            logger.warning(
-                "Class folder %s holds no %s file: ignored",
-                label_dir,
-                "/".join(AUDIO_SUFFIXES),
-            )
+        if label_dir.name not in known and not label_dir.name.startswith("."):
+            why = "Class folder %s holds no %s file: ignored"
+            logger.warning(why, label_dir, "/".join(AUDIO_SUFFIXES))
     folds = (train_fold_nums, valid_fold_nums, test_fold_nums)
     pattern = None if group_re is None else group_re.pattern
     return _write(
