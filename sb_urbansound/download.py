@@ -137,10 +137,8 @@ def download_urbansound8k(
 
     Nothing is done when ``data_folder/metadata/UrbanSound8K.csv`` exists; a
     non-empty folder without it is refused. The archive is downloaded into
-    ``<parent>/.<name>.download/`` (resumed from there), checked, extracted
-    beside it and moved to ``data_folder`` with one rename. A verified
-    archive is kept there when a step after it fails (a full disk), so the
-    next run does not download it again.
+    ``<parent>/.<name>.download/`` (kept there, verified, when a later step
+    fails), extracted beside it and moved to ``data_folder`` in one rename.
 
     Arguments
     ---------

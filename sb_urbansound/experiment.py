@@ -423,9 +423,8 @@ def _is_inside(path, folder):
 
 
 def check_outside(data_folder, folders):
-    """Refuse folders we write that are inside the data folder.
-
-    The data folder is the user's: a run reads it and never writes to it.
+    """Refuse folders we write that are inside the data folder (the user's:
+    a run reads it and never writes to it).
 
     Arguments
     ---------
@@ -635,6 +634,4 @@ def build_partial(node, key="prepare"):
     args = node.value
     if isinstance(args, dict):
         return functools.partial(func, **args)
-    if isinstance(args, list):
-        return functools.partial(func, *args)
-    return functools.partial(func)
+    return functools.partial(func, *(args if isinstance(args, list) else ()))
