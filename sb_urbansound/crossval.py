@@ -580,11 +580,9 @@ def _refuse_other_settings(plans, out_dir, wanted):
 
 
 def run_crossval(argv, runner=None, log=None, progress=True):
-    """Run the cross-validation described by a command line; write the reports.
-
-    Raises :class:`CrossvalError` for bad arguments or folds of other
-    settings, :class:`FoldFailedError` when a fold fails (finished folds are
-    kept), :class:`FoldInterrupted` after a stop signal.
+    """Run the cross-validation of a command line and write the reports;
+    raise :class:`CrossvalError` (bad arguments, folds of other settings),
+    :class:`FoldFailedError` or :class:`FoldInterrupted`.
 
     Arguments
     ---------
