@@ -145,11 +145,10 @@ def aggregate_folds(fold_results):
             }
         )
 
-    accs = np.array([f["accuracy"] for f in folds], dtype=np.float64)
-    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else None
+    mean, std = _mean_std([f["accuracy"] for f in folds])
     return {
         "folds": folds,
-        "mean": float(np.mean(accs)),
+        "mean": mean,
         "std": std,
         "confusion_matrix": total.tolist(),
         "labels": labels,
