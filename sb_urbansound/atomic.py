@@ -127,9 +127,8 @@ def atomic_write_json(path, obj):
 
 
 def make_temp_folder(parent, name):
-    """Create a hidden temporary folder where ``name`` will live.
-
-    Build a folder in it, then move it into place with :func:`replace_folder`.
+    """Create a hidden temporary folder where ``name`` will live, to build a
+    folder in and move into place with :func:`replace_folder`.
 
     Arguments
     ---------
@@ -158,9 +157,8 @@ def make_temp_folder(parent, name):
 def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
     """Open a file of a store, never through a link; refuse what isn't a file.
 
-    A link among a store's files was planted: following it would write a file
-    that is not ours, or take one for ours. The file is opened with
-    ``O_NOFOLLOW`` (and ``O_NONBLOCK``: a FIFO cannot hang us).
+    A link among a store's files was planted (``O_NOFOLLOW``; ``O_NONBLOCK``:
+    a FIFO cannot hang us).
 
     Arguments
     ---------
@@ -193,17 +191,13 @@ def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
         # ELOOP: a link; EISDIR: a folder; ENXIO: a FIFO with no reader
         if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise
-        fd = None
-    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    if fd is not None:
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
         os.close(fd)
     path = Path(path)
-    what = (
-        f"a link (to {os.readlink(path)})"
-        if path.is_symlink()
-        else "not a regular file"
-    )
+    link = path.is_symlink()
+    what = f"a link (to {os.readlink(path)})" if link else "not a regular file"
     raise NotOursError(
         f"{path} is {what}, not a file that sb-urbansound wrote: it is never "
         "written or read through. Remove it (or choose another folder)."
@@ -263,15 +257,12 @@ def store_kind(folder):
     >>> store_kind(getfixture("tmp_path")) is None
     True
     """
-    marker = _marker(folder)
-    return None if marker is None else marker.get("kind")
+    return (_marker(folder) or {}).get("kind")
 
 
 def mark_store(folder, kind, **info):
-    """Mark ``folder`` as a store of ours of the given kind.
-
-    The marker is written only when absent or different, so a complete store
-    on a read-only file system is never rewritten.
+    """Mark ``folder`` as a store of ours of the given kind (the marker is
+    written only when absent or different: never on a read-only store).
 
     Arguments
     ---------
@@ -304,8 +295,8 @@ def mark_store(folder, kind, **info):
 def claim_folder(folder, kind, what="output_folder"):
     """Make ``folder`` a store of ``kind``, or refuse a folder that isn't ours.
 
-    A new or empty folder is created and marked; a store of this kind is used
-    as it is; any other folder is refused, naming what could be overwritten.
+    A new or empty folder is marked, a store of this kind used as it is, any
+    other folder refused, naming what could be overwritten.
 
     Arguments
     ---------
@@ -403,9 +394,8 @@ def remove_store(folder, kind=None):
 def replace_folder(new, folder):
     """Move the folder ``new`` to ``folder``, replacing an older store.
 
-    The old folder is renamed aside first, so ``folder`` is always the old one
-    or the new one. An existing ``folder`` is replaced only when it is a store
-    of ours of ``new``'s kind.
+    Only a store of ours of ``new``'s kind is replaced; it is renamed aside
+    first, so ``folder`` is always the old one or the new one.
 
     Arguments
     ---------
@@ -447,10 +437,8 @@ def replace_folder(new, folder):
 
 
 def remove_stale_temps(folder):
-    """Delete the temporaries that a killed write left behind.
-
-    Only names of the form ``.<name>.<8 random chars>.sbu-tmp`` are removed
-    (never a user's ``x.tmp``). Call it while holding the store's lock.
+    """Delete the temporaries that a killed write left behind (only names
+    ``.<name>.<8 random chars>.sbu-tmp``), holding the store's lock.
 
     Arguments
     ---------
@@ -532,9 +520,9 @@ def _file_key(path, fd=None):
 class FolderLock:
     """An exclusive lock on a store, held by this process alone.
 
-    A POSIX record lock (``fcntl.lockf``) on ``<folder>/.lock``: the kernel
-    releases it when this process ends, however it ends, and a child process
-    never holds it. A refusal names the holder; the lock file records its pid.
+    A POSIX record lock (``fcntl.lockf``) on ``<folder>/.lock``: released by
+    the kernel when the process ends, however it ends; never held by a child.
+    A refusal names the holder; the lock file records its pid.
 
     Arguments
     ---------
@@ -563,11 +551,10 @@ class FolderLock:
         self._key = None
 
     def acquire(self, wait=False, on_wait=None):
-        """Take the lock.
-
-        Raises :class:`BusyError` when another process holds it (and ``wait``
-        is False) or this one does, :class:`NotOursError` when ``.lock`` is a
-        link or not a file, ``OSError`` (``EROFS``...) when it cannot be made.
+        """Take the lock: :class:`BusyError` when another process holds it
+        (and ``wait`` is False) or this one does, :class:`NotOursError` for a
+        ``.lock`` that is a link, ``OSError`` (``EROFS``...) when it cannot be
+        made.
 
         Arguments
         ---------
@@ -662,10 +649,8 @@ def is_read_only_error(error):
 
 
 def reserve_space(fd, size, folder):
-    """Allocate ``size`` bytes for an open file, or say there is no room.
-
-    A memory-mapped file whose blocks are not allocated dies by SIGBUS when
-    the disk fills up; reserving them first turns that into a message.
+    """Allocate ``size`` bytes for an open file, or say there is no room (a
+    memory-mapped file's unallocated blocks die by SIGBUS on a full disk).
 
     Arguments
     ---------

@@ -1,21 +1,13 @@
 """A SpeechBrain ``Checkpointer`` that survives broken checkpoints.
 
-SpeechBrain's ``Checkpointer`` writes a checkpoint's ``CKPT.yaml`` first and
-its parameter files after it, in place. A run killed during a save (or a disk
-that fills up, or a file truncated later) leaves a folder that looks like a
-checkpoint but does not load, and every later run then stops in
-``recover_if_possible`` with ``EOFError`` or ``OSError: [Errno 22]``, naming
-no file. :class:`RobustCheckpointer` keeps SpeechBrain's saving and adds, with
-public methods only:
-
-* checkpoints whose ``CKPT.yaml`` cannot be read are left out of the list;
-* recovery tries the preferred checkpoint, and when it does not load, warns
-  with its path and the error, moves it aside (``.broken-CKPT+...``, kept for
-  inspection) and falls back to the next best one;
-* a save that fails for lack of disk space says so and names the folder.
-
-``tests/test_checkpoints.py`` shows SpeechBrain's own ``Checkpointer`` failing
-each case.
+SpeechBrain's ``Checkpointer`` writes ``CKPT.yaml`` first and the parameter
+files after it, in place: a run killed during a save (or a full disk, or a
+file truncated later) leaves a checkpoint that does not load, and every later
+run stops in ``recover_if_possible`` naming no file
+(``tests/test_checkpoints.py``). :class:`RobustCheckpointer`, with public
+methods only, leaves out checkpoints whose ``CKPT.yaml`` cannot be read, sets
+one that does not load aside (``.broken-CKPT+...``, with a warning) and
+falls back to the next best, and says when a save fails for lack of space.
 
 Authors
 -------
@@ -118,23 +110,14 @@ class RobustCheckpointer(Checkpointer):
         min_key=None,
         ckpt_predicate=None,
     ):
-        """Recover from the best checkpoint that loads.
-
-        Candidates are ranked as by SpeechBrain's ``recover_if_possible``
-        (most recent, or by ``importance_key``, ``max_key`` or ``min_key``);
-        one that fails to load is reported, set aside and the next one is
-        tried.
+        """Recover from the best checkpoint that loads; one that does not is
+        reported, set aside and the next one tried.
 
         Arguments
         ---------
-        importance_key : callable, optional
-            The key function used in sorting.
-        max_key : str, optional
-            Load the checkpoint with the highest value of this meta key.
-        min_key : str, optional
-            Load the checkpoint with the lowest value of this meta key.
-        ckpt_predicate : callable, optional
-            Only checkpoints for which this returns True are considered.
+        importance_key, max_key, min_key, ckpt_predicate : optional
+            How to rank and choose the checkpoints, as in SpeechBrain's
+            ``Checkpointer.recover_if_possible``.
 
         Returns
         -------
@@ -177,14 +160,8 @@ class RobustCheckpointer(Checkpointer):
 
         Arguments
         ---------
-        meta : mapping
-            Added to the checkpoint's meta file.
-        end_of_epoch : bool
-            Whether the checkpoint is at the end of an epoch.
-        name : str, optional
-            A custom name (prefixed with ``CKPT+``).
-        verbosity : int
-            Logging level of the "saved" message.
+        meta, end_of_epoch, name, verbosity
+            As in SpeechBrain's ``Checkpointer.save_checkpoint``.
 
         Returns
         -------
@@ -233,13 +210,9 @@ class RobustCheckpointer(Checkpointer):
 
 def _write_failure(error, folder):
     """Describe a save that failed for lack of space (None: another error)."""
-    if isinstance(error, OSError) and error.errno in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-    ):
-        return "no space left on the device"
     text = str(error).lower()
-    if "no space left" in text:
+    no_space = (errno.ENOSPC, errno.EDQUOT)
+    if getattr(error, "errno", None) in no_space or "no space left" in text:
         return "no space left on the device"
     # torch.save reports a failed write as a bare stream error, or as a
     # position check of its zip writer ("unexpected pos 576 vs 534")

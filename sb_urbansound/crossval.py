@@ -1,15 +1,7 @@
-"""K-fold cross-validation of the recipe, as one resumable command.
-
-::
-
-    python -m sb_urbansound.crossval hparams/cnn.yaml \\
-        --data_folder=/data/UrbanSound8K --output_folder=results/cv \\
-        [--folds=[1,2,3,4,5,6,7,8,9,10]] [--leaky-random-split] \\
-        [any YAML override or SpeechBrain run flag, e.g. --number_of_epochs=30]
-
-Each listed fold is tested once, validated on the next listed fold; each
-runs the recipe in a subprocess in ``<output_folder>/fold_<k>``, resumably.
-See :data:`USAGE` and ``docs/crossval.md``.
+"""K-fold cross-validation of the recipe, as one resumable command: each
+listed fold is tested once, validated on the next listed fold, by the recipe
+in a subprocess in ``<output_folder>/fold_<k>``. See :data:`USAGE` and
+``docs/crossval.md``.
 """
 
 import contextlib
@@ -18,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +24,12 @@ from sb_urbansound.atomic import (
 from sb_urbansound.errors import BusyError, DataPrepError, UserError
 from sb_urbansound.experiment import differences, read_yaml_values, run_settings
 from sb_urbansound.hardware import hardware_description
-from sb_urbansound.processes import die_with_parent_preexec, signal_name
+from sb_urbansound.processes import (
+    STOP_SIGNALS,
+    die_with_parent_preexec,
+    handling,
+    signal_name,
+)
 from sb_urbansound.sources.folds import parse_fold_list
 
 MIN_FOLDS = 3
@@ -44,14 +40,12 @@ FOLD_OUTPUTS = ("test_results.json", "model/hyperparams.yaml")
 #: Seconds the recipe is given to exit after a forwarded signal.
 STOP_TIMEOUT_S = 30.0
 #: The signals that crossval forwards to the recipe (those that exist here).
-FORWARDED_SIGNALS = tuple(
-    getattr(signal, name)
-    for name in ("SIGTERM", "SIGINT", "SIGHUP")
-    if hasattr(signal, name)
-)
+FORWARDED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 # YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
+# The options crossval reads itself (``-`` read as ``_``).
+OWN_KEYS = ("folds", "output_folder", LEAKY_KEY, *FOLD_KEYS)
 # The clip bank's folder: shared by the folds (``<output_folder>/bank``).
 BANK_KEY = "bank_folder"
 
@@ -231,11 +225,10 @@ def _is_true(text):
 def parse_crossval_args(argv):
     """Split the command line into crossval's own options and the rest.
 
-    Crossval's options: ``--folds`` (``--folds=[1,2,3]``, ``--folds=1,2,3`` or
-    ``--folds [1,2,3]``), ``--leaky-random-split`` (or
-    ``--leaky_random_split=<bool>``) and ``--output_folder``. The fold lists
-    (``--train_fold_nums`` etc.) are set by crossval and may not be given.
-    ``-h``/``--help`` prints the usage and exits.
+    Crossval's: ``--folds`` (``=[1,2,3]``, ``=1,2,3`` or `` [1,2,3]``),
+    ``--leaky-random-split`` (or ``--leaky_random_split=<bool>``),
+    ``--output_folder``; ``--train_fold_nums`` etc. are refused; ``--help``
+    prints the usage and exits.
 
     Arguments
     ---------
@@ -266,14 +259,9 @@ def parse_crossval_args(argv):
         raise CrossvalError(
             "the first argument must be the recipe YAML\n" + USAGE
         )
-    args = SimpleNamespace(
-        hparams_file=argv[0],
-        output_folder=None,
-        folds=None,
-        leaky=False,
-        passthrough=[],
-        argv=argv,
-    )
+    args = SimpleNamespace(hparams_file=argv[0], argv=argv, passthrough=[])
+    args.output_folder = args.folds = None
+    args.leaky = False
     rest = argv[1:] + ["--"]  # a sentinel: no value follows the last one
     i = 0
     while i < len(rest) - 1:
@@ -282,12 +270,7 @@ def parse_crossval_args(argv):
         norm = key.replace("-", "_")
         nxt = rest[i + 1]
         i += 1
-        if not token.startswith("--") or norm not in (
-            "folds",
-            "output_folder",
-            LEAKY_KEY,
-            *FOLD_KEYS,
-        ):
+        if not token.startswith("--") or norm not in OWN_KEYS:
             args.passthrough.append(token)
         elif norm in FOLD_KEYS:
             raise CrossvalError(
@@ -331,12 +314,9 @@ def _read_values(hparams_file, passthrough):
 
 
 def read_recipe_settings(hparams_file, passthrough=()):
-    """Read the recipe YAML's fold lists, output folder and leaky flag.
-
-    References and overrides are resolved as the recipe would
-    (:func:`sb_urbansound.experiment.read_yaml_values`); no object is built.
-    A missing or unreadable file, an unfilled ``!PLACEHOLDER`` or missing fold
-    lists raise :class:`CrossvalError`.
+    """Read the recipe YAML's fold lists, output folder and leaky flag, as
+    the recipe would (:func:`sb_urbansound.experiment.read_yaml_values`);
+    raise :class:`CrossvalError` for a bad file or missing fold lists.
 
     Arguments
     ---------
@@ -399,61 +379,51 @@ def _fold_argv(hparams_file, plan, fold_dir, passthrough, leaky):
 
 
 def _run_forwarding_signals(cmd, what):
-    """Run ``cmd``, forwarding SIGTERM, SIGINT and SIGHUP to it (main thread
-    only; an ignored one stays ignored) and killing it ``STOP_TIMEOUT_S``
-    after the first; it gets SIGTERM if we die (Linux). Return its status,
-    or raise :class:`FoldInterrupted` once it has ended after a signal."""
-    stop_timeout = STOP_TIMEOUT_S
-    received = []  # (signal, monotonic time, sent on)
-    running = []  # the process, once started
+    """Run ``cmd``, forwarding SIGTERM, SIGINT and SIGHUP to it and killing
+    it ``STOP_TIMEOUT_S`` after the first; it gets SIGTERM if we die (Linux).
+    Return its status, or raise :class:`FoldInterrupted` once it has ended
+    after a signal."""
+    received, running = [], []  # [(signal, time, sent on)], [the process]
 
     def forward(signum, frame):
         if running:
             _send(running[0], signum)
         received.append((signum, time.monotonic(), bool(running)))
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in FORWARDED_SIGNALS:
-            old = signal.getsignal(sig)
-            if old is not signal.SIG_IGN:
-                signal.signal(sig, forward)
-                previous[sig] = signal.SIG_DFL if old is None else old
     killed = False
-    try:
-        proc = subprocess.Popen(cmd, preexec_fn=die_with_parent_preexec())
-        running.append(proc)
-        for signum, _, sent in list(received):  # while it was being started
-            if not sent:
-                _send(proc, signum)
-        while (code := proc.poll()) is None:
-            if received and time.monotonic() > received[0][1] + stop_timeout:
-                proc.kill()
-                code, killed = proc.wait(), True
-                break
-            time.sleep(0.2)
-    except BaseException:  # e.g. Ctrl-C where no handler could be installed
-        if running and running[0].poll() is None:
-            try:
-                running[0].wait(timeout=stop_timeout)
-            except subprocess.TimeoutExpired:
-                running[0].kill()
-                running[0].wait()
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        fate = (
-            f"did not exit within {stop_timeout:g} s of it and was killed"
-            if killed
-            else f"was stopped (exit status {code})"
-        )
-        signum = received[0][0]
-        raise FoldInterrupted(
-            signum, f"got {signal_name(signum)}; {what} {fate}"
-        )
-    return code
+    with handling(FORWARDED_SIGNALS, forward):
+        try:
+            proc = subprocess.Popen(cmd, preexec_fn=die_with_parent_preexec())
+            running.append(proc)
+            for signum, _, sent in list(received):  # while it was starting
+                if not sent:
+                    _send(proc, signum)
+            while (code := proc.poll()) is None:
+                if (
+                    received
+                    and time.monotonic() > received[0][1] + STOP_TIMEOUT_S
+                ):
+                    proc.kill()
+                    code, killed = proc.wait(), True
+                    break
+                time.sleep(0.2)
+        except BaseException:  # e.g. Ctrl-C where no handler could be set
+            if running and running[0].poll() is None:
+                try:
+                    running[0].wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    running[0].kill()
+                    running[0].wait()
+            raise
+    if not received:
+        return code
+    fate = (
+        f"did not exit within {STOP_TIMEOUT_S:g} s of it and was killed"
+        if killed
+        else f"was stopped (exit status {code})"
+    )
+    signum = received[0][0]
+    raise FoldInterrupted(signum, f"got {signal_name(signum)}; {what} {fate}")
 
 
 def _send(proc, signum):
@@ -463,11 +433,9 @@ def _send(proc, signum):
 
 
 def subprocess_runner(argv, fold_dir):
-    """Run the recipe on one fold in a fresh Python process.
-
-    Its output goes to this terminal (and to ``<fold_dir>/log.txt``); stop
-    signals are forwarded to it. A failure raises :class:`FoldFailedError`,
-    a stop signal :class:`FoldInterrupted`.
+    """Run the recipe on one fold in a fresh Python process, its output on
+    this terminal, stop signals forwarded (:class:`FoldInterrupted`); a
+    failure raises :class:`FoldFailedError`.
 
     Arguments
     ---------
@@ -475,15 +443,10 @@ def subprocess_runner(argv, fold_dir):
         The recipe's arguments (the YAML first).
     fold_dir : Path
         The fold's output folder (for error messages).
-
-    Example
-    -------
-    >>> subprocess_runner(["--help"], "unused")  # doctest: +SKIP
     """
     cmd = [sys.executable, str(recipe_script(argv[0])), *argv]
-    code = _run_forwarding_signals(
-        cmd, what=f"the recipe on {Path(fold_dir).name}"
-    )
+    name = Path(fold_dir).name
+    code = _run_forwarding_signals(cmd, what=f"the recipe on {name}")
     if code == 0:
         return
     log = Path(fold_dir) / "log.txt"
@@ -501,7 +464,7 @@ def subprocess_runner(argv, fold_dir):
             "skipped, the unfinished one resumes from its last checkpoint."
         )
     raise FoldFailedError(
-        f"the recipe failed on {Path(fold_dir).name} (exit status {code}){where}."
+        f"the recipe failed on {name} (exit status {code}){where}."
         f"\ncommand: {shlex.join(cmd)}\n{hint}"
     )
 
@@ -515,10 +478,6 @@ def inprocess_runner(argv, fold_dir):
         The recipe's arguments (the YAML first).
     fold_dir : Path
         The fold's output folder (unused).
-
-    Example
-    -------
-    >>> inprocess_runner(["h.yaml", "--output_folder=o"], "o")  # doctest: +SKIP
     """
     import_recipe(recipe_script(argv[0])).main(list(argv))
 
@@ -555,10 +514,8 @@ def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
 
 
 def fold_finished(fold_dir):
-    """Whether a fold's run is complete: test results and exported model.
-
-    The model is written last, so a fold killed during the export is not
-    finished (rerunning it tests and exports again).
+    """Whether a fold's run is complete: test results and exported model
+    (written last: a fold killed during the export is not finished).
 
     Arguments
     ---------
@@ -623,11 +580,9 @@ def _refuse_other_settings(plans, out_dir, wanted):
 
 
 def run_crossval(argv, runner=None, log=None, progress=True):
-    """Run the cross-validation described by a command line; write the reports.
-
-    Raises :class:`CrossvalError` for bad arguments or folds of other
-    settings, :class:`FoldFailedError` when a fold fails (finished folds are
-    kept), :class:`FoldInterrupted` after a stop signal.
+    """Run the cross-validation of a command line and write the reports;
+    raise :class:`CrossvalError` (bad arguments, folds of other settings),
+    :class:`FoldFailedError` or :class:`FoldInterrupted`.
 
     Arguments
     ---------
@@ -647,11 +602,8 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     -------
     dict
         The aggregated results (the contents of ``crossval_results.json``).
-
-    Example
-    -------
-    >>> run_crossval(["hparams/cnn.yaml", "--data_folder=d"])  # doctest: +SKIP
     """
+    from sb_urbansound import report
     from tqdm.auto import tqdm
 
     runner = runner or subprocess_runner
@@ -664,17 +616,112 @@ def run_crossval(argv, runner=None, log=None, progress=True):
             f"{args.hparams_file} has no {LEAKY_KEY} key, so this recipe cannot "
             "run the leaky random split"
         )
-    folds = args.folds if args.folds is not None else settings["folds"]
-    plans = assign_folds(folds)
+    plans = assign_folds(
+        settings["folds"] if args.folds is None else args.folds
+    )
     out_dir = args.output_folder or settings["output_folder"]
     if not out_dir:
         raise CrossvalError("no output folder: pass --output_folder=DIR")
-    out_dir = Path(out_dir)
-    claim_folder(out_dir, CROSSVAL_KIND)
+    out_dir = claim_folder(Path(out_dir), CROSSVAL_KIND)
     with FolderLock(out_dir, "running a cross-validation in"):
-        return _run_locked(
-            args, settings, leaky, plans, out_dir, runner, log, progress
+        if leaky:
+            log(
+                "WARNING: --leaky-random-split: clips are shuffled across "
+                "folds, so clips of one recording (or speaker) land in both "
+                "train and test; accuracy will be inflated and is NOT "
+                "comparable to results on the data's own folds (for "
+                "UrbanSound8K: to published results)."
+            )
+        log(
+            f"cross-validation over folds {[p.test for p in plans]} "
+            f"(valid fold = next listed fold, cyclically) in {out_dir}"
         )
+        # One clip bank for all folds: they hold the same clips
+        passthrough = list(args.passthrough)
+        if BANK_KEY in settings["keys"] and not any(
+            a.lstrip("-").startswith(BANK_KEY) for a in passthrough
+        ):
+            passthrough.append(f"--{BANK_KEY}={out_dir / 'bank'}")
+        # Every fold must be run with this command's settings: a finished
+        # fold of another command would be averaged in under the wrong one
+        argvs = {
+            p.test: _fold_argv(
+                args.hparams_file, p, out_dir / p.name, passthrough, leaky
+            )
+            for p in plans
+        }
+        wanted = {
+            t: _fold_settings(args.hparams_file, a) for t, a in argvs.items()
+        }
+        _refuse_other_settings(plans, out_dir, wanted)
+
+        fold_results, histories, seconds, commands = [], {}, {}, {}
+        with tqdm(
+            total=len(plans), desc="crossval", unit="fold", disable=not progress
+        ) as bar:
+            for plan in plans:
+                fold_dir, t = out_dir / plan.name, plan.test
+                res, marker = _run_fold(
+                    plan, fold_dir, argvs[t], wanted[t], leaky, runner, log, bar
+                )
+                seconds[t] = (marker or {}).get("seconds")
+                fold_argv = (marker or {}).get("recipe_argv")
+                if fold_argv:
+                    script = recipe_script(fold_argv[0])
+                    commands[t] = shlex.join(
+                        ["python", str(script), *fold_argv]
+                    )
+                fold_results.append(
+                    {"test_fold": t, "valid_folds": [plan.valid], **res}
+                )
+                history_path = fold_dir / "history.json"
+                if history_path.exists():
+                    histories[t] = _read_json(history_path)
+                else:
+                    log(f"warning: no {history_path}; fold {t} has no curves")
+                bar.update(1)
+
+        repeated = _test_set_overlap(
+            args.hparams_file, args.passthrough, plans, out_dir
+        )
+        if repeated:
+            log(
+                f"WARNING: {len(repeated)} clip(s) are in the test set of more "
+                f"than one fold (e.g. {repeated[:3]}): the folds do not "
+                "partition the data, so the summed confusion matrix counts "
+                "them more than once"
+            )
+        results = report.aggregate_folds(fold_results)
+        atomic_write_json(out_dir / "crossval_results.json", results)
+        have_seconds = all(seconds.get(p.test) is not None for p in plans)
+        report.write_markdown_report(
+            out_dir / "crossval_report.md",
+            results,
+            command="python -m sb_urbansound.crossval " + shlex.join(args.argv),
+            hardware=hardware_description(),
+            leaky=leaky,
+            fold_seconds=seconds if have_seconds else None,
+            fold_commands=commands,
+        )
+        report.plot_confusion_matrix(
+            out_dir / "confusion_matrix.png",
+            results["confusion_matrix"],
+            results["labels"],
+        )
+        report.plot_learning_curves(out_dir / "learning_curves.png", histories)
+        std = results["std"]
+        log(
+            f"cross-validation accuracy: {100 * results['mean']:.2f}"
+            + (
+                f" ± {100 * std:.2f} %"
+                if std is not None
+                else " % (single fold)"
+            )
+            + f" over {len(plans)} folds"
+            + (" (LEAKY RANDOM SPLIT, not comparable)" if leaky else "")
+            + f"; report: {out_dir / 'crossval_report.md'}"
+        )
+        return results
 
 
 def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
@@ -686,10 +733,9 @@ def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
     results_path = fold_dir / "test_results.json"
     marker = _read_json(marker_path) if marker_path.exists() else None
     if marker is not None:
-        record = plan.record(leaky)
         diff = "; ".join(
             f"{k}: was {marker.get(k)!r}, now {v!r}"
-            for k, v in record.items()
+            for k, v in plan.record(leaky).items()
             if marker.get(k) != v
         )
         if diff and _started(fold_dir):
@@ -735,9 +781,7 @@ def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
         marker["seconds"] += time.monotonic() - start
         atomic_write_json(marker_path, marker)
     missing = [
-        str(fold_dir / name)
-        for name in FOLD_OUTPUTS
-        if not (fold_dir / name).is_file()
+        str(fold_dir / n) for n in FOLD_OUTPUTS if not (fold_dir / n).is_file()
     ]
     if missing:
         raise FoldFailedError(
@@ -753,118 +797,6 @@ def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
     return res, marker
 
 
-def _run_locked(args, settings, leaky, plans, out_dir, runner, log, progress):
-    """:func:`run_crossval` with the output folder locked."""
-    from sb_urbansound import report
-    from tqdm.auto import tqdm
-
-    command = "python -m sb_urbansound.crossval " + shlex.join(args.argv)
-    if leaky:
-        log(
-            "WARNING: --leaky-random-split: clips are shuffled across folds, so "
-            "clips of one recording (or speaker) land in both train and test; "
-            "accuracy will be inflated and is NOT comparable to results on the "
-            "data's own folds (for UrbanSound8K: to published results)."
-        )
-    log(
-        f"cross-validation over folds {[p.test for p in plans]} "
-        f"(valid fold = next listed fold, cyclically) in {out_dir}"
-    )
-    # One clip bank for all folds: they hold the same clips
-    passthrough = list(args.passthrough)
-    if BANK_KEY in settings["keys"] and not any(
-        a.lstrip("-").startswith(BANK_KEY) for a in passthrough
-    ):
-        passthrough.append(f"--{BANK_KEY}={out_dir / 'bank'}")
-    # Every fold must be run with this command's settings: a finished fold
-    # of another command would be averaged in under the wrong command
-    argvs = {
-        plan.test: _fold_argv(
-            args.hparams_file, plan, out_dir / plan.name, passthrough, leaky
-        )
-        for plan in plans
-    }
-    wanted = {
-        test: _fold_settings(args.hparams_file, argv)
-        for test, argv in argvs.items()
-    }
-    _refuse_other_settings(plans, out_dir, wanted)
-
-    fold_results, histories, seconds, commands = [], {}, {}, {}
-    bar = tqdm(
-        total=len(plans), desc="crossval", unit="fold", disable=not progress
-    )
-    try:
-        for plan in plans:
-            fold_dir = out_dir / plan.name
-            res, marker = _run_fold(
-                plan,
-                fold_dir,
-                argvs[plan.test],
-                wanted[plan.test],
-                leaky,
-                runner,
-                log,
-                bar,
-            )
-            seconds[plan.test] = (marker or {}).get("seconds")
-            argv = (marker or {}).get("recipe_argv")
-            if argv:
-                commands[plan.test] = shlex.join(
-                    ["python", str(recipe_script(argv[0])), *argv]
-                )
-            fold_results.append(
-                {"test_fold": plan.test, "valid_folds": [plan.valid], **res}
-            )
-            history_path = fold_dir / "history.json"
-            if history_path.exists():
-                histories[plan.test] = _read_json(history_path)
-            else:
-                log(
-                    f"warning: no {history_path}; fold {plan.test} has no curves"
-                )
-            bar.update(1)
-    finally:
-        bar.close()
-
-    repeated = _test_set_overlap(
-        args.hparams_file, args.passthrough, plans, out_dir
-    )
-    if repeated:
-        log(
-            f"WARNING: {len(repeated)} clip(s) are in the test set of more than one "
-            f"fold (e.g. {repeated[:3]}): the folds do not partition the data, so "
-            "the summed confusion matrix counts them more than once"
-        )
-    results = report.aggregate_folds(fold_results)
-    atomic_write_json(out_dir / "crossval_results.json", results)
-    have_seconds = all(seconds.get(p.test) is not None for p in plans)
-    report.write_markdown_report(
-        out_dir / "crossval_report.md",
-        results,
-        command=command,
-        hardware=hardware_description(),
-        leaky=leaky,
-        fold_seconds=seconds if have_seconds else None,
-        fold_commands=commands,
-    )
-    report.plot_confusion_matrix(
-        out_dir / "confusion_matrix.png",
-        results["confusion_matrix"],
-        results["labels"],
-    )
-    report.plot_learning_curves(out_dir / "learning_curves.png", histories)
-    std = results["std"]
-    log(
-        f"cross-validation accuracy: {100 * results['mean']:.2f}"
-        + (f" ± {100 * std:.2f} %" if std is not None else " % (single fold)")
-        + f" over {len(plans)} folds"
-        + (" (LEAKY RANDOM SPLIT, not comparable)" if leaky else "")
-        + f"; report: {out_dir / 'crossval_report.md'}"
-    )
-    return results
-
-
 def main(argv=None):
     """Command-line entry point: ``python -m sb_urbansound.crossval``.
 
@@ -878,10 +810,6 @@ def main(argv=None):
     int
         The exit status: 0 on success, 2 for bad arguments, 1 if a fold failed,
         128 + the signal number when stopped by a signal (130 for Ctrl-C).
-
-    Example
-    -------
-    >>> main(["--help"])  # doctest: +SKIP
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -13,6 +13,7 @@ connection leaves half an archive that the next call takes as done:
 
 import contextlib
 import http.client
+import itertools
 import logging
 import os
 import posixpath
@@ -82,10 +83,8 @@ def _download(url, dest, md5, progress, timeout, retries):
     part = dest.with_name(dest.name + ".part")
 
     attempt = 0  # consecutive failed attempts that downloaded nothing new
-    tries = 0
-    while True:
+    for tries in itertools.count(1):
         size_before = part.stat().st_size if part.exists() else 0
-        tries += 1
         try:
             _fetch(url, part, progress, timeout)
             break
@@ -94,7 +93,8 @@ def _download(url, dest, md5, progress, timeout, retries):
                 attempt = 0  # it made progress: a long download may drop often
             if attempt >= retries:
                 kept = (
-                    f" The partial download is kept at {part}; run again to resume."
+                    f" The partial download is kept at {part}; run again to "
+                    "resume."
                     if part.exists()
                     else ""
                 )
@@ -103,27 +103,20 @@ def _download(url, dest, md5, progress, timeout, retries):
                 ) from err
             attempt += 1
             wait = _RETRY_WAIT_S * attempt
-            logger.warning(
-                "Downloading %s: %s; retrying in %.0f s (%d/%d)",
-                url,
-                err,
-                wait,
-                attempt,
-                retries,
-            )
+            why = "Downloading %s: %s; retrying in %.0f s (%d/%d)"
+            logger.warning(why, url, err, wait, attempt, retries)
             time.sleep(wait)
 
-    digest = get_md5(part) if expected is not None else None
-    if expected is not None and digest != expected:
-        part.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"The file downloaded from {url} is corrupt: expected MD5 {expected}, "
-            f"got {digest}. The bad file was deleted; please run again to retry "
-            "the download."
-        )
     if expected is None:
         logger.warning(
             "No MD5 given for %s; the download was not verified", url
+        )
+    elif (digest := get_md5(part)) != expected:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"The file downloaded from {url} is corrupt: expected MD5 "
+            f"{expected}, got {digest}. The bad file was deleted; please run "
+            "again to retry the download."
         )
     else:
         logger.info("MD5 of %s verified (%s)", dest.name, digest)
@@ -144,10 +137,8 @@ def download_urbansound8k(
 
     Nothing is done when ``data_folder/metadata/UrbanSound8K.csv`` exists; a
     non-empty folder without it is refused. The archive is downloaded into
-    ``<parent>/.<name>.download/`` (resumed from there), checked, extracted
-    beside it and moved to ``data_folder`` with one rename. A verified
-    archive is kept there when a step after it fails (a full disk), so the
-    next run does not download it again.
+    ``<parent>/.<name>.download/`` (kept there, verified, when a later step
+    fails), extracted beside it and moved to ``data_folder`` in one rename.
 
     Arguments
     ---------
@@ -325,15 +316,10 @@ def _fetch(url, part, progress, timeout):
         mode = "ab" if start else "wb"
         if start:
             logger.info("Resuming %s from byte %d", part.name, start)
-        if total is not None:
-            free = shutil.disk_usage(part.parent).free
-            if free < total - start:
-                logger.warning(
-                    "Only %.1f GB free in %s but %.1f GB still to download",
-                    free / 1e9,
-                    part.parent,
-                    (total - start) / 1e9,
-                )
+        free = shutil.disk_usage(part.parent).free if total else 0
+        if total is not None and free < total - start:
+            why = "Only %.1f GB free in %s but %.1f GB still to download"
+            logger.warning(why, free / 1e9, part.parent, (total - start) / 1e9)
 
         received = start
         bar = tqdm(
@@ -448,12 +434,11 @@ def _dispose_archive(archive, parent, keep_archive):
     """Delete the archive after success, or move it next to the data folder."""
     if not archive.exists():
         return
+    kept = parent / archive.name
     if not keep_archive:
         archive.unlink()
-        return
-    kept = parent / archive.name
-    if kept.exists():
+    elif kept.exists():
         logger.warning("%s exists; the archive is left at %s", kept, archive)
-        return
-    os.replace(archive, kept)
-    logger.info("Archive kept at %s", kept)
+    else:
+        os.replace(archive, kept)
+        logger.info("Archive kept at %s", kept)

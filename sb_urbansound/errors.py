@@ -14,11 +14,8 @@ import sys
 
 
 def report(error):
-    """Print an error as one line, ``error: <message>``, on stderr.
-
-    Printed once: the log files of a run (SpeechBrain's ``log.txt``) get the
-    message too, the console's log handlers do not (logging it as well
-    printed every error twice).
+    """Print an error as one line, ``error: <message>``, on stderr, once: the
+    run's log files (``log.txt``) get it too, the console's handlers do not.
 
     Arguments
     ---------
@@ -81,20 +78,12 @@ class BusyError(UserError):
 
 class NotOursError(UserError):
     """A folder we would write into, replace or delete was not made by
-    sb-urbansound (the message names it and what it holds).
-
-    Example
-    -------
-    >>> issubclass(NotOursError, UserError)
-    True
-    """
+    sb-urbansound (the message names it and what it holds)."""
 
 
 class DataPrepError(UserError, ValueError):
-    """A problem with the data or the options of data preparation.
-
-    The message names the file, CSV row or option at fault and says how to fix
-    it.
+    """A problem with the data or the options of data preparation: the
+    message names the file, CSV row or option at fault and how to fix it.
 
     Example
     -------
@@ -107,10 +96,5 @@ class DataPrepError(UserError, ValueError):
 
 
 class AudioLoadError(UserError, RuntimeError):
-    """An audio file is missing, unreadable, empty or holds non-finite samples.
-
-    Example
-    -------
-    >>> str(AudioLoadError("x.wav: no such file"))
-    'x.wav: no such file'
-    """
+    """An audio file is missing, unreadable, empty or holds non-finite
+    samples."""

@@ -6,6 +6,7 @@ Authors
  * sb-urbansound contributors
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -30,11 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 def set_override(overrides, key, value):
-    """Set one top-level key in SpeechBrain's YAML overrides string.
-
-    ``speechbrain.parse_arguments`` returns the command line's ``--key=value``
-    options as YAML text, one ``key: value`` line per key; this replaces the
-    line of ``key`` (or adds one).
+    """Set one top-level key in SpeechBrain's YAML overrides string (the
+    ``key: value`` lines of ``speechbrain.parse_arguments``).
 
     Arguments
     ---------
@@ -63,46 +61,31 @@ def set_override(overrides, key, value):
 
 def _whole(minimum, maximum=None):
     """A check: a whole number (not a bool) in ``[minimum, maximum]``."""
-
-    def check(value):
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and value >= minimum
-            and (maximum is None or value <= maximum)
-        )
-
-    return check
+    return lambda v: (
+        isinstance(v, int)
+        and not isinstance(v, bool)
+        and minimum <= v <= (v if maximum is None else maximum)
+    )
 
 
 def _number(low, high=None, low_open=True):
     """A check: a real number in ``(low, high)`` (``[low, ...`` if closed)."""
-
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        above = value > low if low_open else value >= low
-        return above and (high is None or value < high)
-
-    return check
+    return lambda v: (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and (v > low if low_open else v >= low)
+        and (high is None or v < high)
+    )
 
 
 def _optional(check):
     """A check that also accepts ``None`` (YAML ``null``: the default)."""
-
-    def optional(value):
-        return value is None or check(value)
-
-    return optional
+    return lambda value: value is None or check(value)
 
 
 def _one_of(*allowed):
     """A check: one of the ``allowed`` values."""
-
-    def check(value):
-        return value in allowed
-
-    return check
+    return lambda value: value in allowed
 
 
 #: The values of ``data_source`` (``sb_urbansound.loader``).
@@ -173,27 +156,11 @@ def _combination_errors(values):
     return errors
 
 
-def override_keys(overrides):
-    """The top-level keys set on the command line, in order.
+def _override_keys(overrides):
+    """The top-level keys of YAML overrides (SpeechBrain's ``key: value``
+    lines), in order; a key given twice is a :class:`UserError`.
 
-    Arguments
-    ---------
-    overrides : str
-        YAML overrides (SpeechBrain's format: one ``key: value`` line each).
-
-    Returns
-    -------
-    list of str
-        The keys.
-
-    Raises
-    ------
-    UserError
-        For a key given twice.
-
-    Example
-    -------
-    >>> override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
+    >>> _override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
     ['lr', 'folds']
     """
     seen = []
@@ -209,11 +176,9 @@ def override_keys(overrides):
 
 
 def read_yaml_values(hparams_file, overrides=""):
-    """The YAML's top-level values, with overrides, without building anything.
-
-    References (``!ref``) are resolved as ``load_hyperpyyaml`` would resolve
-    them, but no object is created (``!new:`` and ``!name:`` nodes come back
-    as ruamel tagged nodes).
+    """The YAML's top-level values, with overrides, without building anything:
+    ``!ref`` resolved as ``load_hyperpyyaml`` would, other tags as
+    :class:`sb_urbansound.yaml_reader.Tagged`.
 
     Arguments
     ---------
@@ -225,13 +190,8 @@ def read_yaml_values(hparams_file, overrides=""):
     Returns
     -------
     dict
-        The top-level keys and their resolved values.
-
-    Raises
-    ------
-    UserError
-        For a key given twice, an unknown key or a required key left unset;
-        the message names the key.
+        The top-level keys and their resolved values (a UserError names a
+        key given twice, unknown or required and left unset).
 
     Example
     -------
@@ -248,7 +208,7 @@ def read_yaml_values(hparams_file, overrides=""):
 
     from hyperpyyaml import resolve_references
 
-    seen = override_keys(overrides)
+    seen = _override_keys(overrides)
     try:
         read_yaml(overrides or "")
     except UserError as error:
@@ -302,20 +262,15 @@ def read_yaml_values(hparams_file, overrides=""):
 
 def check_values(values, hparams_file="the YAML"):
     """Check the values of :data:`CHECKED_KEYS` before anything is built,
-    and the values that must fit together (clip length and FFT size, mel
-    bands and FFT bins, ``f_max`` and the sample rate).
+    and those that must fit together (clip length, FFT size, mel bands,
+    ``f_max`` and the sample rate).
 
     Arguments
     ---------
     values : dict
         Top-level keys and values (from :func:`read_yaml_values`).
     hparams_file : str or Path
-        Named in the message.
-
-    Raises
-    ------
-    UserError
-        Naming the key, its value and what a valid value is.
+        Named in the message (with the key, its value and what is valid).
 
     Example
     -------
@@ -349,35 +304,16 @@ def check_values(values, hparams_file="the YAML"):
 RUN_SETTINGS_FILE = "run_settings.json"
 #: Keys that may change when a run resumes: they do not shape the model or
 #: the data (the data is compared through the manifests; the number of
-#: epochs through the learning-rate schedule, see the recipe).
-RUN_ONLY_KEYS = {
-    "number_of_epochs",
-    # the pretrained encoder only initialises a fresh run
-    "pretrained_encoder",
-    "use_pretrained",
-    "pretrainer",
-    "bank_folder",
-    "data_source",
-    "shards_folder",
-    "shard_size",
-    "shard_format",
-    "shuffle_buffer",
-    "epoch_counter",
-    "checkpointer",
-    "num_workers",
-    "ckpt_interval_minutes",
-    "dataloader_options",
-    "test_dataloader_options",
-    "n_classes",
-    "data_folder",
-    "download",
-    "skip_missing",
-    "skip_prep",
-    "prepare",
-    "train_annotation",
-    "valid_annotation",
-    "test_annotation",
-}
+#: epochs through the learning-rate schedule, see the recipe; the pretrained
+#: encoder only initialises a fresh run).
+RUN_ONLY_KEYS = set(
+    "number_of_epochs pretrained_encoder use_pretrained pretrainer "
+    "bank_folder data_source shards_folder shard_size shard_format "
+    "shuffle_buffer epoch_counter checkpointer num_workers "
+    "ckpt_interval_minutes dataloader_options test_dataloader_options "
+    "n_classes data_folder download skip_missing skip_prep prepare "
+    "train_annotation valid_annotation test_annotation".split()
+)
 
 
 def _canonical(value, replacements):
@@ -397,12 +333,9 @@ def _canonical(value, replacements):
 
 
 def run_settings(values):
-    """The settings that shape a run's model and data, comparable as JSON.
-
-    Every top-level key of the YAML except :data:`RUN_ONLY_KEYS` and the
-    ``__`` keys (run for their side effects); paths inside the output and
-    data folders are written relative to them, so the same run started with
-    a relative or an absolute path compares equal.
+    """The settings that shape a run's model and data, comparable as JSON:
+    the top-level keys but :data:`RUN_ONLY_KEYS` and ``__`` keys, with paths
+    in the output and data folders relative to them.
 
     Arguments
     ---------
@@ -428,28 +361,17 @@ def run_settings(values):
         for key, value in values.items()
         if key not in RUN_ONLY_KEYS
         and not key.startswith("__")
-        and key not in ("output_folder",)
+        and key != "output_folder"
     }
 
 
-def data_signature(manifests):
-    """A digest of the clips of each split: ids and labels, not paths.
+def _data_signature(manifests):
+    """A digest of the clips of each manifest (``{split: path}``): ids and
+    labels, not paths, as ``{split: {"clips": int, "sha256": str}}``.
 
-    Arguments
-    ---------
-    manifests : dict
-        ``{split: path of its JSON manifest}``.
-
-    Returns
-    -------
-    dict
-        ``{split: {"clips": int, "sha256": str}}``.
-
-    Example
-    -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "t.json").write_text('{"a": {"label": "dog", "wav": "/x"}}')
-    >>> data_signature({"train": tmp / "t.json"})["train"]["clips"]
+    >>> _data_signature({"train": tmp / "t.json"})["train"]["clips"]
     1
     """
     signature = {}
@@ -484,12 +406,11 @@ def differences(old, new, limit=8):
     >>> differences({"lr": 0.1, "seed": 1}, {"lr": 0.01, "seed": 1})
     ['lr: 0.1 -> 0.01']
     """
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            lines.append(
-                f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
-            )
+    lines = [
+        f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
     if len(lines) > limit:
         lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
     return lines
@@ -502,21 +423,16 @@ def _is_inside(path, folder):
 
 
 def check_outside(data_folder, folders):
-    """Refuse folders we write that are inside the data folder.
-
-    The data folder is the user's: a run reads it and never writes to it.
+    """Refuse folders we write that are inside the data folder (the user's:
+    a run reads it and never writes to it).
 
     Arguments
     ---------
     data_folder : str or Path
         The data.
     folders : dict
-        ``{option name: folder}`` of the folders a run writes.
-
-    Raises
-    ------
-    UserError
-        Naming the first folder inside ``data_folder``.
+        ``{option name: folder}`` of the folders a run writes (the first
+        one inside ``data_folder`` is named).
 
     Example
     -------
@@ -538,15 +454,10 @@ def check_outside(data_folder, folders):
 class RunFolder:
     """The output folder of one run: locked, cleaned, bound to its settings.
 
-    * :meth:`lock` claims the folder (new, empty or a run folder of ours:
-      never a folder of the user's files) and takes its lock, so that two
-      runs never write one folder (a second run stops with a message naming
-      the first one's process);
-    * temporary files and folders that a killed run left are removed;
-    * :meth:`check_settings` and :meth:`check_data` refuse to resume a run
-      whose settings or data split differ from those it was started with:
-      the checkpoint would otherwise be tested on other data (its training
-      clips, maybe) or trained further with another model.
+    :meth:`lock` claims and locks it and removes what killed runs left;
+    :meth:`check_settings` and :meth:`check_data` refuse to resume a run with
+    other settings or data split (its checkpoint would be tested on other
+    clips, maybe its training clips, or trained further as another model).
 
     Arguments
     ---------
@@ -579,18 +490,14 @@ class RunFolder:
     def lock(self, data_folder=None):
         """Claim and lock the folder; remove what killed runs left behind.
 
-        The folder must be new, empty or an output folder of ours (see
-        :func:`sb_urbansound.atomic.claim_folder`): a folder holding the
-        user's files is refused, naming them, since a run would overwrite
-        them. The lock belongs to this process alone (a POSIX lock: no child
-        process holds it, and it goes away with the process, however it
-        ends).
+        The folder must be new, empty or ours
+        (:func:`sb_urbansound.atomic.claim_folder`); the lock is a
+        :class:`sb_urbansound.atomic.FolderLock`.
 
         Arguments
         ---------
         data_folder : str or Path, optional
-            The data; the output and checkpoint folders may not be inside it
-            (a run never modifies the data folder).
+            The data, which the output and checkpoint folders may not be in.
 
         Raises
         ------
@@ -598,11 +505,12 @@ class RunFolder:
             When another process holds the lock, the folder is not ours, or
             it holds a link to a file.
         """
+        folders = {
+            "output_folder": self.folder,
+            "save_folder": self.save_folder,
+        }
         if data_folder is not None:
-            check_outside(
-                data_folder,
-                {"output_folder": self.folder, "save_folder": self.save_folder},
-            )
+            check_outside(data_folder, folders)
         claim_folder(self.folder, "run")
         if not _is_inside(self.save_folder, self.folder):
             claim_folder(self.save_folder, "checkpoints", what="save_folder")
@@ -613,10 +521,9 @@ class RunFolder:
         # lock file: closing any descriptor of it would drop our POSIX lock.
         for path in self.folder.iterdir():
             if not path.is_dir() and path != self._lock.path:
-                try:
+                # OSError: not a link (unreadable, or gone meanwhile)
+                with contextlib.suppress(OSError):
                     os.close(open_store_file(path))
-                except OSError:  # not a link: unreadable, or gone meanwhile
-                    pass
         for folder in [self.folder, *self.folder.iterdir()]:
             if folder.is_dir() and not folder.is_symlink():
                 for path in remove_stale_temps(folder):
@@ -629,21 +536,12 @@ class RunFolder:
             self._lock = None
 
     def has_progress(self):
-        """Whether the folder holds a checkpoint or test results.
-
-        Returns
-        -------
-        bool
-        """
+        """Whether the folder holds a checkpoint or test results."""
         if (self.folder / "test_results.json").exists():
             return True
         return self.save_folder.is_dir() and any(
             p.name.startswith("CKPT+") for p in self.save_folder.iterdir()
         )
-
-    def _recorded(self):
-        """The settings recorded by an earlier start, or None."""
-        return read_store_json(self.settings_file)
 
     def check_settings(self, values):
         """Refuse to resume with other settings (call before data prep).
@@ -660,12 +558,11 @@ class RunFolder:
             checkpoint or results of a run with other settings.
         """
         self._settings = run_settings(values)
-        recorded = self._recorded()
-        if recorded is None or not self.has_progress():
-            return
-        diff = differences(recorded.get("settings", {}), self._settings)
-        if diff:
-            self._refuse("other settings", diff)
+        recorded = read_store_json(self.settings_file)  # by an earlier start
+        if recorded is not None and self.has_progress():
+            diff = differences(recorded.get("settings", {}), self._settings)
+            if diff:
+                self._refuse("other settings", diff)
 
     def check_data(self, manifests):
         """Refuse to resume on another data split; record this start's settings.
@@ -681,8 +578,8 @@ class RunFolder:
             When the clips of a split differ from those the folder's
             checkpoints were trained and selected on.
         """
-        data = data_signature(manifests)
-        recorded = self._recorded()
+        data = _data_signature(manifests)
+        recorded = read_store_json(self.settings_file)
         if recorded is not None and self.has_progress():
             diff = differences(recorded.get("data", {}), data)
             if diff:
@@ -704,12 +601,9 @@ class RunFolder:
 
 
 def build_partial(node, key="prepare"):
-    """The function a HyperPyYAML ``!name:`` node stands for, with its arguments.
-
-    :func:`read_yaml_values` reads a YAML without building anything; this
-    builds one ``!name:`` node of it the way ``load_hyperpyyaml`` would (a
-    ``functools.partial``), so that data preparation can run before the
-    models are built (they may need the number of classes it finds).
+    """The function a HyperPyYAML ``!name:`` node stands for, with its
+    arguments, as ``load_hyperpyyaml`` builds it: so that data preparation
+    can run before the models are built (they may need its classes).
 
     Arguments
     ---------
@@ -740,6 +634,4 @@ def build_partial(node, key="prepare"):
     args = node.value
     if isinstance(args, dict):
         return functools.partial(func, **args)
-    if isinstance(args, list):
-        return functools.partial(func, *args)
-    return functools.partial(func)
+    return functools.partial(func, *(args if isinstance(args, list) else ()))

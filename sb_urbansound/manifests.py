@@ -3,9 +3,8 @@ atomically, and skip the work when they are up to date.
 
 :func:`write_manifests` writes ``train.json``, ``valid.json``, ``test.json``
 (``{clip_id: {"wav", "label", "fold", "group", "duration", "sample_rate",
-"channels"}}``), ``labels.json`` (the sorted labels of all folds) and
-``prepare_options.json`` (options, inputs, split: when it matches, the work
-is skipped). Each file is decoded once; an unusable one is named.
+"channels"}}``), ``labels.json`` and ``prepare_options.json`` (options,
+inputs, split: when it matches, the work is skipped).
 
 Authors
 -------
@@ -72,19 +71,17 @@ def write_manifests(
     function : str
         Name of the public function (recorded in the options file).
     table : pandas.DataFrame
-        Clips with columns ``clip_id``, ``path``, ``label``, ``fold``, ``group``.
+        Clips: ``clip_id``, ``path``, ``label``, ``fold``, ``group``.
     save_folder : str or Path
         Output folder.
     splits : dict
         ``{"train": [folds], "valid": [folds], "test": [folds]}``, validated.
-    options : dict
-        The options that determine the outputs (JSON-serialisable).
-    fingerprint : dict
-        What identifies the inputs (stats of the CSV or of the files).
+    options, fingerprint : dict
+        The options that determine the outputs; what identifies the inputs.
     skip_missing : bool
         Leave unusable files out (one warning) instead of raising.
     leaky_random_split : bool
-        Reassign clips to random folds (sizes kept) before splitting.
+        Reassign clips to random folds (sizes kept), with ``seed``.
     seed : int
         Seed of ``leaky_random_split``.
     missing_hint : str, optional
@@ -92,8 +89,7 @@ def write_manifests(
     warn_shared_groups : bool
         Warn when a group spans several splits.
     full_check : bool
-        Decode every file (else read the headers only, for a run whose clip
-        bank or shards decode the files).
+        Decode every file (else read the headers only).
     split : str, optional
         How the clips were dealt to folds, in words: logged and recorded.
 
@@ -141,17 +137,92 @@ def write_manifests(
             return outputs
         # An interrupted run must not look up to date
         options_path.unlink(missing_ok=True)
-        _write(
-            table,
-            outputs,
-            splits,
-            skip_missing,
-            leaky_random_split,
-            seed,
-            missing_hint,
-            warn_shared_groups,
-            full_check,
+        labels = sorted(table["label"].unique())
+        if leaky_random_split:
+            logger.warning(
+                "leaky_random_split=True: clips are reassigned to random "
+                "folds, so clips of one recording/group leak across train, "
+                "valid and test. This inflates scores and is only meant to "
+                "compare against the proper split; do not report it as a result."
+            )
+            rng = np.random.default_rng(seed)
+            table = table.assign(fold=rng.permutation(table["fold"].to_numpy()))
+        fold_to_split = {f: s for s, folds in splits.items() for f in folds}
+        table = table.assign(split=table["fold"].map(fold_to_split))
+        unused = table[table["split"].isna()]
+        if len(unused):
+            logger.info(
+                "%d clip(s) of fold(s) %s are in no split (not used)",
+                len(unused),
+                sorted(unused["fold"].unique().tolist()),
+            )
+        table = table[table["split"].notna()].sort_values(
+            "clip_id", kind="stable"
         )
+        dup = table["clip_id"].duplicated(keep=False)
+        if dup.any():
+            rows = [
+                f"{c}: {p}"
+                for c, p in zip(
+                    table["clip_id"][dup], table["path"][dup], strict=True
+                )
+            ]
+            raise DataPrepError(
+                f"{int(dup.sum())} clips share a clip id: {listing(rows)}. "
+                "Rename the files so that each clip id is unique."
+            )
+        info = probe_audio(
+            table["path"].to_list(), skip_missing, missing_hint, full_check
+        )
+        table = table[table["path"].isin(info)]
+        for name in SPLITS:
+            part = table[table["split"] == name]
+            if part.empty:
+                raise DataPrepError(
+                    f"no usable clip is left in the {name} split (folds "
+                    f"{splits[name]}) once unusable files are skipped; add "
+                    "audio to these folds or choose other folds."
+                )
+            logger.info(
+                "%s: %d clips, %d groups, folds %s",
+                name,
+                len(part),
+                part["group"].nunique(),
+                sorted(part["fold"].unique().tolist()),
+            )
+        train_labels = set(table["label"][table["split"] == "train"])
+        absent = [lab for lab in labels if lab not in train_labels]
+        if absent:
+            logger.warning(
+                "label(s) %s have no clip in the train split",
+                listing(absent, 10),
+            )
+        if warn_shared_groups and not leaky_random_split:
+            spread = table.groupby("group")["split"].nunique()
+            shared = spread[spread > 1].index.tolist()
+            if shared:
+                logger.warning(
+                    "%d group(s) (source recordings) have clips in more than "
+                    "one split: %s. This comes from the data set's own folds.",
+                    len(shared),
+                    listing(sorted(shared), 10),
+                )
+        for name in SPLITS:
+            manifest = {}
+            for row in table[table["split"] == name].itertuples(index=False):
+                frames, rate, channels = info[row.path]
+                manifest[row.clip_id] = {
+                    "wav": row.path,
+                    "label": str(row.label),
+                    "fold": int(row.fold),
+                    "group": str(row.group),
+                    "duration": frames / rate,
+                    "sample_rate": int(rate),
+                    "channels": int(channels),
+                }
+            atomic_write_json(outputs[name], manifest)
+            logger.info("Wrote %d clips to %s", len(manifest), outputs[name])
+        atomic_write_json(outputs["labels"], labels)
         atomic_write_json(options_path, record)
         return outputs
 
@@ -168,91 +239,6 @@ def _up_to_date(options_path, record, output_paths):
         )
         and isinstance(outputs[-1], list)
     )
-
-
-def _write(table, outputs, splits, skip, leaky, seed, hint, warn, full):
-    """Check the clips of ``table`` and write its manifests and labels."""
-    labels = sorted(table["label"].unique())
-    if leaky:
-        logger.warning(
-            "leaky_random_split=True: clips are reassigned to random folds, so "
-            "clips of one recording/group leak across train, valid and test. "
-            "This inflates scores and is only meant to compare against the "
-            "proper split; do not report it as a result."
-        )
-        rng = np.random.default_rng(seed)
-        table = table.assign(fold=rng.permutation(table["fold"].to_numpy()))
-    fold_to_split = {f: s for s, folds in splits.items() for f in folds}
-    table = table.assign(split=table["fold"].map(fold_to_split))
-    unused = table[table["split"].isna()]
-    if len(unused):
-        logger.info(
-            "%d clip(s) of fold(s) %s are in no split (not used)",
-            len(unused),
-            sorted(unused["fold"].unique().tolist()),
-        )
-    table = table[table["split"].notna()].sort_values("clip_id", kind="stable")
-    dup = table["clip_id"].duplicated(keep=False)
-    if dup.any():
-        rows = [
-            f"{c}: {p}"
-            for c, p in zip(
-                table["clip_id"][dup], table["path"][dup], strict=True
-            )
-        ]
-        raise DataPrepError(
-            f"{int(dup.sum())} clips share a clip id: {listing(rows)}. Rename the "
-            "files so that each clip id is unique."
-        )
-    info = probe_audio(table["path"].to_list(), skip, hint, full_check=full)
-    table = table[table["path"].isin(info)]
-    for split in SPLITS:
-        part = table[table["split"] == split]
-        if part.empty:
-            raise DataPrepError(
-                f"no usable clip is left in the {split} split (folds "
-                f"{splits[split]}) once unusable files are skipped; add audio to "
-                "these folds or choose other folds."
-            )
-        logger.info(
-            "%s: %d clips, %d groups, folds %s",
-            split,
-            len(part),
-            part["group"].nunique(),
-            sorted(part["fold"].unique().tolist()),
-        )
-    train_labels = set(table["label"][table["split"] == "train"])
-    absent = [lab for lab in labels if lab not in train_labels]
-    if absent:
-        logger.warning(
-            "label(s) %s have no clip in the train split", listing(absent, 10)
-        )
-    if warn and not leaky:
-        spread = table.groupby("group")["split"].nunique()
-        shared = spread[spread > 1].index.tolist()
-        if shared:
-            logger.warning(
-                "%d group(s) (source recordings) have clips in more than one "
-                "split: %s. This comes from the data set's own folds.",
-                len(shared),
-                listing(sorted(shared), 10),
-            )
-    for split in SPLITS:
-        manifest = {}
-        for row in table[table["split"] == split].itertuples(index=False):
-            frames, rate, channels = info[row.path]
-            manifest[row.clip_id] = {
-                "wav": row.path,
-                "label": str(row.label),
-                "fold": int(row.fold),
-                "group": str(row.group),
-                "duration": frames / rate,
-                "sample_rate": int(rate),
-                "channels": int(channels),
-            }
-        atomic_write_json(outputs[split], manifest)
-        logger.info("Wrote %d clips to %s", len(manifest), outputs[split])
-    atomic_write_json(outputs["labels"], labels)
 
 
 def recorded_split(manifest_folder):
@@ -282,11 +268,9 @@ def recorded_split(manifest_folder):
 
 
 def check_audio_file(path, block_frames=1 << 20, full=True):
-    """Decode a whole audio file once; return its shape or why it is unusable.
-
-    A header alone would let through a file corrupt after it (training stops
-    mid-epoch) or holding NaN samples (NaN weights). The file is decoded in
-    blocks (little memory); ``full=False`` reads the header only.
+    """Decode a whole audio file once, in blocks; return its shape or why it
+    is unusable (a header alone lets through a file corrupt after it, or
+    holding NaN samples).
 
     Arguments
     ---------
@@ -413,10 +397,8 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
 
 def file_stamp(path):
-    """What changes when a file's content changes: size, mtime and ctime.
-
-    The ctime cannot be set back, so a rewrite that restores the mtime still
-    changes the stamp.
+    """What changes when a file's content changes: size, mtime and ctime
+    (which cannot be set back, as the mtime can).
 
     Arguments
     ---------
@@ -443,11 +425,6 @@ def file_stamp(path):
 def stat_entry(path):
     """``{"path", "stamp"}`` of one file, for the options record."""
     return {"path": str(path), "stamp": file_stamp(path)}
-
-
-def stat_list(data_folder, files):
-    """``[[relative path, stamp], ...]``, for the options record."""
-    return [[rel, file_stamp(data_folder / rel)] for rel in files]
 
 
 def stat_digest(paths):
@@ -481,10 +458,8 @@ def absolute(path):
 
 
 def read_labels(labels_file=None, manifests=()):
-    """The class labels in index order.
-
-    From ``labels.json`` when data preparation wrote one; else (ready-made
-    manifests) the sorted labels found in the manifests.
+    """The class labels in index order: ``labels.json`` when data preparation
+    wrote one, else the sorted labels of the (ready-made) manifests.
 
     Arguments
     ---------

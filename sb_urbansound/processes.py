@@ -85,13 +85,31 @@ def signal_name(signum):
 
 
 @contextlib.contextmanager
+def handling(signals, handler, previous=None):
+    """Within the block, ``handler(signum, frame)`` handles ``signals``
+    (only in the main thread, Python's rule; an ignored signal, as under
+    ``nohup``, stays ignored); ``previous`` (a dict) gets each old handler,
+    which comes back after the block."""
+    previous = {} if previous is None else previous
+    main = threading.current_thread() is threading.main_thread()
+    try:
+        for sig in signals if main else ():
+            old = signal.getsignal(sig)
+            if old is not signal.SIG_IGN:
+                previous[sig] = signal.SIG_DFL if old is None else old
+                signal.signal(sig, handler)
+        yield previous
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
 def stop_on_signals(signals=STOP_SIGNALS):
     """Within the block, a stop signal raises :class:`Stopped`.
 
     The first signal raises; the handlers are then restored, so a second
-    one acts at once (its default: the process ends). Only in the main
-    thread (Python's rule); a signal that is ignored (``nohup``) stays
-    ignored.
+    one acts at once (its default: the process ends). See :func:`handling`.
 
     Arguments
     ---------
@@ -117,18 +135,8 @@ def stop_on_signals(signals=STOP_SIGNALS):
             signal.signal(sig, old)
         raise Stopped(signum)
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in signals:
-            old = signal.getsignal(sig)
-            if old is signal.SIG_IGN:
-                continue
-            previous[sig] = signal.SIG_DFL if old is None else old
-            signal.signal(sig, handler)
-    try:
+    with handling(signals, handler, previous):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def exit_now(status):

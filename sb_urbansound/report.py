@@ -1,14 +1,9 @@
-"""Cross-validation results: aggregation, Markdown report and plots.
+"""Test and cross-validation results: aggregation, Markdown report, plots.
 
-Everything here is a pure function of the per-fold results that the recipe writes
-(``test_results.json`` and ``history.json`` in each fold's output folder), so it
-can be tested on synthetic numbers and rerun on finished folds at any time.
-Accuracies are fractions in ``[0, 1]`` (the recipe's convention); the report
-prints them as percentages.
-
-Files are written atomically (see :mod:`sb_urbansound.atomic`). Plots use
-matplotlib's Agg backend through :class:`matplotlib.figure.Figure` directly, so
-nothing here touches ``pyplot``'s global state or needs a display.
+Pure functions of the per-fold results that the recipe writes
+(``test_results.json``, ``history.json``): accuracies are fractions, printed
+as percentages. Files are written atomically; plots use matplotlib's Agg
+canvas directly (no ``pyplot`` state, no display).
 """
 
 import io
@@ -25,18 +20,6 @@ from sb_urbansound.atomic import (
 )
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "aggregate_folds",
-    "write_markdown_report",
-    "plot_confusion_matrix",
-    "plot_learning_curves",
-    "append_history",
-    "classification_results",
-    "write_test_results",
-    "confusion_matrix",
-    "format_duration",
-]
 
 LEAKY_WARNING = """\
 ## ⚠️ LEAKY RANDOM SPLIT: these numbers are NOT comparable to published results
@@ -61,10 +44,8 @@ holds for any data grouped by recording or speaker. Compare with a run without
 
 def _clean_float(value):
     """Return ``value`` as a float, or None when it is None or NaN."""
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
+    value = None if value is None else float(value)
+    return None if value is None or math.isnan(value) else value
 
 
 def aggregate_folds(fold_results):
@@ -73,61 +54,42 @@ def aggregate_folds(fold_results):
     Arguments
     ---------
     fold_results : list of dict
-        One dict per fold, in the order they should be reported. Each holds
-        ``test_fold`` (int), ``valid_folds`` (list of int) and the keys of the
-        recipe's ``test_results.json``: ``accuracy`` (fraction),
-        ``per_class_accuracy`` ({label: fraction or None}), ``confusion_matrix``
-        (rows true class, columns predicted, in ``labels`` order), ``labels`` and
-        ``n_clips``.
+        One per fold, in report order: ``test_fold``, ``valid_folds`` and the
+        keys of the recipe's ``test_results.json`` (``accuracy``,
+        ``per_class_accuracy``, ``confusion_matrix`` with rows the true class,
+        ``labels``, ``n_clips``).
 
     Returns
     -------
     dict
-        The contents of ``crossval_results.json``, with exactly these keys:
-
-        * ``folds``: a list of ``{test_fold, valid_folds, accuracy,
-          per_class_accuracy, n_clips}``, one per fold, in input order;
-        * ``mean``: the mean of the fold accuracies;
-        * ``std``: their sample standard deviation (``ddof=1``, the usual
-          "± std" of k-fold results). With a single fold it is undefined and
-          is ``None`` (``null`` in JSON), never a misleading 0;
-        * ``confusion_matrix``: the element-wise sum of the folds' matrices, so
-          each test clip is counted exactly once (every clip is in one test fold);
-        * ``labels``: the label order of the matrix (the first fold's order).
-
-        Per-class accuracies that are NaN (a class absent from a test fold) are
-        stored as ``None``.
+        The contents of ``crossval_results.json``: ``folds`` (``{test_fold,
+        valid_folds, accuracy, per_class_accuracy, n_clips}`` each, a NaN
+        accuracy as None), ``mean``, ``std`` (sample std, ``ddof=1``; None
+        for a single fold, never a misleading 0), ``confusion_matrix`` (the
+        sum of the folds': each clip counted once) and ``labels`` (the first
+        fold's order).
 
     Raises
     ------
     ValueError
-        If there are no folds, a fold's labels differ from the first fold's (as a
-        set; a mere reordering is undone), a matrix does not match its labels, or a
-        matrix does not count ``n_clips`` clips.
+        If there are no folds, a fold's labels differ from the first fold's
+        (as a set: a reordering is undone), or a matrix does not match its
+        labels or ``n_clips``.
 
     Example
     -------
-    >>> folds = [
-    ...     {
-    ...         "test_fold": 1,
-    ...         "valid_folds": [2],
-    ...         "accuracy": 0.5,
-    ...         "per_class_accuracy": {"a": 1.0, "b": 0.0},
-    ...         "confusion_matrix": [[1, 0], [1, 0]],
-    ...         "labels": ["a", "b"],
-    ...         "n_clips": 2,
-    ...     },
-    ...     {
-    ...         "test_fold": 2,
-    ...         "valid_folds": [1],
-    ...         "accuracy": 1.0,
-    ...         "per_class_accuracy": {"a": 1.0, "b": 1.0},
-    ...         "confusion_matrix": [[1, 0], [0, 1]],
-    ...         "labels": ["a", "b"],
-    ...         "n_clips": 2,
-    ...     },
-    ... ]
-    >>> res = aggregate_folds(folds)
+    >>> cms = {0.5: [[1, 0], [1, 0]], 1.0: [[1, 0], [0, 1]]}
+    >>> res = aggregate_folds(
+    ...     dict(
+    ...         test_fold=k,
+    ...         valid_folds=[3 - k],
+    ...         accuracy=a,
+    ...         n_clips=2,
+    ...         confusion_matrix=cms[a],
+    ...         labels=["a", "b"],
+    ...     )
+    ...     for k, a in [(1, 0.5), (2, 1.0)]
+    ... )
     >>> res["mean"], round(res["std"], 4), res["confusion_matrix"]
     (0.75, 0.3536, [[2, 0], [1, 1]])
     """
@@ -183,11 +145,10 @@ def aggregate_folds(fold_results):
             }
         )
 
-    accs = np.array([f["accuracy"] for f in folds], dtype=np.float64)
-    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else None
+    mean, std = _mean_std([f["accuracy"] for f in folds])
     return {
         "folds": folds,
-        "mean": float(np.mean(accs)),
+        "mean": mean,
         "std": std,
         "confusion_matrix": total.tolist(),
         "labels": labels,
@@ -267,20 +228,16 @@ def write_markdown_report(
     command : str
         The command line that produced the results, shown verbatim.
     hardware : str
-        A description of the machine, e.g. from
-        :func:`sb_urbansound.hardware.hardware_description`.
+        A description of the machine.
     leaky : bool
-        Whether the folds were a random clip split (``--leaky-random-split``).
-        If so, a prominent warning section explains why the numbers are inflated
-        and must not be compared with published results.
+        Whether the folds were a random clip split: a warning section says
+        why the numbers are inflated.
     fold_seconds : dict, optional
-        ``{test_fold: seconds}`` training + testing time per fold, shown in the
-        per-fold table when given.
+        ``{test_fold: seconds}``, a column of the per-fold table.
     title : str, optional
-        The report's heading; a default one is used if not given.
+        The report's heading.
     fold_commands : dict, optional
-        ``{test_fold: recipe command}`` each fold was last run with, listed
-        under the command.
+        ``{test_fold: recipe command}`` each fold was last run with.
 
     Returns
     -------
@@ -291,133 +248,107 @@ def write_markdown_report(
     -------
     >>> tmp = getfixture("tmp_path")
     >>> res = aggregate_folds(
-    ...     [
-    ...         {
-    ...             "test_fold": k,
-    ...             "valid_folds": [k % 3 + 1],
-    ...             "accuracy": a,
-    ...             "per_class_accuracy": {"a": a, "b": a},
-    ...             "confusion_matrix": [[1, 0], [0, 1]],
-    ...             "labels": ["a", "b"],
-    ...             "n_clips": 2,
-    ...         }
-    ...         for k, a in [(1, 0.5), (2, 0.75), (3, 1.0)]
-    ...     ]
+    ...     dict(
+    ...         test_fold=k,
+    ...         valid_folds=[k % 3 + 1],
+    ...         accuracy=a,
+    ...         n_clips=2,
+    ...         confusion_matrix=[[1, 0], [0, 1]],
+    ...         labels=["a", "b"],
+    ...     )
+    ...     for k, a in [(1, 0.5), (2, 0.75), (3, 1.0)]
     ... )
     >>> text = write_markdown_report(tmp / "r.md", res, "python -m ...", "CPU")
     >>> "75.00 ± 25.00 %" in text
     True
     """
-    folds = results["folds"]
-    labels = results["labels"]
+    folds, labels = results["folds"], results["labels"]
     fold_seconds = {int(k): v for k, v in (fold_seconds or {}).items()}
     n_total = sum(f["n_clips"] for f in folds)
-    lines = []
-    title = title or (
-        "Cross-validation report (LEAKY RANDOM SPLIT)"
-        if leaky
-        else "Cross-validation report"
+    title = title or "Cross-validation report" + (
+        " (LEAKY RANDOM SPLIT)" if leaky else ""
     )
-    lines.append(f"# {title}")
-    lines.append("")
-    if leaky:
-        lines.append(LEAKY_WARNING)
     acc_text = (
         _pm(results["mean"], results["std"])
         if results["std"] is not None
         else f"{_pct(results['mean'])} (std undefined for a single fold)"
     )
-    lines.append(
-        f"**Accuracy: {acc_text}** "
-        f"(mean ± sample standard deviation over {len(folds)} folds, "
-        f"{n_total} test clips in all"
+    lines = [f"# {title}", "", *([LEAKY_WARNING] if leaky else [])]
+    lines += [
+        f"**Accuracy: {acc_text}** (mean ± sample standard deviation over "
+        f"{len(folds)} folds, {n_total} test clips in all"
         + (", leaky random split" if leaky else "")
-        + ")"
-    )
-    lines.append("")
-    lines.append("## Per-fold results")
-    lines.append("")
-    header = "| Test fold | Valid fold(s) | Test clips | Accuracy |"
-    rule = "|---:|---:|---:|---:|"
-    if fold_seconds:
-        header += " Time |"
-        rule += "---:|"
-    lines += [header, rule]
+        + ")",
+        "",
+        "## Per-fold results",
+        "",
+        "| Test fold | Valid fold(s) | Test clips | Accuracy |"
+        + (" Time |" if fold_seconds else ""),
+        "|---:|---:|---:|---:|" + ("---:|" if fold_seconds else ""),
+    ]
     for f in folds:
         row = (
-            f"| {f['test_fold']} | {', '.join(str(v) for v in f['valid_folds'])} "
+            f"| {f['test_fold']} | {', '.join(map(str, f['valid_folds']))} "
             f"| {f['n_clips']} | {_pct(f['accuracy'])} |"
         )
         if fold_seconds:
             sec = fold_seconds.get(int(f["test_fold"]))
             row += f" {format_duration(sec) if sec is not None else 'n/a'} |"
         lines.append(row)
-    lines.append(
-        f"| **mean ± std** | | {n_total} | **{_pm(results['mean'], results['std'])}** |"
-        + (" |" if fold_seconds else "")
-    )
-    lines.append("")
-
-    cm = np.asarray(results["confusion_matrix"], dtype=np.int64)
-    lines.append("## Per-class accuracy")
-    lines.append("")
-    lines.append(
-        "Mean ± sample std of each class's accuracy over the folds (folds without "
-        "clips of the class are left out), and the pooled accuracy from the summed "
-        "confusion matrix (correct / all test clips of the class)."
-    )
-    lines.append("")
     fold_cols = [str(f["test_fold"]) for f in folds]
-    lines.append(
+    lines += [
+        f"| **mean ± std** | | {n_total} | "
+        f"**{_pm(results['mean'], results['std'])}** |"
+        + (" |" if fold_seconds else ""),
+        "",
+        "## Per-class accuracy",
+        "",
+        "Mean ± sample std of each class's accuracy over the folds (folds "
+        "without clips of the class are left out), and the pooled accuracy "
+        "from the summed confusion matrix (correct / all test clips of the "
+        "class).",
+        "",
         "| Class | Mean ± std over folds | Pooled | Clips | "
         + " | ".join(f"Fold {c}" for c in fold_cols)
-        + " |"
-    )
-    lines.append("|---|---:|---:|---:|" + "---:|" * len(fold_cols))
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(fold_cols),
+    ]
+    cm = np.asarray(results["confusion_matrix"], dtype=np.int64)
     for i, label in enumerate(labels):
         values = [f["per_class_accuracy"].get(label) for f in folds]
-        mean, std = _mean_std(values)
         n_class = int(cm[i].sum()) if cm.size else 0
         pooled = cm[i, i] / n_class if n_class else None
         lines.append(
-            f"| {label} | {_pm(mean, std)} | {_pct(pooled)} | {n_class} | "
-            + " | ".join(_pct(v, 1) for v in values)
-            + " |"
+            f"| {label} | {_pm(*_mean_std(values))} | {_pct(pooled)} | "
+            f"{n_class} | " + " | ".join(_pct(v, 1) for v in values) + " |"
         )
-    lines.append("")
-    lines.append("## Plots")
-    lines.append("")
-    lines.append(
-        "* `confusion_matrix.png`: the confusion matrix summed over all folds, "
-        "normalised per true class."
-    )
-    lines.append(
-        "* `learning_curves.png`: training and validation loss and accuracy per "
-        "epoch, one colour per fold."
-    )
-    lines.append("")
-    lines.append("## Command")
-    lines.append("")
-    lines.append("```")
-    lines.append(command)
-    lines.append("```")
-    lines.append("")
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "* `confusion_matrix.png`: the confusion matrix summed over all "
+        "folds, normalised per true class.",
+        "* `learning_curves.png`: training and validation loss and accuracy "
+        "per epoch, one colour per fold.",
+        "",
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
     if fold_commands:
-        lines.append(
+        lines += [
             "Each fold as it was run (crossval refuses to mix folds of other "
-            "settings):"
-        )
-        lines.append("")
-        lines.append("```")
+            "settings):",
+            "",
+            "```",
+        ]
         for test_fold in sorted(fold_commands, key=int):
-            lines.append(f"# fold {test_fold}")
-            lines.append(fold_commands[test_fold])
-        lines.append("```")
-        lines.append("")
-    lines.append("## Hardware")
-    lines.append("")
-    lines.append(hardware)
-    lines.append("")
+            lines += [f"# fold {test_fold}", fold_commands[test_fold]]
+        lines += ["```", ""]
+    lines += ["## Hardware", "", hardware, ""]
     text = "\n".join(lines)
     atomic_write_text(path, text)
     return text
@@ -443,10 +374,8 @@ def _save_png(fig, path):
 def plot_confusion_matrix(path, cm, labels, title=None):
     """Plot a confusion matrix normalised per true class, as a PNG.
 
-    Each row (true class) is divided by its total, so a cell reads "fraction of
-    the clips of this class predicted as that class"; rows without clips stay 0.
-    Cells show the fraction, ticks show the labels, and the row totals are given
-    in the y tick labels.
+    A cell is the fraction of the clips of its row's class predicted as its
+    column's (0 for a row without clips); row totals are in the y labels.
 
     Arguments
     ---------
@@ -503,36 +432,26 @@ def plot_confusion_matrix(path, cm, labels, title=None):
         fontsize=10,
     )
     fontsize = 9 if n <= 10 else max(5, 9 - (n - 10) // 3)
-    for i in range(n):
-        for j in range(n):
-            value = norm[i, j]
-            ax.text(
-                j,
-                i,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                fontsize=fontsize,
-                color="white" if value > 0.5 else "black",
-            )
+    style = dict(ha="center", va="center", fontsize=fontsize)
+    for (i, j), value in np.ndenumerate(norm):
+        color = "white" if value > 0.5 else "black"
+        ax.text(j, i, f"{value:.2f}", color=color, **style)
     return _save_png(fig, path)
 
 
 def plot_learning_curves(path, histories, title=None):
     """Plot loss and accuracy per epoch for each fold, train and valid, as a PNG.
 
-    Two panels (loss, accuracy); one colour per fold; solid lines for training,
-    dashed for validation. Missing values (e.g. no validation in an epoch) are
-    skipped.
+    One colour per fold, solid for training, dashed for validation; missing
+    values are skipped.
 
     Arguments
     ---------
     path : str or Path
         Destination ``.png`` file (written atomically).
     histories : dict
-        ``{fold: [epoch dict, ...]}`` where each epoch dict is a row of the
-        recipe's ``history.json``: ``epoch``, ``train_loss``, ``train_accuracy``,
-        ``valid_loss``, ``valid_accuracy`` (accuracies as fractions).
+        ``{fold: rows of the recipe's history.json}`` (``epoch``,
+        ``train_loss``, ``train_accuracy``, ``valid_loss``, ...).
     title : str, optional
         Figure title.
 
@@ -544,17 +463,7 @@ def plot_learning_curves(path, histories, title=None):
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> hist = {
-    ...     1: [
-    ...         {
-    ...             "epoch": 1,
-    ...             "train_loss": 2.0,
-    ...             "train_accuracy": 0.3,
-    ...             "valid_loss": 2.1,
-    ...             "valid_accuracy": 0.25,
-    ...         }
-    ...     ]
-    ... }
+    >>> hist = {1: [dict(epoch=1, train_loss=2.0, valid_accuracy=0.25)]}
     >>> plot_learning_curves(tmp / "lc.png", hist).stat().st_size > 0
     True
     """
@@ -563,22 +472,11 @@ def plot_learning_curves(path, histories, title=None):
     fig = _new_figure(12, 4.8)
     ax_loss = fig.add_subplot(1, 2, 1)
     ax_acc = fig.add_subplot(1, 2, 2)
-    colors = [
-        "tab:blue",
-        "tab:orange",
-        "tab:green",
-        "tab:red",
-        "tab:purple",
-        "tab:brown",
-        "tab:pink",
-        "tab:gray",
-        "tab:olive",
-        "tab:cyan",
-    ]
+    colors = "blue orange green red purple brown pink gray olive cyan".split()
     fold_handles = []
     anything = False
     for idx, (fold, history) in enumerate(histories.items()):
-        color = colors[idx % len(colors)]
+        color = "tab:" + colors[idx % len(colors)]
         history = list(history or [])
         for key, ax, scale in (
             ("loss", ax_loss, 1.0),
@@ -609,13 +507,8 @@ def plot_learning_curves(path, histories, title=None):
     ax_loss.set_title("Loss per epoch")
     ax_acc.set_title("Accuracy per epoch")
     if not anything:
-        ax_loss.text(
-            0.5,
-            0.5,
-            "no epochs recorded",
-            ha="center",
-            transform=ax_loss.transAxes,
-        )
+        where = dict(ha="center", transform=ax_loss.transAxes)
+        ax_loss.text(0.5, 0.5, "no epochs recorded", **where)
     style_handles = [
         Line2D([], [], color="black", linestyle="-", label="train"),
         Line2D([], [], color="black", linestyle="--", label="valid"),
@@ -707,9 +600,8 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
 def confusion_matrix(targets, predictions, labels):
     """Count (true, predicted) pairs into a matrix in label order.
 
-    ``ClassificationStats`` builds its matrix over the classes it has seen only,
-    so a class that is never predicted would vanish; this one always has every
-    label, rows true and columns predicted.
+    Unlike ``ClassificationStats``'s matrix (over the classes it has seen),
+    every label has its row (true) and column (predicted).
 
     Arguments
     ---------

@@ -1,14 +1,10 @@
 """The one reader of HyperPyYAML files as data: nothing built, nothing run.
 
-HyperPyYAML's own loader builds every ``!new:`` and runs every ``!apply:``.
-Before that may happen, the package reads the same files as plain data:
-the model folder checks (:mod:`sb_urbansound.trust`,
-:func:`sb_urbansound.inference.check_model_folder`), the torch-free runtime
-(:func:`sb_urbansound.runtime.folder_spec`) and the recipe's settings and
-overrides (:func:`sb_urbansound.experiment.read_yaml_values`). They all read
-with :func:`read_yaml`: ruamel's safe loader, where a tagged node comes back
-as :class:`Tagged`, and any error as one line naming the file. Torch-free,
-SpeechBrain-free.
+HyperPyYAML's own loader builds every ``!new:`` and runs every ``!apply:``;
+before that may happen, the model folder checks, the torch-free runtime and
+the recipe's settings read the same files with :func:`read_yaml`: ruamel's
+safe loader, a tagged node as :class:`Tagged`, any error as one line naming
+the file. Torch-free, SpeechBrain-free.
 
 Authors
 -------
@@ -44,10 +40,8 @@ class Tagged:
         return f"<{self.tag} {self.value!r}>"
 
     def __eq__(self, other):
-        return isinstance(other, Tagged) and (self.tag, self.value) == (
-            other.tag,
-            other.value,
-        )
+        mine = (self.tag, self.value)
+        return isinstance(other, Tagged) and mine == (other.tag, other.value)
 
     def __hash__(self):  # a tagged key (refused by the trust check)
         return hash(self.tag)

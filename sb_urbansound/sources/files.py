@@ -1,13 +1,8 @@
-"""Labels from your own folders: one folder per class, or the file names.
-
-* :func:`prepare_folders`: every audio file under ``<data_folder>/<label>/``,
-  at any depth, is a clip of ``label``.
-* :func:`prepare_filenames`: a regular expression reads the label (and
-  optionally the group: speaker, source recording) from each file name.
-
-Clips are dealt to folds by group (a file without one is its own, and names
-that look like parts of one recording are warned about); how the data was
-split is recorded with the manifests.
+"""Labels from your own folders: one folder per class
+(:func:`prepare_folders`), or a regular expression on the file names
+(:func:`prepare_filenames`). Clips are dealt to folds by group (a file
+without one is its own; names that look like parts of one recording are
+warned about); how the data was split is recorded with the manifests.
 
 Authors
 -------
@@ -25,8 +20,8 @@ from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, DataPrepError
 from sb_urbansound.manifests import (
     absolute,
+    file_stamp,
     listing,
-    stat_list,
     write_manifests,
 )
 from sb_urbansound.sources.folds import (
@@ -140,15 +135,11 @@ def prepare_folders(
                 f"{listing(unmatched)}. Fix group_pattern so that its group "
                 "matches every file name, or rename these files."
             )
+    known = set(labels)
     for label_dir in sorted(p for p in data_folder.iterdir() if p.is_dir()):
-        if not label_dir.name.startswith(".") and label_dir.name not in set(
-            labels
-        ):
-            logger.warning(
-                "Class folder %s holds no %s file: ignored",
-                label_dir,
-                "/".join(AUDIO_SUFFIXES),
-            )
+        if label_dir.name not in known and not label_dir.name.startswith("."):
+            why = "Class folder %s holds no %s file: ignored"
+            logger.warning(why, label_dir, "/".join(AUDIO_SUFFIXES))
     folds = (train_fold_nums, valid_fold_nums, test_fold_nums)
     pattern = None if group_re is None else group_re.pattern
     return _write(
@@ -189,22 +180,10 @@ def prepare_filenames(
     pattern : str
         Regular expression with a named group ``label`` (and optionally
         ``group``), e.g. ``r"(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav"``.
-    n_folds : int
-        Number of folds (at most the number of groups).
-    train_fold_nums : list of int
-        Folds (in ``1..n_folds``) of the training split.
-    valid_fold_nums : list of int
-        Folds of the validation split.
-    test_fold_nums : list of int
-        Folds of the test split (the three lists share no fold).
-    skip_missing : bool
-        Leave unusable audio files out with one warning (else one error).
-    leaky_random_split : bool
-        For comparisons only: reassign each clip to a random fold.
-    seed : int
-        Seed of the fold assignment (and of ``leaky_random_split``).
-    full_check : bool
-        Decode every file (else read the headers only).
+    n_folds, train_fold_nums, valid_fold_nums, test_fold_nums : int, list
+        The folds, as in :func:`prepare_folders`.
+    skip_missing, leaky_random_split, seed, full_check : bool, bool, int, bool
+        As in :func:`prepare_folders`.
 
     Returns
     -------
@@ -315,7 +294,9 @@ def _write(function, extra_options, clips, where, how):
         save_folder=save_folder,
         splits=splits,
         options=options,
-        fingerprint={"files": stat_list(data_folder, files)},
+        fingerprint={
+            "files": [[rel, file_stamp(data_folder / rel)] for rel in files]
+        },
         skip_missing=skip_missing,
         leaky_random_split=leaky_random_split,
         seed=seed,

@@ -138,8 +138,8 @@ def check_n_folds(n_folds):
 
 
 def assign_group_folds(groups, n_folds, seed=1234):
-    """Deal groups to folds ``1..n_folds`` so that no group spans two folds:
-    the sorted groups, shuffled with ``seed``, are dealt round-robin.
+    """Deal groups to folds ``1..n_folds`` (sorted, shuffled with ``seed``,
+    round-robin) so that no group spans two folds.
 
     Arguments
     ---------

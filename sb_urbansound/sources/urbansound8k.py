@@ -23,22 +23,18 @@ US8K_FOLDS = tuple(range(1, 11))
 
 
 def load_urbansound8k_table(csv_path, data_folder=None):
-    """Load and check UrbanSound8K's metadata CSV into a table of clips.
-
-    Reads nothing but the CSV (the audio is not touched). Every row is checked:
-    non-empty file name and ``fsID``, a positive integer ``fold``, a
-    non-negative integer ``classID``, a non-empty ``class``, unique file names,
-    and a one-to-one ``classID`` / ``class`` mapping. All problems are reported
-    together, by CSV line number and file name.
+    """Load and check UrbanSound8K's metadata CSV (not the audio) into a
+    table of clips. Every row is checked (file name, ``fsID``, ``fold``,
+    ``classID``, ``class``, unique names, ``classID`` one-to-one with
+    ``class``); all problems are reported together, by CSV line.
 
     Arguments
     ---------
     csv_path : str or Path
         The metadata CSV.
     data_folder : str or Path, optional
-        The data set folder, used to build audio paths
-        (``<data_folder>/audio/fold{fold}/{slice_file_name}``); by default the
-        parent of the CSV's folder.
+        The data set folder, of ``audio/fold{fold}/{slice_file_name}``
+        (default: the parent of the CSV's folder).
 
     Returns
     -------
@@ -100,8 +96,7 @@ def load_urbansound8k_table(csv_path, data_folder=None):
     if df.empty:
         raise DataPrepError(f"metadata CSV {csv_path} has no data row")
 
-    problems = []
-    folds, class_ids = [], []
+    problems, folds, class_ids = [], [], []
     rows = df[["line", *US8K_REQUIRED_COLUMNS]].itertuples(index=False)
     for line, name, fs_id, fold, class_id, cls in rows:
         where = f"line {line} ({name or 'no file name'})"
