@@ -493,10 +493,8 @@ def test_end_to_end_tiny_run_and_resume(tmp_path):
     assert bad.returncode == 1, bad.stderr
     assert "which the data does not have" in bad.stdout + bad.stderr
 
-    start = time.monotonic()
     proc = run_cli(*common, "--folds=[1,2,3]", *TINY)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    first_run = time.monotonic() - start
     res = json.loads((out / "crossval_results.json").read_text())
     assert [f["test_fold"] for f in res["folds"]] == [1, 2, 3]
     assert [f["valid_folds"] for f in res["folds"]] == [[2], [3], [1]]
@@ -533,7 +531,6 @@ def test_end_to_end_tiny_run_and_resume(tmp_path):
         assert fold_finished(out / f"fold_{k}")
         history = json.loads((out / f"fold_{k}" / "history.json").read_text())
         assert len(history) == 1  # no epoch more
-    assert first_run < 120
 
 
 # ------------------------------------------------ stopping: signals and kills
