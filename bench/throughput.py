@@ -836,8 +836,12 @@ def child(cfg):
     }
     if torch.device(cfg["device"]).type == "cuda":
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    stamps["result"] = time.time()  # then only the interpreter's exit
+    stamps["result"] = time.time()  # then only the process's exit
     print(RESULT_MARK + json.dumps(result), flush=True)
+    if cfg["kind"] == "recipe":  # as train.py ends (processes.run_recipe)
+        from sb_urbansound.processes import exit_now
+
+        exit_now(0)
 
 
 def run_child(cfg, log_path):
