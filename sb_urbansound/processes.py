@@ -136,7 +136,7 @@ def exit_now(status):
     down.
 
     After a run, the teardown frees, module by module and object by object,
-    what the process's end frees anyway: 2 s of CPU after a 3-epoch
+    what the process's end frees anyway: 1.5 s of CPU after a 3-epoch
     ``cnn.yaml`` run (1.3 s of the command's time on an idle machine). And
     under ``torchrun``, gloo's worker threads outlive
     ``destroy_process_group`` (a DistributedDataParallel module keeps its
