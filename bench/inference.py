@@ -2,7 +2,7 @@
 """Inference benchmark: eager PyTorch, TorchScript and ONNX Runtime on the CPU.
 
 For each model YAML (``cnn.yaml``, ``cnn_large.yaml`` by default, at their
-full sizes: 44.1 kHz stereo and 22.05 kHz mono, 4 s windows, 10 classes) a
+full sizes: both 22.05 kHz mono, 4 s windows, 10 classes) a
 model folder is built from the YAML's initial weights (speed does not depend
 on training; the normaliser gets statistics, as training gives it), exported with ``sb_urbansound.export`` (which checks both
 exports against eager PyTorch), and the three backends score the same

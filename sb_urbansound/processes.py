@@ -8,8 +8,8 @@
   :class:`WorkerInit`) and :func:`die_with_parent_preexec` (for
   ``subprocess.Popen``) make the kernel signal a child when its parent
   ends, even by SIGKILL, so no worker is ever left running on its own;
-* :func:`exit_now` ends a ``torchrun`` process without the interpreter's
-  teardown, which gloo's threads can abort;
+* :func:`exit_now` ends a run without the interpreter's teardown, which
+  costs seconds and which gloo's threads can abort under ``torchrun``;
 * :func:`run_recipe` runs a recipe's ``main`` with all of the above.
 
 Authors
@@ -143,7 +143,10 @@ def exit_now(status):
     """End this process: the exit handlers run, the interpreter is not torn
     down.
 
-    Under ``torchrun``, gloo's worker threads outlive
+    After a run, the teardown frees, module by module and object by object,
+    what the process's end frees anyway: 1.5 s of CPU after a 3-epoch
+    ``cnn.yaml`` run (1.3 s of the command's time on an idle machine). And
+    under ``torchrun``, gloo's worker threads outlive
     ``destroy_process_group`` (a DistributedDataParallel module keeps its
     process group). The last ``barrier`` lets the main thread go on while a
     worker thread still holds the works it waited for; when that thread then
@@ -181,8 +184,8 @@ def run_recipe(main):
     does (:func:`stop_on_signals`): temporary files are removed and workers
     stopped on the way out, and the message says how to resume. A
     ``UserError`` (bad data or options) is one line, without a traceback
-    (``sb_urbansound.errors.report``). Under ``torchrun`` the process ends
-    with :func:`exit_now`.
+    (``sb_urbansound.errors.report``). The process ends with
+    :func:`exit_now`.
 
     Arguments
     ---------
@@ -205,9 +208,7 @@ def run_recipe(main):
                 file=sys.stderr,
             )
             status = stop.exit_status
-    if os.environ.get("RANK") is not None:  # torchrun (as SpeechBrain tells)
-        exit_now(status)  # gloo's threads would abort the teardown
-    sys.exit(status)
+    exit_now(status)
 
 
 def _libc_prctl():

@@ -33,7 +33,7 @@ def folders(tmp_path_factory):
     ``narrow`` (8 kHz mono, 1.5 s), each with its model.onnx."""
     root = tmp_path_factory.mktemp("cli_errors")
     specs = {
-        "wide": {"sample_rate": 16000, "duration_ms": 1000},
+        "wide": {"sample_rate": 16000, "duration_ms": 1000, "channels": 2},
         "narrow": {"sample_rate": 8000, "duration_ms": 1500, "channels": 1},
     }
     logging.disable(logging.WARNING)

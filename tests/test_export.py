@@ -35,7 +35,7 @@ LABELS = ["dog_bark", "siren", "street_music"]
 # (a BatchStandardize gets training statistics, as a trained model's has:
 # constants in the export)
 REQUIRED = {
-    "cnn.yaml": {"sample_rate": 16000, "duration_ms": 1000},
+    "cnn.yaml": {"sample_rate": 16000, "duration_ms": 1000, "channels": 2},
     "cnn_large.yaml": {"sample_rate": 8000, "duration_ms": 1000},
     "folders.yaml": {"sample_rate": 8000, "duration_ms": 1000},
     "fsdd.yaml": {"duration_ms": 500},
@@ -55,7 +55,8 @@ def quiet():
 @pytest.mark.parametrize(
     "rate, n_fft, hop, n_mels, channels, f_min",
     [
-        (44100, 1024, 512, 64, 2, 0.0),  # cnn.yaml
+        (44100, 1024, 512, 64, 2, 0.0),  # the tutorial's
+        (22050, 512, 256, 64, 1, 0.0),  # cnn.yaml
         (22050, 1024, 256, 64, 1, 0.0),  # cnn_large.yaml, folders.yaml
         (8000, 256, 64, 40, 1, 60.0),  # fsdd.yaml
         (16000, 400, 160, 40, 1, 0.0),  # n_fft not a power of 2, hop apart
