@@ -299,6 +299,7 @@ print("ok", flush=True)
 """
 
 
+@pytest.mark.slow  # four processes at once
 def test_runs_sharing_a_bank_folder_build_and_read_their_own(tmp_path, clips):
     """Concurrent builds of one bank: each run waits for the other's build
     and reads exactly the clips it asked for."""
