@@ -6,6 +6,8 @@ which a small model can learn in a few epochs.
 """
 
 import csv
+import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +315,35 @@ def run_with_memory_limit(cmd, limit=MEMORY_LIMIT, **kwargs):
         timeout=kwargs.pop("timeout", 300),
         **kwargs,
     )
+
+
+NO_NETWORK = textwrap.dedent(
+    """
+    import socket
+
+    def _blocked(*args, **kwargs):
+        raise OSError("network access attempted during an offline test")
+
+    socket.socket.connect = _blocked
+    socket.socket.connect_ex = _blocked
+    socket.create_connection = _blocked
+    socket.getaddrinfo = _blocked
+    """
+)
+
+
+def offline_env(tmp_path, *paths):
+    """Environment for a subprocess with sockets blocked (via sitecustomize)."""
+    site = tmp_path / "offline_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_NETWORK)
+    pythonpath = os.pathsep.join(
+        str(p) for p in [site, *paths, os.environ.get("PYTHONPATH", "")] if p
+    )
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": pythonpath,
+        "HF_HUB_OFFLINE": "1",
+    }

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
 
 CONFIGS = [
@@ -34,6 +35,7 @@ def positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # nine trainings
 def test_benchmark_quick_runs_and_reports(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     json_path = tmp_path / "bench.json"
@@ -158,6 +160,7 @@ def test_shards_benchmark_runs_on_an_urbansound8k_folder(tmp_path):
     assert "one process reads" in result.stdout
 
 
+@pytest.mark.slow  # export and timing
 def test_inference_benchmark_quick_runs_and_reports(tmp_path):
     json_path = tmp_path / "inference.json"
     result = subprocess.run(

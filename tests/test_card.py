@@ -197,6 +197,7 @@ def test_exported_folder_has_a_card(model_dir):
     assert "MelSpectrogramDB → BatchStandardize → CNNEmbedding" in text
 
 
+@pytest.mark.slow  # six Pythons and an ONNX export
 def test_card_code_blocks_run_as_written(model_dir, tmp_path):
     # As a user who downloaded the folder: model/ and a clip beside it
     shutil.copytree(model_dir, tmp_path / "model")

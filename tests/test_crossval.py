@@ -643,6 +643,7 @@ def fake_crossval(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # kill: two processes
 def test_stop_signals_are_forwarded_to_the_recipe(fake_crossval):
     """SIGTERM to crossval: the recipe gets it, ends, and so does crossval,
     also where SIGINT is ignored (``crossval ... &`` in a script)."""
@@ -664,6 +665,7 @@ def test_stop_signals_are_forwarded_to_the_recipe(fake_crossval):
     }
 
 
+@pytest.mark.slow  # kill: two processes
 @pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's"
 )
@@ -675,6 +677,7 @@ def test_the_recipe_dies_with_a_killed_crossval(fake_crossval):
     assert signals.read_text() == "SIGTERM\n"
 
 
+@pytest.mark.slow  # kill: two processes
 def test_a_recipe_that_does_not_stop_is_killed(fake_crossval):
     stop, child, signals = fake_crossval(mode="ignore", stop_timeout=0.5)
     status, stderr = stop(signal.SIGINT)

@@ -1,7 +1,7 @@
 """Using a trained model: the inference folder that training writes, SpeechBrain's
 EncoderClassifier on it, the sliding windows, and the classify command line.
 
-A tiny model is trained once for the module (generated data, ~15 s); nothing here
+A tiny model is trained once for the session (tests/conftest.py); nothing here
 uses the network (sockets are blocked in-process, and in the subprocess).
 """
 
@@ -12,21 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import (
-    REPO,
-    TINY_CNN_ARGS,
-    US8K_CLASSES,
-    load_recipe,
-    make_urbansound_tree,
-    write_clip,
-)
+from helpers import REPO, US8K_CLASSES, load_recipe, offline_env, write_clip
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from sb_urbansound import classify, inference
 from sb_urbansound.audio import ClipConditioner
@@ -43,12 +35,6 @@ from speechbrain.inference.classifiers import EncoderClassifier
 CLASSES = US8K_CLASSES[:4]
 SAMPLE_RATE = 16000
 DURATION_S = 1.0
-TRAIN_ARGS = [
-    *TINY_CNN_ARGS,
-    "--number_of_epochs=12",
-    "--lr=0.01",
-    "--max_lr=0.01",
-]
 MODEL_FILES = {
     ".sb_urbansound.json",  # the store's marker (docs/stores.md)
     "hyperparams.yaml",
@@ -60,20 +46,6 @@ MODEL_FILES = {
     "label_encoder.ckpt",
     "README.md",  # the model card (tests/test_card.py)
 }
-
-NO_NETWORK = textwrap.dedent(
-    """
-    import socket
-
-    def _blocked(*args, **kwargs):
-        raise OSError("network access attempted during an offline test")
-
-    socket.socket.connect = _blocked
-    socket.socket.connect_ex = _blocked
-    socket.create_connection = _blocked
-    socket.getaddrinfo = _blocked
-    """
-)
 
 
 @pytest.fixture(autouse=True)
@@ -89,53 +61,11 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
 
 
-def offline_env(tmp_path, *paths):
-    """Environment for a subprocess with sockets blocked (via sitecustomize)."""
-    site = tmp_path / "offline_site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(NO_NETWORK)
-    pythonpath = os.pathsep.join(
-        str(p) for p in [site, *paths, os.environ.get("PYTHONPATH", "")] if p
-    )
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": pythonpath,
-        "HF_HUB_OFFLINE": "1",
-    }
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Train the tiny model once: returns (output folder, data folder)."""
-    root = tmp_path_factory.mktemp("inference")
-    data = root / "data"
-    make_urbansound_tree(
-        data,
-        n_per_class_per_fold=6,
-        folds=[1, 2, 3, 4],
-        classes=CLASSES,
-        seconds=(0.4, 1.2),
-    )
-    out = root / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            str(REPO / "hparams" / "cnn.yaml"),
-            f"--data_folder={data}",
-            f"--output_folder={out}",
-            *TRAIN_ARGS,
-        ],
-        cwd=REPO,
-        env=offline_env(root),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, data
+def trained(tiny_cnn_run):
+    """The tiny model, trained once for the session (tests/conftest.py):
+    returns (output folder, data folder)."""
+    return tiny_cnn_run
 
 
 @pytest.fixture(scope="module")

@@ -251,7 +251,12 @@ def check_results(out):
     return res
 
 
-@pytest.mark.parametrize("name", YAMLS)
+# cnn.yaml's run is in the quick run (-m "not slow"); the others train and
+# export larger models (CI runs them)
+@pytest.mark.parametrize(
+    "name",
+    [YAMLS[0]] + [pytest.param(n, marks=pytest.mark.slow) for n in NEW_YAMLS],
+)
 def test_tiny_run_end_to_end(name, tiny_data, tmp_path):
     out = tmp_path / "out"
     result = run(

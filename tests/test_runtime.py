@@ -3,13 +3,14 @@ training's (every audio format of UrbanSound8K), its results against the
 PyTorch path on a trained model, ``classify --backend onnx``, and a run with
 torch blocked.
 
-A tiny model is trained once for the module (generated data, ~15 s) and
+A tiny model (trained once for the session, tests/conftest.py) is
 exported to ONNX; nothing here uses the network.
 """
 
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,15 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import (
-    FORMATS,
-    REPO,
-    TINY_CNN_ARGS,
-    US8K_CLASSES,
-    make_urbansound_tree,
-    run_with_memory_limit,
-    write_clip,
-)
+from helpers import FORMATS, US8K_CLASSES, run_with_memory_limit, write_clip
 from sb_urbansound import classify, runtime
 from sb_urbansound.audio import ClipConditioner, load_audio
 from sb_urbansound.errors import AudioLoadError
@@ -48,38 +41,11 @@ MODEL_RATES = [8000, 16000, 22050, 44100]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The tiny cnn.yaml model (16 kHz stereo, 1 s), trained and exported."""
-    root = tmp_path_factory.mktemp("runtime")
-    data = root / "data"
-    make_urbansound_tree(
-        data,
-        n_per_class_per_fold=6,
-        folds=[1, 2, 3, 4],
-        classes=CLASSES,
-        seconds=(0.4, 1.2),
-    )
-    out = root / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            str(REPO / "hparams" / "cnn.yaml"),
-            f"--data_folder={data}",
-            f"--output_folder={out}",
-            *TINY_CNN_ARGS,
-            "--number_of_epochs=12",
-            "--lr=0.01",
-            "--max_lr=0.01",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def trained(tiny_cnn_run, tmp_path_factory):
+    """The tiny cnn.yaml model (16 kHz stereo, 1 s; trained once for the
+    session, tests/conftest.py), copied and exported."""
+    out = tmp_path_factory.mktemp("runtime")
+    shutil.copytree(tiny_cnn_run[0] / "model", out / "model")
     logging.disable(logging.INFO)
     results = export_model(out / "model", ["onnx"], log=lambda line: None)
     logging.disable(logging.NOTSET)

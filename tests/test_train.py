@@ -18,16 +18,9 @@ SMALL = TINY_CNN_ARGS
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("us8k")
-    make_urbansound_tree(
-        root,
-        n_per_class_per_fold=6,
-        folds=[1, 2, 3, 4],
-        classes=CLASSES,
-        seconds=(0.4, 1.2),
-    )
-    return root
+def small_data(tiny_us8k):
+    """4 classes x 4 folds x 6 clips (tests/conftest.py; read only)."""
+    return tiny_us8k
 
 
 def run_train(args, **kwargs):
@@ -48,6 +41,21 @@ def run_train(args, **kwargs):
     )
 
 
+def run_in_process(args, capsys):
+    """``train.py hparams/cnn.yaml ARGS`` in this process, for a run that
+    stops before it takes its output folder: the recipe's ``main`` under
+    ``run_recipe``, as from the shell, without loading torch in a new
+    Python. Returns (exit status, stderr); any other exception (a
+    traceback) propagates."""
+    from helpers import HPARAMS, load_recipe
+    from sb_urbansound.processes import run_recipe
+
+    recipe = load_recipe()
+    with pytest.raises(SystemExit) as info:
+        run_recipe(lambda: recipe.main([str(HPARAMS / "cnn.yaml"), *args]))
+    return info.value.code, capsys.readouterr().err
+
+
 def snapshot(folder):
     return {
         str(p): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -55,19 +63,10 @@ def snapshot(folder):
     }
 
 
-def test_training_learns(small_data, tmp_path):
-    out = tmp_path / "out"
-    result = run_train(
-        [
-            f"--data_folder={small_data}",
-            f"--output_folder={out}",
-            "--number_of_epochs=12",
-            "--max_lr=0.01",
-            "--lr=0.01",
-            *SMALL,
-        ]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_training_learns(tiny_cnn_run):
+    # 12 epochs at lr 0.01 (tests/conftest.py's TINY_TRAIN_ARGS), run once
+    # for the session
+    out, _ = tiny_cnn_run
     res = json.loads((out / "test_results.json").read_text())
     assert res["labels"] == sorted(CLASSES)
     assert res["n_clips"] == 4 * 6
@@ -201,12 +200,10 @@ def test_corrupt_and_missing_audio_named(small_data, tmp_path):
     assert snapshot(data) == before
 
 
-def test_missing_data_folder_option_is_clear():
-    result = run_train([])
-    assert result.returncode == 2
-    assert (
-        "--data_folder=" in result.stderr and "Traceback" not in result.stderr
-    )
+def test_missing_data_folder_option_is_clear(capsys):
+    status, stderr = run_in_process([], capsys)
+    assert status == 2
+    assert "--data_folder=" in stderr and "Traceback" not in stderr
 
 
 @pytest.mark.slow
@@ -359,54 +356,60 @@ def test_diverging_training_stops_and_names_the_files(small_data, tmp_path):
         ),
     ],
 )
-def test_bad_options_are_named(tmp_path, option, message):
-    result = run_train(
+def test_bad_options_are_named(tmp_path, option, message, capsys):
+    status, stderr = run_in_process(
         [
             f"--data_folder={tmp_path}",
             f"--output_folder={tmp_path / 'out'}",
             *option.split(),
-        ]
+        ],
+        capsys,
     )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert status == 2
+    assert message in stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_device_torch_cannot_use_stops_the_run_before_anything_is_built(
-    small_data, tmp_path
+    small_data, tmp_path, capsys
 ):
     # It was found only when SpeechBrain made the trainer: after the clip
     # bank was built, and with a traceback ('Found no NVIDIA driver')
     count = torch.cuda.device_count()
     device = f"cuda:{count}" if count else "cuda"
     out = tmp_path / "out"
-    result = run_train(
+    status, stderr = run_in_process(
         [
             f"--data_folder={small_data}",
             f"--output_folder={out}",
             f"--device={device}",
             *SMALL,
-        ]
+        ],
+        capsys,
     )
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert f"--device={device} cannot be used" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert status == 2, stderr[-3000:]
+    assert f"--device={device} cannot be used" in stderr
+    assert "Traceback" not in stderr
     assert not out.exists()  # nothing prepared, no bank built
 
 
 @pytest.mark.parametrize("key", ["output_folder", "bank_folder"])
-def test_folders_inside_the_data_folder_are_refused(small_data, tmp_path, key):
+def test_folders_inside_the_data_folder_are_refused(
+    small_data, tmp_path, key, capsys
+):
     before = snapshot(small_data)
     folders = {"output_folder": tmp_path / "out", key: small_data / "mine"}
-    result = run_train(
+    status, stderr = run_in_process(
         [
             f"--data_folder={small_data}",
             *[f"--{k}={v}" for k, v in folders.items()],
             *SMALL,
-        ]
+        ],
+        capsys,
     )
-    assert result.returncode == 2
-    assert f"{key} {small_data / 'mine'} is inside data_folder" in result.stderr
+    assert status == 2
+    assert f"{key} {small_data / 'mine'} is inside data_folder" in stderr
     assert snapshot(small_data) == before
 
 
