@@ -138,9 +138,7 @@ def test_real_csv_full_dataset(tmp_path, caplog):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)
     caplog.clear()
-    start = time.perf_counter()
     out = prepare_urbansound8k(data, tmp_path / "out", download=False)
-    elapsed = time.perf_counter() - start
     manifests, labels = load(out)
     assert [len(manifests[s]) for s in SPLITS] == [
         sum(REAL_FOLD_SIZES[:8]),
@@ -153,7 +151,6 @@ def test_real_csv_full_dataset(tmp_path, caplog):
     }
     # The official folds put one recording (fsID 180937) in folds 1 and 9.
     assert "180937" in caplog.text
-    assert elapsed < 20, f"preparing 8,732 clips took {elapsed:.1f} s"
 
 
 @requires_us8k_csv
