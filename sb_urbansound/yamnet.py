@@ -317,8 +317,32 @@ class ConvUnit(torch.nn.Module):
         return torch.relu(x)
 
 
+def pooled_dim(pooling):
+    """The size of :class:`YAMNetEncoder`'s clip embedding (the YAML's
+    ``in_features`` of the head).
+
+    Arguments
+    ---------
+    pooling : str
+        ``"mean"`` or ``"mean+std"``.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> pooled_dim("mean+std")
+    2048
+    """
+    sizes = {"mean": EMBEDDING_DIM, "mean+std": 2 * EMBEDDING_DIM}
+    if pooling not in sizes:
+        raise UserError(f"pooling: {pooling!r} is not one of {list(sizes)}")
+    return sizes[pooling]
+
+
 class YAMNetEncoder(torch.nn.Module):
-    """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, 1024]``.
+    """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, dim]``.
 
     The frames are cut into patches of 96 frames every 48 (as YAMNet
     frames them); each patch goes through YAMNet's network (a 3x3
@@ -330,12 +354,22 @@ class YAMNetEncoder(torch.nn.Module):
     those patches are computed; an exported graph computes all of them
     (same result).
 
+    Arguments
+    ---------
+    pooling : str
+        ``"mean"``: the clip's embedding is the patches' mean (1024-d);
+        ``"mean+std"``: their mean and standard deviation (2048-d; the
+        same masked statistics as SpeechBrain's ``StatisticsPooling``,
+        which takes a length, not a mask, and adds noise).
+
     Example
     -------
     >>> enc = YAMNetEncoder().eval()
     >>> feats = YAMNetFrontEnd()(torch.randn(2, 32000) * 0.1)
     >>> enc(feats).shape, enc.audioset_logits(feats).shape
     (torch.Size([2, 1, 1024]), torch.Size([2, 4, 521]))
+    >>> YAMNetEncoder(pooling="mean+std").eval()(feats).shape
+    torch.Size([2, 1, 2048])
     """
 
     #: The model card's note on where the encoder comes from.
@@ -355,8 +389,10 @@ class YAMNetEncoder(torch.nn.Module):
         "python -m sb_urbansound.yamnet convert"
     )
 
-    def __init__(self):
+    def __init__(self, pooling="mean"):
         super().__init__()
+        pooled_dim(pooling)  # checks it
+        self.pooling = pooling
         units, channels = [], 1
         for i, (stride, out) in enumerate(LAYERS):
             if i == 0:
@@ -454,7 +490,7 @@ class YAMNetEncoder(torch.nn.Module):
         return self.logits(emb).unflatten(0, patches.shape[:2])
 
     def forward(self, feats, lengths=None):
-        """Embed clips: the mean of their patches' embeddings.
+        """Embed clips: the mean (and std) of their patches' embeddings.
 
         Arguments
         ---------
@@ -466,7 +502,7 @@ class YAMNetEncoder(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[batch, 1, 1024]``.
+            ``[batch, 1, 1024]`` (``[batch, 1, 2048]`` with mean+std).
         """
         patches = self.patches(feats)
         batch, count = patches.shape[:2]
@@ -480,8 +516,13 @@ class YAMNetEncoder(torch.nn.Module):
             keep = sound.flatten()
             emb = flat.new_zeros(len(flat), EMBEDDING_DIM)
             emb[keep] = self.frozen_embeddings(flat[keep])
-        emb = emb.view(batch, count, -1) * weights
-        pooled = emb.sum(dim=1) / weights.sum(dim=1)
+        emb = emb.view(batch, count, -1)
+        count = weights.sum(dim=1)
+        pooled = (emb * weights).sum(dim=1) / count
+        if self.pooling == "mean+std":
+            var = ((emb - pooled.unsqueeze(1)).square() * weights).sum(1)
+            std = (var / count).clamp(min=1e-8).sqrt()
+            pooled = torch.cat([pooled, std], dim=-1)
         return pooled.unsqueeze(1)
 
     def read_pretrained(self, path):

@@ -566,7 +566,11 @@ def test_a_class_map_naming_no_audioset_class_is_refused_naming_the_line(
 
 
 @requires_weights
-def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(encoder):
+@pytest.mark.parametrize("pooling", ["mean", "mean+std"])
+def test_more_zero_padding_leaves_the_clip_embedding_as_it_is(
+    encoder, pooling, monkeypatch
+):
+    monkeypatch.setattr(encoder, "pooling", pooling)
     front = yamnet.YAMNetFrontEnd()
     sound = torch.from_numpy(sounds()["siren"][:16000])
     with torch.no_grad():
