@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from sb_urbansound.errors import UserError
+from sb_urbansound.runtime import Scorer
+from sb_urbansound.timeline import sliding_windows
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -997,12 +999,16 @@ def read_class_map(path, audioset_names):
     return labels
 
 
-class ZeroShot:
+class ZeroShot(Scorer):
     """Label clips with YAMNet's own AudioSet head, without any training.
 
-    A clip's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
+    A window's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
     over its patches of sound; a label scores the highest of its classes'
-    (:func:`read_class_map`), and the clip gets the best label.
+    (:func:`read_class_map`). As a :class:`~sb_urbansound.runtime.Scorer`
+    it serves ``classify --zero-shot MAP.csv`` (files, ``--segments``,
+    ``--stream``): windows of 4 s (hop 2 s), their scores averaged over a
+    file; a file of at most 4 s is one window of its own length (not
+    padded: a patch half padding would count as sound).
 
     Arguments
     ---------
@@ -1012,6 +1018,8 @@ class ZeroShot:
     class_map : str or Path
         The CSV of ``label,AudioSet class name`` rows.
     """
+
+    sample_rate, channels, num_samples = SAMPLE_RATE, 1, 4 * SAMPLE_RATE
 
     def __init__(self, weights, class_map):
         names_file = Path(weights) / "assets" / "yamnet_class_map.csv"
@@ -1025,29 +1033,30 @@ class ZeroShot:
             names = [row[2] for row in list(csv.reader(f))[1:]]
         self.classes = read_class_map(class_map, names)
         self.labels = list(self.classes)
+        self.model_folder = str(weights)
         self.front_end = YAMNetFrontEnd()
         self.encoder = YAMNetEncoder().eval()
         self.encoder.load_state_dict(read_release(weights))
 
+    def file_window_probs(self, path):
+        """As :meth:`Scorer.file_window_probs`; a short file unpadded."""
+        wav = self.read(path)
+        size = min(self.num_samples, max(wav.shape[0], 1))
+        windows = sliding_windows(wav, size)
+        return self.window_probs(windows), wav.shape[0] / self.sample_rate
+
     @torch.no_grad()
-    def scores(self, wav):
-        """Each label's score for one clip.
-
-        Arguments
-        ---------
-        wav : torch.Tensor
-            ``[time]`` at 16 kHz, mono.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[labels]``, each in [0, 1].
-        """
-        patches = self.encoder.patches(self.front_end(wav[None]))
-        patches = patches[self.encoder.sound(patches)]
-        emb = self.encoder.patch_embeddings(patches)
-        audioset = torch.sigmoid(self.encoder.logits(emb)).mean(dim=0)
-        return torch.stack([audioset[i].max() for i in self.classes.values()])
+    def _run(self, windows):
+        """``[n, samples, 1]`` windows → ``[n, labels]`` scores in [0, 1]."""
+        wavs = torch.tensor(np.asarray(windows, np.float32))[..., 0]
+        patches = self.encoder.patches(self.front_end(wavs))
+        sound = self.encoder.sound(patches).unsqueeze(-1).float()
+        emb = self.encoder.patch_embeddings(patches.flatten(0, 1))
+        scores = torch.sigmoid(self.encoder.logits(emb))
+        scores = scores.unflatten(0, patches.shape[:2])
+        audioset = (scores * sound).sum(dim=1) / sound.sum(dim=1)
+        best = [audioset[:, i].amax(dim=1) for i in self.classes.values()]
+        return torch.stack(best, dim=1).numpy()
 
 
 # ------------------------------------------------------------------------ CLI
@@ -1080,8 +1089,8 @@ def convert(source, out):
 
 
 def main(argv=None):
-    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` or
-    ``zero-shot --weights DIR --map MAP.csv FILE...``."""
+    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` (zero-shot
+    labelling: ``python -m sb_urbansound.classify DIR --zero-shot MAP.csv``)."""
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.yamnet",
         description="Convert YAMNet's released weights (TensorFlow "
@@ -1092,40 +1101,14 @@ def main(argv=None):
     conv = sub.add_parser("convert", help="write OUT.ckpt from SRC")
     conv.add_argument("source", help="SavedModel folder or yamnet.h5")
     conv.add_argument("out", help="the checkpoint to write")
-    zero = sub.add_parser(
-        "zero-shot",
-        help="label audio files with YAMNet's AudioSet head and a class map "
-        "(no training): prints 'file<TAB>label<TAB>score'",
-    )
-    zero.add_argument("--weights", required=True, help="the release folder")
-    zero.add_argument(
-        "--map", required=True, help="CSV of 'label,AudioSet class name'"
-    )
-    zero.add_argument("files", nargs="+", help="audio files")
     args = parser.parse_args(argv)
     try:
-        if args.command == "zero-shot":
-            return _zero_shot(args)
         state = convert(args.source, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_status
     count = sum(v.numel() for v in state.values())
     print(f"wrote {args.out}: {len(state)} tensors, {count:,} values")
-    return 0
-
-
-def _zero_shot(args):
-    """Print each file's best label and its score."""
-    from sb_urbansound.audio import ClipConditioner, load_audio
-
-    model = ZeroShot(args.weights, args.map)
-    to_16k = ClipConditioner(SAMPLE_RATE, 1)
-    for path in args.files:
-        wav, rate = load_audio(path)
-        scores = model.scores(to_16k.convert(wav, rate))
-        best = int(scores.argmax())
-        print(f"{path}\t{model.labels[best]}\t{float(scores[best]):.3f}")
     return 0
 
 

@@ -520,7 +520,9 @@ def test_the_onnx_runtime_scores_a_yamnet_model_without_torch(
 
 
 @requires_weights
-def test_zero_shot_labels_generated_sounds_through_a_class_map(tmp_path):
+def test_classify_zero_shot_labels_generated_sounds_through_a_class_map(
+    tmp_path,
+):
     import soundfile as sf
 
     class_map = tmp_path / "map.csv"
@@ -537,15 +539,24 @@ def test_zero_shot_labels_generated_sounds_through_a_class_map(tmp_path):
         files.append(tmp_path / f"{name}.wav")
         sf.write(files[-1], wav, 16000)
     result = subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.yamnet", "zero-shot"]
-        + ["--weights", str(WEIGHTS), "--map", str(class_map)]
-        + [str(f) for f in files],
+        [sys.executable, "-m", "sb_urbansound.classify", str(WEIGHTS)]
+        + [str(f) for f in files]
+        + ["--zero-shot", str(class_map)],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr
     labels = [line.split("\t")[1] for line in result.stdout.splitlines()]
     assert labels == ["hiss", "beep", "wail"], result.stdout
+    # the same scores as the encoder's own AudioSet head, class by class
+    model = yamnet.ZeroShot(WEIGHTS, class_map)
+    wav = torch.from_numpy(sounds()["siren"])
+    with torch.no_grad():
+        logits = model.encoder.audioset_logits(model.front_end(wav[None]))
+    audioset = torch.sigmoid(logits[0]).mean(dim=0)
+    expected = [float(audioset[i].max()) for i in model.classes.values()]
+    got = model.file_window_probs(files[2])[0].mean(axis=0)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 @requires_weights
@@ -555,8 +566,8 @@ def test_a_class_map_naming_no_audioset_class_is_refused_naming_the_line(
     class_map = tmp_path / "map.csv"
     class_map.write_text("label,audioset\ndog,Bark\ncat,Meow meow\n")
     result = subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.yamnet", "zero-shot"]
-        + ["--weights", str(WEIGHTS), "--map", str(class_map), "x.wav"],
+        [sys.executable, "-m", "sb_urbansound.classify", str(WEIGHTS)]
+        + ["x.wav", "--zero-shot", str(class_map)],
         capture_output=True,
         text=True,
     )
