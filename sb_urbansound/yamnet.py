@@ -439,8 +439,7 @@ class YAMNetEncoder(torch.nn.Module):
 
         A frozen encoder (no parameter needs a gradient, evaluation mode)
         gives a patch the same embedding at every epoch; the feature bank
-        and the patch-aligned training crops give it the same patches, so
-        each is computed once (up to :data:`CACHE_PATCHES` of them; any
+        gives it the same patches, so each is computed once (up to :data:`CACHE_PATCHES` of them; any
         change of the weights or buffers empties the cache). A trained or
         unfrozen encoder computes every patch.
 
@@ -544,59 +543,6 @@ class YAMNetEncoder(torch.nn.Module):
         dict or None
         """
         return read_release(path) if is_release(path) else None
-
-
-class RandomPatchCrop(torch.nn.Module):
-    """Training crops of 1 to ``max_patches`` YAMNet patches, where the sound is.
-
-    A training augmentation for log-mel frames ``[batch, frames, 64]``
-    (the recipe's ``feature_augment``, training only): each batch is cut to
-    ``96 + 48 (k - 1)`` frames, ``k`` drawn from 1..``max_patches``, each clip
-    at a random start on YAMNet's patch grid (so the crop's patches are
-    patches of the whole clip) within the frames that hold sound (not the
-    padding of a short clip). Fine-tuning then costs ``k`` patches per clip instead of
-    the whole clip's (8 for 4 s); evaluation sees the whole clip.
-
-    Arguments
-    ---------
-    max_patches : int
-        Largest crop, in patches.
-
-    Example
-    -------
-    >>> crop = RandomPatchCrop(max_patches=1)
-    >>> crop(torch.randn(3, 432, 64)).shape
-    torch.Size([3, 96, 64])
-    """
-
-    def __init__(self, max_patches=3):
-        super().__init__()
-        self.max_patches = int(max_patches)
-
-    def forward(self, feats):
-        """Crop a batch of log-mel frames (see the class)."""
-        frames = feats.shape[1]
-        k = int(torch.randint(1, self.max_patches + 1, ()))
-        width = min(frames, PATCH + PATCH_HOP * (k - 1))
-        sound = (feats > SILENCE).any(dim=2)
-        steps = torch.arange(frames, device=feats.device)
-        has = sound.any(dim=1)
-        first = torch.where(sound, steps, frames).min(dim=1).values
-        last = torch.where(sound, steps, -1).max(dim=1).values + 1
-        first = torch.where(has, first, 0)
-        last = torch.where(has, last, frames)
-        # Starts on YAMNet's patch grid (every 48 frames), within the sound
-        lowest = first // PATCH_HOP
-        highest = ((last - width) // PATCH_HOP).clamp(min=lowest)
-        highest = highest.clamp(max=(frames - width) // PATCH_HOP)
-        lowest = lowest.clamp(max=highest)
-        draw = torch.rand(len(feats), device=feats.device)
-        start = lowest + (draw * (highest - lowest + 1)).long()
-        start = start.clamp(max=highest) * PATCH_HOP
-        index = start.unsqueeze(1) + torch.arange(width, device=feats.device)
-        return feats.gather(
-            1, index.unsqueeze(-1).expand(-1, -1, feats.shape[2])
-        )
 
 
 # ------------------------------------------------------------ reading weights
