@@ -13,9 +13,13 @@ and reads the release's weights with numpy alone (no TensorFlow):
   product, so it exports to ONNX and TorchScript as it is.
 * :class:`YAMNetEncoder`: the network on patches of 96 frames (hop 48):
   TensorFlow's 'SAME' padding, batch norm with epsilon 1e-4 and no scale,
-  depthwise-separable blocks; the 1024-d patch embeddings, averaged over
-  a clip's patches (those of sound, not of padding) for the classifier. The
-  AudioSet logits stay available (:meth:`YAMNetEncoder.audioset_logits`).
+  depthwise-separable blocks; the 1024-d patch embeddings, pooled over
+  a clip's patches (those of sound, not of padding; their mean, or mean and
+  standard deviation) for the classifier. The AudioSet logits stay
+  available (:meth:`YAMNetEncoder.audioset_logits`).
+* :class:`ZeroShot`: YAMNet's AudioSet head through a class map, no
+  training (``python -m sb_urbansound.classify YAMNET_DIR FILES...
+  --zero-shot MAP.csv``).
 * :func:`read_tensor_bundle`, :func:`read_keras_h5`,
   :func:`yamnet_state_dict`: the release's variables to this encoder's
   state dict; ``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` writes
@@ -349,7 +353,7 @@ class YAMNetEncoder(torch.nn.Module):
     The frames are cut into patches of 96 frames every 48 (as YAMNet
     frames them); each patch goes through YAMNet's network (a 3x3
     convolution, 13 depthwise-separable blocks, global average pooling) to
-    a 1024-d embedding, and a clip's embedding is the mean over its patches
+    a 1024-d embedding, and a clip's embedding pools (``pooling``) its patches
     that hold sound: patches whose log-mel is all at the floor
     ``log(0.001)`` (digital silence: the zero-padding of a short clip) are
     left out, unless the clip has nothing else. In eager evaluation only
