@@ -323,30 +323,6 @@ class ConvUnit(torch.nn.Module):
         return torch.relu(x)
 
 
-def pooled_dim(pooling):
-    """The size of :class:`YAMNetEncoder`'s clip embedding (the YAML's
-    ``in_features`` of the head).
-
-    Arguments
-    ---------
-    pooling : str
-        ``"mean"`` or ``"mean+std"``.
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> pooled_dim("mean+std")
-    2048
-    """
-    sizes = {"mean": EMBEDDING_DIM, "mean+std": 2 * EMBEDDING_DIM}
-    if pooling not in sizes:
-        raise UserError(f"pooling: {pooling!r} is not one of {list(sizes)}")
-    return sizes[pooling]
-
-
 class YAMNetEncoder(torch.nn.Module):
     """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, dim]``.
 
@@ -397,7 +373,8 @@ class YAMNetEncoder(torch.nn.Module):
 
     def __init__(self, pooling="mean"):
         super().__init__()
-        pooled_dim(pooling)  # checks it
+        if pooling not in ("mean", "mean+std"):
+            raise UserError(f"pooling: {pooling!r} is not mean or mean+std")
         self.pooling = pooling
         units, channels = [], 1
         for i, (stride, out) in enumerate(LAYERS):
