@@ -424,6 +424,14 @@ def parse_args(argv=None):
         "model.onnx with the torch-free runtime (python -m "
         "sb_urbansound.export writes it)",
     )
+    add(
+        "--zero-shot",
+        metavar="MAP.csv",
+        help="no trained model: the model folder is YAMNet's release folder "
+        "(e.g. ../shared/data/yamnet) and each label scores the best of its "
+        "AudioSet classes, from MAP.csv's 'label,AudioSet class name' rows "
+        "(e.g. recipes/UrbanSound8k/SoundClassification/zero_shot_map.csv)",
+    )
     live = parser.add_argument_group(
         "live stream",
         "read raw signed 16-bit little-endian PCM from standard input, as "
@@ -460,6 +468,8 @@ def parse_args(argv=None):
         parser.error("--top-k must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.zero_shot and args.backend != "torch":
+        parser.error("--zero-shot runs YAMNet with torch: no --backend onnx")
     if args.stream:
         if args.inputs:
             parser.error("--stream reads standard input: give no files")
@@ -559,13 +569,18 @@ def _classify(args):
     try:
         if args.stream:
             check_rate(args.rate, "--rate")
-        model = load_scorer(
-            args.model_folder,
-            args.backend,
-            args.device,
-            args.batch_size,
-            args.trust_model,
-        )
+        if args.zero_shot:
+            from sb_urbansound.yamnet import ZeroShot
+
+            model = ZeroShot(args.model_folder, args.zero_shot)
+        else:
+            model = load_scorer(
+                args.model_folder,
+                args.backend,
+                args.device,
+                args.batch_size,
+                args.trust_model,
+            )
     except (UserError, FileNotFoundError) as e:
         report(e)
         return 2

@@ -13,9 +13,13 @@ and reads the release's weights with numpy alone (no TensorFlow):
   product, so it exports to ONNX and TorchScript as it is.
 * :class:`YAMNetEncoder`: the network on patches of 96 frames (hop 48):
   TensorFlow's 'SAME' padding, batch norm with epsilon 1e-4 and no scale,
-  depthwise-separable blocks; the 1024-d patch embeddings, averaged over
-  a clip's patches (those of sound, not of padding) for the classifier. The
-  AudioSet logits stay available (:meth:`YAMNetEncoder.audioset_logits`).
+  depthwise-separable blocks; the 1024-d patch embeddings, pooled over
+  a clip's patches (those of sound, not of padding; their mean, or mean and
+  standard deviation) for the classifier. The AudioSet logits stay
+  available (:meth:`YAMNetEncoder.audioset_logits`).
+* :class:`ZeroShot`: YAMNet's AudioSet head through a class map, no
+  training (``python -m sb_urbansound.classify YAMNET_DIR FILES...
+  --zero-shot MAP.csv``).
 * :func:`read_tensor_bundle`, :func:`read_keras_h5`,
   :func:`yamnet_state_dict`: the release's variables to this encoder's
   state dict; ``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` writes
@@ -40,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from sb_urbansound.errors import UserError
+from sb_urbansound.runtime import Scorer
+from sb_urbansound.timeline import sliding_windows
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -318,17 +324,25 @@ class ConvUnit(torch.nn.Module):
 
 
 class YAMNetEncoder(torch.nn.Module):
-    """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, 1024]``.
+    """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, dim]``.
 
     The frames are cut into patches of 96 frames every 48 (as YAMNet
     frames them); each patch goes through YAMNet's network (a 3x3
     convolution, 13 depthwise-separable blocks, global average pooling) to
-    a 1024-d embedding, and a clip's embedding is the mean over its patches
+    a 1024-d embedding, and a clip's embedding pools (``pooling``) its patches
     that hold sound: patches whose log-mel is all at the floor
     ``log(0.001)`` (digital silence: the zero-padding of a short clip) are
     left out, unless the clip has nothing else. In eager evaluation only
     those patches are computed; an exported graph computes all of them
     (same result).
+
+    Arguments
+    ---------
+    pooling : str
+        ``"mean"``: the clip's embedding is the patches' mean (1024-d);
+        ``"mean+std"``: their mean and standard deviation (2048-d; the
+        same masked statistics as SpeechBrain's ``StatisticsPooling``,
+        which takes a length, not a mask, and adds noise).
 
     Example
     -------
@@ -336,6 +350,8 @@ class YAMNetEncoder(torch.nn.Module):
     >>> feats = YAMNetFrontEnd()(torch.randn(2, 32000) * 0.1)
     >>> enc(feats).shape, enc.audioset_logits(feats).shape
     (torch.Size([2, 1, 1024]), torch.Size([2, 4, 521]))
+    >>> YAMNetEncoder(pooling="mean+std").eval()(feats).shape
+    torch.Size([2, 1, 2048])
     """
 
     #: The model card's note on where the encoder comes from.
@@ -355,8 +371,11 @@ class YAMNetEncoder(torch.nn.Module):
         "python -m sb_urbansound.yamnet convert"
     )
 
-    def __init__(self):
+    def __init__(self, pooling="mean"):
         super().__init__()
+        if pooling not in ("mean", "mean+std"):
+            raise UserError(f"pooling: {pooling!r} is not mean or mean+std")
+        self.pooling = pooling
         units, channels = [], 1
         for i, (stride, out) in enumerate(LAYERS):
             if i == 0:
@@ -401,8 +420,7 @@ class YAMNetEncoder(torch.nn.Module):
 
         A frozen encoder (no parameter needs a gradient, evaluation mode)
         gives a patch the same embedding at every epoch; the feature bank
-        and the patch-aligned training crops give it the same patches, so
-        each is computed once (up to :data:`CACHE_PATCHES` of them; any
+        gives it the same patches, so each is computed once (up to :data:`CACHE_PATCHES` of them; any
         change of the weights or buffers empties the cache). A trained or
         unfrozen encoder computes every patch.
 
@@ -454,7 +472,7 @@ class YAMNetEncoder(torch.nn.Module):
         return self.logits(emb).unflatten(0, patches.shape[:2])
 
     def forward(self, feats, lengths=None):
-        """Embed clips: the mean of their patches' embeddings.
+        """Embed clips: the mean (and std) of their patches' embeddings.
 
         Arguments
         ---------
@@ -466,7 +484,7 @@ class YAMNetEncoder(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[batch, 1, 1024]``.
+            ``[batch, 1, 1024]`` (``[batch, 1, 2048]`` with mean+std).
         """
         patches = self.patches(feats)
         batch, count = patches.shape[:2]
@@ -480,8 +498,13 @@ class YAMNetEncoder(torch.nn.Module):
             keep = sound.flatten()
             emb = flat.new_zeros(len(flat), EMBEDDING_DIM)
             emb[keep] = self.frozen_embeddings(flat[keep])
-        emb = emb.view(batch, count, -1) * weights
-        pooled = emb.sum(dim=1) / weights.sum(dim=1)
+        emb = emb.view(batch, count, -1)
+        count = weights.sum(dim=1)
+        pooled = (emb * weights).sum(dim=1) / count
+        if self.pooling == "mean+std":
+            var = ((emb - pooled.unsqueeze(1)).square() * weights).sum(1)
+            std = (var / count).clamp(min=1e-8).sqrt()
+            pooled = torch.cat([pooled, std], dim=-1)
         return pooled.unsqueeze(1)
 
     def read_pretrained(self, path):
@@ -501,59 +524,6 @@ class YAMNetEncoder(torch.nn.Module):
         dict or None
         """
         return read_release(path) if is_release(path) else None
-
-
-class RandomPatchCrop(torch.nn.Module):
-    """Training crops of 1 to ``max_patches`` YAMNet patches, where the sound is.
-
-    A training augmentation for log-mel frames ``[batch, frames, 64]``
-    (the recipe's ``feature_augment``, training only): each batch is cut to
-    ``96 + 48 (k - 1)`` frames, ``k`` drawn from 1..``max_patches``, each clip
-    at a random start on YAMNet's patch grid (so the crop's patches are
-    patches of the whole clip) within the frames that hold sound (not the
-    padding of a short clip). Fine-tuning then costs ``k`` patches per clip instead of
-    the whole clip's (8 for 4 s); evaluation sees the whole clip.
-
-    Arguments
-    ---------
-    max_patches : int
-        Largest crop, in patches.
-
-    Example
-    -------
-    >>> crop = RandomPatchCrop(max_patches=1)
-    >>> crop(torch.randn(3, 432, 64)).shape
-    torch.Size([3, 96, 64])
-    """
-
-    def __init__(self, max_patches=3):
-        super().__init__()
-        self.max_patches = int(max_patches)
-
-    def forward(self, feats):
-        """Crop a batch of log-mel frames (see the class)."""
-        frames = feats.shape[1]
-        k = int(torch.randint(1, self.max_patches + 1, ()))
-        width = min(frames, PATCH + PATCH_HOP * (k - 1))
-        sound = (feats > SILENCE).any(dim=2)
-        steps = torch.arange(frames, device=feats.device)
-        has = sound.any(dim=1)
-        first = torch.where(sound, steps, frames).min(dim=1).values
-        last = torch.where(sound, steps, -1).max(dim=1).values + 1
-        first = torch.where(has, first, 0)
-        last = torch.where(has, last, frames)
-        # Starts on YAMNet's patch grid (every 48 frames), within the sound
-        lowest = first // PATCH_HOP
-        highest = ((last - width) // PATCH_HOP).clamp(min=lowest)
-        highest = highest.clamp(max=(frames - width) // PATCH_HOP)
-        lowest = lowest.clamp(max=highest)
-        draw = torch.rand(len(feats), device=feats.device)
-        start = lowest + (draw * (highest - lowest + 1)).long()
-        start = start.clamp(max=highest) * PATCH_HOP
-        index = start.unsqueeze(1) + torch.arange(width, device=feats.device)
-        return feats.gather(
-            1, index.unsqueeze(-1).expand(-1, -1, feats.shape[2])
-        )
 
 
 # ------------------------------------------------------------ reading weights
@@ -956,12 +926,16 @@ def read_class_map(path, audioset_names):
     return labels
 
 
-class ZeroShot:
+class ZeroShot(Scorer):
     """Label clips with YAMNet's own AudioSet head, without any training.
 
-    A clip's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
+    A window's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
     over its patches of sound; a label scores the highest of its classes'
-    (:func:`read_class_map`), and the clip gets the best label.
+    (:func:`read_class_map`). As a :class:`~sb_urbansound.runtime.Scorer`
+    it serves ``classify --zero-shot MAP.csv`` (files, ``--segments``,
+    ``--stream``): windows of 4 s (hop 2 s), their scores averaged over a
+    file; a file of at most 4 s is one window of its own length (not
+    padded: a patch half padding would count as sound).
 
     Arguments
     ---------
@@ -971,6 +945,8 @@ class ZeroShot:
     class_map : str or Path
         The CSV of ``label,AudioSet class name`` rows.
     """
+
+    sample_rate, channels, num_samples = SAMPLE_RATE, 1, 4 * SAMPLE_RATE
 
     def __init__(self, weights, class_map):
         names_file = Path(weights) / "assets" / "yamnet_class_map.csv"
@@ -984,29 +960,30 @@ class ZeroShot:
             names = [row[2] for row in list(csv.reader(f))[1:]]
         self.classes = read_class_map(class_map, names)
         self.labels = list(self.classes)
+        self.model_folder = str(weights)
         self.front_end = YAMNetFrontEnd()
         self.encoder = YAMNetEncoder().eval()
         self.encoder.load_state_dict(read_release(weights))
 
+    def file_window_probs(self, path):
+        """As :meth:`Scorer.file_window_probs`; a short file unpadded."""
+        wav = self.read(path)
+        size = min(self.num_samples, max(wav.shape[0], 1))
+        windows = sliding_windows(wav, size)
+        return self.window_probs(windows), wav.shape[0] / self.sample_rate
+
     @torch.no_grad()
-    def scores(self, wav):
-        """Each label's score for one clip.
-
-        Arguments
-        ---------
-        wav : torch.Tensor
-            ``[time]`` at 16 kHz, mono.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[labels]``, each in [0, 1].
-        """
-        patches = self.encoder.patches(self.front_end(wav[None]))
-        patches = patches[self.encoder.sound(patches)]
-        emb = self.encoder.patch_embeddings(patches)
-        audioset = torch.sigmoid(self.encoder.logits(emb)).mean(dim=0)
-        return torch.stack([audioset[i].max() for i in self.classes.values()])
+    def _run(self, windows):
+        """``[n, samples, 1]`` windows → ``[n, labels]`` scores in [0, 1]."""
+        wavs = torch.tensor(np.asarray(windows, np.float32))[..., 0]
+        patches = self.encoder.patches(self.front_end(wavs))
+        sound = self.encoder.sound(patches).unsqueeze(-1).float()
+        emb = self.encoder.patch_embeddings(patches.flatten(0, 1))
+        scores = torch.sigmoid(self.encoder.logits(emb))
+        scores = scores.unflatten(0, patches.shape[:2])
+        audioset = (scores * sound).sum(dim=1) / sound.sum(dim=1)
+        best = [audioset[:, i].amax(dim=1) for i in self.classes.values()]
+        return torch.stack(best, dim=1).numpy()
 
 
 # ------------------------------------------------------------------------ CLI
@@ -1039,8 +1016,8 @@ def convert(source, out):
 
 
 def main(argv=None):
-    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` or
-    ``zero-shot --weights DIR --map MAP.csv FILE...``."""
+    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` (zero-shot
+    labelling: ``python -m sb_urbansound.classify DIR --zero-shot MAP.csv``)."""
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.yamnet",
         description="Convert YAMNet's released weights (TensorFlow "
@@ -1051,40 +1028,14 @@ def main(argv=None):
     conv = sub.add_parser("convert", help="write OUT.ckpt from SRC")
     conv.add_argument("source", help="SavedModel folder or yamnet.h5")
     conv.add_argument("out", help="the checkpoint to write")
-    zero = sub.add_parser(
-        "zero-shot",
-        help="label audio files with YAMNet's AudioSet head and a class map "
-        "(no training): prints 'file<TAB>label<TAB>score'",
-    )
-    zero.add_argument("--weights", required=True, help="the release folder")
-    zero.add_argument(
-        "--map", required=True, help="CSV of 'label,AudioSet class name'"
-    )
-    zero.add_argument("files", nargs="+", help="audio files")
     args = parser.parse_args(argv)
     try:
-        if args.command == "zero-shot":
-            return _zero_shot(args)
         state = convert(args.source, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_status
     count = sum(v.numel() for v in state.values())
     print(f"wrote {args.out}: {len(state)} tensors, {count:,} values")
-    return 0
-
-
-def _zero_shot(args):
-    """Print each file's best label and its score."""
-    from sb_urbansound.audio import ClipConditioner, load_audio
-
-    model = ZeroShot(args.weights, args.map)
-    to_16k = ClipConditioner(SAMPLE_RATE, 1)
-    for path in args.files:
-        wav, rate = load_audio(path)
-        scores = model.scores(to_16k.convert(wav, rate))
-        best = int(scores.argmax())
-        print(f"{path}\t{model.labels[best]}\t{float(scores[best]):.3f}")
     return 0
 
 

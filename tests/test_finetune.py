@@ -405,10 +405,39 @@ def test_missing_yamnet_weights_name_the_key_and_the_shared_folder(
     assert "../shared/data/yamnet" in message
 
 
-@pytest.mark.skipif(
+needs_yamnet = pytest.mark.skipif(
     not (YAMNET / "variables" / "variables.index").is_file(),
     reason=f"needs YAMNet's released weights at {YAMNET} (../shared is absent)",
 )
+
+
+@needs_yamnet
+def test_yamnet_mixes_the_clip_embeddings_not_the_log_mels(
+    data, tmp_path, monkeypatch
+):
+    # (mixed log-mels would be new patches at every epoch for the frozen
+    # encoder's cache)
+    from sb_urbansound.augment import Mixup
+
+    seen, forward = [], Mixup.forward
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(tuple(x.shape[1:]))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Mixup, "forward", spy)
+    run_recipe(
+        monkeypatch,
+        "yamnet_finetune.yaml",
+        data,
+        tmp_path / "out",
+        f"--pretrained_encoder={YAMNET}",
+        "--number_of_epochs=1",
+    )
+    assert seen and set(seen) == {(1, 2048)}  # mean + std of the patches
+
+
+@needs_yamnet
 def test_yamnet_loads_the_release_then_unfreezes_after_one_epoch(
     data, tmp_path, monkeypatch
 ):

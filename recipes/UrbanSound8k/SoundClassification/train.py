@@ -108,12 +108,13 @@ class SoundClassifierBrain(sb.Brain):
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)
 
-        # Mixup (optional, training only): pairs of clips and their losses
+        # Mixup (optional, training only): pairs of clips and their losses;
+        # of the features, or of the embeddings (mixup_embeddings: True)
         self.mixed = None
-        mixup = getattr(self.hparams, "mixup", None)
-        if train and mixup is not None:
-            feats, perm, lam = mixup(feats)
-            self.mixed = (perm, lam)
+        mixup = getattr(self.hparams, "mixup", None) if train else None
+        late = getattr(self.hparams, "mixup_embeddings", False)
+        if mixup is not None and not late:
+            feats, *self.mixed = mixup(feats)
 
         # Each process evaluates its share of the clips, without the DDP
         # wrappers (sb_urbansound.distributed); a frozen encoder stays in
@@ -122,6 +123,8 @@ class SoundClassifierBrain(sb.Brain):
         if train and self.frozen:
             self.modules.embedding_model.eval()
         embeddings = modules.embedding_model(feats, lens)
+        if mixup is not None and late:
+            embeddings, *self.mixed = mixup(embeddings)
         predictions = modules.classifier(embeddings)
         if predictions.dim() == 2:
             predictions = predictions.unsqueeze(1)
