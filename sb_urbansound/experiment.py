@@ -164,14 +164,6 @@ def _combination_errors(values):
                 f"n_fft={n_fft}: most mel bands would be empty; use "
                 f"n_mels <= {bins} or a larger n_fft"
             )
-    if values.get("data_source") == "feature_bank" and values.get(
-        "wav_augment"
-    ):
-        errors.append(
-            "wav_augment changes the training waveforms, but "
-            "data_source=feature_bank computes their features once: use "
-            "--data_source=bank (or files, shards) or --wav_augment=null"
-        )
     f_max = values.get("f_max")
     if isinstance(rate, int) and isinstance(f_max, (int, float)):
         if not 0 < f_max <= rate / 2:

@@ -29,7 +29,6 @@ import inspect
 import logging
 
 import torch
-from sb_urbansound.audio import pad_trunc
 from sb_urbansound.augment import circular_views
 from sb_urbansound.bank import ClipBank, FeatureBank, place_clips
 from sb_urbansound.distributed import ShardSampler, world
@@ -240,8 +239,7 @@ class DataSource:
     brain : speechbrain.core.Brain
         The Brain that trains on it (its ``hparams`` have ``shift_pct``,
         ``seed``, ``number_of_epochs``, ``batch_size`` and
-        ``label_encoder``; ``wav_augment``, if any, changes the training
-        waveforms: see :meth:`features`).
+        ``label_encoder``).
     datasets : dict
         ``{split: DynamicItemDataset}``: the clips decoded per epoch
         (``files``), whose items have ``id``, ``wav``, ``sig``, ``label``
@@ -269,7 +267,6 @@ class DataSource:
             raise ValueError(f"data_source must be one of {SOURCES}")
         self.source = source
         self.shift_pct = brain.hparams.shift_pct
-        self.wav_augment = getattr(brain.hparams, "wav_augment", None)
         self.bank = self.feature_bank = None
         self.loaders = []
         train_options, self.test_options = options
@@ -380,12 +377,6 @@ class DataSource:
     def features(self, batch, compute_features, train, views=1, shift=0.0):
         """The features of a batch, from the bank, the shards or ``sig``.
 
-        In training, the YAML's ``wav_augment`` (SpeechBrain's
-        ``Augmenter``, e.g. with ``SpeedPerturb``) changes the waveforms,
-        which are then cut or zero-padded back to the clip length, as the
-        pipeline does; with ``concat_original`` the batch grows, and the
-        labels follow with ``wav_augment.replicate_labels``.
-
         Arguments
         ---------
         batch : PaddedBatch
@@ -427,16 +418,6 @@ class DataSource:
             lens = torch.ones(len(wavs), device=wavs.device)
         else:
             wavs, lens = batch.sig
-        if train and self.wav_augment is not None:
-            # Each channel as a clip (SpeechBrain 1.1.2's Resample and
-            # Augmenter fail on [batch, time, channels]), then cut or padded
-            # back to the clip length as the pipeline does
-            size = wavs.shape
-            flat = wavs.transpose(1, -1).reshape(-1, size[1])
-            flat, _ = self.wav_augment(flat, lens.new_ones(len(flat)))
-            flat = pad_trunc(flat.T, size[1]).T
-            wavs = flat.reshape(-1, *size[2:], size[1]).transpose(1, -1)
-            lens = lens.new_ones(len(wavs))
         if views > 1:
             samples = round(shift * wavs.shape[1])
             wavs = circular_views(wavs, views, samples, dim=1)

@@ -134,8 +134,6 @@ class SoundClassifierBrain(sb.Brain):
         """Computes the loss and records the predictions for the accuracy."""
         predictions, lens = predictions
         targets, _ = batch.label_encoded
-        if stage == sb.Stage.TRAIN and self.data.wav_augment is not None:
-            targets = self.data.wav_augment.replicate_labels(targets)
         if stage == sb.Stage.TRAIN and self.mixed is not None:
             perm, lam = self.mixed
             loss = Mixup.mix_loss(
