@@ -2,7 +2,7 @@
 """The ablation of docs/accuracy.md: one cross-validation per choice.
 
 Each configuration is a recipe YAML plus overrides, run with
-``python -m sb_urbansound.crossval`` into ``<out>/<name>``; a finished one is
+``python -m sb_urbansound.training.crossval`` into ``<out>/<name>``; a finished one is
 skipped, so the script resumes. The table gives, for each configuration,
 its parameters and multiply-accumulates per clip (``bench/model_cost.py``),
 the median training time per epoch (from the folds' ``history.json``), and
@@ -286,7 +286,7 @@ def run(name, config, out, data_folder, extra, folds):
     cmd = [
         sys.executable,
         "-m",
-        "sb_urbansound.crossval",
+        "sb_urbansound.training.crossval",
         str(HPARAMS / yaml),
         f"--data_folder={data_folder}",
         f"--output_folder={target}",

@@ -4,18 +4,18 @@
 For each model YAML (``cnn.yaml``, ``cnn_large.yaml`` by default, at their
 full sizes: both 22.05 kHz mono, 4 s windows, 10 classes) a
 model folder is built from the YAML's initial weights (speed does not depend
-on training; the normaliser gets statistics, as training gives it), exported with ``sb_urbansound.export`` (which checks both
+on training; the normaliser gets statistics, as training gives it), exported with ``sb_urbansound.serving.export`` (which checks both
 exports against eager PyTorch), and the three backends score the same
 conditioned windows:
 
 * ``eager``: what ``classify`` runs today,
-  :func:`sb_urbansound.inference.window_probs` on the model loaded with
+  :func:`sb_urbansound.serving.inference.window_probs` on the model loaded with
   SpeechBrain's ``EncoderClassifier`` (features, normaliser, network,
   softmax);
-* ``torchscript``: ``model.ts`` (:class:`sb_urbansound.export.
+* ``torchscript``: ``model.ts`` (:class:`sb_urbansound.serving.export.
   TorchScriptScorer`);
 * ``onnx``: ``model.onnx`` in onnxruntime
-  (:class:`sb_urbansound.runtime.OnnxModel`).
+  (:class:`sb_urbansound.serving.runtime.OnnxModel`).
 
 Each backend gets the same threads (``--threads``, default 1: one core, the
 fair setting on a shared machine). A call scores ``batch`` windows (the
@@ -89,7 +89,10 @@ def parse_args(argv=None):
 
 def build(name, workdir, quick):
     """An untrained model folder for ``name``, exported to both formats."""
-    from sb_urbansound.export import export_model, untrained_model_folder
+    from sb_urbansound.serving.export import (
+        export_model,
+        untrained_model_folder,
+    )
 
     overrides = {"sample_rate": 16000, "duration_ms": 1000} if quick else {}
     folder = untrained_model_folder(
@@ -107,9 +110,9 @@ def build(name, workdir, quick):
 
 def scorers(folder, backends, threads, batch):
     """``{backend: callable(windows np) -> probs}`` for one model."""
-    from sb_urbansound.export import TorchScriptScorer
-    from sb_urbansound.inference import TorchScorer, load_model
-    from sb_urbansound.runtime import OnnxModel
+    from sb_urbansound.serving.export import TorchScriptScorer
+    from sb_urbansound.serving.inference import TorchScorer, load_model
+    from sb_urbansound.serving.runtime import OnnxModel
 
     out = {}
     if "eager" in backends:
@@ -154,8 +157,8 @@ def profile(folder, threads, windows):
     """Where one window's time goes, per stage (eager) and per op (ONNX)."""
     import onnxruntime
     import torch
-    from sb_urbansound.export import MelSpectrogramGraph
-    from sb_urbansound.inference import load_model
+    from sb_urbansound.serving.export import MelSpectrogramGraph
+    from sb_urbansound.serving.inference import load_model
 
     model = load_model(folder)
     mods = model.mods
@@ -251,7 +254,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    from sb_urbansound.hardware import hardware_description
+    from sb_urbansound.training.hardware import hardware_description
 
     print(f"# {hardware_description()}")
     print(
@@ -263,7 +266,7 @@ def main(argv=None):
     for name in args.models:
         folder = build(name, workdir, args.quick)
         torch.set_num_threads(args.threads)  # the YAML sets its own
-        from sb_urbansound.runtime import OnnxModel
+        from sb_urbansound.serving.runtime import OnnxModel
 
         spec = OnnxModel(folder)
         rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ KEYS = {"best": {"min_key": "error"}, "last": {"max_key": "unixtime"}}
 def retest_fold(fold, which="last", device="cpu"):
     """Tests one fold's ``which`` checkpoint; returns its test results."""
     from hyperpyyaml import load_hyperpyyaml
-    from sb_urbansound.crossval import import_recipe
+    from sb_urbansound.training.crossval import import_recipe
 
     from speechbrain.utils.train_logger import FileTrainLogger
 

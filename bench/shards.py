@@ -9,7 +9,7 @@ On an UrbanSound8K-shaped folder (``metadata/UrbanSound8K.csv`` and
   bytes per clip;
 * shards in int16 and in FLAC: write time (the same decoding, and the tar
   and checksum), bytes per clip, and the read rate of one process: a
-  training epoch through :class:`sb_urbansound.shards.ShardStream` (read
+  training epoch through :class:`sb_urbansound.data.shards.ShardStream` (read
   ahead by a thread, SHA-256 checked, shuffle buffer), clips/s and MB/s.
 
 Usage::
@@ -56,10 +56,10 @@ def read_clips(data_folder, folds):
 
 def measure(args):
     """Run the measurements; return them."""
-    from sb_urbansound.audio import ClipConditioner
-    from sb_urbansound.bank import ClipBank
-    from sb_urbansound.hardware import hardware_description
-    from sb_urbansound.shards import Shards, ShardStream
+    from sb_urbansound.data.audio import ClipConditioner
+    from sb_urbansound.data.bank import ClipBank
+    from sb_urbansound.data.shards import Shards, ShardStream
+    from sb_urbansound.training.hardware import hardware_description
 
     clips = read_clips(args.data_folder, args.folds)
     cond = ClipConditioner(args.sample_rate, args.channels, args.duration_ms)

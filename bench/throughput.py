@@ -24,7 +24,7 @@ The configurations:
   default threads and at one thread. Speedups are taken against the faster;
 * ``recipe-per-clip``, ``recipe-bank``, ``recipe-feature-bank`` and
   ``recipe-bank-large`` (the bank at ``--large-batch``): the recipe's own
-  ``main()`` (``train.py``, loaded with ``sb_urbansound.crossval``) on the
+  ``main()`` (``train.py``, loaded with ``sb_urbansound.training.crossval``) on the
   real ``hparams/cnn.yaml`` with command-line overrides (data folder, output
   folder, folds, epochs, ``data_source``, batch size): data
   preparation, clip bank, training with validation every epoch, test of the
@@ -32,7 +32,7 @@ The configurations:
   phases the child replaces, before calling it, some of the recipe module's
   names by wrappers that only take timestamps (``prepare_data``,
   ``load_hyperpyyaml``, ``dataio_prep``, and ``SoundClassifierBrain`` by a
-  subclass), and so does ``sb_urbansound.loader`` (``build_clip_bank``,
+  subclass), and so does ``sb_urbansound.data.loader`` (``build_clip_bank``,
   ``DataSource.use_bank``);
 * ``ceiling``, ``ceiling-large``: a plain PyTorch loop, no SpeechBrain and no
   DataLoader, with every clip already decoded and held as int16 in device
@@ -261,7 +261,7 @@ def read_fold(data_folder, fold):
 
 def recipe_input(data_folder):
     """The input settings of the recipe and ceiling runs (cnn.yaml's)."""
-    from sb_urbansound.experiment import read_yaml_values
+    from sb_urbansound.training.experiment import read_yaml_values
 
     h = read_yaml_values(CNN_YAML, f"data_folder: {data_folder}")
     return (
@@ -378,7 +378,7 @@ def tutorial_components():
     """The tutorial's AudioUtil, SoundDS and model (imports torch lazily)."""
     import torch
     import torchaudio
-    from sb_urbansound.models import CNNEmbedding
+    from sb_urbansound.training.models import CNNEmbedding
     from torchaudio import transforms
 
     class AudioUtil:
@@ -603,7 +603,7 @@ def recipe_argv(cfg):
 
 def run_recipe(cfg, stamps):
     """Run the recipe's ``main()``, timestamping its phases."""
-    from sb_urbansound.crossval import import_recipe, recipe_script
+    from sb_urbansound.training.crossval import import_recipe, recipe_script
 
     recipe = import_recipe(recipe_script(CNN_YAML))  # torch, speechbrain, ...
     import torch
@@ -626,7 +626,7 @@ def run_recipe(cfg, stamps):
 
         return wrapper
 
-    from sb_urbansound import loader
+    from sb_urbansound.data import loader
 
     build_clip_bank = loader.build_clip_bank
     use_bank = loader.DataSource.use_bank
@@ -703,12 +703,15 @@ def run_ceiling(cfg, stamps):
     """The recipe's per-batch steps in a bare loop over clips held on the device."""
     import torch
     import torch.nn.functional as F
-    from sb_urbansound.audio import ClipConditioner
-    from sb_urbansound.augment import SpecAugment
-    from sb_urbansound.bank import ClipBank, random_placement, roll_rows
-    from sb_urbansound.experiment import read_yaml_values
-    from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
-    from sb_urbansound.models import CNNEmbedding, LinearClassifier
+    from sb_urbansound.data.audio import ClipConditioner
+    from sb_urbansound.data.bank import ClipBank, random_placement, roll_rows
+    from sb_urbansound.training.augment import SpecAugment
+    from sb_urbansound.training.experiment import read_yaml_values
+    from sb_urbansound.training.features import (
+        BatchStandardize,
+        MelSpectrogramDB,
+    )
+    from sb_urbansound.training.models import CNNEmbedding, LinearClassifier
 
     stamps["imported"] = time.time()
     torch.manual_seed(cfg["seed"])
@@ -839,7 +842,7 @@ def child(cfg):
     stamps["result"] = time.time()  # then only the process's exit
     print(RESULT_MARK + json.dumps(result), flush=True)
     if cfg["kind"] == "recipe":  # as train.py ends (processes.run_recipe)
-        from sb_urbansound.processes import exit_now
+        from sb_urbansound.training.processes import exit_now
 
         exit_now(0)
 

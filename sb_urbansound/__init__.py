@@ -1,29 +1,24 @@
 """sb-urbansound: a SpeechBrain plugin for sound classification.
 
-The recipe (``recipes/UrbanSound8k/SoundClassification``: ``train.py`` and
-``hparams/*.yaml``) imports these modules:
+The recipe (``recipes/UrbanSound8k/SoundClassification``: ``train.py``
+and ``hparams/*.yaml``) imports its modules, laid out by stage:
 
-* :mod:`sb_urbansound.sources`: labelled audio (UrbanSound8K's CSV, class
-  folders, file names) and folds; :mod:`sb_urbansound.manifests` writes the
-  SpeechBrain manifests, checking every file once.
-* :mod:`sb_urbansound.audio`: finding and reading audio, and the
-  clip-conditioning object shared by training and inference.
-* :mod:`sb_urbansound.features`, :mod:`sb_urbansound.augment`: batched mel
-  spectrogram in dB, normalisers, SpecAugment with mean fill.
-* :mod:`sb_urbansound.models`: the tutorial's CNN as embedding + classifier.
-* :mod:`sb_urbansound.checkpoints`, :mod:`sb_urbansound.experiment`: robust
-  checkpoints, option checks and output-folder bookkeeping.
+* :mod:`sb_urbansound.data`: labelled audio to the clips, banks and shards a
+  run reads (sources, manifests, download, audio, bank, shards, loader);
+* :mod:`sb_urbansound.training`: features, models and runs, up to
+  cross-validation (features, augment, models, yamnet, finetune, checkpoints,
+  experiment, distributed, hardware, processes, crossval, report);
+* :mod:`sb_urbansound.serving`: a trained model in use: its folder, CLI,
+  export, runtime (inference, trust, timeline, runtime, export, stream, card,
+  classify);
+* :mod:`sb_urbansound.atomic`: stores: how every folder that sb-urbansound
+  writes is written;
+* :mod:`sb_urbansound.errors`: the errors that name a user's file, row or
+  option and say what to do;
 * :mod:`sb_urbansound.yaml_reader`: the one reader of HyperPyYAML files as
-  data (nothing built), for the option checks and the model folder checks.
-* :mod:`sb_urbansound.inference`, :mod:`sb_urbansound.classify`: the exported
-  model folder and the ``classify`` command; :mod:`sb_urbansound.card`, its
-  model card.
-* :mod:`sb_urbansound.export`: ONNX and TorchScript, checked against PyTorch;
-  :mod:`sb_urbansound.runtime`: classifying with ``model.onnx`` without torch;
-  :mod:`sb_urbansound.stream`, :mod:`sb_urbansound.timeline`: live streams,
-  windows and event timelines (torch-free, shared by both backends).
-* :mod:`sb_urbansound.crossval`, :mod:`sb_urbansound.report`: the fold
-  protocol as one command, and its reports.
+  data: nothing built, nothing run.
+
+Each stage's ``__init__`` lists its modules, and README.md's layout all of them.
 """
 
 __version__ = "0.2.0"

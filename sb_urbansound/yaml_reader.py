@@ -81,7 +81,7 @@ def read_yaml(source, nodes=False, name=None):
         A file (a ``Path``) or YAML text (a ``str``).
     nodes : bool
         Return ruamel's composed node tree (tags, values and line numbers
-        of every node, for :mod:`sb_urbansound.trust`) instead of values.
+        of every node, for :mod:`sb_urbansound.serving.trust`) instead of values.
     name : str or Path, optional
         What the text is called in the message (default: the file, or
         "the YAML text").

@@ -223,7 +223,7 @@ TRAIN_PY = RECIPE / "train.py"
 
 def load_recipe():
     """The recipe's ``train.py`` as a module (its folder goes on sys.path)."""
-    from sb_urbansound.crossval import import_recipe
+    from sb_urbansound.training.crossval import import_recipe
 
     return import_recipe(TRAIN_PY)
 

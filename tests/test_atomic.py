@@ -119,9 +119,9 @@ def test_an_index_or_a_folds_results_are_never_read_through_a_link(tmp_path):
     """A store's index (what its data is) and a fold's results are read only
     from the store's own files."""
     from sb_urbansound.atomic import atomic_write_json, read_store_json
-    from sb_urbansound.crossval import _read_json
+    from sb_urbansound.data.manifests import _up_to_date
     from sb_urbansound.errors import NotOursError
-    from sb_urbansound.manifests import _up_to_date
+    from sb_urbansound.training.crossval import _read_json
 
     real = atomic_write_json(tmp_path / "real.json", {"accuracy": 1.0})
     link = tmp_path / "test_results.json"
@@ -143,7 +143,7 @@ def test_a_run_folder_holding_a_link_to_a_file_is_refused(tmp_path):
     byte goes through it; a link to a folder (a bank on another disk) is
     the user's layout and stays."""
     from sb_urbansound.errors import NotOursError
-    from sb_urbansound.experiment import RunFolder
+    from sb_urbansound.training.experiment import RunFolder
 
     mine = _user_file(tmp_path)
     out = tmp_path / "out"

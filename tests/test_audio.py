@@ -1,4 +1,4 @@
-"""Tests of sb_urbansound.audio (finding, reading and conditioning clips) and of
+"""Tests of sb_urbansound.data.audio (finding, reading and conditioning clips) and of
 the recipe's data pipeline (``dataio_prep`` in ``train.py``)."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import FORMATS, load_recipe, write_clip
-from sb_urbansound.audio import (
+from sb_urbansound.data.audio import (
     READ_MARGIN_S,
     ClipConditioner,
     find_audio_files,
@@ -19,7 +19,7 @@ from sb_urbansound.audio import (
     time_shift,
 )
 from sb_urbansound.errors import AudioLoadError, DataPrepError, UserError
-from sb_urbansound.runtime import remove_dc_offset
+from sb_urbansound.serving.runtime import remove_dc_offset
 
 
 def corrupt_after_header(path, seed=0):

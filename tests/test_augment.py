@@ -6,7 +6,7 @@ import json
 
 import pytest
 from helpers import HPARAMS, US8K_CLASSES, load_recipe, make_urbansound_tree
-from sb_urbansound.augment import Mixup, SpecAugment
+from sb_urbansound.training.augment import Mixup, SpecAugment
 
 import speechbrain as sb
 

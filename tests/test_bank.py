@@ -20,10 +20,10 @@ from helpers import (
     run_with_memory_limit,
     write_clip,
 )
-from sb_urbansound import bank as bank_module
 from sb_urbansound.atomic import MARKER_FILE
-from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
-from sb_urbansound.bank import (
+from sb_urbansound.data import bank as bank_module
+from sb_urbansound.data.audio import ClipConditioner, load_audio, time_shift
+from sb_urbansound.data.bank import (
     ClipBank,
     FeatureBank,
     is_bank_folder,
@@ -31,7 +31,7 @@ from sb_urbansound.bank import (
     roll_rows,
 )
 from sb_urbansound.errors import DataPrepError, NotOursError
-from sb_urbansound.features import MelSpectrogramDB
+from sb_urbansound.training.features import MelSpectrogramDB
 
 RATE = 16000
 
@@ -78,8 +78,8 @@ def test_bank_equals_the_per_clip_path(tmp_path, clips, channels):
 
 BUILD_ODD_RATE = """
 import sys, torch
-from sb_urbansound.audio import ClipConditioner, load_audio
-from sb_urbansound.bank import ClipBank
+from sb_urbansound.data.audio import ClipConditioner, load_audio
+from sb_urbansound.data.bank import ClipBank
 
 cond = ClipConditioner(16000, 1, 1000)
 bank = ClipBank(sys.argv[1], cond)
@@ -282,8 +282,8 @@ time.sleep(60)
 BUILD = """
 import json, logging, sys
 import torch
-from sb_urbansound.audio import ClipConditioner, load_audio
-from sb_urbansound.bank import ClipBank
+from sb_urbansound.data.audio import ClipConditioner, load_audio
+from sb_urbansound.data.bank import ClipBank
 logging.basicConfig(level=logging.INFO)
 clips = json.loads(sys.argv[2])
 cond = ClipConditioner(16000, 2, 1000)
@@ -406,7 +406,7 @@ def test_a_damaged_bank_is_named_and_rebuilt(tmp_path, clips, how, caplog):
     before = outside.read_bytes() if outside.exists() else None
 
     again = ClipBank(tmp_path / "bank", cond)
-    with caplog.at_level("WARNING", logger="sb_urbansound.bank"):
+    with caplog.at_level("WARNING", logger="sb_urbansound.data.bank"):
         summary = again.build(clips, progress=False)
     assert summary["decoded"] == len(redo)
     assert "damaged" in caplog.text or "checksum" in caplog.text
@@ -445,8 +445,8 @@ def test_a_complete_bank_on_a_read_only_file_system_is_used(tmp_path, clips):
 
 FULL_DISK = """
 import json, sys
-from sb_urbansound.audio import ClipConditioner
-from sb_urbansound.bank import ClipBank
+from sb_urbansound.data.audio import ClipConditioner
+from sb_urbansound.data.bank import ClipBank
 from sb_urbansound.errors import UserError
 try:
     ClipBank(sys.argv[1], ClipConditioner(16000, 2, 1000)).build(

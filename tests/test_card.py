@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from helpers import HPARAMS, write_clip
-from sb_urbansound.card import card_info, card_metadata, model_card
-from sb_urbansound.export import untrained_model_folder
+from sb_urbansound.serving.card import card_info, card_metadata, model_card
+from sb_urbansound.serving.export import untrained_model_folder
 
 LABELS = ["car_horn", "dog_bark", "siren"]
 
@@ -122,7 +122,7 @@ def test_card_without_results_says_so(tmp_path):
 
 
 def test_the_card_says_how_the_data_was_split(tmp_path):
-    from sb_urbansound.sources import prepare_folders
+    from sb_urbansound.data.sources import prepare_folders
 
     for k in range(12):
         write_clip(

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 from helpers import requires_mount, run_in_namespace
-from sb_urbansound.checkpoints import BROKEN_PREFIX, RobustCheckpointer
 from sb_urbansound.errors import UserError
+from sb_urbansound.training.checkpoints import BROKEN_PREFIX, RobustCheckpointer
 
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.checkpoints import Checkpointer
@@ -141,7 +141,7 @@ def test_disk_full_is_named(tmp_path, monkeypatch):
 FULL_DISK_SAVE = """
 import sys
 import torch
-from sb_urbansound.checkpoints import RobustCheckpointer
+from sb_urbansound.training.checkpoints import RobustCheckpointer
 from sb_urbansound.errors import UserError
 model = torch.nn.Linear(1, 200_000)  # 1.6 MB of weights
 ckpt = RobustCheckpointer(sys.argv[1], recoverables={"model": model})

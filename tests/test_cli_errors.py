@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import HPARAMS, REPO, write_clip
-from sb_urbansound.export import export_model, untrained_model_folder
+from sb_urbansound.serving.export import export_model, untrained_model_folder
 
 LABELS = [f"class_{i}" for i in range(10)]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -77,7 +77,9 @@ def copy_folder(folders, name, tmp_path):
 
 
 def classify_onnx(folder, clip):
-    return run("sb_urbansound.classify", folder, clip, "--backend", "onnx")
+    return run(
+        "sb_urbansound.serving.classify", folder, clip, "--backend", "onnx"
+    )
 
 
 # ------------------------------------------- model.onnx against its folder
@@ -135,7 +137,7 @@ NO_TORCH = """
 import sys
 for name in ("torch", "torchaudio", "speechbrain", "hyperpyyaml"):
     sys.modules[name] = None  # any import of them fails
-from sb_urbansound.runtime import ModelFileError, OnnxModel
+from sb_urbansound.serving.runtime import ModelFileError, OnnxModel
 OnnxModel(sys.argv[1])
 try:
     OnnxModel(sys.argv[2])
@@ -173,7 +175,7 @@ def test_a_nan_file_gets_the_same_message_from_both_backends(folders, tmp_path):
     messages = {}
     for backend in ("torch", "onnx"):
         result = run(
-            "sb_urbansound.classify",
+            "sb_urbansound.serving.classify",
             folders["wide"],
             clip,
             "--backend",
@@ -189,7 +191,7 @@ def test_a_nan_file_gets_the_same_message_from_both_backends(folders, tmp_path):
 def test_export_with_a_nan_data_clip_names_the_clip(folders, tmp_path):
     clip = nan_clip(tmp_path / "nan.wav")
     result = run(
-        "sb_urbansound.export", folders["wide"], "--format", "onnx", "--data",
+        "sb_urbansound.serving.export", folders["wide"], "--format", "onnx", "--data",
         clip,
     )  # fmt: skip
     err = one_error_line(result, 2)
@@ -200,7 +202,7 @@ def test_export_with_a_nan_data_clip_names_the_clip(folders, tmp_path):
 @pytest.mark.parametrize("option", ["--min-duration", "--merge-gap"])
 def test_nan_segment_options_are_refused(folders, option):
     result = run(
-        "sb_urbansound.classify", folders["wide"], folders["clip"],
+        "sb_urbansound.serving.classify", folders["wide"], folders["clip"],
         "--segments", option, "nan",
     )  # fmt: skip
     err = result.stderr.decode()
@@ -216,8 +218,8 @@ def test_export_of_a_truncated_checkpoint_is_one_line(folders, tmp_path):
     ckpt = folder / "embedding_model.ckpt"
     ckpt.write_bytes(ckpt.read_bytes()[:3000])
     for command in (
-        ("sb_urbansound.export", folder, "--format", "onnx"),
-        ("sb_urbansound.classify", folder, folders["clip"]),
+        ("sb_urbansound.serving.export", folder, "--format", "onnx"),
+        ("sb_urbansound.serving.classify", folder, folders["clip"]),
     ):
         err = one_error_line(run(*command), 2)
         assert err.startswith(f"error: cannot load the model in {folder}: ")
@@ -225,10 +227,10 @@ def test_export_of_a_truncated_checkpoint_is_one_line(folders, tmp_path):
 
 
 def test_crossval_help_prints_the_usage_and_exits_0():
-    result = run("sb_urbansound.crossval", "--help")
+    result = run("sb_urbansound.training.crossval", "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().startswith(
-        "usage: python -m sb_urbansound.crossval"
+        "usage: python -m sb_urbansound.training.crossval"
     )
     assert result.stderr == b""
 
@@ -265,7 +267,7 @@ def test_a_stream_ending_inside_a_frame_says_so(folders):
     noise = np.random.default_rng(0).integers(-3000, 3000, 8000 * 2)
     pcm = noise.astype("<i2").tobytes() + b"\x01"  # stereo, and 1 byte more
     result = run(
-        "sb_urbansound.classify", folders["wide"], "--stream", "--rate",
+        "sb_urbansound.serving.classify", folders["wide"], "--stream", "--rate",
         "8000", "--channels", "2", "--backend", "onnx", stdin=pcm,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -281,7 +283,7 @@ def test_classify_and_export_in_process_leave_the_log_level_as_it_was(
 ):
     # A train.py started later inherits SB_LOG_LEVEL: WARNING there drops
     # its INFO lines from log.txt
-    from sb_urbansound import classify, export
+    from sb_urbansound.serving import classify, export
 
     monkeypatch.setenv("SB_LOG_LEVEL", "INFO")
     assert classify.main([str(tmp_path / "no_model"), "x.wav"]) == 2

@@ -1,4 +1,4 @@
-"""Tests of sb_urbansound.crossval: fold plans, arguments, resume, outputs.
+"""Tests of sb_urbansound.training.crossval: fold plans, arguments, resume, outputs.
 
 Most tests inject a fake runner (no training); one end-to-end test runs the real
 command on a tiny generated UrbanSound8K tree.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import REPO, make_urbansound_tree
-from sb_urbansound.crossval import (
+from sb_urbansound.training.crossval import (
     FORWARDED_SIGNALS,
     CrossvalError,
     FoldFailedError,
@@ -462,7 +462,7 @@ TINY = [
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.crossval", *args],
+        [sys.executable, "-m", "sb_urbansound.training.crossval", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -569,7 +569,7 @@ while True:
 
 # crossval's command line, with a shorter wait for the recipe to stop
 DRIVER = (
-    "import sys; import sb_urbansound.crossval as c; "
+    "import sys; import sb_urbansound.training.crossval as c; "
     "c.STOP_TIMEOUT_S = float(sys.argv[1]); sys.exit(c.main(sys.argv[2:]))"
 )
 
@@ -691,7 +691,7 @@ def test_a_recipe_that_does_not_stop_is_killed(fake_crossval):
 
 
 def test_a_failed_recipe_is_named_with_its_exit_status_and_command(tmp_path):
-    from sb_urbansound.crossval import subprocess_runner
+    from sb_urbansound.training.crossval import subprocess_runner
 
     (tmp_path / "recipe" / "hparams").mkdir(parents=True)
     (tmp_path / "recipe" / "train.py").write_text("raise SystemExit(3)\n")

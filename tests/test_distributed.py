@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from helpers import REPO, TINY_CNN_ARGS, US8K_CLASSES, make_urbansound_tree
-from sb_urbansound.classify import classify_files
+from sb_urbansound.serving.classify import classify_files
 
 # torchrun with two CPU processes, four times: minutes in all
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for sb_urbansound.download against a local HTTP server (no internet).
+"""Tests for sb_urbansound.data.download against a local HTTP server (no internet).
 
 Each test serves a small fake ``UrbanSound8K.tar.gz`` from a
 ``ThreadingHTTPServer`` on 127.0.0.1 (port chosen by the OS), with a handler
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from sb_urbansound import download as dl
-from sb_urbansound.download import (
+from sb_urbansound.data import download as dl
+from sb_urbansound.data.download import (
     ChecksumError,
     DownloadError,
     download_urbansound8k,

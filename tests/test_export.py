@@ -14,8 +14,8 @@ import onnx
 import pytest
 import torch
 from helpers import HPARAMS, requires_mount, run_in_namespace, write_clip
-from sb_urbansound import export
-from sb_urbansound.export import (
+from sb_urbansound.serving import export
+from sb_urbansound.serving.export import (
     PROB_TOLERANCE,
     MatmulMelPower,
     MelSpectrogramGraph,
@@ -24,10 +24,14 @@ from sb_urbansound.export import (
     main,
     untrained_model_folder,
 )
-from sb_urbansound.features import MelSpectrogramDB
-from sb_urbansound.inference import TorchScorer, load_model, window_probs
-from sb_urbansound.runtime import OnnxModel, Scorer
-from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.serving.inference import (
+    TorchScorer,
+    load_model,
+    window_probs,
+)
+from sb_urbansound.serving.runtime import OnnxModel, Scorer
+from sb_urbansound.serving.timeline import sliding_windows
+from sb_urbansound.training.features import MelSpectrogramDB
 
 LABELS = ["dog_bark", "siren", "street_music"]
 # The YAMLs whose models must export, shrunk by overrides (export time is
@@ -440,7 +444,7 @@ def test_export_of_a_read_only_model_folder_is_one_line(folders):
     )
     result = run_in_namespace(
         mount,
-        [sys.executable, "-m", "sb_urbansound.export", str(folder)],
+        [sys.executable, "-m", "sb_urbansound.serving.export", str(folder)],
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2, result.stderr[-3000:]

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from sb_urbansound.augment import SpecAugment
-from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
-from sb_urbansound.models import CNNEmbedding, LinearClassifier
+from sb_urbansound.training.augment import SpecAugment
+from sb_urbansound.training.features import BatchStandardize, MelSpectrogramDB
+from sb_urbansound.training.models import CNNEmbedding, LinearClassifier
 
 
 def test_melspectrogram_shapes_and_top_db():

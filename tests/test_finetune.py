@@ -20,7 +20,7 @@ from helpers import (
     make_urbansound_tree,
 )
 from sb_urbansound.errors import UserError
-from sb_urbansound.finetune import (
+from sb_urbansound.training.finetune import (
     BEATsEncoder,
     build_beats,
     check_finetune_options,
@@ -417,7 +417,7 @@ def test_yamnet_mixes_the_clip_embeddings_not_the_log_mels(
 ):
     # (mixed log-mels would be new patches at every epoch for the frozen
     # encoder's cache)
-    from sb_urbansound.augment import Mixup
+    from sb_urbansound.training.augment import Mixup
 
     seen, forward = [], Mixup.forward
 
@@ -441,7 +441,7 @@ def test_yamnet_mixes_the_clip_embeddings_not_the_log_mels(
 def test_yamnet_loads_the_release_then_unfreezes_after_one_epoch(
     data, tmp_path, monkeypatch
 ):
-    from sb_urbansound.yamnet import read_release
+    from sb_urbansound.training.yamnet import read_release
 
     out = tmp_path / "out"
     hparams, records = run_recipe(

@@ -1,8 +1,8 @@
-"""Tests of sb_urbansound.hardware: how many threads torch gets."""
+"""Tests of sb_urbansound.training.hardware: how many threads torch gets."""
 
 import pytest
 import torch
-from sb_urbansound import hardware
+from sb_urbansound.training import hardware
 
 
 @pytest.fixture

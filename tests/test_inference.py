@@ -20,15 +20,15 @@ import soundfile as sf
 import torch
 from helpers import REPO, US8K_CLASSES, load_recipe, offline_env, write_clip
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from sb_urbansound import classify, inference
-from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.data.audio import ClipConditioner
 from sb_urbansound.errors import UserError
-from sb_urbansound.inference import (
+from sb_urbansound.serving import classify, inference
+from sb_urbansound.serving.inference import (
     export_inference_folder,
     load_model,
     window_log_probs,
 )
-from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.serving.timeline import sliding_windows
 
 from speechbrain.inference.classifiers import EncoderClassifier
 
@@ -105,8 +105,8 @@ def snapshot(folder):
 
 
 def test_training_writes_a_model_card_with_its_numbers(trained):
-    from sb_urbansound.card import card_metadata
-    from sb_urbansound.report import format_duration
+    from sb_urbansound.serving.card import card_metadata
+    from sb_urbansound.training.report import format_duration
 
     out, _ = trained
     text = (out / "model" / "README.md").read_text()
@@ -147,7 +147,7 @@ def test_model_folder_is_self_contained(trained):
     assert str(data) not in body and str(out) not in body
     assert "pretrainer:" in body and "audio_normalizer:" in body
     # The normaliser is the recipe's own clip conditioner
-    assert "!new:sb_urbansound.audio.ClipConditioner" in body
+    assert "!new:sb_urbansound.data.audio.ClipConditioner" in body
     # Same values as training
     trained_yaml = (out / "hyperparams.yaml").read_text()
     assert "sample_rate: 16000" in body and "duration_ms: 1000" in body
@@ -515,14 +515,19 @@ def test_classify_files_api(trained, audio_dir):
 
 
 def test_module_entry_point_with_progress_bar(trained, tmp_path):
-    """``python -m sb_urbansound.classify`` in a subprocess, sockets blocked."""
+    """``python -m sb_urbansound.serving.classify`` in a subprocess, sockets blocked."""
     out, _ = trained
     files = [
         clip(tmp_path / "many" / f"{i:02d}.wav", CLASSES[i % 4], 16000, 1, 0.5)
         for i in range(12)
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.classify", str(out / "model")]
+        [
+            sys.executable,
+            "-m",
+            "sb_urbansound.serving.classify",
+            str(out / "model"),
+        ]
         + [str(tmp_path / "many")],
         cwd=tmp_path,
         env=offline_env(tmp_path, REPO),
@@ -761,7 +766,7 @@ def test_trust_model_loads_it_anyway(trained, tmp_path, capsys, audio_dir):
 
 
 def test_every_recipe_model_folder_passes_the_check(trained):
-    from sb_urbansound.trust import check_model_yaml
+    from sb_urbansound.serving.trust import check_model_yaml
 
     out, _ = trained
     check_model_yaml(out / "model" / "hyperparams.yaml")
@@ -795,7 +800,7 @@ def test_an_output_that_cannot_be_written_is_an_error(trained, audio_dir):
     out, _ = trained
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [sys.executable, "-m", "sb_urbansound.classify"]
+            [sys.executable, "-m", "sb_urbansound.serving.classify"]
             + [str(out / "model"), str(audio_dir)],
             stdout=full,
             stderr=subprocess.PIPE,
@@ -812,7 +817,7 @@ def test_an_output_that_cannot_be_written_is_an_error(trained, audio_dir):
 def test_a_closed_pipe_ends_classify_quietly(trained, audio_dir):
     out, _ = trained
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sb_urbansound.classify"]
+        [sys.executable, "-m", "sb_urbansound.serving.classify"]
         + [str(out / "model"), str(audio_dir), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

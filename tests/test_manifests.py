@@ -1,4 +1,4 @@
-"""Tests of sb_urbansound.manifests: the audio check, the fingerprint of the
+"""Tests of sb_urbansound.data.manifests: the audio check, the fingerprint of the
 inputs and the labels (the whole preparation is tested in ``test_prepare.py``
 and ``test_sources.py``)."""
 
@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import write_clip
-from sb_urbansound.errors import DataPrepError
-from sb_urbansound.manifests import (
+from sb_urbansound.data.manifests import (
     check_audio_file,
     file_stamp,
     probe_audio,
     read_labels,
     stat_digest,
 )
+from sb_urbansound.errors import DataPrepError
 
-LOGGER = "sb_urbansound.manifests"
+LOGGER = "sb_urbansound.data.manifests"
 
 
 def corrupt_after_header(path, seed=0):

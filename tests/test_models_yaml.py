@@ -21,7 +21,7 @@ from helpers import (
     make_urbansound_tree,
 )
 from hyperpyyaml import load_hyperpyyaml
-from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.data.audio import ClipConditioner
 
 CLASSES = US8K_CLASSES[:3]
 YAMLS = ["cnn.yaml", "train_ecapa_tdnn.yaml", "xvector.yaml", "cnn14.yaml"]
@@ -285,7 +285,7 @@ EXPORTS = {
 
 
 def check_export(name, folder):
-    from sb_urbansound.export import FILES, PROB_TOLERANCE, export_model
+    from sb_urbansound.serving.export import FILES, PROB_TOLERANCE, export_model
 
     lines = []
     results = export_model(folder, log=lines.append)

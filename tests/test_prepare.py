@@ -1,5 +1,5 @@
 """Tests of UrbanSound8K preparation: the recipe's ``urbansound8k_prepare.py``
-and ``sb_urbansound.sources.urbansound8k`` (metadata CSV to JSON manifests).
+and ``sb_urbansound.data.sources.urbansound8k`` (metadata CSV to JSON manifests).
 
 The class-folder and file-name sources are tested in ``test_sources.py``, the
 audio checks and the fingerprint of the inputs in ``test_manifests.py``.
@@ -31,15 +31,15 @@ from helpers import (
     write_clip,
     write_us8k_csv,
 )
+from sb_urbansound.data.sources.urbansound8k import load_urbansound8k_table
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.sources.urbansound8k import load_urbansound8k_table
 
 PREPARE = load_prepare_module()
 prepare_urbansound8k = PREPARE.prepare_urbansound8k
 
 # Who logs what: the checks of the audio and the up-to-date skip are in
-# sb_urbansound.manifests, the download in the recipe's module.
-MANIFESTS_LOGGER = "sb_urbansound.manifests"
+# sb_urbansound.data.manifests, the download in the recipe's module.
+MANIFESTS_LOGGER = "sb_urbansound.data.manifests"
 PREPARE_LOGGER = PREPARE.__name__
 REAL_FOLD_SIZES = [873, 888, 925, 990, 936, 823, 838, 806, 816, 837]
 SPLITS = ("train", "valid", "test")

@@ -1,4 +1,4 @@
-"""Tests of sb_urbansound.report on synthetic fold results (no training), and
+"""Tests of sb_urbansound.training.report on synthetic fold results (no training), and
 of the machine description that the cross-validation report quotes."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-from sb_urbansound.hardware import hardware_description
-from sb_urbansound.report import (
+from sb_urbansound.training.hardware import hardware_description
+from sb_urbansound.training.report import (
     aggregate_folds,
     append_history,
     classification_results,
@@ -135,7 +135,7 @@ def test_markdown_report_has_tables_command_and_hardware(tmp_path, folds):
     text = write_markdown_report(
         path,
         res,
-        command="python -m sb_urbansound.crossval hparams/cnn.yaml --x=1",
+        command="python -m sb_urbansound.training.crossval hparams/cnn.yaml --x=1",
         hardware="CPU: test",
         fold_seconds={k: 61.0 * k for k in range(1, 6)},
     )
@@ -152,7 +152,10 @@ def test_markdown_report_has_tables_command_and_hardware(tmp_path, folds):
     assert f"{mean:.2f} ± {std:.2f} %" in text
     for label in LABELS:
         assert f"| {label} |" in text
-    assert "python -m sb_urbansound.crossval hparams/cnn.yaml --x=1" in text
+    assert (
+        "python -m sb_urbansound.training.crossval hparams/cnn.yaml --x=1"
+        in text
+    )
     assert "CPU: test" in text
     assert "LEAKY" not in text
 

@@ -20,18 +20,18 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import FORMATS, US8K_CLASSES, run_with_memory_limit, write_clip
-from sb_urbansound import classify, runtime
-from sb_urbansound.audio import ClipConditioner, load_audio
+from sb_urbansound.data.audio import ClipConditioner, load_audio
 from sb_urbansound.errors import AudioLoadError
-from sb_urbansound.export import export_model
-from sb_urbansound.runtime import (
+from sb_urbansound.serving import classify, runtime
+from sb_urbansound.serving.export import export_model
+from sb_urbansound.serving.runtime import (
     Conditioner,
     OnnxModel,
     Resampler,
     read_audio,
     resample,
 )
-from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.serving.timeline import sliding_windows
 
 CLASSES = US8K_CLASSES[:4]
 # Rates of UrbanSound8K's files (8 to 96 kHz, and 11.025, 32 kHz) and of the
@@ -195,7 +195,7 @@ NO_TORCH = textwrap.dedent(
     import json, sys
     for name in ("torch", "torchaudio", "speechbrain", "hyperpyyaml"):
         sys.modules[name] = None  # any import of them fails
-    from sb_urbansound.runtime import OnnxModel
+    from sb_urbansound.serving.runtime import OnnxModel
 
     result = OnnxModel(sys.argv[1]).classify_file(sys.argv[2], top_k=4)
     loaded = sorted(
@@ -271,7 +271,7 @@ def test_cli_backend_onnx_errors(trained, tmp_path, capsys):
     folder.mkdir()
     assert classify.main([str(folder), "x.wav", "--backend", "onnx"]) == 2
     err = capsys.readouterr().err
-    assert "No ONNX model at" in err and "sb_urbansound.export" in err
+    assert "No ONNX model at" in err and "sb_urbansound.serving.export" in err
     # A training output folder: its model folder is named
     (tmp_path / "run" / "model").mkdir(parents=True)
     (tmp_path / "run" / "model" / "hyperparams.yaml").write_text("x: 1\n")
@@ -324,7 +324,13 @@ def test_a_file_at_44101_hz_is_classified_in_bounded_memory(
     # 44101 and 16000 have no common factor: a table of one filter per
     # output phase took 5.26 GiB
     path = write_clip(tmp_path / "odd.wav", 1, 44101, 1, 2.0)
-    cmd = [sys.executable, "-m", "sb_urbansound.classify", trained, path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sb_urbansound.serving.classify",
+        trained,
+        path,
+    ]
     result = run_with_memory_limit([*cmd, "--backend", backend], text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     (line,) = result.stdout.splitlines()
@@ -333,7 +339,7 @@ def test_a_file_at_44101_hz_is_classified_in_bounded_memory(
 
 def test_a_stream_at_44101_hz_is_classified_in_bounded_memory(trained):
     noise = np.random.default_rng(0).integers(-3000, 3000, 32000, "<i2")
-    cmd = [sys.executable, "-m", "sb_urbansound.classify", trained]
+    cmd = [sys.executable, "-m", "sb_urbansound.serving.classify", trained]
     result = run_with_memory_limit(
         [*cmd, "--stream", "--rate", "44101", "--channels", "1"]
         + ["--backend", "onnx"],
@@ -346,7 +352,13 @@ def test_a_stream_at_44101_hz_is_classified_in_bounded_memory(trained):
 
 @pytest.mark.parametrize("rate", ["0", "999", "768001", "2147483647"])
 def test_a_stream_rate_outside_the_range_is_refused_in_one_line(trained, rate):
-    cmd = [sys.executable, "-m", "sb_urbansound.classify", trained, "--stream"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sb_urbansound.serving.classify",
+        trained,
+        "--stream",
+    ]
     result = run_with_memory_limit(
         [*cmd, "--rate", rate, "--channels", "1", "--backend", "onnx"],
         input=b"\0" * 64000,

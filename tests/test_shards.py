@@ -20,10 +20,15 @@ from helpers import (
     run_in_namespace,
     write_clip,
 )
-from sb_urbansound.audio import ClipConditioner
-from sb_urbansound.bank import ClipBank
+from sb_urbansound.data.audio import ClipConditioner
+from sb_urbansound.data.bank import ClipBank
+from sb_urbansound.data.shards import (
+    Shards,
+    ShardStream,
+    deal_shards,
+    read_shard,
+)
 from sb_urbansound.errors import DataPrepError, NotOursError
-from sb_urbansound.shards import Shards, ShardStream, deal_shards, read_shard
 
 RATE = 8000
 
@@ -131,9 +136,9 @@ def test_a_folder_of_user_files_is_refused(tmp_path, clips):
 
 READ_ONLY = """
 import json, logging, sys
-from sb_urbansound.audio import ClipConditioner
+from sb_urbansound.data.audio import ClipConditioner
 from sb_urbansound.errors import UserError
-from sb_urbansound.shards import Shards, read_shard
+from sb_urbansound.data.shards import Shards, read_shard
 logging.basicConfig(level=logging.INFO)
 shards = Shards(sys.argv[1], ClipConditioner(8000, 1, 500), shard_size=8)
 try:
@@ -260,8 +265,8 @@ def test_evaluation_reads_every_clip_once_over_the_ranks(tmp_path, clips):
 MEMORY = """
 import json, resource, sys
 import numpy as np
-from sb_urbansound.audio import ClipConditioner
-from sb_urbansound.shards import ShardStream
+from sb_urbansound.data.audio import ClipConditioner
+from sb_urbansound.data.shards import ShardStream
 index = json.load(open(sys.argv[1] + "/shards.json"))
 shards = index["splits"]["train"][: int(sys.argv[2])]
 data = ShardStream(sys.argv[1], shards, train=True, buffer=16)

@@ -1,4 +1,4 @@
-"""Tests of sb_urbansound.sources: class folders, file names and folds to JSON
+"""Tests of sb_urbansound.data.sources: class folders, file names and folds to JSON
 manifests (UrbanSound8K's CSV is tested in ``test_prepare.py``)."""
 
 import json
@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 from helpers import FSDD_DIR, HPARAMS, requires_fsdd, snapshot_tree, write_clip
-from sb_urbansound.errors import DataPrepError, UserError
-from sb_urbansound.experiment import build_partial, read_yaml_values
-from sb_urbansound.sources import prepare_filenames, prepare_folders
-from sb_urbansound.sources.folds import (
+from sb_urbansound.data.sources import prepare_filenames, prepare_folders
+from sb_urbansound.data.sources.folds import (
     assign_group_folds,
     check_fold_lists,
     check_n_folds,
     parse_fold_list,
 )
+from sb_urbansound.errors import DataPrepError, UserError
+from sb_urbansound.training.experiment import build_partial, read_yaml_values
 
 import speechbrain as sb
 
-SOURCES_LOGGER = "sb_urbansound.sources.files"
-MANIFESTS_LOGGER = "sb_urbansound.manifests"
+SOURCES_LOGGER = "sb_urbansound.data.sources.files"
+MANIFESTS_LOGGER = "sb_urbansound.data.manifests"
 FSDD_PATTERN = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav"
 SPLITS = ("train", "valid", "test")
 

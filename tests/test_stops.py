@@ -195,7 +195,7 @@ def test_crossval_stopped_during_the_bank_build_resumes(data, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "sb_urbansound.crossval",
+        "sb_urbansound.training.crossval",
         str(REPO / "hparams" / "cnn.yaml"),
         f"--data_folder={data}",
         f"--output_folder={out}",

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import REPO
-from sb_urbansound import classify
-from sb_urbansound.export import export_model
-from sb_urbansound.runtime import Conditioner
-from sb_urbansound.stream import StreamWindows, run_stream
-from sb_urbansound.timeline import (
+from sb_urbansound.serving import classify
+from sb_urbansound.serving.export import export_model
+from sb_urbansound.serving.runtime import Conditioner
+from sb_urbansound.serving.stream import StreamWindows, run_stream
+from sb_urbansound.serving.timeline import (
     count_events,
     find_segments,
     sliding_windows,
@@ -216,7 +216,7 @@ def stream_command(model_folder, rate, channels, backend="onnx"):
     return [
         sys.executable,
         "-m",
-        "sb_urbansound.classify",
+        "sb_urbansound.serving.classify",
         str(model_folder),
         "--stream",
         "--rate",

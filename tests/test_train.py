@@ -48,7 +48,7 @@ def run_in_process(args, capsys):
     Python. Returns (exit status, stderr); any other exception (a
     traceback) propagates."""
     from helpers import HPARAMS, load_recipe
-    from sb_urbansound.processes import run_recipe
+    from sb_urbansound.training.processes import run_recipe
 
     recipe = load_recipe()
     with pytest.raises(SystemExit) as info:
@@ -157,7 +157,7 @@ def test_missing_data_folder_is_clear(tmp_path):
 
 def test_a_failed_download_names_the_missing_folder(tmp_path, monkeypatch):
     from helpers import load_prepare_module
-    from sb_urbansound.download import DownloadError
+    from sb_urbansound.data.download import DownloadError
     from sb_urbansound.errors import DataPrepError
 
     prepare = load_prepare_module()
@@ -300,7 +300,7 @@ def test_rerun_cleans_leftovers_and_marks_the_resume(finished_run):
 
 
 def test_two_runs_never_write_one_folder(finished_run):
-    from sb_urbansound.experiment import RunFolder
+    from sb_urbansound.training.experiment import RunFolder
 
     out, args = finished_run
     holder = RunFolder(out)

@@ -1,5 +1,5 @@
-"""A model folder is code unless checked (``sb_urbansound.trust``): every
-route that made ``python -m sb_urbansound.classify`` or ``export`` run a
+"""A model folder is code unless checked (``sb_urbansound.serving.trust``): every
+route that made ``python -m sb_urbansound.serving.classify`` or ``export`` run a
 command, make a folder or evaluate more than a model needs is refused, each
 line named, before anything is built; the model folders of every recipe YAML
 pass, and they use exactly the allow-list.
@@ -14,16 +14,16 @@ import pytest
 from helpers import HPARAMS, REPO, write_clip
 from hyperpyyaml import resolve_references
 from ruamel.yaml import YAML
-from sb_urbansound import trust
-from sb_urbansound.export import untrained_model_folder
-from sb_urbansound.inference import make_inference_yaml
+from sb_urbansound.serving import trust
+from sb_urbansound.serving.export import untrained_model_folder
+from sb_urbansound.serving.inference import make_inference_yaml
 
 # Each route (appended to a model's hyperparams.yaml) ran `touch PWNED`, made
 # the folder PWNED, or was evaluated, before the check refused it
 PWN = '["touch", "PWNED"]'
 ROUTES = {
     "a module that imports subprocess": (
-        f"pwn: !new:sb_urbansound.crossval.subprocess.Popen [{PWN}]"
+        f"pwn: !new:sb_urbansound.training.crossval.subprocess.Popen [{PWN}]"
     ),
     "superpowers": f"pwn: !new:speechbrain.utils.superpowers.subprocess.Popen [{PWN}]",
     "a !! tag": 'pwn: !!python/object/apply:os.system ["touch PWNED"]',
@@ -65,9 +65,9 @@ UNNEEDED = [
     "pwn: !PLACEHOLDER",
     "pwn: !module:torch",
     "pwn: !include:other.yaml",
-    "pwn: !applyref:sb_urbansound.models.CNNEmbedding.pooled_size [2]",
+    "pwn: !applyref:sb_urbansound.training.models.CNNEmbedding.pooled_size [2]",
     "pwn: !ref <pwn>",
-    "pwn: !new:sb_urbansound.models.CNNEmbedding.pooled_size [2]",
+    "pwn: !new:sb_urbansound.training.models.CNNEmbedding.pooled_size [2]",
     "1: x",
 ]
 
@@ -130,7 +130,7 @@ def test_a_model_folder_that_runs_more_than_a_model_is_refused_by_classify(
     prefix = TAG_DIRECTIVE if route == "a %TAG directive" else ""
     first = append(model_folder, tmp_path, [ROUTES[route]], prefix)
     write_clip(tmp_path / "clip.wav", sample_rate=8000, seconds=0.5)
-    result = run(tmp_path, "sb_urbansound.classify", "M", "clip.wav")
+    result = run(tmp_path, "sb_urbansound.serving.classify", "M", "clip.wav")
     assert_refused(result, tmp_path, [first])
 
 
@@ -143,7 +143,7 @@ def test_export_refuses_them_too_naming_every_line(model_folder, tmp_path):
         first + sum(r.count("\n") + 1 for r in lines[:i])
         for i in range(len(lines))
     ]
-    result = run(tmp_path, "sb_urbansound.export", "M")
+    result = run(tmp_path, "sb_urbansound.serving.export", "M")
     assert_refused(result, tmp_path, numbers)
     assert not list((tmp_path / "M").glob("model.*"))  # nothing exported
 

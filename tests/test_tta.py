@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 from helpers import HPARAMS, REPO
-from sb_urbansound.audio import ClipConditioner, load_audio
-from sb_urbansound.augment import average_views, circular_views
-from sb_urbansound.classify import classify_files
-from sb_urbansound.inference import load_model
+from sb_urbansound.data.audio import ClipConditioner, load_audio
+from sb_urbansound.serving.classify import classify_files
+from sb_urbansound.serving.inference import load_model
+from sb_urbansound.training.augment import average_views, circular_views
 
 DIGITS = REPO / "tests" / "samples" / "UrbanSound8k" / "digits"
 

@@ -1,4 +1,4 @@
-"""YAMNet in PyTorch (sb_urbansound.yamnet): front end, encoder, converter.
+"""YAMNet in PyTorch (sb_urbansound.training.yamnet): front end, encoder, converter.
 
 The tests that need YAMNet's released weights read them from the shared
 folder (``../shared/data/yamnet``) and skip, saying so, when it is absent.
@@ -26,11 +26,12 @@ import numpy as np
 import pytest
 import torch
 from helpers import HPARAMS, SHARED
-from sb_urbansound import classify, export, yamnet
 from sb_urbansound.errors import UserError
-from sb_urbansound.export import export_model, untrained_model_folder
-from sb_urbansound.finetune import strict_parameter_transfer
-from sb_urbansound.inference import load_model
+from sb_urbansound.serving import classify, export
+from sb_urbansound.serving.export import export_model, untrained_model_folder
+from sb_urbansound.serving.inference import load_model
+from sb_urbansound.training import yamnet
+from sb_urbansound.training.finetune import strict_parameter_transfer
 from test_runtime import NO_TORCH
 
 from speechbrain.inference.classifiers import EncoderClassifier
@@ -461,7 +462,7 @@ def test_classify_segments_and_stream_work_for_yamnet(
     assert result["segments"] and result["n_windows"] == 11
     pcm = (np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes()
     done = subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.classify", str(folder)]
+        [sys.executable, "-m", "sb_urbansound.serving.classify", str(folder)]
         + ["--stream", "--rate", "16000", "--channels", "1"]
         + ["--backend", backend],
         input=pcm,
@@ -517,7 +518,7 @@ def test_classify_zero_shot_labels_generated_sounds_through_a_class_map(
         files.append(tmp_path / f"{name}.wav")
         sf.write(files[-1], wav, 16000)
     result = subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.classify", str(WEIGHTS)]
+        [sys.executable, "-m", "sb_urbansound.serving.classify", str(WEIGHTS)]
         + [str(f) for f in files]
         + ["--zero-shot", str(class_map)],
         capture_output=True,
@@ -544,7 +545,7 @@ def test_a_class_map_naming_no_audioset_class_is_refused_naming_the_line(
     class_map = tmp_path / "map.csv"
     class_map.write_text("label,audioset\ndog,Bark\ncat,Meow meow\n")
     result = subprocess.run(
-        [sys.executable, "-m", "sb_urbansound.classify", str(WEIGHTS)]
+        [sys.executable, "-m", "sb_urbansound.serving.classify", str(WEIGHTS)]
         + ["x.wav", "--zero-shot", str(class_map)],
         capture_output=True,
         text=True,

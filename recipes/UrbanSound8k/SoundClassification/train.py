@@ -20,7 +20,7 @@ encoders (loaded by the YAML's ``pretrainer``). In any YAML,
 the encoder (``embedding_model``) or give it its own learning rate.
 
 ``data_source``: ``files`` (decoded at every epoch), ``bank`` or
-``feature_bank`` (decoded once) or ``shards`` (see ``sb_urbansound.loader``).
+``feature_bank`` (decoded once) or ``shards`` (see ``sb_urbansound.data.loader``).
 
 Authors
  * sb-urbansound contributors 2026
@@ -31,39 +31,39 @@ import time
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from sb_urbansound.audio import ClipConditioner, load_audio, time_shift
-from sb_urbansound.augment import Mixup, average_views
-from sb_urbansound.checkpoints import check_resumed_schedule
-from sb_urbansound.distributed import (
+from sb_urbansound.data.audio import ClipConditioner, load_audio, time_shift
+from sb_urbansound.data.loader import (
+    SPLITS,
+    DataSource,
+    load_label_encoder,
+    prepare_data,
+)
+from sb_urbansound.data.manifests import read_labels, recorded_split
+from sb_urbansound.errors import UserError
+from sb_urbansound.serving.inference import export_inference_folder
+from sb_urbansound.training.augment import Mixup, average_views
+from sb_urbansound.training.checkpoints import check_resumed_schedule
+from sb_urbansound.training.distributed import (
     no_sync_batchnorm_on_cpu,
     pool_stats,
     unwrapped,
 )
-from sb_urbansound.errors import UserError
-from sb_urbansound.experiment import (
+from sb_urbansound.training.experiment import (
     RunFolder,
     build_partial,
     check_outside,
     check_values,
     read_yaml_values,
 )
-from sb_urbansound.finetune import (
+from sb_urbansound.training.finetune import (
     check_finetune_options,
     encoder_optimizer,
     load_pretrained_encoder,
     set_trainable,
 )
-from sb_urbansound.hardware import check_device
-from sb_urbansound.inference import export_inference_folder
-from sb_urbansound.loader import (
-    SPLITS,
-    DataSource,
-    load_label_encoder,
-    prepare_data,
-)
-from sb_urbansound.manifests import read_labels, recorded_split
-from sb_urbansound.processes import run_recipe
-from sb_urbansound.report import append_history, write_test_results
+from sb_urbansound.training.hardware import check_device
+from sb_urbansound.training.processes import run_recipe
+from sb_urbansound.training.report import append_history, write_test_results
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -83,7 +83,7 @@ class SoundClassifierBrain(sb.Brain):
     The modules are those SpeechBrain's ``EncoderClassifier`` uses
     (``compute_features``, ``mean_var_norm``, ``embedding_model``,
     ``classifier``), so a trained model loads for inference without this file.
-    The batches come from ``self.data`` (``sb_urbansound.loader.DataSource``).
+    The batches come from ``self.data`` (``sb_urbansound.data.loader.DataSource``).
     """
 
     frozen = False  # whether the encoder is frozen in this epoch
@@ -117,7 +117,7 @@ class SoundClassifierBrain(sb.Brain):
             feats, *self.mixed = mixup(feats)
 
         # Each process evaluates its share of the clips, without the DDP
-        # wrappers (sb_urbansound.distributed); a frozen encoder stays in
+        # wrappers (sb_urbansound.training.distributed); a frozen encoder stays in
         # evaluation mode (its batch-norm statistics are those it loaded)
         modules = self.modules if train else unwrapped(self.modules)
         if train and self.frozen:
@@ -341,7 +341,7 @@ def dataio_prep(hparams):
 
 def data_source(hparams, brain):
     """The clips of ``data_source`` (files, bank, feature_bank or shards):
-    loaders, and the features of a batch (``sb_urbansound.loader``)."""
+    loaders, and the features of a batch (``sb_urbansound.data.loader``)."""
     return DataSource(
         brain,
         dataio_prep(hparams),
@@ -437,7 +437,7 @@ def main(argv=None):
     run_on_main(export_inference_folder, args=[hparams], kwargs=test_keys)
 
     # Under DDP, leave the process group (gloo's threads live on: see
-    # sb_urbansound.processes.exit_now, which ends a torchrun process)
+    # sb_urbansound.training.processes.exit_now, which ends a torchrun process)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     run.unlock()  # (a run stopped by an error: when its process ends)

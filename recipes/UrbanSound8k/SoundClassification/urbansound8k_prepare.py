@@ -15,16 +15,19 @@ Authors
  * sb-urbansound contributors 2026
 """
 
-from sb_urbansound.download import DownloadError, download_urbansound8k
-from sb_urbansound.errors import DataPrepError
-from sb_urbansound.manifests import (
+from sb_urbansound.data.download import DownloadError, download_urbansound8k
+from sb_urbansound.data.manifests import (
     absolute,
     stat_digest,
     stat_entry,
     write_manifests,
 )
-from sb_urbansound.sources.folds import check_fold_lists
-from sb_urbansound.sources.urbansound8k import US8K_CSV, load_urbansound8k_table
+from sb_urbansound.data.sources.folds import check_fold_lists
+from sb_urbansound.data.sources.urbansound8k import (
+    US8K_CSV,
+    load_urbansound8k_table,
+)
+from sb_urbansound.errors import DataPrepError
 
 from speechbrain.utils.logger import get_logger
 

@@ -85,7 +85,7 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
     Arguments
     ---------
     values : dict
-        Top-level keys and values (``sb_urbansound.experiment.read_yaml_values``).
+        Top-level keys and values (``sb_urbansound.training.experiment.read_yaml_values``).
     hparams_file : str or Path
         Named in the message.
     run_opts : dict, optional
@@ -622,7 +622,7 @@ def strict_parameter_transfer(obj, path):
     module with a ``convert_pretrained(checkpoint, path)`` method (e.g.
     :class:`BEATsEncoder`) first converts other checkpoint formats, and one
     with ``read_pretrained(path)`` reads other files itself (e.g.
-    :class:`sb_urbansound.yamnet.YAMNetEncoder`, TensorFlow's). Nothing
+    :class:`sb_urbansound.training.yamnet.YAMNetEncoder`, TensorFlow's). Nothing
     is loaded unless every key and shape fits (:func:`check_state_dict`).
 
     Arguments

@@ -24,7 +24,7 @@ from sb_urbansound.atomic import (
     remove_stale_temps,
 )
 from sb_urbansound.errors import UserError
-from sb_urbansound.runtime import MAX_RATE, MIN_RATE
+from sb_urbansound.serving.runtime import MAX_RATE, MIN_RATE
 from sb_urbansound.yaml_reader import Tagged, read_yaml
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _one_of(*allowed):
     return lambda value: value in allowed
 
 
-#: The values of ``data_source`` (``sb_urbansound.loader``).
+#: The values of ``data_source`` (``sb_urbansound.data.loader``).
 DATA_SOURCES = ("files", "bank", "feature_bank", "shards")
 #: Keys whose values are checked before anything is built: the check and what
 #: a valid value is, for the message.

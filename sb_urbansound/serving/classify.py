@@ -2,18 +2,18 @@
 
 Usage::
 
-    python -m sb_urbansound.classify MODEL_FOLDER FILE_OR_FOLDER... \\
+    python -m sb_urbansound.serving.classify MODEL_FOLDER FILE_OR_FOLDER... \\
         [--top-k N] [--json] [--device cpu] [--batch-size 16] [--no-progress] [-v]
         [--backend torch|onnx] [--segments [--threshold P] [--min-duration S]
         [--merge-gap S]]
-    python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R --channels C
+    python -m sb_urbansound.serving.classify MODEL_FOLDER --stream --rate R --channels C
 
 ``--backend onnx`` scores with the folder's ``model.onnx`` through the
-torch-free :mod:`sb_urbansound.runtime`; ``--segments`` adds each file's
-events (:mod:`sb_urbansound.timeline`); ``--stream`` classifies raw 16-bit
-PCM from standard input (:mod:`sb_urbansound.stream`). Folders are searched
+torch-free :mod:`sb_urbansound.serving.runtime`; ``--segments`` adds each file's
+events (:mod:`sb_urbansound.serving.timeline`); ``--stream`` classifies raw 16-bit
+PCM from standard input (:mod:`sb_urbansound.serving.stream`). Folders are searched
 recursively for audio files; each file is converted as in training, cut into
-windows (:func:`sb_urbansound.timeline.sliding_windows`) and their
+windows (:func:`sb_urbansound.serving.timeline.sliding_windows`) and their
 probabilities averaged.
 
 Output: ``path<TAB>label<TAB>probability`` per file (``--top-k N``: N
@@ -37,12 +37,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
+from sb_urbansound.data.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
-from sb_urbansound.inference import TorchScorer, load_model
-from sb_urbansound.runtime import OnnxModel, Scorer, check_rate
-from sb_urbansound.stream import _silence_stdout, run_stream
-from sb_urbansound.timeline import count_events, find_segments, window_spans
+from sb_urbansound.serving.inference import TorchScorer, load_model
+from sb_urbansound.serving.runtime import OnnxModel, Scorer, check_rate
+from sb_urbansound.serving.stream import _silence_stdout, run_stream
+from sb_urbansound.serving.timeline import (
+    count_events,
+    find_segments,
+    window_spans,
+)
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -86,25 +90,25 @@ def classify_files(
         and each folder with no audio file (default: log a warning).
     trust : bool
         Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (see :mod:`sb_urbansound.trust`).
+        anything (see :mod:`sb_urbansound.serving.trust`).
     backend : str
         For a folder: ``"torch"`` (SpeechBrain) or ``"onnx"`` (its
-        ``model.onnx`` with :mod:`sb_urbansound.runtime`, no torch).
+        ``model.onnx`` with :mod:`sb_urbansound.serving.runtime`, no torch).
     segments : dict, optional
         Also find each file's events: the ``threshold``, ``min_duration``
-        and ``merge_gap`` of :func:`sb_urbansound.timeline.find_segments`.
+        and ``merge_gap`` of :func:`sb_urbansound.serving.timeline.find_segments`.
 
     Returns
     -------
     list of dict
-        One per file, in order: :meth:`~sb_urbansound.runtime.Scorer.
+        One per file, in order: :meth:`~sb_urbansound.serving.runtime.Scorer.
         classify_file`'s keys (with ``segments``: also ``segments`` and
         ``counts`` per class), or ``path`` and ``error`` (a message).
 
     Example
     -------
     See ``tests/test_inference.py``; from the command line,
-    ``python -m sb_urbansound.classify results/cnn/1234/model clip.wav``.
+    ``python -m sb_urbansound.serving.classify results/cnn/1234/model clip.wav``.
     """
     scorer = load_scorer(model_folder, backend, device, batch_size, trust)
     folder_name = scorer.model_folder or "(a model loaded in memory)"
@@ -169,7 +173,7 @@ def classify_files(
 def load_scorer(
     model_folder, backend="torch", device="cpu", batch_size=16, trust=False
 ):
-    """A model folder (or a loaded model) as a :class:`~sb_urbansound.runtime.Scorer`.
+    """A model folder (or a loaded model) as a :class:`~sb_urbansound.serving.runtime.Scorer`.
 
     Arguments
     ---------
@@ -180,16 +184,16 @@ def load_scorer(
 
     Returns
     -------
-    sb_urbansound.runtime.Scorer
-        A :class:`~sb_urbansound.inference.TorchScorer` or an
-        :class:`~sb_urbansound.runtime.OnnxModel`, with ``model_folder``.
+    sb_urbansound.serving.runtime.Scorer
+        A :class:`~sb_urbansound.serving.inference.TorchScorer` or an
+        :class:`~sb_urbansound.serving.runtime.OnnxModel`, with ``model_folder``.
 
     Example
     -------
     >>> load_scorer("no/such/model", backend="onnx")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
      ...
-    sb_urbansound.runtime.ModelFileError: No ONNX model at no/such/model ...
+    sb_urbansound.serving.runtime.ModelFileError: No ONNX model at no/such/model ...
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
@@ -336,7 +340,7 @@ def add_model_options(parser, verbose_help):
         action="store_true",
         help="load a model folder whose hyperparams.yaml builds or calls "
         "more than a model needs (a model folder is code: only for folders "
-        "whose origin you trust; see sb_urbansound.trust)",
+        "whose origin you trust; see sb_urbansound.serving.trust)",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help=verbose_help
@@ -369,7 +373,7 @@ def parse_args(argv=None):
     (True, 8000, 1, [])
     """
     parser = argparse.ArgumentParser(
-        prog="python -m sb_urbansound.classify",
+        prog="python -m sb_urbansound.serving.classify",
         description=(
             "Classify audio files with a trained sb-urbansound model. Prints "
             "path, label and probability (tab-separated) per file. Clips longer "
@@ -422,7 +426,7 @@ def parse_args(argv=None):
         default="torch",
         help="torch: PyTorch and SpeechBrain (default); onnx: the folder's "
         "model.onnx with the torch-free runtime (python -m "
-        "sb_urbansound.export writes it)",
+        "sb_urbansound.serving.export writes it)",
     )
     add(
         "--zero-shot",
@@ -570,7 +574,7 @@ def _classify(args):
         if args.stream:
             check_rate(args.rate, "--rate")
         if args.zero_shot:
-            from sb_urbansound.yamnet import ZeroShot
+            from sb_urbansound.training.yamnet import ZeroShot
 
             model = ZeroShot(args.model_folder, args.zero_shot)
         else:

@@ -27,8 +27,8 @@ from sb_urbansound.atomic import (
     read_store_json,
 )
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.hardware import progress_bar
-from sb_urbansound.runtime import MAX_RATE, MIN_RATE
+from sb_urbansound.serving.runtime import MAX_RATE, MIN_RATE
+from sb_urbansound.training.hardware import progress_bar
 
 logger = logging.getLogger(__name__)
 

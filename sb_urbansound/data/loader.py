@@ -5,18 +5,18 @@ One YAML key, ``data_source``, says where the batches of a run come from:
 * ``files``: every clip is read, resampled, rechannelled and padded or cut
   at every epoch, in DataLoader workers (the recipe's ``dataio_prep``);
 * ``bank``: every clip is decoded once into a clip bank
-  (:class:`sb_urbansound.bank.ClipBank`); batches come from memory (the
+  (:class:`sb_urbansound.data.bank.ClipBank`); batches come from memory (the
   training device's when it fits), randomly placed per batch;
 * ``feature_bank``: the bank, and the features of every clip computed once
-  (:class:`sb_urbansound.bank.FeatureBank`), shifted by whole frames;
+  (:class:`sb_urbansound.data.bank.FeatureBank`), shifted by whole frames;
 * ``shards``: the conditioned clips are written once into WebDataset shards
-  (:mod:`sb_urbansound.shards`), which each process reads through a
+  (:mod:`sb_urbansound.data.shards`), which each process reads through a
   shuffle buffer.
 
 :class:`DataSource` makes a Brain's loaders from the recipe's datasets, and
 the features of a batch. Under ``torchrun``, validation and test are split
 between the processes, each clip once (SpeechBrain evaluates every clip in
-every process): see :mod:`sb_urbansound.distributed`. Loader workers die
+every process): see :mod:`sb_urbansound.training.distributed`. Loader workers die
 with the run and are stopped when it ends.
 
 Authors
@@ -29,18 +29,18 @@ import inspect
 import logging
 
 import torch
-from sb_urbansound.augment import circular_views
-from sb_urbansound.bank import ClipBank, FeatureBank, place_clips
-from sb_urbansound.distributed import ShardSampler, world
+from sb_urbansound.data.bank import ClipBank, FeatureBank, place_clips
+from sb_urbansound.data.manifests import read_labels
+from sb_urbansound.data.shards import Shards, ShardStream
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.experiment import (
+from sb_urbansound.training.augment import circular_views
+from sb_urbansound.training.distributed import ShardSampler, world
+from sb_urbansound.training.experiment import (
     DATA_SOURCES as SOURCES,
     set_override,
 )
-from sb_urbansound.hardware import stop_loader_workers
-from sb_urbansound.manifests import read_labels
-from sb_urbansound.processes import WorkerInit
-from sb_urbansound.shards import Shards, ShardStream
+from sb_urbansound.training.hardware import stop_loader_workers
+from sb_urbansound.training.processes import WorkerInit
 
 import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
@@ -152,14 +152,14 @@ def build_clip_bank(folder, conditioner, datasets):
     ---------
     folder : str
         The YAML's ``bank_folder``.
-    conditioner : sb_urbansound.audio.ClipConditioner
+    conditioner : sb_urbansound.data.audio.ClipConditioner
         The run's clip conditioning.
     datasets : dict
         ``{split: DynamicItemDataset}``, changed in place.
 
     Returns
     -------
-    sb_urbansound.bank.ClipBank
+    sb_urbansound.data.bank.ClipBank
     """
     paths = {
         clip_id: wav
@@ -188,7 +188,7 @@ def shard_datasets(shards, datasets, hparams, buffer):
 
     Arguments
     ---------
-    shards : sb_urbansound.shards.Shards
+    shards : sb_urbansound.data.shards.Shards
         Where and how the shards are written.
     datasets : dict
         ``{split: DynamicItemDataset}``: the clips.
@@ -246,7 +246,7 @@ class DataSource:
         and ``label_encoded``.
     source : str
         ``data_source``: one of :data:`SOURCES`.
-    conditioner : sb_urbansound.audio.ClipConditioner
+    conditioner : sb_urbansound.data.audio.ClipConditioner
         The run's clip conditioning (for the bank or the shards).
     bank_folder : str
         Where the clip bank is kept.
@@ -303,7 +303,7 @@ class DataSource:
 
         Arguments
         ---------
-        bank : sb_urbansound.bank.ClipBank
+        bank : sb_urbansound.data.bank.ClipBank
             The clips of the run, opened.
         brain : speechbrain.core.Brain
             For its device and feature extractor (``compute_features``).

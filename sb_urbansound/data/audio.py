@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from sb_urbansound.errors import AudioLoadError
-from sb_urbansound.runtime import Conditioner, read_audio
+from sb_urbansound.serving.runtime import Conditioner, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
 def load_audio(path, max_seconds=None):
     """Read an audio file as a float32 ``[time, channels]`` tensor.
 
-    :func:`sb_urbansound.runtime.read_audio` (soundfile, no FFmpeg; with
+    :func:`sb_urbansound.serving.runtime.read_audio` (soundfile, no FFmpeg; with
     ``max_seconds`` only the first frames are read), as a tensor.
 
     Arguments
@@ -298,7 +298,7 @@ class ClipConditioner:
     The audio normaliser of training's data pipeline, of the clip bank and
     shards, and of exported model folders (``EncoderClassifier.load_audio``
     calls it, as it calls SpeechBrain's ``AudioNormalizer``). Rate and
-    channels are converted by :class:`sb_urbansound.runtime.Conditioner`,
+    channels are converted by :class:`sb_urbansound.serving.runtime.Conditioner`,
     the torch-free runtime's, so that training, ``classify`` and streams
     share one code path (soxr's resampler):
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sb_urbansound.data.manifests import absolute, listing
+from sb_urbansound.data.sources.folds import _parse_int
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.manifests import absolute, listing
-from sb_urbansound.sources.folds import _parse_int
 
 US8K_CSV = Path("metadata") / "UrbanSound8K.csv"
 US8K_REQUIRED_COLUMNS = ("slice_file_name", "fsID", "fold", "classID", "class")

@@ -7,8 +7,8 @@ Authors
 """
 
 import numpy as np
+from sb_urbansound.data.manifests import SPLITS, listing
 from sb_urbansound.errors import DataPrepError
-from sb_urbansound.manifests import SPLITS, listing
 
 
 def _parse_int(value):

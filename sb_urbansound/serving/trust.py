@@ -12,7 +12,7 @@ model folders of this plugin are made of, and names every other line:
   :data:`ALLOWED`: the tag's dotted name is resolved as HyperPyYAML resolves
   it (importing only modules of the packages in :data:`ALLOWED`) and the
   object found must be the listed one (its ``__module__.__qualname__``, then
-  identity), so ``sb_urbansound.crossval.subprocess.Popen`` is
+  identity), so ``sb_urbansound.training.crossval.subprocess.Popen`` is
   ``subprocess.Popen`` and is refused;
 * ``!ref <key>`` naming a top-level key above it, nothing else (no attribute
   access ``<key.attr>``, no arithmetic, no ``!copy``, ``!tuple``,
@@ -53,21 +53,21 @@ from speechbrain.utils.run_opts import RunOptions
 #: (e.g. a pretrained encoder) needs its line here.
 ALLOWED = (
     # Audio, features, normalisers
-    "!new:sb_urbansound.audio.ClipConditioner",
-    "!new:sb_urbansound.features.MelSpectrogramDB",
-    "!new:sb_urbansound.features.Log1pMelSpectrogram",
-    "!new:sb_urbansound.features.BatchStandardize",
-    "!new:sb_urbansound.features.ClipStandardize",
+    "!new:sb_urbansound.data.audio.ClipConditioner",
+    "!new:sb_urbansound.training.features.MelSpectrogramDB",
+    "!new:sb_urbansound.training.features.Log1pMelSpectrogram",
+    "!new:sb_urbansound.training.features.BatchStandardize",
+    "!new:sb_urbansound.training.features.ClipStandardize",
     "!new:speechbrain.lobes.features.Fbank",
     "!new:speechbrain.processing.features.InputNormalization",
     # Networks
-    "!new:sb_urbansound.models.CNNEmbedding",
-    "!apply:sb_urbansound.models.CNNEmbedding.pooled_size",
-    "!new:sb_urbansound.models.LinearClassifier",
-    "!new:sb_urbansound.finetune.BEATsEncoder",
-    "!new:sb_urbansound.finetune.PassThrough",
-    "!new:sb_urbansound.yamnet.YAMNetFrontEnd",
-    "!new:sb_urbansound.yamnet.YAMNetEncoder",
+    "!new:sb_urbansound.training.models.CNNEmbedding",
+    "!apply:sb_urbansound.training.models.CNNEmbedding.pooled_size",
+    "!new:sb_urbansound.training.models.LinearClassifier",
+    "!new:sb_urbansound.training.finetune.BEATsEncoder",
+    "!new:sb_urbansound.training.finetune.PassThrough",
+    "!new:sb_urbansound.training.yamnet.YAMNetFrontEnd",
+    "!new:sb_urbansound.training.yamnet.YAMNetEncoder",
     "!new:speechbrain.lobes.models.Cnn14.Cnn14",
     "!new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN",
     "!new:speechbrain.lobes.models.ECAPA_TDNN.Classifier",
@@ -232,7 +232,7 @@ def check_model_yaml(path):
     >>> check_model_yaml(tmp / "h.yaml")
     Traceback (most recent call last):
      ...
-    sb_urbansound.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system (not one of the objects a model is made of). ...
+    sb_urbansound.serving.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system (not one of the objects a model is made of). ...
     """
     path = Path(path)
     problems = _problems(read_yaml(path, nodes=True))

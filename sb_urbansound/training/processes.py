@@ -166,7 +166,9 @@ def exit_now(status):
     Example
     -------
     >>> import subprocess, sys
-    >>> code = "from sb_urbansound.processes import exit_now; exit_now(3)"
+    >>> code = (
+    ...     "from sb_urbansound.training.processes import exit_now; exit_now(3)"
+    ... )
     >>> subprocess.run([sys.executable, "-c", code]).returncode
     3
     """

@@ -21,16 +21,20 @@ from sb_urbansound.atomic import (
     claim_folder,
     open_store_file,
 )
+from sb_urbansound.data.sources.folds import parse_fold_list
 from sb_urbansound.errors import BusyError, DataPrepError, UserError
-from sb_urbansound.experiment import differences, read_yaml_values, run_settings
-from sb_urbansound.hardware import hardware_description
-from sb_urbansound.processes import (
+from sb_urbansound.training.experiment import (
+    differences,
+    read_yaml_values,
+    run_settings,
+)
+from sb_urbansound.training.hardware import hardware_description
+from sb_urbansound.training.processes import (
     STOP_SIGNALS,
     die_with_parent_preexec,
     handling,
     signal_name,
 )
-from sb_urbansound.sources.folds import parse_fold_list
 
 MIN_FOLDS = 3
 FOLD_MARKER = "crossval_fold.json"
@@ -130,7 +134,7 @@ def recipe_script(hparams_file):
     >>> recipe_script("no/hparams/x.yaml")
     Traceback (most recent call last):
      ...
-    sb_urbansound.crossval.CrossvalError: no recipe script ...
+    sb_urbansound.training.crossval.CrossvalError: no recipe script ...
     """
     script = Path(hparams_file).resolve().parent.parent / "train.py"
     if not script.is_file():
@@ -205,7 +209,7 @@ def assign_folds(folds):
 
 
 USAGE = """\
-usage: python -m sb_urbansound.crossval HPARAMS.yaml [--data_folder=DIR]
+usage: python -m sb_urbansound.training.crossval HPARAMS.yaml [--data_folder=DIR]
            [--output_folder=DIR] [--folds=[1,2,...]] [--leaky-random-split]
            [--key=value ...]
 
@@ -315,7 +319,7 @@ def _read_values(hparams_file, passthrough):
 
 def read_recipe_settings(hparams_file, passthrough=()):
     """Read the recipe YAML's fold lists, output folder and leaky flag, as
-    the recipe would (:func:`sb_urbansound.experiment.read_yaml_values`);
+    the recipe would (:func:`sb_urbansound.training.experiment.read_yaml_values`);
     raise :class:`CrossvalError` for a bad file or missing fold lists.
 
     Arguments
@@ -543,7 +547,7 @@ def fold_finished(fold_dir):
 
 def _fold_settings(hparams_file, recipe_argv):
     """The settings of a fold's run, as JSON: the recipe's
-    (:func:`sb_urbansound.experiment.run_settings`) and the epochs."""
+    (:func:`sb_urbansound.training.experiment.run_settings`) and the epochs."""
     values = _read_values(hparams_file, list(recipe_argv[1:]))
     settings = run_settings(values)
     if "number_of_epochs" in values:
@@ -587,7 +591,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     Arguments
     ---------
     argv : list of str
-        The arguments of ``python -m sb_urbansound.crossval``.
+        The arguments of ``python -m sb_urbansound.training.crossval``.
     runner : callable, optional
         ``runner(recipe_argv, fold_dir)`` trains and tests one fold, writing
         ``test_results.json``, ``history.json`` and ``model/hyperparams.yaml``
@@ -603,7 +607,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     dict
         The aggregated results (the contents of ``crossval_results.json``).
     """
-    from sb_urbansound import report
+    from sb_urbansound.training import report
     from tqdm.auto import tqdm
 
     runner = runner or subprocess_runner
@@ -697,7 +701,8 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         report.write_markdown_report(
             out_dir / "crossval_report.md",
             results,
-            command="python -m sb_urbansound.crossval " + shlex.join(args.argv),
+            command="python -m sb_urbansound.training.crossval "
+            + shlex.join(args.argv),
             hardware=hardware_description(),
             leaky=leaky,
             fold_seconds=seconds if have_seconds else None,
@@ -727,7 +732,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
 def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
     """Run one fold (or skip it when finished); return its results and
     marker."""
-    from sb_urbansound import report
+    from sb_urbansound.training import report
 
     marker_path = fold_dir / FOLD_MARKER
     results_path = fold_dir / "test_results.json"
@@ -798,7 +803,7 @@ def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
 
 
 def main(argv=None):
-    """Command-line entry point: ``python -m sb_urbansound.crossval``.
+    """Command-line entry point: ``python -m sb_urbansound.training.crossval``.
 
     Arguments
     ---------

@@ -1,13 +1,13 @@
 """Classify a live stream: raw 16-bit PCM in, one JSON line per hop out.
 
-Used by ``python -m sb_urbansound.classify MODEL_FOLDER --stream --rate R
+Used by ``python -m sb_urbansound.serving.classify MODEL_FOLDER --stream --rate R
 --channels C``, fed by ``arecord -f S16_LE -r 16000 -c 1 -t raw``, ``sox``
 or ``ffmpeg``. Torch-free: the same code feeds PyTorch and ONNX scorers.
 
 * **Input**: signed 16-bit little-endian PCM, ``channels`` interleaved, at
   ``rate`` (``runtime.MIN_RATE`` to ``runtime.MAX_RATE``), read as it arrives,
   conditioned as in training (down-mix, soxr block by block, up-mix).
-* **Windows**: those of a file (:mod:`sb_urbansound.timeline`), each scored
+* **Windows**: those of a file (:mod:`sb_urbansound.serving.timeline`), each scored
   once full; at the end a last zero-padded one if samples are left.
 * **Output**: one JSON line per window, flushed at once: ``start``, ``end``
   (seconds), ``label``, ``prob``, ``top_k``.
@@ -27,8 +27,8 @@ import os
 import sys
 
 import numpy as np
-from sb_urbansound.runtime import Resampler, rechannel, top_k_labels
-from sb_urbansound.timeline import default_hop
+from sb_urbansound.serving.runtime import Resampler, rechannel, top_k_labels
+from sb_urbansound.serving.timeline import default_hop
 
 #: Bytes per sample of the input (signed 16-bit).
 SAMPLE_BYTES = 2
@@ -177,7 +177,7 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
 
     Arguments
     ---------
-    scorer : sb_urbansound.runtime.Scorer
+    scorer : sb_urbansound.serving.runtime.Scorer
         The model.
     rate, channels : int
         The input's rate and channel count.

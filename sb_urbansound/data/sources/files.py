@@ -16,19 +16,19 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
-from sb_urbansound.audio import AUDIO_SUFFIXES, find_audio_files
-from sb_urbansound.errors import AudioLoadError, DataPrepError
-from sb_urbansound.manifests import (
+from sb_urbansound.data.audio import AUDIO_SUFFIXES, find_audio_files
+from sb_urbansound.data.manifests import (
     absolute,
     file_stamp,
     listing,
     write_manifests,
 )
-from sb_urbansound.sources.folds import (
+from sb_urbansound.data.sources.folds import (
     assign_group_folds,
     check_fold_lists,
     check_n_folds,
 )
+from sb_urbansound.errors import AudioLoadError, DataPrepError
 
 logger = logging.getLogger(__name__)
 

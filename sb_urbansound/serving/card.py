@@ -20,8 +20,8 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from sb_urbansound import __version__
 from sb_urbansound.atomic import atomic_write_text
-from sb_urbansound.manifests import recorded_split
-from sb_urbansound.report import format_duration
+from sb_urbansound.data.manifests import recorded_split
+from sb_urbansound.training.report import format_duration
 from sb_urbansound.yaml_reader import read_yaml
 
 #: The card's file name in the model folder.
@@ -68,7 +68,7 @@ def card_info(hparams, labels, hardware=None):
         The class names, in index order.
     hardware : str, optional
         The machine (default:
-        :func:`sb_urbansound.hardware.hardware_description`).
+        :func:`sb_urbansound.training.hardware.hardware_description`).
 
     Returns
     -------
@@ -83,7 +83,7 @@ def card_info(hparams, labels, hardware=None):
     (['a', 'b'], None, 'your data', {'sample_rate': 16000})
     """
     if hardware is None:
-        from sb_urbansound.hardware import hardware_description
+        from sb_urbansound.training.hardware import hardware_description
 
         hardware = hardware_description()
     output = Path(hparams.get("output_folder", "."))
@@ -210,8 +210,8 @@ print(text_lab[0], float(score.exp()))
 downloaded):
 
 ```python
-from sb_urbansound.inference import load_model
-from sb_urbansound.classify import classify_files
+from sb_urbansound.serving.inference import load_model
+from sb_urbansound.serving.classify import classify_files
 
 model = load_model("model")
 print(classify_files(model, ["clip.wav"], top_k=3))
@@ -224,8 +224,8 @@ training length, `--segments` lists their events and `--stream` reads a
 live stream (see the sb-urbansound README):
 
 ```bash
-python -m sb_urbansound.classify model clip.wav --top-k 3
-python -m sb_urbansound.classify model clip.wav --segments --json
+python -m sb_urbansound.serving.classify model clip.wav --top-k 3
+python -m sb_urbansound.serving.classify model clip.wav --segments --json
 ```
 
 ### ONNX, without torch
@@ -235,19 +235,19 @@ probabilities; the labels and the audio spec are in its metadata. Write it
 (if the folder has none) with:
 
 ```bash
-python -m sb_urbansound.export model --format onnx
+python -m sb_urbansound.serving.export model --format onnx
 ```
 
 then classify with numpy, soundfile and onnxruntime only:
 
 ```python
-from sb_urbansound.runtime import OnnxModel
+from sb_urbansound.serving.runtime import OnnxModel
 
 model = OnnxModel("model")
 print(model.classify_file("clip.wav", top_k=3))
 ```
 
-or from the command line: `python -m sb_urbansound.classify model clip.wav
+or from the command line: `python -m sb_urbansound.serving.classify model clip.wav
 --backend onnx`.
 """
 

@@ -4,25 +4,25 @@ Imports numpy, soundfile, soxr and (when a model is loaded) onnxruntime and
 ruamel.yaml, and of this package only its torch-free modules (``errors``,
 ``timeline``, ``yaml_reader``), so the model runs without the training stack::
 
-    from sb_urbansound.runtime import OnnxModel
+    from sb_urbansound.serving.runtime import OnnxModel
 
     model = OnnxModel("results/cnn/1234/model")  # or ".../model.onnx"
     result = model.classify_file("dog.wav", top_k=3)
     # {'path': 'dog.wav', 'label': 'dog_bark', 'prob': 0.97, 'top_k': [...],
     #  'n_windows': 1, 'duration_s': 4.0}
 
-``python -m sb_urbansound.export MODEL_FOLDER`` writes ``model.onnx``, whose
+``python -m sb_urbansound.serving.export MODEL_FOLDER`` writes ``model.onnx``, whose
 metadata holds the labels and the audio spec; in a model folder they must
 agree with the folder's files (:func:`check_folder`). ``python -m
-sb_urbansound.classify MODEL_FOLDER files... --backend onnx`` uses it.
+sb_urbansound.serving.classify MODEL_FOLDER files... --backend onnx`` uses it.
 
 Audio takes training's steps (:class:`Conditioner` is the converter of
-:class:`sb_urbansound.audio.ClipConditioner`; ``tests/test_runtime.py`` pins
+:class:`sb_urbansound.data.audio.ClipConditioner`; ``tests/test_runtime.py`` pins
 both paths to the same numbers on every format of UrbanSound8K): read with
 soundfile as float32 ``[time, channels]``; down-mix; resample with soxr
 (:class:`Resampler`: bounded memory at any ratio, a stream gets the numbers of
 a file; rates ``MIN_RATE`` to ``MAX_RATE``); up-mix; optionally remove each
-channel's mean; cut into windows (:func:`sb_urbansound.timeline.
+channel's mean; cut into windows (:func:`sb_urbansound.serving.timeline.
 sliding_windows`). The ONNX model takes the windows of one clip, ``[windows,
 samples, channels]``, and returns each window's class probabilities (each
 window scored alone, so a long clip goes ``chunk`` windows at a time).
@@ -42,7 +42,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 from sb_urbansound.errors import AudioLoadError, UserError
-from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.serving.timeline import sliding_windows
 from sb_urbansound.yaml_reader import read_yaml
 
 #: The exported model's file name in a model folder.
@@ -101,7 +101,7 @@ def check_regular_file(path):
 def read_audio(path, max_seconds=None):
     """Read an audio file as float32 ``[time, channels]`` with its rate.
 
-    The one audio reader (:func:`sb_urbansound.audio.load_audio` wraps it):
+    The one audio reader (:func:`sb_urbansound.data.audio.load_audio` wraps it):
     soundfile, as ``speechbrain.dataio.audio_io`` reads (integer PCM scaled
     to [-1, 1]), in one open and only the frames needed. A missing or not
     regular file, one that cannot be decoded, an empty one, one at a rate
@@ -160,7 +160,7 @@ def read_audio(path, max_seconds=None):
 
 def rechannel(wav, channels):
     """Convert ``[time, channels]`` audio to ``channels`` channels, as
-    :func:`sb_urbansound.audio.rechannel` (numpy): mono to several
+    :func:`sb_urbansound.data.audio.rechannel` (numpy): mono to several
     duplicates, several to mono averages, anything else goes through mono.
 
     Arguments
@@ -365,7 +365,7 @@ class Conditioner:
     """Bring audio to a model's rate and channels, as training did.
 
     Down-mix, resample, up-mix, optionally remove the DC offset (training's
-    :meth:`sb_urbansound.audio.ClipConditioner.convert` calls this). Mono
+    :meth:`sb_urbansound.data.audio.ClipConditioner.convert` calls this). Mono
     stays ``[time, 1]``, the ONNX model's layout.
 
     Arguments
@@ -426,7 +426,7 @@ def parse_metadata(meta, source):
     ---------
     meta : dict
         The export's metadata (string values, as
-        :func:`sb_urbansound.export.model_metadata` writes them).
+        :func:`sb_urbansound.serving.export.model_metadata` writes them).
     source : str or Path
         Named in messages.
 
@@ -445,9 +445,9 @@ def parse_metadata(meta, source):
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
         raise ModelFileError(
-            f"{source} is not an ONNX model exported by sb_urbansound.export "
+            f"{source} is not an ONNX model exported by sb_urbansound.serving.export "
             f"(its metadata lacks {', '.join(missing)}): export the model "
-            "folder with python -m sb_urbansound.export MODEL_FOLDER"
+            "folder with python -m sb_urbansound.serving.export MODEL_FOLDER"
         )
     try:
         labels = json.loads(meta["labels"])
@@ -480,7 +480,7 @@ def _parse_metadata(session, source):
                 f"{source}: its metadata gives {value} {what}, but the "
                 f"model's {kind} {node.name} has {size}: the metadata was "
                 "changed after the export; export the model folder again "
-                "(python -m sb_urbansound.export MODEL_FOLDER)"
+                "(python -m sb_urbansound.serving.export MODEL_FOLDER)"
             )
     return spec
 
@@ -568,7 +568,7 @@ def folder_spec(folder):
         ]
         rate, ms = tree.get("sample_rate"), tree.get("duration_ms")
         if isinstance(rate, int) and isinstance(ms, (int, float)):
-            # as sb_urbansound.inference.model_audio_spec computes it
+            # as sb_urbansound.serving.inference.model_audio_spec computes it
             found.append(
                 ("num_samples", int(round(rate * ms / 1000.0)), yaml_file)
             )
@@ -607,7 +607,7 @@ def check_folder(spec, file):
     >>> check_folder({"sample_rate": 8000}, tmp / "model.onnx")
     Traceback (most recent call last):
      ...
-    sb_urbansound.runtime.ModelFileError: ...model.onnx does not match the model folder it is in: sample_rate is 8000 in its metadata but 16000 in .../hyperparams.yaml. Export ...
+    sb_urbansound.serving.runtime.ModelFileError: ...model.onnx does not match the model folder it is in: sample_rate is 8000 in its metadata but 16000 in .../hyperparams.yaml. Export ...
     """
     diffs = []
     for key, value, source in folder_spec(Path(file).parent):
@@ -637,7 +637,7 @@ def check_folder(spec, file):
             f"{file} does not match the model folder it is in: "
             + "; ".join(diffs)
             + ". Export the folder again to write its own (python -m "
-            f"sb_urbansound.export {Path(file).parent})."
+            f"sb_urbansound.serving.export {Path(file).parent})."
         )
 
 
@@ -648,8 +648,8 @@ class Scorer:
     (``labels``, ``sample_rate``, ``channels``, ``num_samples``,
     ``remove_dc``) and :meth:`window_probs`; reading, windowing and
     averaging are shared. Backends: :class:`OnnxModel`,
-    :class:`sb_urbansound.export.TorchScriptScorer` and
-    :class:`sb_urbansound.inference.TorchScorer`. An export implements only
+    :class:`sb_urbansound.serving.export.TorchScriptScorer` and
+    :class:`sb_urbansound.serving.inference.TorchScorer`. An export implements only
     :meth:`_run`, called ``chunk`` windows at a time (memory only).
 
     Example
@@ -750,7 +750,7 @@ class Scorer:
         dict
             ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
             "prob"}``), ``n_windows``, ``duration_s``: what
-            :func:`sb_urbansound.classify.classify_files` gives.
+            :func:`sb_urbansound.serving.classify.classify_files` gives.
 
         Raises
         ------
@@ -806,7 +806,7 @@ class OnnxModel(Scorer):
             file = path / ONNX_FILE if path.is_dir() else path
             if not file.is_file():
                 hint = (
-                    f"python -m sb_urbansound.export {path} writes it"
+                    f"python -m sb_urbansound.serving.export {path} writes it"
                     if path.is_dir()
                     else "give a model folder or its model.onnx"
                 )

@@ -61,7 +61,7 @@ def default_num_workers(data_source="files", cores=None, max_workers=8):
     Arguments
     ---------
     data_source : str
-        The run's ``data_source`` (``sb_urbansound.loader.SOURCES``).
+        The run's ``data_source`` (``sb_urbansound.data.loader.SOURCES``).
     cores : int, optional
         CPU cores available (default: this process's CPU affinity).
     max_workers : int

@@ -18,12 +18,12 @@ and reads the release's weights with numpy alone (no TensorFlow):
   standard deviation) for the classifier. The AudioSet logits stay
   available (:meth:`YAMNetEncoder.audioset_logits`).
 * :class:`ZeroShot`: YAMNet's AudioSet head through a class map, no
-  training (``python -m sb_urbansound.classify YAMNET_DIR FILES...
+  training (``python -m sb_urbansound.serving.classify YAMNET_DIR FILES...
   --zero-shot MAP.csv``).
 * :func:`read_tensor_bundle`, :func:`read_keras_h5`,
   :func:`yamnet_state_dict`: the release's variables to this encoder's
-  state dict; ``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` writes
-  it as a checkpoint that :func:`sb_urbansound.finetune.
+  state dict; ``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt`` writes
+  it as a checkpoint that :func:`sb_urbansound.training.finetune.
   strict_parameter_transfer` loads (it also reads ``SRC`` directly).
 
 Authors
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from sb_urbansound.errors import UserError
-from sb_urbansound.runtime import Scorer
-from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.serving.runtime import Scorer
+from sb_urbansound.serving.timeline import sliding_windows
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -359,7 +359,7 @@ class YAMNetEncoder(torch.nn.Module):
         "The encoder is YAMNet (Google; MobileNetV1 trained on AudioSet's 521 "
         "sound event classes), from its release in tensorflow/models "
         "(research/audioset/yamnet; TF Hub google/yamnet/1) under the Apache "
-        "License 2.0, rebuilt in PyTorch by sb_urbansound.yamnet; the "
+        "License 2.0, rebuilt in PyTorch by sb_urbansound.training.yamnet; the "
         "settings below say whether it was frozen or fine-tuned here. Its "
         "licence applies to the encoder's weights; the training data's "
         "licence is above."
@@ -368,7 +368,7 @@ class YAMNetEncoder(torch.nn.Module):
     PRETRAINED_HINT = (
         "YAMNet's SavedModel folder (e.g. ../shared/data/yamnet, TF Hub's "
         "google/yamnet/1), its yamnet.h5, or a checkpoint written by "
-        "python -m sb_urbansound.yamnet convert"
+        "python -m sb_urbansound.training.yamnet convert"
     )
 
     def __init__(self, pooling="mean"):
@@ -510,7 +510,7 @@ class YAMNetEncoder(torch.nn.Module):
     def read_pretrained(self, path):
         """A state dict from YAMNet's release, or None for a torch file.
 
-        Used by :func:`sb_urbansound.finetune.strict_parameter_transfer`:
+        Used by :func:`sb_urbansound.training.finetune.strict_parameter_transfer`:
         a folder is read as a SavedModel (or its ``variables`` folder), an
         HDF5 file as Keras weights; anything else is left to it.
 
@@ -931,7 +931,7 @@ class ZeroShot(Scorer):
 
     A window's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
     over its patches of sound; a label scores the highest of its classes'
-    (:func:`read_class_map`). As a :class:`~sb_urbansound.runtime.Scorer`
+    (:func:`read_class_map`). As a :class:`~sb_urbansound.serving.runtime.Scorer`
     it serves ``classify --zero-shot MAP.csv`` (files, ``--segments``,
     ``--stream``): windows of 4 s (hop 2 s), their scores averaged over a
     file; a file of at most 4 s is one window of its own length (not
@@ -1016,10 +1016,10 @@ def convert(source, out):
 
 
 def main(argv=None):
-    """``python -m sb_urbansound.yamnet convert SRC OUT.ckpt`` (zero-shot
-    labelling: ``python -m sb_urbansound.classify DIR --zero-shot MAP.csv``)."""
+    """``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt`` (zero-shot
+    labelling: ``python -m sb_urbansound.serving.classify DIR --zero-shot MAP.csv``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m sb_urbansound.yamnet",
+        prog="python -m sb_urbansound.training.yamnet",
         description="Convert YAMNet's released weights (TensorFlow "
         "SavedModel folder or Keras yamnet.h5) to a PyTorch checkpoint, "
         "without TensorFlow.",

@@ -1,7 +1,7 @@
 """Shards: the conditioned clips as WebDataset tar files, read by rank.
 
 The clip bank for data larger than a node's disk: each clip, conditioned
-once by the same :class:`~sb_urbansound.audio.ClipConditioner`, goes to tar
+once by the same :class:`~sb_urbansound.data.audio.ClipConditioner`, goes to tar
 files in the WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and
 ``<key>.json``). :class:`ShardStream` reads a rank's shards through a fixed
 shuffle buffer. The folder is a store (``docs/stores.md``); each shard's
@@ -33,11 +33,11 @@ from sb_urbansound.atomic import (
     read_store_json,
     remove_stale_temps,
 )
-from sb_urbansound.bank import decode_clip
+from sb_urbansound.data.bank import decode_clip
+from sb_urbansound.data.manifests import file_stamp, listing
 from sb_urbansound.errors import DataPrepError, UserError
-from sb_urbansound.hardware import core_pool, progress_bar
-from sb_urbansound.manifests import file_stamp, listing
-from sb_urbansound.runtime import RESAMPLER
+from sb_urbansound.serving.runtime import RESAMPLER
+from sb_urbansound.training.hardware import core_pool, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Shards:
     ---------
     folder : str or Path
         The shards folder.
-    conditioner : sb_urbansound.audio.ClipConditioner
+    conditioner : sb_urbansound.data.audio.ClipConditioner
         The target rate, channels, length (``duration_ms`` must be set).
     shard_size : int
         Clips per shard.
@@ -103,7 +103,7 @@ class Shards:
     Example
     -------
     >>> import soundfile as sf
-    >>> from sb_urbansound.audio import ClipConditioner
+    >>> from sb_urbansound.data.audio import ClipConditioner
     >>> tmp = getfixture("tmp_path")
     >>> sf.write(tmp / "a.wav", np.full(800, 0.5), 8000)
     >>> shards = Shards(tmp / "shards", ClipConditioner(8000, 1, 200))

@@ -15,7 +15,7 @@ Authors
 
 import torch
 import torchaudio
-from sb_urbansound.audio import rechannel
+from sb_urbansound.data.audio import rechannel
 
 # On CPU the STFT of a whole batch (e.g. 16 stereo clips of 4 s: 45 MB of complex
 # bins) spills out of the caches and runs ~3x slower than in small pieces; signals

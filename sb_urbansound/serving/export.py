@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m sb_urbansound.export MODEL_FOLDER [--format onnx|torchscript|all]
+    python -m sb_urbansound.serving.export MODEL_FOLDER [--format onnx|torchscript|all]
         [--data PATH...] [--max-clips N] [--opset N]
 
 writes ``model.onnx`` and/or ``model.ts`` in the model folder: input
@@ -48,25 +48,25 @@ from sb_urbansound.atomic import (
     atomic_write_bytes,
     is_read_only_error,
 )
-from sb_urbansound.audio import find_audio_files
-from sb_urbansound.classify import add_model_options, quiet_speechbrain
+from sb_urbansound.data.audio import find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
-from sb_urbansound.features import BatchStandardize, MelSpectrogramDB
-from sb_urbansound.inference import (
+from sb_urbansound.serving.classify import add_model_options, quiet_speechbrain
+from sb_urbansound.serving.inference import (
     TorchScorer,
     check_model_folder,
     export_inference_folder,
     load_model,
     model_audio_spec,
 )
-from sb_urbansound.runtime import (
+from sb_urbansound.serving.runtime import (
     CHUNK_WINDOWS,
     OnnxModel,
     Scorer,
     check_regular_file,
     parse_metadata,
 )
-from sb_urbansound.timeline import sliding_windows
+from sb_urbansound.serving.timeline import sliding_windows
+from sb_urbansound.training.features import BatchStandardize, MelSpectrogramDB
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class _FixedStandardize(torch.nn.Module):
 
 class WindowClassifier(torch.nn.Module):
     """The windows of one clip → class probabilities: what gets exported
-    (:func:`sb_urbansound.inference.window_probs`'s computation).
+    (:func:`sb_urbansound.serving.inference.window_probs`'s computation).
 
     Arguments
     ---------
@@ -359,7 +359,7 @@ class WindowClassifier(torch.nn.Module):
     def forward(self, waveforms):
         """``[windows, samples, channels]`` → ``[windows, n_classes]`` probs."""
         n = waveforms.shape[0]
-        if self.views > 1:  # as sb_urbansound.augment.circular_views
+        if self.views > 1:  # as sb_urbansound.training.augment.circular_views
             waveforms = torch.cat(
                 [torch.roll(waveforms, s, dims=1) for s in self.shifts]
             )
@@ -408,7 +408,7 @@ def model_metadata(model, wrapper):
         "the windows of one clip at sample_rate",
         "normalization": "per window: each window is scored on its own",
         "modules": _describe_model(model),
-        "producer": f"sb_urbansound.export {__version__}",
+        "producer": f"sb_urbansound.serving.export {__version__}",
     }
 
 
@@ -600,7 +600,7 @@ def _data_files(paths, max_clips=None):
     >>> _data_files([tmp / "m.json"])
     Traceback (most recent call last):
      ...
-    sb_urbansound.export.ExportError: --data: no/such.wav: no such file
+    sb_urbansound.serving.export.ExportError: --data: no/such.wav: no such file
     """
     files = []
     for item in paths:
@@ -724,7 +724,7 @@ def export_model(
         Where the summary lines go.
     trust : bool
         Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (see :mod:`sb_urbansound.trust`).
+        anything (see :mod:`sb_urbansound.serving.trust`).
 
     Returns
     -------
@@ -891,7 +891,7 @@ def parse_args(argv=None):
     ('model', 'onnx', None)
     """
     parser = argparse.ArgumentParser(
-        prog="python -m sb_urbansound.export",
+        prog="python -m sb_urbansound.serving.export",
         description=(
             "Export a trained model folder to ONNX (model.onnx) and "
             "TorchScript (model.ts), from the conditioned waveform to class "

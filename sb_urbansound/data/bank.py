@@ -5,7 +5,7 @@ epoch, which caps the speed of training on a CPU and leaves a GPU waiting.
 The :class:`ClipBank` does that work once:
 
 * every clip is decoded, resampled, rechannelled and truncated by the same
-  :class:`~sb_urbansound.audio.ClipConditioner` as the per-clip pipeline, and
+  :class:`~sb_urbansound.data.audio.ClipConditioner` as the per-clip pipeline, and
   stored as int16 at the target rate, start-aligned and zero-padded to the
   clip length, with its true length;
 * the store is one memory-mappable ``.npy`` array per settings and an index
@@ -64,16 +64,16 @@ from sb_urbansound.atomic import (
     reserve_space,
     store_kind,
 )
-from sb_urbansound.audio import load_audio
+from sb_urbansound.data.audio import load_audio
+from sb_urbansound.data.manifests import file_stamp, listing
 from sb_urbansound.errors import (
     AudioLoadError,
     BusyError,
     DataPrepError,
     UserError,
 )
-from sb_urbansound.hardware import core_pool, ordered_map, progress_bar
-from sb_urbansound.manifests import file_stamp, listing
-from sb_urbansound.runtime import RESAMPLER
+from sb_urbansound.serving.runtime import RESAMPLER
+from sb_urbansound.training.hardware import core_pool, ordered_map, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def decode_clip(conditioner, path):
 
     Arguments
     ---------
-    conditioner : sb_urbansound.audio.ClipConditioner
+    conditioner : sb_urbansound.data.audio.ClipConditioner
         The bank's conditioning (rate, channels, length).
     path : str
         The audio file.
@@ -161,7 +161,7 @@ def decode_clip(conditioner, path):
 
     Example
     -------
-    >>> from sb_urbansound.audio import ClipConditioner
+    >>> from sb_urbansound.data.audio import ClipConditioner
     >>> decode_clip(ClipConditioner(8000, 1, 100), "no/such.wav")[1]
     'no/such.wav: no such file'
     """
@@ -201,14 +201,14 @@ class ClipBank:
     ---------
     folder : str or Path
         The bank folder; each settings get a sub-folder of their own.
-    conditioner : sb_urbansound.audio.ClipConditioner
+    conditioner : sb_urbansound.data.audio.ClipConditioner
         The target rate, channels, length and DC removal (``duration_ms``
         must be set).
 
     Example
     -------
     >>> import soundfile as sf, numpy as np
-    >>> from sb_urbansound.audio import ClipConditioner
+    >>> from sb_urbansound.data.audio import ClipConditioner
     >>> tmp = getfixture("tmp_path")
     >>> sf.write(tmp / "a.wav", np.full(800, 0.5), 8000)
     >>> bank = ClipBank(tmp / "bank", ClipConditioner(8000, 1, 200))
@@ -905,8 +905,8 @@ class FeatureBank:
     Example
     -------
     >>> import soundfile as sf, numpy as np
-    >>> from sb_urbansound.audio import ClipConditioner
-    >>> from sb_urbansound.features import MelSpectrogramDB
+    >>> from sb_urbansound.data.audio import ClipConditioner
+    >>> from sb_urbansound.training.features import MelSpectrogramDB
     >>> tmp = getfixture("tmp_path")
     >>> sf.write(tmp / "a.wav", np.random.randn(800) * 0.1, 8000)
     >>> bank = ClipBank(tmp / "bank", ClipConditioner(8000, 1, 200))

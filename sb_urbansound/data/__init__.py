@@ -1,0 +1,1 @@
+"""Labelled audio to the clips, banks and shards a run reads."""

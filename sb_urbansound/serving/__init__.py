@@ -1,0 +1,1 @@
+"""A trained model in use: its folder, CLI, export, runtime."""

@@ -1,0 +1,1 @@
+"""Features, models and runs, up to cross-validation."""
