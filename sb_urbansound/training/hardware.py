@@ -10,6 +10,7 @@ Authors
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from sb_urbansound.errors import UserError
 from tqdm import tqdm
 
 from speechbrain.utils.distributed import if_main_process
+
+logger = logging.getLogger(__name__)
 
 # torch's own default (one thread per physical core), before anyone changes it.
 _DEFAULT_TORCH_THREADS = torch.get_num_threads()
@@ -95,14 +98,15 @@ def set_torch_threads(num_workers, cores=None):
     workers (one thread each) prepare waveforms. More busy threads than cores
     slow OpenMP down badly (its threads wait for each other at every operation):
     on 2 cores with 2 workers, 2 compute threads train several times slower than
-    1, and so do 2 threads on 2 cores that other jobs keep busy (`cnn.yaml`'s
-    feature bank, load 5: 57.9 training clips/s at 2 threads, 325.8 at 1;
-    idle, 2 threads gain a third over 1, ``docs/performance.md``). This sets
-    ``cores - num_workers - busy`` threads, ``busy`` being the cores that the
-    system's load average (over the last minute) says others use (at least 1,
-    at most torch's default; cores shared among the processes of a
-    ``torchrun`` launch). The recipe's YAML calls it at load time;
-    ``OMP_NUM_THREADS``, when set, wins.
+    1. This sets ``cores - num_workers`` threads (at least 1, at most torch's
+    default; cores shared among the processes of a ``torchrun`` launch), from
+    the machine alone: the thread count changes the order of torch's sums, so
+    a count that followed the load would make two runs of one seed differ.
+    When the load average (last minute) says other jobs keep cores busy, it
+    says so: there one thread is faster (`cnn.yaml`'s feature bank, load 5:
+    57.9 training clips/s at 2 threads, 325.8 at 1, ``docs/performance.md``),
+    and ``OMP_NUM_THREADS=1`` sets it. ``OMP_NUM_THREADS``, when set, wins.
+    The recipe's YAML calls it at load time.
 
     Arguments
     ---------
@@ -128,9 +132,18 @@ def set_torch_threads(num_workers, cores=None):
     if cores is None:
         cores = available_cores()
     local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
-    busy = int(os.getloadavg()[0]) // local_processes
-    free = cores // local_processes - int(num_workers or 0) - busy
+    free = cores // local_processes - int(num_workers or 0)
     threads = max(1, min(free, _DEFAULT_TORCH_THREADS))
+    busy = int(os.getloadavg()[0]) // local_processes
+    if threads > 1 and threads + busy > cores // local_processes:
+        logger.warning(
+            "Other jobs keep %d of %d cores busy (load average): torch's %d "
+            "threads will wait for each other; OMP_NUM_THREADS=1 trains "
+            "faster here (the last digits of the results then differ).",
+            busy * local_processes,
+            cores,
+            threads,
+        )
     torch.set_num_threads(threads)
     return threads
 
