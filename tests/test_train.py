@@ -63,6 +63,18 @@ def snapshot(folder):
     }
 
 
+def test_env_log_lists_the_packages_of_the_python_that_ran(tiny_cnn_run):
+    # SpeechBrain's env.log is the `pip freeze` of the pip first on PATH,
+    # which can be another environment's (pyenv's shims on this machine)
+    from importlib.metadata import version
+
+    out, _ = tiny_cnn_run
+    lines = (out / "env.log").read_text().splitlines()
+    assert lines[0] == "SpeechBrain system description"
+    for package in ("torch", "speechbrain", "sb-urbansound"):
+        assert f"{package}=={version(package)}" in lines, package
+
+
 def test_training_learns(tiny_cnn_run):
     # 12 epochs at lr 0.01 (tests/conftest.py's TINY_TRAIN_ARGS), run once
     # for the session

@@ -54,6 +54,7 @@ from sb_urbansound.training.experiment import (
     check_outside,
     check_values,
     read_yaml_values,
+    write_environment,
 )
 from sb_urbansound.training.finetune import (
     check_finetune_options,
@@ -376,8 +377,7 @@ def main(argv=None):
     # A device torch cannot use stops here, before the data is prepared
     check_device(run_opts.get("device"), run_opts.get("distributed_backend"))
 
-    # Initialize ddp (useful only for multi-GPU DDP training)
-    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.utils.distributed.ddp_init_group(run_opts)  # DDP, under torchrun
 
     # Bad options (unknown, repeated, unset or invalid) stop here, named.
     # The output folder: one run at a time, cleaned after kills, and never
@@ -401,12 +401,13 @@ def main(argv=None):
     if if_main_process():
         run.check_data({s: hparams[f"{s}_annotation"] for s in SPLITS})
 
-    # Create experiment directory
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
+        save_env_desc=False,  # its pip freeze is PATH's pip: write_environment
     )
+    run_on_main(write_environment, args=[hparams["output_folder"]])
     # How the data was split (data preparation ran before the log was set up)
     if not hparams["skip_prep"]:
         split = recorded_split(hparams["manifest_folder"])
