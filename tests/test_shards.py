@@ -14,8 +14,6 @@ import torch
 from helpers import (
     REPO,
     TINY_CNN_ARGS,
-    US8K_CLASSES,
-    make_urbansound_tree,
     requires_mount,
     run_in_namespace,
     write_clip,
@@ -301,21 +299,8 @@ def test_memory_does_not_grow_with_the_number_of_shards(tmp_path):
     assert peak[40] - peak[4] < 20_000, peak
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("us8k")
-    make_urbansound_tree(
-        root,
-        n_per_class_per_fold=6,
-        folds=[1, 2, 3, 4],
-        classes=US8K_CLASSES[:4],
-        seconds=(0.4, 1.2),
-    )
-    return root
-
-
-def test_the_recipe_learns_from_shards(data, tmp_path):
-    out = tmp_path / "out"
+def test_the_recipe_learns_from_shards(tiny_us8k, tmp_path):
+    data, out = tiny_us8k, tmp_path / "out"
     result = subprocess.run(
         [
             sys.executable,

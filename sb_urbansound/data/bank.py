@@ -64,7 +64,6 @@ from sb_urbansound.atomic import (
     reserve_space,
     store_kind,
 )
-from sb_urbansound.data.audio import load_audio
 from sb_urbansound.data.manifests import file_stamp, listing
 from sb_urbansound.errors import (
     AudioLoadError,
@@ -72,7 +71,7 @@ from sb_urbansound.errors import (
     DataPrepError,
     UserError,
 )
-from sb_urbansound.serving.runtime import RESAMPLER
+from sb_urbansound.serving.runtime import RESAMPLER, read_audio
 from sb_urbansound.training.hardware import core_pool, ordered_map, progress_bar
 
 logger = logging.getLogger(__name__)
@@ -166,10 +165,10 @@ def decode_clip(conditioner, path):
     'no/such.wav: no such file'
     """
     try:
-        wav, rate = load_audio(path, conditioner.max_seconds())
+        wav, rate = read_audio(path, conditioner.max_seconds())
         # A mono file is quantised before its up-mix (a broadcast view):
         # half the work for a stereo bank, the same numbers
-        clip = conditioner.converter.convert(wav.numpy(), rate, upmix=False)
+        clip = conditioner.converter.convert(wav, rate, upmix=False)
     except AudioLoadError as e:
         return None, str(e)
     clip = clip[: conditioner.num_samples]
