@@ -73,6 +73,9 @@ def test_env_log_lists_the_packages_of_the_python_that_ran(tiny_cnn_run):
     assert lines[0] == "SpeechBrain system description"
     for package in ("torch", "speechbrain", "sb-urbansound"):
         assert f"{package}=={version(package)}" in lines, package
+    # and, as SpeechBrain's, the checkout's revision and the CUDA line
+    assert "Git revision:" in lines or "Could not get git revision" in lines
+    assert lines[-1] == "CUDA not available" or lines[-2].endswith("version:")
 
 
 def test_training_learns(tiny_cnn_run):

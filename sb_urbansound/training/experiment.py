@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -612,7 +613,8 @@ def write_environment(folder):
     when the run's Python is not that pip's (a venv's Python called by its
     path; pyenv's shims on this project's machine), and costs 0.6 s a run
     here. ``importlib.metadata`` lists the packages this interpreter imports,
-    as ``pip freeze`` writes them (``name==version``).
+    as ``pip freeze`` writes them (``name==version``); the git revision and
+    the CUDA version are SpeechBrain's.
 
     Arguments
     ---------
@@ -638,16 +640,28 @@ def write_environment(folder):
         },
         key=str.lower,
     )
-    if torch.cuda.is_available():
-        cuda = f"CUDA version:\n{torch.version.cuda or torch.version.hip}"
-    else:
+    try:  # as SpeechBrain's: the revision of the current folder's checkout
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        git = f"Git revision:\n{git}"
+    except (OSError, subprocess.SubprocessError):
+        git = "Could not get git revision"
+    if not torch.cuda.is_available():
         cuda = "CUDA not available"
+    elif torch.version.cuda is None:
+        cuda = f"ROCm version:\n{torch.version.hip}"
+    else:
+        cuda = f"CUDA version:\n{torch.version.cuda}"
     rule = "=" * 30 + "\n"
     text = (
         f"SpeechBrain system description\n{rule}Python version:\n"
         f"{sys.version}\n{rule}Installed Python packages:\n"
         + "".join(f"{p}\n" for p in packages)
-        + f"{rule}{cuda}\n"
+        + f"{rule}{git}{rule}{cuda}\n"
     )
     atomic_write_bytes(Path(folder) / "env.log", text.encode())
 
