@@ -4,10 +4,12 @@ SpeechBrain's ``Checkpointer`` writes ``CKPT.yaml`` first and the parameter
 files after it, in place: a run killed during a save (or a full disk, or a
 file truncated later) leaves a checkpoint that does not load, and every later
 run stops in ``recover_if_possible`` naming no file
-(``tests/test_checkpoints.py``). :class:`RobustCheckpointer`, with public
-methods only, leaves out checkpoints whose ``CKPT.yaml`` cannot be read, sets
-one that does not load aside (``.broken-CKPT+...``, with a warning) and
-falls back to the next best, and says when a save fails for lack of space.
+(``tests/test_checkpoints.py``). :class:`RobustCheckpointer` writes each
+checkpoint in a staging folder (``.saving``) and renames it into place once
+complete, so a stopped save leaves no checkpoint; it leaves out checkpoints
+whose ``CKPT.yaml`` cannot be read, sets one that does not load aside
+(``.broken-CKPT+...``, with a warning) and falls back to the next best, and
+says when a save fails for lack of space.
 
 Authors
 -------
@@ -29,12 +31,15 @@ from speechbrain.utils.checkpoints import (
     Checkpoint,
     Checkpointer,
 )
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 logger = logging.getLogger(__name__)
 
 #: Prefix of a checkpoint folder that failed to load (not a checkpoint).
 BROKEN_PREFIX = ".broken-"
+#: The folder (in ``checkpoints_dir``) where a checkpoint is written before
+#: it is renamed into place.
+STAGING = ".saving"
 
 
 class RobustCheckpointer(Checkpointer):
@@ -65,6 +70,9 @@ class RobustCheckpointer(Checkpointer):
                     continue  # not ours: see list_checkpoints
                 if leftover.is_dir() and not (leftover / METAFNAME).exists():
                     shutil.rmtree(leftover, ignore_errors=True)
+            staging = self.checkpoints_dir / STAGING
+            if staging.is_dir() and not staging.is_symlink():
+                shutil.rmtree(staging, ignore_errors=True)  # a stopped save
 
     def list_checkpoints(self):
         """List the checkpoints whose meta file can be read.
@@ -173,23 +181,50 @@ class RobustCheckpointer(Checkpointer):
         UserError
             When the disk is full; the half-written checkpoint is removed.
         """
-        before = set(self.checkpoints_dir.glob(CKPT_PREFIX + "*"))
+        final = self.checkpoints_dir
+        staging = final / STAGING
+        if if_main_process():
+            if staging.is_symlink() or staging.exists():
+                _remove_staging(staging)
+            staging.mkdir(parents=True)
         try:
-            return super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+            # SpeechBrain names the folder and writes it (on every process,
+            # for hooks that save on all of them); only then is it renamed
+            self.checkpoints_dir = staging
+            saved = super().save_checkpoint(
+                meta, end_of_epoch, name, verbosity=logging.DEBUG
+            )
         except (OSError, RuntimeError) as e:
-            why = _write_failure(e, self.checkpoints_dir)
+            why = _write_failure(e, final)
             if why is None:
                 raise
-            for path in (
-                set(self.checkpoints_dir.glob(CKPT_PREFIX + "*")) - before
-            ):
-                shutil.rmtree(path, ignore_errors=True)
+            if if_main_process():
+                _remove_staging(staging)
             raise UserError(
-                f"{why} while saving a checkpoint in {self.checkpoints_dir} "
+                f"{why} while saving a checkpoint in {final} "
                 f"({e}). Free some space (or point output_folder elsewhere) "
                 "and run the same command again: it resumes from the last "
                 "complete checkpoint."
             ) from e
+        finally:
+            self.checkpoints_dir = final
+        if saved is not None:  # the main process
+            target = _free_name(final, saved.path.name)
+            os.replace(saved.path, target)
+            _remove_staging(staging)
+        # every process lists the same checkpoints after (the deletions of
+        # save_and_keep_only are collective: a process that listed before
+        # the rename would wait for a broadcast that never comes)
+        ddp_barrier()
+        if saved is None:
+            return None
+        ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
+        logger.log(verbosity, f"Saved an {ckpt_type} checkpoint in {target}")
+        return Checkpoint(
+            target,
+            saved.meta,
+            {k: target / p.name for k, p in saved.paramfiles.items()},
+        )
 
     def _set_aside(self, path, why):
         """Warn about a broken checkpoint and rename it out of the way."""
@@ -206,6 +241,36 @@ class RobustCheckpointer(Checkpointer):
                 os.replace(path, target)
             except OSError:
                 pass
+
+
+def _remove_staging(staging):
+    """Remove the staging folder (a link there is removed, not followed)."""
+    if staging.is_symlink() or staging.is_file():
+        staging.unlink()
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _free_name(folder, name):
+    """``folder / name``, or the next free number (``CKPT+<time>+01``...) if
+    it is taken: the staging folder is empty, so SpeechBrain's own numbering
+    cannot see the checkpoints already saved in the same second.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> (tmp / "CKPT+t+00").mkdir()
+    >>> _free_name(tmp, "CKPT+t+00").name, _free_name(tmp, "CKPT+u+00").name
+    ('CKPT+t+01', 'CKPT+u+00')
+    """
+    stem, _, number = name.rpartition("+")
+    if not (stem and number.isdigit()):
+        stem, number = name, "-1"
+    target, n = folder / name, int(number)
+    while target.exists() or target.is_symlink():
+        n += 1
+        target = folder / f"{stem}+{n:02d}"
+    return target
 
 
 def _write_failure(error, folder):

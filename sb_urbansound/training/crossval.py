@@ -23,6 +23,7 @@ from sb_urbansound.atomic import (
 )
 from sb_urbansound.data.sources.folds import parse_fold_list
 from sb_urbansound.errors import BusyError, DataPrepError, UserError
+from sb_urbansound.training.checkpoints import STAGING
 from sb_urbansound.training.experiment import (
     differences,
     read_yaml_values,
@@ -495,7 +496,8 @@ def _read_json(path):
 def _started(fold_dir):
     """Whether a fold has test results or a ``CKPT+...`` checkpoint."""
     return (fold_dir / "test_results.json").exists() or any(
-        p.is_dir() for p in Path(fold_dir).rglob("CKPT+*")
+        p.is_dir() and STAGING not in p.parts
+        for p in Path(fold_dir).rglob("CKPT+*")
     )
 
 
