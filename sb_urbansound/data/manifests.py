@@ -257,10 +257,8 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
             if frames <= 0 or rate <= 0 or channels <= 0:
                 return ("empty", f"empty (0 frames): {path}")
             if not MIN_RATE <= rate <= MAX_RATE:
-                return (
-                    "unsupported rate",
-                    f"{rate} Hz, outside {MIN_RATE} to {MAX_RATE} Hz: {path}",
-                )
+                why = f"{rate} Hz, outside {MIN_RATE} to {MAX_RATE} Hz: {path}"
+                return ("unsupported rate", why)
             bad = 0
             blocks = f.blocks(blocksize=block_frames, dtype="float32")
             for block in blocks if full else ():
@@ -275,10 +273,8 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
         msg = re.sub(r"^Error opening\s*:\s*", "", msg).strip(": ")
         return (kind, f"{kind} ({msg or type(e).__name__}): {path}")
     if bad:
-        return (
-            "non-finite",
-            f"non-finite ({bad} NaN or infinite samples): {path}",
-        )
+        why = f"non-finite ({bad} NaN or infinite samples): {path}"
+        return ("non-finite", why)
     return (int(frames), int(rate), int(channels))
 
 
