@@ -23,8 +23,7 @@ logger = logging.getLogger(__name__)
 #: Read this much beyond the clip length: soxr's output at the cut depends on
 #: about 100 samples of the lower rate past it (up to 100 ms at 1 kHz).
 READ_MARGIN_S = 0.15
-#: Audio suffixes looked for in folders (case-insensitive): what soundfile
-#: decodes.
+#: Audio suffixes looked for in folders (any case): what soundfile decodes.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
@@ -42,7 +41,7 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     suffixes : tuple of str
         Suffixes to collect (lower case, with the dot).
     duplicates : list, optional
-        Collects ``(first path, second path)`` pairs instead of raising.
+        Collects ``(first path, second path)`` instead of raising.
 
     Returns
     -------
@@ -125,10 +124,8 @@ def load_audio(path, max_seconds=None):
 
     Returns
     -------
-    wav : torch.Tensor
-        ``[time, channels]`` (mono is ``[time, 1]``).
-    sample_rate : int
-        The file's sample rate.
+    wav, sample_rate : torch.Tensor, int
+        ``[time, channels]`` (mono is ``[time, 1]``) and the file's rate.
 
     Raises
     ------
@@ -155,10 +152,8 @@ def rechannel(wav, channels):
 
     Arguments
     ---------
-    wav : torch.Tensor
-        ``[..., time, channels]``.
-    channels : int
-        The number of channels wanted.
+    wav, channels : torch.Tensor, int
+        ``[..., time, channels]``; the number of channels wanted.
 
     Returns
     -------
@@ -191,10 +186,8 @@ def pad_trunc(wav, num_samples, random=False, generator=None):
 
     Arguments
     ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-    num_samples : int
-        The length wanted.
+    wav, num_samples : torch.Tensor, int
+        ``[time]`` or ``[time, channels]``; the length wanted.
     random, generator : bool, torch.Generator
         Whether to draw the pad position at random, and from what.
 
@@ -229,10 +222,9 @@ def time_shift(wav, shift_pct, generator=None):
 
     Arguments
     ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-    shift_pct : float
-        The largest shift as a fraction of the length (0: none).
+    wav, shift_pct : torch.Tensor, float
+        ``[time]`` or ``[time, channels]``; the largest shift (0: none), as
+        a fraction of the length.
     generator : torch.Generator, optional
         Source of randomness.
 
@@ -258,21 +250,17 @@ def time_shift(wav, shift_pct, generator=None):
 class ClipConditioner:
     """Bring a clip to the model's sample rate, channel count and length.
 
-    The audio normaliser of training, the clip bank, shards and exported
-    models. Ours, not SpeechBrain's ``AudioNormalizer``: it down-mixes before
-    resampling and up-mixes mono. Rate and channels go through the torch-free
-    runtime's ``Conditioner`` (soxr), one code path for all. :meth:`clip`
-    pads or truncates to the training length; calling the object (inference)
-    pads short files at the end and keeps long ones whole.
+    Ours, not SpeechBrain's ``AudioNormalizer``: it down-mixes before
+    resampling and up-mixes mono, through the runtime's ``Conditioner``
+    (soxr). :meth:`clip` pads or truncates to the training length; calling
+    the object (inference) pads short clips and keeps long ones whole.
 
     Arguments
     ---------
     sample_rate, channels : int
         The model's sample rate and channel count.
-    duration_ms : float, optional
-        The training clip length in ms (``None``: any length).
-    remove_dc : bool
-        Subtract each channel's mean before padding.
+    duration_ms, remove_dc : float, bool
+        Training clip length in ms (``None``: any); subtract channel means.
 
     Example
     -------
@@ -304,12 +292,11 @@ class ClipConditioner:
         return int(round(self.sample_rate * float(self.duration_ms) / 1000.0))
 
     def max_seconds(self):
-        """Seconds of a file :meth:`clip` needs: duration + ``READ_MARGIN_S``.
+        """Seconds of a file :meth:`clip` needs (``None``: the whole file).
 
         Returns
         -------
         float or None
-            Seconds to read (``None``: the whole file).
         """
         if self.duration_ms is None:
             return None
@@ -326,7 +313,7 @@ class ClipConditioner:
         Returns
         -------
         torch.Tensor
-            float32 ``[new_time]`` (mono) or ``[new_time, channels]``.
+            float32 ``[time']`` (mono) or ``[time', channels]``.
         """
         wav = audio.detach().float().numpy()
         wav = torch.from_numpy(self.converter.convert(wav, sample_rate))
@@ -353,18 +340,7 @@ class ClipConditioner:
         return pad_trunc(wav, self.num_samples, random_pad, generator)
 
     def __call__(self, audio, sample_rate):
-        """Convert a clip and pad a short one at the end (inference).
-
-        Arguments
-        ---------
-        audio, sample_rate : torch.Tensor, int
-            ``[time]`` or ``[time, channels]`` on any device, and its rate.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[time']`` or ``[time', channels]``, on the device of ``audio``.
-        """
+        """Convert a clip (any device) and pad a short one at the end."""
         device = audio.device
         wav = self.convert(audio.detach().to("cpu"), sample_rate)
         target = self.num_samples

@@ -105,8 +105,7 @@ def write_manifests(
             why = "Manifests in %s are up to date, skipping preparation"
             logger.info(why, save_folder)
             return outputs
-        # An interrupted run must not look up to date
-        options_path.unlink(missing_ok=True)
+        options_path.unlink(missing_ok=True)  # a killed run: not up to date
         labels = sorted(table["label"].unique())
         if leaky_random_split:
             logger.warning(
@@ -223,10 +222,8 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
 
     Arguments
     ---------
-    path : str
-        The audio file.
-    block_frames : int
-        Frames decoded at a time.
+    path, block_frames : str, int
+        The audio file; frames decoded at a time.
     full : bool
         Decode the samples (else read the header only).
 
@@ -286,12 +283,10 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
     ---------
     paths : list of str
         Absolute audio paths.
-    skip_missing : bool
-        Skip unusable files with a warning instead of raising.
+    skip_missing, full_check : bool
+        Skip unusable files with a warning (else raise); decode the samples.
     missing_hint : str, optional
         Extra advice for the error about missing files.
-    full_check : bool
-        Decode the samples (else read the headers only).
 
     Returns
     -------

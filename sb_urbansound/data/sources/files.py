@@ -228,7 +228,23 @@ def _write(function, extra_options, clips, where, how):
     data_folder, save_folder, n_folds, folds = where
     skip_missing, leaky_random_split, seed, full_check = how
     files, labels, groups = clips
-    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
+    pairs = zip(groups, files, strict=True)
+    own = [rel if g is None else g for g, rel in pairs]  # None: its own path
+    if len(set(labels)) < 2:
+        raise DataPrepError(
+            f"the audio under {data_folder} has a single class "
+            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at least "
+            "two classes."
+        )
+    table = pd.DataFrame(
+        {
+            "clip_id": _clip_ids(files),
+            "path": [str(data_folder / rel) for rel in files],
+            "label": labels,
+            "fold": assign_group_folds(own, n_folds, seed),
+            "group": own,
+        }
+    )
     n_folds = check_n_folds(n_folds)
     splits = check_fold_lists(*folds, list(range(1, n_folds + 1)))
     if function == "prepare_folders":
@@ -300,31 +316,6 @@ def _group_hint(files, labels):
                 f"^(.+){prefix[-1]}",
             )
     return None
-
-
-def _files_table(data_folder, files, labels, groups, n_folds, seed):
-    """Table of clips for a file list; groups default to the relative path."""
-    groups = [
-        g if g is not None else rel
-        for g, rel in zip(groups, files, strict=True)
-    ]
-    if len(set(labels)) < 2:
-        raise DataPrepError(
-            f"the audio under {data_folder} has a single class "
-            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at least "
-            "two classes."
-        )
-    folds = assign_group_folds(groups, n_folds, seed)
-    ids = _clip_ids(files)
-    return pd.DataFrame(
-        {
-            "clip_id": ids,
-            "path": [str(data_folder / rel) for rel in files],
-            "label": labels,
-            "fold": folds,
-            "group": groups,
-        }
-    )
 
 
 def _clip_ids(files):
