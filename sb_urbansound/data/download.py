@@ -259,8 +259,7 @@ def _fetch(url, part, progress, timeout):
                 if not start:
                     raise DownloadError(
                         f"Could not download {url}: the server sent a partial "
-                        f"answer ({got}) to a "
-                        "request for the whole file."
+                        f"answer ({got}) to a request for the whole file."
                     )
                 why = "The server sent an unexpected range (%s); restarting from zero"
                 logger.warning(why, got)

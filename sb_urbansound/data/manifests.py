@@ -333,6 +333,8 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 def file_stamp(path):
     """What changes with a file's content: size, mtime and ctime.
 
+    The ctime cannot be set back, as the mtime can.
+
     Arguments
     ---------
     path : str or Path
