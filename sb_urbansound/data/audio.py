@@ -36,10 +36,8 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
 
     Arguments
     ---------
-    folder : str or Path
-        The folder to search.
-    suffixes : tuple of str
-        Suffixes to collect (lower case, with the dot).
+    folder, suffixes : str or Path, tuple of str
+        The folder to search; suffixes to collect (lower case, with the dot).
     duplicates : list, optional
         Collects ``(first path, second path)`` instead of raising.
 
@@ -117,10 +115,8 @@ def load_audio(path, max_seconds=None):
 
     Arguments
     ---------
-    path : str or Path
-        The audio file (anything soundfile reads).
-    max_seconds : float, optional
-        Read at most this many seconds from the start.
+    path, max_seconds : str or Path, float
+        The audio file; read at most this many seconds (None: all).
 
     Returns
     -------

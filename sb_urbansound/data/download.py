@@ -130,14 +130,11 @@ def download_urbansound8k(
         The folder that will hold ``metadata/`` and ``audio/``.
     url, md5 : str
         The archive's URL and expected MD5 (None: not checked).
-    progress : bool
-        Show a tqdm progress bar while downloading.
-    keep_archive : bool
-        Keep the archive beside ``data_folder``.
-    timeout : float
-        Seconds to wait for the connection and for each read.
-    retries : int
-        How many network failures in a row (with no progress) are retried.
+    progress, keep_archive : bool
+        Show a progress bar; keep the archive beside ``data_folder``.
+    timeout, retries : float, int
+        Seconds to wait for each connection or read; network failures in a
+        row (with no progress) that are retried.
 
     Returns
     -------

@@ -397,10 +397,8 @@ def read_labels(labels_file=None, manifests=()):
 
     Arguments
     ---------
-    labels_file : str or Path, optional
-        ``labels.json`` in the manifest folder.
-    manifests : list of str or Path
-        SpeechBrain JSON manifests with a ``label`` field.
+    labels_file, manifests : str or Path; list of str or Path
+        ``labels.json`` (optional); SpeechBrain manifests with ``label``.
 
     Returns
     -------

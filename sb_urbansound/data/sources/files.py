@@ -65,14 +65,11 @@ def prepare_folders(
     group_pattern : str, optional
         Regex searched in each file name; its group ``group``, or else its
         first group, is the file's group (default: each file its own).
-    skip_missing : bool
-        Leave unusable audio files out with one warning (else one error).
-    leaky_random_split : bool
-        For comparisons only: reassign each clip to a random fold.
-    seed : int
-        Seed of the fold assignment (and of ``leaky_random_split``).
-    full_check : bool
-        Decode every file (else read the headers only).
+    skip_missing, leaky_random_split : bool
+        Leave unusable files out with a warning (else raise); reassign each
+        clip to a random fold (for comparisons only).
+    seed, full_check : int, bool
+        Seed of the fold assignment; decode every file (else the headers).
 
     Returns
     -------

@@ -32,10 +32,8 @@ def parse_fold_list(value, name="folds"):
 
     Arguments
     ---------
-    value : list, int or str
-        The fold list.
-    name : str
-        The option's name, for error messages.
+    value, name : list, int or str; str
+        The fold list; the option's name, for error messages.
 
     Returns
     -------
