@@ -1,17 +1,8 @@
-"""Audio in: finding and reading files, and one clip-conditioning object.
+"""Audio in: finding and reading files, and one clip conditioner.
 
-* :func:`find_audio_files` is the one audio finder (data preparation and
-  ``classify`` use it): regular files only, each file once.
-* :func:`load_audio` reads a file with soundfile (as
-  ``speechbrain.dataio.audio_io`` does; no FFmpeg), in one open, only the
-  frames needed, and refuses non-finite samples.
-* :class:`ClipConditioner` brings a clip to the model's sample rate, channel
-  count and length. Training (the recipe's data pipeline) and inference (the
-  exported model's ``audio_normalizer``) use the same object, so a model hears
-  at inference what it heard in training.
-
-Waveforms are laid out SpeechBrain's way: ``[time]`` for mono,
-``[time, channels]`` otherwise.
+:class:`ClipConditioner` serves training and inference alike, so a model
+hears at inference what it heard in training. Waveforms are ``[time]`` for
+mono, ``[time, channels]`` otherwise (SpeechBrain's layout).
 
 Authors
 -------
@@ -29,38 +20,26 @@ from sb_urbansound.serving.runtime import Conditioner, read_audio
 
 logger = logging.getLogger(__name__)
 
-#: Read this much beyond the clip length (see ClipConditioner.max_seconds):
-#: soxr's output at the cut depends on about 100 samples of the lower rate
-#: past it (measured: 5 to 10 ms at 16 kHz, up to 100 ms at 1 kHz, the
-#: lowest rate).
+#: Read this much beyond the clip length: soxr's output at the cut depends on
+#: about 100 samples of the lower rate past it (up to 100 ms at 1 kHz).
 READ_MARGIN_S = 0.15
-#: Suffixes of the audio files looked for in folders (case-insensitive), by
-#: data preparation and ``classify``: what soundfile decodes (MP3 since its
-#: libsndfile 1.1, in soundfile >= 0.12).
+#: Audio suffixes looked for in folders (any case): what soundfile decodes.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     """The audio files under ``folder``, at any depth, each file once.
 
-    Hidden files and folders (``.DS_Store``, macOS ``._x.wav`` resource forks,
-    ``.ipynb_checkpoints``) are skipped, and so is anything that is not a
-    regular file (a FIFO or a device named ``*.wav`` would block a reader);
-    a symbolic link named like an audio file whose target is missing is
-    skipped with a warning that names it.
-    Symbolic links are followed; a file reached by two paths (a link to a file
-    or a folder) is an error naming both paths, because two paths would give
-    one recording two labels or two folds.
+    Hidden names and non-regular files are skipped (dangling links with a
+    warning). Links are followed; a file reached by two paths is an error,
+    as it would get two labels or two folds.
 
     Arguments
     ---------
-    folder : str or Path
-        The folder to search.
-    suffixes : tuple of str
-        Suffixes to collect (lower case, with the dot).
+    folder, suffixes : str or Path, tuple of str
+        The folder to search; suffixes to collect (lower case, with the dot).
     duplicates : list, optional
-        When given, a file reached by a second path is appended here as
-        ``(first path, second path)`` instead of raising.
+        Collects ``(first path, second path)`` instead of raising.
 
     Returns
     -------
@@ -94,10 +73,8 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
         seen_dirs[real] = rel_root
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-            if (
-                name.startswith(".")
-                or Path(name).suffix.lower() not in suffixes
-            ):
+            suffix = Path(name).suffix.lower()
+            if name.startswith(".") or suffix not in suffixes:
                 continue
             path = os.path.join(root, name)
             try:
@@ -127,42 +104,29 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     if dangling:
         shown = ", ".join(dangling[:10])
         more = f" and {len(dangling) - 10} more" if len(dangling) > 10 else ""
-        logger.warning(
-            "%d link(s) under %s named like audio files point to nothing "
-            "and are skipped: %s%s",
-            len(dangling),
-            folder,
-            shown,
-            more,
-        )
+        why = "%d link(s) under %s named like audio files point to nothing "
+        why += "and are skipped: %s%s"
+        logger.warning(why, len(dangling), folder, shown, more)
     return sorted(found)
 
 
 def load_audio(path, max_seconds=None):
     """Read an audio file as a float32 ``[time, channels]`` tensor.
 
-    :func:`sb_urbansound.serving.runtime.read_audio` (soundfile, no FFmpeg; with
-    ``max_seconds`` only the first frames are read), as a tensor.
-
     Arguments
     ---------
-    path : str or Path
-        The audio file (wav, flac, ogg, ... anything soundfile reads).
-    max_seconds : float, optional
-        Read at most this many seconds from the start.
+    path, max_seconds : str or Path, float
+        The audio file; read at most this many seconds (None: all).
 
     Returns
     -------
-    wav : torch.Tensor
-        ``[time, channels]`` (mono is ``[time, 1]``).
-    sample_rate : int
-        The file's sample rate.
+    wav, sample_rate : torch.Tensor, int
+        ``[time, channels]`` (mono is ``[time, 1]``) and the file's rate.
 
     Raises
     ------
     AudioLoadError
-        If the file is missing, not a regular file, unreadable, empty, or holds
-        NaN or infinite samples; the message names it and says what to do.
+        If the file is missing, unreadable, empty or not finite.
 
     Example
     -------
@@ -180,16 +144,12 @@ def load_audio(path, max_seconds=None):
 def rechannel(wav, channels):
     """Convert a waveform to ``channels`` channels (last dimension).
 
-    Mono to several channels duplicates the signal; several channels to mono
-    averages them (the tutorial keeps only the first channel, which throws away
-    whatever is only on the other one); any other change goes through mono.
+    Mono is duplicated; several channels are averaged to mono first.
 
     Arguments
     ---------
-    wav : torch.Tensor
-        ``[..., time, channels]``.
-    channels : int
-        The number of channels wanted.
+    wav, channels : torch.Tensor, int
+        ``[..., time, channels]``; the number of channels wanted.
 
     Returns
     -------
@@ -217,21 +177,15 @@ def rechannel(wav, channels):
 def pad_trunc(wav, num_samples, random=False, generator=None):
     """Pad with zeros or truncate a waveform (time first) to ``num_samples``.
 
-    Long clips keep their first ``num_samples`` samples. Short clips are padded:
-    with ``random=True`` (training) the clip lands at a random position, as in
-    the tutorial; otherwise (evaluation) it starts at 0, so evaluation is
-    deterministic.
+    Long clips keep their start; short ones are padded, at a random
+    position with ``random=True`` (training), else at the end.
 
     Arguments
     ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-    num_samples : int
-        The length wanted.
-    random : bool
-        Whether to draw the pad position at random.
-    generator : torch.Generator, optional
-        Source of randomness (default: torch's global generator).
+    wav, num_samples : torch.Tensor, int
+        ``[time]`` or ``[time, channels]``; the length wanted.
+    random, generator : bool, torch.Generator
+        Whether to draw the pad position at random, and from what.
 
     Returns
     -------
@@ -248,9 +202,9 @@ def pad_trunc(wav, num_samples, random=False, generator=None):
     length = wav.shape[0]
     if length >= num_samples:
         return wav[:num_samples]
-    pad = num_samples - length
     begin = 0
     if random:
+        pad = num_samples - length
         begin = int(torch.randint(0, pad + 1, (1,), generator=generator))
     out = wav.new_zeros((num_samples,) + tuple(wav.shape[1:]))
     out[begin : begin + length] = wav
@@ -260,18 +214,15 @@ def pad_trunc(wav, num_samples, random=False, generator=None):
 def time_shift(wav, shift_pct, generator=None):
     """Roll a waveform in time by a random amount, wrapping around.
 
-    As in the tutorial, the shift is drawn uniformly from
-    ``[0, shift_pct * length)`` samples; what falls off the end re-enters at
-    the start. Used for training only.
+    The shift is drawn uniformly from ``[0, shift_pct * length)`` samples.
 
     Arguments
     ---------
-    wav : torch.Tensor
-        ``[time]`` or ``[time, channels]``.
-    shift_pct : float
-        The largest shift as a fraction of the length (0 disables the shift).
+    wav, shift_pct : torch.Tensor, float
+        ``[time]`` or ``[time, channels]``; the largest shift (0: none), as
+        a fraction of the length.
     generator : torch.Generator, optional
-        Source of randomness (default: torch's global generator).
+        Source of randomness.
 
     Returns
     -------
@@ -295,37 +246,17 @@ def time_shift(wav, shift_pct, generator=None):
 class ClipConditioner:
     """Bring a clip to the model's sample rate, channel count and length.
 
-    The audio normaliser of training's data pipeline, of the clip bank and
-    shards, and of exported model folders (``EncoderClassifier.load_audio``
-    calls it, as it calls SpeechBrain's ``AudioNormalizer``). Rate and
-    channels are converted by :class:`sb_urbansound.serving.runtime.Conditioner`,
-    the torch-free runtime's, so that training, ``classify`` and streams
-    share one code path (soxr's resampler):
-
-    * down-mixing *before* resampling (``AudioNormalizer`` resamples every
-      channel first, twice the work for stereo sources of a mono model);
-    * up-mixing mono to several channels (a stereo model hears mono files with
-      the signal on both channels; ``AudioNormalizer`` has no such mode);
-    * optional DC-offset removal;
-    * the clip length: :meth:`clip` pads or truncates to exactly the training
-      duration (random pad position in training), and calling the object, as
-      ``EncoderClassifier.load_audio`` does, pads shorter files to that
-      duration at the end, as evaluation does, and keeps longer ones whole.
-
-    Mono comes out as ``[time]``, SpeechBrain's layout, so SpeechBrain's
-    feature extractors take it as they are; several channels as
-    ``[time, channels]``.
+    Ours, not SpeechBrain's ``AudioNormalizer``: it down-mixes before
+    resampling and up-mixes mono, through the runtime's ``Conditioner``
+    (soxr). :meth:`clip` pads or truncates to the training length; calling
+    the object (inference) pads short clips and keeps long ones whole.
 
     Arguments
     ---------
-    sample_rate : int
-        The model's sample rate.
-    channels : int
-        The model's channel count.
-    duration_ms : float, optional
-        The training clip length in milliseconds (``None``: keep any length).
-    remove_dc : bool
-        Subtract each channel's mean before padding.
+    sample_rate, channels : int
+        The model's sample rate and channel count.
+    duration_ms, remove_dc : float, bool
+        Training clip length in ms (``None``: any); subtract channel means.
 
     Example
     -------
@@ -357,16 +288,11 @@ class ClipConditioner:
         return int(round(self.sample_rate * float(self.duration_ms) / 1000.0))
 
     def max_seconds(self):
-        """How much of a file :meth:`clip` needs (for :func:`load_audio`).
-
-        The clip duration plus ``READ_MARGIN_S``, so that the resampler's
-        filter sees the signal beyond the cut, as when the whole file is
-        read.
+        """Seconds of a file :meth:`clip` needs (``None``: the whole file).
 
         Returns
         -------
         float or None
-            Seconds to read (``None``: the whole file).
         """
         if self.duration_ms is None:
             return None
@@ -377,20 +303,16 @@ class ClipConditioner:
 
         Arguments
         ---------
-        audio : torch.Tensor
-            ``[time]`` or ``[time, channels]``, on the CPU.
-        sample_rate : int
-            The rate of ``audio``.
+        audio, sample_rate : torch.Tensor, int
+            ``[time]`` or ``[time, channels]`` on the CPU, and its rate.
 
         Returns
         -------
         torch.Tensor
-            float32 ``[new_time]`` (mono) or ``[new_time, channels]``.
+            float32 ``[time']`` (mono) or ``[time', channels]``.
         """
-        wav = self.converter.convert(
-            audio.detach().float().numpy(), sample_rate
-        )
-        wav = torch.from_numpy(wav)
+        wav = audio.detach().float().numpy()
+        wav = torch.from_numpy(self.converter.convert(wav, sample_rate))
         return wav.squeeze(-1) if self.channels == 1 else wav
 
     def clip(self, audio, sample_rate, random_pad=False, generator=None):
@@ -398,15 +320,10 @@ class ClipConditioner:
 
         Arguments
         ---------
-        audio : torch.Tensor
-            ``[time]`` or ``[time, channels]``.
-        sample_rate : int
-            The rate of ``audio``.
-        random_pad : bool
-            Put a short clip at a random position (training) instead of at
-            the start (evaluation).
-        generator : torch.Generator, optional
-            Source of randomness.
+        audio, sample_rate : torch.Tensor, int
+            ``[time]`` or ``[time, channels]``, and its rate.
+        random_pad, generator : bool, torch.Generator
+            Put a short clip at a random position (training), drawn from.
 
         Returns
         -------
@@ -419,21 +336,7 @@ class ClipConditioner:
         return pad_trunc(wav, self.num_samples, random_pad, generator)
 
     def __call__(self, audio, sample_rate):
-        """Convert a clip and pad a short one at the end (inference).
-
-        Arguments
-        ---------
-        audio : torch.Tensor
-            ``[time]`` or ``[time, channels]``, on any device.
-        sample_rate : int
-            The rate of ``audio``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[time']`` or ``[time', channels]``, at least the training length,
-            on the device of ``audio``.
-        """
+        """Convert a clip (any device) and pad a short one at the end."""
         device = audio.device
         wav = self.convert(audio.detach().to("cpu"), sample_rate)
         target = self.num_samples

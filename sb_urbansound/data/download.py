@@ -1,14 +1,7 @@
 """Download, verify and extract UrbanSound8K (resumable, atomic, checksummed).
 
-The archive goes to a hidden staging folder beside ``data_folder``; a broken
-download resumes with an HTTP ``Range`` request; the whole archive's MD5 is
-checked (SpeechBrain's ``get_md5``); it is extracted into a temporary folder
-and moved into place with one rename, so no half data set is ever left at
-``data_folder``, and a folder of the user's is never written into.
-SpeechBrain's ``download_file``/``fetch`` cannot do it: no resume, timeout,
-retry or checksum, written straight to the destination (a dropped
-connection leaves half an archive that the next call takes as done:
-``tests/test_download.py``), and ``unpack`` extracts any member path.
+Ours, not SpeechBrain's ``download_file``: that has no resume, timeout, retry
+or checksum, writes straight to the destination, and unpacks any member path.
 """
 
 import contextlib
@@ -34,8 +27,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-# The official archive (Zenodo record 1203745, about 6 GB); the MD5 is the
-# one soundata checks (soundata/datasets/urbansound8k.py, REMOTES["all"]).
+# The official archive (Zenodo 1203745, ~6 GB) and soundata's MD5 of it.
 URBANSOUND8K_URL = (
     "https://zenodo.org/records/1203745/files/UrbanSound8K.tar.gz?download=1"
 )
@@ -64,9 +56,7 @@ class _RetryableError(Exception):
 
 
 def _download(url, dest, md5, progress, timeout, retries):
-    """Download ``url`` to ``dest`` through ``<dest>.part`` (resumed with a
-    ``Range`` request, retried ``retries`` times in a row without progress);
-    only a file that matches ``md5`` becomes ``dest``."""
+    """Download ``url`` to ``dest`` via a resumable, MD5-checked ``.part``."""
     from speechbrain.dataio.dataio import get_md5
 
     dest = Path(dest)
@@ -75,9 +65,8 @@ def _download(url, dest, md5, progress, timeout, retries):
         if expected is None or get_md5(dest) == expected:
             logger.info("%s is already downloaded", dest)
             return dest
-        logger.warning(
-            "%s does not match MD5 %s; downloading it again", dest, md5
-        )
+        why = "%s does not match MD5 %s; downloading it again"
+        logger.warning(why, dest, md5)
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -92,12 +81,9 @@ def _download(url, dest, md5, progress, timeout, retries):
             if part.exists() and part.stat().st_size > size_before:
                 attempt = 0  # it made progress: a long download may drop often
             if attempt >= retries:
-                kept = (
-                    f" The partial download is kept at {part}; run again to "
-                    "resume."
-                    if part.exists()
-                    else ""
-                )
+                kept = ""
+                if part.exists():
+                    kept = f" The partial download is kept at {part}; run again to resume."
                 raise DownloadError(
                     f"Downloading {url} failed after {tries} attempt(s): {err}.{kept}"
                 ) from err
@@ -108,9 +94,8 @@ def _download(url, dest, md5, progress, timeout, retries):
             time.sleep(wait)
 
     if expected is None:
-        logger.warning(
-            "No MD5 given for %s; the download was not verified", url
-        )
+        why = "No MD5 given for %s; the download was not verified"
+        logger.warning(why, url)
     elif (digest := get_md5(part)) != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(
@@ -135,35 +120,26 @@ def download_urbansound8k(
 ):
     """Download UrbanSound8K into ``data_folder`` (safely, resumably, verified).
 
-    Nothing is done when ``data_folder/metadata/UrbanSound8K.csv`` exists; a
-    non-empty folder without it is refused. The archive is downloaded into
-    ``<parent>/.<name>.download/`` (kept there, verified, when a later step
-    fails), extracted beside it and moved to ``data_folder`` in one rename.
+    Nothing is done when ``metadata/UrbanSound8K.csv`` is there; another
+    non-empty folder is refused. The archive is staged in
+    ``<parent>/.<name>.download/``, extracted beside it and renamed into place.
 
     Arguments
     ---------
     data_folder : str or Path
-        Where the data set should be: the folder that will contain
-        ``metadata/UrbanSound8K.csv`` and ``audio/fold1`` .. ``audio/fold10``.
-    url : str
-        URL of the ``UrbanSound8K.tar.gz`` archive.
-    md5 : str or None
-        Expected MD5 of the archive; None skips the check (not recommended).
-    progress : bool
-        Show a tqdm progress bar while downloading.
-    keep_archive : bool
-        Keep the archive, moved to ``<parent of data_folder>/<archive name>``
-        (left in the staging folder if that name is taken).
-    timeout : float
-        Seconds to wait for the connection and for each read.
-    retries : int
-        How many network failures in a row (with no progress) are retried.
+        The folder that will hold ``metadata/`` and ``audio/``.
+    url, md5 : str
+        The archive's URL and expected MD5 (None: not checked).
+    progress, keep_archive : bool
+        Show a progress bar; keep the archive beside ``data_folder``.
+    timeout, retries : float, int
+        Seconds to wait for each connection or read; network failures in a
+        row (with no progress) that are retried.
 
     Returns
     -------
     Path
-        ``data_folder``, which now holds ``metadata/UrbanSound8K.csv`` and
-        ``audio/``.
+        ``data_folder``.
 
     Example
     -------
@@ -176,13 +152,11 @@ def download_urbansound8k(
     sb_urbansound.data.download.DownloadError: data_folder ... is not empty ...
     """
     data_folder = Path(data_folder).expanduser()
-    # Work on the real location (a symlinked data folder gets filled, the link
-    # stays) so that the staging folder is on the same file system as the target.
+    # The real location: staging on the same file system, a link kept
     target = data_folder.resolve()
     if (target / METADATA_RELPATH).is_file():
-        logger.info(
-            "UrbanSound8K is already at %s; not downloading", data_folder
-        )
+        why = "UrbanSound8K is already at %s; not downloading"
+        logger.info(why, data_folder)
         return data_folder
     if target.exists() and not target.is_dir():
         raise DownloadError(
@@ -203,9 +177,8 @@ def download_urbansound8k(
 
     staging = target.parent / f".{target.name}.download"
     archive = staging / _archive_name(url)
-    logger.info(
-        "Downloading %s to %s (staging in %s)", url, data_folder, staging
-    )
+    why = "Downloading %s to %s (staging in %s)"
+    logger.info(why, url, data_folder, staging)
     staging.mkdir(parents=True, exist_ok=True)
     for stale in staging.glob("extract-*"):  # left by a run that was killed
         logger.info("Removing %s (left by an interrupted extraction)", stale)
@@ -216,7 +189,6 @@ def download_urbansound8k(
         try:
             _extract_into_place(archive, target, staging)
         except _BadArchiveError:
-            # Its contents are unusable: a new download is the only way out.
             archive.unlink(missing_ok=True)
             raise
         done = True
@@ -224,10 +196,8 @@ def download_urbansound8k(
         if done:
             _dispose_archive(archive, target.parent, keep_archive)
         elif archive.exists():
-            logger.warning(
-                "The verified archive is kept at %s; the next run reuses it",
-                archive,
-            )
+            why = "The verified archive is kept at %s; the next run reuses it"
+            logger.warning(why, archive)
         with contextlib.suppress(OSError):  # only when empty
             staging.rmdir()
     logger.info("UrbanSound8K is ready at %s", data_folder)
@@ -260,10 +230,8 @@ def _fetch(url, part, progress, timeout):
             if re.fullmatch(rf"bytes\s+\*/{start}", total.strip()):
                 logger.info("%s is already complete (%d bytes)", part, start)
                 return
-            logger.warning(
-                "The server cannot resume from byte %d (HTTP 416); restarting",
-                start,
-            )
+            why = "The server cannot resume from byte %d (HTTP 416); restarting"
+            logger.warning(why, start)
             part.unlink()
             return _fetch(url, part, progress, timeout)
         if err.code in (408, 429) or err.code >= 500:
@@ -282,20 +250,16 @@ def _fetch(url, part, progress, timeout):
         length = int(length) if length and length.isdigit() else None
         total = None
         if status == 206:
-            m = _CONTENT_RANGE.fullmatch(
-                (response.headers.get("Content-Range") or "").strip()
-            )
+            got = response.headers.get("Content-Range")
+            m = _CONTENT_RANGE.fullmatch((got or "").strip())
             if m is None or int(m.group(1)) != start:
                 if not start:
                     raise DownloadError(
                         f"Could not download {url}: the server sent a partial "
-                        f"answer ({response.headers.get('Content-Range')}) to a "
-                        "request for the whole file."
+                        f"answer ({got}) to a request for the whole file."
                     )
-                logger.warning(
-                    "The server sent an unexpected range (%s); restarting from zero",
-                    response.headers.get("Content-Range"),
-                )
+                why = "The server sent an unexpected range (%s); restarting from zero"
+                logger.warning(why, got)
                 response.close()
                 part.unlink(missing_ok=True)
                 return _fetch(url, part, progress, timeout)
@@ -305,11 +269,8 @@ def _fetch(url, part, progress, timeout):
                 total = start + length
         else:
             if start:
-                logger.info(
-                    "The server ignored the Range request (HTTP %d); downloading "
-                    "from the start again",
-                    status,
-                )
+                why = "The server ignored the Range request (HTTP %d); "
+                logger.info(why + "downloading from the start again", status)
                 start = 0
             total = length
 
@@ -322,16 +283,10 @@ def _fetch(url, part, progress, timeout):
             logger.warning(why, free / 1e9, part.parent, (total - start) / 1e9)
 
         received = start
-        bar = tqdm(
-            total=total,
-            initial=start,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=part.name[: -len(".part")] or part.name,
-            disable=not progress,
-            dynamic_ncols=True,
-        )
+        opts = dict(unit="B", unit_scale=True, unit_divisor=1024)
+        opts.update(disable=not progress, dynamic_ncols=True)
+        desc = part.name[: -len(".part")] or part.name
+        bar = tqdm(total=total, initial=start, desc=desc, **opts)
         with open(part, mode) as f, bar:
             while True:
                 try:
@@ -355,11 +310,8 @@ def _check_member(member, archive):
     """Refuse archive members that would land outside the extraction folder."""
     name = member.name
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if (
-        name.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", name)
-        or ".." in parts
-    ):
+    absolute = name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
+    if absolute or ".." in parts:
         raise _BadArchiveError(
             f"The archive {archive} contains the unsafe path {name!r} (absolute "
             "or with '..'); refusing to extract it. The archive was deleted."
@@ -373,9 +325,7 @@ def _find_dataset_root(folder, max_depth=2):
         for candidate in level:
             if (candidate / METADATA_RELPATH).is_file():
                 return candidate
-        level = sorted(
-            p for parent in level for p in parent.iterdir() if p.is_dir()
-        )
+        level = sorted(p for d in level for p in d.iterdir() if p.is_dir())
     return None
 
 
@@ -392,10 +342,10 @@ def _extract_into_place(archive, target, staging):
                 for member in tar:
                     _check_member(member, archive)
                     if not (member.isreg() or member.isdir()):
-                        logger.warning(
-                            "Skipping %s in the archive (not a file or folder)",
-                            member.name,
+                        why = (
+                            "Skipping %s in the archive (not a file or folder)"
                         )
+                        logger.warning(why, member.name)
                         continue
                     tar.extract(member, tmp, **safe)
         except (tarfile.TarError, EOFError) as err:

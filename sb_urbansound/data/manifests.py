@@ -1,16 +1,12 @@
 """Manifests: check every audio file once, write SpeechBrain JSON manifests
-atomically, and skip the work when they are up to date.
-
-:func:`write_manifests` writes ``train.json``, ``valid.json``, ``test.json``
-(``{clip_id: {"wav", "label", "fold", "group", "duration", "sample_rate",
-"channels"}}``), ``labels.json`` and ``prepare_options.json`` (options,
-inputs, split: when it matches, the work is skipped).
+atomically, and skip the work when ``prepare_options.json`` still matches.
 
 Authors
 -------
  * sb-urbansound contributors
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,15 +34,8 @@ SPLITS = ("train", "valid", "test")
 MANIFESTS_KIND = "manifests"
 OPTIONS_FILE = "prepare_options.json"
 # The kinds of unusable audio file, in the order error messages count them.
-PROBLEM_KINDS = (
-    "missing",
-    "not a file",
-    "unreadable",
-    "empty",
-    "corrupt",
-    "non-finite",
-    "unsupported rate",
-)
+PROBLEM_KINDS = ("missing", "not a file", "unreadable", "empty", "corrupt")
+PROBLEM_KINDS += ("non-finite", "unsupported rate")
 
 
 def write_manifests(
@@ -78,18 +67,12 @@ def write_manifests(
         ``{"train": [folds], "valid": [folds], "test": [folds]}``, validated.
     options, fingerprint : dict
         The options that determine the outputs; what identifies the inputs.
-    skip_missing : bool
-        Leave unusable files out (one warning) instead of raising.
-    leaky_random_split : bool
-        Reassign clips to random folds (sizes kept), with ``seed``.
-    seed : int
-        Seed of ``leaky_random_split``.
+    skip_missing, leaky_random_split, seed : bool, bool, int
+        Leave unusable files out; reassign clips to random folds with seed.
     missing_hint : str, optional
         Extra advice appended to the error about missing files.
-    warn_shared_groups : bool
-        Warn when a group spans several splits.
-    full_check : bool
-        Decode every file (else read the headers only).
+    warn_shared_groups, full_check : bool
+        Warn when a group spans splits; decode every file (else headers).
     split : str, optional
         How the clips were dealt to folds, in words: logged and recorded.
 
@@ -108,35 +91,21 @@ def write_manifests(
     save_folder = absolute(save_folder)
     claim_folder(save_folder, MANIFESTS_KIND, "manifest_folder")
     lock = FolderLock(save_folder, "preparing the manifests in")
-    with lock.acquire(
-        wait=True,
-        on_wait=lambda who: logger.info(
-            "Waiting for %s, which is preparing %s", who, save_folder
-        ),
-    ):
+    why = "Waiting for %s, which is preparing %s"
+    on_wait = lambda who: logger.info(why, who, save_folder)  # noqa: E731
+    with lock.acquire(wait=True, on_wait=on_wait):
         outputs = {s: str(save_folder / f"{s}.json") for s in SPLITS}
         outputs["labels"] = str(save_folder / "labels.json")
         options_path = save_folder / OPTIONS_FILE
-        record = json.loads(  # through JSON, so that it compares equal
-            json.dumps(
-                {
-                    "format_version": MANIFEST_FORMAT_VERSION,
-                    "function": function,
-                    "options": options,
-                    "inputs": fingerprint,
-                    "checks": "decoded" if full_check else "headers",
-                    "split": split,
-                }
-            )
-        )
+        record = {"format_version": MANIFEST_FORMAT_VERSION}
+        record.update(function=function, options=options, inputs=fingerprint)
+        record.update(checks="decoded" if full_check else "headers")
+        record = json.loads(json.dumps({**record, "split": split}))  # as read
         if _up_to_date(options_path, record, outputs.values()):
-            logger.info(
-                "Manifests in %s are up to date, skipping preparation",
-                save_folder,
-            )
+            why = "Manifests in %s are up to date, skipping preparation"
+            logger.info(why, save_folder)
             return outputs
-        # An interrupted run must not look up to date
-        options_path.unlink(missing_ok=True)
+        options_path.unlink(missing_ok=True)  # a killed run: not up to date
         labels = sorted(table["label"].unique())
         if leaky_random_split:
             logger.warning(
@@ -151,29 +120,21 @@ def write_manifests(
         table = table.assign(split=table["fold"].map(fold_to_split))
         unused = table[table["split"].isna()]
         if len(unused):
-            logger.info(
-                "%d clip(s) of fold(s) %s are in no split (not used)",
-                len(unused),
-                sorted(unused["fold"].unique().tolist()),
-            )
-        table = table[table["split"].notna()].sort_values(
-            "clip_id", kind="stable"
-        )
+            folds = sorted(unused["fold"].unique().tolist())
+            why = "%d clip(s) of fold(s) %s are in no split (not used)"
+            logger.info(why, len(unused), folds)
+        table = table[table["split"].notna()]
+        table = table.sort_values("clip_id", kind="stable")
         dup = table["clip_id"].duplicated(keep=False)
         if dup.any():
-            rows = [
-                f"{c}: {p}"
-                for c, p in zip(
-                    table["clip_id"][dup], table["path"][dup], strict=True
-                )
-            ]
+            pairs = zip(table["clip_id"][dup], table["path"][dup], strict=True)
+            rows = [f"{c}: {p}" for c, p in pairs]
             raise DataPrepError(
                 f"{int(dup.sum())} clips share a clip id: {listing(rows)}. "
                 "Rename the files so that each clip id is unique."
             )
-        info = probe_audio(
-            table["path"].to_list(), skip_missing, missing_hint, full_check
-        )
+        paths = table["path"].to_list()
+        info = probe_audio(paths, skip_missing, missing_hint, full_check)
         table = table[table["path"].isin(info)]
         for name in SPLITS:
             part = table[table["split"] == name]
@@ -183,30 +144,21 @@ def write_manifests(
                     f"{splits[name]}) once unusable files are skipped; add "
                     "audio to these folds or choose other folds."
                 )
-            logger.info(
-                "%s: %d clips, %d groups, folds %s",
-                name,
-                len(part),
-                part["group"].nunique(),
-                sorted(part["fold"].unique().tolist()),
-            )
+            folds = sorted(part["fold"].unique().tolist())
+            why = "%s: %d clips, %d groups, folds %s"
+            logger.info(why, name, len(part), part["group"].nunique(), folds)
         train_labels = set(table["label"][table["split"] == "train"])
         absent = [lab for lab in labels if lab not in train_labels]
         if absent:
-            logger.warning(
-                "label(s) %s have no clip in the train split",
-                listing(absent, 10),
-            )
+            why = "label(s) %s have no clip in the train split"
+            logger.warning(why, listing(absent, 10))
         if warn_shared_groups and not leaky_random_split:
             spread = table.groupby("group")["split"].nunique()
             shared = spread[spread > 1].index.tolist()
             if shared:
-                logger.warning(
-                    "%d group(s) (source recordings) have clips in more than "
-                    "one split: %s. This comes from the data set's own folds.",
-                    len(shared),
-                    listing(sorted(shared), 10),
-                )
+                why = "%d group(s) (source recordings) have clips in more "
+                why += "than one split: %s. This comes from the data set's own folds."
+                logger.warning(why, len(shared), listing(sorted(shared), 10))
         for name in SPLITS:
             manifest = {}
             for row in table[table["split"] == name].itertuples(index=False):
@@ -228,8 +180,7 @@ def write_manifests(
 
 
 def _up_to_date(options_path, record, output_paths):
-    """Whether ``options_path`` records ``record`` and every output reads
-    back as we wrote it (never through a link)."""
+    """Whether ``options_path`` records ``record`` and the outputs read back."""
     outputs = [read_store_json(p) for p in output_paths]
     return (
         read_store_json(options_path) == record
@@ -247,13 +198,12 @@ def recorded_split(manifest_folder):
     Arguments
     ---------
     manifest_folder : str or Path or None
-        A folder written by :func:`write_manifests` (None: no folder).
+        A folder written by :func:`write_manifests`.
 
     Returns
     -------
     str or None
-        What :func:`write_manifests` was told (``"by group: ..."``), or None
-        for a folder without a record (ready-made manifests).
+        The recorded split (``"by group: ..."``), or None without a record.
 
     Example
     -------
@@ -268,16 +218,12 @@ def recorded_split(manifest_folder):
 
 
 def check_audio_file(path, block_frames=1 << 20, full=True):
-    """Decode a whole audio file once, in blocks; return its shape or why it
-    is unusable (a header alone lets through a file corrupt after it, or
-    holding NaN samples).
+    """Decode a whole audio file once, in blocks; its shape or why unusable.
 
     Arguments
     ---------
-    path : str
-        The audio file.
-    block_frames : int
-        Frames decoded at a time.
+    path, block_frames : str, int
+        The audio file; frames decoded at a time.
     full : bool
         Decode the samples (else read the header only).
 
@@ -308,10 +254,8 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
             if frames <= 0 or rate <= 0 or channels <= 0:
                 return ("empty", f"empty (0 frames): {path}")
             if not MIN_RATE <= rate <= MAX_RATE:
-                return (
-                    "unsupported rate",
-                    f"{rate} Hz, outside {MIN_RATE} to {MAX_RATE} Hz: {path}",
-                )
+                why = f"{rate} Hz, outside {MIN_RATE} to {MAX_RATE} Hz: {path}"
+                return ("unsupported rate", why)
             bad = 0
             blocks = f.blocks(blocksize=block_frames, dtype="float32")
             for block in blocks if full else ():
@@ -326,27 +270,23 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
         msg = re.sub(r"^Error opening\s*:\s*", "", msg).strip(": ")
         return (kind, f"{kind} ({msg or type(e).__name__}): {path}")
     if bad:
-        return (
-            "non-finite",
-            f"non-finite ({bad} NaN or infinite samples): {path}",
-        )
+        why = f"non-finite ({bad} NaN or infinite samples): {path}"
+        return ("non-finite", why)
     return (int(frames), int(rate), int(channels))
 
 
 def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
-    """Decode every file once (:func:`check_audio_file`, a few threads);
-    report or skip the unusable ones.
+    """Check every file once (:func:`check_audio_file`); report or skip the
+    unusable ones.
 
     Arguments
     ---------
     paths : list of str
         Absolute audio paths.
-    skip_missing : bool
-        Skip unusable files with a warning that names them instead of raising.
+    skip_missing, full_check : bool
+        Skip unusable files with a warning (else raise); decode the samples.
     missing_hint : str, optional
         Extra advice for the error about missing files.
-    full_check : bool
-        Decode the samples (else read the headers only).
 
     Returns
     -------
@@ -357,14 +297,12 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
     info, problems, counts = {}, [], {}
     unique = list(dict.fromkeys(paths))
+    desc = "Checking audio files" if full_check else "Reading headers"
+    bar = dict(total=len(unique), desc=desc, unit="file")
+    check = functools.partial(check_audio_file, full=full_check)
     with ThreadPoolExecutor(4) as pool:  # libsndfile runs without the GIL
-        results = progress_bar(
-            pool.map(lambda p: check_audio_file(p, full=full_check), unique),
-            total=len(unique),
-            desc="Checking audio files" if full_check else "Reading headers",
-            unit="file",
-            enabled=len(unique) >= 200,
-        )
+        results = pool.map(check, unique)
+        results = progress_bar(results, enabled=len(unique) >= 200, **bar)
         for path, result in zip(unique, results):
             if isinstance(result[0], str):
                 counts[result[0]] = counts.get(result[0], 0) + 1
@@ -373,17 +311,13 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
                 info[path] = result
     if not problems:
         return info
-    summary = ", ".join(
-        f"{counts[k]} {k}" for k in PROBLEM_KINDS if k in counts
-    )
+    summary = [f"{counts[k]} {k}" for k in PROBLEM_KINDS if k in counts]
+    summary = ", ".join(summary)
     if skip_missing:
-        logger.warning(
-            "skip_missing=True: leaving out %d of %d audio file(s) (%s):\n  %s",
-            len(problems),
-            len(unique),
-            summary,
-            listing(problems, sep="\n  "),
-        )
+        why = "skip_missing=True: leaving out %d of %d audio file(s) "
+        why += "(%s):\n  %s"
+        shown = listing(problems, sep="\n  ")
+        logger.warning(why, len(problems), len(unique), summary, shown)
         return info
     hint = f"\n{missing_hint}" if missing_hint and counts.get("missing") else ""
     raise DataPrepError(
@@ -397,8 +331,9 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
 
 def file_stamp(path):
-    """What changes when a file's content changes: size, mtime and ctime
-    (which cannot be set back, as the mtime can).
+    """What changes with a file's content: size, mtime and ctime.
+
+    The ctime cannot be set back, as the mtime can.
 
     Arguments
     ---------
@@ -428,8 +363,7 @@ def stat_entry(path):
 
 
 def stat_digest(paths):
-    """Fingerprint of many files: ``files_listed``, ``files_present`` and a
-    ``sha256`` of their stamps."""
+    """Fingerprint of many files: counts and a ``sha256`` of their stamps."""
     h = hashlib.sha256()
     present = 0
     for path in sorted(paths):
@@ -458,15 +392,13 @@ def absolute(path):
 
 
 def read_labels(labels_file=None, manifests=()):
-    """The class labels in index order: ``labels.json`` when data preparation
-    wrote one, else the sorted labels of the (ready-made) manifests.
+    """The class labels in index order: ``labels.json``, else the sorted
+    labels of the manifests.
 
     Arguments
     ---------
-    labels_file : str or Path, optional
-        ``labels.json`` in the manifest folder.
-    manifests : list of str or Path
-        SpeechBrain JSON manifests with a ``label`` field.
+    labels_file, manifests : str or Path; list of str or Path
+        ``labels.json`` (optional); SpeechBrain manifests with ``label``.
 
     Returns
     -------

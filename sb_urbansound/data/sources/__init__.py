@@ -1,11 +1,4 @@
-"""Data sources: labelled audio to SpeechBrain manifests.
-
-* :mod:`sb_urbansound.data.sources.urbansound8k`: UrbanSound8K's metadata CSV and
-  its official folds (the recipe's ``urbansound8k_prepare.py`` writes its
-  manifests);
-* :mod:`sb_urbansound.data.sources.files`: class folders and file-name patterns,
-  for your own sounds;
-* :mod:`sb_urbansound.data.sources.folds`: fold lists and group-aware folds.
-"""
+"""Data sources: labelled audio to SpeechBrain manifests (UrbanSound8K's
+metadata and folds, class folders, file-name patterns, fold lists)."""
 
 from sb_urbansound.data.sources.files import prepare_filenames, prepare_folders

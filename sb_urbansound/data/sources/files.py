@@ -1,8 +1,6 @@
 """Labels from your own folders: one folder per class
-(:func:`prepare_folders`), or a regular expression on the file names
-(:func:`prepare_filenames`). Clips are dealt to folds by group (a file
-without one is its own; names that look like parts of one recording are
-warned about); how the data was split is recorded with the manifests.
+(:func:`prepare_folders`) or a regex on the file names
+(:func:`prepare_filenames`). Clips are dealt to folds by group.
 
 Authors
 -------
@@ -53,38 +51,25 @@ def prepare_folders(
     """Write train/valid/test manifests from one folder per class.
 
     Every audio file under ``<data_folder>/<label>/``, at any depth, is a clip
-    of ``label``; names starting with a dot are ignored. The groups are
-    shuffled with ``seed`` and dealt round-robin to folds ``1..n_folds``, so
-    one group never spans two folds.
+    of ``label``. Groups are shuffled with ``seed`` and dealt round-robin to
+    folds ``1..n_folds``, so one group never spans two folds.
 
     Arguments
     ---------
-    data_folder : str or Path
-        Folder holding one sub-folder per class.
-    save_folder : str or Path
-        Where the manifests are written (created if needed).
+    data_folder, save_folder : str or Path
+        Folder holding one sub-folder per class; where manifests are written.
     n_folds : int
         Number of folds (at most the number of groups).
-    train_fold_nums : list of int
-        Folds (in ``1..n_folds``) of the training split.
-    valid_fold_nums : list of int
-        Folds of the validation split.
-    test_fold_nums : list of int
-        Folds of the test split (the three lists share no fold).
+    train_fold_nums, valid_fold_nums, test_fold_nums : list of int
+        Folds (in ``1..n_folds``) of each split; they share no fold.
     group_pattern : str, optional
-        Regular expression searched in each file name; its group ``group``,
-        or else its first group, is the file's group (``r"^(\\d+)-"`` for
-        UrbanSound8K's names). Without it, each file is its own group.
-    skip_missing : bool
-        Leave unusable audio files out with one warning (else one error).
-    leaky_random_split : bool
-        For comparisons only: reassign each clip to a random fold, which
-        leaks groups across splits.
-    seed : int
-        Seed of the fold assignment (and of ``leaky_random_split``).
-    full_check : bool
-        Decode every file (else read the headers only, when the clip bank or
-        shards decode the files anyway).
+        Regex searched in each file name; its group ``group``, or else its
+        first group, is the file's group (default: each file its own).
+    skip_missing, leaky_random_split : bool
+        Leave unusable files out with a warning (else raise); reassign each
+        clip to a random fold (for comparisons only).
+    seed, full_check : int, bool
+        Seed of the fold assignment; decode every file (else the headers).
 
     Returns
     -------
@@ -166,20 +151,15 @@ def prepare_filenames(
 ):
     """Write train/valid/test manifests, reading labels from the file names.
 
-    ``pattern`` must match (``re.fullmatch``) the name of every audio file
-    under ``data_folder``: its named group ``label`` gives the label, its
-    optional group ``group`` the group (a file without one is its own). Folds
-    are dealt as in :func:`prepare_folders`.
+    ``pattern`` must fully match every audio file name under ``data_folder``;
+    folds are dealt as in :func:`prepare_folders`.
 
     Arguments
     ---------
-    data_folder : str or Path
-        Folder holding the audio files (at any depth).
-    save_folder : str or Path
-        Where the manifests are written (created if needed).
+    data_folder, save_folder : str or Path
+        Folder holding the audio files; where manifests are written.
     pattern : str
-        Regular expression with a named group ``label`` (and optionally
-        ``group``), e.g. ``r"(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav"``.
+        Regex with a named group ``label`` (and optionally ``group``).
     n_folds, train_fold_nums, valid_fold_nums, test_fold_nums : int, list
         The folds, as in :func:`prepare_folders`.
     skip_missing, leaky_random_split, seed, full_check : bool, bool, int, bool
@@ -241,12 +221,27 @@ def prepare_filenames(
 
 
 def _write(function, extra_options, clips, where, how):
-    """Deal ``clips`` (files, labels, groups: None for its own) to folds and
-    write their manifests; ``where`` and ``how`` hold the options."""
+    """Deal ``clips`` (files, labels, groups) to folds; write the manifests."""
     data_folder, save_folder, n_folds, folds = where
     skip_missing, leaky_random_split, seed, full_check = how
     files, labels, groups = clips
-    table = _files_table(data_folder, files, labels, groups, n_folds, seed)
+    pairs = zip(groups, files, strict=True)
+    own = [rel if g is None else g for g, rel in pairs]  # None: its own path
+    if len(set(labels)) < 2:
+        raise DataPrepError(
+            f"the audio under {data_folder} has a single class "
+            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at least "
+            "two classes."
+        )
+    table = pd.DataFrame(
+        {
+            "clip_id": _clip_ids(files),
+            "path": [str(data_folder / rel) for rel in files],
+            "label": labels,
+            "fold": assign_group_folds(own, n_folds, seed),
+            "group": own,
+        }
+    )
     n_folds = check_n_folds(n_folds)
     splits = check_fold_lists(*folds, list(range(1, n_folds + 1)))
     if function == "prepare_folders":
@@ -269,46 +264,28 @@ def _write(function, extra_options, clips, where, how):
         )
         hint = None if leaky_random_split else _group_hint(files, labels)
         if hint is not None:
-            logger.warning(
-                "The file names suggest groups (%s), but the data is split "
-                "by file: clips of one recording can land in training and "
-                "test, which inflates the accuracy. If they come from one "
-                "recording, %s",
-                hint[0],
-                fix if key == "pattern" else f"{fix}'{hint[1]}'",
-            )
+            fix = fix if key == "pattern" else f"{fix}'{hint[1]}'"
+            why = "The file names suggest groups (%s), but the data is split "
+            why += "by file: clips of one recording can land in training and "
+            why += "test, which inflates the accuracy. If they come from one "
+            logger.warning(why + "recording, %s", hint[0], fix)
     options = {
         "data_folder": str(data_folder),
         **extra_options,
         "n_folds": n_folds,
-        "train_fold_nums": splits["train"],
-        "valid_fold_nums": splits["valid"],
-        "test_fold_nums": splits["test"],
+        **{f"{name}_fold_nums": folds for name, folds in splits.items()},
         "skip_missing": bool(skip_missing),
         "leaky_random_split": bool(leaky_random_split),
         "seed": int(seed),
     }
-    return write_manifests(
-        function=function,
-        table=table,
-        save_folder=save_folder,
-        splits=splits,
-        options=options,
-        fingerprint={
-            "files": [[rel, file_stamp(data_folder / rel)] for rel in files]
-        },
-        skip_missing=skip_missing,
-        leaky_random_split=leaky_random_split,
-        seed=seed,
-        full_check=full_check,
-        split=split,
-    )
+    stamps = [[rel, file_stamp(data_folder / rel)] for rel in files]
+    args = (function, table, save_folder, splits, options, {"files": stamps})
+    args += (skip_missing, leaky_random_split, seed)
+    return write_manifests(*args, full_check=full_check, split=split)
 
 
 def _group_hint(files, labels):
-    """Groups the file names suggest, ``(example, regex)``, or None: shared
-    UrbanSound8K fsIDs, or parts before a last ``-``/``_`` that a class
-    shares in several ways."""
+    """Groups the file names suggest, as ``(example, regex)``, or None."""
     names = [Path(rel).name for rel in files]
     fs_ids, shared = defaultdict(list), defaultdict(list)
     for name, label in zip(names, labels, strict=True):
@@ -336,31 +313,6 @@ def _group_hint(files, labels):
                 f"^(.+){prefix[-1]}",
             )
     return None
-
-
-def _files_table(data_folder, files, labels, groups, n_folds, seed):
-    """Table of clips for a file list; groups default to the relative path."""
-    groups = [
-        g if g is not None else rel
-        for g, rel in zip(groups, files, strict=True)
-    ]
-    if len(set(labels)) < 2:
-        raise DataPrepError(
-            f"the audio under {data_folder} has a single class "
-            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at least "
-            "two classes."
-        )
-    folds = assign_group_folds(groups, n_folds, seed)
-    ids = _clip_ids(files)
-    return pd.DataFrame(
-        {
-            "clip_id": ids,
-            "path": [str(data_folder / rel) for rel in files],
-            "label": labels,
-            "fold": folds,
-            "group": groups,
-        }
-    )
 
 
 def _clip_ids(files):
@@ -401,12 +353,9 @@ def _list_audio_files(data_folder):
 
 
 def _compile_pattern(pattern, name, required=None):
-    """Compile a user regex: it needs the named group ``required`` or, with
-    None, a group in parentheses (named or not)."""
+    """Compile a user regex with the named group ``required`` (or any group)."""
     try:
-        regex = (
-            pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
-        )
+        regex = re.compile(pattern)  # a compiled pattern is returned as is
     except (re.error, TypeError) as e:
         raise DataPrepError(
             f"{name} {pattern!r} is not a valid regex: {e}"

@@ -1,10 +1,11 @@
-"""Folds: one parser for fold lists, checks of the three split lists, and
-group-aware assignment of clips to folds.
+"""Folds: parsing and checking fold lists, and group-aware fold assignment.
 
 Authors
 -------
  * sb-urbansound contributors
 """
+
+import itertools
 
 import numpy as np
 from sb_urbansound.data.manifests import SPLITS, listing
@@ -27,15 +28,12 @@ def _parse_int(value):
 
 
 def parse_fold_list(value, name="folds"):
-    """Read a list of fold numbers: ``[1, 2]``, ``3``, ``"[1,2]"``, ``"1,2"``
-    or ``"1 2"``.
+    """Read a list of fold numbers: ``[1, 2]``, ``3``, ``"[1,2]"``, ``"1 2"``.
 
     Arguments
     ---------
-    value : list, int or str
-        The fold list.
-    name : str
-        The option's name, for error messages.
+    value, name : list, int or str; str
+        The fold list; the option's name, for error messages.
 
     Returns
     -------
@@ -111,14 +109,11 @@ def check_fold_lists(train, valid, test, available):
             )
         splits[split] = sorted(set(folds))
     overlaps = []
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            common = sorted(set(splits[a]) & set(splits[b]))
-            if common:
-                overlaps.append(
-                    f"{a}_fold_nums and {b}_fold_nums share fold(s) "
-                    f"{', '.join(map(str, common))}"
-                )
+    for a, b in itertools.combinations(SPLITS, 2):
+        common = ", ".join(map(str, sorted(set(splits[a]) & set(splits[b]))))
+        if common:
+            why = f"{a}_fold_nums and {b}_fold_nums share fold(s) {common}"
+            overlaps.append(why)
     if overlaps:
         raise DataPrepError(
             "; ".join(overlaps)
@@ -131,24 +126,20 @@ def check_n_folds(n_folds):
     """``n_folds`` as a positive int, or a clear error."""
     n = None if isinstance(n_folds, bool) else _parse_int(n_folds)
     if n is None or n < 1:
-        raise DataPrepError(
-            f"n_folds must be a positive integer, got {n_folds!r}"
-        )
+        why = f"n_folds must be a positive integer, got {n_folds!r}"
+        raise DataPrepError(why)
     return n
 
 
 def assign_group_folds(groups, n_folds, seed=1234):
-    """Deal groups to folds ``1..n_folds`` (sorted, shuffled with ``seed``,
-    round-robin) so that no group spans two folds.
+    """Deal shuffled groups round-robin to folds ``1..n_folds``.
 
     Arguments
     ---------
     groups : list of str
         The group of each clip.
-    n_folds : int
-        Number of folds; at most the number of unique groups.
-    seed : int
-        Seed of the shuffle.
+    n_folds, seed : int
+        Number of folds (at most that of groups); seed of the shuffle.
 
     Returns
     -------

@@ -23,25 +23,20 @@ US8K_FOLDS = tuple(range(1, 11))
 
 
 def load_urbansound8k_table(csv_path, data_folder=None):
-    """Load and check UrbanSound8K's metadata CSV (not the audio) into a
-    table of clips. Every row is checked (file name, ``fsID``, ``fold``,
-    ``classID``, ``class``, unique names, ``classID`` one-to-one with
-    ``class``); all problems are reported together, by CSV line.
+    """Load UrbanSound8K's metadata CSV into a table of clips, checking
+    every row; all problems are reported together, by CSV line.
 
     Arguments
     ---------
-    csv_path : str or Path
-        The metadata CSV.
-    data_folder : str or Path, optional
-        The data set folder, of ``audio/fold{fold}/{slice_file_name}``
-        (default: the parent of the CSV's folder).
+    csv_path, data_folder : str or Path
+        The metadata CSV; the folder of ``audio/`` (default: the CSV's
+        folder's parent).
 
     Returns
     -------
     pandas.DataFrame
-        One row per clip, columns ``clip_id``, ``path`` (absolute), ``label``,
-        ``fold`` (int), ``group`` (str), ``class_id`` (int) and ``line`` (the
-        CSV line number).
+        Columns ``clip_id``, ``path``, ``label``, ``fold``, ``group``,
+        ``class_id`` and ``line`` (in the CSV).
 
     Example
     -------
@@ -89,8 +84,7 @@ def load_urbansound8k_table(csv_path, data_folder=None):
             f"{', '.join(US8K_REQUIRED_COLUMNS)}."
         )
     df = df[list(US8K_REQUIRED_COLUMNS)].apply(lambda col: col.str.strip())
-    # Line numbers: header is line 1; blank lines are kept by the parser so the
-    # row index maps to the line, then dropped here.
+    # Blank lines were kept so that row i is line i + 2; drop them now
     df["line"] = np.arange(len(df)) + 2
     df = df[(df[list(US8K_REQUIRED_COLUMNS)] != "").any(axis=1)]
     if df.empty:
@@ -110,28 +104,21 @@ def load_urbansound8k_table(csv_path, data_folder=None):
             problems.append(f"{where}: empty fsID")
         f = _parse_int(fold)
         if f not in US8K_FOLDS:
-            problems.append(
-                f"{where}: invalid fold {fold!r} (UrbanSound8K's folds are 1 "
-                "to 10)"
-            )
+            why = f"invalid fold {fold!r} (UrbanSound8K's folds are 1 to 10)"
+            problems.append(f"{where}: {why}")
         c = _parse_int(class_id)
         if c is None or c < 0:
-            problems.append(
-                f"{where}: invalid classID {class_id!r} (need an integer >= 0)"
-            )
+            why = f"invalid classID {class_id!r} (need an integer >= 0)"
+            problems.append(f"{where}: {why}")
         if not cls:
             problems.append(f"{where}: empty class name")
         folds.append(f)
         class_ids.append(c)
-    dup = df["slice_file_name"].duplicated(keep=False) & (
-        df["slice_file_name"] != ""
-    )
-    for line, name in zip(
-        df["line"][dup], df["slice_file_name"][dup], strict=True
-    ):
-        problems.append(
-            f"line {line} ({name}): slice_file_name appears more than once"
-        )
+    names = df["slice_file_name"]
+    dup = names.duplicated(keep=False) & (names != "")
+    for line, name in zip(df["line"][dup], names[dup], strict=True):
+        why = "slice_file_name appears more than once"
+        problems.append(f"line {line} ({name}): {why}")
     if problems:
         raise DataPrepError(
             f"metadata CSV {csv_path} has {len(problems)} invalid row(s):\n  "
@@ -140,8 +127,7 @@ def load_urbansound8k_table(csv_path, data_folder=None):
         )
     df = df.assign(fold=folds, classID=class_ids)
 
-    # classID <-> class must be one-to-one: name the rows that disagree with the
-    # majority pairing of their classID or of their class name.
+    # classID <-> class one-to-one: name rows against their majority pairing
     bad_lines = set()
     for key, value in (("classID", "class"), ("class", "classID")):
         for _, rows in df.groupby(key, sort=True):
@@ -152,15 +138,10 @@ def load_urbansound8k_table(csv_path, data_folder=None):
     if bad_lines:
         bad = df[df["line"].isin(bad_lines)].sort_values("line")
         pairs = df.groupby(["classID", "class"]).size()
+        cols = ["line", "slice_file_name", "classID", "class"]
         rows_txt = [
             f"line {line} ({name}): classID {cid} / class {cls!r}"
-            for line, name, cid, cls in zip(
-                bad["line"],
-                bad["slice_file_name"],
-                bad["classID"],
-                bad["class"],
-                strict=True,
-            )
+            for line, name, cid, cls in bad[cols].itertuples(index=False)
         ]
         raise DataPrepError(
             f"metadata CSV {csv_path}: classID and class are not one-to-one "
