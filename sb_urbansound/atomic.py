@@ -223,9 +223,8 @@ def read_store_json(path):
 def _marker(folder):
     """The marker of a store, or None when ``folder`` has none."""
     marker = read_store_json(Path(folder) / MARKER_FILE)
-    if not isinstance(marker, dict) or marker.get("made_by") != MADE_BY:
-        return None
-    return marker
+    ours = isinstance(marker, dict) and marker.get("made_by") == MADE_BY
+    return marker if ours else None
 
 
 def store_kind(folder):

@@ -643,12 +643,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                     plan, fold_dir, argvs[t], wanted[t], leaky, runner, log, bar
                 )
                 seconds[t] = (marker or {}).get("seconds")
-                fold_argv = (marker or {}).get("recipe_argv")
-                if fold_argv:
-                    script = recipe_script(fold_argv[0])
-                    commands[t] = shlex.join(
-                        ["python", str(script), *fold_argv]
-                    )
+                if fold_argv := (marker or {}).get("recipe_argv"):
+                    script = str(recipe_script(fold_argv[0]))
+                    commands[t] = shlex.join(["python", script, *fold_argv])
                 fold_results.append(
                     {"test_fold": t, "valid_folds": [plan.valid], **res}
                 )
@@ -689,13 +686,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         )
         report.plot_learning_curves(out_dir / "learning_curves.png", histories)
         std = results["std"]
+        spread = " % (single fold)" if std is None else f" ± {100 * std:.2f} %"
         log(
-            f"cross-validation accuracy: {100 * results['mean']:.2f}"
-            + (
-                f" ± {100 * std:.2f} %"
-                if std is not None
-                else " % (single fold)"
-            )
+            f"cross-validation accuracy: {100 * results['mean']:.2f}{spread}"
             + f" over {len(plans)} folds"
             + (" (LEAKY RANDOM SPLIT, not comparable)" if leaky else "")
             + f"; report: {out_dir / 'crossval_report.md'}"

@@ -136,9 +136,7 @@ def exit_now(status):
     Example
     -------
     >>> import subprocess, sys
-    >>> code = (
-    ...     "from sb_urbansound.training.processes import exit_now; exit_now(3)"
-    ... )
+    >>> code = "import sb_urbansound.training.processes as p; p.exit_now(3)"
     >>> subprocess.run([sys.executable, "-c", code]).returncode
     3
     """
