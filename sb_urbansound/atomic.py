@@ -321,6 +321,7 @@ def claim_folder(folder, kind, what="output_folder"):
             f"{what} {folder} is an sb-urbansound {found} folder, not a "
             f"{kind} folder: choose another path (--{what}=...)"
         )
+    # our lock, marker and (another writer's) temporaries do not count
     ignored = (MARKER_FILE, LOCK_FILE) + (
         _RUNNER_ENTRIES if kind == "run" else ()
     )
@@ -524,8 +525,8 @@ class FolderLock:
         self._key = None
 
     def acquire(self, wait=False, on_wait=None):
-        """Take the lock: :class:`BusyError` when another process (unless
-        ``wait``) or this one holds it.
+        """Take the lock (:class:`BusyError` if this process holds it, or
+        another one does and not ``wait``).
 
         Arguments
         ---------

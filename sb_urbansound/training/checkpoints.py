@@ -235,7 +235,7 @@ def _remove_staging(staging):
 
 def _free_name(folder, name):
     """``folder / name``, or the next free number (``CKPT+<time>+01``): in
-    the empty staging folder SpeechBrain cannot number them.
+    the empty staging folder SpeechBrain cannot see the earlier ones.
 
     Example
     -------

@@ -565,7 +565,8 @@ def _refuse_other_settings(plans, out_dir, wanted):
 
 
 def run_crossval(argv, runner=None, log=None, progress=True):
-    """Run the cross-validation of a command line and write the reports.
+    """Run the cross-validation of a command line and write the reports
+    (:class:`CrossvalError`, :class:`FoldFailedError`, :class:`FoldInterrupted`).
 
     Arguments
     ---------
