@@ -1,11 +1,7 @@
 """Stores: how every folder that sb-urbansound writes is written.
 
-The rules of ``docs/stores.md`` live here: a store is marked as ours
-(:func:`claim_folder`), written atomically (:func:`atomic_write_bytes`,
-:func:`make_temp_folder`, :func:`replace_folder`), locked while written
-(:class:`FolderLock`), deleted only if marked (:func:`remove_store`,
-:func:`remove_stale_temps`) and never read or written through a link
-(:func:`open_store_file`). Files get the usual permissions of a new file.
+The rules of ``docs/stores.md``: marked as ours, written atomically, locked
+while written, deleted only if marked, never read or written through a link.
 
 Authors
 -------
@@ -26,18 +22,13 @@ from pathlib import Path
 
 from sb_urbansound.errors import BusyError, NotOursError, UserError
 
-#: Suffix of the temporary files and folders written here.
 TMP_SUFFIX = ".sbu-tmp"
-#: A temporary's name, ``.<final name>.<8 random chars>.sbu-tmp``; nothing
-#: else is ever taken for one.
+#: A temporary's name, ``.<final name>.<8 random chars>.sbu-tmp``, only.
 _TMP_NAME = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.sbu-tmp$")
-#: The marker file of a store, and its ``made_by`` value.
 MARKER_FILE = ".sb_urbansound.json"
 MADE_BY = "sb_urbansound"
-#: The lock file of a store.
 LOCK_FILE = ".lock"
-# SpeechBrain's recipe-test runner writes these into a run's folder before
-# the run: we never touch them, so they do not make a run folder foreign.
+# written into a run's folder by SpeechBrain's recipe-test runner
 _RUNNER_ENTRIES = ("stdout.txt", "stderr.txt", ".passed")
 
 
@@ -61,14 +52,14 @@ def atomic_write_bytes(path, data):
     Arguments
     ---------
     path : str or Path
-        Destination file; its parent folder is created if needed.
+        Destination file (its folder is created if needed).
     data : bytes or str
-        The full contents of the file (a str is written as UTF-8).
+        The contents (a str is written as UTF-8).
 
     Returns
     -------
     Path
-        The path that was written.
+        ``path``.
 
     Example
     -------
@@ -98,7 +89,6 @@ def atomic_write_bytes(path, data):
     return path
 
 
-#: Writes text (UTF-8) atomically: :func:`atomic_write_bytes` takes both.
 atomic_write_text = atomic_write_bytes
 
 
@@ -115,7 +105,7 @@ def atomic_write_json(path, obj):
     Returns
     -------
     Path
-        The path that was written.
+        ``path``.
 
     Example
     -------
@@ -127,8 +117,8 @@ def atomic_write_json(path, obj):
 
 
 def make_temp_folder(parent, name):
-    """Create a hidden temporary folder where ``name`` will live, to build a
-    folder in and move into place with :func:`replace_folder`.
+    """A new hidden folder in ``parent`` to build ``name`` in, for
+    :func:`replace_folder`.
 
     Arguments
     ---------
@@ -140,7 +130,7 @@ def make_temp_folder(parent, name):
     Returns
     -------
     Path
-        The new, empty folder, with the usual permissions of a new folder.
+        The new, empty folder.
 
     Example
     -------
@@ -155,10 +145,8 @@ def make_temp_folder(parent, name):
 
 
 def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
-    """Open a file of a store, never through a link; refuse what isn't a file.
-
-    A link among a store's files was planted (``O_NOFOLLOW``; ``O_NONBLOCK``:
-    a FIFO cannot hang us).
+    """Open a file of a store, never through a link (``NotOursError`` for a
+    link or anything but a regular file; a FIFO cannot hang us).
 
     Arguments
     ---------
@@ -235,9 +223,8 @@ def read_store_json(path):
 def _marker(folder):
     """The marker of a store, or None when ``folder`` has none."""
     marker = read_store_json(Path(folder) / MARKER_FILE)
-    if not isinstance(marker, dict) or marker.get("made_by") != MADE_BY:
-        return None
-    return marker
+    ours = isinstance(marker, dict) and marker.get("made_by") == MADE_BY
+    return marker if ours else None
 
 
 def store_kind(folder):
@@ -261,18 +248,17 @@ def store_kind(folder):
 
 
 def mark_store(folder, kind, **info):
-    """Mark ``folder`` as a store of ours of the given kind (the marker is
-    written only when absent or different: never on a read-only store).
+    """Mark ``folder`` as a store of ours (the marker is written only when
+    absent or different: never on a read-only store).
 
     Arguments
     ---------
     folder : str or Path
         The folder (created if needed).
     kind : str
-        What the store is: ``run``, ``banks``, ``bank``, ``manifests``,
-        ``model``, ``crossval``, ...
+        What the store is: ``run``, ``bank``, ``model``, ``crossval``...
     **info
-        More JSON-able facts to record (settings).
+        More JSON-able facts to record.
 
     Returns
     -------
@@ -293,10 +279,8 @@ def mark_store(folder, kind, **info):
 
 
 def claim_folder(folder, kind, what="output_folder"):
-    """Make ``folder`` a store of ``kind``, or refuse a folder that isn't ours.
-
-    A new or empty folder is marked, a store of this kind used as it is, any
-    other folder refused, naming what could be overwritten.
+    """Make a new or empty ``folder`` a store of ``kind``, use a store of
+    that kind as it is, refuse any other folder (naming what it holds).
 
     Arguments
     ---------
@@ -305,7 +289,7 @@ def claim_folder(folder, kind, what="output_folder"):
     kind : str
         The kind of store (see :func:`mark_store`).
     what : str
-        How the message names the folder (an option name).
+        The option that names the folder, for messages.
 
     Returns
     -------
@@ -329,9 +313,6 @@ def claim_folder(folder, kind, what="output_folder"):
             f"{what} {folder} is a file, not a folder: choose another path "
             f"(--{what}=...)"
         )
-    if not folder.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        return mark_store(folder, kind)
     found = store_kind(folder)
     if found == kind:
         return folder
@@ -340,14 +321,13 @@ def claim_folder(folder, kind, what="output_folder"):
             f"{what} {folder} is an sb-urbansound {found} folder, not a "
             f"{kind} folder: choose another path (--{what}=...)"
         )
-    # our lock, marker and temporaries (another writer's) do not count
+    # our lock, marker and (another writer's) temporaries do not count
     ignored = (MARKER_FILE, LOCK_FILE) + (
         _RUNNER_ENTRIES if kind == "run" else ()
     )
+    names = [p.name for p in folder.iterdir()] if folder.exists() else []
     entries = sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.name not in ignored and not _TMP_NAME.match(p.name)
+        n for n in names if n not in ignored and not _TMP_NAME.match(n)
     )
     if not entries:
         return mark_store(folder, kind)
@@ -392,10 +372,9 @@ def remove_store(folder, kind=None):
 
 
 def replace_folder(new, folder):
-    """Move the folder ``new`` to ``folder``, replacing an older store.
-
-    Only a store of ours of ``new``'s kind is replaced; it is renamed aside
-    first, so ``folder`` is always the old one or the new one.
+    """Move the folder ``new`` to ``folder``, replacing only a store of ours
+    of the same kind (renamed aside first: ``folder`` is old or new, never
+    missing or half).
 
     Arguments
     ---------
@@ -437,8 +416,7 @@ def replace_folder(new, folder):
 
 
 def remove_stale_temps(folder):
-    """Delete the temporaries that a killed write left behind (only names
-    ``.<name>.<8 random chars>.sbu-tmp``), holding the store's lock.
+    """Delete the temporaries of killed writes (call with the store's lock).
 
     Arguments
     ---------
@@ -470,8 +448,6 @@ def remove_stale_temps(folder):
             entry.unlink(missing_ok=True)
     return removed
 
-
-# -------------------------------------------------------------------- locks
 
 #: The locks this process holds: (device, inode) of the lock file -> path.
 _HELD = {}
@@ -518,11 +494,9 @@ def _file_key(path, fd=None):
 
 
 class FolderLock:
-    """An exclusive lock on a store, held by this process alone.
-
-    A POSIX record lock (``fcntl.lockf``) on ``<folder>/.lock``: released by
-    the kernel when the process ends, however it ends; never held by a child.
-    A refusal names the holder; the lock file records its pid.
+    """An exclusive lock on a store: a POSIX record lock on ``<folder>/.lock``
+    (released by the kernel when the process ends, never held by a child),
+    holding the holder's pid; a refusal names the holder.
 
     Arguments
     ---------
@@ -551,10 +525,8 @@ class FolderLock:
         self._key = None
 
     def acquire(self, wait=False, on_wait=None):
-        """Take the lock: :class:`BusyError` when another process holds it
-        (and ``wait`` is False) or this one does, :class:`NotOursError` for a
-        ``.lock`` that is a link, ``OSError`` (``EROFS``...) when it cannot be
-        made.
+        """Take the lock (:class:`BusyError` if this process holds it, or
+        another one does and not ``wait``).
 
         Arguments
         ---------
@@ -573,8 +545,8 @@ class FolderLock:
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        # POSIX locks belong to processes: a second lock of one file here
-        # would succeed, and closing it would drop the first
+        # a second POSIX lock of one file in a process would succeed, and
+        # closing it would drop the first
         if _file_key(self.path) in _HELD:
             raise BusyError(
                 f"this process already holds the lock of {self.folder}"
@@ -649,8 +621,8 @@ def is_read_only_error(error):
 
 
 def reserve_space(fd, size, folder):
-    """Allocate ``size`` bytes for an open file, or say there is no room (a
-    memory-mapped file's unallocated blocks die by SIGBUS on a full disk).
+    """Allocate ``size`` bytes for an open file, or raise
+    :func:`no_space_error` (a memory-mapped file would die by SIGBUS).
 
     Arguments
     ---------

@@ -1,8 +1,5 @@
-"""The errors that name a user's file, row or option and say what to do.
-
-Commands (``train.py``, ``crossval``, ``classify``, ``export``) catch
-:class:`UserError` and print its message instead of a traceback
-(:func:`report`).
+"""The errors that name a user's file, row or option and say what to do:
+commands print them as one line (:func:`report`), without a traceback.
 
 Authors
 -------
@@ -14,8 +11,7 @@ import sys
 
 
 def report(error):
-    """Print an error as one line, ``error: <message>``, on stderr, once: the
-    run's log files (``log.txt``) get it too, the console's handlers do not.
+    """Print ``error: <message>`` on stderr, and to the run's log files.
 
     Arguments
     ---------
@@ -49,23 +45,18 @@ def report(error):
 class UserError(Exception):
     """A problem with the user's data, options or folders (not a bug).
 
-    Commands print its message and exit with :attr:`exit_status`.
-
     Example
     -------
     >>> issubclass(DataPrepError, UserError), UserError("x").exit_status
     (True, 2)
     """
 
-    #: The exit status of a command stopped by this error.
     exit_status = 2
 
 
 class BusyError(UserError):
-    """Another process holds a store's lock (the message names it).
-
-    Its exit status, 75 (``EX_TEMPFAIL``), tells a caller (``crossval``)
-    that trying again later may work.
+    """Another process holds a store's lock; exit status 75 (``EX_TEMPFAIL``):
+    trying again later may work.
 
     Example
     -------
@@ -77,13 +68,11 @@ class BusyError(UserError):
 
 
 class NotOursError(UserError):
-    """A folder we would write into, replace or delete was not made by
-    sb-urbansound (the message names it and what it holds)."""
+    """A folder we would write, replace or delete is not ours."""
 
 
 class DataPrepError(UserError, ValueError):
-    """A problem with the data or the options of data preparation: the
-    message names the file, CSV row or option at fault and how to fix it.
+    """A problem with the data or the options of data preparation.
 
     Example
     -------
@@ -96,5 +85,4 @@ class DataPrepError(UserError, ValueError):
 
 
 class AudioLoadError(UserError, RuntimeError):
-    """An audio file is missing, unreadable, empty or holds non-finite
-    samples."""
+    """An audio file is missing, unreadable, empty or not finite."""

@@ -1,10 +1,5 @@
-"""The one reader of HyperPyYAML files as data: nothing built, nothing run.
-
-HyperPyYAML's own loader builds every ``!new:`` and runs every ``!apply:``;
-before that may happen, the model folder checks, the torch-free runtime and
-the recipe's settings read the same files with :func:`read_yaml`: ruamel's
-safe loader, a tagged node as :class:`Tagged`, any error as one line naming
-the file. Torch-free, SpeechBrain-free.
+"""The one reader of HyperPyYAML files as data: nothing built, nothing run
+(HyperPyYAML's loader runs every ``!apply:``). Torch-free, SpeechBrain-free.
 
 Authors
 -------
@@ -54,8 +49,8 @@ def _loader():
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     class TolerantConstructor(SafeConstructor):
-        """SafeConstructor that reads any other tag as data (a subclass:
-        ruamel's ``add_constructor`` changes the class it is called on)."""
+        """Reads any other tag as data (a subclass: ``add_constructor``
+        changes the class it is called on)."""
 
     def construct_tagged(constructor, node):
         if isinstance(node, MappingNode):
@@ -80,11 +75,9 @@ def read_yaml(source, nodes=False, name=None):
     source : str or Path
         A file (a ``Path``) or YAML text (a ``str``).
     nodes : bool
-        Return ruamel's composed node tree (tags, values and line numbers
-        of every node, for :mod:`sb_urbansound.serving.trust`) instead of values.
+        Return ruamel's node tree (with line numbers) instead of values.
     name : str or Path, optional
-        What the text is called in the message (default: the file, or
-        "the YAML text").
+        What the message calls the text (default: the file).
 
     Returns
     -------
@@ -95,8 +88,7 @@ def read_yaml(source, nodes=False, name=None):
     Raises
     ------
     UserError
-        ``cannot read <file>: <why>`` in one line (syntax errors, an
-        unreadable file, deep nesting); the ruamel error is its cause.
+        ``cannot read <file>: <why>``, in one line.
 
     Example
     -------

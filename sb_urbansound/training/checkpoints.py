@@ -1,15 +1,9 @@
 """A SpeechBrain ``Checkpointer`` that survives broken checkpoints.
 
-SpeechBrain's ``Checkpointer`` writes ``CKPT.yaml`` first and the parameter
-files after it, in place: a run killed during a save (or a full disk, or a
-file truncated later) leaves a checkpoint that does not load, and every later
-run stops in ``recover_if_possible`` naming no file
-(``tests/test_checkpoints.py``). :class:`RobustCheckpointer` writes each
-checkpoint in a staging folder (``.saving``) and renames it into place once
-complete, so a stopped save leaves no checkpoint; it leaves out checkpoints
-whose ``CKPT.yaml`` cannot be read, sets one that does not load aside
-(``.broken-CKPT+...``, with a warning) and falls back to the next best, and
-says when a save fails for lack of space.
+SpeechBrain's writes a checkpoint in place, so a stopped save leaves one that
+does not load and stops every later run. Ours writes it in ``.saving`` and
+renames it when complete, sets aside one that does not load and falls back
+to the next best, and says when a save fails for lack of space.
 
 Authors
 -------
@@ -35,19 +29,13 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of a checkpoint folder that failed to load (not a checkpoint).
-BROKEN_PREFIX = ".broken-"
-#: The folder (in ``checkpoints_dir``) where a checkpoint is written before
-#: it is renamed into place.
-STAGING = ".saving"
+BROKEN_PREFIX = ".broken-"  # a checkpoint that failed to load
+STAGING = ".saving"  # where a checkpoint is written before its rename
 
 
 class RobustCheckpointer(Checkpointer):
-    """``speechbrain.utils.checkpoints.Checkpointer`` that falls back.
-
-    Takes the same arguments as SpeechBrain's ``Checkpointer``. Leftovers of
-    an interrupted delete (``CKPT+`` folders without ``CKPT.yaml``) are
-    removed when it is created.
+    """SpeechBrain's ``Checkpointer`` (same arguments) that falls back; it
+    removes the leftovers of a stopped save or delete when created.
 
     Example
     -------
@@ -75,10 +63,7 @@ class RobustCheckpointer(Checkpointer):
                 shutil.rmtree(staging, ignore_errors=True)  # a stopped save
 
     def list_checkpoints(self):
-        """List the checkpoints whose meta file can be read.
-
-        A link named like a checkpoint is not one of ours (we never make
-        links): it is neither loaded, deleted nor set aside.
+        """List the checkpoints whose meta file can be read (never a link).
 
         Returns
         -------
@@ -118,8 +103,7 @@ class RobustCheckpointer(Checkpointer):
         min_key=None,
         ckpt_predicate=None,
     ):
-        """Recover from the best checkpoint that loads; one that does not is
-        reported, set aside and the next one tried.
+        """Recover from the best checkpoint that loads (others set aside).
 
         Arguments
         ---------
@@ -130,7 +114,7 @@ class RobustCheckpointer(Checkpointer):
         Returns
         -------
         Checkpoint or None
-            The checkpoint loaded, or None when there is none.
+            The checkpoint loaded, or None.
 
         Raises
         ------
@@ -212,9 +196,7 @@ class RobustCheckpointer(Checkpointer):
             target = _free_name(final, saved.path.name)
             os.replace(saved.path, target)
             _remove_staging(staging)
-        # every process lists the same checkpoints after (the deletions of
-        # save_and_keep_only are collective: a process that listed before
-        # the rename would wait for a broadcast that never comes)
+        # every process lists the same checkpoints (deletions are collective)
         ddp_barrier()
         if saved is None:
             return None
@@ -252,9 +234,8 @@ def _remove_staging(staging):
 
 
 def _free_name(folder, name):
-    """``folder / name``, or the next free number (``CKPT+<time>+01``...) if
-    it is taken: the staging folder is empty, so SpeechBrain's own numbering
-    cannot see the checkpoints already saved in the same second.
+    """``folder / name``, or the next free number (``CKPT+<time>+01``): in
+    the empty staging folder SpeechBrain cannot see the earlier ones.
 
     Example
     -------
@@ -294,13 +275,8 @@ def _write_failure(error, folder):
 
 
 def check_resumed_schedule(scheduler, steps_per_epoch, epochs, current):
-    """Refuses to resume a learning-rate schedule planned for other steps.
-
-    A one-cycle schedule is planned for ``epochs`` epochs of
-    ``steps_per_epoch`` steps: resuming it with another number of epochs
-    (or batch size, or processes) would train the extra steps at the
-    schedule's final rate, nearly zero. A finished run trains nothing more,
-    and may be tested with other settings.
+    """Refuse to resume a schedule planned for other steps (the extra steps
+    would train at its final rate, nearly zero); a finished run may be tested.
 
     Arguments
     ---------

@@ -1,7 +1,6 @@
-"""K-fold cross-validation of the recipe, as one resumable command: each
-listed fold is tested once, validated on the next listed fold, by the recipe
-in a subprocess in ``<output_folder>/fold_<k>``. See :data:`USAGE` and
-``docs/crossval.md``.
+"""K-fold cross-validation of a recipe as one resumable command: each listed
+fold is tested once, by the recipe in a subprocess in
+``<output_folder>/fold_<k>`` (``docs/crossval.md``).
 """
 
 import contextlib
@@ -40,19 +39,14 @@ from sb_urbansound.training.processes import (
 MIN_FOLDS = 3
 FOLD_MARKER = "crossval_fold.json"
 CROSSVAL_KIND = "crossval"
-#: The files of a finished fold: its test results and its model, written last.
+#: A finished fold's files: its test results and its model (written last).
 FOLD_OUTPUTS = ("test_results.json", "model/hyperparams.yaml")
-#: Seconds the recipe is given to exit after a forwarded signal.
-STOP_TIMEOUT_S = 30.0
-#: The signals that crossval forwards to the recipe (those that exist here).
+STOP_TIMEOUT_S = 30.0  # for the recipe to exit after a forwarded signal
 FORWARDED_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
-# YAML keys that crossval sets itself for every fold.
 FOLD_KEYS = ("train_fold_nums", "valid_fold_nums", "test_fold_nums")
 LEAKY_KEY = "leaky_random_split"
-# The options crossval reads itself (``-`` read as ``_``).
-OWN_KEYS = ("folds", "output_folder", LEAKY_KEY, *FOLD_KEYS)
-# The clip bank's folder: shared by the folds (``<output_folder>/bank``).
-BANK_KEY = "bank_folder"
+OWN_KEYS = ("folds", "output_folder", LEAKY_KEY, *FOLD_KEYS)  # not passed on
+BANK_KEY = "bank_folder"  # one bank for all folds: <output_folder>/bank
 
 
 class CrossvalError(UserError, ValueError):
@@ -73,16 +67,16 @@ class FoldInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """The folds of one train/valid/test run of a cross-validation.
+    """The folds of one run of a cross-validation.
 
     Arguments
     ---------
     test : int
         The test fold.
     valid : int
-        The validation fold (never the test fold).
+        The validation fold.
     train : tuple of int
-        The training folds (all other listed folds).
+        The training folds.
 
     Example
     -------
@@ -100,7 +94,7 @@ class FoldPlan:
         return f"fold_{self.test}"
 
     def record(self, leaky):
-        """The assignment as a fold's marker records it."""
+        """The assignment, as a fold's marker records it."""
         return {
             "test_fold": self.test,
             "valid_folds": [self.valid],
@@ -147,8 +141,7 @@ def recipe_script(hparams_file):
 
 
 def import_recipe(script):
-    """Import a recipe's ``train.py`` as a module (to call its ``main``); its
-    folder goes on ``sys.path``, as ``python train.py`` does.
+    """Import a recipe's ``train.py`` (its folder on ``sys.path``).
 
     Arguments
     ---------
@@ -172,10 +165,8 @@ def import_recipe(script):
 
 
 def assign_folds(folds):
-    """Plan the runs of a cross-validation: each fold is the test set once.
-
-    Folds are sorted; fold ``k`` is validated on the next listed fold after
-    ``k``, wrapping around; the remaining folds train.
+    """Plan a cross-validation: each fold is tested once, validated on the
+    next listed fold (cyclically), trained on the rest.
 
     Arguments
     ---------
@@ -185,7 +176,7 @@ def assign_folds(folds):
     Returns
     -------
     list of FoldPlan
-        One plan per fold, in ascending order of test fold.
+        One plan per fold, sorted.
 
     Example
     -------
@@ -223,17 +214,13 @@ See docs/crossval.md."""
 
 
 def _is_true(text):
-    """Parse a YAML-ish boolean."""
+    """A YAML-ish boolean."""
     return str(text).strip().lower() in ("true", "yes", "1", "on")
 
 
 def parse_crossval_args(argv):
-    """Split the command line into crossval's own options and the rest.
-
-    Crossval's: ``--folds`` (``=[1,2,3]``, ``=1,2,3`` or `` [1,2,3]``),
-    ``--leaky-random-split`` (or ``--leaky_random_split=<bool>``),
-    ``--output_folder``; ``--train_fold_nums`` etc. are refused; ``--help``
-    prints the usage and exits.
+    """Split the command line into crossval's options (:data:`OWN_KEYS`;
+    the fold lists refused) and the rest; ``--help`` prints :data:`USAGE`.
 
     Arguments
     ---------
@@ -299,8 +286,7 @@ def parse_crossval_args(argv):
 
 
 def _read_values(hparams_file, passthrough):
-    """The YAML's values with the overrides of ``passthrough``, as the
-    recipe reads them (no object built)."""
+    """The YAML's values with ``passthrough``'s overrides (nothing built)."""
     from speechbrain.utils.run_opts import RunOptions
 
     try:
@@ -312,16 +298,15 @@ def _read_values(hparams_file, passthrough):
     try:
         return read_yaml_values(hparams_file, overrides)
     except Exception as e:  # UserError, YAML parse errors and the like
-        why = str(e)  # (the YAML reader's own errors name the file already)
+        why = str(e)
         if not why.startswith("cannot read "):
             why = f"cannot read {hparams_file}: {why}"
         raise CrossvalError(why) from None
 
 
 def read_recipe_settings(hparams_file, passthrough=()):
-    """Read the recipe YAML's fold lists, output folder and leaky flag, as
-    the recipe would (:func:`sb_urbansound.training.experiment.read_yaml_values`);
-    raise :class:`CrossvalError` for a bad file or missing fold lists.
+    """Read the fold lists, output folder and leaky flag of a recipe YAML, as
+    the recipe would (:class:`CrossvalError` for a bad file).
 
     Arguments
     ---------
@@ -384,10 +369,8 @@ def _fold_argv(hparams_file, plan, fold_dir, passthrough, leaky):
 
 
 def _run_forwarding_signals(cmd, what):
-    """Run ``cmd``, forwarding SIGTERM, SIGINT and SIGHUP to it and killing
-    it ``STOP_TIMEOUT_S`` after the first; it gets SIGTERM if we die (Linux).
-    Return its status, or raise :class:`FoldInterrupted` once it has ended
-    after a signal."""
+    """Run ``cmd``, forwarding stop signals (killed ``STOP_TIMEOUT_S`` after
+    the first; :class:`FoldInterrupted` once it ended); return its status."""
     received, running = [], []  # [(signal, time, sent on)], [the process]
 
     def forward(signum, frame):
@@ -438,9 +421,8 @@ def _send(proc, signum):
 
 
 def subprocess_runner(argv, fold_dir):
-    """Run the recipe on one fold in a fresh Python process, its output on
-    this terminal, stop signals forwarded (:class:`FoldInterrupted`); a
-    failure raises :class:`FoldFailedError`.
+    """Run the recipe on one fold in a new process, signals forwarded
+    (:class:`FoldFailedError` when it fails).
 
     Arguments
     ---------
@@ -502,8 +484,8 @@ def _started(fold_dir):
 
 
 def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
-    """Clip ids in the test manifests (``test_annotation``) of two folds, or
-    None when a fold's manifest is not there."""
+    """Clip ids in the test manifests of two folds (None: a manifest is
+    missing)."""
     seen, repeated = set(), set()
     for plan in plans:
         settings = read_recipe_settings(
@@ -520,8 +502,7 @@ def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
 
 
 def fold_finished(fold_dir):
-    """Whether a fold's run is complete: test results and exported model
-    (written last: a fold killed during the export is not finished).
+    """Whether a fold's run is complete (:data:`FOLD_OUTPUTS` exist).
 
     Arguments
     ---------
@@ -531,7 +512,6 @@ def fold_finished(fold_dir):
     Returns
     -------
     bool
-        True when every file of :data:`FOLD_OUTPUTS` exists.
 
     Example
     -------
@@ -548,8 +528,7 @@ def fold_finished(fold_dir):
 
 
 def _fold_settings(hparams_file, recipe_argv):
-    """The settings of a fold's run, as JSON: the recipe's
-    (:func:`sb_urbansound.training.experiment.run_settings`) and the epochs."""
+    """A fold run's settings as JSON: the recipe's and the epochs."""
     values = _read_values(hparams_file, list(recipe_argv[1:]))
     settings = run_settings(values)
     if "number_of_epochs" in values:
@@ -586,19 +565,16 @@ def _refuse_other_settings(plans, out_dir, wanted):
 
 
 def run_crossval(argv, runner=None, log=None, progress=True):
-    """Run the cross-validation of a command line and write the reports;
-    raise :class:`CrossvalError` (bad arguments, folds of other settings),
-    :class:`FoldFailedError` or :class:`FoldInterrupted`.
+    """Run the cross-validation of a command line and write the reports
+    (:class:`CrossvalError`, :class:`FoldFailedError`, :class:`FoldInterrupted`).
 
     Arguments
     ---------
     argv : list of str
         The arguments of ``python -m sb_urbansound.training.crossval``.
     runner : callable, optional
-        ``runner(recipe_argv, fold_dir)`` trains and tests one fold, writing
-        ``test_results.json``, ``history.json`` and ``model/hyperparams.yaml``
-        to ``fold_dir``, raising on failure (default:
-        :func:`subprocess_runner`).
+        ``runner(recipe_argv, fold_dir)`` runs one fold, writing
+        :data:`FOLD_OUTPUTS` (default: :func:`subprocess_runner`).
     log : callable, optional
         Where the one-line messages go (default: ``tqdm.write``).
     progress : bool
@@ -607,7 +583,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     Returns
     -------
     dict
-        The aggregated results (the contents of ``crossval_results.json``).
+        The contents of ``crossval_results.json``.
     """
     from sb_urbansound.training import report
     from tqdm.auto import tqdm
@@ -642,14 +618,11 @@ def run_crossval(argv, runner=None, log=None, progress=True):
             f"cross-validation over folds {[p.test for p in plans]} "
             f"(valid fold = next listed fold, cyclically) in {out_dir}"
         )
-        # One clip bank for all folds: they hold the same clips
         passthrough = list(args.passthrough)
         if BANK_KEY in settings["keys"] and not any(
             a.lstrip("-").startswith(BANK_KEY) for a in passthrough
         ):
             passthrough.append(f"--{BANK_KEY}={out_dir / 'bank'}")
-        # Every fold must be run with this command's settings: a finished
-        # fold of another command would be averaged in under the wrong one
         argvs = {
             p.test: _fold_argv(
                 args.hparams_file, p, out_dir / p.name, passthrough, leaky
@@ -671,12 +644,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
                     plan, fold_dir, argvs[t], wanted[t], leaky, runner, log, bar
                 )
                 seconds[t] = (marker or {}).get("seconds")
-                fold_argv = (marker or {}).get("recipe_argv")
-                if fold_argv:
-                    script = recipe_script(fold_argv[0])
-                    commands[t] = shlex.join(
-                        ["python", str(script), *fold_argv]
-                    )
+                if fold_argv := (marker or {}).get("recipe_argv"):
+                    script = str(recipe_script(fold_argv[0]))
+                    commands[t] = shlex.join(["python", script, *fold_argv])
                 fold_results.append(
                     {"test_fold": t, "valid_folds": [plan.valid], **res}
                 )
@@ -717,13 +687,9 @@ def run_crossval(argv, runner=None, log=None, progress=True):
         )
         report.plot_learning_curves(out_dir / "learning_curves.png", histories)
         std = results["std"]
+        spread = " % (single fold)" if std is None else f" ± {100 * std:.2f} %"
         log(
-            f"cross-validation accuracy: {100 * results['mean']:.2f}"
-            + (
-                f" ± {100 * std:.2f} %"
-                if std is not None
-                else " % (single fold)"
-            )
+            f"cross-validation accuracy: {100 * results['mean']:.2f}{spread}"
             + f" over {len(plans)} folds"
             + (" (LEAKY RANDOM SPLIT, not comparable)" if leaky else "")
             + f"; report: {out_dir / 'crossval_report.md'}"
@@ -732,8 +698,7 @@ def run_crossval(argv, runner=None, log=None, progress=True):
 
 
 def _run_fold(plan, fold_dir, recipe_argv, wanted, leaky, runner, log, bar):
-    """Run one fold (or skip it when finished); return its results and
-    marker."""
+    """Run one fold (unless finished); return its results and marker."""
     from sb_urbansound.training import report
 
     marker_path = fold_dir / FOLD_MARKER
@@ -815,8 +780,7 @@ def main(argv=None):
     Returns
     -------
     int
-        The exit status: 0 on success, 2 for bad arguments, 1 if a fold failed,
-        128 + the signal number when stopped by a signal (130 for Ctrl-C).
+        0, 2 (bad arguments), 1 (a fold failed) or 128 + a stop signal.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

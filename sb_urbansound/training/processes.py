@@ -1,16 +1,9 @@
 """Processes we start, and how a run stops: no child outlives its run.
 
-* :func:`stop_on_signals` turns SIGTERM and SIGHUP (a cluster scheduler's
-  preemption, a closed terminal) into a :class:`Stopped` exception, so that a
-  stopped run cleans up as after Ctrl-C (temporary files removed, loader
-  workers stopped, locks released) and exits with ``128 + signal``;
-* :func:`die_with_parent` (in a DataLoader worker, through
-  :class:`WorkerInit`) and :func:`die_with_parent_preexec` (for
-  ``subprocess.Popen``) make the kernel signal a child when its parent
-  ends, even by SIGKILL, so no worker is ever left running on its own;
-* :func:`exit_now` ends a run without the interpreter's teardown, which
-  costs seconds and which gloo's threads can abort under ``torchrun``;
-* :func:`run_recipe` runs a recipe's ``main`` with all of the above.
+SIGTERM and SIGHUP stop a run as Ctrl-C does (:func:`stop_on_signals`),
+children get a signal when their parent dies (:func:`die_with_parent`),
+:func:`exit_now` skips the interpreter's teardown and :func:`run_recipe`
+runs a recipe's ``main`` with all of these (``docs/stores.md``).
 
 Authors
 -------
@@ -35,10 +28,8 @@ STOP_SIGNALS = tuple(
 
 
 class Stopped(KeyboardInterrupt):
-    """The run got a stop signal (SIGTERM, SIGHUP); raised where it was.
-
-    A :class:`KeyboardInterrupt`, so that nothing on the way out mistakes it
-    for an error and every ``finally`` runs, as after Ctrl-C.
+    """The run got a stop signal (SIGTERM, SIGHUP); a ``KeyboardInterrupt``,
+    so every ``finally`` runs as after Ctrl-C.
 
     Arguments
     ---------
@@ -62,7 +53,7 @@ class Stopped(KeyboardInterrupt):
 
 
 def signal_name(signum):
-    """``"SIGTERM"`` for 15, and so on.
+    """The name of a signal: ``"SIGTERM"`` for 15.
 
     Arguments
     ---------
@@ -86,10 +77,8 @@ def signal_name(signum):
 
 @contextlib.contextmanager
 def handling(signals, handler, previous=None):
-    """Within the block, ``handler(signum, frame)`` handles ``signals``
-    (only in the main thread, Python's rule; an ignored signal, as under
-    ``nohup``, stays ignored); ``previous`` (a dict) gets each old handler,
-    which comes back after the block."""
+    """Within the block, ``handler`` handles ``signals`` (main thread only;
+    an ignored signal stays ignored); ``previous`` gets the old handlers."""
     previous = {} if previous is None else previous
     main = threading.current_thread() is threading.main_thread()
     try:
@@ -106,19 +95,13 @@ def handling(signals, handler, previous=None):
 
 @contextlib.contextmanager
 def stop_on_signals(signals=STOP_SIGNALS):
-    """Within the block, a stop signal raises :class:`Stopped`.
-
-    The first signal raises; the handlers are then restored, so a second
-    one acts at once (its default: the process ends). See :func:`handling`.
+    """Within the block, a stop signal raises :class:`Stopped`; the handlers
+    are then restored, so a second signal acts at once.
 
     Arguments
     ---------
     signals : tuple of int
         The signals.
-
-    Yields
-    ------
-    None
 
     Example
     -------
@@ -140,23 +123,10 @@ def stop_on_signals(signals=STOP_SIGNALS):
 
 
 def exit_now(status):
-    """End this process: the exit handlers run, the interpreter is not torn
-    down.
+    """End this process: exit handlers run, the interpreter is not torn down.
 
-    After a run, the teardown frees, module by module and object by object,
-    what the process's end frees anyway: 1.5 s of CPU after a 3-epoch
-    ``cnn.yaml`` run (1.3 s of the command's time on an idle machine). And
-    under ``torchrun``, gloo's worker threads outlive
-    ``destroy_process_group`` (a DistributedDataParallel module keeps its
-    process group). The last ``barrier`` lets the main thread go on while a
-    worker thread still holds the works it waited for; when that thread then
-    frees a tensor made in Python (SpeechBrain's broadcast of an object), it
-    takes the GIL, and during the interpreter's teardown that ends the
-    thread, through C++ code that cannot be unwound:
-    ``terminate called without an active exception`` (SIGABRT), now and
-    then, once every file is written. Here the exit handlers run as at a
-    normal exit (log files flushed and closed, loader workers stopped), the
-    output is flushed, and the process ends before the teardown.
+    The teardown costs seconds, and under ``torchrun`` gloo's threads can
+    abort it (SIGABRT) once every file is written (``docs/performance.md``).
 
     Arguments
     ---------
@@ -166,9 +136,7 @@ def exit_now(status):
     Example
     -------
     >>> import subprocess, sys
-    >>> code = (
-    ...     "from sb_urbansound.training.processes import exit_now; exit_now(3)"
-    ... )
+    >>> code = "import sb_urbansound.training.processes as p; p.exit_now(3)"
     >>> subprocess.run([sys.executable, "-c", code]).returncode
     3
     """
@@ -180,16 +148,11 @@ def exit_now(status):
 
 
 def run_recipe(main):
-    """Runs a recipe's ``main()`` as a command, and exits.
+    """Run a recipe's ``main()`` as a command, and exit.
 
-    SIGTERM (a scheduler's preemption) and SIGHUP stop the run as Ctrl-C
-    does (:func:`stop_on_signals`): temporary files are removed and workers
-    stopped on the way out, and the message says how to resume. A
-    ``UserError`` (bad data or options) is one line, without a traceback
-    (``sb_urbansound.errors.report``). A finished run, and every process of
-    a ``torchrun`` launch, ends with :func:`exit_now`; an error or a stop
-    raises ``SystemExit`` (its teardown costs nothing that matters then, and
-    a caller in Python, such as a test, gets its status back).
+    A stop signal stops it as Ctrl-C does, a ``UserError`` is one line. A
+    finished run (and any ``torchrun`` process) ends with :func:`exit_now`;
+    otherwise ``SystemExit`` gives a caller in Python its status.
 
     Arguments
     ---------
@@ -231,15 +194,13 @@ def _libc_prctl():
 
 
 def die_with_parent(parent_pid, sig=signal.SIGKILL, prctl=None):
-    """Make the kernel send ``sig`` to this process when its parent ends.
-
-    Called in a child process right after it starts; if the parent is
-    already gone, the child exits at once.
+    """Make the kernel send ``sig`` to this child when its parent ends (at
+    once if it is already gone).
 
     Arguments
     ---------
     parent_pid : int
-        The pid of the parent, as the parent knew it.
+        The parent's pid, as the parent knew it.
     sig : int
         The signal to get.
     prctl : callable, optional
@@ -265,11 +226,8 @@ def die_with_parent(parent_pid, sig=signal.SIGKILL, prctl=None):
 
 
 def die_with_parent_preexec(sig=signal.SIGTERM):
-    """A ``preexec_fn`` that makes a child get ``sig`` when this process dies.
-
-    The child arranges it between fork and exec (:func:`die_with_parent`),
-    so the kernel signals it when its parent ends, even by SIGKILL. libc is
-    opened here, in the parent (not after the fork).
+    """A ``preexec_fn`` that makes a child get ``sig`` when this process
+    dies, even by SIGKILL (libc is opened here, before the fork).
 
     Arguments
     ---------
@@ -279,8 +237,7 @@ def die_with_parent_preexec(sig=signal.SIGTERM):
     Returns
     -------
     callable or None
-        The function for ``subprocess.Popen(..., preexec_fn=...)``; None where
-        ``prctl`` is not available (not Linux), where nothing is done.
+        For ``subprocess.Popen(preexec_fn=...)``; None without ``prctl``.
 
     Example
     -------
@@ -301,13 +258,8 @@ def die_with_parent_preexec(sig=signal.SIGTERM):
 
 
 class WorkerInit:
-    """A DataLoader ``worker_init_fn``: the worker dies with its parent.
-
-    A DataLoader worker notices its parent's death only when it next waits
-    for work, and a worker decoding a long file (or one whose parent was
-    killed mid-epoch) can run on for minutes, with the parent's open files.
-    This asks the kernel to kill it (SIGKILL) as soon as the parent ends,
-    then calls the loader's own ``worker_init_fn``, if any.
+    """A DataLoader ``worker_init_fn``: the worker dies with its parent
+    (SIGKILL), not when it next waits for work; then calls ``then``.
 
     Arguments
     ---------
