@@ -1,10 +1,8 @@
 """The clip bank and the feature bank: decode once, train from memory.
 
-:class:`ClipBank` conditions every clip once (the per-clip pipeline's
-:class:`~sb_urbansound.data.audio.ClipConditioner`) into a memory-mapped int16
-array, start-aligned and zero-padded; in training, the random pad position
-and time shift are one circular roll per clip. :class:`FeatureBank` keeps the
-deterministic features of every clip, rolled by whole frames.
+:class:`ClipBank` stores every clip, conditioned once, in a memory-mapped
+int16 array; :class:`FeatureBank` stores the deterministic features of every
+clip. In training, the random placement is a circular roll per clip.
 
 Authors
 -------
@@ -237,11 +235,8 @@ class ClipBank:
         for row, clip_id in enumerate(ids):
             path = str(paths[clip_id])
             stamp = file_stamp(path)
-            entries[clip_id] = entry = {
-                "row": row,
-                "path": path,
-                "stamp": stamp,
-            }
+            entry = {"row": row, "path": path, "stamp": stamp}
+            entries[clip_id] = entry
             prev = old_entries.get(clip_id)
             if (
                 prev is None
@@ -308,8 +303,7 @@ class ClipBank:
             np.lib.format.write_array_header_1_0(f, header)
             f.flush()
             self._offset = f.tell()
-            # a memory map over unallocated blocks dies of SIGBUS on a full
-            # disk: allocate them
+            # a memory map dies of SIGBUS over blocks a full disk lacks
             atomic.reserve_space(fd, self._offset + nbytes, self.folder)
         except BaseException:
             os.close(fd)
@@ -362,12 +356,11 @@ class ClipBank:
                 entries[ids[row]].update(entry)
         if failed:
             raise DataPrepError(
-                f"{len(failed)} audio file(s) cannot be decoded into "
-                "the clip bank (corrupt, empty, or holding NaN or "
-                "infinite samples):\n  "
+                f"{len(failed)} audio file(s) cannot be decoded into the clip "
+                "bank (corrupt, empty, or holding NaN or infinite samples):\n  "
                 + listing(failed, sep="\n  ")
-                + "\nFix or remove these files, or pass "
-                "--skip_missing=True to leave them out."
+                + "\nFix or remove these files, or pass --skip_missing=True "
+                "to leave them out."
             )
 
     def _summary(self, clips, decoded, start):
@@ -428,9 +421,8 @@ class ClipBank:
         try:
             clips = self._validate(index)
         except BankDamaged as e:
-            logger.warning(
-                "Clip bank in %s is damaged (%s): rebuilding it", self.folder, e
-            )
+            msg = "Clip bank in %s is damaged (%s): rebuilding it"
+            logger.warning(msg, self.folder, e)
             return None, None, set()
         damaged = {
             clip_id
@@ -438,13 +430,10 @@ class ClipBank:
             if _checksum(clips[entry["row"]]) != entry["crc"]
         }
         if damaged:
-            logger.warning(
-                "Clip bank in %s: %d clip(s) do not match their checksums "
-                "(damaged on disk): %s; decoding them again",
-                self.folder,
-                len(damaged),
-                listing(sorted(damaged), 10),
-            )
+            msg = "Clip bank in %s: %d clip(s) do not match their checksums "
+            msg += "(damaged on disk): %s; decoding them again"
+            ids = listing(sorted(damaged), 10)
+            logger.warning(msg, self.folder, len(damaged), ids)
         return index, clips, damaged
 
     def _validate(self, index):
@@ -585,14 +574,10 @@ class ClipBank:
             return "host memory (memory-mapped)"
         free, _ = torch.cuda.mem_get_info(device)
         if self.nbytes > DEVICE_MEMORY_SHARE * free:
-            logger.info(
-                "Clip bank (%.1f GB) stays in host memory: more than %d%% of "
-                "the %.1f GB free on %s",
-                self.nbytes / 1e9,
-                100 * DEVICE_MEMORY_SHARE,
-                free / 1e9,
-                device,
-            )
+            msg = "Clip bank (%.1f GB) stays in host memory: more than %d%% of "
+            msg += "the %.1f GB free on %s"
+            args = self.nbytes / 1e9, 100 * DEVICE_MEMORY_SHARE, free / 1e9
+            logger.info(msg, *args, device)
             return "host memory (memory-mapped)"
         # np.array: a writable copy of the (read-only) memory map
         self._device_clips = torch.from_numpy(np.array(self.clips)).to(device)
@@ -672,9 +657,8 @@ def place_clips(clips, lengths, train, shift_pct=0.0, generator=None):
 def random_placement(lengths, num_samples, shift_pct, generator=None):
     """Random pad positions plus circular shifts, as one roll per clip.
 
-    A start-aligned clip goes to a position uniform in ``[0, num_samples -
-    length]``, then is shifted circularly by up to ``shift_pct *
-    num_samples`` (the tutorial's random padding and time shift).
+    The tutorial's random padding (a position uniform in ``[0, num_samples
+    - length]``) and circular time shift (up to ``shift_pct * num_samples``).
 
     Arguments
     ---------
@@ -741,9 +725,8 @@ def roll_rows(x, shifts):
 class FeatureBank:
     """Deterministic features of every clip of a bank, computed once.
 
-    The features (float16, on ``device``) of the clips as stored; in
-    training the random placement is a circular roll of whole frames (the
-    same as rolling the waveform, up to one hop).
+    Kept as float16 on ``device``; in training the random placement is a
+    circular roll of whole frames (rolling the waveform, up to one hop).
 
     Arguments
     ---------

@@ -1,12 +1,9 @@
 """Where a run's clips come from: the data source, wired by one call.
 
 The YAML key ``data_source`` says where batches come from: ``files`` (each
-clip decoded at every epoch, the recipe's ``dataio_prep``), ``bank`` (a
-:class:`~sb_urbansound.data.bank.ClipBank`), ``feature_bank`` (a
-:class:`~sb_urbansound.data.bank.FeatureBank`) or ``shards``
-(:mod:`sb_urbansound.data.shards`). :class:`DataSource` makes a Brain's
-loaders and the features of a batch; under ``torchrun`` each process
-evaluates its share of the clips.
+clip decoded at every epoch), ``bank``, ``feature_bank`` (see
+:mod:`sb_urbansound.data.bank`) or ``shards``. :class:`DataSource` makes a
+Brain's loaders and the features of a batch.
 
 Authors
 -------
@@ -157,9 +154,11 @@ def build_clip_bank(folder, conditioner, datasets):
     return bank
 
 
-def _shard_datasets(shards, datasets, hparams, buffer):
+def _shard_datasets(options, conditioner, datasets, hparams):
     """Writes (main process) the shards of a run's clips: ``{split:
     ShardStream}``, whose items have ``pcm`` (int16) and ``length``."""
+    folder, shard_size, fmt, buffer = options
+    shards = Shards(folder, conditioner, shard_size, fmt)
     run_on_main(shards.write, args=[_clips_of(datasets)])
     index = shards.read_index()
     rank, size = world()
@@ -220,13 +219,8 @@ class DataSource:
         self.loaders = []
         train_options, self.test_options = options
         if source == "shards":
-            folder, size, fmt, buffer = shards
-            datasets = _shard_datasets(
-                Shards(folder, conditioner, size, fmt),
-                datasets,
-                brain.hparams,
-                buffer,
-            )
+            hparams = brain.hparams
+            datasets = _shard_datasets(shards, conditioner, datasets, hparams)
             # Streams are read in this process and have no position to save:
             # a resumed run starts its epoch again (no mid-epoch checkpoints)
             train_options = self.test_options = {

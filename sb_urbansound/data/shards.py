@@ -1,11 +1,9 @@
 """Shards: the conditioned clips as WebDataset tar files, read by rank.
 
-The clip bank for data larger than a node's disk: each clip, conditioned once
-as the bank does, goes to tar files in the WebDataset layout (``<key>.npy``
-int16 or ``<key>.flac``, and ``<key>.json``). :class:`ShardStream` reads a
-rank's shards through a fixed shuffle buffer. The folder is a store; each
-shard's SHA-256, in the index ``shards.json`` (written last), is checked
-when read.
+For data larger than a node's disk: the clips, conditioned once as in the clip
+bank, in the WebDataset layout (``<key>.npy`` or ``.flac``, ``<key>.json``).
+:class:`ShardStream` reads a rank's shards through a shuffle buffer; each
+shard's SHA-256, in the index (written last), is checked when read.
 
 Authors
 -------
@@ -361,9 +359,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     shards : list of dict
         The split's index entries (``name``, ``clips``, ``sha256``).
     train : bool
-        Training: this rank's shards of the epoch (:func:`deal_shards`)
-        through a shuffle buffer, as many clips as the rank with the fewest.
-        Evaluation: every ``size``-th shard, in order.
+        Training: this rank's shards of the epoch (:func:`deal_shards`),
+        shuffled; evaluation: every ``size``-th shard, in order.
     rank, size : int
         This process's rank, and the number of processes.
     seed : int
