@@ -286,8 +286,7 @@ class ClipBank:
         return self._summary(len(ids), len(todo), start)
 
     def _new_array(self, data_name, shape):
-        """A new int16 ``.npy`` temporary file, its space reserved: (file,
-        path)."""
+        """A new int16 ``.npy`` temp file (space reserved): (file, path)."""
         nbytes = int(np.prod(shape)) * 2
         with contextlib.suppress(OSError):  # (no free space known: go on)
             if shutil.disk_usage(self.folder).free < nbytes:
@@ -407,15 +406,13 @@ class ClipBank:
         return self._summary(len(paths), 0, start)
 
     def _read_index(self):
-        """The index, or None when absent, unreadable, a link or of other
-        settings."""
+        """The index, or None (absent, unreadable, a link, other settings)."""
         index = atomic.read_store_json(self.folder / INDEX_FILE)
         ok = isinstance(index, dict) and index.get("settings") == self.settings
         return index if ok else None
 
     def _check(self, index):
-        """(index, array, ids of damaged clips); (None, None, set()) when
-        the index or the array fails its checks (the bank is rebuilt)."""
+        """(index, array, damaged ids); (None, None, set()) for a bad bank."""
         if index is None:
             return None, None, set()
         try:
