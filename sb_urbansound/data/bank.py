@@ -1,35 +1,8 @@
-"""Decode once, train from memory: the clip bank and the feature bank.
+"""The clip bank and the feature bank: decode once, train from memory.
 
-The per-clip pipeline decodes, resamples and re-mixes every clip at every
-epoch, which caps the speed of training on a CPU and leaves a GPU waiting.
-The :class:`ClipBank` does that work once:
-
-* every clip is decoded, resampled, rechannelled and truncated by the same
-  :class:`~sb_urbansound.data.audio.ClipConditioner` as the per-clip pipeline, and
-  stored as int16 at the target rate, start-aligned and zero-padded to the
-  clip length, with its true length;
-* the store is one memory-mappable ``.npy`` array per settings and an index
-  (``index.json``), built with a progress bar and written atomically; it is
-  reused when the files and settings (the resampler among them) are
-  unchanged, and only the clips whose
-  files changed (size, modification or status-change time) are decoded again;
-* :meth:`ClipBank.waveforms` draws a batch on the training device: the
-  tutorial's random pad position and circular time shift become one circular
-  roll per clip (a start-aligned clip padded with zeros, rolled by ``o``, is
-  the clip padded at position ``o``); evaluation takes the clips as stored
-  (padded at the end), as the per-clip pipeline does;
-* when it fits (a quarter of the free GPU memory), the bank is copied to the
-  device, so a training step reads no host memory; on the CPU it stays
-  memory-mapped, so a data set may be larger than the RAM.
-
-:class:`FeatureBank` goes one step further for models whose input is a
-spectrogram: the deterministic features of every clip are computed once
-(float16 on the device), and the training shift is a circular roll of frames,
-the same as rolling the waveform up to one hop.
-
-A bank folder holds only what this module writes. Other banks in the same
-parent folder (other settings) are removed only when they carry this module's
-marker file, never anything else.
+:class:`ClipBank` stores every clip, conditioned once, in a memory-mapped
+int16 array; :class:`FeatureBank` stores the deterministic features of every
+clip. In training, the random placement is a circular roll per clip.
 
 Authors
 -------
@@ -50,20 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sb_urbansound.atomic import (
-    TMP_SUFFIX,
-    FolderLock,
-    atomic_write_json,
-    claim_folder,
-    is_read_only_error,
-    mark_store,
-    no_space_error,
-    read_store_json,
-    remove_stale_temps,
-    remove_store,
-    reserve_space,
-    store_kind,
-)
+from sb_urbansound import atomic
 from sb_urbansound.data.manifests import file_stamp, listing
 from sb_urbansound.errors import (
     AudioLoadError,
@@ -76,8 +36,7 @@ from sb_urbansound.training.hardware import core_pool, ordered_map, progress_bar
 
 logger = logging.getLogger(__name__)
 
-#: Bump when what is stored changes, so that older banks are never reused
-#: (2: a checksum per clip).
+#: Bump when what is stored changes, so that older banks are never reused.
 BANK_FORMAT_VERSION = 2
 #: The store kinds of a bank (one settings) and of the folder of banks.
 BANK_KIND = "bank"
@@ -88,8 +47,7 @@ _DATA_NAME = re.compile(r"^clips-[0-9a-f]{12}\.npy$")
 _INT16_SCALE = 32767.0
 #: Share of the free GPU memory a bank may take.
 DEVICE_MEMORY_SHARE = 0.25
-#: Clips per feature computation on the CPU: 16 stereo 4 s clips at 44.1 kHz
-#: (22 MB of float32) stay near the caches; 64 ran at half the speed.
+#: Clips per feature computation on the CPU (they stay near the caches).
 CPU_FEATURE_BATCH = 16
 
 
@@ -113,31 +71,15 @@ def is_bank_folder(folder):
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> is_bank_folder(tmp)
+    >>> is_bank_folder(getfixture("tmp_path"))
     False
     """
     folder = Path(folder)
-    return not folder.is_symlink() and store_kind(folder) == BANK_KIND
+    return not folder.is_symlink() and atomic.store_kind(folder) == BANK_KIND
 
 
-def row_checksum(row):
-    """The checksum of one stored clip (CRC-32 of its bytes).
-
-    Arguments
-    ---------
-    row : numpy.ndarray
-        One row of the bank (C-contiguous).
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> row_checksum(np.zeros(4, dtype=np.int16)) == zlib.crc32(bytes(8))
-    True
-    """
+def _checksum(row):
+    """The CRC-32 of one stored clip's bytes."""
     return zlib.crc32(memoryview(np.ascontiguousarray(row)).cast("B"))
 
 
@@ -166,8 +108,7 @@ def decode_clip(conditioner, path):
     """
     try:
         wav, rate = read_audio(path, conditioner.max_seconds())
-        # A mono file is quantised before its up-mix (a broadcast view):
-        # half the work for a stereo bank, the same numbers
+        # quantised before the up-mix (a broadcast view): the same numbers
         clip = conditioner.converter.convert(wav, rate, upmix=False)
     except AudioLoadError as e:
         return None, str(e)
@@ -181,28 +122,18 @@ def decode_clip(conditioner, path):
 
 
 class BankDamaged(Exception):
-    """A bank's index or array does not pass its checks (the message says
-    why); the bank is rebuilt."""
+    """A bank's index or array fails its checks; the bank is rebuilt."""
 
 
 class ClipBank:
-    """The clips of a data set, conditioned once, as an int16 array.
-
-    A bank is a store (``docs/stores.md``): its folder is marked as ours, a
-    build holds its lock (runs that share a ``bank_folder`` take turns, and
-    a reader opens exactly the array it built or checked), every clip has a
-    checksum that is verified when the bank is reused (a damaged clip is
-    named and decoded again), the array's space is reserved before it is
-    written (a full disk is an error with a message, not SIGBUS), and a
-    complete bank on a read-only file system is used read-only.
+    """The clips of a data set, conditioned once, as an int16 array store.
 
     Arguments
     ---------
     folder : str or Path
         The bank folder; each settings get a sub-folder of their own.
     conditioner : sb_urbansound.data.audio.ClipConditioner
-        The target rate, channels, length and DC removal (``duration_ms``
-        must be set).
+        The target rate, channels, length (``duration_ms`` must be set).
 
     Example
     -------
@@ -220,50 +151,43 @@ class ClipBank:
         if conditioner.num_samples is None:
             raise ValueError("a clip bank needs the clip length (duration_ms)")
         self.root = Path(folder)
-        self.conditioner = conditioner
+        self.conditioner = c = conditioner
         self.settings = {
             "format_version": BANK_FORMAT_VERSION,
             "resampler": RESAMPLER,
-            "sample_rate": conditioner.sample_rate,
-            "channels": conditioner.channels,
-            "num_samples": conditioner.num_samples,
-            "remove_dc": conditioner.remove_dc,
+            "sample_rate": c.sample_rate,
+            "channels": c.channels,
+            "num_samples": c.num_samples,
+            "remove_dc": c.remove_dc,
         }
         self.folder = self.root / (
-            f"{conditioner.sample_rate}hz-{conditioner.channels}ch-"
-            f"{conditioner.num_samples}-{_digest(self.settings)}"
+            f"{c.sample_rate}hz-{c.channels}ch-{c.num_samples}-"
+            + _digest(self.settings)
         )
         self.index = {}
         self.clips = None  # np.memmap [rows, time(, channels)] int16
         self.lengths = None  # torch.LongTensor [rows]
         self._built = None  # the index this object built or checked
-        self._device_clips = None
-        self._device_lengths = None
+        self._device_clips = self._device_lengths = None
 
     @property
     def shape(self):
         """The shape of one stored clip: ``(time,)`` or ``(time, channels)``."""
-        shape = (self.conditioner.num_samples,)
-        if self.conditioner.channels > 1:
-            shape += (self.conditioner.channels,)
-        return shape
+        c = self.conditioner
+        return (c.num_samples,) + ((c.channels,) if c.channels > 1 else ())
 
-    # ------------------------------------------------------------- building
     def build(self, paths, threads=None, progress=True):
         """Bring the bank up to date with ``paths`` and open it.
 
-        Clips whose file is unchanged and whose stored copy passes its
-        checksum are reused; new, changed or damaged ones are decoded (by
-        ``threads`` threads: no child process), and a new array replaces the
-        old one atomically. Clips not in ``paths`` are dropped. A run that
-        finds another one building the same bank waits for it.
+        Unchanged clips that pass their checksum are reused, the others
+        decoded; a run finding another one building the bank waits.
 
         Arguments
         ---------
         paths : dict
             ``{clip_id: audio file}``.
         threads : int, optional
-            Threads decoding in parallel (default: the CPU cores, at most 8).
+            Decoding threads (default: the CPU cores, at most 8).
         progress : bool
             Show a progress bar.
 
@@ -281,13 +205,13 @@ class ClipBank:
             read-only bank is not complete.
         """
         start = time.perf_counter()
-        claim_folder(self.root, BANKS_KIND, "bank_folder")
-        claim_folder(self.folder, BANK_KIND, "bank_folder")
-        lock = FolderLock(self.folder, "building the clip bank in")
+        atomic.claim_folder(self.root, BANKS_KIND, "bank_folder")
+        atomic.claim_folder(self.folder, BANK_KIND, "bank_folder")
+        lock = atomic.FolderLock(self.folder, "building the clip bank in")
         try:
             lock.acquire(wait=True, on_wait=self._log_wait)
         except OSError as e:
-            if not is_read_only_error(e):
+            if not atomic.is_read_only_error(e):
                 raise
             return self._use_read_only(paths, start, e)
         try:
@@ -296,40 +220,34 @@ class ClipBank:
             lock.release()
 
     def _log_wait(self, holder):
-        logger.info(
-            "Clip bank: waiting for %s, which is building %s",
-            holder,
-            self.folder,
-        )
+        msg = "Clip bank: waiting for %s, which is building %s"
+        logger.info(msg, holder, self.folder)
 
     def _build_locked(self, paths, threads, progress, start):
         """:meth:`build`, with the bank's lock held."""
-        mark_store(self.folder, BANK_KIND, settings=self.settings)
-        remove_stale_temps(self.folder)
+        atomic.mark_store(self.folder, BANK_KIND, settings=self.settings)
+        atomic.remove_stale_temps(self.folder)
         self._remove_other_banks()
         old, old_clips, damaged = self._check(self._read_index())
-
+        old_entries = old["clips"] if old else {}
         ids = sorted(paths)
         entries, todo = {}, []
         for row, clip_id in enumerate(ids):
             path = str(paths[clip_id])
             stamp = file_stamp(path)
             entry = {"row": row, "path": path, "stamp": stamp}
-            previous = (old or {}).get("clips", {}).get(clip_id)
-            if (
-                previous is not None
-                and clip_id not in damaged
-                and previous["path"] == path
-                and previous["stamp"] == stamp
-                and stamp is not None
-            ):
-                entry["length"] = previous["length"]
-                entry["crc"] = previous["crc"]
-                entry["from"] = previous["row"]
-            else:
-                todo.append(row)
             entries[clip_id] = entry
-
+            prev = old_entries.get(clip_id)
+            if (
+                prev is None
+                or clip_id in damaged
+                or (prev["path"], prev["stamp"]) != (path, stamp)
+                or stamp is None
+            ):
+                todo.append(row)
+                continue
+            entry["length"], entry["crc"] = prev["length"], prev["crc"]
+            entry["from"] = prev["row"]
         if (
             old is not None
             and not todo
@@ -337,12 +255,8 @@ class ClipBank:
             and all(e["from"] == e["row"] for e in entries.values())
         ):
             self._open(old)
-            logger.info(
-                "Clip bank up to date: %d clips, %.1f MB in %s",
-                len(ids),
-                self.nbytes / 1e6,
-                self.folder,
-            )
+            msg = "Clip bank up to date: %d clips, %.1f MB in %s"
+            logger.info(msg, len(ids), self.nbytes / 1e6, self.folder)
             return self._summary(len(ids), 0, start)
 
         data_name = f"clips-{_digest([time.time(), os.getpid()])}.npy"
@@ -353,23 +267,7 @@ class ClipBank:
                     if "from" in entry:
                         clip = old_clips[entry.pop("from")]
                         self._write_row(f, entry["row"], clip)
-                if todo:
-                    logger.info(
-                        "Clip bank: decoding %d of %d clips into %s",
-                        len(todo),
-                        len(ids),
-                        self.folder,
-                    )
-                failed = self._decode(f, ids, entries, todo, threads, progress)
-                if failed:
-                    raise DataPrepError(
-                        f"{len(failed)} audio file(s) cannot be decoded into "
-                        "the clip bank (corrupt, empty, or holding NaN or "
-                        "infinite samples):\n  "
-                        + listing(failed, sep="\n  ")
-                        + "\nFix or remove these files, or pass "
-                        "--skip_missing=True to leave them out."
-                    )
+                self._decode(f, ids, entries, todo, threads, progress)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path, self.folder / data_name)
@@ -377,51 +275,35 @@ class ClipBank:
             tmp_path.unlink(missing_ok=True)
             raise
         index = {"settings": self.settings, "data": data_name, "clips": entries}
-        atomic_write_json(self.folder / INDEX_FILE, index)
+        atomic.atomic_write_json(self.folder / INDEX_FILE, index)
         old_clips = None
         for stale in self.folder.iterdir():
             if _DATA_NAME.match(stale.name) and stale.name != data_name:
                 stale.unlink(missing_ok=True)
         self._open(index)
-        logger.info(
-            "Clip bank ready: %d clips (%d decoded), %.1f MB in %s",
-            len(ids),
-            len(todo),
-            self.nbytes / 1e6,
-            self.folder,
-        )
+        msg = "Clip bank ready: %d clips (%d decoded), %.1f MB in %s"
+        logger.info(msg, len(ids), len(todo), self.nbytes / 1e6, self.folder)
         return self._summary(len(ids), len(todo), start)
 
     def _new_array(self, data_name, shape):
-        """A new int16 ``.npy`` file whose disk space is reserved.
-
-        Returns the file (open for :meth:`_write_row`, its array header
-        written) and its temporary path.
-        """
+        """A new int16 ``.npy`` temp file (space reserved): (file, path)."""
         nbytes = int(np.prod(shape)) * 2
-        try:
-            free = shutil.disk_usage(self.folder).free
-        except OSError:
-            free = None
-        if free is not None and free < nbytes:
-            raise no_space_error(self.folder, nbytes)
+        with contextlib.suppress(OSError):  # (no free space known: go on)
+            if shutil.disk_usage(self.folder).free < nbytes:
+                raise atomic.no_space_error(self.folder, nbytes)
         fd, name = tempfile.mkstemp(
-            dir=self.folder, prefix=f".{data_name}.", suffix=TMP_SUFFIX
+            dir=self.folder, prefix=f".{data_name}.", suffix=atomic.TMP_SUFFIX
         )
         tmp_path = Path(name)
         try:
             f = os.fdopen(fd, "r+b")
-            header = {
-                "descr": np.lib.format.dtype_to_descr(np.dtype(np.int16)),
-                "fortran_order": False,
-                "shape": tuple(shape),
-            }
+            header = np.lib.format.header_data_from_array_1_0(np.int16([]))
+            header["shape"] = tuple(shape)
             np.lib.format.write_array_header_1_0(f, header)
             f.flush()
             self._offset = f.tell()
-            # the bank is read through a memory map, which dies of SIGBUS
-            # over unallocated blocks when the disk fills up: allocate them
-            reserve_space(fd, self._offset + nbytes, self.folder)
+            # a memory map dies of SIGBUS over blocks a full disk lacks
+            atomic.reserve_space(fd, self._offset + nbytes, self.folder)
         except BaseException:
             os.close(fd)
             tmp_path.unlink(missing_ok=True)
@@ -429,12 +311,8 @@ class ClipBank:
         return f, tmp_path
 
     def _write_row(self, f, row, clip):
-        """Write one stored clip (a full row) into a new bank's file.
-
-        One ``pwrite`` per clip: writing through a memory map instead faults
-        in every page with Python's lock held, which took a third of the
-        build's time from the decoding threads.
-        """
+        """Write one clip into a new bank's file."""
+        # pwrite, not a memory map: its page faults hold Python's lock
         data = memoryview(np.ascontiguousarray(clip)).cast("B")
         at = self._offset + row * data.nbytes
         while data:
@@ -442,14 +320,11 @@ class ClipBank:
             data, at = data[done:], at + done
 
     def _decode(self, f, ids, entries, rows, threads, progress):
-        """Decode ``rows`` into the bank's file; return the failures' messages.
-
-        Threads, not processes: libsndfile and torch release Python's lock
-        while they work, and no child process can outlive the run or hold
-        its files. Each thread also pads its clips and takes their checksums.
-        """
+        """Decode ``rows`` into the bank's file (DataPrepError if any fail)."""
         if not rows:
-            return []
+            return
+        msg = "Clip bank: decoding %d of %d clips into %s"
+        logger.info(msg, len(rows), len(ids), self.folder)
 
         def decode_row(row):
             pcm, error = decode_clip(
@@ -459,11 +334,11 @@ class ClipBank:
                 return None, None, error
             clip = np.zeros(self.shape, dtype=np.int16)
             clip[: pcm.shape[0]] = pcm  # the rest: zeros
-            entry = {"length": int(pcm.shape[0]), "crc": row_checksum(clip)}
+            entry = {"length": int(pcm.shape[0]), "crc": _checksum(clip)}
             return clip, entry, None
 
         failed = []
-        # a stop (Ctrl-C, SIGTERM) does not wait for the queued clips
+        # threads, not processes: no child outlives the run or holds its files
         with core_pool(threads) as pool:
             bar = progress_bar(
                 zip(rows, ordered_map(pool, decode_row, rows)),
@@ -478,38 +353,38 @@ class ClipBank:
                     continue
                 self._write_row(f, row, clip)
                 entries[ids[row]].update(entry)
-        return failed
+        if failed:
+            raise DataPrepError(
+                f"{len(failed)} audio file(s) cannot be decoded into the clip "
+                "bank (corrupt, empty, or holding NaN or infinite samples):\n  "
+                + listing(failed, sep="\n  ")
+                + "\nFix or remove these files, or pass --skip_missing=True "
+                "to leave them out."
+            )
 
     def _summary(self, clips, decoded, start):
-        return {
-            "clips": clips,
-            "decoded": decoded,
-            "reused": clips - decoded,
-            "bytes": self.nbytes,
-            "seconds": time.perf_counter() - start,
-        }
+        took = time.perf_counter() - start
+        out = dict(clips=clips, decoded=decoded, reused=clips - decoded)
+        return dict(out, bytes=self.nbytes, seconds=took)
 
     def _remove_other_banks(self):
-        """Delete this module's banks of other settings (marked ones only,
-        and only when no other run is using them: their lock is free)."""
+        """Delete our banks of other settings that no run is using."""
         for child in sorted(self.root.iterdir()):
             if child == self.folder or not is_bank_folder(child):
                 continue  # not ours: never touched
-            other = FolderLock(child, "building the clip bank in")
+            other = atomic.FolderLock(child, "building the clip bank in")
             try:
                 other.acquire()
             except (BusyError, OSError):
                 continue  # in use by another run: left alone
             try:
-                size = sum(
-                    p.stat().st_size for p in child.iterdir() if p.is_file()
+                files = [p for p in child.iterdir() if p.is_file()]
+                mb = sum(p.stat().st_size for p in files) / 1e6
+                msg = (
+                    "Clip bank: removing %s (%.1f MB), made for other settings"
                 )
-                logger.info(
-                    "Clip bank: removing %s (%.1f MB), made for other settings",
-                    child,
-                    size / 1e6,
-                )
-                remove_store(child, BANK_KIND)
+                logger.info(msg, child, mb)
+                atomic.remove_store(child, BANK_KIND)
             finally:
                 other.release()
 
@@ -518,11 +393,9 @@ class ClipBank:
         old, _, damaged = self._check(self._read_index())
         missing = self._not_covered(old, paths) if old else ["(no bank)"]
         if old is None or missing or damaged:
-            why = (
-                f"{len(damaged)} damaged clip(s)"
-                if damaged
-                else f"{len(missing)} clip(s) missing or changed"
-            )
+            why = f"{len(missing)} clip(s) missing or changed"
+            if damaged:
+                why = f"{len(damaged)} damaged clip(s)"
             raise UserError(
                 f"the clip bank in {self.folder} cannot be written ({error}) "
                 f"and is not complete for this run ({why}): point "
@@ -532,49 +405,32 @@ class ClipBank:
         logger.info("Clip bank: using the read-only bank in %s", self.folder)
         return self._summary(len(paths), 0, start)
 
-    # -------------------------------------------------------------- reading
     def _read_index(self):
-        """The index, or None when absent, unreadable, a link or of other
-        settings."""
-        index = read_store_json(self.folder / INDEX_FILE)
-        if (
-            not isinstance(index, dict)
-            or index.get("settings") != self.settings
-        ):
-            return None
-        return index
+        """The index, or None (absent, unreadable, a link, other settings)."""
+        index = atomic.read_store_json(self.folder / INDEX_FILE)
+        ok = isinstance(index, dict) and index.get("settings") == self.settings
+        return index if ok else None
 
     def _check(self, index):
-        """Check an index and its array; return (index, array, damaged ids).
-
-        A bank whose index or array does not pass the checks is reported and
-        treated as absent (``(None, None, set())``): it is rebuilt. Clips
-        whose stored copy does not match its checksum are the damaged ids.
-        """
+        """(index, array, damaged ids); (None, None, set()) for a bad bank."""
         if index is None:
             return None, None, set()
         try:
             clips = self._validate(index)
         except BankDamaged as e:
-            logger.warning(
-                "Clip bank in %s is damaged (%s): rebuilding it",
-                self.folder,
-                e,
-            )
+            msg = "Clip bank in %s is damaged (%s): rebuilding it"
+            logger.warning(msg, self.folder, e)
             return None, None, set()
         damaged = {
             clip_id
             for clip_id, entry in index["clips"].items()
-            if row_checksum(clips[entry["row"]]) != entry["crc"]
+            if _checksum(clips[entry["row"]]) != entry["crc"]
         }
         if damaged:
-            logger.warning(
-                "Clip bank in %s: %d clip(s) do not match their checksums "
-                "(damaged on disk): %s; decoding them again",
-                self.folder,
-                len(damaged),
-                listing(sorted(damaged), 10),
-            )
+            msg = "Clip bank in %s: %d clip(s) do not match their checksums "
+            msg += "(damaged on disk): %s; decoding them again"
+            ids = listing(sorted(damaged), 10)
+            logger.warning(msg, self.folder, len(damaged), ids)
         return index, clips, damaged
 
     def _validate(self, index):
@@ -613,7 +469,7 @@ class ClipBank:
 
     @staticmethod
     def _not_covered(index, paths):
-        """The clip ids of ``paths`` that ``index`` does not hold as they are."""
+        """The ids of ``paths`` that ``index`` does not hold as they are."""
         entries = index["clips"]
         return [
             clip_id
@@ -632,13 +488,11 @@ class ClipBank:
         for entry in index["clips"].values():
             lengths[entry["row"]] = entry["length"]
         self.lengths = torch.tensor(lengths, dtype=torch.long)
-        self._device_clips = None
-        self._device_lengths = None
+        self._device_clips = self._device_lengths = None
 
     def open(self, paths=None):
-        """Open the bank: the one this object built, or (e.g. on the other
-        processes of a DDP run, after the main one built it) the bank on
-        disk, checked to hold exactly ``paths``.
+        """Open the bank this object built or, on the other processes of a
+        DDP run, the bank on disk, checked to hold exactly ``paths``.
 
         Arguments
         ---------
@@ -700,7 +554,7 @@ class ClipBank:
             ) from None
 
     def to_device(self, device):
-        """Copy the bank to ``device`` when it fits; report where it lives.
+        """Copy the bank to ``device`` when it fits; say where it lives.
 
         Arguments
         ---------
@@ -717,14 +571,10 @@ class ClipBank:
             return "host memory (memory-mapped)"
         free, _ = torch.cuda.mem_get_info(device)
         if self.nbytes > DEVICE_MEMORY_SHARE * free:
-            logger.info(
-                "Clip bank (%.1f GB) stays in host memory: more than %d%% of "
-                "the %.1f GB free on %s",
-                self.nbytes / 1e9,
-                100 * DEVICE_MEMORY_SHARE,
-                free / 1e9,
-                device,
-            )
+            msg = "Clip bank (%.1f GB) stays in host memory: more than %d%% of "
+            msg += "the %.1f GB free on %s"
+            args = self.nbytes / 1e9, 100 * DEVICE_MEMORY_SHARE, free / 1e9
+            logger.info(msg, *args, device)
             return "host memory (memory-mapped)"
         # np.array: a writable copy of the (read-only) memory map
         self._device_clips = torch.from_numpy(np.array(self.clips)).to(device)
@@ -741,8 +591,7 @@ class ClipBank:
         rows : torch.LongTensor
             Bank rows of the batch.
         train : bool
-            Draw the random pad position and circular time shift (training);
-            otherwise take the clips as stored (padded at the end).
+            Draw the random placement; otherwise the clips as stored.
         shift_pct : float
             Largest time shift, as a fraction of the clip length.
         device : str or torch.device, optional
@@ -753,11 +602,11 @@ class ClipBank:
         Returns
         -------
         torch.Tensor
-            float32 ``[batch, time]`` (mono) or ``[batch, time, channels]``.
+            float32 ``[batch, time(, channels)]``.
         """
-        if self._device_clips is not None:
-            clips = self._device_clips[rows.to(self._device_clips.device)]
-            lengths = self._device_lengths[rows.to(self._device_lengths.device)]
+        if self._device_clips is not None:  # (lengths on the same device)
+            on = rows.to(self._device_clips.device)
+            clips, lengths = self._device_clips[on], self._device_lengths[on]
         else:
             order = rows.cpu().numpy()
             clips = torch.from_numpy(np.take(self.clips, order, axis=0))
@@ -771,18 +620,14 @@ class ClipBank:
 def place_clips(clips, lengths, train, shift_pct=0.0, generator=None):
     """Stored int16 clips as float waveforms, randomly placed in training.
 
-    The clip bank and the shards store clips start-aligned and zero-padded;
-    in training, the tutorial's random pad position and circular time shift
-    are one circular roll per clip (:func:`random_placement`).
-
     Arguments
     ---------
     clips : torch.Tensor
-        int16 ``[batch, time(, channels)]``.
+        int16 ``[batch, time(, channels)]``, start-aligned, zero-padded.
     lengths : torch.LongTensor
         ``[batch]`` true lengths, on the device of ``clips``.
     train : bool
-        Draw the placement (otherwise the clips are taken as stored).
+        Draw the placement (:func:`random_placement`); otherwise as stored.
     shift_pct : float
         Largest time shift, as a fraction of the clip length.
     generator : torch.Generator, optional
@@ -809,10 +654,8 @@ def place_clips(clips, lengths, train, shift_pct=0.0, generator=None):
 def random_placement(lengths, num_samples, shift_pct, generator=None):
     """Random pad positions plus circular shifts, as one roll per clip.
 
-    A clip of ``length`` samples, start-aligned in ``num_samples`` and padded
-    with zeros, goes to a position uniform in ``[0, num_samples - length]``
-    (the tutorial's random padding), then is shifted circularly by an amount
-    uniform in ``[0, shift_pct * num_samples)`` (the tutorial's time shift).
+    The tutorial's random padding (a position uniform in ``[0, num_samples
+    - length]``) and circular time shift (up to ``shift_pct * num_samples``).
 
     Arguments
     ---------
@@ -879,27 +722,21 @@ def roll_rows(x, shifts):
 class FeatureBank:
     """Deterministic features of every clip of a bank, computed once.
 
-    For a feature extractor without trainable parameters (a mel spectrogram,
-    SpeechBrain's ``Fbank``), the features of every clip are computed once,
-    on the device, from the clips as stored (start-aligned, padded at the
-    end), and kept as float16. In training the tutorial's random placement
-    becomes a circular roll of whole frames, which equals rolling the
-    waveform up to one hop (frames near the wrap point differ slightly).
+    Kept as float16 on ``device``; in training the random placement is a
+    circular roll of whole frames (rolling the waveform, up to one hop).
 
     Arguments
     ---------
     bank : ClipBank
         The clips.
     compute_features : torch.nn.Module
-        The feature extractor (``[batch, time(, channels)]`` in); its frame
-        axis and hop are found by feeding it a shorter clip.
+        The feature extractor, without trainable parameters.
     device : str
         Where to compute and keep the features.
     batch_size : int, optional
-        Clips per feature computation (default: 16 on the CPU, where each
-        core computes its own batches, 64 on a GPU).
+        Clips per computation (default: 16 on the CPU, 64 on a GPU).
     progress : bool
-        Show a progress bar (main process, on a terminal).
+        Show a progress bar.
 
     Example
     -------
@@ -929,7 +766,7 @@ class FeatureBank:
                 "a feature bank needs features without trainable parameters"
             )
         self.bank = bank
-        self.num_samples = bank.conditioner.num_samples
+        self.num_samples = n = bank.conditioner.num_samples
         device = torch.device(device)
         on_cpu = device.type == "cpu"
         if batch_size is None:
@@ -941,11 +778,9 @@ class FeatureBank:
                 wavs = bank.waveforms(rows, train=False, device=device)
                 return compute_features(wavs).to(torch.float16)
 
+        total = len(bank.lengths)
         bar = progress_bar(
-            total=len(bank.lengths),
-            desc="Feature bank",
-            unit="clip",
-            enabled=progress,
+            total=total, desc="Feature bank", unit="clip", enabled=progress
         )
         # On the CPU, each core computes its own batches (see core_pool)
         with core_pool() if on_cpu else contextlib.nullcontext() as pool:
@@ -953,32 +788,26 @@ class FeatureBank:
             self.feats = None
             for rows, part in zip(chunks, parts):
                 if self.feats is None:
-                    shape = (len(bank.lengths), *part.shape[1:])
-                    self.feats = part.new_empty(shape)
+                    self.feats = part.new_empty((total, *part.shape[1:]))
                 self.feats[rows[0] : rows[-1] + 1] = part
                 bar.update(len(rows))
             bar.close()
-            # The frame axis is the one that shrinks with a shorter input
-            # (or, for a front end that pads short clips to a minimum, as
-            # YAMNet's does, grows with a longer one)
+            # The frame axis shrinks with a shorter input (or, for a front
+            # end that pads short clips, as YAMNet's, grows with a longer one)
             full = (1, *self.feats.shape[1:])
             with torch.no_grad():
                 wav = bank.waveforms(chunks[0][:1], train=False, device=device)
-                half = compute_features(wav[:, : self.num_samples // 2]).shape
-                dims = [d for d in range(len(full)) if half[d] != full[d]]
+                other = compute_features(wav[:, : n // 2]).shape
+                dims = [d for d in range(len(full)) if other[d] != full[d]]
                 if not dims:
-                    longer = compute_features(wav.repeat_interleave(2, 1))
-                    dims = [
-                        d
-                        for d in range(len(full))
-                        if longer.shape[d] != full[d]
-                    ]
+                    other = compute_features(wav.repeat_interleave(2, 1)).shape
+                    dims = [d for d in range(len(full)) if other[d] != full[d]]
         if len(dims) != 1:
             raise ValueError(
                 f"cannot tell the frame axis of features of shape {tuple(full)}"
             )
         self.time_dim = dims[0]
-        self.hop = self.num_samples / full[self.time_dim]
+        self.hop = n / full[self.time_dim]
         self.lengths = bank.lengths.to(self.feats.device)
 
     @property

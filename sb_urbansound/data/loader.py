@@ -1,23 +1,9 @@
 """Where a run's clips come from: the data source, wired by one call.
 
-One YAML key, ``data_source``, says where the batches of a run come from:
-
-* ``files``: every clip is read, resampled, rechannelled and padded or cut
-  at every epoch, in DataLoader workers (the recipe's ``dataio_prep``);
-* ``bank``: every clip is decoded once into a clip bank
-  (:class:`sb_urbansound.data.bank.ClipBank`); batches come from memory (the
-  training device's when it fits), randomly placed per batch;
-* ``feature_bank``: the bank, and the features of every clip computed once
-  (:class:`sb_urbansound.data.bank.FeatureBank`), shifted by whole frames;
-* ``shards``: the conditioned clips are written once into WebDataset shards
-  (:mod:`sb_urbansound.data.shards`), which each process reads through a
-  shuffle buffer.
-
-:class:`DataSource` makes a Brain's loaders from the recipe's datasets, and
-the features of a batch. Under ``torchrun``, validation and test are split
-between the processes, each clip once (SpeechBrain evaluates every clip in
-every process): see :mod:`sb_urbansound.training.distributed`. Loader workers die
-with the run and are stopped when it ends.
+The YAML key ``data_source`` says where batches come from: ``files`` (each
+clip decoded at every epoch), ``bank``, ``feature_bank`` (see
+:mod:`sb_urbansound.data.bank`) or ``shards``. :class:`DataSource` makes a
+Brain's loaders and the features of a batch.
 
 Authors
 -------
@@ -53,10 +39,8 @@ SPLITS = ("train", "valid", "test")
 def prepare_data(prepare, values, overrides):
     """Prepares the data and sizes the model to it, before anything is built.
 
-    Data preparation writes the manifests (main process only); with
-    ``skip_prep`` the manifests are ready-made. ``n_classes: 0`` means "as
-    many classes as the data has": the number found is added to the
-    overrides; another number is checked against the data.
+    ``n_classes: 0`` takes the number of classes from the data; another
+    number is checked against it.
 
     Arguments
     ---------
@@ -73,9 +57,8 @@ def prepare_data(prepare, values, overrides):
         The overrides, with ``n_classes`` added when it came from the data.
     """
     if not values["skip_prep"]:
-        # One decode pass: when the bank or the shards decode every file
-        # (and name those that fail), preparation reads the headers only.
-        # With skip_missing, it decodes them, to leave the bad out.
+        # The bank and the shards decode (and name) every file: preparation
+        # reads the headers only, unless skip_missing must leave the bad out
         decoded_later = values.get("data_source", "files") != "files"
         takes = inspect.signature(prepare.func).parameters
         if decoded_later and not values.get("skip_missing"):
@@ -98,9 +81,7 @@ def prepare_data(prepare, values, overrides):
 
 
 def load_label_encoder(label_encoder, path, labels):
-    """Loads (or creates) the label encoder, checked against the data:
-    each class to an index, the same in every split and every run of an
-    output folder.
+    """Loads (or creates) the label encoder, checked against the data.
 
     Arguments
     ---------
@@ -126,18 +107,8 @@ def load_label_encoder(label_encoder, path, labels):
     return label_encoder
 
 
-def clips_of(datasets):
-    """The clips of each split: ``{split: {clip_id: (wav, label)}}``.
-
-    Arguments
-    ---------
-    datasets : dict
-        ``{split: DynamicItemDataset}`` (from the manifests).
-
-    Returns
-    -------
-    dict
-    """
+def _clips_of(datasets):
+    """The clips of each split: ``{split: {clip_id: (wav, label)}}``."""
     return {
         split: {i: (d.data[i]["wav"], d.data[i]["label"]) for i in d.data_ids}
         for split, d in datasets.items()
@@ -145,8 +116,8 @@ def clips_of(datasets):
 
 
 def build_clip_bank(folder, conditioner, datasets):
-    """Builds (main process) and opens the clip bank of a run's clips; the
-    items of ``datasets`` become the clips' rows in it (``bank_row``).
+    """Builds (main process) and opens the clip bank; the items of
+    ``datasets`` get their row in it (``bank_row``).
 
     Arguments
     ---------
@@ -163,7 +134,7 @@ def build_clip_bank(folder, conditioner, datasets):
     """
     paths = {
         clip_id: wav
-        for clips in clips_of(datasets).values()
+        for clips in _clips_of(datasets).values()
         for clip_id, (wav, _) in clips.items()
     }
     bank = ClipBank(folder, conditioner)
@@ -183,28 +154,12 @@ def build_clip_bank(folder, conditioner, datasets):
     return bank
 
 
-def shard_datasets(shards, datasets, hparams, buffer):
-    """Writes (main process) the shards of a run's clips; opens them.
-
-    Arguments
-    ---------
-    shards : sb_urbansound.data.shards.Shards
-        Where and how the shards are written.
-    datasets : dict
-        ``{split: DynamicItemDataset}``: the clips.
-    hparams : types.SimpleNamespace
-        A Brain's hyperparameters (``seed``, ``number_of_epochs``,
-        ``label_encoder``).
-    buffer : int
-        Training clips held for shuffling (``shuffle_buffer``).
-
-    Returns
-    -------
-    datasets : dict
-        ``{split: ShardStream}``, whose items have ``id``, ``wav``,
-        ``label``, ``label_encoded``, ``pcm`` (int16) and ``length``.
-    """
-    run_on_main(shards.write, args=[clips_of(datasets)])
+def _shard_datasets(options, conditioner, datasets, hparams):
+    """Writes (main process) the shards of a run's clips: ``{split:
+    ShardStream}``, whose items have ``pcm`` (int16) and ``length``."""
+    folder, shard_size, fmt, buffer = options
+    shards = Shards(folder, conditioner, shard_size, fmt)
+    run_on_main(shards.write, args=[_clips_of(datasets)])
     index = shards.read_index()
     rank, size = world()
     return {
@@ -227,23 +182,16 @@ def shard_datasets(shards, datasets, hparams, buffer):
 class DataSource:
     """The loaders and batch features of a run's ``data_source``.
 
-    Made after the Brain (it needs its device and, for a feature bank, its
-    feature extractor): the training loader is the Brain's own
-    (``make_dataloader``: SpeechBrain's sampler under DDP, and a position
-    saved in the checkpoints); the validation and test loaders give each
-    process its share of the clips (``ShardSampler``). Use it as a context:
-    the loaders' workers are stopped at its end.
+    Made after the Brain (its device and feature extractor); the training
+    loader is the Brain's own, the evaluation loaders give each process its
+    share of the clips. As a context, it stops the loaders' workers at its end.
 
     Arguments
     ---------
     brain : speechbrain.core.Brain
-        The Brain that trains on it (its ``hparams`` have ``shift_pct``,
-        ``seed``, ``number_of_epochs``, ``batch_size`` and
-        ``label_encoder``).
+        The Brain that trains on it.
     datasets : dict
-        ``{split: DynamicItemDataset}``: the clips decoded per epoch
-        (``files``), whose items have ``id``, ``wav``, ``sig``, ``label``
-        and ``label_encoded``.
+        ``{split: DynamicItemDataset}``: the clips (``files``: with ``sig``).
     source : str
         ``data_source``: one of :data:`SOURCES`.
     conditioner : sb_urbansound.data.audio.ClipConditioner
@@ -271,17 +219,10 @@ class DataSource:
         self.loaders = []
         train_options, self.test_options = options
         if source == "shards":
-            folder, size, fmt, buffer = shards
-            datasets = shard_datasets(
-                Shards(folder, conditioner, size, fmt),
-                datasets,
-                brain.hparams,
-                buffer,
-            )
-            # Streams are read in this process; SpeechBrain gives the
-            # training stream its epoch (its shards). A stream has no
-            # position to save: a resumed run starts its epoch again, so a
-            # mid-epoch checkpoint would only repeat the epoch's first steps
+            hparams = brain.hparams
+            datasets = _shard_datasets(shards, conditioner, datasets, hparams)
+            # Streams are read in this process and have no position to save:
+            # a resumed run starts its epoch again (no mid-epoch checkpoints)
             train_options = self.test_options = {
                 "batch_size": brain.hparams.batch_size,
                 "collate_fn": PaddedBatch,
@@ -308,8 +249,7 @@ class DataSource:
         brain : speechbrain.core.Brain
             For its device and feature extractor (``compute_features``).
         feature_bank : bool
-            Also compute the features of every clip once (the feature
-            extractor must have no trainable parameters).
+            Also compute the features of every clip once.
         """
         self.bank = bank
         where = bank.to_device(brain.device)
@@ -321,11 +261,8 @@ class DataSource:
                 device=brain.device,
                 progress=not brain.noprogressbar,
             )
-            logger.info(
-                "Feature bank: %.1f MB on %s",
-                self.feature_bank.nbytes / 1e6,
-                brain.device,
-            )
+            mb = self.feature_bank.nbytes / 1e6
+            logger.info("Feature bank: %.1f MB on %s", mb, brain.device)
 
     @staticmethod
     def _workers(options):
@@ -386,8 +323,7 @@ class DataSource:
         train : bool
             Whether the batch is for training (random placement).
         views : int
-            Circularly shifted views of each clip, over ``shift`` of its
-            length (test-time averaging; 1: the clip itself).
+            Circularly shifted views of each clip (test-time averaging).
         shift : float
             The largest shift of the views, as a fraction of the clip.
 

@@ -1,11 +1,9 @@
 """Shards: the conditioned clips as WebDataset tar files, read by rank.
 
-The clip bank for data larger than a node's disk: each clip, conditioned
-once by the same :class:`~sb_urbansound.data.audio.ClipConditioner`, goes to tar
-files in the WebDataset layout (``<key>.npy`` int16 or ``<key>.flac``, and
-``<key>.json``). :class:`ShardStream` reads a rank's shards through a fixed
-shuffle buffer. The folder is a store (``docs/stores.md``); each shard's
-SHA-256, in the index ``shards.json`` (written last), is checked when read.
+For data larger than a node's disk: the clips, conditioned once as in the clip
+bank, in the WebDataset layout (``<key>.npy`` or ``.flac``, ``<key>.json``).
+:class:`ShardStream` reads a rank's shards through a shuffle buffer; each
+shard's SHA-256, in the index (written last), is checked when read.
 
 Authors
 -------
@@ -17,22 +15,17 @@ import io
 import itertools
 import json
 import logging
+import queue
 import random
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
-from sb_urbansound.atomic import (
-    FolderLock,
-    atomic_write_bytes,
-    atomic_write_json,
-    claim_folder,
-    is_read_only_error,
-    read_store_json,
-    remove_stale_temps,
-)
+from sb_urbansound import atomic
 from sb_urbansound.data.bank import decode_clip
 from sb_urbansound.data.manifests import file_stamp, listing
 from sb_urbansound.errors import DataPrepError, UserError
@@ -53,35 +46,28 @@ FORMATS = ("int16", "flac")
 def _encode(pcm, fmt, sample_rate):
     """The bytes of one clip in a shard: ``(extension, bytes)``."""
     pcm = np.ascontiguousarray(pcm)  # (an up-mix is a broadcast view)
+    buffer = io.BytesIO()
     if fmt == "int16":
-        buffer = io.BytesIO()
         np.save(buffer, pcm, allow_pickle=False)
         return "npy", buffer.getvalue()
-    import soundfile as sf
-
-    buffer = io.BytesIO()
     sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
     return "flac", buffer.getvalue()
 
 
 def _decode_member(ext, data):
     """int16 samples from a shard member's bytes (a copy, not a view)."""
-    if ext == "npy":
-        pcm = np.load(io.BytesIO(data), allow_pickle=False)
-        if pcm.dtype != np.int16:
-            raise ValueError(f"a clip of {pcm.dtype}, not int16")
-        return pcm
-    import soundfile as sf
-
-    return sf.read(io.BytesIO(data), dtype="int16")[0]
+    if ext != "npy":
+        return sf.read(io.BytesIO(data), dtype="int16")[0]
+    pcm = np.load(io.BytesIO(data), allow_pickle=False)
+    if pcm.dtype != np.int16:
+        raise ValueError(f"a clip of {pcm.dtype}, not int16")
+    return pcm
 
 
 def _add(tar, name, data):
     """Add one member with fixed metadata (the same clips, the same bytes)."""
     info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
     tar.addfile(info, io.BytesIO(data))
 
 
@@ -97,8 +83,8 @@ class Shards:
     shard_size : int
         Clips per shard.
     fmt : str
-        ``"int16"`` (``.npy``, read with no decoding) or ``"flac"``
-        (lossless, about half the size, decoded when read).
+        ``"int16"`` (``.npy``, no decoding) or ``"flac"`` (lossless, about
+        half the size, decoded when read).
 
     Example
     -------
@@ -122,16 +108,16 @@ class Shards:
         if int(shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.folder = Path(folder)
-        self.conditioner = conditioner
+        self.conditioner = c = conditioner
         self.shard_size = int(shard_size)
         self.fmt = fmt
         self.settings = {
             "format_version": SHARDS_FORMAT_VERSION,
             "resampler": RESAMPLER,
-            "sample_rate": conditioner.sample_rate,
-            "channels": conditioner.channels,
-            "num_samples": conditioner.num_samples,
-            "remove_dc": conditioner.remove_dc,
+            "sample_rate": c.sample_rate,
+            "channels": c.channels,
+            "num_samples": c.num_samples,
+            "remove_dc": c.remove_dc,
             "shard_size": self.shard_size,
             "format": fmt,
         }
@@ -149,7 +135,7 @@ class Shards:
 
     def read_index(self):
         """The index, or None when absent, unreadable or a link."""
-        index = read_store_json(self.folder / INDEX_FILE)
+        index = atomic.read_store_json(self.folder / INDEX_FILE)
         return index if isinstance(index, dict) else None
 
     def _complete(self, index, inputs):
@@ -163,18 +149,16 @@ class Shards:
             isinstance(n, str) and Path(n).name == n for n in names
         ):
             return False
-        paths = [self.folder / n for n in names]
         return all(
             not p.is_symlink()
             and p.is_file()
             and p.stat().st_size == s["bytes"]
-            for p, s in zip(paths, shards, strict=True)
+            for p, s in zip([self.folder / n for n in names], shards)
         )
 
     def write(self, splits, progress=True):
-        """Write the shards of every split (or reuse them when up to date).
-
-        Complete shards in a read-only folder are used without the lock.
+        """Write the shards of every split, or reuse them when up to date
+        (complete shards in a read-only folder are used without the lock).
 
         Arguments
         ---------
@@ -190,19 +174,16 @@ class Shards:
             [{"name", "clips", "bytes", "sha256"}]}``).
         """
         inputs = self._inputs(splits)
-        lock = FolderLock(self.folder, "writing the shards in")
+        lock = atomic.FolderLock(self.folder, "writing the shards in")
+        msg = "Shards: waiting for %s, which is writing %s"
         try:
-            claim_folder(self.folder, SHARDS_KIND, "shards_folder")
+            atomic.claim_folder(self.folder, SHARDS_KIND, "shards_folder")
             lock.acquire(
                 wait=True,
-                on_wait=lambda who: logger.info(
-                    "Shards: waiting for %s, which is writing %s",
-                    who,
-                    self.folder,
-                ),
+                on_wait=lambda who: logger.info(msg, who, self.folder),
             )
         except OSError as e:
-            if not is_read_only_error(e):
+            if not atomic.is_read_only_error(e):
                 raise
             index = self.read_index()
             if not self._complete(index, inputs):
@@ -218,7 +199,7 @@ class Shards:
             if self._complete(index, inputs):
                 logger.info("Shards up to date in %s", self.folder)
                 return index
-            remove_stale_temps(self.folder)
+            atomic.remove_stale_temps(self.folder)
             (self.folder / INDEX_FILE).unlink(missing_ok=True)
             start = time.perf_counter()
             index = {"settings": self.settings, "inputs": inputs, "splits": {}}
@@ -232,16 +213,12 @@ class Shards:
                         split, splits[split], pool, bar
                     )
             bar.close()
-            atomic_write_json(self.folder / INDEX_FILE, index)
+            atomic.atomic_write_json(self.folder / INDEX_FILE, index)
             shards = [s for ss in index["splits"].values() for s in ss]
-            logger.info(
-                "Shards ready: %d clips, %d shards, %.1f MB in %s (%.1f s)",
-                total,
-                len(shards),
-                sum(s["bytes"] for s in shards) / 1e6,
-                self.folder,
-                time.perf_counter() - start,
-            )
+            mb = sum(s["bytes"] for s in shards) / 1e6
+            took = time.perf_counter() - start
+            msg = "Shards ready: %d clips, %d shards, %.1f MB in %s (%.1f s)"
+            logger.info(msg, total, len(shards), mb, self.folder, took)
             return index
 
     def _write_split(self, split, clips, pool, bar):
@@ -251,45 +228,33 @@ class Shards:
         for first in range(0, len(ids), self.shard_size):
             chunk = ids[first : first + self.shard_size]
             decoded = pool.map(
-                lambda clip_id: decode_clip(
-                    self.conditioner, clips[clip_id][0]
-                ),
-                chunk,
+                lambda i: decode_clip(self.conditioner, clips[i][0]), chunk
             )
             buffer = io.BytesIO()
             with tarfile.open(
                 fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT
             ) as tar:
-                for k, (clip_id, (pcm, error)) in enumerate(
-                    zip(chunk, decoded)
-                ):
+                for k, clip_id in enumerate(chunk, first):
+                    pcm, error = next(decoded)
                     bar.update(1)
                     if error is not None:
                         failed.append(error)
                         continue
-                    key = f"{first + k:09d}"
+                    key = f"{k:09d}"
+                    wav, label = clips[clip_id]
                     ext, data = _encode(
                         pcm, self.fmt, self.conditioner.sample_rate
                     )
-                    meta = {
-                        "id": clip_id,
-                        "label": clips[clip_id][1],
-                        "length": int(pcm.shape[0]),
-                        "wav": str(clips[clip_id][0]),
-                    }
+                    meta = {"id": clip_id, "label": label}
+                    meta.update(length=int(pcm.shape[0]), wav=str(wav))
                     _add(tar, f"{key}.{ext}", data)
                     _add(tar, f"{key}.json", json.dumps(meta).encode())
             data = buffer.getvalue()
             name = f"{split}-{len(entries):06d}.tar"
-            atomic_write_bytes(self.folder / name, data)
-            entries.append(
-                {
-                    "name": name,
-                    "clips": len(chunk),
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                }
-            )
+            atomic.atomic_write_bytes(self.folder / name, data)
+            sha = hashlib.sha256(data).hexdigest()
+            entry = dict(name=name, clips=len(chunk), bytes=len(data))
+            entries.append(dict(entry, sha256=sha))
         if failed:
             raise DataPrepError(
                 f"{len(failed)} audio file(s) cannot be decoded into the "
@@ -354,26 +319,22 @@ def read_shard(path, sha256=None):
 
 
 def deal_shards(shards, rank, size, seed, epoch):
-    """The training shards of one rank in one epoch, in reading order:
-    shuffled with ``(seed, epoch)`` and dealt round-robin to the ranks.
+    """One rank's training shards of an epoch: shuffled with ``(seed,
+    epoch)``, dealt round-robin to the ranks.
 
     Arguments
     ---------
     shards : list of dict
         The split's index entries.
-    rank : int
-        This process's rank.
-    size : int
-        The number of processes.
-    seed : int
-        The run's seed.
-    epoch : int
-        The epoch.
+    rank, size : int
+        This process's rank, and the number of processes.
+    seed, epoch : int
+        The run's seed, and the epoch.
 
     Returns
     -------
     list of dict
-        This rank's shards.
+        This rank's shards, in reading order.
 
     Example
     -------
@@ -398,13 +359,10 @@ class ShardStream(torch.utils.data.IterableDataset):
     shards : list of dict
         The split's index entries (``name``, ``clips``, ``sha256``).
     train : bool
-        Training: this rank's shards of the epoch (see :func:`deal_shards`),
-        through a shuffle buffer, as many clips as the rank with the fewest.
-        Evaluation: every ``size``-th shard, in order.
-    rank : int
-        This process's rank.
-    size : int
-        The number of processes.
+        Training: this rank's shards of the epoch (:func:`deal_shards`),
+        shuffled; evaluation: every ``size``-th shard, in order.
+    rank, size : int
+        This process's rank, and the number of processes.
     seed : int
         The run's seed.
     buffer : int
@@ -412,11 +370,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
         Labels to indices.
     epochs : int
-        The run's number of epochs: training reads the same number of clips
-        in every epoch (the learning-rate schedule counts the steps).
+        The run's epochs: training reads as many clips in each of them.
     num_samples : int, optional
-        Pad every clip with zeros to this length (the clip length), as the
-        clip bank stores it; shards store each clip's samples only.
+        Pad every clip with zeros to this length, as the clip bank stores it.
 
     Example
     -------
@@ -440,8 +396,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.folder = Path(folder)
         self.shards = list(shards)
         self.train = train
-        self.rank, self.size = rank, size
-        self.seed = seed
+        self.rank, self.size, self.seed = rank, size, seed
         self.buffer = max(1, int(buffer))
         self.label_encoder = label_encoder
         self.num_samples = num_samples
@@ -465,25 +420,21 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _clips(self, shards):
         """The clips of ``shards``, read ahead by a thread."""
-
-        def read():
-            for shard in shards:
-                yield from read_shard(
-                    self.folder / shard["name"], shard["sha256"]
-                )
-
-        return _read_ahead(read(), depth=self.buffer)
+        folder = self.folder
+        clips = (
+            clip
+            for s in shards
+            for clip in read_shard(folder / s["name"], s["sha256"])
+        )
+        return _read_ahead(clips, depth=self.buffer)
 
     def __iter__(self):
         if self.train:
             mine = deal_shards(
                 self.shards, self.rank, self.size, self.seed, self.epoch
             )
-            clips = _shuffled(
-                self._clips(mine),
-                self.buffer,
-                random.Random(f"{self.seed}:{self.epoch}:{self.rank}"),
-            )
+            rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}")
+            clips = _shuffled(self._clips(mine), self.buffer, rng)
         else:
             clips = self._clips(self.shards[self.rank :: self.size])
         for clip in itertools.islice(clips, self.quota):  # None: all
@@ -503,18 +454,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             "length": torch.LongTensor([clip["length"]]),
         }
         if self.label_encoder is not None:
-            item["label_encoded"] = torch.LongTensor(
-                [self.label_encoder.encode_label(clip["label"])]
-            )
+            label = self.label_encoder.encode_label(clip["label"])
+            item["label_encoded"] = torch.LongTensor([label])
         return item
 
 
 def _read_ahead(items, depth):
     """``items``, made by a thread up to ``depth`` ahead; the thread stops
     when the consumer does, and its error is raised in the consumer."""
-    import queue
-    import threading
-
     slots = queue.Queue(maxsize=max(1, int(depth)))
     stop = threading.Event()
     end = object()
