@@ -1,9 +1,11 @@
 """Test and cross-validation results: aggregation, Markdown report, plots.
 
-Pure functions of the per-fold results that the recipe writes
-(``test_results.json``, ``history.json``): accuracies are fractions, printed
-as percentages. Files are written atomically; plots use matplotlib's Agg
-canvas directly (no ``pyplot`` state, no display).
+Accuracies are fractions, printed as percentages. Files are written
+atomically; plots use matplotlib's Agg canvas (no ``pyplot``, no display).
+
+Authors
+-------
+ * sb-urbansound contributors
 """
 
 import io
@@ -54,41 +56,28 @@ def aggregate_folds(fold_results):
     Arguments
     ---------
     fold_results : list of dict
-        One per fold, in report order: ``test_fold``, ``valid_folds`` and the
-        keys of the recipe's ``test_results.json`` (``accuracy``,
-        ``per_class_accuracy``, ``confusion_matrix`` with rows the true class,
-        ``labels``, ``n_clips``).
+        One per fold: ``test_fold``, ``valid_folds`` and the recipe's
+        ``test_results.json`` keys.
 
     Returns
     -------
     dict
-        The contents of ``crossval_results.json``: ``folds`` (``{test_fold,
-        valid_folds, accuracy, per_class_accuracy, n_clips}`` each, a NaN
-        accuracy as None), ``mean``, ``std`` (sample std, ``ddof=1``; None
-        for a single fold, never a misleading 0), ``confusion_matrix`` (the
-        sum of the folds': each clip counted once) and ``labels`` (the first
-        fold's order).
+        ``crossval_results.json``: ``folds``, ``mean``, ``std`` (sample std;
+        None for one fold), ``confusion_matrix`` (the folds' sum, in the
+        first fold's label order) and ``labels``.
 
     Raises
     ------
     ValueError
-        If there are no folds, a fold's labels differ from the first fold's
-        (as a set: a reordering is undone), or a matrix does not match its
-        labels or ``n_clips``.
+        For no folds, or a fold whose labels or matrix do not match.
 
     Example
     -------
-    >>> cms = {0.5: [[1, 0], [1, 0]], 1.0: [[1, 0], [0, 1]]}
+    >>> cms = {1: [[1, 0], [1, 0]], 2: [[1, 0], [0, 1]]}
     >>> res = aggregate_folds(
-    ...     dict(
-    ...         test_fold=k,
-    ...         valid_folds=[3 - k],
-    ...         accuracy=a,
-    ...         n_clips=2,
-    ...         confusion_matrix=cms[a],
-    ...         labels=["a", "b"],
-    ...     )
-    ...     for k, a in [(1, 0.5), (2, 1.0)]
+    ...     dict(test_fold=k, valid_folds=[3 - k], accuracy=k / 2, n_clips=2)
+    ...     | dict(confusion_matrix=cms[k], labels=["a", "b"])
+    ...     for k in (1, 2)
     ... )
     >>> res["mean"], round(res["std"], 4), res["confusion_matrix"]
     (0.75, 0.3536, [[2, 0], [1, 1]])
@@ -121,7 +110,6 @@ def aggregate_folds(fold_results):
             raise ValueError(
                 f"fold {fold}: confusion matrix of shape {cm.shape} for {n} labels"
             )
-        # Reorder rows and columns to the first fold's label order.
         order = [fold_labels.index(label) for label in labels]
         cm = cm[np.ix_(order, order)]
         n_clips = int(res["n_clips"])
@@ -181,7 +169,7 @@ def _pm(mean, std):
 
 
 def format_duration(seconds):
-    """Format a duration in seconds as ``1h 02m 03s``, ``2m 03s`` or ``4.2s``.
+    """Format a duration as ``1h 02m 03s``, ``2m 03s`` or ``4.2s``.
 
     Arguments
     ---------
@@ -191,7 +179,7 @@ def format_duration(seconds):
     Returns
     -------
     str
-        A short human-readable duration.
+        The text.
 
     Example
     -------
@@ -230,8 +218,7 @@ def write_markdown_report(
     hardware : str
         A description of the machine.
     leaky : bool
-        Whether the folds were a random clip split: a warning section says
-        why the numbers are inflated.
+        Whether the folds were a random clip split (adds a warning).
     fold_seconds : dict, optional
         ``{test_fold: seconds}``, a column of the per-fold table.
     title : str, optional
@@ -246,20 +233,15 @@ def write_markdown_report(
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
+    >>> one = dict(
+    ...     n_clips=2, labels=["a", "b"], confusion_matrix=[[1, 0], [0, 1]]
+    ... )
     >>> res = aggregate_folds(
-    ...     dict(
-    ...         test_fold=k,
-    ...         valid_folds=[k % 3 + 1],
-    ...         accuracy=a,
-    ...         n_clips=2,
-    ...         confusion_matrix=[[1, 0], [0, 1]],
-    ...         labels=["a", "b"],
-    ...     )
+    ...     dict(one, test_fold=k, valid_folds=[1], accuracy=a)
     ...     for k, a in [(1, 0.5), (2, 0.75), (3, 1.0)]
     ... )
-    >>> text = write_markdown_report(tmp / "r.md", res, "python -m ...", "CPU")
-    >>> "75.00 ± 25.00 %" in text
+    >>> path = getfixture("tmp_path") / "r.md"
+    >>> "75.00 ± 25.00 %" in write_markdown_report(path, res, "python", "CPU")
     True
     """
     folds, labels = results["folds"], results["labels"]
@@ -374,9 +356,6 @@ def _save_png(fig, path):
 def plot_confusion_matrix(path, cm, labels, title=None):
     """Plot a confusion matrix normalised per true class, as a PNG.
 
-    A cell is the fraction of the clips of its row's class predicted as its
-    column's (0 for a row without clips); row totals are in the y labels.
-
     Arguments
     ---------
     path : str or Path
@@ -391,7 +370,7 @@ def plot_confusion_matrix(path, cm, labels, title=None):
     Returns
     -------
     Path
-        The path that was written.
+        The path written.
 
     Example
     -------
@@ -440,25 +419,22 @@ def plot_confusion_matrix(path, cm, labels, title=None):
 
 
 def plot_learning_curves(path, histories, title=None):
-    """Plot loss and accuracy per epoch for each fold, train and valid, as a PNG.
-
-    One colour per fold, solid for training, dashed for validation; missing
-    values are skipped.
+    """Plot loss and accuracy per epoch of each fold, as a PNG (one colour
+    per fold; train solid, valid dashed).
 
     Arguments
     ---------
     path : str or Path
         Destination ``.png`` file (written atomically).
     histories : dict
-        ``{fold: rows of the recipe's history.json}`` (``epoch``,
-        ``train_loss``, ``train_accuracy``, ``valid_loss``, ...).
+        ``{fold: rows of the recipe's history.json}``.
     title : str, optional
         Figure title.
 
     Returns
     -------
     Path
-        The path that was written.
+        The path written.
 
     Example
     -------
@@ -527,10 +503,8 @@ def plot_learning_curves(path, histories, title=None):
 
 
 def append_history(path, epoch, lr, train_stats, valid_stats):
-    """Record one epoch in ``history.json``, the machine-readable learning curve.
-
-    An epoch already recorded (a resumed run that repeats it) is replaced, and
-    later ones are dropped.
+    """Record one epoch in ``history.json`` (the learning curve), dropping
+    that epoch and later ones if recorded before (a resumed run).
 
     Arguments
     ---------
@@ -600,15 +574,12 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
 def confusion_matrix(targets, predictions, labels):
     """Count (true, predicted) pairs into a matrix in label order.
 
-    Unlike ``ClassificationStats``'s matrix (over the classes it has seen),
-    every label has its row (true) and column (predicted).
+    Ours: ``ClassificationStats``'s matrix lacks the classes it has not seen.
 
     Arguments
     ---------
-    targets : list of str
-        True labels.
-    predictions : list of str
-        Predicted labels.
+    targets, predictions : list of str
+        True and predicted labels.
     labels : list of str
         All labels, in index order.
 
@@ -634,18 +605,16 @@ def classification_results(targets, predictions, labels):
 
     Arguments
     ---------
-    targets : list of str
-        True labels.
-    predictions : list of str
-        Predicted labels.
+    targets, predictions : list of str
+        True and predicted labels.
     labels : list of str
         All labels, in index order.
 
     Returns
     -------
     dict
-        ``accuracy``, ``per_class_accuracy`` (label to value, ``None`` for a
-        class with no clip), ``confusion_matrix``, ``labels``, ``n_clips``.
+        ``accuracy``, ``per_class_accuracy`` (None for a class without clips),
+        ``confusion_matrix``, ``labels``, ``n_clips``.
 
     Example
     -------
@@ -670,7 +639,7 @@ def classification_results(targets, predictions, labels):
 
 
 def write_test_results(path, stats, label_encoder):
-    """Writes a test's results (:func:`classification_results`) as JSON.
+    """Write a test's results (:func:`classification_results`) as JSON.
 
     Arguments
     ---------
