@@ -28,12 +28,12 @@ _DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 
 def available_cores():
-    """CPU cores this process may run on (its CPU affinity).
+    """The number of CPU cores this process may run on.
 
     Returns
     -------
     int
-        The number of cores.
+        The cores of this process's CPU affinity.
 
     Example
     -------
@@ -47,16 +47,15 @@ def available_cores():
 
 
 def default_num_workers(data_source="files", cores=None, max_workers=8):
-    """DataLoader workers: half the cores (shared among ``torchrun``'s local
-    processes), from 1 to ``max_workers``; none when reading a bank or shards
-    (any ``data_source`` but ``files``), where nothing is left to load.
+    """DataLoader workers: half the cores of this ``torchrun`` process, from 1
+    to ``max_workers``; none for a bank or shards (nothing left to load).
 
     Arguments
     ---------
     data_source : str
         The run's ``data_source`` (``sb_urbansound.data.loader.SOURCES``).
     cores : int, optional
-        CPU cores available (default: this process's CPU affinity).
+        CPU cores available (default: :func:`available_cores`).
     max_workers : int
         Upper bound.
 
@@ -81,20 +80,19 @@ def default_num_workers(data_source="files", cores=None, max_workers=8):
 
 
 def set_torch_threads(num_workers, cores=None):
-    """Give torch's compute threads the cores that the loader workers leave free.
+    """Give torch's threads the cores that the loader workers leave free.
 
-    Sets ``cores - num_workers`` threads (at least 1, at most torch's default;
-    cores shared among ``torchrun``'s local processes): more busy threads than
-    cores make OpenMP wait. The count follows the machine, not its load (the
-    thread count orders torch's sums, so results would vary); a busy machine
-    gets a warning instead. ``OMP_NUM_THREADS``, when set, wins.
+    ``cores - num_workers`` threads per ``torchrun`` process (1 to torch's
+    default): more busy threads than cores make OpenMP wait. The count
+    follows the machine, not its load (it orders torch's sums); a busy
+    machine gets a warning. ``OMP_NUM_THREADS``, when set, wins.
 
     Arguments
     ---------
     num_workers : int
         DataLoader worker processes per training process.
     cores : int, optional
-        CPU cores available (default: this process's CPU affinity).
+        CPU cores available (default: :func:`available_cores`).
 
     Returns
     -------
@@ -131,10 +129,8 @@ def set_torch_threads(num_workers, cores=None):
 
 @contextlib.contextmanager
 def core_pool(threads=None):
-    """A pool of threads, one per core, in which torch runs one thread each.
-
-    Each pool thread works on its own clips; torch's own threads on top would
-    oversubscribe the cores. torch's thread count is restored on exit.
+    """A pool of threads, one per core, in which torch runs one thread each
+    (more would oversubscribe the cores); torch's count is restored after.
 
     Arguments
     ---------
@@ -144,8 +140,7 @@ def core_pool(threads=None):
     Yields
     ------
     concurrent.futures.ThreadPoolExecutor
-        The pool; on the way out, queued work is cancelled (a stop does not
-        wait for it) and the running work finishes.
+        The pool; on exit, queued work is cancelled, running work finishes.
 
     Example
     -------
@@ -206,8 +201,7 @@ def ordered_map(pool, function, items, ahead=None):
 
 
 def progress_bar(iterable=None, enabled=True, **kwargs):
-    """A tqdm bar for a long step, shown on the main process's terminal only
-    (not when stderr is a log file or a pipe).
+    """A tqdm bar, shown on the main process's terminal only (not to a file).
 
     Arguments
     ---------
@@ -246,13 +240,12 @@ def _cpu_model():
 
 
 def hardware_description():
-    """Describe the machine: CPU model and cores, GPU if any, torch version.
+    """Describe the machine in one line: CPU, GPU, torch and Python.
 
     Returns
     -------
     str
-        One line, e.g. ``"CPU: AMD EPYC (2 cores); GPU: none; torch 2.11.0;
-        Python 3.11.9 on Linux"``.
+        The description.
 
     Example
     -------
@@ -272,15 +265,14 @@ def hardware_description():
 
 
 def check_device(device, backend=None):
-    """Stop at once, in one line, when torch cannot use ``device`` (or,
-    under ``torchrun``, a backend other than gloo lacks one GPU per process).
-    SpeechBrain finds out late, after data preparation, with a traceback.
+    """Stop at once, in one line, when torch cannot use ``device``, or under
+    ``torchrun`` a backend other than gloo lacks one GPU per process
+    (SpeechBrain finds out late, with a traceback).
 
     Arguments
     ---------
     device : str or None
-        ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); None:
-        SpeechBrain chooses one.
+        ``--device`` (``cpu``, ``cuda:1``, ``mps``...); None: SpeechBrain's.
     backend : str, optional
         ``--distributed_backend`` (checked only under ``torchrun``).
 
@@ -325,11 +317,9 @@ def check_device(device, backend=None):
         or found.type != wanted.type
         or (wanted.index or 0) >= count
     ):
-        have = (
-            "no GPU or other accelerator"
-            if found is None
-            else f"{count} {found.type} device(s)"
-        )
+        have = "no GPU or other accelerator"
+        if found is not None:
+            have = f"{count} {found.type} device(s)"
         raise UserError(
             f"--device={device} cannot be used: torch finds {have} on this "
             "machine; pass --device=cpu or a device it has"
@@ -337,9 +327,8 @@ def check_device(device, backend=None):
 
 
 def stop_loader_workers(loaders):
-    """Stop the worker processes of DataLoaders now, not at interpreter exit
-    (SpeechBrain's checkpointer keeps the training loader alive, and
-    stopping persistent workers at exit can take seconds each).
+    """Stop DataLoaders' worker processes now (SpeechBrain's checkpointer
+    keeps the training loader; stopping workers at exit takes seconds).
 
     Arguments
     ---------
