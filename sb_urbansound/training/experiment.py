@@ -221,8 +221,7 @@ def read_yaml_values(hparams_file, overrides=""):
             f"--{key.strip()}=\"'{value.strip()}'\""
         ) from None
     try:
-        with open(hparams_file, encoding="utf-8") as fin:
-            text = fin.read()
+        text = Path(hparams_file).read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(
             f"cannot read the YAML file {hparams_file}: {e}"
@@ -321,7 +320,6 @@ def _canonical(value, replacements):
         for text, name in replacements:
             if text:
                 value = value.replace(text, name)
-        return value
     return value
 
 
@@ -367,8 +365,7 @@ def _data_signature(manifests):
     """
     signature = {}
     for split, path in manifests.items():
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
         digest = hashlib.sha256()
         for clip_id in sorted(entries):
             digest.update(
@@ -500,7 +497,7 @@ class RunFolder:
         # links. Not the lock file: closing it would drop our POSIX lock.
         for path in self.folder.iterdir():
             if not path.is_dir() and path != self._lock.path:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # unreadable, or gone
                     os.close(open_store_file(path))
         for folder in [self.folder, *self.folder.iterdir()]:
             if folder.is_dir() and not folder.is_symlink():

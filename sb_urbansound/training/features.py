@@ -116,12 +116,8 @@ class MelSpectrogramDB(torch.nn.Module):
     def _power_mel(self, signals):
         """``self.melspec`` of ``[batch, channels, time]``, faster (ours, not
         torchaudio's: power as ``re² + im²``, CPU STFT in cache-sized chunks)."""
-        spectrogram = self.melspec.spectrogram
-        if (
-            spectrogram.power != 2.0
-            or spectrogram.normalized
-            or spectrogram.pad
-        ):
+        sp = self.melspec.spectrogram
+        if sp.power != 2.0 or sp.normalized or sp.pad:
             return self.melspec(signals)
         flat = signals.reshape(-1, signals.shape[-1])
         chunk = flat.shape[0]
@@ -132,14 +128,14 @@ class MelSpectrogramDB(torch.nn.Module):
         for part in flat.split(chunk):
             stft = torch.stft(
                 part,
-                n_fft=spectrogram.n_fft,
-                hop_length=spectrogram.hop_length,
-                win_length=spectrogram.win_length,
-                window=spectrogram.window,
-                center=spectrogram.center,
-                pad_mode=spectrogram.pad_mode,
+                n_fft=sp.n_fft,
+                hop_length=sp.hop_length,
+                win_length=sp.win_length,
+                window=sp.window,
+                center=sp.center,
+                pad_mode=sp.pad_mode,
                 normalized=False,
-                onesided=spectrogram.onesided,
+                onesided=sp.onesided,
                 return_complex=True,
             )
             bins = torch.view_as_real(stft)
