@@ -1,20 +1,13 @@
 """Several processes (``torchrun``): who does which share of the work.
 
-SpeechBrain splits the training data between the processes of a DDP run,
-but every process validates and tests on the whole data. Here evaluation is
-split too: :class:`ShardSampler` gives each process every ``world``-th clip
-(no clip twice, none dropped), and :func:`gather` pools what each process
-found, so the statistics are computed once, from all the clips. A clip's
-score does not depend on the other clips of its batch (the recipe's
-normalisers work per clip in evaluation), so a sharded evaluation gives the
-same accuracy, per-class accuracy and confusion matrix as one process
-(:func:`pool_stats`). A process evaluates without the DDP wrappers
-(:func:`unwrapped`): with its share it may have fewer batches than another,
-or none, and a wrapper would wait for the others at its first forward.
-
-SpeechBrain 1.1.2 converts every BatchNorm to ``SyncBatchNorm`` under DDP,
-which does not run on CPU; :func:`no_sync_batchnorm_on_cpu` leaves them as
-they are there (``gloo``), until SpeechBrain does (``docs/upstream.md``).
+SpeechBrain splits only the training data between DDP processes; here
+evaluation is split too: :class:`ShardSampler` gives each process every
+``world``-th clip (none twice, none dropped) and :func:`pool_stats` pools the
+results, which equal one process's (a clip's score does not depend on its
+batch). Evaluation runs without the DDP wrappers (:func:`unwrapped`): a
+process may have fewer batches than another, and a wrapper would wait.
+:func:`no_sync_batchnorm_on_cpu` keeps SpeechBrain 1.1.2 from converting
+BatchNorms to ``SyncBatchNorm`` on CPU (``docs/upstream.md``).
 
 Authors
 -------
@@ -35,7 +28,9 @@ def world():
     Returns
     -------
     rank : int
+        This process's rank.
     size : int
+        The number of processes.
 
     Example
     -------
@@ -77,18 +72,15 @@ def gather(obj):
 class ShardSampler(torch.utils.data.Sampler):
     """The indices of one process's share: ``rank, rank + size, ...``.
 
-    Unlike ``torch.utils.data.DistributedSampler``, no index is repeated to
-    make the shares equal (a repeated clip would be counted twice) and the
-    order is kept.
+    Ours, not ``DistributedSampler``: no index is repeated to even out the
+    shares (a clip would count twice), and the order is kept.
 
     Arguments
     ---------
     length : int
         The number of items.
-    rank : int
-        This process's rank.
-    size : int
-        The number of processes.
+    rank, size : int
+        This process's rank, and the number of processes.
 
     Example
     -------
@@ -182,13 +174,8 @@ class _KeepBatchNorm:
 @contextlib.contextmanager
 def no_sync_batchnorm_on_cpu(device):
     """Within: SpeechBrain wraps modules for DDP without ``SyncBatchNorm``
-    when ``device`` is the CPU.
-
-    ``speechbrain.core.Brain._wrap_distributed`` (1.1.2) converts every
-    BatchNorm to ``SyncBatchNorm`` under DDP; its forward in training
-    raises on CPU tensors. On CPU the BatchNorms stay as they are, and DDP
-    broadcasts their statistics from the first process at every forward.
-    ``docs/upstream.md`` proposes the same test in SpeechBrain.
+    when ``device`` is the CPU (where its forward raises in training); DDP
+    then broadcasts the BatchNorm statistics from the first process.
 
     Arguments
     ---------

@@ -35,13 +35,12 @@ logger = logging.getLogger(__name__)
 
 
 def set_override(overrides, key, value):
-    """Set one top-level key in SpeechBrain's YAML overrides string (the
-    ``key: value`` lines of ``speechbrain.parse_arguments``).
+    """Set one top-level key in SpeechBrain's YAML overrides string.
 
     Arguments
     ---------
     overrides : str
-        The overrides (may be empty).
+        The overrides (``key: value`` lines; may be empty).
     key : str
         A top-level YAML key.
     value : int, float, bool or str
@@ -82,11 +81,6 @@ def _number(low, high=None, low_open=True):
     )
 
 
-def _optional(check):
-    """A check that also accepts ``None`` (YAML ``null``: the default)."""
-    return lambda value: value is None or check(value)
-
-
 def _one_of(*allowed):
     """A check: one of the ``allowed`` values."""
     return lambda value: value in allowed
@@ -94,8 +88,7 @@ def _one_of(*allowed):
 
 #: The values of ``data_source`` (``sb_urbansound.data.loader``).
 DATA_SOURCES = ("files", "bank", "feature_bank", "shards")
-#: Keys whose values are checked before anything is built: the check and what
-#: a valid value is, for the message.
+#: Keys checked before anything is built: the check, and what is valid.
 CHECKED_KEYS = {
     "batch_size": (_whole(1), "a whole number >= 1"),
     "number_of_epochs": (_whole(1), "a whole number >= 1"),
@@ -114,7 +107,10 @@ CHECKED_KEYS = {
     "n_mels": (_whole(1), "a whole number >= 1"),
     "n_fft": (_whole(16), "a whole number of samples >= 16"),
     "hop_length": (_number(0), "a hop > 0 (samples, or ms in some YAMLs)"),
-    "top_db": (_optional(_number(0)), "a dynamic range in dB > 0, or null"),
+    "top_db": (
+        lambda v: v is None or _number(0)(v),
+        "a dynamic range in dB > 0, or null",
+    ),
     "max_mask_pct": (
         _number(0, 1, low_open=False),
         "a fraction of the bands or frames in [0, 1)",
@@ -161,8 +157,7 @@ def _combination_errors(values):
 
 
 def _override_keys(overrides):
-    """The top-level keys of YAML overrides (SpeechBrain's ``key: value``
-    lines), in order; a key given twice is a :class:`UserError`.
+    """The top-level keys of YAML overrides, in order; refuses duplicates.
 
     >>> _override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
     ['lr', 'folds']
@@ -180,9 +175,8 @@ def _override_keys(overrides):
 
 
 def read_yaml_values(hparams_file, overrides=""):
-    """The YAML's top-level values, with overrides, without building anything:
-    ``!ref`` resolved as ``load_hyperpyyaml`` would, other tags as
-    :class:`sb_urbansound.yaml_reader.Tagged`.
+    """The YAML's top-level values with overrides, building nothing: ``!ref``
+    resolved as ``load_hyperpyyaml`` would, other tags as ``Tagged``.
 
     Arguments
     ---------
@@ -194,8 +188,8 @@ def read_yaml_values(hparams_file, overrides=""):
     Returns
     -------
     dict
-        The top-level keys and their resolved values (a UserError names a
-        key given twice, unknown or required and left unset).
+        The top-level values (a UserError names a key given twice, unknown,
+        or required and unset).
 
     Example
     -------
@@ -227,8 +221,7 @@ def read_yaml_values(hparams_file, overrides=""):
             f"--{key.strip()}=\"'{value.strip()}'\""
         ) from None
     try:
-        with open(hparams_file, encoding="utf-8") as fin:
-            text = fin.read()
+        text = Path(hparams_file).read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(
             f"cannot read the YAML file {hparams_file}: {e}"
@@ -265,16 +258,15 @@ def read_yaml_values(hparams_file, overrides=""):
 
 
 def check_values(values, hparams_file="the YAML"):
-    """Check the values of :data:`CHECKED_KEYS` before anything is built,
-    and those that must fit together (clip length, FFT size, mel bands,
-    ``f_max`` and the sample rate).
+    """Check the values of :data:`CHECKED_KEYS`, and those that must fit
+    together (clip length, FFT size, mel bands, ``f_max``, sample rate).
 
     Arguments
     ---------
     values : dict
-        Top-level keys and values (from :func:`read_yaml_values`).
+        Top-level values (from :func:`read_yaml_values`).
     hparams_file : str or Path
-        Named in the message (with the key, its value and what is valid).
+        Named in the message.
 
     Example
     -------
@@ -302,14 +294,10 @@ def check_values(values, hparams_file="the YAML"):
         )
 
 
-# ---------------------------------------------------------------- run folder
-
 #: Where a run records what it was started with (in its output folder).
 RUN_SETTINGS_FILE = "run_settings.json"
-#: Keys that may change when a run resumes: they do not shape the model or
-#: the data (the data is compared through the manifests; the number of
-#: epochs through the learning-rate schedule, see the recipe; the pretrained
-#: encoder only initialises a fresh run).
+#: Keys that may change when a run resumes: they shape neither the model nor
+#: the data (the data is compared through the manifests).
 RUN_ONLY_KEYS = set(
     "number_of_epochs pretrained_encoder use_pretrained pretrainer "
     "bank_folder data_source shards_folder shard_size shard_format "
@@ -332,14 +320,12 @@ def _canonical(value, replacements):
         for text, name in replacements:
             if text:
                 value = value.replace(text, name)
-        return value
     return value
 
 
 def run_settings(values):
-    """The settings that shape a run's model and data, comparable as JSON:
-    the top-level keys but :data:`RUN_ONLY_KEYS` and ``__`` keys, with paths
-    in the output and data folders relative to them.
+    """The settings that shape a run, as JSON: all top-level keys but
+    :data:`RUN_ONLY_KEYS` and ``__`` keys, paths relative to the folders.
 
     Arguments
     ---------
@@ -370,8 +356,7 @@ def run_settings(values):
 
 
 def _data_signature(manifests):
-    """A digest of the clips of each manifest (``{split: path}``): ids and
-    labels, not paths, as ``{split: {"clips": int, "sha256": str}}``.
+    """``{split: {"clips", "sha256"}}`` of the manifests' ids and labels.
 
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "t.json").write_text('{"a": {"label": "dog", "wav": "/x"}}')
@@ -380,8 +365,7 @@ def _data_signature(manifests):
     """
     signature = {}
     for split, path in manifests.items():
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
         digest = hashlib.sha256()
         for clip_id in sorted(entries):
             digest.update(
@@ -404,6 +388,7 @@ def differences(old, new, limit=8):
     Returns
     -------
     list of str
+        The lines.
 
     Example
     -------
@@ -427,16 +412,14 @@ def _is_inside(path, folder):
 
 
 def check_outside(data_folder, folders):
-    """Refuse folders we write that are inside the data folder (the user's:
-    a run reads it and never writes to it).
+    """Refuse folders we write that are inside the (read-only) data folder.
 
     Arguments
     ---------
     data_folder : str or Path
         The data.
     folders : dict
-        ``{option name: folder}`` of the folders a run writes (the first
-        one inside ``data_folder`` is named).
+        ``{option name: folder}`` of the folders a run writes.
 
     Example
     -------
@@ -456,12 +439,8 @@ def check_outside(data_folder, folders):
 
 
 class RunFolder:
-    """The output folder of one run: locked, cleaned, bound to its settings.
-
-    :meth:`lock` claims and locks it and removes what killed runs left;
-    :meth:`check_settings` and :meth:`check_data` refuse to resume a run with
-    other settings or data split (its checkpoint would be tested on other
-    clips, maybe its training clips, or trained further as another model).
+    """The output folder of one run: locked, cleaned, bound to its settings
+    (a run is never resumed with other settings or another data split).
 
     Arguments
     ---------
@@ -492,11 +471,8 @@ class RunFolder:
         self._settings = None
 
     def lock(self, data_folder=None):
-        """Claim and lock the folder; remove what killed runs left behind.
-
-        The folder must be new, empty or ours
-        (:func:`sb_urbansound.atomic.claim_folder`); the lock is a
-        :class:`sb_urbansound.atomic.FolderLock`.
+        """Claim and lock the folder (new, empty or ours); remove what killed
+        runs left behind.
 
         Arguments
         ---------
@@ -506,27 +482,22 @@ class RunFolder:
         Raises
         ------
         UserError
-            When another process holds the lock, the folder is not ours, or
-            it holds a link to a file.
+            When the lock is held, the folder is not ours, or holds a link.
         """
-        folders = {
-            "output_folder": self.folder,
-            "save_folder": self.save_folder,
-        }
         if data_folder is not None:
-            check_outside(data_folder, folders)
+            check_outside(
+                data_folder,
+                {"output_folder": self.folder, "save_folder": self.save_folder},
+            )
         claim_folder(self.folder, "run")
         if not _is_inside(self.save_folder, self.folder):
             claim_folder(self.save_folder, "checkpoints", what="save_folder")
         self._lock = FolderLock(self.folder, "writing to").acquire()
-        # SpeechBrain opens the files it writes here by name (log.txt,
-        # env.log, hyperparams.yaml, train_log.txt, a copy of train.py),
-        # following links: a link to a file (a user's) is refused. Not the
-        # lock file: closing any descriptor of it would drop our POSIX lock.
+        # SpeechBrain writes files here by name, following links: refuse
+        # links. Not the lock file: closing it would drop our POSIX lock.
         for path in self.folder.iterdir():
             if not path.is_dir() and path != self._lock.path:
-                # OSError: not a link (unreadable, or gone meanwhile)
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # unreadable, or gone
                     os.close(open_store_file(path))
         for folder in [self.folder, *self.folder.iterdir()]:
             if folder.is_dir() and not folder.is_symlink():
@@ -558,11 +529,10 @@ class RunFolder:
         Raises
         ------
         UserError
-            Listing the settings that differ, when the folder holds a
-            checkpoint or results of a run with other settings.
+            Listing the settings that differ from the folder's run.
         """
         self._settings = run_settings(values)
-        recorded = read_store_json(self.settings_file)  # by an earlier start
+        recorded = read_store_json(self.settings_file)
         if recorded is not None and self.has_progress():
             diff = differences(recorded.get("settings", {}), self._settings)
             if diff:
@@ -579,8 +549,7 @@ class RunFolder:
         Raises
         ------
         UserError
-            When the clips of a split differ from those the folder's
-            checkpoints were trained and selected on.
+            When the clips of a split differ from the folder's run.
         """
         data = _data_signature(manifests)
         recorded = read_store_json(self.settings_file)
@@ -605,16 +574,10 @@ class RunFolder:
 
 
 def write_environment(folder):
-    """Write ``env.log``: SpeechBrain's description of the environment, with
-    the packages of the Python that runs.
+    """Write ``env.log`` as SpeechBrain does, with this Python's packages.
 
-    SpeechBrain's ``create_experiment_directory`` runs ``pip freeze`` in a
-    shell: the ``pip`` first on ``PATH``, which describes another environment
-    when the run's Python is not that pip's (a venv's Python called by its
-    path; pyenv's shims on this project's machine), and costs 0.6 s a run
-    here. ``importlib.metadata`` lists the packages this interpreter imports,
-    as ``pip freeze`` writes them (``name==version``); the git revision and
-    the CUDA version are SpeechBrain's.
+    Ours: SpeechBrain's ``pip freeze`` in a shell runs the first ``pip`` on
+    ``PATH`` (maybe another environment's) and is slow.
 
     Arguments
     ---------
@@ -623,10 +586,8 @@ def write_environment(folder):
 
     Example
     -------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     write_environment(d)
-    ...     text = (Path(d) / "env.log").read_text()
+    >>> write_environment(getfixture("tmp_path"))
+    >>> text = (getfixture("tmp_path") / "env.log").read_text()
     >>> f"torch=={importlib.metadata.version('torch')}" in text.splitlines()
     True
     """
@@ -667,9 +628,8 @@ def write_environment(folder):
 
 
 def build_partial(node, key="prepare"):
-    """The function a HyperPyYAML ``!name:`` node stands for, with its
-    arguments, as ``load_hyperpyyaml`` builds it: so that data preparation
-    can run before the models are built (they may need its classes).
+    """The function of a HyperPyYAML ``!name:`` node with its arguments, so
+    that data preparation can run before the models are built.
 
     Arguments
     ---------

@@ -1,12 +1,7 @@
 """Batched features for sound classification: mel spectrogram in dB, the
 tutorial's per-batch (or a per-clip) standardisation, and the ``log1p`` mel
-front end of SpeechBrain's ESC50 CNN14 (which ``speechbrain/cnn14-esc50`` was
-trained on).
-
-These are small ``torch.nn.Module`` objects in the style of
-``torchaudio.transforms``: configure them in the constructor (from the YAML), call
-them on a batch. They run on the training device inside ``compute_forward``, so a
-GPU computes every spectrogram of a batch at once.
+front end of SpeechBrain's ESC50 CNN14. Modules in the style of
+``torchaudio.transforms``, run on the training device on whole batches.
 
 Authors
 -------
@@ -17,17 +12,16 @@ import torch
 import torchaudio
 from sb_urbansound.data.audio import rechannel
 
-# On CPU the STFT of a whole batch (e.g. 16 stereo clips of 4 s: 45 MB of complex
-# bins) spills out of the caches and runs ~3x slower than in small pieces; signals
-# are processed in chunks of about this many samples (GPU: the whole batch at once).
+# On CPU a whole batch's STFT spills out of the caches (~3x slower): signals
+# go through it in chunks of about this many samples (GPU: all at once).
 CPU_CHUNK_SAMPLES = 2**19
 
 
 class MelSpectrogramDB(torch.nn.Module):
     """Mel spectrogram in dB per channel: ``[B, T, C]`` → ``[B, C, n_mels, frames]``.
 
-    The tutorial's ``MelSpectrogram`` (power 2) followed by ``AmplitudeToDB`` with
-    ``top_db``; the ``top_db`` floor is taken per clip, over all its channels.
+    The tutorial's ``MelSpectrogram`` (power 2), then ``AmplitudeToDB`` with
+    ``top_db`` (its floor taken per clip, over all channels).
 
     Arguments
     ---------
@@ -42,12 +36,9 @@ class MelSpectrogramDB(torch.nn.Module):
     top_db : float, optional
         Dynamic range kept below each clip's maximum, in dB.
     channels : int, optional
-        If given, inputs are first converted to this many channels (so a model
-        trained on stereo also takes mono input, as at inference time).
-    f_min : float
-        Lowest frequency of the mel filters.
-    f_max : float, optional
-        Highest frequency of the mel filters (default: Nyquist).
+        If given, inputs are first converted to this many channels.
+    f_min, f_max : float
+        Frequency range of the mel filters (``f_max`` None: Nyquist).
 
     Example
     -------
@@ -100,20 +91,14 @@ class MelSpectrogramDB(torch.nn.Module):
             wavs = wavs.unsqueeze(-1)
         if self.channels is not None:
             wavs = rechannel(wavs, self.channels)
-        # The STFT runs in float32 even under mixed precision: the dB scale
-        # needs the range.
+        # float32 even under mixed precision: the dB scale needs the range
         with torch.autocast(device_type=wavs.device.type, enabled=False):
             spec = self._unique_channels_mel(wavs.transpose(1, 2).float())
             return self.to_db(spec)
 
     def _unique_channels_mel(self, signals):
-        """:meth:`_power_mel`, once for clips whose channels are all equal.
-
-        A mono file up-mixed to a stereo model has two equal channels (all of
-        the 22.05 kHz mono clips of the shared data): their spectrogram is
-        computed once and copied, half the work of the costliest step of the
-        feature bank. Equal channels give equal numbers, so nothing changes.
-        """
+        """:meth:`_power_mel`, once for clips whose channels are all equal
+        (mono up-mixed to stereo), then copied."""
         if signals.shape[1] == 1:
             return self._power_mel(signals)
         same = (signals[:, 1:] == signals[:, :1]).all(dim=2).all(dim=1)
@@ -129,18 +114,10 @@ class MelSpectrogramDB(torch.nn.Module):
         return spec
 
     def _power_mel(self, signals):
-        """Mel power spectrogram of ``[batch, channels, time]`` signals.
-
-        The same numbers as ``self.melspec`` (torchaudio's ``MelSpectrogram``),
-        computed faster: the power is ``re² + im²`` (no square root then square)
-        and, on CPU, the signals go through the STFT in cache-sized chunks.
-        """
-        spectrogram = self.melspec.spectrogram
-        if (
-            spectrogram.power != 2.0
-            or spectrogram.normalized
-            or spectrogram.pad
-        ):
+        """``self.melspec`` of ``[batch, channels, time]``, faster (ours, not
+        torchaudio's: power as ``re² + im²``, CPU STFT in cache-sized chunks)."""
+        sp = self.melspec.spectrogram
+        if sp.power != 2.0 or sp.normalized or sp.pad:
             return self.melspec(signals)
         flat = signals.reshape(-1, signals.shape[-1])
         chunk = flat.shape[0]
@@ -151,14 +128,14 @@ class MelSpectrogramDB(torch.nn.Module):
         for part in flat.split(chunk):
             stft = torch.stft(
                 part,
-                n_fft=spectrogram.n_fft,
-                hop_length=spectrogram.hop_length,
-                win_length=spectrogram.win_length,
-                window=spectrogram.window,
-                center=spectrogram.center,
-                pad_mode=spectrogram.pad_mode,
+                n_fft=sp.n_fft,
+                hop_length=sp.hop_length,
+                win_length=sp.win_length,
+                window=sp.window,
+                center=sp.center,
+                pad_mode=sp.pad_mode,
                 normalized=False,
-                onesided=spectrogram.onesided,
+                onesided=sp.onesided,
                 return_complex=True,
             )
             bins = torch.view_as_real(stft)
@@ -173,28 +150,12 @@ class MelSpectrogramDB(torch.nn.Module):
 class BatchStandardize(torch.nn.Module):
     """The tutorial's standardisation in training; its average in evaluation.
 
-    In training, a batch is standardised with its own mean and standard
-    deviation (one scalar each), the tutorial's ``(x - x.mean()) / x.std()``,
-    and the module keeps the running average of those batch statistics. In
-    evaluation the average is used (as ``BatchNorm`` does): a clip's result
-    then depends on that clip alone, never on the other clips of its batch,
-    so the recipe's test, ``classify``, an exported ONNX model and a live
-    stream score a clip the same way, and evaluation sharded over several
-    processes gives the same numbers as one process.
-
-    The tutorial standardises its test batches with their own statistics: a
-    test clip's score then changes with the clips it is batched with. The
-    statistics of the inputs (mel spectrograms in dB) do not change during
-    training, so their average over the training batches is the statistics
-    that training normalised with. A module that has seen no training batch
-    (an untrained model) standardises its input with the input's own
-    statistics.
-
-    SpeechBrain's ``InputNormalization`` normalises per feature dimension
-    instead, which is a different model; this keeps the tutorial's.
-    ``EncoderClassifier`` calls this module as ``mean_var_norm(feats,
-    lengths)``; list it among the checkpointer's recoverables, so that a
-    resumed run keeps its statistics.
+    In training, ``(x - x.mean()) / x.std()`` over the batch, keeping the
+    running average of those statistics; in evaluation that average is used
+    (as ``BatchNorm`` does), so a clip's result depends on that clip alone.
+    Untrained, it uses the input's own statistics. Not SpeechBrain's
+    ``InputNormalization``, which normalises per feature (another model).
+    List it among the checkpointer's recoverables.
 
     Arguments
     ---------
@@ -228,7 +189,7 @@ class BatchStandardize(torch.nn.Module):
         x : torch.Tensor
             Any shape.
         lengths : torch.Tensor, optional
-            Unused (inputs have a fixed length); kept for SpeechBrain's interface.
+            Unused; SpeechBrain's interface.
 
         Returns
         -------
@@ -238,7 +199,7 @@ class BatchStandardize(torch.nn.Module):
         if self.training or int(self.batches) == 0:
             mean, std = x.mean(), x.std()
             if self.training:
-                with torch.no_grad():  # a running average of the batches'
+                with torch.no_grad():
                     n = self.batches.add_(1).float()
                     self.running_mean.add_(
                         (mean.detach() - self.running_mean) / n
@@ -249,19 +210,13 @@ class BatchStandardize(torch.nn.Module):
 
 
 class ClipStandardize(torch.nn.Module):
-    """Standardise each clip with its own statistics (optionally per frequency band).
-
-    With ``per_band=True`` this is cepstral-style mean and variance normalisation:
-    each mel band of a clip is centred and scaled over time (and channels), which
-    removes a recording's loudness and microphone colouring. Unlike
-    :class:`BatchStandardize`, the result of a clip does not depend on the other
-    clips of its batch, so inference on one file matches training.
+    """Standardise each clip with its own statistics (optionally per band).
 
     Arguments
     ---------
     per_band : bool
-        Normalise each frequency band separately (``True``) or the whole clip
-        with one mean and one standard deviation (``False``).
+        Each frequency band over time and channels (cepstral mean and
+        variance normalisation), or the whole clip at once.
     eps : float
         Added to the standard deviation.
 
@@ -286,7 +241,7 @@ class ClipStandardize(torch.nn.Module):
         x : torch.Tensor
             ``[batch, channels, freq, time]``.
         lengths : torch.Tensor, optional
-            Unused (inputs have a fixed length); kept for SpeechBrain's interface.
+            Unused; SpeechBrain's interface.
 
         Returns
         -------
@@ -302,10 +257,8 @@ class ClipStandardize(torch.nn.Module):
 class Log1pMelSpectrogram(torch.nn.Module):
     """``log(1 + mel(|STFT| ** power))``: ``[batch, time]`` → ``[batch, frames, n_mels]``.
 
-    The features of SpeechBrain's ESC50 CNN14 recipe, on which the
-    ``speechbrain/cnn14-esc50`` encoder was trained: SpeechBrain's ``STFT``,
-    the magnitude raised to ``power``, SpeechBrain's triangular mel
-    ``Filterbank`` (linear output), then ``log1p``. No trainable parameters.
+    The features ``speechbrain/cnn14-esc50`` was trained on (SpeechBrain's
+    ESC50 recipe): ``STFT``, magnitude to ``power``, mel ``Filterbank``.
 
     Arguments
     ---------
@@ -313,18 +266,14 @@ class Log1pMelSpectrogram(torch.nn.Module):
         Sample rate of the input (Hz).
     n_fft : int
         FFT size.
-    win_length : float
-        Window length (ms).
-    hop_length : float
-        Hop between frames (ms).
+    win_length, hop_length : float
+        Window length and hop (ms).
     n_mels : int
         Number of mel bands.
     power : float
         Exponent of the STFT magnitude (0.5: square root).
-    f_min : float
-        Lowest frequency of the mel filters (Hz).
-    f_max : float, optional
-        Highest frequency of the mel filters (default: half the rate).
+    f_min, f_max : float
+        Frequency range of the mel filters (Hz; ``f_max`` None: half the rate).
 
     Example
     -------
@@ -364,7 +313,7 @@ class Log1pMelSpectrogram(torch.nn.Module):
         )
 
     def forward(self, wavs):
-        """Compute the features of a batch of waveforms.
+        """Compute the features.
 
         Arguments
         ---------

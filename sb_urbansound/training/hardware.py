@@ -28,12 +28,12 @@ _DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 
 def available_cores():
-    """CPU cores this process may run on.
+    """The number of CPU cores this process may run on.
 
     Returns
     -------
     int
-        The number of cores in this process's CPU affinity.
+        The cores of this process's CPU affinity.
 
     Example
     -------
@@ -47,26 +47,15 @@ def available_cores():
 
 
 def default_num_workers(data_source="files", cores=None, max_workers=8):
-    """A default number of DataLoader workers: half the cores, from 1 to 8.
-
-    The waveform steps of a clip (decode, resample) cost a few milliseconds of
-    one core, about what the main process spends on the clip's features and
-    model step on a CPU; so on a CPU-only machine half the cores load data and
-    the other half compute (2 cores: 1 worker, 1 compute thread, see
-    :func:`set_torch_threads`). With a GPU the main process mostly waits, and 8
-    workers feed it well over a thousand clips a second. Cores are shared among
-    the processes of a ``torchrun`` launch.
-
-    From a clip bank or shards (any ``data_source`` but ``files``) there is
-    nothing left to load per clip: no worker (a worker costs start-up and
-    shutdown time and memory, and gains nothing).
+    """DataLoader workers: half the cores of this ``torchrun`` process, from 1
+    to ``max_workers``; none for a bank or shards (nothing left to load).
 
     Arguments
     ---------
     data_source : str
         The run's ``data_source`` (``sb_urbansound.data.loader.SOURCES``).
     cores : int, optional
-        CPU cores available (default: this process's CPU affinity).
+        CPU cores available (default: :func:`available_cores`).
     max_workers : int
         Upper bound.
 
@@ -91,29 +80,19 @@ def default_num_workers(data_source="files", cores=None, max_workers=8):
 
 
 def set_torch_threads(num_workers, cores=None):
-    """Give torch's compute threads the cores that the loader workers leave free.
+    """Give torch's threads the cores that the loader workers leave free.
 
-    The main process computes features and the model with torch's intra-op
-    thread pool (one thread per core by default) while ``num_workers`` DataLoader
-    workers (one thread each) prepare waveforms. More busy threads than cores
-    slow OpenMP down badly (its threads wait for each other at every operation):
-    on 2 cores with 2 workers, 2 compute threads train several times slower than
-    1. This sets ``cores - num_workers`` threads (at least 1, at most torch's
-    default; cores shared among the processes of a ``torchrun`` launch), from
-    the machine alone: the thread count changes the order of torch's sums, so
-    a count that followed the load would make two runs of one seed differ.
-    When the load average (last minute) says other jobs keep cores busy, it
-    says so: there one thread is faster (`cnn.yaml`'s feature bank, load 5:
-    57.9 training clips/s at 2 threads, 325.8 at 1, ``docs/performance.md``),
-    and ``OMP_NUM_THREADS=1`` sets it. ``OMP_NUM_THREADS``, when set, wins.
-    The recipe's YAML calls it at load time.
+    ``cores - num_workers`` threads per ``torchrun`` process (1 to torch's
+    default): more busy threads than cores make OpenMP wait. The count
+    follows the machine, not its load (it orders torch's sums); a busy
+    machine gets a warning. ``OMP_NUM_THREADS``, when set, wins.
 
     Arguments
     ---------
     num_workers : int
         DataLoader worker processes per training process.
     cores : int, optional
-        CPU cores available (default: this process's CPU affinity).
+        CPU cores available (default: :func:`available_cores`).
 
     Returns
     -------
@@ -150,16 +129,8 @@ def set_torch_threads(num_workers, cores=None):
 
 @contextlib.contextmanager
 def core_pool(threads=None):
-    """A pool of threads, one per core, in which torch runs one thread each.
-
-    The clip bank, the shards and the feature bank work on many clips at
-    once: each thread takes its own clips (decoding, resampling, features),
-    which keeps every core busy without any waiting between them. torch's
-    own thread pool would run each of those threads' operations on every
-    core again: on 2 cores, 2 threads then start 4 busy OpenMP threads, which
-    wait for each other at every operation (3x slower, far worse on a loaded
-    machine). So torch runs one thread per pool thread while the pool lives,
-    and its thread count is restored afterwards.
+    """A pool of threads, one per core, in which torch runs one thread each
+    (more would oversubscribe the cores); torch's count is restored after.
 
     Arguments
     ---------
@@ -169,8 +140,7 @@ def core_pool(threads=None):
     Yields
     ------
     concurrent.futures.ThreadPoolExecutor
-        The pool; on the way out, queued work is cancelled (a stop does not
-        wait for it) and the running work finishes.
+        The pool; on exit, queued work is cancelled, running work finishes.
 
     Example
     -------
@@ -191,12 +161,8 @@ def core_pool(threads=None):
 
 
 def ordered_map(pool, function, items, ahead=None):
-    """``pool.map``, holding at most ``ahead`` results not yet taken.
-
-    ``Executor.map`` submits every item at once: when the caller takes the
-    results more slowly than the pool makes them (decoded clips written to
-    disk), they pile up in memory without bound. Here the next item is
-    submitted as each result is taken.
+    """``pool.map``, holding at most ``ahead`` results not yet taken (ours:
+    ``Executor.map`` submits every item at once, so memory is unbounded).
 
     Arguments
     ---------
@@ -211,7 +177,8 @@ def ordered_map(pool, function, items, ahead=None):
 
     Yields
     ------
-    The results, in the order of ``items``.
+    object
+        The results, in the order of ``items``.
 
     Example
     -------
@@ -234,11 +201,7 @@ def ordered_map(pool, function, items, ahead=None):
 
 
 def progress_bar(iterable=None, enabled=True, **kwargs):
-    """A tqdm bar for a long step, on the main process's terminal only.
-
-    Like SpeechBrain's bars, it is shown on the main process only; it is
-    also left out when stderr is not a terminal (a log file or a pipe then
-    gets the step's log lines, not thousands of bar updates).
+    """A tqdm bar, shown on the main process's terminal only (not to a file).
 
     Arguments
     ---------
@@ -252,6 +215,7 @@ def progress_bar(iterable=None, enabled=True, **kwargs):
     Returns
     -------
     tqdm.tqdm
+        The bar.
 
     Example
     -------
@@ -276,13 +240,12 @@ def _cpu_model():
 
 
 def hardware_description():
-    """Describe the machine: CPU model and cores, GPU if any, torch version.
+    """Describe the machine in one line: CPU, GPU, torch and Python.
 
     Returns
     -------
     str
-        One line, e.g. ``"CPU: AMD EPYC (2 cores); GPU: none; torch 2.11.0;
-        Python 3.11.9 on Linux"``.
+        The description.
 
     Example
     -------
@@ -302,18 +265,14 @@ def hardware_description():
 
 
 def check_device(device, backend=None):
-    """Stop at once, in one line, when torch cannot use ``device``.
-
-    SpeechBrain finds out only when the trainer is made, after the data is
-    prepared and the clip bank built (and then with a traceback); under
-    ``torchrun``, a backend other than gloo needs one GPU per process
-    (SpeechBrain's ``ddp_init_group`` stops with "Not enough GPUs available!").
+    """Stop at once, in one line, when torch cannot use ``device``, or under
+    ``torchrun`` a backend other than gloo lacks one GPU per process
+    (SpeechBrain finds out late, with a traceback).
 
     Arguments
     ---------
     device : str or None
-        ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); None:
-        SpeechBrain chooses one.
+        ``--device`` (``cpu``, ``cuda:1``, ``mps``...); None: SpeechBrain's.
     backend : str, optional
         ``--distributed_backend`` (checked only under ``torchrun``).
 
@@ -358,11 +317,9 @@ def check_device(device, backend=None):
         or found.type != wanted.type
         or (wanted.index or 0) >= count
     ):
-        have = (
-            "no GPU or other accelerator"
-            if found is None
-            else f"{count} {found.type} device(s)"
-        )
+        have = "no GPU or other accelerator"
+        if found is not None:
+            have = f"{count} {found.type} device(s)"
         raise UserError(
             f"--device={device} cannot be used: torch finds {have} on this "
             "machine; pass --device=cpu or a device it has"
@@ -370,13 +327,8 @@ def check_device(device, backend=None):
 
 
 def stop_loader_workers(loaders):
-    """Stop the worker processes of DataLoaders now, not at interpreter exit.
-
-    A loader with ``persistent_workers`` keeps its workers until it is
-    garbage-collected, and SpeechBrain's checkpointer keeps the training
-    loader (it saves its position): the workers then live until the process
-    exits, where stopping them can wait several seconds per worker. Stopping
-    them when training ends lets a run exit at once.
+    """Stop DataLoaders' worker processes now (SpeechBrain's checkpointer
+    keeps the training loader; stopping workers at exit takes seconds).
 
     Arguments
     ---------

@@ -1,9 +1,11 @@
 """Test and cross-validation results: aggregation, Markdown report, plots.
 
-Pure functions of the per-fold results that the recipe writes
-(``test_results.json``, ``history.json``): accuracies are fractions, printed
-as percentages. Files are written atomically; plots use matplotlib's Agg
-canvas directly (no ``pyplot`` state, no display).
+Accuracies are fractions, printed as percentages. Files are written
+atomically; plots use matplotlib's Agg canvas (no ``pyplot``, no display).
+
+Authors
+-------
+ * sb-urbansound contributors
 """
 
 import io
@@ -54,41 +56,28 @@ def aggregate_folds(fold_results):
     Arguments
     ---------
     fold_results : list of dict
-        One per fold, in report order: ``test_fold``, ``valid_folds`` and the
-        keys of the recipe's ``test_results.json`` (``accuracy``,
-        ``per_class_accuracy``, ``confusion_matrix`` with rows the true class,
-        ``labels``, ``n_clips``).
+        One per fold: ``test_fold``, ``valid_folds`` and the recipe's
+        ``test_results.json`` keys.
 
     Returns
     -------
     dict
-        The contents of ``crossval_results.json``: ``folds`` (``{test_fold,
-        valid_folds, accuracy, per_class_accuracy, n_clips}`` each, a NaN
-        accuracy as None), ``mean``, ``std`` (sample std, ``ddof=1``; None
-        for a single fold, never a misleading 0), ``confusion_matrix`` (the
-        sum of the folds': each clip counted once) and ``labels`` (the first
-        fold's order).
+        ``crossval_results.json``: ``folds``, ``mean``, ``std`` (sample std;
+        None for one fold), ``confusion_matrix`` (the folds' sum, in the
+        first fold's label order) and ``labels``.
 
     Raises
     ------
     ValueError
-        If there are no folds, a fold's labels differ from the first fold's
-        (as a set: a reordering is undone), or a matrix does not match its
-        labels or ``n_clips``.
+        For no folds, or a fold whose labels or matrix do not match.
 
     Example
     -------
-    >>> cms = {0.5: [[1, 0], [1, 0]], 1.0: [[1, 0], [0, 1]]}
+    >>> cms = {1: [[1, 0], [1, 0]], 2: [[1, 0], [0, 1]]}
     >>> res = aggregate_folds(
-    ...     dict(
-    ...         test_fold=k,
-    ...         valid_folds=[3 - k],
-    ...         accuracy=a,
-    ...         n_clips=2,
-    ...         confusion_matrix=cms[a],
-    ...         labels=["a", "b"],
-    ...     )
-    ...     for k, a in [(1, 0.5), (2, 1.0)]
+    ...     dict(test_fold=k, valid_folds=[3 - k], accuracy=k / 2, n_clips=2)
+    ...     | dict(confusion_matrix=cms[k], labels=["a", "b"])
+    ...     for k in (1, 2)
     ... )
     >>> res["mean"], round(res["std"], 4), res["confusion_matrix"]
     (0.75, 0.3536, [[2, 0], [1, 1]])
@@ -121,7 +110,6 @@ def aggregate_folds(fold_results):
             raise ValueError(
                 f"fold {fold}: confusion matrix of shape {cm.shape} for {n} labels"
             )
-        # Reorder rows and columns to the first fold's label order.
         order = [fold_labels.index(label) for label in labels]
         cm = cm[np.ix_(order, order)]
         n_clips = int(res["n_clips"])
@@ -157,9 +145,7 @@ def aggregate_folds(fold_results):
 
 def _pct(value, digits=2):
     """Format a fraction as a percentage, or ``n/a`` for None."""
-    if value is None:
-        return "n/a"
-    return f"{100.0 * value:.{digits}f} %"
+    return "n/a" if value is None else f"{100.0 * value:.{digits}f} %"
 
 
 def _mean_std(values):
@@ -181,7 +167,7 @@ def _pm(mean, std):
 
 
 def format_duration(seconds):
-    """Format a duration in seconds as ``1h 02m 03s``, ``2m 03s`` or ``4.2s``.
+    """Format a duration as ``1h 02m 03s``, ``2m 03s`` or ``4.2s``.
 
     Arguments
     ---------
@@ -191,7 +177,7 @@ def format_duration(seconds):
     Returns
     -------
     str
-        A short human-readable duration.
+        The text.
 
     Example
     -------
@@ -201,8 +187,7 @@ def format_duration(seconds):
     seconds = float(seconds)
     if seconds < 60:
         return f"{seconds:.1f}s"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
+    h, rem = divmod(int(round(seconds)), 3600)
     m, s = divmod(rem, 60)
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
@@ -230,8 +215,7 @@ def write_markdown_report(
     hardware : str
         A description of the machine.
     leaky : bool
-        Whether the folds were a random clip split: a warning section says
-        why the numbers are inflated.
+        Whether the folds were a random clip split (adds a warning).
     fold_seconds : dict, optional
         ``{test_fold: seconds}``, a column of the per-fold table.
     title : str, optional
@@ -246,72 +230,57 @@ def write_markdown_report(
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
+    >>> cm = [[1, 0], [0, 1]]
+    >>> one = dict(n_clips=2, labels=["a", "b"], confusion_matrix=cm)
     >>> res = aggregate_folds(
-    ...     dict(
-    ...         test_fold=k,
-    ...         valid_folds=[k % 3 + 1],
-    ...         accuracy=a,
-    ...         n_clips=2,
-    ...         confusion_matrix=[[1, 0], [0, 1]],
-    ...         labels=["a", "b"],
-    ...     )
+    ...     dict(one, test_fold=k, valid_folds=[1], accuracy=a)
     ...     for k, a in [(1, 0.5), (2, 0.75), (3, 1.0)]
     ... )
-    >>> text = write_markdown_report(tmp / "r.md", res, "python -m ...", "CPU")
-    >>> "75.00 ± 25.00 %" in text
+    >>> path = getfixture("tmp_path") / "r.md"
+    >>> "75.00 ± 25.00 %" in write_markdown_report(path, res, "python", "CPU")
     True
     """
     folds, labels = results["folds"], results["labels"]
-    fold_seconds = {int(k): v for k, v in (fold_seconds or {}).items()}
+    mean, std = results["mean"], results["std"]
+    secs = {int(k): v for k, v in (fold_seconds or {}).items()}
     n_total = sum(f["n_clips"] for f in folds)
-    title = title or "Cross-validation report" + (
-        " (LEAKY RANDOM SPLIT)" if leaky else ""
-    )
-    acc_text = (
-        _pm(results["mean"], results["std"])
-        if results["std"] is not None
-        else f"{_pct(results['mean'])} (std undefined for a single fold)"
-    )
-    lines = [f"# {title}", "", *([LEAKY_WARNING] if leaky else [])]
+    leak = " (LEAKY RANDOM SPLIT)" if leaky else ""
+    acc = _pm(mean, std)
+    if std is None:
+        acc = f"{_pct(mean)} (std undefined for a single fold)"
+    lines = [f"# {title or 'Cross-validation report' + leak}", ""]
+    lines += [LEAKY_WARNING] if leaky else []
     lines += [
-        f"**Accuracy: {acc_text}** (mean ± sample standard deviation over "
+        f"**Accuracy: {acc}** (mean ± sample standard deviation over "
         f"{len(folds)} folds, {n_total} test clips in all"
         + (", leaky random split" if leaky else "")
-        + ")",
-        "",
-        "## Per-fold results",
-        "",
+        + ")\n\n## Per-fold results\n",
         "| Test fold | Valid fold(s) | Test clips | Accuracy |"
-        + (" Time |" if fold_seconds else ""),
-        "|---:|---:|---:|---:|" + ("---:|" if fold_seconds else ""),
+        + (" Time |" if secs else ""),
+        "|---:|---:|---:|---:|" + ("---:|" if secs else ""),
     ]
     for f in folds:
-        row = (
+        lines.append(
             f"| {f['test_fold']} | {', '.join(map(str, f['valid_folds']))} "
             f"| {f['n_clips']} | {_pct(f['accuracy'])} |"
         )
-        if fold_seconds:
-            sec = fold_seconds.get(int(f["test_fold"]))
-            row += f" {format_duration(sec) if sec is not None else 'n/a'} |"
-        lines.append(row)
-    fold_cols = [str(f["test_fold"]) for f in folds]
+        if secs:
+            sec = secs.get(int(f["test_fold"]))
+            lines[-1] += (
+                f" {format_duration(sec) if sec is not None else 'n/a'} |"
+            )
     lines += [
-        f"| **mean ± std** | | {n_total} | "
-        f"**{_pm(results['mean'], results['std'])}** |"
-        + (" |" if fold_seconds else ""),
-        "",
-        "## Per-class accuracy",
-        "",
+        f"| **mean ± std** | | {n_total} | **{_pm(mean, std)}** |"
+        + (" |" if secs else "")
+        + "\n\n## Per-class accuracy\n\n"
         "Mean ± sample std of each class's accuracy over the folds (folds "
         "without clips of the class are left out), and the pooled accuracy "
         "from the summed confusion matrix (correct / all test clips of the "
-        "class).",
-        "",
+        "class).\n",
         "| Class | Mean ± std over folds | Pooled | Clips | "
-        + " | ".join(f"Fold {c}" for c in fold_cols)
+        + " | ".join(f"Fold {f['test_fold']}" for f in folds)
         + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(fold_cols),
+        "|---|---:|---:|---:|" + "---:|" * len(folds),
     ]
     cm = np.asarray(results["confusion_matrix"], dtype=np.int64)
     for i, label in enumerate(labels):
@@ -322,34 +291,23 @@ def write_markdown_report(
             f"| {label} | {_pm(*_mean_std(values))} | {_pct(pooled)} | "
             f"{n_class} | " + " | ".join(_pct(v, 1) for v in values) + " |"
         )
-    lines += [
-        "",
-        "## Plots",
-        "",
+    lines.append(
+        "\n## Plots\n\n"
         "* `confusion_matrix.png`: the confusion matrix summed over all "
-        "folds, normalised per true class.",
+        "folds, normalised per true class.\n"
         "* `learning_curves.png`: training and validation loss and accuracy "
-        "per epoch, one colour per fold.",
-        "",
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-    ]
+        "per epoch, one colour per fold.\n\n## Command\n\n"
+        f"```\n{command}\n```\n"
+    )
     if fold_commands:
-        lines += [
+        lines.append(
             "Each fold as it was run (crossval refuses to mix folds of other "
-            "settings):",
-            "",
-            "```",
-        ]
+            "settings):\n\n```"
+        )
         for test_fold in sorted(fold_commands, key=int):
             lines += [f"# fold {test_fold}", fold_commands[test_fold]]
         lines += ["```", ""]
-    lines += ["## Hardware", "", hardware, ""]
-    text = "\n".join(lines)
+    text = "\n".join(lines + ["## Hardware", "", hardware, ""])
     atomic_write_text(path, text)
     return text
 
@@ -374,9 +332,6 @@ def _save_png(fig, path):
 def plot_confusion_matrix(path, cm, labels, title=None):
     """Plot a confusion matrix normalised per true class, as a PNG.
 
-    A cell is the fraction of the clips of its row's class predicted as its
-    column's (0 for a row without clips); row totals are in the y labels.
-
     Arguments
     ---------
     path : str or Path
@@ -391,7 +346,7 @@ def plot_confusion_matrix(path, cm, labels, title=None):
     Returns
     -------
     Path
-        The path that was written.
+        The path written.
 
     Example
     -------
@@ -414,14 +369,12 @@ def plot_confusion_matrix(path, cm, labels, title=None):
     fig.colorbar(
         im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class"
     )
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(labels, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticklabels(
-        [
-            f"{label} ({int(t)})"
-            for label, t in zip(labels, totals.ravel(), strict=True)
-        ]
+    ax.set_xticks(
+        range(n), labels, rotation=45, ha="right", rotation_mode="anchor"
+    )
+    ax.set_yticks(
+        range(n),
+        [f"{label} ({int(t)})" for label, t in zip(labels, totals.ravel())],
     )
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class (number of clips)")
@@ -440,57 +393,46 @@ def plot_confusion_matrix(path, cm, labels, title=None):
 
 
 def plot_learning_curves(path, histories, title=None):
-    """Plot loss and accuracy per epoch for each fold, train and valid, as a PNG.
-
-    One colour per fold, solid for training, dashed for validation; missing
-    values are skipped.
+    """Plot loss and accuracy per epoch of each fold, as a PNG (one colour
+    per fold; train solid, valid dashed).
 
     Arguments
     ---------
     path : str or Path
         Destination ``.png`` file (written atomically).
     histories : dict
-        ``{fold: rows of the recipe's history.json}`` (``epoch``,
-        ``train_loss``, ``train_accuracy``, ``valid_loss``, ...).
+        ``{fold: rows of the recipe's history.json}``.
     title : str, optional
         Figure title.
 
     Returns
     -------
     Path
-        The path that was written.
+        The path written.
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
     >>> hist = {1: [dict(epoch=1, train_loss=2.0, valid_accuracy=0.25)]}
-    >>> plot_learning_curves(tmp / "lc.png", hist).stat().st_size > 0
+    >>> path = getfixture("tmp_path") / "lc.png"
+    >>> plot_learning_curves(path, hist).stat().st_size > 0
     True
     """
     from matplotlib.lines import Line2D
 
     fig = _new_figure(12, 4.8)
-    ax_loss = fig.add_subplot(1, 2, 1)
-    ax_acc = fig.add_subplot(1, 2, 2)
+    ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     colors = "blue orange green red purple brown pink gray olive cyan".split()
-    fold_handles = []
-    anything = False
+    fold_handles, anything = [], False
     for idx, (fold, history) in enumerate(histories.items()):
         color = "tab:" + colors[idx % len(colors)]
         history = list(history or [])
-        for key, ax, scale in (
-            ("loss", ax_loss, 1.0),
-            ("accuracy", ax_acc, 100.0),
-        ):
+        for key, ax, scale in (("loss", ax_loss, 1), ("accuracy", ax_acc, 100)):
             for split, style in (("train", "-"), ("valid", "--")):
                 points = [
-                    (row.get("epoch", i + 1), row.get(f"{split}_{key}"))
+                    (row.get("epoch", i + 1), scale * float(v))
                     for i, row in enumerate(history)
-                ]
-                points = [
-                    (e, scale * float(v))
-                    for e, v in points
-                    if v is not None and not math.isnan(float(v))
+                    if (v := row.get(f"{split}_{key}")) is not None
+                    and not math.isnan(float(v))
                 ]
                 if not points:
                     continue
@@ -527,10 +469,8 @@ def plot_learning_curves(path, histories, title=None):
 
 
 def append_history(path, epoch, lr, train_stats, valid_stats):
-    """Record one epoch in ``history.json``, the machine-readable learning curve.
-
-    An epoch already recorded (a resumed run that repeats it) is replaced, and
-    later ones are dropped.
+    """Record one epoch in ``history.json``, dropping that epoch and later
+    ones if recorded before (a resumed run).
 
     Arguments
     ---------
@@ -552,8 +492,7 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> s = {"loss": 1.0, "accuracy": 0.5}
+    >>> tmp, s = getfixture("tmp_path"), {"loss": 1.0, "accuracy": 0.5}
     >>> _ = append_history(tmp / "h.json", 1, 0.1, s, s)
     >>> [h["epoch"] for h in append_history(tmp / "h.json", 2, 0.1, s, s)]
     [1, 2]
@@ -600,15 +539,12 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
 def confusion_matrix(targets, predictions, labels):
     """Count (true, predicted) pairs into a matrix in label order.
 
-    Unlike ``ClassificationStats``'s matrix (over the classes it has seen),
-    every label has its row (true) and column (predicted).
+    Ours: ``ClassificationStats``'s matrix lacks the classes it has not seen.
 
     Arguments
     ---------
-    targets : list of str
-        True labels.
-    predictions : list of str
-        Predicted labels.
+    targets, predictions : list of str
+        True and predicted labels.
     labels : list of str
         All labels, in index order.
 
@@ -634,18 +570,16 @@ def classification_results(targets, predictions, labels):
 
     Arguments
     ---------
-    targets : list of str
-        True labels.
-    predictions : list of str
-        Predicted labels.
+    targets, predictions : list of str
+        True and predicted labels.
     labels : list of str
         All labels, in index order.
 
     Returns
     -------
     dict
-        ``accuracy``, ``per_class_accuracy`` (label to value, ``None`` for a
-        class with no clip), ``confusion_matrix``, ``labels``, ``n_clips``.
+        ``accuracy``, ``per_class_accuracy`` (None for a class without clips),
+        ``confusion_matrix``, ``labels``, ``n_clips``.
 
     Example
     -------
@@ -654,15 +588,14 @@ def classification_results(targets, predictions, labels):
     (0.6666666666666666, {'a': 1.0, 'b': 0.5})
     """
     matrix = confusion_matrix(targets, predictions, labels)
-    per_class = {}
-    for i, label in enumerate(labels):
-        total = sum(matrix[i])
-        per_class[label] = matrix[i][i] / total if total else None
     n_clips = len(targets)
     correct = sum(matrix[i][i] for i in range(len(labels)))
     return {
         "accuracy": correct / n_clips if n_clips else 0.0,
-        "per_class_accuracy": per_class,
+        "per_class_accuracy": {
+            label: row[i] / sum(row) if sum(row) else None
+            for i, (label, row) in enumerate(zip(labels, matrix))
+        },
         "confusion_matrix": matrix,
         "labels": list(labels),
         "n_clips": n_clips,
@@ -670,7 +603,7 @@ def classification_results(targets, predictions, labels):
 
 
 def write_test_results(path, stats, label_encoder):
-    """Writes a test's results (:func:`classification_results`) as JSON.
+    """Write a test's results (:func:`classification_results`) as JSON.
 
     Arguments
     ---------
