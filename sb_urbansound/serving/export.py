@@ -5,22 +5,12 @@ Usage::
     python -m sb_urbansound.serving.export MODEL_FOLDER [--format onnx|torchscript|all]
         [--data PATH...] [--max-clips N] [--opset N]
 
-writes ``model.onnx`` and/or ``model.ts`` in the model folder: input
-``waveforms`` ``[windows, samples, channels]`` float32 (the windows of one
-clip; their number is dynamic), then mel spectrogram (matrix-product DFT for
-ONNX, ``torch.stft`` for TorchScript), normaliser (a trained
-``BatchStandardize``'s statistics as constants), embedding, classifier,
-softmax, mean over the test-time views; output ``probs`` ``[windows,
-n_classes]``. The metadata (ONNX properties; ``metadata.json`` in the
-TorchScript archive) holds the labels and audio spec (:func:`model_metadata`).
-
-Before it is written, each export is compared with eager PyTorch on the
-windows of the ``--data`` clips (files, folders, manifests) or of generated
-clips: same top-1 label on every clip, every probability within ``1e-4``.
-Exit status: 0 when every format was written, 1 when one was refused or
-failed its check, 2 for a usage error, a folder that is not a model folder
-or an unreadable ``--data`` clip, 75 when another process exports the same
-folder (its lock, ``docs/stores.md``).
+writes ``model.onnx`` and/or ``model.ts``: ``waveforms`` ``[windows, samples,
+channels]`` float32 in, ``probs`` ``[windows, n_classes]`` out, labels and
+audio spec in the metadata (:func:`model_metadata`). Each export is written
+only if it matches eager PyTorch on the ``--data`` clips (or generated ones).
+Exit status: 0 all written, 1 one refused, 2 usage or model folder error,
+75 another process exports the same folder (``docs/inference.md``).
 
 Authors
 -------
@@ -81,34 +71,24 @@ DEFAULT_OPSET = 18
 
 
 class ExportError(UserError):
-    """A model that cannot be exported, or whose export fails its check.
-
-    Example
-    -------
-    >>> issubclass(ExportError, UserError)
-    True
-    """
+    """A model that cannot be exported, or whose export fails its check."""
 
 
 class MatmulMelPower(torch.nn.Module):
     """Mel power spectrogram of padded signals by two matrix-product stages.
 
-    ``|rfft(frame * window)|² @ fb`` per frame without complex numbers or
-    FFT operators (slow in onnxruntime; complex tensors do not export): one
-    Cooley-Tukey step over a frame seen as ``[n1, n2]``, twiddles folded
-    into the second matrix, mel rows in ``(k1, k2)`` bin order.
+    ``|rfft(frame * window)|² @ fb`` without complex numbers or FFT
+    operators (complex tensors do not export; FFT is slow in onnxruntime):
+    one Cooley-Tukey step over a frame seen as ``[n1, n2]``.
 
     Arguments
     ---------
     window : torch.Tensor
-        The analysis window, ``[n_fft]`` (zero-padded to ``n_fft`` if
-        shorter, as ``torch.stft`` does).
+        The analysis window, ``[n_fft]``.
     fb : torch.Tensor
         The mel matrix, ``[n_fft // 2 + 1, n_mels]``.
-    hop : int
-        The hop between frames.
-    length : int
-        The padded signal's length (fixed).
+    hop, length : int
+        The hop between frames; the padded signal's (fixed) length.
 
     Example
     -------
@@ -141,14 +121,8 @@ class MatmulMelPower(torch.nn.Module):
         ang1 = -2 * math.pi * torch.outer(r, r) / n1
         # stage 2, along the columns, twiddles folded in:
         # X[k1 + n1 k2] = sum_c Y[k1, c] exp(-2i pi c (k1 / n + k2 / n2))
-        ang2 = (
-            -2
-            * math.pi
-            * (
-                torch.outer(r, c).unsqueeze(-1) / n
-                + (c.view(-1, 1) * k2.view(1, -1)).unsqueeze(0) / n2
-            )
-        )  # [k1, c, k2]
+        ang2 = torch.outer(r, c).unsqueeze(-1) / n
+        ang2 = -2 * math.pi * (ang2 + torch.outer(c, k2).unsqueeze(0) / n2)
         bins = (r.view(-1, 1) + n1 * k2.view(1, -1)).long()  # [k1, k2]
         fb_perm = torch.zeros(n1, k2n, fb.shape[1], dtype=torch.float64)
         inside = bins < n_bins
@@ -200,10 +174,6 @@ class MatmulMelPower(torch.nn.Module):
 class MelSpectrogramGraph(torch.nn.Module):
     """``MelSpectrogramDB`` for export: fixed length, no chunks, no complex.
 
-    ``method="matmul"`` (:class:`MatmulMelPower`, for ONNX) or ``"stft"``
-    (one ``torch.stft`` over the batch, for TorchScript: the eager module's
-    cache-sized chunks would be frozen by a trace).
-
     Arguments
     ---------
     mel : MelSpectrogramDB
@@ -211,7 +181,8 @@ class MelSpectrogramGraph(torch.nn.Module):
     num_samples : int
         The clip length.
     method : str
-        ``"matmul"`` or ``"stft"``.
+        ``"matmul"`` (:class:`MatmulMelPower`, for ONNX) or ``"stft"`` (one
+        ``torch.stft`` over the batch: a trace would freeze eager chunks).
 
     Example
     -------
@@ -284,8 +255,7 @@ class MelSpectrogramGraph(torch.nn.Module):
 
 
 class _FixedStandardize(torch.nn.Module):
-    """``(x - mean) / (std + eps)`` with constants: a trained
-    ``BatchStandardize`` in evaluation, without its branch on statistics.
+    """A trained ``BatchStandardize`` in evaluation, as constants.
 
     Example
     -------
@@ -307,21 +277,15 @@ class _FixedStandardize(torch.nn.Module):
 
 
 class WindowClassifier(torch.nn.Module):
-    """The windows of one clip → class probabilities: what gets exported
-    (:func:`sb_urbansound.serving.inference.window_probs`'s computation).
+    """The windows of one clip → class probabilities: what gets exported.
 
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
         A model loaded from a model folder.
     method : str
-        How ``MelSpectrogramDB`` features are computed (see
-        :class:`MelSpectrogramGraph`); other feature modules are used as they
-        are.
-
-    Example
-    -------
-    See ``tests/test_export.py``.
+        How ``MelSpectrogramDB`` features are computed (``"matmul"``,
+        ``"stft"``); other feature modules are used as they are.
     """
 
     def __init__(self, model, method="matmul"):
@@ -366,8 +330,7 @@ class WindowClassifier(torch.nn.Module):
         wavs = waveforms.flatten(1) if self.channels == 1 else waveforms
         feats = self.compute_features(wavs)
         feats = self.mean_var_norm(feats, torch.ones_like(wavs[:, 0]))
-        # Windows are full length: no lengths (SpeechBrain's pooling layers
-        # then need no per-window loop, which would not export)
+        # full windows: no lengths (pooling then needs no per-window loop)
         scores = self.classifier(self.embedding_model(feats))
         probs = torch.softmax(scores.reshape(wavs.shape[0], -1).float(), -1)
         if self.views > 1:
@@ -394,7 +357,7 @@ def model_metadata(model, wrapper):
     Returns
     -------
     dict
-        String values (see the module docstring).
+        String values.
     """
     scorer = TorchScorer(model)
     return {
@@ -413,8 +376,7 @@ def model_metadata(model, wrapper):
 
 
 def _reason(error, limit=400):
-    """An exporter's error in short: its root cause's type and message
-    lines that are not stack frames (at most ``limit`` characters).
+    """Return an exporter's error in short: its root cause, no stack frames.
 
     Example
     -------
@@ -448,14 +410,14 @@ EXAMPLE_WINDOWS = 2
 
 
 def _example(wrapper):
-    """Example input for tracing: :data:`EXAMPLE_WINDOWS` windows."""
+    """Return example input for tracing: :data:`EXAMPLE_WINDOWS` windows."""
     shape = (EXAMPLE_WINDOWS, wrapper.num_samples, wrapper.channels)
     gen = torch.Generator().manual_seed(0)
     return (0.1 * torch.randn(shape, generator=gen),)
 
 
 def _to_onnx(wrapper, metadata, opset):
-    """A :class:`WindowClassifier` as ONNX bytes (the dynamo exporter)."""
+    """Return a :class:`WindowClassifier` as ONNX bytes (dynamo exporter)."""
     example = _example(wrapper)
     dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export")]
@@ -492,7 +454,7 @@ def _to_onnx(wrapper, metadata, opset):
 
 
 def _to_torchscript(wrapper, metadata):
-    """A :class:`WindowClassifier` traced into TorchScript archive bytes."""
+    """Return a :class:`WindowClassifier` traced into TorchScript bytes."""
     example = _example(wrapper)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -515,10 +477,6 @@ class TorchScriptScorer(Scorer):
         The archive, or its file.
     chunk : int
         Windows per call (memory only).
-
-    Example
-    -------
-    See ``tests/test_export.py``.
     """
 
     def __init__(self, data, chunk=CHUNK_WINDOWS):
@@ -539,17 +497,13 @@ class TorchScriptScorer(Scorer):
 
 
 def generated_clips(sample_rate, channels, num_samples):
-    """Clips to check an export with (tones, noise, silence) at the model's
-    rate and channels, of :data:`CHECK_LENGTHS` windows.
+    """Clips to check an export with (tones, noise, silence), of
+    :data:`CHECK_LENGTHS` windows.
 
     Arguments
     ---------
-    sample_rate : int
-        The model's rate.
-    channels : int
-        Its channel count.
-    num_samples : int
-        Its window length.
+    sample_rate, channels, num_samples : int
+        The model's rate, channel count and window length.
 
     Returns
     -------
@@ -588,10 +542,8 @@ _NOT_A_MANIFEST = (OSError, ValueError, LookupError, TypeError, AttributeError)
 
 
 def _data_files(paths, max_clips=None):
-    """The audio files named by ``--data``: files, folders (searched
-    recursively), SpeechBrain JSON manifests (their ``wav`` entries); at
-    most ``max_clips``, each checked to be audio before anything is
-    exported (each format's check reads them again, one at a time).
+    """Return the audio files of ``--data`` (files, folders, manifests),
+    each checked to be audio before anything is exported.
 
     Example
     -------
@@ -634,9 +586,7 @@ def _data_files(paths, max_clips=None):
 
 
 def _compare(model, scorer, clips):
-    """Compare an export with eager PyTorch on the windows of each clip
-    (``(name, wav)``, or ``(name, path)`` of a ``--data`` file): ``clips``,
-    ``windows``, ``top1_agree``, ``max_abs_diff``, ``worst``."""
+    """Return stats of an export against eager PyTorch on ``clips``."""
     reference = TorchScorer(model)
     stats = dict(clips=0, windows=0, top1_agree=0, max_abs_diff=0.0, worst=None)
     for name, wav in clips:
@@ -675,7 +625,7 @@ def _compare(model, scorer, clips):
 
 
 def _check_summary(fmt, stats):
-    """One line on an export's check, and whether it passed.
+    """Return one line on an export's check, and whether it passed.
 
     Example
     -------
@@ -684,10 +634,8 @@ def _check_summary(fmt, stats):
     ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on 5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
     """
     tolerance = PROB_TOLERANCE
-    ok = (
-        stats["top1_agree"] == stats["clips"]
-        and stats["max_abs_diff"] <= tolerance
-    )
+    ok = stats["top1_agree"] == stats["clips"]
+    ok = ok and stats["max_abs_diff"] <= tolerance
     line = (
         f"{fmt}: {stats['clips']} clips ({stats['windows']} windows) against "
         f"eager PyTorch: same top-1 label on {stats['top1_agree']}/"
@@ -716,15 +664,12 @@ def export_model(
         ``"onnx"`` and/or ``"torchscript"``.
     data : list of str or Path, optional
         Check clips: audio files, folders, manifests (default: generated).
-    max_clips : int, optional
-        Use at most this many of them.
-    opset : int
-        The ONNX opset.
+    max_clips, opset : int, optional
+        Use at most this many clips; the ONNX opset.
     log : callable
         Where the summary lines go.
     trust : bool
-        Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (see :mod:`sb_urbansound.serving.trust`).
+        Load a folder whose YAML builds anything (:mod:`.trust`).
 
     Returns
     -------
@@ -811,9 +756,8 @@ def _export_one(model, fmt, folder, clips, opset, log):
 
 
 def untrained_model_folder(yaml_file, folder, labels, overrides=None):
-    """Write a model folder from a training YAML's initial (random) weights,
-    for benchmarks and tests: a ``BatchStandardize`` normaliser gets the
-    statistics of one batch of generated clips.
+    """Write a model folder from a training YAML's random weights (for
+    benchmarks and tests); a ``BatchStandardize`` sees generated clips.
 
     Arguments
     ---------
@@ -830,10 +774,6 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     -------
     Path
         The model folder.
-
-    Example
-    -------
-    See ``tests/test_export.py`` and ``bench/inference.py``.
     """
     yaml_file = Path(yaml_file)
     recipe = str(yaml_file.resolve().parent.parent)  # !name:<prepare module>
@@ -881,8 +821,7 @@ def parse_args(argv=None):
     Returns
     -------
     argparse.Namespace
-        ``model_folder``, ``format``, ``data``, ``max_clips``, ``opset``,
-        ``verbose``.
+        The options.
 
     Example
     -------
@@ -943,8 +882,7 @@ def main(argv=None):
     Returns
     -------
     int
-        0 if every format was written, 1 if one was refused or failed its
-        check, 2 for a usage error or a folder that is not a model folder.
+        The exit status (module docstring).
 
     Example
     -------

@@ -1,31 +1,13 @@
 """A runtime without torch: read, condition and classify audio with ``model.onnx``.
 
-Imports numpy, soundfile, soxr and (when a model is loaded) onnxruntime and
-ruamel.yaml, and of this package only its torch-free modules (``errors``,
-``timeline``, ``yaml_reader``), so the model runs without the training stack::
-
-    from sb_urbansound.serving.runtime import OnnxModel
+Imports numpy, soundfile, soxr, onnxruntime and ruamel.yaml, and of this
+package only its torch-free modules (``errors``, ``timeline``,
+``yaml_reader``). Audio takes training's steps: read, down-mix, resample
+(soxr), up-mix, optionally remove the DC offset, cut into windows
+(``docs/inference.md``, "Without torch")::
 
     model = OnnxModel("results/cnn/1234/model")  # or ".../model.onnx"
     result = model.classify_file("dog.wav", top_k=3)
-    # {'path': 'dog.wav', 'label': 'dog_bark', 'prob': 0.97, 'top_k': [...],
-    #  'n_windows': 1, 'duration_s': 4.0}
-
-``python -m sb_urbansound.serving.export MODEL_FOLDER`` writes ``model.onnx``, whose
-metadata holds the labels and the audio spec; in a model folder they must
-agree with the folder's files (:func:`check_folder`). ``python -m
-sb_urbansound.serving.classify MODEL_FOLDER files... --backend onnx`` uses it.
-
-Audio takes training's steps (:class:`Conditioner` is the converter of
-:class:`sb_urbansound.data.audio.ClipConditioner`; ``tests/test_runtime.py`` pins
-both paths to the same numbers on every format of UrbanSound8K): read with
-soundfile as float32 ``[time, channels]``; down-mix; resample with soxr
-(:class:`Resampler`: bounded memory at any ratio, a stream gets the numbers of
-a file; rates ``MIN_RATE`` to ``MAX_RATE``); up-mix; optionally remove each
-channel's mean; cut into windows (:func:`sb_urbansound.serving.timeline.
-sliding_windows`). The ONNX model takes the windows of one clip, ``[windows,
-samples, channels]``, and returns each window's class probabilities (each
-window scored alone, so a long clip goes ``chunk`` windows at a time).
 
 Authors
 -------
@@ -51,25 +33,16 @@ ONNX_FILE = "model.onnx"
 CHUNK_WINDOWS = 16
 #: Metadata keys every sb-urbansound ONNX model has.
 REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
-#: The sample rates read, streamed, resampled and trained at (Hz): below
-#: 1 kHz no sound is left to classify; 768 kHz is the highest rate audio
-#: interfaces use; soxr's time per second stays in tens of ms at ratio 768.
+#: The sample rates read, streamed, resampled and trained at (Hz).
 MIN_RATE, MAX_RATE = 1000, 768000
-#: soxr's quality: "HQ", its default (20-bit; flat to 91 % of Nyquist).
+#: soxr's quality: "HQ", its default.
 RESAMPLE_QUALITY = "HQ"
-#: The resampler, as stores of resampled clips record it (the clip bank,
-#: shards): a store made by another one is rebuilt, not read as current.
+#: The resampler, as stores of resampled clips record it (bank, shards).
 RESAMPLER = f"soxr {soxr.__libsoxr_version__} {RESAMPLE_QUALITY}"
 
 
 class ModelFileError(UserError):
-    """A file is not an sb-urbansound ONNX model (the message says why).
-
-    Example
-    -------
-    >>> issubclass(ModelFileError, UserError)
-    True
-    """
+    """A file is not an sb-urbansound ONNX model (the message says why)."""
 
 
 def check_regular_file(path):
@@ -78,7 +51,6 @@ def check_regular_file(path):
     Arguments
     ---------
     path : str or Path
-        The file.
 
     Example
     -------
@@ -101,12 +73,10 @@ def check_regular_file(path):
 def read_audio(path, max_seconds=None):
     """Read an audio file as float32 ``[time, channels]`` with its rate.
 
-    The one audio reader (:func:`sb_urbansound.data.audio.load_audio` wraps it):
-    soundfile, as ``speechbrain.dataio.audio_io`` reads (integer PCM scaled
-    to [-1, 1]), in one open and only the frames needed. A missing or not
-    regular file, one that cannot be decoded, an empty one, one at a rate
-    outside ``MIN_RATE`` .. ``MAX_RATE`` and one with NaN or infinite samples
-    raise :class:`~sb_urbansound.errors.AudioLoadError`, naming the file.
+    The one audio reader: soundfile, as ``speechbrain.dataio.audio_io``
+    reads. A file that is missing, not regular, undecodable, empty, at a
+    rate outside ``MIN_RATE`` .. ``MAX_RATE`` or with NaN or infinite
+    samples raises :class:`~sb_urbansound.errors.AudioLoadError`.
 
     Arguments
     ---------
@@ -120,7 +90,6 @@ def read_audio(path, max_seconds=None):
     wav : numpy.ndarray
         float32 ``[time, channels]``.
     sample_rate : int
-        The file's rate.
 
     Example
     -------
@@ -159,9 +128,8 @@ def read_audio(path, max_seconds=None):
 
 
 def rechannel(wav, channels):
-    """Convert ``[time, channels]`` audio to ``channels`` channels, as
-    :func:`sb_urbansound.data.audio.rechannel` (numpy): mono to several
-    duplicates, several to mono averages, anything else goes through mono.
+    """Convert ``[time, channels]`` audio to ``channels`` channels: mono is
+    duplicated, several are averaged, anything else goes through mono.
 
     Arguments
     ---------
@@ -187,8 +155,8 @@ def rechannel(wav, channels):
         return wav
     if have == 1:
         mono = wav
-    elif have == 2:  # mean()'s numbers (float audio), 2.9 against 0.1 ms
-        mono = (wav[..., :1] + wav[..., 1:]) / 2  # for 4 s at 44.1 kHz
+    elif have == 2:  # mean()'s numbers, faster
+        mono = (wav[..., :1] + wav[..., 1:]) / 2
     else:
         mono = wav.mean(axis=-1, keepdims=True)
     if channels == 1:
@@ -204,18 +172,12 @@ def check_rate(rate, what):
     rate : int
         The rate (Hz).
     what : str
-        What has it, for the message (``"--rate"``, ``"x.wav: sample
-        rate"``).
+        What has it, for the message (``"--rate"``).
 
     Returns
     -------
     int
         The rate.
-
-    Raises
-    ------
-    AudioLoadError
-        One line naming ``what``, the rate and the range.
 
     Example
     -------
@@ -237,29 +199,20 @@ def check_rate(rate, what):
 class Resampler:
     """Resample ``[time, channels]`` audio block by block with soxr.
 
-    The one resampler of training, ``classify`` and streams: soxr's memory
-    does not depend on the ratio (torchaudio's sinc table for 44101 to
-    16000 Hz: 5.3 GiB), and its output not on how the input is cut, so a
-    stream gets the numbers of the whole file. Each call returns what the
-    input so far determines (soxr holds back about 0.1 s at 8 to 48 kHz, up
-    to 1 s at 1 kHz), :meth:`flush` the rest: ``round(time * new_freq /
-    orig_freq)`` samples in all.
+    The one resampler of training, ``classify`` and streams (soxr, not
+    torchaudio: its memory does not depend on the ratio, its output not on
+    how the input is cut). Each call returns what the input so far
+    determines, :meth:`flush` the rest.
 
     Arguments
     ---------
-    orig_freq : int
-        The input rate.
-    new_freq : int
-        The output rate.
+    orig_freq, new_freq : int
+        The input and output rates.
 
     Example
     -------
     >>> r = Resampler(16000, 8000)
-    >>> x = (
-    ...     np.random.default_rng(0)
-    ...     .standard_normal((1000, 2))
-    ...     .astype("float32")
-    ... )
+    >>> x = np.random.default_rng(0).standard_normal((1000, 2), "float32")
     >>> a = np.concatenate([r(x[:300]), r(x[300:]), r.flush()])
     >>> b = resample(x, 16000, 8000)
     >>> a.shape, bool(np.array_equal(a, b))
@@ -274,7 +227,7 @@ class Resampler:
         self._channels = 1
 
     def __call__(self, x):
-        """Feed ``[time, channels]`` input; return the output so far.
+        """Feed ``[time, channels]`` input; return float32 output so far.
 
         Arguments
         ---------
@@ -284,7 +237,7 @@ class Resampler:
         Returns
         -------
         numpy.ndarray
-            ``[n, channels]`` float32 output samples (possibly none).
+            ``[n, channels]`` (possibly none).
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         self._channels = x.shape[1]
@@ -297,13 +250,7 @@ class Resampler:
         return self._stream.resample_chunk(x)
 
     def flush(self):
-        """The last output samples, once the input has ended.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n, channels]``; the resampler is then reset.
-        """
+        """Return the last output samples once the input has ended; reset."""
         end = np.zeros((0, self._channels), np.float32)
         if self.identity or self._stream is None:
             return end
@@ -319,10 +266,8 @@ def resample(wav, orig_freq, new_freq):
     ---------
     wav : numpy.ndarray
         float32 ``[time, channels]``.
-    orig_freq : int
-        Its rate.
-    new_freq : int
-        The rate wanted.
+    orig_freq, new_freq : int
+        Its rate and the rate wanted.
 
     Returns
     -------
@@ -345,7 +290,6 @@ def remove_dc_offset(wav):
     Arguments
     ---------
     wav : numpy.ndarray
-        ``[time, channels]``.
 
     Returns
     -------
@@ -362,18 +306,15 @@ def remove_dc_offset(wav):
 
 
 class Conditioner:
-    """Bring audio to a model's rate and channels, as training did.
+    """Bring audio to a model's rate and channels, as training does.
 
     Down-mix, resample, up-mix, optionally remove the DC offset (training's
-    :meth:`sb_urbansound.data.audio.ClipConditioner.convert` calls this). Mono
-    stays ``[time, 1]``, the ONNX model's layout.
+    ``ClipConditioner`` calls this). Mono stays ``[time, 1]``.
 
     Arguments
     ---------
-    sample_rate : int
-        The model's rate.
-    channels : int
-        The model's channel count.
+    sample_rate, channels : int
+        The model's rate and channel count.
     remove_dc : bool
         Subtract each channel's mean.
 
@@ -401,8 +342,7 @@ class Conditioner:
         sample_rate : int
             Its rate.
         upmix : bool
-            Duplicate a mono clip to ``self.channels`` (False: it stays
-            ``[new_time, 1]``, for the clip bank, which duplicates later).
+            Duplicate a mono clip to ``self.channels`` (False: for the bank).
 
         Returns
         -------
@@ -425,8 +365,7 @@ def parse_metadata(meta, source):
     Arguments
     ---------
     meta : dict
-        The export's metadata (string values, as
-        :func:`sb_urbansound.serving.export.model_metadata` writes them).
+        The export's metadata (string values, ``export.model_metadata``).
     source : str or Path
         Named in messages.
 
@@ -463,8 +402,7 @@ def parse_metadata(meta, source):
 
 
 def _parse_metadata(session, source):
-    """:func:`parse_metadata` of an ONNX session, checked against the
-    model's input and output shapes."""
+    """Return :func:`parse_metadata` of an ONNX session, checked against shapes."""
     meta = session.get_modelmeta().custom_metadata_map
     spec = parse_metadata(meta, source)
     waveforms, probs = session.get_inputs()[0], session.get_outputs()[0]
@@ -486,9 +424,8 @@ def _parse_metadata(session, source):
 
 
 def read_label_file(path):
-    """The labels of a ``CategoricalEncoder.save`` file (``'label' =>
-    index`` lines, then ``================`` and the extras), by index,
-    without SpeechBrain.
+    """The labels of a ``CategoricalEncoder.save`` file, by index, without
+    SpeechBrain.
 
     Arguments
     ---------
@@ -528,9 +465,8 @@ def read_label_file(path):
 
 
 def folder_spec(folder):
-    """What a model folder's own files say of its audio and labels: the
-    spec in ``hyperparams.yaml`` (read as data, nothing built) and the
-    labels of ``label_encoder.ckpt`` and ``label_encoder.txt``.
+    """What a model folder's own files say of its audio and labels
+    (``hyperparams.yaml`` read as data, nothing built; label encoders).
 
     Arguments
     ---------
@@ -540,8 +476,7 @@ def folder_spec(folder):
     Returns
     -------
     list of (str, object, Path)
-        ``(key, value, file)`` for each key found: the keys of
-        :func:`_parse_metadata`'s spec.
+        ``(key, value, file)`` for each key of the spec found.
 
     Example
     -------
@@ -568,7 +503,7 @@ def folder_spec(folder):
         ]
         rate, ms = tree.get("sample_rate"), tree.get("duration_ms")
         if isinstance(rate, int) and isinstance(ms, (int, float)):
-            # as sb_urbansound.serving.inference.model_audio_spec computes it
+            # as inference.model_audio_spec computes it
             found.append(
                 ("num_samples", int(round(rate * ms / 1000.0)), yaml_file)
             )
@@ -584,21 +519,14 @@ def folder_spec(folder):
 
 def check_folder(spec, file):
     """Refuse an ONNX model whose metadata differs from its folder's files
-    (a ``model.onnx`` copied from another folder, labels edited after the
-    export): it would classify unlike the folder's PyTorch model.
+    (it would classify unlike the folder's PyTorch model).
 
     Arguments
     ---------
     spec : dict
-        The ONNX model's metadata (:func:`_parse_metadata`).
+        The ONNX model's metadata (:func:`parse_metadata`).
     file : Path
         The ONNX file; its folder's files are read (:func:`folder_spec`).
-
-    Raises
-    ------
-    ModelFileError
-        Naming each value that differs, in the ONNX metadata and in the
-        folder's file.
 
     Example
     -------
@@ -644,13 +572,9 @@ def check_folder(spec, file):
 class Scorer:
     """What scores the windows of a clip: the interface of every backend.
 
-    ``classify`` and the export's check see a model only through its spec
-    (``labels``, ``sample_rate``, ``channels``, ``num_samples``,
-    ``remove_dc``) and :meth:`window_probs`; reading, windowing and
-    averaging are shared. Backends: :class:`OnnxModel`,
-    :class:`sb_urbansound.serving.export.TorchScriptScorer` and
-    :class:`sb_urbansound.serving.inference.TorchScorer`. An export implements only
-    :meth:`_run`, called ``chunk`` windows at a time (memory only).
+    A backend has the spec (``labels``, ``sample_rate``, ``channels``,
+    ``num_samples``, ``remove_dc``) and :meth:`_run`, called ``chunk``
+    windows at a time; reading, windowing and averaging are shared.
 
     Example
     -------
@@ -674,8 +598,7 @@ class Scorer:
         vars(self).update(spec)
 
     def _run(self, windows):
-        """One call of an export on float32 ``[n, samples, channels]``
-        windows: their ``[n, n_classes]`` probabilities."""
+        """Return ``[n, n_classes]`` probabilities of ``[n, samples, channels]``."""
         raise NotImplementedError
 
     def window_probs(self, windows):
@@ -749,18 +672,13 @@ class Scorer:
         -------
         dict
             ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
-            "prob"}``), ``n_windows``, ``duration_s``: what
-            :func:`sb_urbansound.serving.classify.classify_files` gives.
+            "prob"}``), ``n_windows``, ``duration_s``.
 
-        Raises
-        ------
-        AudioLoadError
-            If the file cannot be read.
         """
         return self.summary(path, *self.file_window_probs(path), top_k)
 
     def summary(self, path, probs, duration_s, top_k=1):
-        """:meth:`classify_file`'s result from :meth:`file_window_probs`'s."""
+        """Return :meth:`classify_file`'s result from :meth:`file_window_probs`'s."""
         best = top_k_labels(probs.mean(axis=0), self.labels, top_k)
         return {
             "path": str(path),
@@ -784,10 +702,6 @@ class OnnxModel(Scorer):
         onnxruntime's intra-op threads (default: its own choice).
     chunk : int
         Windows per run (memory only: results do not depend on it).
-
-    Example
-    -------
-    See ``tests/test_runtime.py``; the module docstring shows the use.
     """
 
     def __init__(self, path, threads=None, chunk=CHUNK_WINDOWS):
