@@ -75,11 +75,9 @@ class ExportError(UserError):
 
 
 class MatmulMelPower(torch.nn.Module):
-    """Mel power spectrogram of padded signals by two matrix-product stages.
-
-    ``|rfft(frame * window)|² @ fb`` without complex numbers or FFT
-    operators (complex tensors do not export; FFT is slow in onnxruntime):
-    one Cooley-Tukey step over a frame seen as ``[n1, n2]``.
+    """Mel power spectrogram of padded signals by two matrix-product stages
+    (one Cooley-Tukey step: complex tensors do not export, FFT is slow in
+    onnxruntime).
 
     Arguments
     ---------
@@ -95,10 +93,8 @@ class MatmulMelPower(torch.nn.Module):
     >>> mel = torch.rand(33, 4)
     >>> op = MatmulMelPower(torch.hann_window(64), mel, 16, 200)
     >>> x, w = torch.randn(3, 200), torch.hann_window(64)
-    >>> spec = torch.stft(
-    ...     x, 64, 16, window=w, center=False, return_complex=True
-    ... )
-    >>> ref = spec.abs().square().transpose(1, 2) @ mel
+    >>> s = torch.stft(x, 64, 16, window=w, center=False, return_complex=True)
+    >>> ref = s.abs().square().transpose(1, 2) @ mel
     >>> bool(torch.allclose(op(x), ref, rtol=1e-4, atol=1e-3))
     True
     """
@@ -259,9 +255,8 @@ class _FixedStandardize(torch.nn.Module):
 
     Example
     -------
-    >>> _FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
-    ...     torch.tensor([3.0])
-    ... )
+    >>> norm = _FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)
+    >>> norm(torch.tensor([3.0]))
     tensor([1.])
     """
 
@@ -350,14 +345,11 @@ def model_metadata(model, wrapper):
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
-        The model.
     wrapper : WindowClassifier
-        Its export module.
 
     Returns
     -------
     dict
-        String values.
     """
     scorer = TorchScorer(model)
     return {
@@ -476,7 +468,6 @@ class TorchScriptScorer(Scorer):
     data : bytes or str or Path
         The archive, or its file.
     chunk : int
-        Windows per call (memory only).
     """
 
     def __init__(self, data, chunk=CHUNK_WINDOWS):
@@ -497,18 +488,15 @@ class TorchScriptScorer(Scorer):
 
 
 def generated_clips(sample_rate, channels, num_samples):
-    """Clips to check an export with (tones, noise, silence), of
-    :data:`CHECK_LENGTHS` windows.
+    """Clips to check an export with (tones, noise, silence).
 
     Arguments
     ---------
     sample_rate, channels, num_samples : int
-        The model's rate, channel count and window length.
 
     Returns
     -------
     list of (str, torch.Tensor)
-        ``(name, clip)``: ``[time]`` (mono) or ``[time, channels]``.
 
     Example
     -------
@@ -633,16 +621,14 @@ def _check_summary(fmt, stats):
     >>> _check_summary("onnx", s)
     ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on 5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
     """
-    tolerance = PROB_TOLERANCE
-    ok = stats["top1_agree"] == stats["clips"]
-    ok = ok and stats["max_abs_diff"] <= tolerance
     line = (
         f"{fmt}: {stats['clips']} clips ({stats['windows']} windows) against "
         f"eager PyTorch: same top-1 label on {stats['top1_agree']}/"
         f"{stats['clips']} clips, max |Δprob| {stats['max_abs_diff']:.1e} "
-        f"(limit {tolerance:.0e})"
+        f"(limit {PROB_TOLERANCE:.0e})"
     )
-    return line, ok
+    ok = stats["top1_agree"] == stats["clips"]
+    return line, ok and stats["max_abs_diff"] <= PROB_TOLERANCE
 
 
 def export_model(
@@ -659,13 +645,11 @@ def export_model(
     Arguments
     ---------
     folder : str or Path
-        The model folder (``<output_folder>/model``).
     formats : tuple of str
         ``"onnx"`` and/or ``"torchscript"``.
     data : list of str or Path, optional
         Check clips: audio files, folders, manifests (default: generated).
     max_clips, opset : int, optional
-        Use at most this many clips; the ONNX opset.
     log : callable
         Where the summary lines go.
     trust : bool
@@ -674,8 +658,7 @@ def export_model(
     Returns
     -------
     dict
-        Per format: ``{"path": Path, **check stats}`` when written, or
-        ``{"error": message}``.
+        Per format: ``{"path": Path, **check stats}`` or ``{"error": str}``.
     """
     folder = Path(folder)
     check_model_folder(folder)
@@ -761,19 +744,15 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
 
     Arguments
     ---------
-    yaml_file : str or Path
-        A recipe YAML (``hparams/cnn.yaml``, ...).
-    folder : str or Path
-        The model folder to write.
+    yaml_file, folder : str or Path
+        A recipe YAML; the model folder to write.
     labels : list of str
-        The class names.
     overrides : dict, optional
         More YAML overrides (sizes, rates).
 
     Returns
     -------
     Path
-        The model folder.
     """
     yaml_file = Path(yaml_file)
     recipe = str(yaml_file.resolve().parent.parent)  # !name:<prepare module>
@@ -816,12 +795,10 @@ def parse_args(argv=None):
     Arguments
     ---------
     argv : list of str, optional
-        The arguments (default: ``sys.argv[1:]``).
 
     Returns
     -------
     argparse.Namespace
-        The options.
 
     Example
     -------
@@ -877,12 +854,10 @@ def main(argv=None):
     Arguments
     ---------
     argv : list of str, optional
-        The arguments (default: ``sys.argv[1:]``).
 
     Returns
     -------
     int
-        The exit status (module docstring).
 
     Example
     -------

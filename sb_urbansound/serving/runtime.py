@@ -1,10 +1,7 @@
 """A runtime without torch: read, condition and classify audio with ``model.onnx``.
 
-Imports numpy, soundfile, soxr, onnxruntime and ruamel.yaml, and of this
-package only its torch-free modules (``errors``, ``timeline``,
-``yaml_reader``). Audio takes training's steps: read, down-mix, resample
-(soxr), up-mix, optionally remove the DC offset, cut into windows
-(``docs/inference.md``, "Without torch")::
+Of this package only torch-free modules are imported. Audio takes
+training's steps (``docs/inference.md``, "Without torch")::
 
     model = OnnxModel("results/cnn/1234/model")  # or ".../model.onnx"
     result = model.classify_file("dog.wav", top_k=3)
@@ -27,15 +24,10 @@ from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.serving.timeline import sliding_windows
 from sb_urbansound.yaml_reader import read_yaml
 
-#: The exported model's file name in a model folder.
 ONNX_FILE = "model.onnx"
-#: Windows per ONNX run (memory only: results do not depend on it).
-CHUNK_WINDOWS = 16
-#: Metadata keys every sb-urbansound ONNX model has.
+CHUNK_WINDOWS = 16  # windows per run (memory only)
 REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
-#: The sample rates read, streamed, resampled and trained at (Hz).
-MIN_RATE, MAX_RATE = 1000, 768000
-#: soxr's quality: "HQ", its default.
+MIN_RATE, MAX_RATE = 1000, 768000  # Hz, of every file, stream and model
 RESAMPLE_QUALITY = "HQ"
 #: The resampler, as stores of resampled clips record it (bank, shards).
 RESAMPLER = f"soxr {soxr.__libsoxr_version__} {RESAMPLE_QUALITY}"
@@ -71,12 +63,8 @@ def check_regular_file(path):
 
 
 def read_audio(path, max_seconds=None):
-    """Read an audio file as float32 ``[time, channels]`` with its rate.
-
-    The one audio reader: soundfile, as ``speechbrain.dataio.audio_io``
-    reads. A file that is missing, not regular, undecodable, empty, at a
-    rate outside ``MIN_RATE`` .. ``MAX_RATE`` or with NaN or infinite
-    samples raises :class:`~sb_urbansound.errors.AudioLoadError`.
+    """Read an audio file as float32 ``[time, channels]`` with its rate
+    (soundfile, as ``speechbrain.dataio.audio_io``); refuse a bad one.
 
     Arguments
     ---------
@@ -88,18 +76,15 @@ def read_audio(path, max_seconds=None):
     Returns
     -------
     wav : numpy.ndarray
-        float32 ``[time, channels]``.
     sample_rate : int
 
     Example
     -------
     >>> tmp = getfixture("tmp_path")
     >>> sf.write(tmp / "a.wav", np.zeros((800, 2)), 8000)
-    >>> wav, rate = read_audio(tmp / "a.wav")
+    >>> wav, rate = read_audio(tmp / "a.wav", max_seconds=0.05)
     >>> wav.shape, wav.dtype, rate
-    ((800, 2), dtype('float32'), 8000)
-    >>> read_audio(tmp / "a.wav", max_seconds=0.05)[0].shape
-    (400, 2)
+    ((400, 2), dtype('float32'), 8000)
     """
     check_regular_file(path)
     try:  # one open (info() then read() would parse the file twice)
@@ -128,20 +113,16 @@ def read_audio(path, max_seconds=None):
 
 
 def rechannel(wav, channels):
-    """Convert ``[time, channels]`` audio to ``channels`` channels: mono is
-    duplicated, several are averaged, anything else goes through mono.
+    """Convert ``[time, have]`` audio to ``channels`` channels (via mono).
 
     Arguments
     ---------
     wav : numpy.ndarray
-        ``[time, have]``.
     channels : int
-        The number of channels wanted.
 
     Returns
     -------
     numpy.ndarray
-        ``[time, channels]``.
 
     Example
     -------
@@ -170,14 +151,12 @@ def check_rate(rate, what):
     Arguments
     ---------
     rate : int
-        The rate (Hz).
     what : str
         What has it, for the message (``"--rate"``).
 
     Returns
     -------
     int
-        The rate.
 
     Example
     -------
@@ -199,10 +178,8 @@ def check_rate(rate, what):
 class Resampler:
     """Resample ``[time, channels]`` audio block by block with soxr.
 
-    The one resampler of training, ``classify`` and streams (soxr, not
-    torchaudio: its memory does not depend on the ratio, its output not on
-    how the input is cut). Each call returns what the input so far
-    determines, :meth:`flush` the rest.
+    soxr, not torchaudio: its memory does not depend on the ratio, its
+    output not on how the input is cut. :meth:`flush` returns the rest.
 
     Arguments
     ---------
@@ -227,18 +204,7 @@ class Resampler:
         self._channels = 1
 
     def __call__(self, x):
-        """Feed ``[time, channels]`` input; return float32 output so far.
-
-        Arguments
-        ---------
-        x : numpy.ndarray
-            The next block of input.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n, channels]`` (possibly none).
-        """
+        """Feed ``[time, channels]`` input; return float32 output so far."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         self._channels = x.shape[1]
         if self.identity:
@@ -265,14 +231,11 @@ def resample(wav, orig_freq, new_freq):
     Arguments
     ---------
     wav : numpy.ndarray
-        float32 ``[time, channels]``.
     orig_freq, new_freq : int
-        Its rate and the rate wanted.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``[round(time * new_freq / orig_freq), channels]``.
 
     Example
     -------
@@ -294,7 +257,6 @@ def remove_dc_offset(wav):
     Returns
     -------
     numpy.ndarray
-        float32, zero mean per channel.
 
     Example
     -------
@@ -308,15 +270,10 @@ def remove_dc_offset(wav):
 class Conditioner:
     """Bring audio to a model's rate and channels, as training does.
 
-    Down-mix, resample, up-mix, optionally remove the DC offset (training's
-    ``ClipConditioner`` calls this). Mono stays ``[time, 1]``.
-
     Arguments
     ---------
     sample_rate, channels : int
-        The model's rate and channel count.
     remove_dc : bool
-        Subtract each channel's mean.
 
     Example
     -------
@@ -340,14 +297,12 @@ class Conditioner:
         wav : numpy.ndarray
             ``[time]`` or ``[time, channels]``.
         sample_rate : int
-            Its rate.
         upmix : bool
             Duplicate a mono clip to ``self.channels`` (False: for the bank).
 
         Returns
         -------
         numpy.ndarray
-            float32 ``[new_time, self.channels]`` (or ``[new_time, 1]``).
         """
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim == 1:
@@ -365,15 +320,12 @@ def parse_metadata(meta, source):
     Arguments
     ---------
     meta : dict
-        The export's metadata (string values, ``export.model_metadata``).
     source : str or Path
         Named in messages.
 
     Returns
     -------
     dict
-        ``labels``, ``sample_rate``, ``channels``, ``num_samples``,
-        ``remove_dc``.
 
     Example
     -------
@@ -424,26 +376,21 @@ def _parse_metadata(session, source):
 
 
 def read_label_file(path):
-    """The labels of a ``CategoricalEncoder.save`` file, by index, without
-    SpeechBrain.
+    """The labels of a ``CategoricalEncoder.save`` file, by index.
 
     Arguments
     ---------
     path : str or Path
-        ``label_encoder.ckpt`` or ``label_encoder.txt`` of a model folder.
 
     Returns
     -------
     list of str
-        The labels, by index.
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "l.txt").write_text(
-    ...     "'b' => 1\\n'a' => 0\\n================\\n"
-    ... )
-    >>> read_label_file(tmp / "l.txt")
+    >>> path = getfixture("tmp_path") / "l.txt"
+    >>> _ = path.write_text("'b' => 1\\n'a' => 0\\n================\\n")
+    >>> read_label_file(path)
     ['a', 'b']
     """
     import ast
@@ -465,13 +412,11 @@ def read_label_file(path):
 
 
 def folder_spec(folder):
-    """What a model folder's own files say of its audio and labels
-    (``hyperparams.yaml`` read as data, nothing built; label encoders).
+    """What a model folder's own files say of its audio and labels.
 
     Arguments
     ---------
     folder : str or Path
-        A model folder.
 
     Returns
     -------
@@ -526,7 +471,6 @@ def check_folder(spec, file):
     spec : dict
         The ONNX model's metadata (:func:`parse_metadata`).
     file : Path
-        The ONNX file; its folder's files are read (:func:`folder_spec`).
 
     Example
     -------
@@ -587,9 +531,7 @@ class Scorer:
     (40, 2)
     """
 
-    #: The model folder (for messages; None: a model in memory).
-    model_folder = None
-    #: Windows per run (memory only: results do not depend on it).
+    model_folder = None  # for messages; None: a model in memory
     chunk = CHUNK_WINDOWS
     remove_dc = False
 
@@ -612,7 +554,6 @@ class Scorer:
         Returns
         -------
         numpy.ndarray
-            float32 ``[n_windows, n_classes]``.
         """
         if windows.ndim == 2:
             windows = windows[..., None]
@@ -626,12 +567,10 @@ class Scorer:
         Arguments
         ---------
         path : str or Path
-            An audio file.
 
         Returns
         -------
         numpy.ndarray
-            float32 ``[time, channels]`` at the model's rate.
         """
         wav, rate = read_audio(path)
         conditioner = Conditioner(
@@ -645,14 +584,11 @@ class Scorer:
         Arguments
         ---------
         path : str or Path
-            An audio file.
 
         Returns
         -------
         probs : numpy.ndarray
-            ``[n_windows, n_classes]``.
         duration_s : float
-            The file's duration (at the model's rate).
         """
         wav = self.read(path)
         windows = sliding_windows(wav, self.num_samples or wav.shape[0])
@@ -664,16 +600,13 @@ class Scorer:
         Arguments
         ---------
         path : str or Path
-            An audio file.
         top_k : int
-            How many labels to return.
 
         Returns
         -------
         dict
-            ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
-            "prob"}``), ``n_windows``, ``duration_s``.
-
+            ``path``, ``label``, ``prob``, ``top_k``, ``n_windows``,
+            ``duration_s``.
         """
         return self.summary(path, *self.file_window_probs(path), top_k)
 
@@ -696,12 +629,9 @@ class OnnxModel(Scorer):
     Arguments
     ---------
     path : str or Path or bytes
-        A model folder holding ``model.onnx``, the ONNX file itself, or its
-        bytes.
-    threads : int, optional
-        onnxruntime's intra-op threads (default: its own choice).
-    chunk : int
-        Windows per run (memory only: results do not depend on it).
+        A model folder, its ``model.onnx`` or the file's bytes.
+    threads, chunk : int
+        onnxruntime's intra-op threads; windows per run (memory only).
     """
 
     def __init__(self, path, threads=None, chunk=CHUNK_WINDOWS):
@@ -763,16 +693,12 @@ def top_k_labels(probs, labels, k=1):
     Arguments
     ---------
     probs : numpy.ndarray
-        ``[n_classes]``.
     labels : list of str
-        The class names, in index order.
     k : int
-        How many (at most the number of classes).
 
     Returns
     -------
     list of dict
-        ``{"label", "prob"}``, most probable first.
 
     Example
     -------

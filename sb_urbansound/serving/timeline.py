@@ -19,12 +19,10 @@ def default_hop(num_samples):
     Arguments
     ---------
     num_samples : int
-        The window length.
 
     Returns
     -------
     int
-        ``max(num_samples // 2, 1)``.
 
     Example
     -------
@@ -45,8 +43,6 @@ def window_count(length, num_samples):
     Returns
     -------
     int
-        1 for a clip no longer than a window, else
-        ``1 + ceil((length - num_samples) / hop)``.
 
     Example
     -------
@@ -69,12 +65,11 @@ def sliding_windows(wav, num_samples):
     wav : numpy.ndarray or torch.Tensor
         ``[time]`` or ``[time, channels]``.
     num_samples : int
-        The window length (the training clip length).
 
     Returns
     -------
     numpy.ndarray or torch.Tensor
-        ``[n_windows, num_samples(, channels)]``, the type of ``wav``.
+        ``[n_windows, num_samples(, channels)]``.
 
     Example
     -------
@@ -113,14 +108,12 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s):
     Arguments
     ---------
     n_windows, num_samples, sample_rate : int
-        The number of windows, their length (samples) and rate.
     duration_s : float
-        The length of the recording (seconds).
 
     Returns
     -------
     numpy.ndarray
-        ``[n_windows, 2]``: start and end of each stretch (seconds).
+        ``[n_windows, 2]``: start and end of each stretch.
 
     Example
     -------
@@ -148,13 +141,10 @@ def find_segments(
     Arguments
     ---------
     probs : numpy.ndarray
-        ``[n_windows, n_classes]`` probabilities.
     labels : list of str
-        The class names, in index order.
     spans : numpy.ndarray
-        ``[n_windows, 2]`` from :func:`window_spans`.
+        From :func:`window_spans`.
     threshold, min_duration, merge_gap : float
-        See above.
 
     Returns
     -------
@@ -204,14 +194,12 @@ def count_events(segments, labels):
     Arguments
     ---------
     segments : list of dict
-        From :func:`find_segments`.
     labels : list of str
-        Classes to list even when they have no event (in this order).
+        Classes to list even when they have no event.
 
     Returns
     -------
     dict
-        ``{label: count}``.
 
     Example
     -------
