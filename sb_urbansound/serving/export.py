@@ -251,7 +251,8 @@ class MelSpectrogramGraph(torch.nn.Module):
 
 
 class _FixedStandardize(torch.nn.Module):
-    """A trained ``BatchStandardize`` in evaluation, as constants.
+    """A trained ``BatchStandardize`` in evaluation, as constants (its
+    branch on statistics would not export).
 
     Example
     -------

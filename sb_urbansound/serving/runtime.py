@@ -393,7 +393,7 @@ def read_label_file(path):
     >>> read_label_file(path)
     ['a', 'b']
     """
-    import ast
+    import ast  # not CategoricalEncoder.load: no SpeechBrain here
 
     labels = {}
     try:
