@@ -1,16 +1,10 @@
 """Export a model folder to ONNX and TorchScript, checked against PyTorch.
 
-Usage::
-
-    python -m sb_urbansound.serving.export MODEL_FOLDER [--format onnx|torchscript|all]
-        [--data PATH...] [--max-clips N] [--opset N]
-
-writes ``model.onnx`` and/or ``model.ts``: ``waveforms`` ``[windows, samples,
-channels]`` float32 in, ``probs`` ``[windows, n_classes]`` out, labels and
-audio spec in the metadata (:func:`model_metadata`). Each export is written
-only if it matches eager PyTorch on the ``--data`` clips (or generated ones).
-Exit status: 0 all written, 1 one refused, 2 usage or model folder error,
-75 another process exports the same folder (``docs/inference.md``).
+``python -m sb_urbansound.serving.export MODEL_FOLDER`` writes ``model.onnx``
+and ``model.ts``: ``[windows, samples, channels]`` waveforms in, ``[windows,
+n_classes]`` probabilities out, labels and audio spec in the metadata. An
+export is written only if it matches eager PyTorch on the check clips
+(``docs/inference.md``, "Export").
 
 Authors
 -------
@@ -130,18 +124,13 @@ class MatmulMelPower(torch.nn.Module):
         self.register_buffer("w2_cos", torch.cos(ang2))
         self.register_buffer("w2_sin", torch.sin(ang2))
         self.register_buffer("fb", fb_perm)
-        if self.hop % n2 == 0:  # frames as rows of n2-sample blocks
-            step = self.hop // n2
-            index = torch.arange(n1).view(-1, 1) + step * torch.arange(
-                self.n_frames
-            ).view(1, -1)
+        self.blocks = self.hop % n2 == 0  # frames as rows of n2-sample blocks
+        rows, frames = torch.arange(n1), torch.arange(self.n_frames)
+        if self.blocks:
+            index = rows.view(-1, 1) + self.hop // n2 * frames.view(1, -1)
         else:  # frames sample by sample
-            index = (
-                n2 * torch.arange(n1).view(-1, 1, 1)
-                + self.hop * torch.arange(self.n_frames).view(1, -1, 1)
-                + torch.arange(n2).view(1, 1, -1)
-            )
-        self.blocks = self.hop % n2 == 0
+            index = n2 * rows.view(-1, 1, 1) + self.hop * frames.view(1, -1, 1)
+            index = index + torch.arange(n2).view(1, 1, -1)
         self.register_buffer("index", index.reshape(-1))
         self.float()  # buffers computed in float64, used in float32
 
@@ -155,9 +144,8 @@ class MatmulMelPower(torch.nn.Module):
             frames = torch.index_select(blocks, 1, self.index)
         else:
             frames = torch.index_select(signals, 1, self.index)
-        frames = (frames.reshape(shape) * self.window).reshape(
-            batch, self.n1, -1
-        )
+        frames = frames.reshape(shape) * self.window
+        frames = frames.reshape(batch, self.n1, -1)
         y_re = torch.matmul(self.w1_cos, frames).reshape(shape)
         y_im = torch.matmul(self.w1_sin, frames).reshape(shape)
         x_re = torch.matmul(y_re, self.w2_cos) - torch.matmul(y_im, self.w2_sin)
@@ -290,12 +278,8 @@ class WindowClassifier(torch.nn.Module):
         _, self.channels, self.num_samples = model_audio_spec(model)
         self.views = int(getattr(model.hparams, "tta_views", 1) or 1)
         max_shift = float(getattr(model.hparams, "tta_max_shift", 0.0))
-        self.shifts = [
-            int(s)
-            for s in torch.linspace(
-                0, round(max_shift * self.num_samples), self.views
-            ).round()
-        ]
+        top = round(max_shift * self.num_samples)
+        self.shifts = torch.linspace(0, top, self.views).round().long().tolist()
         features = mods.compute_features
         if isinstance(features, MelSpectrogramDB):
             features = MelSpectrogramGraph(features, self.num_samples, method)
