@@ -573,10 +573,8 @@ class Scorer:
         numpy.ndarray
         """
         wav, rate = read_audio(path)
-        conditioner = Conditioner(
-            self.sample_rate, self.channels, self.remove_dc
-        )
-        return conditioner.convert(wav, rate)
+        cond = Conditioner(self.sample_rate, self.channels, self.remove_dc)
+        return cond.convert(wav, rate)
 
     def file_window_probs(self, path):
         """Read, condition and window a file; score every window.
