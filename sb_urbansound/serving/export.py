@@ -1,26 +1,10 @@
 """Export a model folder to ONNX and TorchScript, checked against PyTorch.
 
-Usage::
-
-    python -m sb_urbansound.serving.export MODEL_FOLDER [--format onnx|torchscript|all]
-        [--data PATH...] [--max-clips N] [--opset N]
-
-writes ``model.onnx`` and/or ``model.ts`` in the model folder: input
-``waveforms`` ``[windows, samples, channels]`` float32 (the windows of one
-clip; their number is dynamic), then mel spectrogram (matrix-product DFT for
-ONNX, ``torch.stft`` for TorchScript), normaliser (a trained
-``BatchStandardize``'s statistics as constants), embedding, classifier,
-softmax, mean over the test-time views; output ``probs`` ``[windows,
-n_classes]``. The metadata (ONNX properties; ``metadata.json`` in the
-TorchScript archive) holds the labels and audio spec (:func:`model_metadata`).
-
-Before it is written, each export is compared with eager PyTorch on the
-windows of the ``--data`` clips (files, folders, manifests) or of generated
-clips: same top-1 label on every clip, every probability within ``1e-4``.
-Exit status: 0 when every format was written, 1 when one was refused or
-failed its check, 2 for a usage error, a folder that is not a model folder
-or an unreadable ``--data`` clip, 75 when another process exports the same
-folder (its lock, ``docs/stores.md``).
+``python -m sb_urbansound.serving.export MODEL_FOLDER`` writes ``model.onnx``
+and ``model.ts``: ``[windows, samples, channels]`` waveforms in, ``[windows,
+n_classes]`` probabilities out, labels and audio spec in the metadata. An
+export is written only if it matches eager PyTorch on the check clips
+(``docs/inference.md``, "Export").
 
 Authors
 -------
@@ -81,44 +65,30 @@ DEFAULT_OPSET = 18
 
 
 class ExportError(UserError):
-    """A model that cannot be exported, or whose export fails its check.
-
-    Example
-    -------
-    >>> issubclass(ExportError, UserError)
-    True
-    """
+    """A model that cannot be exported, or whose export fails its check."""
 
 
 class MatmulMelPower(torch.nn.Module):
-    """Mel power spectrogram of padded signals by two matrix-product stages.
-
-    ``|rfft(frame * window)|² @ fb`` per frame without complex numbers or
-    FFT operators (slow in onnxruntime; complex tensors do not export): one
-    Cooley-Tukey step over a frame seen as ``[n1, n2]``, twiddles folded
-    into the second matrix, mel rows in ``(k1, k2)`` bin order.
+    """Mel power spectrogram of padded signals by two matrix-product stages
+    (one Cooley-Tukey step: complex tensors do not export, FFT is slow in
+    onnxruntime).
 
     Arguments
     ---------
     window : torch.Tensor
-        The analysis window, ``[n_fft]`` (zero-padded to ``n_fft`` if
-        shorter, as ``torch.stft`` does).
+        The analysis window, ``[n_fft]``.
     fb : torch.Tensor
         The mel matrix, ``[n_fft // 2 + 1, n_mels]``.
-    hop : int
-        The hop between frames.
-    length : int
-        The padded signal's length (fixed).
+    hop, length : int
+        The hop between frames; the padded signal's (fixed) length.
 
     Example
     -------
     >>> mel = torch.rand(33, 4)
     >>> op = MatmulMelPower(torch.hann_window(64), mel, 16, 200)
     >>> x, w = torch.randn(3, 200), torch.hann_window(64)
-    >>> spec = torch.stft(
-    ...     x, 64, 16, window=w, center=False, return_complex=True
-    ... )
-    >>> ref = spec.abs().square().transpose(1, 2) @ mel
+    >>> s = torch.stft(x, 64, 16, window=w, center=False, return_complex=True)
+    >>> ref = s.abs().square().transpose(1, 2) @ mel
     >>> bool(torch.allclose(op(x), ref, rtol=1e-4, atol=1e-3))
     True
     """
@@ -141,14 +111,8 @@ class MatmulMelPower(torch.nn.Module):
         ang1 = -2 * math.pi * torch.outer(r, r) / n1
         # stage 2, along the columns, twiddles folded in:
         # X[k1 + n1 k2] = sum_c Y[k1, c] exp(-2i pi c (k1 / n + k2 / n2))
-        ang2 = (
-            -2
-            * math.pi
-            * (
-                torch.outer(r, c).unsqueeze(-1) / n
-                + (c.view(-1, 1) * k2.view(1, -1)).unsqueeze(0) / n2
-            )
-        )  # [k1, c, k2]
+        ang2 = torch.outer(r, c).unsqueeze(-1) / n
+        ang2 = -2 * math.pi * (ang2 + torch.outer(c, k2).unsqueeze(0) / n2)
         bins = (r.view(-1, 1) + n1 * k2.view(1, -1)).long()  # [k1, k2]
         fb_perm = torch.zeros(n1, k2n, fb.shape[1], dtype=torch.float64)
         inside = bins < n_bins
@@ -160,18 +124,13 @@ class MatmulMelPower(torch.nn.Module):
         self.register_buffer("w2_cos", torch.cos(ang2))
         self.register_buffer("w2_sin", torch.sin(ang2))
         self.register_buffer("fb", fb_perm)
-        if self.hop % n2 == 0:  # frames as rows of n2-sample blocks
-            step = self.hop // n2
-            index = torch.arange(n1).view(-1, 1) + step * torch.arange(
-                self.n_frames
-            ).view(1, -1)
+        self.blocks = self.hop % n2 == 0  # frames as rows of n2-sample blocks
+        rows, frames = torch.arange(n1), torch.arange(self.n_frames)
+        if self.blocks:
+            index = rows.view(-1, 1) + self.hop // n2 * frames.view(1, -1)
         else:  # frames sample by sample
-            index = (
-                n2 * torch.arange(n1).view(-1, 1, 1)
-                + self.hop * torch.arange(self.n_frames).view(1, -1, 1)
-                + torch.arange(n2).view(1, 1, -1)
-            )
-        self.blocks = self.hop % n2 == 0
+            index = n2 * rows.view(-1, 1, 1) + self.hop * frames.view(1, -1, 1)
+            index = index + torch.arange(n2).view(1, 1, -1)
         self.register_buffer("index", index.reshape(-1))
         self.float()  # buffers computed in float64, used in float32
 
@@ -185,9 +144,8 @@ class MatmulMelPower(torch.nn.Module):
             frames = torch.index_select(blocks, 1, self.index)
         else:
             frames = torch.index_select(signals, 1, self.index)
-        frames = (frames.reshape(shape) * self.window).reshape(
-            batch, self.n1, -1
-        )
+        frames = frames.reshape(shape) * self.window
+        frames = frames.reshape(batch, self.n1, -1)
         y_re = torch.matmul(self.w1_cos, frames).reshape(shape)
         y_im = torch.matmul(self.w1_sin, frames).reshape(shape)
         x_re = torch.matmul(y_re, self.w2_cos) - torch.matmul(y_im, self.w2_sin)
@@ -200,10 +158,6 @@ class MatmulMelPower(torch.nn.Module):
 class MelSpectrogramGraph(torch.nn.Module):
     """``MelSpectrogramDB`` for export: fixed length, no chunks, no complex.
 
-    ``method="matmul"`` (:class:`MatmulMelPower`, for ONNX) or ``"stft"``
-    (one ``torch.stft`` over the batch, for TorchScript: the eager module's
-    cache-sized chunks would be frozen by a trace).
-
     Arguments
     ---------
     mel : MelSpectrogramDB
@@ -211,7 +165,8 @@ class MelSpectrogramGraph(torch.nn.Module):
     num_samples : int
         The clip length.
     method : str
-        ``"matmul"`` or ``"stft"``.
+        ``"matmul"`` (:class:`MatmulMelPower`, for ONNX) or ``"stft"`` (one
+        ``torch.stft`` over the batch: a trace would freeze eager chunks).
 
     Example
     -------
@@ -284,14 +239,13 @@ class MelSpectrogramGraph(torch.nn.Module):
 
 
 class _FixedStandardize(torch.nn.Module):
-    """``(x - mean) / (std + eps)`` with constants: a trained
-    ``BatchStandardize`` in evaluation, without its branch on statistics.
+    """A trained ``BatchStandardize`` in evaluation, as constants (its
+    branch on statistics would not export).
 
     Example
     -------
-    >>> _FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)(
-    ...     torch.tensor([3.0])
-    ... )
+    >>> norm = _FixedStandardize(torch.tensor(1.0), torch.tensor(2.0), 0.0)
+    >>> norm(torch.tensor([3.0]))
     tensor([1.])
     """
 
@@ -307,21 +261,15 @@ class _FixedStandardize(torch.nn.Module):
 
 
 class WindowClassifier(torch.nn.Module):
-    """The windows of one clip → class probabilities: what gets exported
-    (:func:`sb_urbansound.serving.inference.window_probs`'s computation).
+    """The windows of one clip → class probabilities: what gets exported.
 
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
         A model loaded from a model folder.
     method : str
-        How ``MelSpectrogramDB`` features are computed (see
-        :class:`MelSpectrogramGraph`); other feature modules are used as they
-        are.
-
-    Example
-    -------
-    See ``tests/test_export.py``.
+        How ``MelSpectrogramDB`` features are computed (``"matmul"``,
+        ``"stft"``); other feature modules are used as they are.
     """
 
     def __init__(self, model, method="matmul"):
@@ -330,12 +278,8 @@ class WindowClassifier(torch.nn.Module):
         _, self.channels, self.num_samples = model_audio_spec(model)
         self.views = int(getattr(model.hparams, "tta_views", 1) or 1)
         max_shift = float(getattr(model.hparams, "tta_max_shift", 0.0))
-        self.shifts = [
-            int(s)
-            for s in torch.linspace(
-                0, round(max_shift * self.num_samples), self.views
-            ).round()
-        ]
+        top = round(max_shift * self.num_samples)
+        self.shifts = torch.linspace(0, top, self.views).round().long().tolist()
         features = mods.compute_features
         if isinstance(features, MelSpectrogramDB):
             features = MelSpectrogramGraph(features, self.num_samples, method)
@@ -366,8 +310,7 @@ class WindowClassifier(torch.nn.Module):
         wavs = waveforms.flatten(1) if self.channels == 1 else waveforms
         feats = self.compute_features(wavs)
         feats = self.mean_var_norm(feats, torch.ones_like(wavs[:, 0]))
-        # Windows are full length: no lengths (SpeechBrain's pooling layers
-        # then need no per-window loop, which would not export)
+        # full windows: no lengths (pooling then needs no per-window loop)
         scores = self.classifier(self.embedding_model(feats))
         probs = torch.softmax(scores.reshape(wavs.shape[0], -1).float(), -1)
         if self.views > 1:
@@ -387,14 +330,11 @@ def model_metadata(model, wrapper):
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
-        The model.
     wrapper : WindowClassifier
-        Its export module.
 
     Returns
     -------
     dict
-        String values (see the module docstring).
     """
     scorer = TorchScorer(model)
     return {
@@ -413,8 +353,7 @@ def model_metadata(model, wrapper):
 
 
 def _reason(error, limit=400):
-    """An exporter's error in short: its root cause's type and message
-    lines that are not stack frames (at most ``limit`` characters).
+    """Return an exporter's error in short: its root cause, no stack frames.
 
     Example
     -------
@@ -448,14 +387,14 @@ EXAMPLE_WINDOWS = 2
 
 
 def _example(wrapper):
-    """Example input for tracing: :data:`EXAMPLE_WINDOWS` windows."""
+    """Return example input for tracing: :data:`EXAMPLE_WINDOWS` windows."""
     shape = (EXAMPLE_WINDOWS, wrapper.num_samples, wrapper.channels)
     gen = torch.Generator().manual_seed(0)
     return (0.1 * torch.randn(shape, generator=gen),)
 
 
 def _to_onnx(wrapper, metadata, opset):
-    """A :class:`WindowClassifier` as ONNX bytes (the dynamo exporter)."""
+    """Return a :class:`WindowClassifier` as ONNX bytes (dynamo exporter)."""
     example = _example(wrapper)
     dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export")]
@@ -492,7 +431,7 @@ def _to_onnx(wrapper, metadata, opset):
 
 
 def _to_torchscript(wrapper, metadata):
-    """A :class:`WindowClassifier` traced into TorchScript archive bytes."""
+    """Return a :class:`WindowClassifier` traced into TorchScript bytes."""
     example = _example(wrapper)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -514,11 +453,6 @@ class TorchScriptScorer(Scorer):
     data : bytes or str or Path
         The archive, or its file.
     chunk : int
-        Windows per call (memory only).
-
-    Example
-    -------
-    See ``tests/test_export.py``.
     """
 
     def __init__(self, data, chunk=CHUNK_WINDOWS):
@@ -539,22 +473,15 @@ class TorchScriptScorer(Scorer):
 
 
 def generated_clips(sample_rate, channels, num_samples):
-    """Clips to check an export with (tones, noise, silence) at the model's
-    rate and channels, of :data:`CHECK_LENGTHS` windows.
+    """Clips to check an export with (tones, noise, silence).
 
     Arguments
     ---------
-    sample_rate : int
-        The model's rate.
-    channels : int
-        Its channel count.
-    num_samples : int
-        Its window length.
+    sample_rate, channels, num_samples : int
 
     Returns
     -------
     list of (str, torch.Tensor)
-        ``(name, clip)``: ``[time]`` (mono) or ``[time, channels]``.
 
     Example
     -------
@@ -588,10 +515,8 @@ _NOT_A_MANIFEST = (OSError, ValueError, LookupError, TypeError, AttributeError)
 
 
 def _data_files(paths, max_clips=None):
-    """The audio files named by ``--data``: files, folders (searched
-    recursively), SpeechBrain JSON manifests (their ``wav`` entries); at
-    most ``max_clips``, each checked to be audio before anything is
-    exported (each format's check reads them again, one at a time).
+    """Return the audio files of ``--data`` (files, folders, manifests),
+    each checked to be audio before anything is exported.
 
     Example
     -------
@@ -634,9 +559,7 @@ def _data_files(paths, max_clips=None):
 
 
 def _compare(model, scorer, clips):
-    """Compare an export with eager PyTorch on the windows of each clip
-    (``(name, wav)``, or ``(name, path)`` of a ``--data`` file): ``clips``,
-    ``windows``, ``top1_agree``, ``max_abs_diff``, ``worst``."""
+    """Return stats of an export against eager PyTorch on ``clips``."""
     reference = TorchScorer(model)
     stats = dict(clips=0, windows=0, top1_agree=0, max_abs_diff=0.0, worst=None)
     for name, wav in clips:
@@ -675,7 +598,7 @@ def _compare(model, scorer, clips):
 
 
 def _check_summary(fmt, stats):
-    """One line on an export's check, and whether it passed.
+    """Return one line on an export's check, and whether it passed.
 
     Example
     -------
@@ -683,18 +606,14 @@ def _check_summary(fmt, stats):
     >>> _check_summary("onnx", s)
     ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on 5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
     """
-    tolerance = PROB_TOLERANCE
-    ok = (
-        stats["top1_agree"] == stats["clips"]
-        and stats["max_abs_diff"] <= tolerance
-    )
     line = (
         f"{fmt}: {stats['clips']} clips ({stats['windows']} windows) against "
         f"eager PyTorch: same top-1 label on {stats['top1_agree']}/"
         f"{stats['clips']} clips, max |Δprob| {stats['max_abs_diff']:.1e} "
-        f"(limit {tolerance:.0e})"
+        f"(limit {PROB_TOLERANCE:.0e})"
     )
-    return line, ok
+    ok = stats["top1_agree"] == stats["clips"]
+    return line, ok and stats["max_abs_diff"] <= PROB_TOLERANCE
 
 
 def export_model(
@@ -711,26 +630,20 @@ def export_model(
     Arguments
     ---------
     folder : str or Path
-        The model folder (``<output_folder>/model``).
     formats : tuple of str
         ``"onnx"`` and/or ``"torchscript"``.
     data : list of str or Path, optional
         Check clips: audio files, folders, manifests (default: generated).
-    max_clips : int, optional
-        Use at most this many of them.
-    opset : int
-        The ONNX opset.
+    max_clips, opset : int, optional
     log : callable
         Where the summary lines go.
     trust : bool
-        Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (see :mod:`sb_urbansound.serving.trust`).
+        Load a folder whose YAML builds anything (:mod:`.trust`).
 
     Returns
     -------
     dict
-        Per format: ``{"path": Path, **check stats}`` when written, or
-        ``{"error": message}``.
+        Per format: ``{"path": Path, **check stats}`` or ``{"error": str}``.
     """
     folder = Path(folder)
     check_model_folder(folder)
@@ -811,29 +724,20 @@ def _export_one(model, fmt, folder, clips, opset, log):
 
 
 def untrained_model_folder(yaml_file, folder, labels, overrides=None):
-    """Write a model folder from a training YAML's initial (random) weights,
-    for benchmarks and tests: a ``BatchStandardize`` normaliser gets the
-    statistics of one batch of generated clips.
+    """Write a model folder from a training YAML's random weights (for
+    benchmarks and tests); a ``BatchStandardize`` sees generated clips.
 
     Arguments
     ---------
-    yaml_file : str or Path
-        A recipe YAML (``hparams/cnn.yaml``, ...).
-    folder : str or Path
-        The model folder to write.
+    yaml_file, folder : str or Path
+        A recipe YAML; the model folder to write.
     labels : list of str
-        The class names.
     overrides : dict, optional
         More YAML overrides (sizes, rates).
 
     Returns
     -------
     Path
-        The model folder.
-
-    Example
-    -------
-    See ``tests/test_export.py`` and ``bench/inference.py``.
     """
     yaml_file = Path(yaml_file)
     recipe = str(yaml_file.resolve().parent.parent)  # !name:<prepare module>
@@ -876,13 +780,10 @@ def parse_args(argv=None):
     Arguments
     ---------
     argv : list of str, optional
-        The arguments (default: ``sys.argv[1:]``).
 
     Returns
     -------
     argparse.Namespace
-        ``model_folder``, ``format``, ``data``, ``max_clips``, ``opset``,
-        ``verbose``.
 
     Example
     -------
@@ -938,13 +839,10 @@ def main(argv=None):
     Arguments
     ---------
     argv : list of str, optional
-        The arguments (default: ``sys.argv[1:]``).
 
     Returns
     -------
     int
-        0 if every format was written, 1 if one was refused or failed its
-        check, 2 for a usage error or a folder that is not a model folder.
 
     Example
     -------

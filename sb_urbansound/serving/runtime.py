@@ -1,31 +1,10 @@
 """A runtime without torch: read, condition and classify audio with ``model.onnx``.
 
-Imports numpy, soundfile, soxr and (when a model is loaded) onnxruntime and
-ruamel.yaml, and of this package only its torch-free modules (``errors``,
-``timeline``, ``yaml_reader``), so the model runs without the training stack::
-
-    from sb_urbansound.serving.runtime import OnnxModel
+Of this package only torch-free modules are imported. Audio takes
+training's steps (``docs/inference.md``, "Without torch")::
 
     model = OnnxModel("results/cnn/1234/model")  # or ".../model.onnx"
     result = model.classify_file("dog.wav", top_k=3)
-    # {'path': 'dog.wav', 'label': 'dog_bark', 'prob': 0.97, 'top_k': [...],
-    #  'n_windows': 1, 'duration_s': 4.0}
-
-``python -m sb_urbansound.serving.export MODEL_FOLDER`` writes ``model.onnx``, whose
-metadata holds the labels and the audio spec; in a model folder they must
-agree with the folder's files (:func:`check_folder`). ``python -m
-sb_urbansound.serving.classify MODEL_FOLDER files... --backend onnx`` uses it.
-
-Audio takes training's steps (:class:`Conditioner` is the converter of
-:class:`sb_urbansound.data.audio.ClipConditioner`; ``tests/test_runtime.py`` pins
-both paths to the same numbers on every format of UrbanSound8K): read with
-soundfile as float32 ``[time, channels]``; down-mix; resample with soxr
-(:class:`Resampler`: bounded memory at any ratio, a stream gets the numbers of
-a file; rates ``MIN_RATE`` to ``MAX_RATE``); up-mix; optionally remove each
-channel's mean; cut into windows (:func:`sb_urbansound.serving.timeline.
-sliding_windows`). The ONNX model takes the windows of one clip, ``[windows,
-samples, channels]``, and returns each window's class probabilities (each
-window scored alone, so a long clip goes ``chunk`` windows at a time).
 
 Authors
 -------
@@ -45,31 +24,17 @@ from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.serving.timeline import sliding_windows
 from sb_urbansound.yaml_reader import read_yaml
 
-#: The exported model's file name in a model folder.
 ONNX_FILE = "model.onnx"
-#: Windows per ONNX run (memory only: results do not depend on it).
-CHUNK_WINDOWS = 16
-#: Metadata keys every sb-urbansound ONNX model has.
+CHUNK_WINDOWS = 16  # windows per run (memory only)
 REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
-#: The sample rates read, streamed, resampled and trained at (Hz): below
-#: 1 kHz no sound is left to classify; 768 kHz is the highest rate audio
-#: interfaces use; soxr's time per second stays in tens of ms at ratio 768.
-MIN_RATE, MAX_RATE = 1000, 768000
-#: soxr's quality: "HQ", its default (20-bit; flat to 91 % of Nyquist).
+MIN_RATE, MAX_RATE = 1000, 768000  # Hz, of every file, stream and model
 RESAMPLE_QUALITY = "HQ"
-#: The resampler, as stores of resampled clips record it (the clip bank,
-#: shards): a store made by another one is rebuilt, not read as current.
+#: The resampler, as stores of resampled clips record it (bank, shards).
 RESAMPLER = f"soxr {soxr.__libsoxr_version__} {RESAMPLE_QUALITY}"
 
 
 class ModelFileError(UserError):
-    """A file is not an sb-urbansound ONNX model (the message says why).
-
-    Example
-    -------
-    >>> issubclass(ModelFileError, UserError)
-    True
-    """
+    """A file is not an sb-urbansound ONNX model (the message says why)."""
 
 
 def check_regular_file(path):
@@ -78,7 +43,6 @@ def check_regular_file(path):
     Arguments
     ---------
     path : str or Path
-        The file.
 
     Example
     -------
@@ -99,14 +63,8 @@ def check_regular_file(path):
 
 
 def read_audio(path, max_seconds=None):
-    """Read an audio file as float32 ``[time, channels]`` with its rate.
-
-    The one audio reader (:func:`sb_urbansound.data.audio.load_audio` wraps it):
-    soundfile, as ``speechbrain.dataio.audio_io`` reads (integer PCM scaled
-    to [-1, 1]), in one open and only the frames needed. A missing or not
-    regular file, one that cannot be decoded, an empty one, one at a rate
-    outside ``MIN_RATE`` .. ``MAX_RATE`` and one with NaN or infinite samples
-    raise :class:`~sb_urbansound.errors.AudioLoadError`, naming the file.
+    """Read an audio file as float32 ``[time, channels]`` with its rate
+    (soundfile, as ``speechbrain.dataio.audio_io``); refuse a bad one.
 
     Arguments
     ---------
@@ -118,19 +76,15 @@ def read_audio(path, max_seconds=None):
     Returns
     -------
     wav : numpy.ndarray
-        float32 ``[time, channels]``.
     sample_rate : int
-        The file's rate.
 
     Example
     -------
     >>> tmp = getfixture("tmp_path")
     >>> sf.write(tmp / "a.wav", np.zeros((800, 2)), 8000)
-    >>> wav, rate = read_audio(tmp / "a.wav")
+    >>> wav, rate = read_audio(tmp / "a.wav", max_seconds=0.05)
     >>> wav.shape, wav.dtype, rate
-    ((800, 2), dtype('float32'), 8000)
-    >>> read_audio(tmp / "a.wav", max_seconds=0.05)[0].shape
-    (400, 2)
+    ((400, 2), dtype('float32'), 8000)
     """
     check_regular_file(path)
     try:  # one open (info() then read() would parse the file twice)
@@ -159,21 +113,16 @@ def read_audio(path, max_seconds=None):
 
 
 def rechannel(wav, channels):
-    """Convert ``[time, channels]`` audio to ``channels`` channels, as
-    :func:`sb_urbansound.data.audio.rechannel` (numpy): mono to several
-    duplicates, several to mono averages, anything else goes through mono.
+    """Convert ``[time, have]`` audio to ``channels`` channels (via mono).
 
     Arguments
     ---------
     wav : numpy.ndarray
-        ``[time, have]``.
     channels : int
-        The number of channels wanted.
 
     Returns
     -------
     numpy.ndarray
-        ``[time, channels]``.
 
     Example
     -------
@@ -187,8 +136,8 @@ def rechannel(wav, channels):
         return wav
     if have == 1:
         mono = wav
-    elif have == 2:  # mean()'s numbers (float audio), 2.9 against 0.1 ms
-        mono = (wav[..., :1] + wav[..., 1:]) / 2  # for 4 s at 44.1 kHz
+    elif have == 2:  # mean()'s numbers, faster
+        mono = (wav[..., :1] + wav[..., 1:]) / 2
     else:
         mono = wav.mean(axis=-1, keepdims=True)
     if channels == 1:
@@ -202,20 +151,12 @@ def check_rate(rate, what):
     Arguments
     ---------
     rate : int
-        The rate (Hz).
     what : str
-        What has it, for the message (``"--rate"``, ``"x.wav: sample
-        rate"``).
+        What has it, for the message (``"--rate"``).
 
     Returns
     -------
     int
-        The rate.
-
-    Raises
-    ------
-    AudioLoadError
-        One line naming ``what``, the rate and the range.
 
     Example
     -------
@@ -237,29 +178,18 @@ def check_rate(rate, what):
 class Resampler:
     """Resample ``[time, channels]`` audio block by block with soxr.
 
-    The one resampler of training, ``classify`` and streams: soxr's memory
-    does not depend on the ratio (torchaudio's sinc table for 44101 to
-    16000 Hz: 5.3 GiB), and its output not on how the input is cut, so a
-    stream gets the numbers of the whole file. Each call returns what the
-    input so far determines (soxr holds back about 0.1 s at 8 to 48 kHz, up
-    to 1 s at 1 kHz), :meth:`flush` the rest: ``round(time * new_freq /
-    orig_freq)`` samples in all.
+    soxr, not torchaudio: its memory does not depend on the ratio, its
+    output not on how the input is cut. :meth:`flush` returns the rest.
 
     Arguments
     ---------
-    orig_freq : int
-        The input rate.
-    new_freq : int
-        The output rate.
+    orig_freq, new_freq : int
+        The input and output rates.
 
     Example
     -------
     >>> r = Resampler(16000, 8000)
-    >>> x = (
-    ...     np.random.default_rng(0)
-    ...     .standard_normal((1000, 2))
-    ...     .astype("float32")
-    ... )
+    >>> x = np.random.default_rng(0).standard_normal((1000, 2), "float32")
     >>> a = np.concatenate([r(x[:300]), r(x[300:]), r.flush()])
     >>> b = resample(x, 16000, 8000)
     >>> a.shape, bool(np.array_equal(a, b))
@@ -274,18 +204,7 @@ class Resampler:
         self._channels = 1
 
     def __call__(self, x):
-        """Feed ``[time, channels]`` input; return the output so far.
-
-        Arguments
-        ---------
-        x : numpy.ndarray
-            The next block of input.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n, channels]`` float32 output samples (possibly none).
-        """
+        """Feed ``[time, channels]`` input; return float32 output so far."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         self._channels = x.shape[1]
         if self.identity:
@@ -297,13 +216,7 @@ class Resampler:
         return self._stream.resample_chunk(x)
 
     def flush(self):
-        """The last output samples, once the input has ended.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``[n, channels]``; the resampler is then reset.
-        """
+        """Return the last output samples once the input has ended; reset."""
         end = np.zeros((0, self._channels), np.float32)
         if self.identity or self._stream is None:
             return end
@@ -318,16 +231,11 @@ def resample(wav, orig_freq, new_freq):
     Arguments
     ---------
     wav : numpy.ndarray
-        float32 ``[time, channels]``.
-    orig_freq : int
-        Its rate.
-    new_freq : int
-        The rate wanted.
+    orig_freq, new_freq : int
 
     Returns
     -------
     numpy.ndarray
-        float32 ``[round(time * new_freq / orig_freq), channels]``.
 
     Example
     -------
@@ -345,12 +253,10 @@ def remove_dc_offset(wav):
     Arguments
     ---------
     wav : numpy.ndarray
-        ``[time, channels]``.
 
     Returns
     -------
     numpy.ndarray
-        float32, zero mean per channel.
 
     Example
     -------
@@ -362,20 +268,12 @@ def remove_dc_offset(wav):
 
 
 class Conditioner:
-    """Bring audio to a model's rate and channels, as training did.
-
-    Down-mix, resample, up-mix, optionally remove the DC offset (training's
-    :meth:`sb_urbansound.data.audio.ClipConditioner.convert` calls this). Mono
-    stays ``[time, 1]``, the ONNX model's layout.
+    """Bring audio to a model's rate and channels, as training does.
 
     Arguments
     ---------
-    sample_rate : int
-        The model's rate.
-    channels : int
-        The model's channel count.
+    sample_rate, channels : int
     remove_dc : bool
-        Subtract each channel's mean.
 
     Example
     -------
@@ -399,15 +297,12 @@ class Conditioner:
         wav : numpy.ndarray
             ``[time]`` or ``[time, channels]``.
         sample_rate : int
-            Its rate.
         upmix : bool
-            Duplicate a mono clip to ``self.channels`` (False: it stays
-            ``[new_time, 1]``, for the clip bank, which duplicates later).
+            Duplicate a mono clip to ``self.channels`` (False: for the bank).
 
         Returns
         -------
         numpy.ndarray
-            float32 ``[new_time, self.channels]`` (or ``[new_time, 1]``).
         """
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim == 1:
@@ -425,16 +320,12 @@ def parse_metadata(meta, source):
     Arguments
     ---------
     meta : dict
-        The export's metadata (string values, as
-        :func:`sb_urbansound.serving.export.model_metadata` writes them).
     source : str or Path
         Named in messages.
 
     Returns
     -------
     dict
-        ``labels``, ``sample_rate``, ``channels``, ``num_samples``,
-        ``remove_dc``.
 
     Example
     -------
@@ -463,8 +354,7 @@ def parse_metadata(meta, source):
 
 
 def _parse_metadata(session, source):
-    """:func:`parse_metadata` of an ONNX session, checked against the
-    model's input and output shapes."""
+    """Return :func:`parse_metadata` of an ONNX session, checked against shapes."""
     meta = session.get_modelmeta().custom_metadata_map
     spec = parse_metadata(meta, source)
     waveforms, probs = session.get_inputs()[0], session.get_outputs()[0]
@@ -486,30 +376,24 @@ def _parse_metadata(session, source):
 
 
 def read_label_file(path):
-    """The labels of a ``CategoricalEncoder.save`` file (``'label' =>
-    index`` lines, then ``================`` and the extras), by index,
-    without SpeechBrain.
+    """The labels of a ``CategoricalEncoder.save`` file, by index.
 
     Arguments
     ---------
     path : str or Path
-        ``label_encoder.ckpt`` or ``label_encoder.txt`` of a model folder.
 
     Returns
     -------
     list of str
-        The labels, by index.
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "l.txt").write_text(
-    ...     "'b' => 1\\n'a' => 0\\n================\\n"
-    ... )
-    >>> read_label_file(tmp / "l.txt")
+    >>> path = getfixture("tmp_path") / "l.txt"
+    >>> _ = path.write_text("'b' => 1\\n'a' => 0\\n================\\n")
+    >>> read_label_file(path)
     ['a', 'b']
     """
-    import ast
+    import ast  # not CategoricalEncoder.load: no SpeechBrain here
 
     labels = {}
     try:
@@ -528,20 +412,16 @@ def read_label_file(path):
 
 
 def folder_spec(folder):
-    """What a model folder's own files say of its audio and labels: the
-    spec in ``hyperparams.yaml`` (read as data, nothing built) and the
-    labels of ``label_encoder.ckpt`` and ``label_encoder.txt``.
+    """What a model folder's own files say of its audio and labels.
 
     Arguments
     ---------
     folder : str or Path
-        A model folder.
 
     Returns
     -------
     list of (str, object, Path)
-        ``(key, value, file)`` for each key found: the keys of
-        :func:`_parse_metadata`'s spec.
+        ``(key, value, file)`` for each key of the spec found.
 
     Example
     -------
@@ -568,7 +448,7 @@ def folder_spec(folder):
         ]
         rate, ms = tree.get("sample_rate"), tree.get("duration_ms")
         if isinstance(rate, int) and isinstance(ms, (int, float)):
-            # as sb_urbansound.serving.inference.model_audio_spec computes it
+            # as inference.model_audio_spec computes it
             found.append(
                 ("num_samples", int(round(rate * ms / 1000.0)), yaml_file)
             )
@@ -584,21 +464,13 @@ def folder_spec(folder):
 
 def check_folder(spec, file):
     """Refuse an ONNX model whose metadata differs from its folder's files
-    (a ``model.onnx`` copied from another folder, labels edited after the
-    export): it would classify unlike the folder's PyTorch model.
+    (it would classify unlike the folder's PyTorch model).
 
     Arguments
     ---------
     spec : dict
-        The ONNX model's metadata (:func:`_parse_metadata`).
+        The ONNX model's metadata (:func:`parse_metadata`).
     file : Path
-        The ONNX file; its folder's files are read (:func:`folder_spec`).
-
-    Raises
-    ------
-    ModelFileError
-        Naming each value that differs, in the ONNX metadata and in the
-        folder's file.
 
     Example
     -------
@@ -644,13 +516,9 @@ def check_folder(spec, file):
 class Scorer:
     """What scores the windows of a clip: the interface of every backend.
 
-    ``classify`` and the export's check see a model only through its spec
-    (``labels``, ``sample_rate``, ``channels``, ``num_samples``,
-    ``remove_dc``) and :meth:`window_probs`; reading, windowing and
-    averaging are shared. Backends: :class:`OnnxModel`,
-    :class:`sb_urbansound.serving.export.TorchScriptScorer` and
-    :class:`sb_urbansound.serving.inference.TorchScorer`. An export implements only
-    :meth:`_run`, called ``chunk`` windows at a time (memory only).
+    A backend has the spec (``labels``, ``sample_rate``, ``channels``,
+    ``num_samples``, ``remove_dc``) and :meth:`_run`, called ``chunk``
+    windows at a time; reading, windowing and averaging are shared.
 
     Example
     -------
@@ -663,9 +531,7 @@ class Scorer:
     (40, 2)
     """
 
-    #: The model folder (for messages; None: a model in memory).
-    model_folder = None
-    #: Windows per run (memory only: results do not depend on it).
+    model_folder = None  # for messages; None: a model in memory
     chunk = CHUNK_WINDOWS
     remove_dc = False
 
@@ -674,8 +540,7 @@ class Scorer:
         vars(self).update(spec)
 
     def _run(self, windows):
-        """One call of an export on float32 ``[n, samples, channels]``
-        windows: their ``[n, n_classes]`` probabilities."""
+        """Return ``[n, n_classes]`` probabilities of ``[n, samples, channels]``."""
         raise NotImplementedError
 
     def window_probs(self, windows):
@@ -689,7 +554,6 @@ class Scorer:
         Returns
         -------
         numpy.ndarray
-            float32 ``[n_windows, n_classes]``.
         """
         if windows.ndim == 2:
             windows = windows[..., None]
@@ -703,18 +567,14 @@ class Scorer:
         Arguments
         ---------
         path : str or Path
-            An audio file.
 
         Returns
         -------
         numpy.ndarray
-            float32 ``[time, channels]`` at the model's rate.
         """
         wav, rate = read_audio(path)
-        conditioner = Conditioner(
-            self.sample_rate, self.channels, self.remove_dc
-        )
-        return conditioner.convert(wav, rate)
+        cond = Conditioner(self.sample_rate, self.channels, self.remove_dc)
+        return cond.convert(wav, rate)
 
     def file_window_probs(self, path):
         """Read, condition and window a file; score every window.
@@ -722,14 +582,11 @@ class Scorer:
         Arguments
         ---------
         path : str or Path
-            An audio file.
 
         Returns
         -------
         probs : numpy.ndarray
-            ``[n_windows, n_classes]``.
         duration_s : float
-            The file's duration (at the model's rate).
         """
         wav = self.read(path)
         windows = sliding_windows(wav, self.num_samples or wav.shape[0])
@@ -741,26 +598,18 @@ class Scorer:
         Arguments
         ---------
         path : str or Path
-            An audio file.
         top_k : int
-            How many labels to return.
 
         Returns
         -------
         dict
-            ``path``, ``label``, ``prob``, ``top_k`` (list of ``{"label",
-            "prob"}``), ``n_windows``, ``duration_s``: what
-            :func:`sb_urbansound.serving.classify.classify_files` gives.
-
-        Raises
-        ------
-        AudioLoadError
-            If the file cannot be read.
+            ``path``, ``label``, ``prob``, ``top_k``, ``n_windows``,
+            ``duration_s``.
         """
         return self.summary(path, *self.file_window_probs(path), top_k)
 
     def summary(self, path, probs, duration_s, top_k=1):
-        """:meth:`classify_file`'s result from :meth:`file_window_probs`'s."""
+        """Return :meth:`classify_file`'s result from :meth:`file_window_probs`'s."""
         best = top_k_labels(probs.mean(axis=0), self.labels, top_k)
         return {
             "path": str(path),
@@ -778,16 +627,9 @@ class OnnxModel(Scorer):
     Arguments
     ---------
     path : str or Path or bytes
-        A model folder holding ``model.onnx``, the ONNX file itself, or its
-        bytes.
-    threads : int, optional
-        onnxruntime's intra-op threads (default: its own choice).
-    chunk : int
-        Windows per run (memory only: results do not depend on it).
-
-    Example
-    -------
-    See ``tests/test_runtime.py``; the module docstring shows the use.
+        A model folder, its ``model.onnx`` or the file's bytes.
+    threads, chunk : int
+        onnxruntime's intra-op threads; windows per run (memory only).
     """
 
     def __init__(self, path, threads=None, chunk=CHUNK_WINDOWS):
@@ -849,16 +691,12 @@ def top_k_labels(probs, labels, k=1):
     Arguments
     ---------
     probs : numpy.ndarray
-        ``[n_classes]``.
     labels : list of str
-        The class names, in index order.
     k : int
-        How many (at most the number of classes).
 
     Returns
     -------
     list of dict
-        ``{"label", "prob"}``, most probable first.
 
     Example
     -------

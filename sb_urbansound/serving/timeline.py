@@ -1,16 +1,7 @@
-"""The time axis of a recording: sliding windows, and event timelines.
+"""The time axis of a recording: sliding windows and event timelines.
 
-Torch-free (numpy only): the PyTorch path and the runtime share one
-definition of the windows and of the segments.
-
-* **Windows**: of the training length (``num_samples``), starting every hop
-  (half a window) until one reaches the end of the clip; that last one is
-  zero-padded, as evaluation pads short clips.
-* **Segments**: window *k* speaks for the hop-long stretch around its
-  centre (the first from 0, the last up to the end: the stretches tile the
-  recording); a class is present where its probability reaches the
-  threshold; runs closer than ``merge_gap`` seconds are merged and events
-  shorter than ``min_duration`` dropped.
+Torch-free (numpy only), so the PyTorch path and the runtime share one
+definition of windows and segments (``docs/inference.md``, "Event timelines").
 
 Authors
 -------
@@ -28,12 +19,10 @@ def default_hop(num_samples):
     Arguments
     ---------
     num_samples : int
-        The window length.
 
     Returns
     -------
     int
-        ``max(num_samples // 2, 1)``.
 
     Example
     -------
@@ -54,8 +43,6 @@ def window_count(length, num_samples):
     Returns
     -------
     int
-        1 for a clip no longer than a window, else
-        ``1 + ceil((length - num_samples) / hop)``.
 
     Example
     -------
@@ -69,21 +56,20 @@ def window_count(length, num_samples):
 
 
 def sliding_windows(wav, num_samples):
-    """Cut a clip (time first) into windows of ``num_samples``: the one
-    window cutter (module docstring); views of the (padded) clip, read-only
-    for an array, a tensor for a tensor (torch imported only then).
+    """Cut a clip (time first) into windows of ``num_samples``, one every
+    hop until one reaches the end; the last is zero-padded. Views of the
+    (padded) clip: read-only for an array, a tensor for a tensor.
 
     Arguments
     ---------
     wav : numpy.ndarray or torch.Tensor
         ``[time]`` or ``[time, channels]``.
     num_samples : int
-        The window length (the training clip length).
 
     Returns
     -------
     numpy.ndarray or torch.Tensor
-        ``[n_windows, num_samples(, channels)]``, the type of ``wav``.
+        ``[n_windows, num_samples(, channels)]``.
 
     Example
     -------
@@ -110,26 +96,24 @@ def sliding_windows(wav, num_samples):
         windows = np.moveaxis(windows, -1, 1)
     if not tensor:
         return windows
-    import torch
+    import torch  # only for a tensor: the module stays torch-free
 
     return torch.from_numpy(windows).to(wav.device)
 
 
 def window_spans(n_windows, num_samples, sample_rate, duration_s):
-    """The stretch of time each window speaks for, in seconds: the hop
-    around its centre, from 0 for the first to ``duration_s`` for the last.
+    """The stretch each window speaks for (seconds): the hop around its
+    centre, from 0 for the first to ``duration_s`` for the last.
 
     Arguments
     ---------
     n_windows, num_samples, sample_rate : int
-        The number of windows, their length (samples) and rate.
     duration_s : float
-        The length of the recording (seconds).
 
     Returns
     -------
     numpy.ndarray
-        ``[n_windows, 2]``: start and end of each stretch (seconds).
+        ``[n_windows, 2]``: start and end of each stretch.
 
     Example
     -------
@@ -149,23 +133,18 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s):
 def find_segments(
     probs, labels, spans, threshold=0.5, min_duration=0.0, merge_gap=0.0
 ):
-    """Turn per-window class probabilities into events (module docstring);
-    an event's score is its class's mean probability over its windows.
+    """Turn per-window class probabilities into events: a class is present
+    where its probability reaches ``threshold``; runs at most ``merge_gap``
+    s apart merge, events shorter than ``min_duration`` s are dropped; an
+    event's score is its class's mean probability over its windows.
 
     Arguments
     ---------
     probs : numpy.ndarray
-        ``[n_windows, n_classes]`` probabilities.
     labels : list of str
-        The class names, in index order.
     spans : numpy.ndarray
-        ``[n_windows, 2]`` from :func:`window_spans`.
-    threshold : float
-        Lowest probability for a class to be present.
-    min_duration : float
-        Shortest event kept (seconds).
-    merge_gap : float
-        Longest gap (seconds) across which two events of a class are merged.
+        From :func:`window_spans`.
+    threshold, min_duration, merge_gap : float
 
     Returns
     -------
@@ -215,20 +194,17 @@ def count_events(segments, labels):
     Arguments
     ---------
     segments : list of dict
-        From :func:`find_segments`.
     labels : list of str
-        Classes to list even when they have no event (in this order).
+        Classes to list even when they have no event.
 
     Returns
     -------
     dict
-        ``{label: count}``.
 
     Example
     -------
-    >>> segments = [{"label": "b"}, {"label": "a"}, {"label": "b"}]
-    >>> count_events(segments, ["a", "b", "c"])
-    {'a': 1, 'b': 2, 'c': 0}
+    >>> count_events([{"label": "b"}, {"label": "b"}], ["a", "b"])
+    {'a': 0, 'b': 2}
     """
     counts = dict.fromkeys(labels, 0)
     for seg in segments:
