@@ -1,30 +1,10 @@
-"""YAMNet, Google's AudioSet encoder, in PyTorch: front end, encoder, weights.
+"""YAMNet, Google's AudioSet encoder, rebuilt in PyTorch.
 
-YAMNet (MobileNetV1 on log-mel patches, 3.7 M parameters, 521 AudioSet
-classes; Apache License 2.0) is released as a TensorFlow SavedModel (TF Hub
-``google/yamnet/1``, Kaggle Models) and as Keras weights (``yamnet.h5``).
-This module rebuilds it in PyTorch, written from the published model facts,
-and reads the release's weights with numpy alone (no TensorFlow):
-
-* :class:`YAMNetFrontEnd`: YAMNet's log-mel front end (16 kHz mono; 25 ms
-  periodic Hann windows, 10 ms hop, 512-point FFT magnitude; 64 HTK mel
-  bands from 125 to 7500 Hz; ``log(mel + 0.001)``), with YAMNet's padding
-  of the waveform to whole patches. It is a fixed convolution and a matrix
-  product, so it exports to ONNX and TorchScript as it is.
-* :class:`YAMNetEncoder`: the network on patches of 96 frames (hop 48):
-  TensorFlow's 'SAME' padding, batch norm with epsilon 1e-4 and no scale,
-  depthwise-separable blocks; the 1024-d patch embeddings, pooled over
-  a clip's patches (those of sound, not of padding; their mean, or mean and
-  standard deviation) for the classifier. The AudioSet logits stay
-  available (:meth:`YAMNetEncoder.audioset_logits`).
-* :class:`ZeroShot`: YAMNet's AudioSet head through a class map, no
-  training (``python -m sb_urbansound.serving.classify YAMNET_DIR FILES...
-  --zero-shot MAP.csv``).
-* :func:`read_tensor_bundle`, :func:`read_keras_h5`,
-  :func:`yamnet_state_dict`: the release's variables to this encoder's
-  state dict; ``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt`` writes
-  it as a checkpoint that :func:`sb_urbansound.training.finetune.
-  strict_parameter_transfer` loads (it also reads ``SRC`` directly).
+Its log-mel front end (:class:`YAMNetFrontEnd`), network
+(:class:`YAMNetEncoder`), zero-shot labelling with its AudioSet head
+(:class:`ZeroShot`) and readers of its released weights (SavedModel folder or
+``yamnet.h5``); ``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt``
+writes them as a checkpoint. docs/models.md lists YAMNet's settings.
 
 Authors
 -------
@@ -62,33 +42,16 @@ BN_EPSILON = 1e-4
 CACHE_PATCHES = 32768
 #: Log-mel values at or below this are digital silence (``log(0.001)``).
 SILENCE = math.log(LOG_OFFSET) + 0.01
-#: (stride, output channels) of the first, plain convolution and then of
-#: the 13 depthwise-separable blocks; every kernel is 3x3.
-LAYERS = (
-    (2, 32),
-    (1, 64),
-    (2, 128),
-    (1, 128),
-    (2, 256),
-    (1, 256),
-    (2, 512),
-    *[(1, 512)] * 5,
-    (2, 1024),
-    (1, 1024),
-)
-
-
-# ------------------------------------------------------------------ front end
+#: (stride, output channels) of the first convolution, then of the 13
+#: depthwise-separable blocks; every kernel is 3x3.
+LAYERS = ((2, 32), (1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512))
+LAYERS += (*[(1, 512)] * 5, (2, 1024), (1, 1024))
 
 
 def htk_mel_matrix(
     n_mels=N_MELS, n_fft=N_FFT, rate=SAMPLE_RATE, f_min=F_MIN, f_max=F_MAX
 ):
     """The HTK mel weights of ``tf.signal.linear_to_mel_weight_matrix``.
-
-    Triangles with edges equally spaced on the HTK mel scale
-    (``1127 ln(1 + f / 700)``), evaluated at the FFT bins' frequencies in
-    mel; the DC bin gets no weight.
 
     Arguments
     ---------
@@ -98,7 +61,7 @@ def htk_mel_matrix(
     Returns
     -------
     numpy.ndarray
-        float64 ``[n_fft // 2 + 1, n_mels]``.
+        float64 ``[n_fft // 2 + 1, n_mels]``; the DC bin gets no weight.
 
     Example
     -------
@@ -130,8 +93,7 @@ def padded_length(num_samples):
     Returns
     -------
     int
-        ``WINDOW - HOP + HOP * (PATCH + k * PATCH_HOP)`` for the smallest
-        ``k >= 0`` that holds the waveform.
+        The padded length.
 
     Example
     -------
@@ -146,12 +108,8 @@ def padded_length(num_samples):
 class YAMNetFrontEnd(torch.nn.Module):
     """YAMNet's log-mel front end: ``[batch, time]`` → ``[batch, frames, 64]``.
 
-    The waveform is zero-padded as YAMNet pads it (:func:`padded_length`),
-    cut into 25 ms frames every 10 ms, windowed with a periodic Hann window,
-    zero-padded to 512 points and Fourier-transformed (one strided
-    convolution with the windowed DFT basis, which ONNX, TorchScript and
-    numpy compute alike); the magnitude goes through the HTK mel matrix,
-    then ``log(mel + 0.001)``. No trainable parameters.
+    The STFT is a strided convolution with the windowed DFT basis, so that
+    ONNX and TorchScript export it as it is.
 
     Arguments
     ---------
@@ -190,7 +148,7 @@ class YAMNetFrontEnd(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[batch, frames, 64]``, ``frames = 96 + 48 k``.
+            ``[batch, 96 + 48 k, 64]``.
         """
         if wavs.dim() == 3:
             wavs = wavs.mean(dim=-1)
@@ -216,15 +174,10 @@ def check_sample_rate(sample_rate):
         )
 
 
-# -------------------------------------------------------------------- encoder
-
-
 def same_padding(size, kernel, stride):
     """TensorFlow's 'SAME' padding of one axis: (before, after).
 
-    The output has ``ceil(size / stride)`` steps; the padding this needs is
-    split with the smaller half first (PyTorch's symmetric ``padding=1``
-    differs from it for stride 2 on even sizes: (0, 1), not (1, 1)).
+    The smaller half goes first, unlike PyTorch's symmetric padding.
 
     Example
     -------
@@ -238,12 +191,8 @@ def same_padding(size, kernel, stride):
 class CentredBatchNorm(torch.nn.BatchNorm2d):
     """Keras ``BatchNormalization(center=True, scale=False, epsilon=1e-4)``.
 
-    Normalises with the running statistics and adds the learnt offset
-    ``beta``; there is no scale. The statistics are always those loaded
-    (AudioSet's for YAMNet), in training too: fine-tuning on a few hundred
-    clips in batches of 32 would otherwise replace them with one fold's.
-    So the normalisation is a fixed scale and shift, which
-    :class:`ConvUnit` folds into its convolution.
+    Uses the loaded running statistics in training too: small fine-tuning
+    batches would otherwise replace AudioSet's.
 
     Arguments
     ---------
@@ -275,16 +224,12 @@ class CentredBatchNorm(torch.nn.BatchNorm2d):
 class ConvUnit(torch.nn.Module):
     """Convolution with 'SAME' padding, no bias → centred batch norm → ReLU.
 
-    The batch norm is folded into the convolution (one pass over the
-    activations instead of three: the encoder runs about 1.5x faster on a
-    CPU).
+    The batch norm is folded into the convolution's weights.
 
     Arguments
     ---------
-    in_channels, out_channels : int
-        Feature maps in and out.
-    kernel, stride : int
-        Square kernel and stride.
+    in_channels, out_channels, kernel, stride : int
+        Feature maps in and out, square kernel size and stride.
     depthwise : bool
         One filter per input map (``out_channels == in_channels``).
 
@@ -326,23 +271,13 @@ class ConvUnit(torch.nn.Module):
 class YAMNetEncoder(torch.nn.Module):
     """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, dim]``.
 
-    The frames are cut into patches of 96 frames every 48 (as YAMNet
-    frames them); each patch goes through YAMNet's network (a 3x3
-    convolution, 13 depthwise-separable blocks, global average pooling) to
-    a 1024-d embedding, and a clip's embedding pools (``pooling``) its patches
-    that hold sound: patches whose log-mel is all at the floor
-    ``log(0.001)`` (digital silence: the zero-padding of a short clip) are
-    left out, unless the clip has nothing else. In eager evaluation only
-    those patches are computed; an exported graph computes all of them
-    (same result).
+    Pools the embeddings of the clip's patches of sound: patches all at the
+    floor ``log(0.001)`` (padding) count only in a clip that has no other.
 
     Arguments
     ---------
     pooling : str
-        ``"mean"``: the clip's embedding is the patches' mean (1024-d);
-        ``"mean+std"``: their mean and standard deviation (2048-d; the
-        same masked statistics as SpeechBrain's ``StatisticsPooling``,
-        which takes a length, not a mask, and adds noise).
+        ``"mean"`` (1024-d) or ``"mean+std"`` (2048-d).
 
     Example
     -------
@@ -406,8 +341,7 @@ class YAMNetEncoder(torch.nn.Module):
 
     @staticmethod
     def sound(patches):
-        """``[batch, patches, 96, 64]`` → ``[batch, patches]``: the patches
-        of sound (not only padding), or every patch of an all-silent clip."""
+        """``[batch, patches, 96, 64]`` → ``[batch, patches]``: sound or not."""
         sound = (patches > SILENCE).flatten(2).any(dim=2)
         return sound | ~sound.any(dim=1, keepdim=True)
 
@@ -418,11 +352,7 @@ class YAMNetEncoder(torch.nn.Module):
     def frozen_embeddings(self, patches):
         """:meth:`patch_embeddings`, remembered while the encoder is frozen.
 
-        A frozen encoder (no parameter needs a gradient, evaluation mode)
-        gives a patch the same embedding at every epoch; the feature bank
-        gives it the same patches, so each is computed once (up to :data:`CACHE_PATCHES` of them; any
-        change of the weights or buffers empties the cache). A trained or
-        unfrozen encoder computes every patch.
+        Up to :data:`CACHE_PATCHES`; a change of the weights empties it.
 
         Arguments
         ---------
@@ -455,7 +385,7 @@ class YAMNetEncoder(torch.nn.Module):
         return torch.stack([self._cache[key] for key in keys])
 
     def audioset_logits(self, feats):
-        """AudioSet logits of every patch: ``[batch, patches, 521]``.
+        """AudioSet logits of every patch (their sigmoid: YAMNet's scores).
 
         Arguments
         ---------
@@ -465,7 +395,7 @@ class YAMNetEncoder(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            YAMNet's logits (its scores are their sigmoid).
+            ``[batch, patches, 521]``.
         """
         patches = self.patches(feats)
         emb = self.patch_embeddings(patches.flatten(0, 1))
@@ -501,6 +431,8 @@ class YAMNetEncoder(torch.nn.Module):
         emb = emb.view(batch, count, -1)
         count = weights.sum(dim=1)
         pooled = (emb * weights).sum(dim=1) / count
+        # Ours, not SpeechBrain's StatisticsPooling: that takes lengths, not a
+        # mask, and adds noise
         if self.pooling == "mean+std":
             var = ((emb - pooled.unsqueeze(1)).square() * weights).sum(1)
             std = (var / count).clamp(min=1e-8).sqrt()
@@ -510,14 +442,10 @@ class YAMNetEncoder(torch.nn.Module):
     def read_pretrained(self, path):
         """A state dict from YAMNet's release, or None for a torch file.
 
-        Used by :func:`sb_urbansound.training.finetune.strict_parameter_transfer`:
-        a folder is read as a SavedModel (or its ``variables`` folder), an
-        HDF5 file as Keras weights; anything else is left to it.
-
         Arguments
         ---------
         path : str or Path
-            What ``pretrained_encoder`` gave (possibly through a link).
+            What ``pretrained_encoder`` gave.
 
         Returns
         -------
@@ -526,8 +454,7 @@ class YAMNetEncoder(torch.nn.Module):
         return read_release(path) if is_release(path) else None
 
 
-# ------------------------------------------------------------ reading weights
-
+# Reading the weights: ours, with numpy, so that TensorFlow is not needed.
 #: The variables of a layer in TensorFlow's object graph and Keras files.
 VARIABLE_KINDS = (
     "kernel",
@@ -603,13 +530,7 @@ def _table_block(table, offset, size):
 
 
 def _bundle_entries(index):
-    """{name: BundleEntryProto fields} of a tensor bundle's index file.
-
-    The index is a LevelDB sorted string table (blocks of prefix-compressed
-    entries; a footer points at the index block, which points at the data
-    blocks); each value is a ``BundleEntryProto``. The empty key holds the
-    ``BundleHeaderProto``.
-    """
+    """{name: BundleEntryProto fields} of a bundle's LevelDB index file."""
     if (
         len(index) < 48
         or struct.unpack_from("<Q", index, len(index) - 8)[0] != _TABLE_MAGIC
@@ -635,19 +556,17 @@ def read_tensor_bundle(folder):
     Arguments
     ---------
     folder : str or Path
-        A SavedModel folder (with ``variables/``) or its ``variables``
-        folder, holding ``variables.index`` and one data shard.
+        A SavedModel folder or its ``variables`` folder.
 
     Returns
     -------
     dict
-        ``{name: numpy.ndarray}`` of the entries named
-        ``...layer_with_weights-<k>/<kind>/.ATTRIBUTES/VARIABLE_VALUE``.
+        ``{name: numpy.ndarray}`` of the ``layer_with_weights`` entries.
 
     Raises
     ------
     UserError
-        For a missing, damaged or unsupported bundle (one line).
+        For a missing, damaged or unsupported bundle.
     """
     folder = Path(folder)
     if (folder / "variables").is_dir():
@@ -693,17 +612,12 @@ def read_tensor_bundle(folder):
 
 
 def read_keras_h5(path):
-    """The layer variables of YAMNet's Keras weights file (``yamnet.h5``).
-
-    Needs ``h5py``. Keras names a variable ``<layer>/<kind>:0``; YAMNet's
-    layers are ``layer<n>/conv``, ``layer<n>/depthwise_conv`` and
-    ``layer<n>/pointwise_conv`` with their ``.../bn``, and the logits'
-    dense layer.
+    """The layer variables of YAMNet's Keras weights file (needs ``h5py``).
 
     Arguments
     ---------
     path : str or Path
-        The HDF5 file.
+        The HDF5 file (``yamnet.h5``).
 
     Returns
     -------
@@ -733,12 +647,7 @@ def read_keras_h5(path):
 
 
 def _layer_lists(variables):
-    """Group variables into YAMNet's 55 weighted layers, in order.
-
-    Bundle names carry ``layer_with_weights-<k>`` (under any prefix);
-    Keras names carry the layer names. Returns ``[{kind: array}, ...]``
-    or raises ValueError.
-    """
+    """YAMNet's 55 weighted layers in order, ``[{kind: array}, ...]``."""
     groups = {}
     for name, value in variables.items():
         match = _BUNDLE_KEY.match(name)
@@ -784,11 +693,8 @@ def _layer_lists(variables):
 def yamnet_state_dict(variables, source="the weights"):
     """Map the release's variables onto :class:`YAMNetEncoder`'s state dict.
 
-    Weighted layer ``2j`` is unit ``j``'s convolution (TensorFlow's
-    ``[h, w, in, out]`` kernels, or ``[h, w, in, 1]`` depthwise, become
-    PyTorch's ``[out, in, h, w]``), layer ``2j + 1`` its batch norm
-    (``beta``, ``moving_mean``, ``moving_variance``: there is no scale),
-    and the last one the AudioSet logits (``[1024, 521]`` → ``[521, 1024]``).
+    Weighted layer ``2j`` is unit ``j``'s convolution, ``2j + 1`` its batch
+    norm, the last one the AudioSet logits.
 
     Arguments
     ---------
@@ -805,7 +711,7 @@ def yamnet_state_dict(variables, source="the weights"):
     Raises
     ------
     UserError
-        When the variables are not YAMNet's (one line).
+        When the variables are not YAMNet's.
     """
     try:
         layers = _layer_lists(variables)
@@ -871,15 +777,11 @@ def read_release(path):
     return yamnet_state_dict(read_keras_h5(path), f"the weights in {path}")
 
 
-# ------------------------------------------------------------------ zero-shot
-
-
 def read_class_map(path, audioset_names):
     """Labels and the AudioSet classes that stand for each, from a CSV.
 
-    Each row is ``label,AudioSet class name`` (a header row ``label,audioset``
-    is allowed); a label may have several rows, and its score is the highest
-    of its classes'.
+    Rows ``label,AudioSet class name`` (header ``label,audioset`` allowed);
+    a label may have several rows.
 
     Arguments
     ---------
@@ -929,19 +831,14 @@ def read_class_map(path, audioset_names):
 class ZeroShot(Scorer):
     """Label clips with YAMNet's own AudioSet head, without any training.
 
-    A window's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
-    over its patches of sound; a label scores the highest of its classes'
-    (:func:`read_class_map`). As a :class:`~sb_urbansound.serving.runtime.Scorer`
-    it serves ``classify --zero-shot MAP.csv`` (files, ``--segments``,
-    ``--stream``): windows of 4 s (hop 2 s), their scores averaged over a
-    file; a file of at most 4 s is one window of its own length (not
-    padded: a patch half padding would count as sound).
+    A window's AudioSet scores are averaged over its patches of sound; a
+    label scores the highest of its classes'. Windows are 4 s; a shorter file
+    is one window of its own length (padding would count as sound).
 
     Arguments
     ---------
     weights : str or Path
-        YAMNet's release folder (SavedModel, with
-        ``assets/yamnet_class_map.csv``).
+        YAMNet's SavedModel folder, with ``assets/yamnet_class_map.csv``.
     class_map : str or Path
         The CSV of ``label,AudioSet class name`` rows.
     """
@@ -986,9 +883,6 @@ class ZeroShot(Scorer):
         return torch.stack(best, dim=1).numpy()
 
 
-# ------------------------------------------------------------------------ CLI
-
-
 def convert(source, out):
     """Write YAMNet's release weights as a PyTorch checkpoint.
 
@@ -998,6 +892,11 @@ def convert(source, out):
         A SavedModel folder or ``yamnet.h5``.
     out : str or Path
         The checkpoint to write (atomically; an existing file is refused).
+
+    Returns
+    -------
+    dict
+        The state dict written.
     """
     from sb_urbansound.atomic import atomic_write_bytes
 
@@ -1016,8 +915,7 @@ def convert(source, out):
 
 
 def main(argv=None):
-    """``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt`` (zero-shot
-    labelling: ``python -m sb_urbansound.serving.classify DIR --zero-shot MAP.csv``)."""
+    """``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt``."""
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.training.yamnet",
         description="Convert YAMNet's released weights (TensorFlow "
