@@ -93,7 +93,6 @@ def padded_length(num_samples):
     Returns
     -------
     int
-        The padded length.
 
     Example
     -------
@@ -138,18 +137,7 @@ class YAMNetFrontEnd(torch.nn.Module):
         )
 
     def forward(self, wavs):
-        """Log-mel frames of a batch of waveforms.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, time]`` or ``[batch, time, 1]`` at 16 kHz.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 96 + 48 k, 64]``.
-        """
+        """``[batch, time(, 1)]`` at 16 kHz → ``[batch, 96 + 48 k, 64]``."""
         if wavs.dim() == 3:
             wavs = wavs.mean(dim=-1)
         pad = padded_length(wavs.shape[1]) - wavs.shape[1]
@@ -242,13 +230,9 @@ class ConvUnit(torch.nn.Module):
     def __init__(self, in_channels, out_channels, kernel, stride, depthwise=0):
         super().__init__()
         self.kernel, self.stride = kernel, stride
+        groups = in_channels if depthwise else 1
         self.conv = torch.nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            groups=in_channels if depthwise else 1,
-            bias=False,
+            in_channels, out_channels, kernel, stride, groups=groups, bias=False
         )
         self.bn = CentredBatchNorm(out_channels)
 
@@ -350,20 +334,8 @@ class YAMNetEncoder(torch.nn.Module):
         return self.net(patches.unsqueeze(1)).mean(dim=(2, 3))
 
     def frozen_embeddings(self, patches):
-        """:meth:`patch_embeddings`, remembered while the encoder is frozen.
-
-        Up to :data:`CACHE_PATCHES`; a change of the weights empties it.
-
-        Arguments
-        ---------
-        patches : torch.Tensor
-            ``[n, 96, 64]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[n, 1024]``.
-        """
+        """:meth:`patch_embeddings`, remembered while the encoder is frozen
+        (up to :data:`CACHE_PATCHES`; new weights empty the cache)."""
         tensors = [*self.parameters(), *self.buffers()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             self._cache.clear()
@@ -385,37 +357,14 @@ class YAMNetEncoder(torch.nn.Module):
         return torch.stack([self._cache[key] for key in keys])
 
     def audioset_logits(self, feats):
-        """AudioSet logits of every patch (their sigmoid: YAMNet's scores).
-
-        Arguments
-        ---------
-        feats : torch.Tensor
-            ``[batch, frames, 64]`` log-mel frames.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, patches, 521]``.
-        """
+        """AudioSet logits ``[batch, patches, 521]`` of log-mel frames."""
         patches = self.patches(feats)
         emb = self.patch_embeddings(patches.flatten(0, 1))
         return self.logits(emb).unflatten(0, patches.shape[:2])
 
     def forward(self, feats, lengths=None):
-        """Embed clips: the mean (and std) of their patches' embeddings.
-
-        Arguments
-        ---------
-        feats : torch.Tensor
-            ``[batch, frames, 64]`` log-mel frames.
-        lengths : torch.Tensor, optional
-            Ignored: padding is recognised by its values.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 1, 1024]`` (``[batch, 1, 2048]`` with mean+std).
-        """
+        """``[batch, frames, 64]`` → ``[batch, 1, 1024 or 2048]``; ``lengths``
+        is ignored (padding is recognised by its values)."""
         patches = self.patches(feats)
         batch, count = patches.shape[:2]
         sound = self.sound(patches)
@@ -440,30 +389,14 @@ class YAMNetEncoder(torch.nn.Module):
         return pooled.unsqueeze(1)
 
     def read_pretrained(self, path):
-        """A state dict from YAMNet's release, or None for a torch file.
-
-        Arguments
-        ---------
-        path : str or Path
-            What ``pretrained_encoder`` gave.
-
-        Returns
-        -------
-        dict or None
-        """
+        """A state dict from YAMNet's release at ``path``, or None if not."""
         return read_release(path) if is_release(path) else None
 
 
 # Reading the weights: ours, with numpy, so that TensorFlow is not needed.
 #: The variables of a layer in TensorFlow's object graph and Keras files.
-VARIABLE_KINDS = (
-    "kernel",
-    "depthwise_kernel",
-    "beta",
-    "moving_mean",
-    "moving_variance",
-    "bias",
-)
+VARIABLE_KINDS = ("kernel", "depthwise_kernel", "beta", "moving_mean")
+VARIABLE_KINDS += ("moving_variance", "bias")
 _BUNDLE_KEY = re.compile(
     r"^(.*?)layer_with_weights-(\d+)/(" + "|".join(VARIABLE_KINDS) + r")"
     r"/\.ATTRIBUTES/VARIABLE_VALUE$"
@@ -768,7 +701,6 @@ def read_release(path):
     Returns
     -------
     dict
-        ``{name: torch.Tensor}``.
     """
     if Path(path).is_dir():
         return yamnet_state_dict(
@@ -896,7 +828,7 @@ def convert(source, out):
     Returns
     -------
     dict
-        The state dict written.
+        The state dict.
     """
     from sb_urbansound.atomic import atomic_write_bytes
 
