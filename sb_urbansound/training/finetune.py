@@ -484,20 +484,12 @@ def check_state_dict(module, state_dict, path):
         f"{type(module).__name__} ({len(expected)} keys; the file has "
         f"{len(state_dict)}):"
     ]
-    if missing:
-        lines.append(
-            f"  missing keys (in the model, not in the file): {len(missing)}: "
-            + _listed(missing)
-        )
-    if unexpected:
-        lines.append(
-            "  unexpected keys (in the file, not in the model): "
-            f"{len(unexpected)}: " + _listed(unexpected)
-        )
-    if mismatched:
-        lines.append(
-            f"  shape mismatches: {len(mismatched)}: " + _listed(mismatched)
-        )
+    kinds = {
+        "missing keys (in the model, not in the file)": missing,
+        "unexpected keys (in the file, not in the model)": unexpected,
+        "shape mismatches": mismatched,
+    }
+    lines += [f"  {k}: {len(v)}: {_listed(v)}" for k, v in kinds.items() if v]
     raise UserError(
         "\n".join(lines)
         + _prefix_hint(missing, unexpected)

@@ -1,10 +1,7 @@
-"""YAMNet, Google's AudioSet encoder, rebuilt in PyTorch.
+"""YAMNet, Google's AudioSet encoder, rebuilt in PyTorch (docs/models.md).
 
-Its log-mel front end (:class:`YAMNetFrontEnd`), network
-(:class:`YAMNetEncoder`), zero-shot labelling with its AudioSet head
-(:class:`ZeroShot`) and readers of its released weights (SavedModel folder or
-``yamnet.h5``); ``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt``
-writes them as a checkpoint. docs/models.md lists YAMNet's settings.
+Front end, encoder, zero-shot head, and readers of the released weights;
+``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt``.
 
 Authors
 -------
@@ -123,7 +120,12 @@ class YAMNetFrontEnd(torch.nn.Module):
 
     def __init__(self, sample_rate=SAMPLE_RATE):
         super().__init__()
-        check_sample_rate(sample_rate)
+        if sample_rate != SAMPLE_RATE:
+            raise UserError(
+                f"YAMNet takes {SAMPLE_RATE} Hz audio (its front end and "
+                f"weights assume it), but sample_rate is {sample_rate}: set "
+                f"--sample_rate={SAMPLE_RATE}"
+            )
         n = np.arange(WINDOW)
         window = 0.5 - 0.5 * np.cos(2 * np.pi * n / WINDOW)  # periodic
         freqs = np.arange(N_FFT // 2 + 1)
@@ -150,16 +152,6 @@ class YAMNetFrontEnd(torch.nn.Module):
             magnitude = torch.sqrt(re.square() + im.square())
             mel = torch.matmul(magnitude.transpose(1, 2), self.mel)
             return torch.log(mel + LOG_OFFSET)
-
-
-def check_sample_rate(sample_rate):
-    """Stop with one line unless the rate is YAMNet's 16 kHz."""
-    if sample_rate != SAMPLE_RATE:
-        raise UserError(
-            f"YAMNet takes {SAMPLE_RATE} Hz audio (its front end and "
-            f"weights assume it), but sample_rate is {sample_rate}: set "
-            f"--sample_rate={SAMPLE_RATE}"
-        )
 
 
 def same_padding(size, kernel, stride):
@@ -730,9 +722,7 @@ def read_class_map(path, audioset_names):
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "map.csv").write_text(
-    ...     "label,audioset\\ndog,Bark\\ndog,Dog\\n"
-    ... )
+    >>> _ = (tmp / "map.csv").write_text("label,audioset\\ndog,Bark\\ndog,Dog")
     >>> read_class_map(tmp / "map.csv", ["Dog", "Bark"])
     {'dog': [1, 0]}
     """
@@ -805,11 +795,10 @@ class ZeroShot(Scorer):
     def _run(self, windows):
         """``[n, samples, 1]`` windows → ``[n, labels]`` scores in [0, 1]."""
         wavs = torch.tensor(np.asarray(windows, np.float32))[..., 0]
-        patches = self.encoder.patches(self.front_end(wavs))
-        sound = self.encoder.sound(patches).unsqueeze(-1).float()
-        emb = self.encoder.patch_embeddings(patches.flatten(0, 1))
-        scores = torch.sigmoid(self.encoder.logits(emb))
-        scores = scores.unflatten(0, patches.shape[:2])
+        feats = self.front_end(wavs)
+        sound = self.encoder.sound(self.encoder.patches(feats))
+        scores = torch.sigmoid(self.encoder.audioset_logits(feats))
+        sound = sound.unsqueeze(-1).float()
         audioset = (scores * sound).sum(dim=1) / sound.sum(dim=1)
         best = [audioset[:, i].amax(dim=1) for i in self.classes.values()]
         return torch.stack(best, dim=1).numpy()
