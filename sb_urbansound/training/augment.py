@@ -154,9 +154,8 @@ class Mixup(torch.nn.Module):
         >>> nll = lambda p, y: torch.nn.functional.nll_loss(p, y)
         >>> p = torch.log_softmax(torch.randn(4, 3), -1)
         >>> y = torch.tensor([0, 1, 2, 0])
-        >>> torch.isclose(
-        ...     Mixup.mix_loss(nll, p, y, torch.arange(4), 1.0), nll(p, y)
-        ... )
+        >>> loss = Mixup.mix_loss(nll, p, y, torch.arange(4), 1.0)
+        >>> torch.isclose(loss, nll(p, y))
         tensor(True)
         """
         loss = loss_fn(predictions, targets, *args)
@@ -174,12 +173,9 @@ def circular_views(x, n_views, max_shift, dim=1):
     ---------
     x : torch.Tensor
         ``[batch, ...]``.
-    n_views : int
-        The number of views (1: ``x`` itself).
-    max_shift : int
-        The largest roll, in elements of dimension ``dim``.
-    dim : int
-        The dimension to roll (time).
+    n_views, max_shift, dim : int
+        The number of views (1: ``x`` itself), the largest roll and the
+        dimension to roll (time).
 
     Returns
     -------

@@ -1,9 +1,5 @@
-"""Fine-tuning from pretrained encoders: modules and a strict weight transfer.
-
-:func:`strict_parameter_transfer` (a ``Pretrainer`` hook that loads only a
-checkpoint that fits), :class:`BEATsEncoder`, :class:`PassThrough`, and the
-YAML's ``pretrainer``, ``freeze_encoder``, ``unfreeze_after_epochs`` and
-``encoder_lr_scale`` for the recipe.
+"""Fine-tuning from pretrained encoders: BEATs, a strict weight transfer, and
+the YAML's fine-tuning options for the recipe.
 
 Authors
 -------
@@ -29,10 +25,7 @@ MAX_LISTED_KEYS = 12
 
 
 class PassThrough(torch.nn.Module):
-    """Returns its input unchanged (and ignores the lengths).
-
-    The recipe's ``compute_features`` or ``mean_var_norm`` for an encoder
-    that does its own.
+    """Returns its input: a no-op ``compute_features`` or ``mean_var_norm``.
 
     Example
     -------
@@ -65,9 +58,7 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
 
     Example
     -------
-    >>> check_finetune_options(
-    ...     {"encoder_lr_scale": 0.1, "freeze_encoder": False}
-    ... )
+    >>> check_finetune_options({"encoder_lr_scale": 0.1})
     >>> check_finetune_options({"unfreeze_after_epochs": -1})
     Traceback (most recent call last):
      ...

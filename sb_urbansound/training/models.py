@@ -10,9 +10,7 @@ import torch
 
 
 class CNNEmbedding(torch.nn.Module):
-    """A stack of Conv2d → ReLU → BatchNorm blocks, then global pooling.
-
-    The defaults are the tutorial's network.
+    """Conv2d → ReLU → BatchNorm blocks, then global pooling (the tutorial's).
 
     Arguments
     ---------

@@ -131,12 +131,9 @@ class YAMNetFrontEnd(torch.nn.Module):
         freqs = np.arange(N_FFT // 2 + 1)
         angle = 2 * np.pi * np.outer(freqs, n) / N_FFT
         basis = np.concatenate([np.cos(angle), -np.sin(angle)]) * window
-        self.register_buffer(
-            "dft", torch.tensor(basis, dtype=torch.float32).unsqueeze(1)
-        )
-        self.register_buffer(
-            "mel", torch.tensor(htk_mel_matrix(), dtype=torch.float32)
-        )
+        dft = torch.tensor(basis, dtype=torch.float32).unsqueeze(1)
+        self.register_buffer("dft", dft)
+        self.register_buffer("mel", torch.tensor(htk_mel_matrix()).float())
 
     def forward(self, wavs):
         """``[batch, time(, 1)]`` at 16 kHz → ``[batch, 96 + 48 k, 64]``."""
@@ -155,9 +152,7 @@ class YAMNetFrontEnd(torch.nn.Module):
 
 
 def same_padding(size, kernel, stride):
-    """TensorFlow's 'SAME' padding of one axis: (before, after).
-
-    The smaller half goes first, unlike PyTorch's symmetric padding.
+    """TensorFlow's 'SAME' padding of one axis: (before, after), smaller first.
 
     Example
     -------
@@ -203,8 +198,6 @@ class CentredBatchNorm(torch.nn.BatchNorm2d):
 
 class ConvUnit(torch.nn.Module):
     """Convolution with 'SAME' padding, no bias → centred batch norm → ReLU.
-
-    The batch norm is folded into the convolution's weights.
 
     Arguments
     ---------
@@ -618,9 +611,6 @@ def _layer_lists(variables):
 def yamnet_state_dict(variables, source="the weights"):
     """Map the release's variables onto :class:`YAMNetEncoder`'s state dict.
 
-    Weighted layer ``2j`` is unit ``j``'s convolution, ``2j + 1`` its batch
-    norm, the last one the AudioSet logits.
-
     Arguments
     ---------
     variables : dict
@@ -704,13 +694,10 @@ def read_release(path):
 def read_class_map(path, audioset_names):
     """Labels and the AudioSet classes that stand for each, from a CSV.
 
-    Rows ``label,AudioSet class name`` (header ``label,audioset`` allowed);
-    a label may have several rows.
-
     Arguments
     ---------
     path : str or Path
-        The class map.
+        Rows ``label,AudioSet class name`` (header ``label,audioset`` allowed).
     audioset_names : list of str
         YAMNet's 521 class names, in output order.
 
