@@ -272,10 +272,8 @@ def build_beats(config=None):
 class BEATsEncoder(torch.nn.Module):
     """BEATs as the recipe's embedding model: waveforms in, one vector out.
 
-    The mean of the tokens of each clip's valid part,
-    ``[batch, 1, encoder_embed_dim]``. The architecture comes from the YAML,
-    so that a trained model folder loads without the checkpoint it was
-    fine-tuned from.
+    The architecture comes from the YAML, so that a trained model folder
+    loads without the checkpoint it was fine-tuned from.
 
     Arguments
     ---------
