@@ -1,11 +1,6 @@
-"""Batched augmentations, applied on the training device in training only.
-
-* :class:`SpecAugment`: frequency and time masks filled with each clip's own
-  mean, as in the tutorial, drawn for a whole batch at once.
-* :class:`Mixup`: convex combinations of pairs of examples and of their
-  losses, for any model and loss.
-* :func:`circular_views` and :func:`average_views`: test-time averaging over
-  circularly shifted views of each clip (evaluation, not training).
+"""Batched augmentations (:class:`SpecAugment`, :class:`Mixup`) and test-time
+averaging over circularly shifted views (:func:`circular_views`,
+:func:`average_views`).
 
 Authors
 -------
@@ -18,11 +13,8 @@ import torch
 
 
 def _band_masks(batch, size, max_width, device, generator=None):
-    """One random band ``[start, end)`` per clip, as a ``[batch, size]`` bool mask.
-
-    Same law as ``torchaudio.functional.mask_along_axis``: width uniform in
-    ``[0, max_width)``, start uniform in ``[0, size - width)``.
-    """
+    """One random band per clip, a ``[batch, size]`` bool mask (the law of
+    ``torchaudio.functional.mask_along_axis``)."""
     width = torch.rand(batch, 1, device=device, generator=generator) * max_width
     start = torch.rand(batch, 1, device=device, generator=generator) * (
         size - width
@@ -35,22 +27,15 @@ def _band_masks(batch, size, max_width, device, generator=None):
 class SpecAugment(torch.nn.Module):
     """Frequency and time masks filled with each clip's mean, applied batched.
 
-    The tutorial applies ``torchaudio.transforms.FrequencyMasking`` and
-    ``TimeMasking`` clip by clip with ``mask_value=spec.mean()``. torchaudio's
-    masking takes a single fill value for a whole batch, so this module draws
-    independent masks per clip and fills each with that clip's own mean, as the
-    tutorial does, in one pass over the batch. Masks are shared by a clip's
-    channels, as in the tutorial.
+    Ours, not torchaudio's masking: that fills a whole batch with one value,
+    the tutorial fills each clip with its own mean.
 
     Arguments
     ---------
     max_mask_pct : float
-        Largest mask width as a fraction of the number of mel bands (frequency
-        masks) or of frames (time masks).
-    n_freq_masks : int
-        Number of frequency masks per clip.
-    n_time_masks : int
-        Number of time masks per clip.
+        Largest mask width as a fraction of the mel bands or frames.
+    n_freq_masks, n_time_masks : int
+        Number of frequency and time masks per clip.
 
     Example
     -------
@@ -67,42 +52,20 @@ class SpecAugment(torch.nn.Module):
         self.n_time_masks = n_time_masks
 
     def forward(self, spec, generator=None):
-        """Mask a batch of spectrograms.
-
-        Arguments
-        ---------
-        spec : torch.Tensor
-            ``[batch, channels, freq, time]``.
-        generator : torch.Generator, optional
-            Source of randomness (default: torch's global generator).
-
-        Returns
-        -------
-        torch.Tensor
-            The masked spectrograms (a new tensor).
-        """
+        """Mask ``[batch, channels, freq, time]`` (a new tensor), drawing from
+        ``generator`` (default: torch's global one)."""
         batch, _, n_freq, n_time = spec.shape
         mean = spec.mean(dim=(1, 2, 3), keepdim=True)
         masked = torch.zeros(
             batch, 1, n_freq, n_time, dtype=torch.bool, device=spec.device
         )
         for _ in range(self.n_freq_masks):
-            band = _band_masks(
-                batch,
-                n_freq,
-                self.max_mask_pct * n_freq,
-                spec.device,
-                generator,
-            )
+            width = self.max_mask_pct * n_freq
+            band = _band_masks(batch, n_freq, width, spec.device, generator)
             masked |= band[:, None, :, None]
         for _ in range(self.n_time_masks):
-            band = _band_masks(
-                batch,
-                n_time,
-                self.max_mask_pct * n_time,
-                spec.device,
-                generator,
-            )
+            width = self.max_mask_pct * n_time
+            band = _band_masks(batch, n_time, width, spec.device, generator)
             masked |= band[:, None, None, :]
         return torch.where(masked, mean.expand_as(spec), spec)
 
@@ -110,16 +73,13 @@ class SpecAugment(torch.nn.Module):
 class Mixup(torch.nn.Module):
     """Mix each example of a batch with another one (Zhang et al., 2018).
 
-    ``x' = lam * x + (1 - lam) * x[perm]`` with one ``lam ~ Beta(alpha,
-    alpha)`` per batch and a random permutation ``perm``; the loss is mixed
-    the same way, ``lam * loss(y) + (1 - lam) * loss(y[perm])``, which works
-    with any loss function (see :meth:`mix_loss`). It applies to any input:
-    waveforms, spectrograms or embeddings. Training only.
+    ``x' = lam * x + (1 - lam) * x[perm]``, one ``lam ~ Beta(alpha, alpha)``
+    per batch; :meth:`mix_loss` mixes the losses the same way.
 
     Arguments
     ---------
     alpha : float
-        Beta distribution parameter (> 0); 0.2-0.4 are usual values.
+        Beta distribution parameter (> 0).
     prob : float
         Probability that a batch is mixed at all.
 
@@ -150,8 +110,7 @@ class Mixup(torch.nn.Module):
         x : torch.Tensor
             ``[batch, ...]``.
         generator : torch.Generator, optional
-            Source of randomness of the pairing and of whether the batch is
-            mixed (CPU; ``lam`` comes from torch's global generator).
+            CPU source of the pairing and of whether to mix (not of ``lam``).
 
         Returns
         -------
@@ -178,13 +137,9 @@ class Mixup(torch.nn.Module):
         ---------
         loss_fn : callable
             ``loss_fn(predictions, targets, *args)``.
-        predictions : torch.Tensor
-            The model's output for the mixed batch.
-        targets : torch.Tensor
-            ``[batch, ...]`` targets of the unmixed examples.
-        perm : torch.LongTensor
-            From :meth:`forward`.
-        lam : float
+        predictions, targets : torch.Tensor
+            The output for the mixed batch, the unmixed examples' targets.
+        perm, lam
             From :meth:`forward`.
         *args
             Passed to ``loss_fn`` (e.g. lengths).
@@ -199,9 +154,8 @@ class Mixup(torch.nn.Module):
         >>> nll = lambda p, y: torch.nn.functional.nll_loss(p, y)
         >>> p = torch.log_softmax(torch.randn(4, 3), -1)
         >>> y = torch.tensor([0, 1, 2, 0])
-        >>> torch.isclose(
-        ...     Mixup.mix_loss(nll, p, y, torch.arange(4), 1.0), nll(p, y)
-        ... )
+        >>> loss = Mixup.mix_loss(nll, p, y, torch.arange(4), 1.0)
+        >>> torch.isclose(loss, nll(p, y))
         tensor(True)
         """
         loss = loss_fn(predictions, targets, *args)
@@ -215,22 +169,13 @@ class Mixup(torch.nn.Module):
 def circular_views(x, n_views, max_shift, dim=1):
     """Copies of a batch rolled by amounts spread evenly over ``[0, max_shift]``.
 
-    Test-time averaging: a model scored on several circularly shifted views
-    of each clip (the training shifts are circular too) and its probabilities
-    averaged (:func:`average_views`) is less sensitive to where a sound sits
-    in its clip.
-
     Arguments
     ---------
     x : torch.Tensor
         ``[batch, ...]``.
-    n_views : int
-        The number of views (1: ``x`` itself).
-    max_shift : int
-        The largest roll, in elements of dimension ``dim``.
-    dim : int
-        The dimension to roll (time: 1 for waveforms and SpeechBrain's
-        features, -1 for ``[batch, channels, n_mels, frames]``).
+    n_views, max_shift, dim : int
+        The number of views (1: ``x`` itself), the largest roll and the
+        dimension to roll (time).
 
     Returns
     -------

@@ -1,20 +1,5 @@
-"""Fine-tuning from pretrained encoders: modules and a strict weight transfer.
-
-* :func:`strict_parameter_transfer`: a ``Pretrainer`` hook that loads a
-  checkpoint into a module only when every key and shape fits, and otherwise
-  stops with a message naming the missing, unexpected and mismatched keys and
-  the file. (SpeechBrain's default, ``torch_parameter_transfer``, only logs a
-  warning per missing or unexpected key: a checkpoint saved from another
-  module, or with other key names, then "loads" without loading anything.)
-* :class:`BEATsEncoder`: SpeechBrain's BEATs lobe built from a configuration
-  given in the YAML (so that an exported model folder needs no checkpoint
-  file), taking ``(waveforms, lengths)`` and returning the mean of its tokens,
-  ``[batch, 1, dim]``; it reads the BEATs authors' checkpoints.
-* :class:`PassThrough`: returns its input, for the recipe's
-  ``compute_features`` or ``mean_var_norm`` when an encoder does its own;
-* :func:`load_pretrained_encoder`, :func:`set_trainable` and
-  :func:`encoder_optimizer`: the YAML's ``pretrainer``, ``freeze_encoder``,
-  ``unfreeze_after_epochs`` and ``encoder_lr_scale``, for the recipe.
+"""Fine-tuning from pretrained encoders: BEATs, a strict weight transfer, and
+the YAML's fine-tuning options for the recipe.
 
 Authors
 -------
@@ -40,12 +25,7 @@ MAX_LISTED_KEYS = 12
 
 
 class PassThrough(torch.nn.Module):
-    """Returns its input unchanged (and ignores the lengths).
-
-    Used as the recipe's ``compute_features`` for an encoder that takes
-    waveforms, or as its ``mean_var_norm`` for an encoder trained on features
-    that were not standardised, so that the modules SpeechBrain's
-    ``EncoderClassifier`` calls all exist.
+    """Returns its input: a no-op ``compute_features`` or ``mean_var_norm``.
 
     Example
     -------
@@ -55,37 +35,17 @@ class PassThrough(torch.nn.Module):
     """
 
     def forward(self, x, lengths=None):
-        """Return ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            Anything.
-        lengths : torch.Tensor, optional
-            Ignored.
-
-        Returns
-        -------
-        torch.Tensor
-            ``x`` itself.
-        """
+        """Return ``x`` itself."""
         return x
 
 
 def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
     """Check the fine-tuning options of a YAML before anything is built.
 
-    ``freeze_encoder`` and ``use_pretrained`` are True or False,
-    ``unfreeze_after_epochs`` a whole number >= 0 and ``encoder_lr_scale``
-    null or a number > 0; a YAML need not have them. With SpeechBrain's run
-    options: an encoder unfrozen later under ``torchrun`` needs
-    ``--find_unused_parameters`` (it gets no gradients while frozen), and
-    ``encoder_lr_scale`` makes its own parameter groups.
-
     Arguments
     ---------
     values : dict
-        Top-level keys and values (``sb_urbansound.training.experiment.read_yaml_values``).
+        The YAML's top-level keys and values.
     hparams_file : str or Path
         Named in the message.
     run_opts : dict, optional
@@ -98,14 +58,16 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
 
     Example
     -------
-    >>> check_finetune_options(
-    ...     {"encoder_lr_scale": 0.1, "freeze_encoder": False}
-    ... )
+    >>> check_finetune_options({"encoder_lr_scale": 0.1})
     >>> check_finetune_options({"unfreeze_after_epochs": -1})
     Traceback (most recent call last):
      ...
     sb_urbansound.errors.UserError: unfreeze_after_epochs=-1 is not valid: ...
     """
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     checks = {
         "freeze_encoder": (lambda v: isinstance(v, bool), "True or False"),
         "use_pretrained": (lambda v: isinstance(v, bool), "True or False"),
@@ -114,14 +76,7 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
             "a whole number of epochs >= 0",
         ),
         "encoder_lr_scale": (
-            lambda v: (
-                v is None
-                or (
-                    not isinstance(v, bool)
-                    and isinstance(v, (int, float))
-                    and v > 0
-                )
-            ),
+            lambda v: v is None or (number(v) and v > 0),
             "null (one learning rate) or a number > 0, e.g. 0.1",
         ),
     }
@@ -176,7 +131,7 @@ def set_trainable(module, trainable):
 
 def encoder_optimizer(opt_class, modules, scale):
     """An optimizer whose second group, the encoder, has ``scale`` times the
-    learning rate of the first (the rest, whose rate the logs report).
+    learning rate of the first (the other modules).
 
     Arguments
     ---------
@@ -185,7 +140,7 @@ def encoder_optimizer(opt_class, modules, scale):
     modules : torch.nn.ModuleDict
         A Brain's modules, with ``embedding_model``.
     scale : float
-        The encoder's learning rate over the others' (``encoder_lr_scale``).
+        ``encoder_lr_scale``.
 
     Returns
     -------
@@ -193,12 +148,8 @@ def encoder_optimizer(opt_class, modules, scale):
 
     Example
     -------
-    >>> modules = torch.nn.ModuleDict(
-    ...     {
-    ...         "embedding_model": torch.nn.Linear(2, 2),
-    ...         "head": torch.nn.Linear(2, 1),
-    ...     }
-    ... )
+    >>> enc, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    >>> modules = torch.nn.ModuleDict({"embedding_model": enc, "head": head})
     >>> sgd = lambda groups: torch.optim.SGD(groups, lr=1.0)
     >>> opt = encoder_optimizer(sgd, modules, 0.1)
     >>> [g["lr"] for g in opt.param_groups]
@@ -215,12 +166,8 @@ def encoder_optimizer(opt_class, modules, scale):
 def load_pretrained_encoder(hparams):
     """Loads the pretrained encoder weights of the YAML's ``pretrainer``.
 
-    For a YAML with a ``pretrainer`` and ``use_pretrained: True``; only on
-    a fresh run: a resumed run's checkpoint holds the fine-tuned weights,
-    and SpeechBrain recovers it later. ``pretrained_encoder`` is a local file or ``<hub repo>/<file>``
-    (fetched by SpeechBrain from the Hugging Face hub). The YAML's loading
-    hook (:func:`strict_parameter_transfer`) stops on any key that does not
-    fit.
+    Only on a fresh run: a resumed run's checkpoint holds the fine-tuned
+    weights.
 
     Arguments
     ---------
@@ -264,31 +211,14 @@ def load_pretrained_encoder(hparams):
     logger.info("Pretrained encoder loaded from %s", source)
 
 
-# ---------------------------------------------------------------------- BEATs
-
-#: BEATsConfig keys that change the parameters or what the network computes
-#: at inference: a checkpoint whose configuration differs in one of them does
-#: not fit. (Dropouts, layer drop and the gradient decay only act in
-#: training and may differ.)
-BEATS_ARCHITECTURE_KEYS = (
-    "input_patch_size",
-    "embed_dim",
-    "conv_bias",
-    "encoder_layers",
-    "encoder_embed_dim",
-    "encoder_ffn_embed_dim",
-    "encoder_attention_heads",
-    "activation_fn",
-    "layer_norm_first",
-    "deep_norm",
-    "conv_pos",
-    "conv_pos_groups",
-    "relative_position_embedding",
-    "num_buckets",
-    "max_distance",
-    "gru_rel_pos",
-    "finetuned_model",
-    "predictor_class",
+#: BEATsConfig keys that change the parameters or the inference: a
+#: checkpoint must match them (dropouts and the like may differ).
+BEATS_ARCHITECTURE_KEYS = tuple(
+    "input_patch_size embed_dim conv_bias encoder_layers encoder_embed_dim "
+    "encoder_ffn_embed_dim encoder_attention_heads activation_fn "
+    "layer_norm_first deep_norm conv_pos conv_pos_groups "
+    "relative_position_embedding num_buckets max_distance gru_rel_pos "
+    "finetuned_model predictor_class".split()
 )
 #: Mel bands of BEATs' own filter bank (fixed in SpeechBrain's lobe).
 BEATS_MEL_BINS = 128
@@ -300,11 +230,8 @@ _BEATS_BUILD = threading.Lock()
 def build_beats(config=None):
     """SpeechBrain's BEATs lobe with the given configuration, random weights.
 
-    SpeechBrain's ``BEATs`` (1.1.2) reads its configuration only from a
-    checkpoint file, and then also loads that file's weights. To build the
-    architecture from a configuration alone, the lobe's ``BEATsConfig`` is
-    replaced, while this builds the model, by one that applies ``config`` to
-    the defaults.
+    SpeechBrain's ``BEATs`` reads its configuration only from a checkpoint,
+    so its ``BEATsConfig`` is patched while the model is built.
 
     Arguments
     ---------
@@ -314,19 +241,13 @@ def build_beats(config=None):
     Returns
     -------
     speechbrain.lobes.models.beats.BEATs
-        Not frozen (``freeze=False``).
+        Not frozen.
 
     Example
     -------
-    >>> model = build_beats(
-    ...     {
-    ...         "encoder_layers": 1,
-    ...         "encoder_embed_dim": 32,
-    ...         "encoder_ffn_embed_dim": 64,
-    ...         "encoder_attention_heads": 2,
-    ...         "embed_dim": 32,
-    ...     }
-    ... )
+    >>> cfg = dict(encoder_layers=1, embed_dim=32, encoder_embed_dim=32)
+    >>> cfg.update(encoder_ffn_embed_dim=64, encoder_attention_heads=2)
+    >>> model = build_beats(cfg)
     >>> model.cfg.encoder_layers, len(model.encoder.layers)
     (1, 1)
     """
@@ -351,39 +272,21 @@ def build_beats(config=None):
 class BEATsEncoder(torch.nn.Module):
     """BEATs as the recipe's embedding model: waveforms in, one vector out.
 
-    Takes 16 kHz mono waveforms ``[batch, time]`` and their relative lengths
-    (as the recipe's ``embedding_model(feats, lengths)`` call passes them),
-    runs SpeechBrain's BEATs lobe (its own filter bank, patches and
-    transformer) and averages the tokens of each clip's valid part:
-    ``[batch, 1, encoder_embed_dim]``.
-
-    The architecture comes from ``config`` (``BEATsConfig`` keys), given in
-    the YAML, so that a trained model folder loads without the checkpoint it
-    was fine-tuned from. The weights come from a ``Pretrainer`` with
-    :func:`strict_parameter_transfer`, which reads the BEATs authors'
-    checkpoints (``{"cfg": ..., "model": ...}``) through
-    :meth:`convert_pretrained`: their configuration must match ``config`` on
-    :data:`BEATS_ARCHITECTURE_KEYS`.
+    The architecture comes from the YAML, so that a trained model folder
+    loads without the checkpoint it was fine-tuned from.
 
     Arguments
     ---------
     config : dict, optional
-        ``BEATsConfig`` values (missing keys: the lobe's defaults, a 90 M
-        parameter model).
+        ``BEATsConfig`` values (missing keys: the lobe's defaults).
     sample_rate : int
-        The rate of the input; BEATs' filter bank assumes 16000 Hz.
+        Must be 16000 (BEATs' filter bank assumes it).
 
     Example
     -------
-    >>> enc = BEATsEncoder(
-    ...     {
-    ...         "encoder_layers": 1,
-    ...         "encoder_embed_dim": 32,
-    ...         "encoder_ffn_embed_dim": 64,
-    ...         "encoder_attention_heads": 2,
-    ...         "embed_dim": 32,
-    ...     }
-    ... )
+    >>> cfg = dict(encoder_layers=1, embed_dim=32, encoder_embed_dim=32)
+    >>> cfg.update(encoder_ffn_embed_dim=64, encoder_attention_heads=2)
+    >>> enc = BEATsEncoder(cfg)
     >>> enc(torch.randn(2, 8000), torch.ones(2)).shape
     torch.Size([2, 1, 32])
     """
@@ -399,20 +302,8 @@ class BEATsEncoder(torch.nn.Module):
         self.beats = build_beats(config)
 
     def forward(self, wavs, lengths=None):
-        """Embed a batch of waveforms.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, time]`` mono waveforms at 16 kHz, in [-1, 1].
-        lengths : torch.Tensor, optional
-            Relative lengths of the clips (default: all 1).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 1, encoder_embed_dim]``: the mean of each clip's tokens.
-        """
+        """``[batch, time]`` 16 kHz waveforms and their relative lengths (default
+        all 1) → ``[batch, 1, encoder_embed_dim]``."""
         if wavs.dim() != 2:
             raise UserError(
                 "BEATs takes mono waveforms [batch, time], got a tensor of "
@@ -431,7 +322,6 @@ class BEATsEncoder(torch.nn.Module):
         if lengths is None:
             lengths = torch.ones(wavs.shape[0], device=wavs.device)
         tokens = self.beats(wavs, lengths)[0]  # [batch, n_time * n_freq, dim]
-
         # Tokens run through time first, then the frequency patches of each
         # time step: keep the time steps inside each clip's length.
         n_freq = BEATS_MEL_BINS // patch
@@ -446,11 +336,8 @@ class BEATsEncoder(torch.nn.Module):
     def convert_pretrained(self, checkpoint, path):
         """This module's state dict from a BEATs checkpoint.
 
-        Reads the BEATs authors' checkpoints (``{"cfg": {...}, "model":
-        state_dict}``; their configuration must match this module's on
-        :data:`BEATS_ARCHITECTURE_KEYS`) and state dicts of the BEATs lobe
-        (keys without the ``beats.`` prefix); a state dict of this module (an
-        exported ``embedding_model.ckpt``) is returned as it is.
+        Reads the BEATs authors' ``{"cfg": ..., "model": ...}`` checkpoints
+        and the lobe's state dicts; this module's is returned as it is.
 
         Arguments
         ---------
@@ -492,9 +379,6 @@ class BEATsEncoder(torch.nn.Module):
         if any(str(key).startswith("beats.") for key in checkpoint):
             return checkpoint
         return {f"beats.{key}": value for key, value in checkpoint.items()}
-
-
-# ------------------------------------------------------------ strict transfer
 
 
 def _describe(path):
@@ -550,8 +434,7 @@ def check_state_dict(module, state_dict, path):
     Raises
     ------
     UserError
-        Naming the file, the module, and the missing, unexpected and
-        shape-mismatched keys.
+        Naming the file and the missing, unexpected and mismatched keys.
 
     Example
     -------
@@ -590,20 +473,12 @@ def check_state_dict(module, state_dict, path):
         f"{type(module).__name__} ({len(expected)} keys; the file has "
         f"{len(state_dict)}):"
     ]
-    if missing:
-        lines.append(
-            f"  missing keys (in the model, not in the file): {len(missing)}: "
-            + _listed(missing)
-        )
-    if unexpected:
-        lines.append(
-            "  unexpected keys (in the file, not in the model): "
-            f"{len(unexpected)}: " + _listed(unexpected)
-        )
-    if mismatched:
-        lines.append(
-            f"  shape mismatches: {len(mismatched)}: " + _listed(mismatched)
-        )
+    kinds = {
+        "missing keys (in the model, not in the file)": missing,
+        "unexpected keys (in the file, not in the model)": unexpected,
+        "shape mismatches": mismatched,
+    }
+    lines += [f"  {k}: {len(v)}: {_listed(v)}" for k, v in kinds.items() if v]
     raise UserError(
         "\n".join(lines)
         + _prefix_hint(missing, unexpected)
@@ -612,18 +487,15 @@ def check_state_dict(module, state_dict, path):
     )
 
 
+# Ours, not SpeechBrain's torch_parameter_transfer: that only logs a warning
+# per missing or unexpected key, so a checkpoint of another module "loads".
 def strict_parameter_transfer(obj, path):
     """Load pretrained parameters into a module; any misfit is an error.
 
-    A ``Pretrainer`` hook (``custom_hooks: {name: !name:...}``) to use
-    instead of SpeechBrain's ``torch_parameter_transfer``, which only logs a
-    warning for each missing or unexpected key. The file is read as
-    SpeechBrain reads checkpoints (``torch_patched_state_dict_load``); a
-    module with a ``convert_pretrained(checkpoint, path)`` method (e.g.
-    :class:`BEATsEncoder`) first converts other checkpoint formats, and one
-    with ``read_pretrained(path)`` reads other files itself (e.g.
-    :class:`sb_urbansound.training.yamnet.YAMNetEncoder`, TensorFlow's). Nothing
-    is loaded unless every key and shape fits (:func:`check_state_dict`).
+    A ``Pretrainer`` hook. A module's ``read_pretrained(path)`` may read
+    foreign files (YAMNet's) and its ``convert_pretrained(checkpoint, path)``
+    convert other formats (BEATs'); nothing is loaded unless every key and
+    shape fits.
 
     Arguments
     ---------
@@ -635,8 +507,7 @@ def strict_parameter_transfer(obj, path):
     Raises
     ------
     UserError
-        When the file cannot be read, or does not fit the module; the
-        message names the file and the keys.
+        When the file cannot be read or does not fit the module.
 
     Example
     -------
@@ -649,8 +520,6 @@ def strict_parameter_transfer(obj, path):
     ...     print(str(e).splitlines()[1])
       shape mismatches: 2: weight (file (3, 2), model (4, 2)), bias (file (3,), model (4,))
     """
-    # A module that reads foreign weights (YAMNet's TensorFlow release)
-    # returns them as a state dict, or None for a torch checkpoint
     read = getattr(obj, "read_pretrained", None)
     checkpoint = read(path) if read is not None else None
     try:

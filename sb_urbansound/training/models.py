@@ -10,30 +10,20 @@ import torch
 
 
 class CNNEmbedding(torch.nn.Module):
-    """A stack of Conv2d → ReLU → BatchNorm blocks, then global average pooling.
-
-    With the defaults this is the tutorial's network: four blocks of 8, 16, 32 and
-    64 channels, kernels 5, 3, 3, 3, stride 2, Kaiming initialisation
-    (``a=0.1``) and zero biases.
+    """Conv2d → ReLU → BatchNorm blocks, then global pooling (the tutorial's).
 
     Arguments
     ---------
     in_channels : int
         Channels of the input spectrogram (the audio's channel count).
-    channels : list of int
-        Output channels of each block.
-    kernel_sizes : list of int
-        Kernel size of each block.
-    strides : list of int
-        Stride of each block.
+    channels, kernel_sizes, strides : list of int
+        Output channels, kernel size and stride of each block.
     paddings : list of int, optional
         Padding of each block (default: ``kernel_size // 2``).
     pooling : str
-        How the last feature map becomes one vector: ``"avg"`` (the
-        tutorial's global average), ``"max"``, ``"avgmax"`` (average and
-        maximum side by side: twice the channels; a short sound in a long
-        clip is not averaged away), or ``"panns"`` (mean over frequency, then
-        maximum plus mean over time, as PANNs' CNN14).
+        ``"avg"`` (the tutorial's), ``"max"``, ``"avgmax"`` (both side by side:
+        twice the channels) or ``"panns"`` (mean over frequency, then maximum
+        plus mean over time, as PANNs' CNN14).
 
     Example
     -------
@@ -63,13 +53,12 @@ class CNNEmbedding(torch.nn.Module):
             )
         if not len(channels) == len(kernel_sizes) == len(strides):
             raise ValueError(
-                "channels, kernel_sizes and strides must have the same length, got "
-                f"{list(channels)}, {list(kernel_sizes)}, {list(strides)}"
+                "channels, kernel_sizes and strides must have the same length, "
+                f"got {list(channels)}, {list(kernel_sizes)}, {list(strides)}"
             )
         if paddings is None:
             paddings = [k // 2 for k in kernel_sizes]
-        layers = []
-        prev = in_channels
+        layers, prev = [], in_channels
         for out, k, s, p in zip(
             channels, kernel_sizes, strides, paddings, strict=True
         ):
@@ -83,11 +72,7 @@ class CNNEmbedding(torch.nn.Module):
     def _conv_relu_bn(in_channels, out_channels, kernel, stride, padding):
         """Conv2d (Kaiming-initialised, zero bias) → ReLU → BatchNorm2d."""
         conv = torch.nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=kernel,
-            stride=stride,
-            padding=padding,
+            in_channels, out_channels, kernel, stride, padding
         )
         torch.nn.init.kaiming_normal_(conv.weight, a=0.1)
         torch.nn.init.zeros_(conv.bias)
@@ -107,7 +92,6 @@ class CNNEmbedding(torch.nn.Module):
         Returns
         -------
         int
-            ``2 * channels`` for ``"avgmax"``, else ``channels``.
 
         Example
         -------
@@ -117,21 +101,8 @@ class CNNEmbedding(torch.nn.Module):
         return channels * (2 if pooling == "avgmax" else 1)
 
     def forward(self, x, lengths=None):
-        """Embed a batch of spectrograms.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, channels, freq, time]``.
-        lengths : torch.Tensor, optional
-            Relative lengths; unused (clips have a fixed length), kept for
-            SpeechBrain's ``embedding_model(feats, lengths)`` interface.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 1, output_size]``.
-        """
+        """``[batch, channels, freq, time]`` → ``[batch, 1, output_size]``;
+        ``lengths`` is ignored (clips have a fixed length)."""
         h = self.conv(x)
         if self.pooling == "avg":
             emb = h.mean(dim=(2, 3))
@@ -155,7 +126,7 @@ class LinearClassifier(torch.nn.Module):
     n_classes : int
         Number of classes.
     dropout : float
-        Dropout probability on the embedding, in training only (0: none).
+        Dropout probability on the embedding (0: none).
 
     Example
     -------
@@ -178,17 +149,7 @@ class LinearClassifier(torch.nn.Module):
         self.linear = torch.nn.Linear(input_size, n_classes)
 
     def forward(self, emb):
-        """Classify embeddings.
-
-        Arguments
-        ---------
-        emb : torch.Tensor
-            ``[batch, 1, input_size]`` or ``[batch, input_size]``.
-
-        Returns
-        -------
-        torch.Tensor
-            Log-probabilities, ``[batch, 1, n_classes]`` or ``[batch, n_classes]``.
-        """
+        """``[batch, (1,) input_size]`` → log-probabilities, ``[batch, (1,)
+        n_classes]``."""
         logits = self.linear(self.dropout(emb))
         return torch.nn.functional.log_softmax(logits, dim=-1)

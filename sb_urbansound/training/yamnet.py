@@ -1,30 +1,7 @@
-"""YAMNet, Google's AudioSet encoder, in PyTorch: front end, encoder, weights.
+"""YAMNet, Google's AudioSet encoder, rebuilt in PyTorch (docs/models.md).
 
-YAMNet (MobileNetV1 on log-mel patches, 3.7 M parameters, 521 AudioSet
-classes; Apache License 2.0) is released as a TensorFlow SavedModel (TF Hub
-``google/yamnet/1``, Kaggle Models) and as Keras weights (``yamnet.h5``).
-This module rebuilds it in PyTorch, written from the published model facts,
-and reads the release's weights with numpy alone (no TensorFlow):
-
-* :class:`YAMNetFrontEnd`: YAMNet's log-mel front end (16 kHz mono; 25 ms
-  periodic Hann windows, 10 ms hop, 512-point FFT magnitude; 64 HTK mel
-  bands from 125 to 7500 Hz; ``log(mel + 0.001)``), with YAMNet's padding
-  of the waveform to whole patches. It is a fixed convolution and a matrix
-  product, so it exports to ONNX and TorchScript as it is.
-* :class:`YAMNetEncoder`: the network on patches of 96 frames (hop 48):
-  TensorFlow's 'SAME' padding, batch norm with epsilon 1e-4 and no scale,
-  depthwise-separable blocks; the 1024-d patch embeddings, pooled over
-  a clip's patches (those of sound, not of padding; their mean, or mean and
-  standard deviation) for the classifier. The AudioSet logits stay
-  available (:meth:`YAMNetEncoder.audioset_logits`).
-* :class:`ZeroShot`: YAMNet's AudioSet head through a class map, no
-  training (``python -m sb_urbansound.serving.classify YAMNET_DIR FILES...
-  --zero-shot MAP.csv``).
-* :func:`read_tensor_bundle`, :func:`read_keras_h5`,
-  :func:`yamnet_state_dict`: the release's variables to this encoder's
-  state dict; ``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt`` writes
-  it as a checkpoint that :func:`sb_urbansound.training.finetune.
-  strict_parameter_transfer` loads (it also reads ``SRC`` directly).
+Front end, encoder, zero-shot head, and readers of the released weights;
+``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt``.
 
 Authors
 -------
@@ -62,33 +39,16 @@ BN_EPSILON = 1e-4
 CACHE_PATCHES = 32768
 #: Log-mel values at or below this are digital silence (``log(0.001)``).
 SILENCE = math.log(LOG_OFFSET) + 0.01
-#: (stride, output channels) of the first, plain convolution and then of
-#: the 13 depthwise-separable blocks; every kernel is 3x3.
-LAYERS = (
-    (2, 32),
-    (1, 64),
-    (2, 128),
-    (1, 128),
-    (2, 256),
-    (1, 256),
-    (2, 512),
-    *[(1, 512)] * 5,
-    (2, 1024),
-    (1, 1024),
-)
-
-
-# ------------------------------------------------------------------ front end
+#: (stride, output channels) of the first convolution, then of the 13
+#: depthwise-separable blocks; every kernel is 3x3.
+LAYERS = ((2, 32), (1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512))
+LAYERS += (*[(1, 512)] * 5, (2, 1024), (1, 1024))
 
 
 def htk_mel_matrix(
     n_mels=N_MELS, n_fft=N_FFT, rate=SAMPLE_RATE, f_min=F_MIN, f_max=F_MAX
 ):
     """The HTK mel weights of ``tf.signal.linear_to_mel_weight_matrix``.
-
-    Triangles with edges equally spaced on the HTK mel scale
-    (``1127 ln(1 + f / 700)``), evaluated at the FFT bins' frequencies in
-    mel; the DC bin gets no weight.
 
     Arguments
     ---------
@@ -98,7 +58,7 @@ def htk_mel_matrix(
     Returns
     -------
     numpy.ndarray
-        float64 ``[n_fft // 2 + 1, n_mels]``.
+        float64 ``[n_fft // 2 + 1, n_mels]``; the DC bin gets no weight.
 
     Example
     -------
@@ -130,8 +90,6 @@ def padded_length(num_samples):
     Returns
     -------
     int
-        ``WINDOW - HOP + HOP * (PATCH + k * PATCH_HOP)`` for the smallest
-        ``k >= 0`` that holds the waveform.
 
     Example
     -------
@@ -146,12 +104,8 @@ def padded_length(num_samples):
 class YAMNetFrontEnd(torch.nn.Module):
     """YAMNet's log-mel front end: ``[batch, time]`` → ``[batch, frames, 64]``.
 
-    The waveform is zero-padded as YAMNet pads it (:func:`padded_length`),
-    cut into 25 ms frames every 10 ms, windowed with a periodic Hann window,
-    zero-padded to 512 points and Fourier-transformed (one strided
-    convolution with the windowed DFT basis, which ONNX, TorchScript and
-    numpy compute alike); the magnitude goes through the HTK mel matrix,
-    then ``log(mel + 0.001)``. No trainable parameters.
+    The STFT is a strided convolution with the windowed DFT basis, so that
+    ONNX and TorchScript export it as it is.
 
     Arguments
     ---------
@@ -166,32 +120,23 @@ class YAMNetFrontEnd(torch.nn.Module):
 
     def __init__(self, sample_rate=SAMPLE_RATE):
         super().__init__()
-        check_sample_rate(sample_rate)
+        if sample_rate != SAMPLE_RATE:
+            raise UserError(
+                f"YAMNet takes {SAMPLE_RATE} Hz audio (its front end and "
+                f"weights assume it), but sample_rate is {sample_rate}: set "
+                f"--sample_rate={SAMPLE_RATE}"
+            )
         n = np.arange(WINDOW)
         window = 0.5 - 0.5 * np.cos(2 * np.pi * n / WINDOW)  # periodic
         freqs = np.arange(N_FFT // 2 + 1)
         angle = 2 * np.pi * np.outer(freqs, n) / N_FFT
         basis = np.concatenate([np.cos(angle), -np.sin(angle)]) * window
-        self.register_buffer(
-            "dft", torch.tensor(basis, dtype=torch.float32).unsqueeze(1)
-        )
-        self.register_buffer(
-            "mel", torch.tensor(htk_mel_matrix(), dtype=torch.float32)
-        )
+        dft = torch.tensor(basis, dtype=torch.float32).unsqueeze(1)
+        self.register_buffer("dft", dft)
+        self.register_buffer("mel", torch.tensor(htk_mel_matrix()).float())
 
     def forward(self, wavs):
-        """Log-mel frames of a batch of waveforms.
-
-        Arguments
-        ---------
-        wavs : torch.Tensor
-            ``[batch, time]`` or ``[batch, time, 1]`` at 16 kHz.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, frames, 64]``, ``frames = 96 + 48 k``.
-        """
+        """``[batch, time(, 1)]`` at 16 kHz → ``[batch, 96 + 48 k, 64]``."""
         if wavs.dim() == 3:
             wavs = wavs.mean(dim=-1)
         pad = padded_length(wavs.shape[1]) - wavs.shape[1]
@@ -206,25 +151,8 @@ class YAMNetFrontEnd(torch.nn.Module):
             return torch.log(mel + LOG_OFFSET)
 
 
-def check_sample_rate(sample_rate):
-    """Stop with one line unless the rate is YAMNet's 16 kHz."""
-    if sample_rate != SAMPLE_RATE:
-        raise UserError(
-            f"YAMNet takes {SAMPLE_RATE} Hz audio (its front end and "
-            f"weights assume it), but sample_rate is {sample_rate}: set "
-            f"--sample_rate={SAMPLE_RATE}"
-        )
-
-
-# -------------------------------------------------------------------- encoder
-
-
 def same_padding(size, kernel, stride):
-    """TensorFlow's 'SAME' padding of one axis: (before, after).
-
-    The output has ``ceil(size / stride)`` steps; the padding this needs is
-    split with the smaller half first (PyTorch's symmetric ``padding=1``
-    differs from it for stride 2 on even sizes: (0, 1), not (1, 1)).
+    """TensorFlow's 'SAME' padding of one axis: (before, after), smaller first.
 
     Example
     -------
@@ -238,12 +166,8 @@ def same_padding(size, kernel, stride):
 class CentredBatchNorm(torch.nn.BatchNorm2d):
     """Keras ``BatchNormalization(center=True, scale=False, epsilon=1e-4)``.
 
-    Normalises with the running statistics and adds the learnt offset
-    ``beta``; there is no scale. The statistics are always those loaded
-    (AudioSet's for YAMNet), in training too: fine-tuning on a few hundred
-    clips in batches of 32 would otherwise replace them with one fold's.
-    So the normalisation is a fixed scale and shift, which
-    :class:`ConvUnit` folds into its convolution.
+    Uses the loaded running statistics in training too: small fine-tuning
+    batches would otherwise replace AudioSet's.
 
     Arguments
     ---------
@@ -275,16 +199,10 @@ class CentredBatchNorm(torch.nn.BatchNorm2d):
 class ConvUnit(torch.nn.Module):
     """Convolution with 'SAME' padding, no bias → centred batch norm → ReLU.
 
-    The batch norm is folded into the convolution (one pass over the
-    activations instead of three: the encoder runs about 1.5x faster on a
-    CPU).
-
     Arguments
     ---------
-    in_channels, out_channels : int
-        Feature maps in and out.
-    kernel, stride : int
-        Square kernel and stride.
+    in_channels, out_channels, kernel, stride : int
+        Feature maps in and out, square kernel size and stride.
     depthwise : bool
         One filter per input map (``out_channels == in_channels``).
 
@@ -297,13 +215,9 @@ class ConvUnit(torch.nn.Module):
     def __init__(self, in_channels, out_channels, kernel, stride, depthwise=0):
         super().__init__()
         self.kernel, self.stride = kernel, stride
+        groups = in_channels if depthwise else 1
         self.conv = torch.nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            groups=in_channels if depthwise else 1,
-            bias=False,
+            in_channels, out_channels, kernel, stride, groups=groups, bias=False
         )
         self.bn = CentredBatchNorm(out_channels)
 
@@ -326,23 +240,13 @@ class ConvUnit(torch.nn.Module):
 class YAMNetEncoder(torch.nn.Module):
     """YAMNet on log-mel frames: ``[batch, frames, 64]`` → ``[batch, 1, dim]``.
 
-    The frames are cut into patches of 96 frames every 48 (as YAMNet
-    frames them); each patch goes through YAMNet's network (a 3x3
-    convolution, 13 depthwise-separable blocks, global average pooling) to
-    a 1024-d embedding, and a clip's embedding pools (``pooling``) its patches
-    that hold sound: patches whose log-mel is all at the floor
-    ``log(0.001)`` (digital silence: the zero-padding of a short clip) are
-    left out, unless the clip has nothing else. In eager evaluation only
-    those patches are computed; an exported graph computes all of them
-    (same result).
+    Pools the embeddings of the clip's patches of sound: patches all at the
+    floor ``log(0.001)`` (padding) count only in a clip that has no other.
 
     Arguments
     ---------
     pooling : str
-        ``"mean"``: the clip's embedding is the patches' mean (1024-d);
-        ``"mean+std"``: their mean and standard deviation (2048-d; the
-        same masked statistics as SpeechBrain's ``StatisticsPooling``,
-        which takes a length, not a mask, and adds noise).
+        ``"mean"`` (1024-d) or ``"mean+std"`` (2048-d).
 
     Example
     -------
@@ -406,8 +310,7 @@ class YAMNetEncoder(torch.nn.Module):
 
     @staticmethod
     def sound(patches):
-        """``[batch, patches, 96, 64]`` → ``[batch, patches]``: the patches
-        of sound (not only padding), or every patch of an all-silent clip."""
+        """``[batch, patches, 96, 64]`` → ``[batch, patches]``: sound or not."""
         sound = (patches > SILENCE).flatten(2).any(dim=2)
         return sound | ~sound.any(dim=1, keepdim=True)
 
@@ -416,24 +319,8 @@ class YAMNetEncoder(torch.nn.Module):
         return self.net(patches.unsqueeze(1)).mean(dim=(2, 3))
 
     def frozen_embeddings(self, patches):
-        """:meth:`patch_embeddings`, remembered while the encoder is frozen.
-
-        A frozen encoder (no parameter needs a gradient, evaluation mode)
-        gives a patch the same embedding at every epoch; the feature bank
-        gives it the same patches, so each is computed once (up to :data:`CACHE_PATCHES` of them; any
-        change of the weights or buffers empties the cache). A trained or
-        unfrozen encoder computes every patch.
-
-        Arguments
-        ---------
-        patches : torch.Tensor
-            ``[n, 96, 64]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[n, 1024]``.
-        """
+        """:meth:`patch_embeddings`, remembered while the encoder is frozen
+        (up to :data:`CACHE_PATCHES`; new weights empty the cache)."""
         tensors = [*self.parameters(), *self.buffers()]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             self._cache.clear()
@@ -455,37 +342,14 @@ class YAMNetEncoder(torch.nn.Module):
         return torch.stack([self._cache[key] for key in keys])
 
     def audioset_logits(self, feats):
-        """AudioSet logits of every patch: ``[batch, patches, 521]``.
-
-        Arguments
-        ---------
-        feats : torch.Tensor
-            ``[batch, frames, 64]`` log-mel frames.
-
-        Returns
-        -------
-        torch.Tensor
-            YAMNet's logits (its scores are their sigmoid).
-        """
+        """AudioSet logits ``[batch, patches, 521]`` of log-mel frames."""
         patches = self.patches(feats)
         emb = self.patch_embeddings(patches.flatten(0, 1))
         return self.logits(emb).unflatten(0, patches.shape[:2])
 
     def forward(self, feats, lengths=None):
-        """Embed clips: the mean (and std) of their patches' embeddings.
-
-        Arguments
-        ---------
-        feats : torch.Tensor
-            ``[batch, frames, 64]`` log-mel frames.
-        lengths : torch.Tensor, optional
-            Ignored: padding is recognised by its values.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, 1, 1024]`` (``[batch, 1, 2048]`` with mean+std).
-        """
+        """``[batch, frames, 64]`` → ``[batch, 1, 1024 or 2048]``; ``lengths``
+        is ignored (padding is recognised by its values)."""
         patches = self.patches(feats)
         batch, count = patches.shape[:2]
         sound = self.sound(patches)
@@ -501,6 +365,8 @@ class YAMNetEncoder(torch.nn.Module):
         emb = emb.view(batch, count, -1)
         count = weights.sum(dim=1)
         pooled = (emb * weights).sum(dim=1) / count
+        # Ours, not SpeechBrain's StatisticsPooling: that takes lengths, not a
+        # mask, and adds noise
         if self.pooling == "mean+std":
             var = ((emb - pooled.unsqueeze(1)).square() * weights).sum(1)
             std = (var / count).clamp(min=1e-8).sqrt()
@@ -508,35 +374,14 @@ class YAMNetEncoder(torch.nn.Module):
         return pooled.unsqueeze(1)
 
     def read_pretrained(self, path):
-        """A state dict from YAMNet's release, or None for a torch file.
-
-        Used by :func:`sb_urbansound.training.finetune.strict_parameter_transfer`:
-        a folder is read as a SavedModel (or its ``variables`` folder), an
-        HDF5 file as Keras weights; anything else is left to it.
-
-        Arguments
-        ---------
-        path : str or Path
-            What ``pretrained_encoder`` gave (possibly through a link).
-
-        Returns
-        -------
-        dict or None
-        """
+        """A state dict from YAMNet's release at ``path``, or None if not."""
         return read_release(path) if is_release(path) else None
 
 
-# ------------------------------------------------------------ reading weights
-
+# Reading the weights: ours, with numpy, so that TensorFlow is not needed.
 #: The variables of a layer in TensorFlow's object graph and Keras files.
-VARIABLE_KINDS = (
-    "kernel",
-    "depthwise_kernel",
-    "beta",
-    "moving_mean",
-    "moving_variance",
-    "bias",
-)
+VARIABLE_KINDS = ("kernel", "depthwise_kernel", "beta", "moving_mean")
+VARIABLE_KINDS += ("moving_variance", "bias")
 _BUNDLE_KEY = re.compile(
     r"^(.*?)layer_with_weights-(\d+)/(" + "|".join(VARIABLE_KINDS) + r")"
     r"/\.ATTRIBUTES/VARIABLE_VALUE$"
@@ -603,13 +448,7 @@ def _table_block(table, offset, size):
 
 
 def _bundle_entries(index):
-    """{name: BundleEntryProto fields} of a tensor bundle's index file.
-
-    The index is a LevelDB sorted string table (blocks of prefix-compressed
-    entries; a footer points at the index block, which points at the data
-    blocks); each value is a ``BundleEntryProto``. The empty key holds the
-    ``BundleHeaderProto``.
-    """
+    """{name: BundleEntryProto fields} of a bundle's LevelDB index file."""
     if (
         len(index) < 48
         or struct.unpack_from("<Q", index, len(index) - 8)[0] != _TABLE_MAGIC
@@ -635,19 +474,17 @@ def read_tensor_bundle(folder):
     Arguments
     ---------
     folder : str or Path
-        A SavedModel folder (with ``variables/``) or its ``variables``
-        folder, holding ``variables.index`` and one data shard.
+        A SavedModel folder or its ``variables`` folder.
 
     Returns
     -------
     dict
-        ``{name: numpy.ndarray}`` of the entries named
-        ``...layer_with_weights-<k>/<kind>/.ATTRIBUTES/VARIABLE_VALUE``.
+        ``{name: numpy.ndarray}`` of the ``layer_with_weights`` entries.
 
     Raises
     ------
     UserError
-        For a missing, damaged or unsupported bundle (one line).
+        For a missing, damaged or unsupported bundle.
     """
     folder = Path(folder)
     if (folder / "variables").is_dir():
@@ -693,17 +530,12 @@ def read_tensor_bundle(folder):
 
 
 def read_keras_h5(path):
-    """The layer variables of YAMNet's Keras weights file (``yamnet.h5``).
-
-    Needs ``h5py``. Keras names a variable ``<layer>/<kind>:0``; YAMNet's
-    layers are ``layer<n>/conv``, ``layer<n>/depthwise_conv`` and
-    ``layer<n>/pointwise_conv`` with their ``.../bn``, and the logits'
-    dense layer.
+    """The layer variables of YAMNet's Keras weights file (needs ``h5py``).
 
     Arguments
     ---------
     path : str or Path
-        The HDF5 file.
+        The HDF5 file (``yamnet.h5``).
 
     Returns
     -------
@@ -733,12 +565,7 @@ def read_keras_h5(path):
 
 
 def _layer_lists(variables):
-    """Group variables into YAMNet's 55 weighted layers, in order.
-
-    Bundle names carry ``layer_with_weights-<k>`` (under any prefix);
-    Keras names carry the layer names. Returns ``[{kind: array}, ...]``
-    or raises ValueError.
-    """
+    """YAMNet's 55 weighted layers in order, ``[{kind: array}, ...]``."""
     groups = {}
     for name, value in variables.items():
         match = _BUNDLE_KEY.match(name)
@@ -784,12 +611,6 @@ def _layer_lists(variables):
 def yamnet_state_dict(variables, source="the weights"):
     """Map the release's variables onto :class:`YAMNetEncoder`'s state dict.
 
-    Weighted layer ``2j`` is unit ``j``'s convolution (TensorFlow's
-    ``[h, w, in, out]`` kernels, or ``[h, w, in, 1]`` depthwise, become
-    PyTorch's ``[out, in, h, w]``), layer ``2j + 1`` its batch norm
-    (``beta``, ``moving_mean``, ``moving_variance``: there is no scale),
-    and the last one the AudioSet logits (``[1024, 521]`` → ``[521, 1024]``).
-
     Arguments
     ---------
     variables : dict
@@ -805,7 +626,7 @@ def yamnet_state_dict(variables, source="the weights"):
     Raises
     ------
     UserError
-        When the variables are not YAMNet's (one line).
+        When the variables are not YAMNet's.
     """
     try:
         layers = _layer_lists(variables)
@@ -862,7 +683,6 @@ def read_release(path):
     Returns
     -------
     dict
-        ``{name: torch.Tensor}``.
     """
     if Path(path).is_dir():
         return yamnet_state_dict(
@@ -871,20 +691,13 @@ def read_release(path):
     return yamnet_state_dict(read_keras_h5(path), f"the weights in {path}")
 
 
-# ------------------------------------------------------------------ zero-shot
-
-
 def read_class_map(path, audioset_names):
     """Labels and the AudioSet classes that stand for each, from a CSV.
-
-    Each row is ``label,AudioSet class name`` (a header row ``label,audioset``
-    is allowed); a label may have several rows, and its score is the highest
-    of its classes'.
 
     Arguments
     ---------
     path : str or Path
-        The class map.
+        Rows ``label,AudioSet class name`` (header ``label,audioset`` allowed).
     audioset_names : list of str
         YAMNet's 521 class names, in output order.
 
@@ -896,9 +709,7 @@ def read_class_map(path, audioset_names):
     Example
     -------
     >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "map.csv").write_text(
-    ...     "label,audioset\\ndog,Bark\\ndog,Dog\\n"
-    ... )
+    >>> _ = (tmp / "map.csv").write_text("label,audioset\\ndog,Bark\\ndog,Dog")
     >>> read_class_map(tmp / "map.csv", ["Dog", "Bark"])
     {'dog': [1, 0]}
     """
@@ -929,19 +740,14 @@ def read_class_map(path, audioset_names):
 class ZeroShot(Scorer):
     """Label clips with YAMNet's own AudioSet head, without any training.
 
-    A window's AudioSet scores (the sigmoid of YAMNet's logits) are averaged
-    over its patches of sound; a label scores the highest of its classes'
-    (:func:`read_class_map`). As a :class:`~sb_urbansound.serving.runtime.Scorer`
-    it serves ``classify --zero-shot MAP.csv`` (files, ``--segments``,
-    ``--stream``): windows of 4 s (hop 2 s), their scores averaged over a
-    file; a file of at most 4 s is one window of its own length (not
-    padded: a patch half padding would count as sound).
+    A window's AudioSet scores are averaged over its patches of sound; a
+    label scores the highest of its classes'. Windows are 4 s; a shorter file
+    is one window of its own length (padding would count as sound).
 
     Arguments
     ---------
     weights : str or Path
-        YAMNet's release folder (SavedModel, with
-        ``assets/yamnet_class_map.csv``).
+        YAMNet's SavedModel folder, with ``assets/yamnet_class_map.csv``.
     class_map : str or Path
         The CSV of ``label,AudioSet class name`` rows.
     """
@@ -976,17 +782,13 @@ class ZeroShot(Scorer):
     def _run(self, windows):
         """``[n, samples, 1]`` windows → ``[n, labels]`` scores in [0, 1]."""
         wavs = torch.tensor(np.asarray(windows, np.float32))[..., 0]
-        patches = self.encoder.patches(self.front_end(wavs))
-        sound = self.encoder.sound(patches).unsqueeze(-1).float()
-        emb = self.encoder.patch_embeddings(patches.flatten(0, 1))
-        scores = torch.sigmoid(self.encoder.logits(emb))
-        scores = scores.unflatten(0, patches.shape[:2])
+        feats = self.front_end(wavs)
+        sound = self.encoder.sound(self.encoder.patches(feats))
+        scores = torch.sigmoid(self.encoder.audioset_logits(feats))
+        sound = sound.unsqueeze(-1).float()
         audioset = (scores * sound).sum(dim=1) / sound.sum(dim=1)
         best = [audioset[:, i].amax(dim=1) for i in self.classes.values()]
         return torch.stack(best, dim=1).numpy()
-
-
-# ------------------------------------------------------------------------ CLI
 
 
 def convert(source, out):
@@ -998,6 +800,11 @@ def convert(source, out):
         A SavedModel folder or ``yamnet.h5``.
     out : str or Path
         The checkpoint to write (atomically; an existing file is refused).
+
+    Returns
+    -------
+    dict
+        The state dict.
     """
     from sb_urbansound.atomic import atomic_write_bytes
 
@@ -1016,8 +823,7 @@ def convert(source, out):
 
 
 def main(argv=None):
-    """``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt`` (zero-shot
-    labelling: ``python -m sb_urbansound.serving.classify DIR --zero-shot MAP.csv``)."""
+    """``python -m sb_urbansound.training.yamnet convert SRC OUT.ckpt``."""
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.training.yamnet",
         description="Convert YAMNet's released weights (TensorFlow "
