@@ -1,12 +1,8 @@
 """The model card: ``README.md`` in every model folder, Hugging Face style.
 
-:func:`write_model_card` (called by every export of a model folder) writes
-the YAML front matter (``library_name: speechbrain``, ``pipeline_tag``, the
-data set, a ``model-index`` with the test accuracy), the classes with their
-test accuracy, the training data, settings, hardware and training time, and
-usage examples that run as written (``tests/test_card.py`` runs them). The
-numbers come from the run's ``test_results.json``, ``history.json`` and
-``run_settings.json``; a folder exported without them says so.
+Front matter, classes, data, settings, hardware and usage examples that run
+as written, from the run's ``test_results.json``, ``history.json`` and
+``run_settings.json`` (a folder exported without them says so).
 
 Authors
 -------
@@ -62,13 +58,11 @@ def card_info(hparams, labels, hardware=None):
     Arguments
     ---------
     hparams : dict
-        The loaded training hyperparameters (``output_folder``, ``modules``,
-        ``sample_rate``, ...).
+        The loaded training hyperparameters.
     labels : list of str
         The class names, in index order.
     hardware : str, optional
-        The machine (default:
-        :func:`sb_urbansound.training.hardware.hardware_description`).
+        The machine (default: ``hardware_description()``).
 
     Returns
     -------
@@ -360,8 +354,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
     lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += [f"| {k} | `{v}` |" for k, v in modules.items()]
-    lines += ["", "## Training", ""]
-    lines.append(f"- Hardware: {info['hardware']}")
+    lines += ["", "## Training", "", f"- Hardware: {info['hardware']}"]
     history = info["history"]
     if info["train_seconds"] is not None and history:
         last = history[-1]

@@ -1,27 +1,11 @@
 """Classify audio files with a trained model (the ``model`` folder training writes).
 
-Usage::
-
-    python -m sb_urbansound.serving.classify MODEL_FOLDER FILE_OR_FOLDER... \\
-        [--top-k N] [--json] [--device cpu] [--batch-size 16] [--no-progress] [-v]
-        [--backend torch|onnx] [--segments [--threshold P] [--min-duration S]
-        [--merge-gap S]]
-    python -m sb_urbansound.serving.classify MODEL_FOLDER --stream --rate R --channels C
-
-``--backend onnx`` scores with the folder's ``model.onnx`` through the
-torch-free :mod:`sb_urbansound.serving.runtime`; ``--segments`` adds each file's
-events (:mod:`sb_urbansound.serving.timeline`); ``--stream`` classifies raw 16-bit
-PCM from standard input (:mod:`sb_urbansound.serving.stream`). Folders are searched
-recursively for audio files; each file is converted as in training, cut into
-windows (:func:`sb_urbansound.serving.timeline.sliding_windows`) and their
-probabilities averaged.
-
-Output: ``path<TAB>label<TAB>probability`` per file (``--top-k N``: N
-pairs), or with ``--json`` a JSON list (:func:`classify_files`' results).
-An unreadable file, a folder without audio or NaN probabilities are reported
-on stderr and the other files still classified. Exit status: 0 when every
+``python -m sb_urbansound.serving.classify MODEL_FOLDER FILE_OR_FOLDER...``
+prints ``path<TAB>label<TAB>probability`` per file (``--json``: a JSON list);
+``--segments`` adds each file's events, ``--stream`` reads raw PCM from
+stdin, ``--backend onnx`` scores without torch. Exit status: 0 when every
 file was classified, 1 otherwise, 2 for a usage error or a model folder that
-cannot be loaded.
+cannot be loaded. See ``docs/inference.md``.
 
 Authors
 -------
@@ -67,20 +51,16 @@ def classify_files(
     backend="torch",
     segments=None,
 ):
-    """Classify audio files (and those in folders) with a trained model, each
-    on its own (its windows form one batch).
+    """Classify audio files (and those in folders), each on its own.
 
     Arguments
     ---------
     model_folder : str or Path or EncoderClassifier or OnnxModel
-        The inference folder (``<output_folder>/model``), or a model already
-        loaded from one (with SpeechBrain, or with the torch-free runtime).
+        The inference folder, or a model already loaded from one.
     paths : list of str or Path
         Audio files and folders (searched recursively).
-    top_k : int
-        How many labels to return per file.
-    batch_size : int
-        Windows per forward pass (memory only).
+    top_k, batch_size : int
+        Labels per file; windows per forward pass (memory only).
     device : str
         Where to run the model, when ``model_folder`` is a folder.
     progress : bool, optional
@@ -89,26 +69,22 @@ def classify_files(
         ``on_error(path, message)`` for each file that cannot be classified
         and each folder with no audio file (default: log a warning).
     trust : bool
-        Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (see :mod:`sb_urbansound.serving.trust`).
+        Skip :mod:`sb_urbansound.serving.trust`'s check.
     backend : str
-        For a folder: ``"torch"`` (SpeechBrain) or ``"onnx"`` (its
-        ``model.onnx`` with :mod:`sb_urbansound.serving.runtime`, no torch).
+        For a folder: ``"torch"`` or ``"onnx"`` (its ``model.onnx``).
     segments : dict, optional
-        Also find each file's events: the ``threshold``, ``min_duration``
-        and ``merge_gap`` of :func:`sb_urbansound.serving.timeline.find_segments`.
+        Also find each file's events, with these keyword arguments of
+        :func:`sb_urbansound.serving.timeline.find_segments`.
 
     Returns
     -------
     list of dict
-        One per file, in order: :meth:`~sb_urbansound.serving.runtime.Scorer.
-        classify_file`'s keys (with ``segments``: also ``segments`` and
-        ``counts`` per class), or ``path`` and ``error`` (a message).
+        One per file: ``Scorer.classify_file``'s keys (and ``segments``,
+        ``counts``), or ``path`` and ``error`` (a message).
 
     Example
     -------
-    See ``tests/test_inference.py``; from the command line,
-    ``python -m sb_urbansound.serving.classify results/cnn/1234/model clip.wav``.
+    See ``tests/test_inference.py``.
     """
     scorer = load_scorer(model_folder, backend, device, batch_size, trust)
     folder_name = scorer.model_folder or "(a model loaded in memory)"
@@ -157,12 +133,8 @@ def classify_files(
             continue
         result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
-            spans = window_spans(
-                per_window.shape[0],
-                scorer.num_samples,
-                scorer.sample_rate,
-                duration_s,
-            )
+            n, rate = per_window.shape[0], scorer.sample_rate
+            spans = window_spans(n, scorer.num_samples, rate, duration_s)
             found = find_segments(per_window, scorer.labels, spans, **segments)
             result["segments"] = found
             result["counts"] = count_events(found, scorer.labels)
@@ -173,7 +145,7 @@ def classify_files(
 def load_scorer(
     model_folder, backend="torch", device="cpu", batch_size=16, trust=False
 ):
-    """A model folder (or a loaded model) as a :class:`~sb_urbansound.serving.runtime.Scorer`.
+    """A model folder (or a loaded model) as a ``Scorer``.
 
     Arguments
     ---------
@@ -185,8 +157,7 @@ def load_scorer(
     Returns
     -------
     sb_urbansound.serving.runtime.Scorer
-        A :class:`~sb_urbansound.serving.inference.TorchScorer` or an
-        :class:`~sb_urbansound.serving.runtime.OnnxModel`, with ``model_folder``.
+        A ``TorchScorer`` or an ``OnnxModel``, with ``model_folder``.
 
     Example
     -------
@@ -212,8 +183,7 @@ def load_scorer(
 
 @contextlib.contextmanager
 def quiet_speechbrain(enabled=True):
-    """Lower SpeechBrain's loggers (INFO by default) to WARNING meanwhile,
-    and ``SB_LOG_LEVEL`` (read for loggers made later); put both back.
+    """Lower SpeechBrain's loggers and ``SB_LOG_LEVEL`` to WARNING meanwhile.
 
     Arguments
     ---------
@@ -236,11 +206,8 @@ def quiet_speechbrain(enabled=True):
     if not enabled:
         yield
         return
-    names = [
-        name
-        for name in logging.root.manager.loggerDict
-        if name == "speechbrain" or name.startswith("speechbrain.")
-    ]
+    loggers = logging.root.manager.loggerDict
+    names = [n for n in loggers if n.split(".")[0] == "speechbrain"]
     levels = {name: logging.getLogger(name).level for name in names}
     env = os.environ.get("SB_LOG_LEVEL")
     os.environ["SB_LOG_LEVEL"] = "WARNING"
@@ -258,8 +225,7 @@ def quiet_speechbrain(enabled=True):
 
 
 def _format_line(result):
-    """One tab-separated output line: path, then label/probability pairs
-    (tabs, newlines, backslashes escaped as in PostgreSQL's text format).
+    """One tab-separated line: path, then label/probability pairs.
 
     Example
     -------
@@ -283,7 +249,7 @@ def _format_line(result):
 
 
 def _escape(text):
-    """A field of a tab-separated line, with its special characters escaped."""
+    """A field with tabs, newlines, backslashes escaped (PostgreSQL text)."""
     text = str(text).replace("\\", "\\\\")
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -348,7 +314,7 @@ def add_model_options(parser, verbose_help):
 
 
 def parse_args(argv=None):
-    """Parse the command line (see the module docstring).
+    """Parse the command line.
 
     Arguments
     ---------
@@ -358,8 +324,7 @@ def parse_args(argv=None):
     Returns
     -------
     argparse.Namespace
-        One attribute per option; ``threshold``, ``min_duration`` and
-        ``merge_gap`` have their defaults filled in.
+        One attribute per option, defaults filled in.
 
     Example
     -------
@@ -537,7 +502,7 @@ def _format_segment_lines(result):
 
 
 def main(argv=None):
-    """Run the command line; return the exit status.
+    """Run the command line.
 
     Arguments
     ---------
@@ -547,8 +512,7 @@ def main(argv=None):
     Returns
     -------
     int
-        0 if every file was classified, 1 if some could not be (see
-        :func:`classify_files`), 2 if the model folder could not be loaded.
+        The exit status (see the module docstring).
 
     Example
     -------
