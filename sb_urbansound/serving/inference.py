@@ -104,9 +104,7 @@ def make_inference_yaml(
     channels: 1
     duration_ms: 1000
     remove_dc: false
-    classifier: !new:torch.nn.Linear
-      in_features: 2
-      out_features: 4
+    classifier: !new:torch.nn.Linear {in_features: 2, out_features: 4}
     label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
     ...
     modules:
