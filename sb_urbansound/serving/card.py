@@ -150,9 +150,8 @@ def _front_matter(info, name):
         "pipeline_tag": "audio-classification",
         "tags": ["audio-classification", "speechbrain", "sb-urbansound"],
     }
-    dataset = (
-        "UrbanSound8K" if info["source"] == "UrbanSound8K" else None
-    ) or info["data_folder"]
+    source = info["source"]
+    dataset = source if source == "UrbanSound8K" else info["data_folder"]
     if dataset:
         meta["datasets"] = [dataset]
     meta["metrics"] = ["accuracy"]
@@ -183,12 +182,10 @@ USAGE = """\
 ## Usage
 
 Install the plugin from a clone of its repository (it is on no package
-index): `pip install -e ".[export,runtime]"` in the clone (`export`: what the
-ONNX export needs, `runtime`: onnxruntime). Put this folder at `model/`
-(from the Hugging Face Hub: `huggingface-cli download <user>/<repository>
---local-dir model`). The
-examples classify `clip.wav`; any format soundfile reads will do, at any
-rate and channel count: it is converted as in training.
+index): `pip install -e ".[export,runtime]"` in the clone. Put this folder at
+`model/` (`huggingface-cli download <user>/<repository> --local-dir model`).
+The examples classify `clip.wav`: any format soundfile reads, at any rate and
+channel count, is converted as in training.
 
 ### Python, with SpeechBrain
 
@@ -200,8 +197,7 @@ out_prob, score, index, text_lab = model.classify_file("clip.wav")
 print(text_lab[0], float(score.exp()))
 ```
 
-`load_model` checks the folder first (a missing file is named, and nothing is
-downloaded):
+`load_model` checks the folder first (a missing file is named):
 
 ```python
 from sb_urbansound.serving.inference import load_model
@@ -213,9 +209,8 @@ print(classify_files(model, ["clip.wav"], top_k=3))
 
 ### Command line
 
-Files and folders; long recordings are scored over sliding windows of the
-training length, `--segments` lists their events and `--stream` reads a
-live stream (see the sb-urbansound README):
+Long recordings are scored over sliding windows, `--segments` lists their
+events and `--stream` reads a live stream:
 
 ```bash
 python -m sb_urbansound.serving.classify model clip.wav --top-k 3
@@ -224,8 +219,7 @@ python -m sb_urbansound.serving.classify model clip.wav --segments --json
 
 ### ONNX, without torch
 
-`model.onnx` holds the whole model, from the waveform to the class
-probabilities; the labels and the audio spec are in its metadata. Write it
+`model.onnx` holds the whole model, labels and audio spec included. Write it
 (if the folder has none) with:
 
 ```bash

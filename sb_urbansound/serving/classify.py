@@ -23,14 +23,10 @@ from pathlib import Path
 import numpy as np
 from sb_urbansound.data.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
+from sb_urbansound.serving import timeline
 from sb_urbansound.serving.inference import TorchScorer, load_model
 from sb_urbansound.serving.runtime import OnnxModel, Scorer, check_rate
 from sb_urbansound.serving.stream import _silence_stdout, run_stream
-from sb_urbansound.serving.timeline import (
-    count_events,
-    find_segments,
-    window_spans,
-)
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -61,8 +57,8 @@ def classify_files(
         Audio files and folders (searched recursively).
     top_k, batch_size : int
         Labels per file; windows per forward pass (memory only).
-    device : str
-        Where to run the model, when ``model_folder`` is a folder.
+    device, backend : str
+        For a folder: where to run it; ``"torch"`` or ``"onnx"``.
     progress : bool, optional
         Show a tqdm bar on stderr (default: from ``PROGRESS_MIN_FILES``).
     on_error : callable, optional
@@ -70,8 +66,6 @@ def classify_files(
         and each folder with no audio file (default: log a warning).
     trust : bool
         Skip :mod:`sb_urbansound.serving.trust`'s check.
-    backend : str
-        For a folder: ``"torch"`` or ``"onnx"`` (its ``model.onnx``).
     segments : dict, optional
         Also find each file's events, with these keyword arguments of
         :func:`sb_urbansound.serving.timeline.find_segments`.
@@ -133,11 +127,15 @@ def classify_files(
             continue
         result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
-            n, rate = per_window.shape[0], scorer.sample_rate
-            spans = window_spans(n, scorer.num_samples, rate, duration_s)
-            found = find_segments(per_window, scorer.labels, spans, **segments)
+            rate, labels = scorer.sample_rate, scorer.labels
+            spans = timeline.window_spans(
+                per_window.shape[0], scorer.num_samples, rate, duration_s
+            )
+            found = timeline.find_segments(
+                per_window, labels, spans, **segments
+            )
             result["segments"] = found
-            result["counts"] = count_events(found, scorer.labels)
+            result["counts"] = timeline.count_events(found, labels)
         results.append(result)
     return results
 
@@ -420,18 +418,11 @@ def parse_args(argv=None):
         type=float,
         help="lowest probability for a class to be present (default: 0.5)",
     )
-    event(
-        "--min-duration",
-        type=float,
-        metavar="S",
-        help="drop events shorter than S seconds (default: 0)",
-    )
-    event(
-        "--merge-gap",
-        type=float,
-        metavar="S",
-        help="merge events of a class at most S seconds apart (default: 0)",
-    )
+    for flag, what in (
+        ("--min-duration", "drop events shorter than S seconds"),
+        ("--merge-gap", "merge events of a class at most S seconds apart"),
+    ):
+        event(flag, type=float, metavar="S", help=f"{what} (default: 0)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
@@ -542,13 +533,8 @@ def _classify(args):
 
             model = ZeroShot(args.model_folder, args.zero_shot)
         else:
-            model = load_scorer(
-                args.model_folder,
-                args.backend,
-                args.device,
-                args.batch_size,
-                args.trust_model,
-            )
+            options = args.backend, args.device, args.batch_size
+            model = load_scorer(args.model_folder, *options, args.trust_model)
     except (UserError, FileNotFoundError) as e:
         report(e)
         return 2

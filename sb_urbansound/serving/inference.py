@@ -141,7 +141,6 @@ def make_inference_yaml(
     if label_encoder is None:
         label_encoder = TaggedScalar("", tag=_DEFAULT_LABEL_ENCODER)
     out["label_encoder"] = _strip_comments(label_encoder)
-
     stream = io.StringIO()
     yaml = YAML()
     yaml.width = 88
@@ -237,7 +236,6 @@ def export_inference_folder(
     spec = [hparams[k] for k in ("sample_rate", "channels", "duration_ms")]
     training_yaml = yaml_file.read_text(encoding="utf-8")
     text = make_inference_yaml(training_yaml, list(modules), *spec, header)
-
     recoverables = getattr(checkpointer, "recoverables", {}).items()
     saved_as = {id(obj): name for name, obj in recoverables}
     folder.parent.mkdir(parents=True, exist_ok=True)
