@@ -1,8 +1,7 @@
 """The model card: ``README.md`` in every model folder, Hugging Face style.
 
-Front matter, classes, data, settings, hardware and usage examples that run
-as written, from the run's ``test_results.json``, ``history.json`` and
-``run_settings.json`` (a folder exported without them says so).
+Built from the run's ``test_results.json``, ``history.json`` and
+``run_settings.json``; its usage examples run as written.
 
 Authors
 -------

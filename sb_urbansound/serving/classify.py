@@ -1,9 +1,6 @@
 """Classify audio files with a trained model (the ``model`` folder training writes).
 
-``python -m sb_urbansound.serving.classify MODEL_FOLDER FILE_OR_FOLDER...``
-prints ``path<TAB>label<TAB>probability`` per file (``--json``: a JSON list);
-``--segments`` adds each file's events, ``--stream`` reads raw PCM from
-stdin, ``--backend onnx`` scores without torch. Exit status: 0 when every
+Prints ``path<TAB>label<TAB>probability`` per file; exit status 0 when every
 file was classified, 1 otherwise, 2 for a usage error or a model folder that
 cannot be loaded. See ``docs/inference.md``.
 
@@ -227,18 +224,12 @@ def _format_line(result):
 
     Example
     -------
-    >>> r = {
-    ...     "path": "a.wav",
-    ...     "top_k": [
-    ...         {"label": "siren", "prob": 0.91234},
-    ...         {"label": "car_horn", "prob": 0.05},
-    ...     ],
-    ... }
+    >>> r = {"path": "a.wav", "top_k": [{"label": "siren", "prob": 0.91234}]}
     >>> _format_line(r).split("\\t")
-    ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
-    >>> r["top_k"] = [{"label": "dog\\tbark", "prob": 1.0}]
+    ['a.wav', 'siren', '0.9123']
+    >>> r["top_k"].append({"label": "dog\\tbark", "prob": 0.05})
     >>> _format_line(r).split("\\t")
-    ['a.wav', 'dog\\\\tbark', '1.0000']
+    ['a.wav', 'siren', '0.9123', 'dog\\\\tbark', '0.0500']
     """
     fields = [_escape(result["path"])]
     for item in result["top_k"]:
@@ -296,19 +287,16 @@ def add_model_options(parser, verbose_help):
     >>> parser.parse_args(["m", "--trust-model"]).trust_model
     True
     """
-    parser.add_argument(
-        "model_folder", help="the inference folder (<output_folder>/model)"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("model_folder", help="the inference folder (<output_folder>/model)")
+    add(
         "--trust-model",
         action="store_true",
         help="load a model folder whose hyperparams.yaml builds or calls "
         "more than a model needs (a model folder is code: only for folders "
         "whose origin you trust; see sb_urbansound.serving.trust)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help=verbose_help
-    )
+    add("-v", "--verbose", action="store_true", help=verbose_help)
 
 
 def parse_args(argv=None):
@@ -329,9 +317,7 @@ def parse_args(argv=None):
     >>> a = parse_args(["model", "x.wav", "dir", "--top-k", "3", "--json"])
     >>> a.model_folder, a.inputs, a.top_k, a.json, a.device
     ('model', ['x.wav', 'dir'], 3, True, 'cpu')
-    >>> a = parse_args(
-    ...     ["model", "--stream", "--rate", "8000", "--channels", "1"]
-    ... )
+    >>> a = parse_args("model --stream --rate 8000 --channels 1".split())
     >>> a.stream, a.rate, a.channels, a.inputs
     (True, 8000, 1, [])
     """

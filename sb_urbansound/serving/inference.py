@@ -1,10 +1,7 @@
 """Using a trained model: the self-contained inference folder and scoring.
 
-:func:`export_inference_folder` writes ``<output_folder>/model/``
-(``hyperparams.yaml``, a ``<name>.ckpt`` per module, the label encoder and
-the card), which SpeechBrain's ``EncoderClassifier.from_hparams(source=folder,
-savedir=folder)`` loads; :func:`load_model` checks it first and
-:class:`TorchScorer` scores a clip's windows. See ``docs/inference.md``.
+:func:`export_inference_folder` writes ``<output_folder>/model/``, which
+SpeechBrain's ``EncoderClassifier`` loads (see ``docs/inference.md``).
 
 Authors
 -------
@@ -65,11 +62,9 @@ def _strip_comments(node, seen=None):
 def make_inference_yaml(
     training_yaml, module_names, sample_rate, channels, duration_ms, header=""
 ):
-    """Build the inference ``hyperparams.yaml`` from a resolved training YAML.
-
-    Keeps the modules' definitions and ``label_encoder``; adds the audio
-    spec, ``audio_normalizer`` and a ``pretrainer`` that loads each from
-    ``<folder>/<name>.ckpt``.
+    """Build the inference ``hyperparams.yaml`` from a resolved training YAML:
+    the modules and ``label_encoder``, the audio spec, ``audio_normalizer``
+    and a ``pretrainer`` that loads each from ``<folder>/<name>.ckpt``.
 
     Arguments
     ---------
@@ -184,11 +179,8 @@ def _save_module(obj, path):
 def export_inference_folder(
     hparams, folder=None, min_key="error", max_key=None, verify=True
 ):
-    """Write the self-contained inference folder of a trained model.
-
-    Built in a temporary sibling folder, loaded (``verify``), then moved into
-    place. Each module's ``<name>.ckpt`` is its file in the best checkpoint,
-    else its current state.
+    """Write the inference folder of a trained model (built aside, loaded,
+    moved into place); each module from the best checkpoint, else as it is.
 
     Arguments
     ---------
@@ -487,9 +479,8 @@ def model_audio_spec(model):
     Example
     -------
     >>> from types import SimpleNamespace as NS
-    >>> model_audio_spec(
-    ...     NS(hparams=NS(sample_rate=8, channels=2, duration_ms=500))
-    ... )
+    >>> hparams = NS(sample_rate=8, channels=2, duration_ms=500)
+    >>> model_audio_spec(NS(hparams=hparams))
     (8, 2, 4)
     """
     hp, norm = model.hparams, getattr(model, "audio_normalizer", None)

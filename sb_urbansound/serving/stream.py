@@ -1,10 +1,7 @@
 """Classify a live stream: raw 16-bit PCM in, one JSON line per window out.
 
-``classify MODEL_FOLDER --stream --rate R --channels C`` reads signed 16-bit
-little-endian PCM as it arrives, converts it as in training, scores the
-windows of a file once each is full and prints ``start``, ``end``,
-``label``, ``prob``, ``top_k``. Torch-free; memory does not grow with the
-stream. See "Live streams" in ``docs/inference.md``.
+Torch-free; memory does not grow with the stream. See "Live streams" in
+``docs/inference.md``.
 
 Authors
 -------

@@ -1,10 +1,8 @@
 """What a model folder may run: its ``hyperparams.yaml`` is checked first.
 
-HyperPyYAML builds whatever a tag names, so a model folder is code.
+HyperPyYAML builds whatever a tag names, so a model folder is code:
 :func:`check_model_yaml` allows only what this plugin's model folders are
-made of (:data:`ALLOWED`, ``!ref <key>`` of a key above, plain YAML) and
-names every other line; ``trust=True`` (``--trust-model``) skips it. The
-rules are in ``docs/stores.md``.
+made of and names every other line (rules: ``docs/stores.md``).
 
 Authors
 -------
