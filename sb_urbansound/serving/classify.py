@@ -324,13 +324,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.serving.classify",
         description=(
-            "Classify audio files with a trained sb-urbansound model. Prints "
-            "path, label and probability (tab-separated) per file. Clips longer "
-            "than the training duration are scored over sliding windows (hop: "
-            "half a window) and the window probabilities averaged. Exit status: 0 "
-            "if every file was classified, 1 if some could not be (unreadable "
-            "file, folder without audio, NaN probabilities), 2 if the model "
-            "folder cannot be loaded."
+            "Classify audio files with a trained sb-urbansound model: path, "
+            "label and probability (tab-separated) per file; longer clips are "
+            "scored over sliding windows, their probabilities averaged. Exit "
+            "status: 0 if every file was classified, 1 if some could not be, 2 "
+            "if the model folder cannot be loaded."
         ),
     )
     add = parser.add_argument
@@ -374,8 +372,7 @@ def parse_args(argv=None):
         choices=["torch", "onnx"],
         default="torch",
         help="torch: PyTorch and SpeechBrain (default); onnx: the folder's "
-        "model.onnx with the torch-free runtime (python -m "
-        "sb_urbansound.serving.export writes it)",
+        "model.onnx, without torch (sb_urbansound.serving.export writes it)",
     )
     add(
         "--zero-shot",
