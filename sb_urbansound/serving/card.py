@@ -1,12 +1,7 @@
 """The model card: ``README.md`` in every model folder, Hugging Face style.
 
-:func:`write_model_card` (called by every export of a model folder) writes
-the YAML front matter (``library_name: speechbrain``, ``pipeline_tag``, the
-data set, a ``model-index`` with the test accuracy), the classes with their
-test accuracy, the training data, settings, hardware and training time, and
-usage examples that run as written (``tests/test_card.py`` runs them). The
-numbers come from the run's ``test_results.json``, ``history.json`` and
-``run_settings.json``; a folder exported without them says so.
+Built from the run's ``test_results.json``, ``history.json`` and
+``run_settings.json``; its usage examples run as written.
 
 Authors
 -------
@@ -62,13 +57,11 @@ def card_info(hparams, labels, hardware=None):
     Arguments
     ---------
     hparams : dict
-        The loaded training hyperparameters (``output_folder``, ``modules``,
-        ``sample_rate``, ...).
+        The loaded training hyperparameters.
     labels : list of str
         The class names, in index order.
     hardware : str, optional
-        The machine (default:
-        :func:`sb_urbansound.training.hardware.hardware_description`).
+        The machine (default: ``hardware_description()``).
 
     Returns
     -------
@@ -156,9 +149,8 @@ def _front_matter(info, name):
         "pipeline_tag": "audio-classification",
         "tags": ["audio-classification", "speechbrain", "sb-urbansound"],
     }
-    dataset = (
-        "UrbanSound8K" if info["source"] == "UrbanSound8K" else None
-    ) or info["data_folder"]
+    source = info["source"]
+    dataset = source if source == "UrbanSound8K" else info["data_folder"]
     if dataset:
         meta["datasets"] = [dataset]
     meta["metrics"] = ["accuracy"]
@@ -189,12 +181,10 @@ USAGE = """\
 ## Usage
 
 Install the plugin from a clone of its repository (it is on no package
-index): `pip install -e ".[export,runtime]"` in the clone (`export`: what the
-ONNX export needs, `runtime`: onnxruntime). Put this folder at `model/`
-(from the Hugging Face Hub: `huggingface-cli download <user>/<repository>
---local-dir model`). The
-examples classify `clip.wav`; any format soundfile reads will do, at any
-rate and channel count: it is converted as in training.
+index): `pip install -e ".[export,runtime]"` in the clone. Put this folder at
+`model/` (`huggingface-cli download <user>/<repository> --local-dir model`).
+The examples classify `clip.wav`: any format soundfile reads, at any rate and
+channel count, is converted as in training.
 
 ### Python, with SpeechBrain
 
@@ -206,8 +196,7 @@ out_prob, score, index, text_lab = model.classify_file("clip.wav")
 print(text_lab[0], float(score.exp()))
 ```
 
-`load_model` checks the folder first (a missing file is named, and nothing is
-downloaded):
+`load_model` checks the folder first (a missing file is named):
 
 ```python
 from sb_urbansound.serving.inference import load_model
@@ -219,9 +208,8 @@ print(classify_files(model, ["clip.wav"], top_k=3))
 
 ### Command line
 
-Files and folders; long recordings are scored over sliding windows of the
-training length, `--segments` lists their events and `--stream` reads a
-live stream (see the sb-urbansound README):
+Long recordings are scored over sliding windows, `--segments` lists their
+events and `--stream` reads a live stream:
 
 ```bash
 python -m sb_urbansound.serving.classify model clip.wav --top-k 3
@@ -230,8 +218,7 @@ python -m sb_urbansound.serving.classify model clip.wav --segments --json
 
 ### ONNX, without torch
 
-`model.onnx` holds the whole model, from the waveform to the class
-probabilities; the labels and the audio spec are in its metadata. Write it
+`model.onnx` holds the whole model, labels and audio spec included. Write it
 (if the folder has none) with:
 
 ```bash
@@ -360,8 +347,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
     lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s.items()]
     lines += [f"| {k} | `{v}` |" for k, v in modules.items()]
-    lines += ["", "## Training", ""]
-    lines.append(f"- Hardware: {info['hardware']}")
+    lines += ["", "## Training", "", f"- Hardware: {info['hardware']}"]
     history = info["history"]
     if info["train_seconds"] is not None and history:
         last = history[-1]

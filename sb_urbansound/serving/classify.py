@@ -1,27 +1,8 @@
 """Classify audio files with a trained model (the ``model`` folder training writes).
 
-Usage::
-
-    python -m sb_urbansound.serving.classify MODEL_FOLDER FILE_OR_FOLDER... \\
-        [--top-k N] [--json] [--device cpu] [--batch-size 16] [--no-progress] [-v]
-        [--backend torch|onnx] [--segments [--threshold P] [--min-duration S]
-        [--merge-gap S]]
-    python -m sb_urbansound.serving.classify MODEL_FOLDER --stream --rate R --channels C
-
-``--backend onnx`` scores with the folder's ``model.onnx`` through the
-torch-free :mod:`sb_urbansound.serving.runtime`; ``--segments`` adds each file's
-events (:mod:`sb_urbansound.serving.timeline`); ``--stream`` classifies raw 16-bit
-PCM from standard input (:mod:`sb_urbansound.serving.stream`). Folders are searched
-recursively for audio files; each file is converted as in training, cut into
-windows (:func:`sb_urbansound.serving.timeline.sliding_windows`) and their
-probabilities averaged.
-
-Output: ``path<TAB>label<TAB>probability`` per file (``--top-k N``: N
-pairs), or with ``--json`` a JSON list (:func:`classify_files`' results).
-An unreadable file, a folder without audio or NaN probabilities are reported
-on stderr and the other files still classified. Exit status: 0 when every
+Prints ``path<TAB>label<TAB>probability`` per file; exit status 0 when every
 file was classified, 1 otherwise, 2 for a usage error or a model folder that
-cannot be loaded.
+cannot be loaded. See ``docs/inference.md``.
 
 Authors
 -------
@@ -39,14 +20,10 @@ from pathlib import Path
 import numpy as np
 from sb_urbansound.data.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
+from sb_urbansound.serving import timeline
 from sb_urbansound.serving.inference import TorchScorer, load_model
 from sb_urbansound.serving.runtime import OnnxModel, Scorer, check_rate
 from sb_urbansound.serving.stream import _silence_stdout, run_stream
-from sb_urbansound.serving.timeline import (
-    count_events,
-    find_segments,
-    window_spans,
-)
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
@@ -67,48 +44,38 @@ def classify_files(
     backend="torch",
     segments=None,
 ):
-    """Classify audio files (and those in folders) with a trained model, each
-    on its own (its windows form one batch).
+    """Classify audio files (and those in folders), each on its own.
 
     Arguments
     ---------
     model_folder : str or Path or EncoderClassifier or OnnxModel
-        The inference folder (``<output_folder>/model``), or a model already
-        loaded from one (with SpeechBrain, or with the torch-free runtime).
+        The inference folder, or a model already loaded from one.
     paths : list of str or Path
         Audio files and folders (searched recursively).
-    top_k : int
-        How many labels to return per file.
-    batch_size : int
-        Windows per forward pass (memory only).
-    device : str
-        Where to run the model, when ``model_folder`` is a folder.
+    top_k, batch_size : int
+        Labels per file; windows per forward pass (memory only).
+    device, backend : str
+        For a folder: where to run it; ``"torch"`` or ``"onnx"``.
     progress : bool, optional
         Show a tqdm bar on stderr (default: from ``PROGRESS_MIN_FILES``).
     on_error : callable, optional
         ``on_error(path, message)`` for each file that cannot be classified
         and each folder with no audio file (default: log a warning).
     trust : bool
-        Load a model folder whose ``hyperparams.yaml`` builds or calls
-        anything (see :mod:`sb_urbansound.serving.trust`).
-    backend : str
-        For a folder: ``"torch"`` (SpeechBrain) or ``"onnx"`` (its
-        ``model.onnx`` with :mod:`sb_urbansound.serving.runtime`, no torch).
+        Skip :mod:`sb_urbansound.serving.trust`'s check.
     segments : dict, optional
-        Also find each file's events: the ``threshold``, ``min_duration``
-        and ``merge_gap`` of :func:`sb_urbansound.serving.timeline.find_segments`.
+        Also find each file's events, with these keyword arguments of
+        :func:`sb_urbansound.serving.timeline.find_segments`.
 
     Returns
     -------
     list of dict
-        One per file, in order: :meth:`~sb_urbansound.serving.runtime.Scorer.
-        classify_file`'s keys (with ``segments``: also ``segments`` and
-        ``counts`` per class), or ``path`` and ``error`` (a message).
+        One per file: ``Scorer.classify_file``'s keys (and ``segments``,
+        ``counts``), or ``path`` and ``error`` (a message).
 
     Example
     -------
-    See ``tests/test_inference.py``; from the command line,
-    ``python -m sb_urbansound.serving.classify results/cnn/1234/model clip.wav``.
+    See ``tests/test_inference.py``.
     """
     scorer = load_scorer(model_folder, backend, device, batch_size, trust)
     folder_name = scorer.model_folder or "(a model loaded in memory)"
@@ -157,15 +124,15 @@ def classify_files(
             continue
         result = scorer.summary(path, per_window, duration_s, top_k)
         if segments is not None:
-            spans = window_spans(
-                per_window.shape[0],
-                scorer.num_samples,
-                scorer.sample_rate,
-                duration_s,
+            rate, labels = scorer.sample_rate, scorer.labels
+            spans = timeline.window_spans(
+                per_window.shape[0], scorer.num_samples, rate, duration_s
             )
-            found = find_segments(per_window, scorer.labels, spans, **segments)
+            found = timeline.find_segments(
+                per_window, labels, spans, **segments
+            )
             result["segments"] = found
-            result["counts"] = count_events(found, scorer.labels)
+            result["counts"] = timeline.count_events(found, labels)
         results.append(result)
     return results
 
@@ -173,7 +140,7 @@ def classify_files(
 def load_scorer(
     model_folder, backend="torch", device="cpu", batch_size=16, trust=False
 ):
-    """A model folder (or a loaded model) as a :class:`~sb_urbansound.serving.runtime.Scorer`.
+    """A model folder (or a loaded model) as a ``Scorer``.
 
     Arguments
     ---------
@@ -185,8 +152,7 @@ def load_scorer(
     Returns
     -------
     sb_urbansound.serving.runtime.Scorer
-        A :class:`~sb_urbansound.serving.inference.TorchScorer` or an
-        :class:`~sb_urbansound.serving.runtime.OnnxModel`, with ``model_folder``.
+        A ``TorchScorer`` or an ``OnnxModel``, with ``model_folder``.
 
     Example
     -------
@@ -212,8 +178,7 @@ def load_scorer(
 
 @contextlib.contextmanager
 def quiet_speechbrain(enabled=True):
-    """Lower SpeechBrain's loggers (INFO by default) to WARNING meanwhile,
-    and ``SB_LOG_LEVEL`` (read for loggers made later); put both back.
+    """Lower SpeechBrain's loggers and ``SB_LOG_LEVEL`` to WARNING meanwhile.
 
     Arguments
     ---------
@@ -236,11 +201,8 @@ def quiet_speechbrain(enabled=True):
     if not enabled:
         yield
         return
-    names = [
-        name
-        for name in logging.root.manager.loggerDict
-        if name == "speechbrain" or name.startswith("speechbrain.")
-    ]
+    loggers = logging.root.manager.loggerDict
+    names = [n for n in loggers if n.split(".")[0] == "speechbrain"]
     levels = {name: logging.getLogger(name).level for name in names}
     env = os.environ.get("SB_LOG_LEVEL")
     os.environ["SB_LOG_LEVEL"] = "WARNING"
@@ -258,23 +220,16 @@ def quiet_speechbrain(enabled=True):
 
 
 def _format_line(result):
-    """One tab-separated output line: path, then label/probability pairs
-    (tabs, newlines, backslashes escaped as in PostgreSQL's text format).
+    """One tab-separated line: path, then label/probability pairs.
 
     Example
     -------
-    >>> r = {
-    ...     "path": "a.wav",
-    ...     "top_k": [
-    ...         {"label": "siren", "prob": 0.91234},
-    ...         {"label": "car_horn", "prob": 0.05},
-    ...     ],
-    ... }
+    >>> r = {"path": "a.wav", "top_k": [{"label": "siren", "prob": 0.91234}]}
     >>> _format_line(r).split("\\t")
-    ['a.wav', 'siren', '0.9123', 'car_horn', '0.0500']
-    >>> r["top_k"] = [{"label": "dog\\tbark", "prob": 1.0}]
+    ['a.wav', 'siren', '0.9123']
+    >>> r["top_k"].append({"label": "dog\\tbark", "prob": 0.05})
     >>> _format_line(r).split("\\t")
-    ['a.wav', 'dog\\\\tbark', '1.0000']
+    ['a.wav', 'siren', '0.9123', 'dog\\\\tbark', '0.0500']
     """
     fields = [_escape(result["path"])]
     for item in result["top_k"]:
@@ -283,7 +238,7 @@ def _format_line(result):
 
 
 def _escape(text):
-    """A field of a tab-separated line, with its special characters escaped."""
+    """A field with tabs, newlines, backslashes escaped (PostgreSQL text)."""
     text = str(text).replace("\\", "\\\\")
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -332,23 +287,20 @@ def add_model_options(parser, verbose_help):
     >>> parser.parse_args(["m", "--trust-model"]).trust_model
     True
     """
-    parser.add_argument(
-        "model_folder", help="the inference folder (<output_folder>/model)"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("model_folder", help="the inference folder (<output_folder>/model)")
+    add(
         "--trust-model",
         action="store_true",
         help="load a model folder whose hyperparams.yaml builds or calls "
         "more than a model needs (a model folder is code: only for folders "
         "whose origin you trust; see sb_urbansound.serving.trust)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help=verbose_help
-    )
+    add("-v", "--verbose", action="store_true", help=verbose_help)
 
 
 def parse_args(argv=None):
-    """Parse the command line (see the module docstring).
+    """Parse the command line.
 
     Arguments
     ---------
@@ -358,30 +310,25 @@ def parse_args(argv=None):
     Returns
     -------
     argparse.Namespace
-        One attribute per option; ``threshold``, ``min_duration`` and
-        ``merge_gap`` have their defaults filled in.
+        One attribute per option, defaults filled in.
 
     Example
     -------
     >>> a = parse_args(["model", "x.wav", "dir", "--top-k", "3", "--json"])
     >>> a.model_folder, a.inputs, a.top_k, a.json, a.device
     ('model', ['x.wav', 'dir'], 3, True, 'cpu')
-    >>> a = parse_args(
-    ...     ["model", "--stream", "--rate", "8000", "--channels", "1"]
-    ... )
+    >>> a = parse_args("model --stream --rate 8000 --channels 1".split())
     >>> a.stream, a.rate, a.channels, a.inputs
     (True, 8000, 1, [])
     """
     parser = argparse.ArgumentParser(
         prog="python -m sb_urbansound.serving.classify",
         description=(
-            "Classify audio files with a trained sb-urbansound model. Prints "
-            "path, label and probability (tab-separated) per file. Clips longer "
-            "than the training duration are scored over sliding windows (hop: "
-            "half a window) and the window probabilities averaged. Exit status: 0 "
-            "if every file was classified, 1 if some could not be (unreadable "
-            "file, folder without audio, NaN probabilities), 2 if the model "
-            "folder cannot be loaded."
+            "Classify audio files with a trained sb-urbansound model: path, "
+            "label and probability (tab-separated) per file; longer clips are "
+            "scored over sliding windows, their probabilities averaged. Exit "
+            "status: 0 if every file was classified, 1 if some could not be, 2 "
+            "if the model folder cannot be loaded."
         ),
     )
     add = parser.add_argument
@@ -425,8 +372,7 @@ def parse_args(argv=None):
         choices=["torch", "onnx"],
         default="torch",
         help="torch: PyTorch and SpeechBrain (default); onnx: the folder's "
-        "model.onnx with the torch-free runtime (python -m "
-        "sb_urbansound.serving.export writes it)",
+        "model.onnx, without torch (sb_urbansound.serving.export writes it)",
     )
     add(
         "--zero-shot",
@@ -455,18 +401,11 @@ def parse_args(argv=None):
         type=float,
         help="lowest probability for a class to be present (default: 0.5)",
     )
-    event(
-        "--min-duration",
-        type=float,
-        metavar="S",
-        help="drop events shorter than S seconds (default: 0)",
-    )
-    event(
-        "--merge-gap",
-        type=float,
-        metavar="S",
-        help="merge events of a class at most S seconds apart (default: 0)",
-    )
+    for flag, what in (
+        ("--min-duration", "drop events shorter than S seconds"),
+        ("--merge-gap", "merge events of a class at most S seconds apart"),
+    ):
+        event(flag, type=float, metavar="S", help=f"{what} (default: 0)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
@@ -537,7 +476,7 @@ def _format_segment_lines(result):
 
 
 def main(argv=None):
-    """Run the command line; return the exit status.
+    """Run the command line.
 
     Arguments
     ---------
@@ -547,8 +486,7 @@ def main(argv=None):
     Returns
     -------
     int
-        0 if every file was classified, 1 if some could not be (see
-        :func:`classify_files`), 2 if the model folder could not be loaded.
+        The exit status (see the module docstring).
 
     Example
     -------
@@ -578,13 +516,8 @@ def _classify(args):
 
             model = ZeroShot(args.model_folder, args.zero_shot)
         else:
-            model = load_scorer(
-                args.model_folder,
-                args.backend,
-                args.device,
-                args.batch_size,
-                args.trust_model,
-            )
+            options = args.backend, args.device, args.batch_size
+            model = load_scorer(args.model_folder, *options, args.trust_model)
     except (UserError, FileNotFoundError) as e:
         report(e)
         return 2

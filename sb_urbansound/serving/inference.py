@@ -1,24 +1,7 @@
-"""Using a trained model: the self-contained inference folder and window scoring.
+"""Using a trained model: the self-contained inference folder and scoring.
 
-At the end of training, :func:`export_inference_folder` writes
-``<output_folder>/model/``, which SpeechBrain's ``EncoderClassifier`` loads
-without the data set or any training object::
-
-    model/
-        hyperparams.yaml        # the modules as trained, pretrainer, conditioner
-        <module>.ckpt           # one per module, from the best checkpoint
-        label_encoder.txt       # the class list (CategoricalEncoder format)
-        label_encoder.ckpt      # the same file, under the name Pretrainer reads
-
-    model = EncoderClassifier.from_hparams(source=folder, savedir=folder)
-    out_prob, score, index, labels = model.classify_file("dog.wav")
-
-``hyperparams.yaml`` keeps the training YAML's module definitions and label
-encoder and adds the audio spec, an ``audio_normalizer``
-(:class:`~sb_urbansound.data.audio.ClipConditioner`) and a ``pretrainer`` without
-``paths``: each loadable is read from ``<source>/<name>.ckpt`` (relative
-paths resolve against the current directory, absolute ones break when the
-folder moves). :class:`TorchScorer` scores a clip's windows.
+:func:`export_inference_folder` writes ``<output_folder>/model/``, which
+SpeechBrain's ``EncoderClassifier`` loads (see ``docs/inference.md``).
 
 Authors
 -------
@@ -79,23 +62,18 @@ def _strip_comments(node, seen=None):
 def make_inference_yaml(
     training_yaml, module_names, sample_rate, channels, duration_ms, header=""
 ):
-    """Build the inference ``hyperparams.yaml`` from a resolved training YAML.
-
-    Keeps the listed modules' definitions and ``label_encoder``, and adds the
-    audio spec, ``modules``, ``audio_normalizer`` and a ``pretrainer`` that
-    loads every module and the label encoder from ``<folder>/<name>.ckpt``.
+    """Build the inference ``hyperparams.yaml`` from a resolved training YAML:
+    the modules and ``label_encoder``, the audio spec, ``audio_normalizer``
+    and a ``pretrainer`` that loads each from ``<folder>/<name>.ckpt``.
 
     Arguments
     ---------
     training_yaml : str
-        The training YAML with references resolved (as SpeechBrain saves it
-        in ``<output_folder>/hyperparams.yaml``), with a ``modules`` mapping.
+        The training YAML, references resolved, with a ``modules`` mapping.
     module_names : list of str
         The modules to keep (keys of ``modules``).
-    sample_rate : int
-        The model's sample rate.
-    channels : int
-        The model's channel count.
+    sample_rate, channels : int
+        The model's rate and channel count.
     duration_ms : float
         The training clip duration (ms).
     header : str
@@ -109,13 +87,9 @@ def make_inference_yaml(
     Example
     -------
     >>> text = '''
-    ... n: 4
     ... data_folder: /data
-    ... model: !new:torch.nn.Linear
-    ...     in_features: 2
-    ...     out_features: 4
-    ... modules:
-    ...     classifier: !ref <model>
+    ... model: !new:torch.nn.Linear {in_features: 2, out_features: 4}
+    ... modules: {classifier: !ref <model>}
     ... '''
     >>> from hyperpyyaml import resolve_references
     >>> resolved = resolve_references(text).getvalue()
@@ -125,13 +99,9 @@ def make_inference_yaml(
     channels: 1
     duration_ms: 1000
     remove_dc: false
-    classifier: !new:torch.nn.Linear
-      in_features: 2
-      out_features: 4
+    classifier: !new:torch.nn.Linear {in_features: 2, out_features: 4}
     label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-    # Filled from label_encoder.ckpt, so its size is right: no expect_len warning
-    __label_encoder_ignore_len: !apply:...ignore_len [!ref <label_encoder>]
-    <BLANKLINE>
+    ...
     modules:
       classifier: !ref <classifier>
     ...
@@ -166,7 +136,6 @@ def make_inference_yaml(
     if label_encoder is None:
         label_encoder = TaggedScalar("", tag=_DEFAULT_LABEL_ENCODER)
     out["label_encoder"] = _strip_comments(label_encoder)
-
     stream = io.StringIO()
     yaml = YAML()
     yaml.width = 88
@@ -191,10 +160,7 @@ def make_inference_yaml(
         "# Each loadable is read from <folder>/<name>.ckpt (source=<folder>)",
         "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
         "  loadables:",
-        *[
-            f"    {name}: !ref <{name}>"
-            for name in [*module_names, "label_encoder"]
-        ],
+        *[f"    {n}: !ref <{n}>" for n in [*module_names, "label_encoder"]],
     ]
     return "\n".join(lines) + "\n"
 
@@ -213,26 +179,20 @@ def _save_module(obj, path):
 def export_inference_folder(
     hparams, folder=None, min_key="error", max_key=None, verify=True
 ):
-    """Write the self-contained inference folder of a trained model.
-
-    Built in a temporary sibling folder, checked by loading it (``verify``),
-    then moved into place. Each module gets ``<name>.ckpt``: its file in the
-    best checkpoint (as the test stage picks it), else its current state.
+    """Write the inference folder of a trained model (built aside, loaded,
+    moved into place); each module from the best checkpoint, else as it is.
 
     Arguments
     ---------
     hparams : dict
-        The loaded training hyperparameters: ``output_folder``, ``modules``,
-        ``label_encoder`` (filled), ``sample_rate``, ``channels``,
-        ``duration_ms``, optionally ``checkpointer``.
+        The training hyperparameters (``output_folder``, ``modules``, filled
+        ``label_encoder``, the audio spec, optionally ``checkpointer``).
     folder : str or Path, optional
         Where to write (default ``<output_folder>/model``).
-    min_key : str, optional
-        Checkpoint meta key whose lowest value marks the best checkpoint.
-    max_key : str, optional
-        Or the key whose highest value marks it (then ``min_key`` is ignored).
+    min_key, max_key : str, optional
+        The meta key whose lowest (or, if given, highest) value is the best.
     verify : bool
-        Load the new folder with ``EncoderClassifier`` before moving it in place.
+        Load the new folder before moving it into place.
 
     Returns
     -------
@@ -248,7 +208,7 @@ def export_inference_folder(
     yaml_file = output_folder / "hyperparams.yaml"
     checkpointer = hparams.get("checkpointer")
     modules = {k: v for k, v in hparams["modules"].items() if v is not None}
-    best = None
+    best, ckpt = None, "(in memory)"
     if checkpointer is not None:
         key = {"max_key": max_key} if max_key else {"min_key": min_key}
         best = checkpointer.find_checkpoint(**key)
@@ -257,24 +217,17 @@ def export_inference_folder(
             "No checkpoint found in %s: exporting the modules as they are in memory.",
             getattr(checkpointer, "checkpoints_dir", None),
         )
-
+    else:
+        ckpt = f"{best.path.name} {dict(best.meta)}"
     header = (
         "Inference hyperparameters of a trained sb-urbansound model.\n"
-        f"Generated by sb_urbansound.serving.inference.export_inference_folder from\n"
-        f"{yaml_file}\n"
-        f"checkpoint: {best.path.name if best is not None else '(in memory)'}"
-        + (f" {dict(best.meta)}" if best is not None else "")
-        + "\nLoad: EncoderClassifier.from_hparams(source=<folder>, savedir=<folder>)"
+        "Generated by sb_urbansound.serving.inference.export_inference_folder from\n"
+        f"{yaml_file}\ncheckpoint: {ckpt}\n"
+        "Load: EncoderClassifier.from_hparams(source=<folder>, savedir=<folder>)"
     )
-    text = make_inference_yaml(
-        yaml_file.read_text(encoding="utf-8"),
-        list(modules),
-        hparams["sample_rate"],
-        hparams["channels"],
-        hparams["duration_ms"],
-        header=header,
-    )
-
+    spec = [hparams[k] for k in ("sample_rate", "channels", "duration_ms")]
+    training_yaml = yaml_file.read_text(encoding="utf-8")
+    text = make_inference_yaml(training_yaml, list(modules), *spec, header)
     recoverables = getattr(checkpointer, "recoverables", {}).items()
     saved_as = {id(obj): name for name, obj in recoverables}
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +282,9 @@ class ModelFolderError(UserError, FileNotFoundError):
 
 #: Keys of a training YAML that an inference ``hyperparams.yaml`` never has.
 _TRAINING_KEYS = ("checkpointer", "epoch_counter", "train_annotation")
+_COPY = (
+    "copy the whole model folder that training wrote (<output_folder>/model)"
+)
 
 
 def _read_model_yaml(folder):
@@ -344,8 +300,7 @@ def _read_model_yaml(folder):
 
 
 def check_model_folder(folder):
-    """Check that ``folder`` holds a model and every file its YAML loads, so
-    that a wrong folder gets one message, not an error from SpeechBrain.
+    """Check that ``folder`` holds a model and every file its YAML loads.
 
     Arguments
     ---------
@@ -355,8 +310,7 @@ def check_model_folder(folder):
     Raises
     ------
     ModelFolderError
-        If ``folder`` has no ``hyperparams.yaml``, is a training output
-        folder, or lacks a ``<name>.ckpt`` that its ``pretrainer`` loads.
+        One line saying what is wrong and what to do.
 
     Example
     -------
@@ -407,24 +361,19 @@ def check_model_folder(folder):
     if missing:
         raise ModelFolderError(
             f"{folder} is missing {', '.join(str(p) for p in missing)}, which "
-            "its hyperparams.yaml loads: copy the whole model folder that "
-            "training wrote (<output_folder>/model)"
+            f"its hyperparams.yaml loads: {_COPY}"
         )
 
 
 def _check_audio_spec(tree, path):
     """Refuse sample rates, channels or lengths that no audio can have."""
-    rules = {
-        "sample_rate": (lambda v: isinstance(v, int) and v >= 1, "Hz >= 1"),
-        "channels": (lambda v: isinstance(v, int) and v >= 1, ">= 1"),
-        "duration_ms": (
-            lambda v: isinstance(v, (int, float)) and v > 0,
-            "milliseconds > 0",
-        ),
-    }
-    for key, (valid, what) in rules.items():
+    rules = {"sample_rate": "Hz >= 1", "channels": ">= 1"}
+    rules["duration_ms"] = "milliseconds > 0"
+    for key, what in rules.items():
         value = tree.get(key)
-        if key in tree and (isinstance(value, bool) or not valid(value)):
+        types = (int, float) if key == "duration_ms" else int
+        valid = isinstance(value, types) and value > 0  # int: >= 1
+        if key in tree and (isinstance(value, bool) or not valid):
             raise ModelFolderError(
                 f"{path}: {key}: {value!r} is not valid ({what}); the file was "
                 "changed by hand? Copy the model folder that training wrote."
@@ -432,10 +381,8 @@ def _check_audio_spec(tree, path):
 
 
 def load_model(folder, device="cpu", trust=False):
-    """Load an inference folder with SpeechBrain's ``EncoderClassifier``,
-    after :func:`check_model_folder` and (unless ``trust``)
-    :func:`sb_urbansound.serving.trust.check_model_yaml`; the outputs are checked
-    against the labels, the folder kept in ``model.model_folder``.
+    """Check an inference folder (and, unless ``trust``, its YAML), then load
+    it with SpeechBrain's ``EncoderClassifier``; outputs checked vs. labels.
 
     Arguments
     ---------
@@ -444,13 +391,12 @@ def load_model(folder, device="cpu", trust=False):
     device : str
         Where to run the model (``"cpu"``, ``"cuda:0"``, ...).
     trust : bool
-        Load a ``hyperparams.yaml`` that builds or calls anything (only for
-        folders whose origin you trust: a model folder is code).
+        Skip :func:`~sb_urbansound.serving.trust.check_model_yaml`.
 
     Returns
     -------
     speechbrain.inference.classifiers.EncoderClassifier
-        The model, in eval mode, on ``device``.
+        The model, in eval mode, with ``model_folder``.
 
     Example
     -------
@@ -477,8 +423,7 @@ def load_model(folder, device="cpu", trust=False):
     encoder = getattr(model.hparams, "label_encoder", None)
     if encoder is not None and len(encoder) == 0:
         raise ModelFolderError(
-            f"{folder / 'label_encoder.ckpt'} holds no labels: copy the whole "
-            "model folder that training wrote (<output_folder>/model)"
+            f"{folder / 'label_encoder.ckpt'} holds no labels: {_COPY}"
         )
     _check_outputs(model, folder)
     model.model_folder = str(folder)
@@ -494,8 +439,7 @@ def _load_failure(folder, error):
         if ckpt.is_file() and not zipfile.is_zipfile(ckpt):
             return (
                 f"{ckpt} is not a complete PyTorch checkpoint (truncated or "
-                "replaced): copy the whole model folder that training wrote "
-                "(<output_folder>/model)"
+                f"replaced): {_COPY}"
             )
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
@@ -506,22 +450,19 @@ def _check_outputs(model, folder):
     _, channels, num_samples = model_audio_spec(model)
     if encoder is None or num_samples is None:
         return
-    silence = torch.zeros(
-        (1, num_samples) + ((channels,) if channels > 1 else ())
-    )
+    shape = (1, num_samples) + ((channels,) if channels > 1 else ())
+    silence = torch.zeros(shape)
     outputs = window_log_probs(model, silence).shape[-1]
     if outputs != len(encoder):
         raise ModelFolderError(
             f"{folder / 'label_encoder.ckpt'} holds {len(encoder)} labels, "
             f"but the model has {outputs} outputs: the files come from "
-            "different models. Copy the whole model folder that training "
-            "wrote (<output_folder>/model)."
+            f"different models. {_COPY.capitalize()}."
         )
 
 
 def model_audio_spec(model):
-    """The sample rate, channel count and clip length (samples) a model
-    expects (else its ``audio_normalizer``'s rate and channels).
+    """The sample rate, channel count and clip length (samples) of a model.
 
     Arguments
     ---------
@@ -530,19 +471,16 @@ def model_audio_spec(model):
 
     Returns
     -------
-    sample_rate : int
-        The model's rate.
-    channels : int
-        The model's channel count.
+    sample_rate, channels : int
+        From its hparams, else its ``audio_normalizer``.
     num_samples : int or None
         The training clip length at that rate (``None``: unknown).
 
     Example
     -------
     >>> from types import SimpleNamespace as NS
-    >>> model_audio_spec(
-    ...     NS(hparams=NS(sample_rate=8, channels=2, duration_ms=500))
-    ... )
+    >>> hparams = NS(sample_rate=8, channels=2, duration_ms=500)
+    >>> model_audio_spec(NS(hparams=hparams))
     (8, 2, 4)
     """
     hp, norm = model.hparams, getattr(model, "audio_normalizer", None)
@@ -557,41 +495,33 @@ def model_audio_spec(model):
 
 @torch.no_grad()
 def window_log_probs(model, windows, batch_size=16):
-    """``classify_batch(windows)``'s scores, the feature and embedding steps
-    ``batch_size`` windows at a time (the normaliser sees them all).
+    """``classify_batch(windows)``'s scores, ``batch_size`` windows at a time
+    (the normaliser sees them all).
 
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
         The loaded model.
     windows : torch.Tensor
-        ``[n_windows, time, channels]`` (or ``[n_windows, time]``) at the
-        model's rate, all full length.
+        ``[n_windows, time(, channels)]``, full length, at the model's rate.
     batch_size : int
         Windows per forward pass.
 
     Returns
     -------
     torch.Tensor
-        ``[n_windows, n_classes]`` scores (log-probabilities for the recipe's
-        classifiers), on the CPU.
+        ``[n_windows, n_classes]`` scores (log-probabilities), on the CPU.
 
     Example
     -------
     See ``tests/test_inference.py``.
     """
-    mods = model.mods
-    device = model.device
-    n = windows.shape[0]
+    mods, device = model.mods, model.device
     batch_size = max(int(batch_size), 1)
-    feats = torch.cat(
-        [
-            mods.compute_features(chunk.to(device, torch.float32))
-            for chunk in windows.split(batch_size)
-        ]
-    )
-    lens = torch.ones(n, device=device)
-    feats = mods.mean_var_norm(feats, lens)
+    chunks = windows.split(batch_size)
+    feats = [mods.compute_features(c.to(device, torch.float32)) for c in chunks]
+    lens = torch.ones(windows.shape[0], device=device)
+    feats = mods.mean_var_norm(torch.cat(feats), lens)
     scores = []
     for f, f_lens in zip(
         feats.split(batch_size), lens.split(batch_size), strict=True
@@ -603,17 +533,14 @@ def window_log_probs(model, windows, batch_size=16):
 
 @torch.no_grad()
 def window_probs(model, windows, batch_size=16):
-    """Class probabilities of each window of one clip: the softmax of
-    :func:`window_log_probs`, averaged over shifted views (``tta_views``)
-    for a model tested with them.
+    """Softmax of :func:`window_log_probs`, averaged over ``tta_views``.
 
     Arguments
     ---------
     model : speechbrain.inference.classifiers.EncoderClassifier
         The loaded model.
     windows : torch.Tensor
-        ``[n_windows, time(, channels)]`` at the model's rate, all full
-        length (see :func:`~sb_urbansound.serving.timeline.sliding_windows`).
+        ``[n_windows, time(, channels)]``, full length, at the model's rate.
     batch_size : int
         Windows per forward pass (memory only).
 
@@ -638,10 +565,7 @@ def window_probs(model, windows, batch_size=16):
 
 
 class TorchScorer(Scorer):
-    """A model loaded with SpeechBrain as a scorer (eager PyTorch).
-
-    Files are read and converted as :class:`~sb_urbansound.serving.runtime.Scorer`
-    does, their windows scored together by :func:`window_probs`.
+    """A model loaded with SpeechBrain as a :class:`Scorer` (eager PyTorch).
 
     Arguments
     ---------
@@ -659,16 +583,14 @@ class TorchScorer(Scorer):
         self.model = model
         self.batch_size = batch_size
         self.model_folder = getattr(model, "model_folder", None)
-        rate, channels, num_samples = model_audio_spec(model)
-        self.sample_rate, self.channels = rate, channels
-        self.num_samples = num_samples
+        spec = model_audio_spec(model)
+        self.sample_rate, self.channels, self.num_samples = spec
         encoder = model.hparams.label_encoder
         self.labels = [encoder.ind2lab[i] for i in range(len(encoder))]
         self.remove_dc = bool(getattr(model.hparams, "remove_dc", False))
 
     def window_probs(self, windows):
-        """Class probabilities of each window (as
-        :meth:`Scorer.window_probs`; a torch tensor too)."""
+        """As :meth:`Scorer.window_probs` (a torch tensor too)."""
         windows = torch.as_tensor(windows)
         if self.channels == 1 and windows.dim() == 3:
             windows = windows[..., 0]  # SpeechBrain's mono layout

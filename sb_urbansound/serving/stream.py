@@ -1,21 +1,7 @@
-"""Classify a live stream: raw 16-bit PCM in, one JSON line per hop out.
+"""Classify a live stream: raw 16-bit PCM in, one JSON line per window out.
 
-Used by ``python -m sb_urbansound.serving.classify MODEL_FOLDER --stream --rate R
---channels C``, fed by ``arecord -f S16_LE -r 16000 -c 1 -t raw``, ``sox``
-or ``ffmpeg``. Torch-free: the same code feeds PyTorch and ONNX scorers.
-
-* **Input**: signed 16-bit little-endian PCM, ``channels`` interleaved, at
-  ``rate`` (``runtime.MIN_RATE`` to ``runtime.MAX_RATE``), read as it arrives,
-  conditioned as in training (down-mix, soxr block by block, up-mix).
-* **Windows**: those of a file (:mod:`sb_urbansound.serving.timeline`), each scored
-  once full; at the end a last zero-padded one if samples are left.
-* **Output**: one JSON line per window, flushed at once: ``start``, ``end``
-  (seconds), ``label``, ``prob``, ``top_k``.
-* **Latency**: a window and a hop, plus what soxr holds back (about 0.1 s)
-  and the scoring time. **Memory**: a window, a second of input and soxr's
-  filters, whatever the stream's length.
-* **End**: 0 at the end of the input (an incomplete last frame is dropped
-  with a warning) or when the reader goes away; 130 on Ctrl-C.
+Torch-free; memory does not grow with the stream. See "Live streams" in
+``docs/inference.md``.
 
 Authors
 -------
@@ -41,10 +27,8 @@ class StreamWindows:
 
     Arguments
     ---------
-    rate, channels : int
-        The input's rate and channel count.
-    sample_rate, model_channels : int
-        The model's.
+    rate, channels, sample_rate, model_channels : int
+        The input's rate and channel count, then the model's.
     num_samples : int
         The window length (model samples).
     remove_dc : bool
@@ -52,14 +36,11 @@ class StreamWindows:
 
     Example
     -------
-    >>> def pcm16(items):
-    ...     return [
-    ...         (s, (x.ravel() * 32768).astype(int).tolist()) for s, x in items
-    ...     ]
     >>> w = StreamWindows(8000, 1, 8000, 1, num_samples=4)
-    >>> pcm16(w.feed((np.arange(1, 8, dtype="<i2") * 1000).tobytes()))
+    >>> out = w.feed((np.arange(1, 8, dtype="<i2") * 1000).tobytes())
+    >>> [(s, (x[:, 0] * 32768).astype(int).tolist()) for s, x in out]
     [(0, [1000, 2000, 3000, 4000]), (2, [3000, 4000, 5000, 6000])]
-    >>> pcm16(w.finish())
+    >>> [(s, (x[:, 0] * 32768).astype(int).tolist()) for s, x in w.finish()]
     [(4, [5000, 6000, 7000, 0])]
     """
 
@@ -100,9 +81,8 @@ class StreamWindows:
         self.total += converted.shape[0]
         self._buffer = np.concatenate([self._buffer, converted])
         while self._buffer.shape[0] >= self.num_samples:
-            out.append(
-                (self._start, self._window(self._buffer[: self.num_samples]))
-            )
+            window = self._window(self._buffer[: self.num_samples])
+            out.append((self._start, window))
             self.emitted += 1
             self._buffer = self._buffer[self.hop :]
             self._start += self.hop
@@ -125,8 +105,7 @@ class StreamWindows:
         Returns
         -------
         list of (int, numpy.ndarray)
-            ``(start, window)``: the window's first model sample and its
-            ``[num_samples, model_channels]`` samples.
+            ``(start, window)``: first model sample, ``[num_samples, C]``.
         """
         data = self._pending + data
         frame = SAMPLE_BYTES * self.channels
@@ -144,8 +123,8 @@ class StreamWindows:
         Returns
         -------
         list of (int, numpy.ndarray)
-            As :meth:`feed`; an incomplete last frame is dropped (its bytes
-            counted in :attr:`dropped`).
+            As :meth:`feed`; an incomplete last frame's bytes go to
+            :attr:`dropped`.
         """
         self.dropped = len(self._pending)
         out = self._push(rechannel(self.resampler.flush(), self.model_channels))
@@ -173,18 +152,16 @@ def _window_line(start, end, probs, labels, top_k=1):
 
 
 def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
-    """Classify a raw PCM stream window by window (see the module docstring).
+    """Classify a raw PCM stream window by window.
 
     Arguments
     ---------
     scorer : sb_urbansound.serving.runtime.Scorer
         The model.
-    rate, channels : int
-        The input's rate and channel count.
-    top_k : int
-        Labels per line.
+    rate, channels, top_k : int
+        The input's rate and channel count; labels per line.
     infile, outfile : file, optional
-        Binary input and text output (default: standard input and output).
+        Binary input and text output (default: stdin and stdout).
 
     Returns
     -------
@@ -194,27 +171,19 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
     """
     infile = sys.stdin.buffer if infile is None else infile
     outfile = sys.stdout if outfile is None else outfile
-    windows = StreamWindows(
-        rate,
-        channels,
-        scorer.sample_rate,
-        scorer.channels,
-        scorer.num_samples,
-        remove_dc=scorer.remove_dc,
-    )
+    spec = scorer.sample_rate, scorer.channels, scorer.num_samples
+    windows = StreamWindows(rate, channels, *spec, scorer.remove_dc)
     read = getattr(infile, "read1", infile.read)
     # At most a second of input per read (resampled up to 768 times)
     size = min(READ_BYTES, SAMPLE_BYTES * windows.channels * int(rate))
-    sr = float(scorer.sample_rate)
+    sr, labels = float(scorer.sample_rate), scorer.labels
 
     def emit(items):
         """Score windows and print their lines."""
         for start, window in items:
             probs = scorer.window_probs(window[None])[0]
             end = min(start + windows.num_samples, max(windows.total, 1))
-            line = _window_line(
-                start / sr, end / sr, probs, scorer.labels, top_k
-            )
+            line = _window_line(start / sr, end / sr, probs, labels, top_k)
             outfile.write(line + "\n")
             outfile.flush()
 
@@ -245,8 +214,7 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
 
 
 def _silence_stdout(outfile):
-    """After a broken pipe: point stdout at /dev/null (Python's flush at
-    exit would raise again)."""
+    """After a broken pipe: stdout to /dev/null (the flush at exit raises)."""
     if outfile is not sys.stdout:
         return
     try:

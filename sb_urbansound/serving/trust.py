@@ -1,35 +1,8 @@
 """What a model folder may run: its ``hyperparams.yaml`` is checked first.
 
-A model folder's ``hyperparams.yaml`` is HyperPyYAML, and HyperPyYAML builds
-whatever its tags name (``!new:``, ``!name:``, ``!apply:``), evaluates
-``!ref`` expressions, and reads the result with PyYAML's unsafe loader
-(``!!python/object/apply:os.system`` runs a command; so does a string in
-parentheses, which it reads as a ``!tuple``). A model folder is therefore
-code, unless it is checked. :func:`check_model_yaml` allows only what the
-model folders of this plugin are made of, and names every other line:
-
-* ``!new:``, ``!name:`` and ``!apply:`` only of the objects in
-  :data:`ALLOWED`: the tag's dotted name is resolved as HyperPyYAML resolves
-  it (importing only modules of the packages in :data:`ALLOWED`) and the
-  object found must be the listed one (its ``__module__.__qualname__``, then
-  identity), so ``sb_urbansound.training.crossval.subprocess.Popen`` is
-  ``subprocess.Popen`` and is refused;
-* ``!ref <key>`` naming a top-level key above it, nothing else (no attribute
-  access ``<key.attr>``, no arithmetic, no ``!copy``, ``!tuple``,
-  ``!PLACEHOLDER``, ``!module:``, ``!include:``, ``!applyref:``);
-* otherwise only plain YAML strings, numbers, booleans, nulls, sequences and
-  mappings (``%TAG`` directives and ``!!`` tags resolve to other types), keys
-  that are plain names (no merge keys ``<<``, no tags on keys), no anchors
-  (aliases can expand without bound), no string in parentheses (a
-  ``!tuple``) nor with a ``<reference>`` (evaluated when referenced);
-* no top-level SpeechBrain run option (``compile``, ``jit``, ``device``...),
-  nor a ``pretrainer`` that fetches files from elsewhere (``paths``,
-  ``collect_in``).
-
-The checkpoint files are read by ``torch.load`` with ``weights_only=True``
-(SpeechBrain's hooks), which refuses pickled code. ``--trust-model``
-(``trust=True``) skips this check, as Hugging Face's ``trust_remote_code``
-does, for folders whose origin you trust.
+HyperPyYAML builds whatever a tag names, so a model folder is code:
+:func:`check_model_yaml` allows only what this plugin's model folders are
+made of and names every other line (rules: ``docs/stores.md``).
 
 Authors
 -------
@@ -46,11 +19,8 @@ from sb_urbansound.yaml_reader import read_yaml
 
 from speechbrain.utils.run_opts import RunOptions
 
-#: What model folders are made of: ``<tag kind>:<module>.<qualname>`` of each
-#: object that their ``hyperparams.yaml`` builds (``!new:``), names
-#: (``!name:``) or calls (``!apply:``), taken from the model folders of every
-#: recipe YAML (``tests/test_trust.py`` checks them all). A new model class
-#: (e.g. a pretrained encoder) needs its line here.
+#: ``<tag kind>:<module>.<qualname>`` of each object a model folder's YAML
+#: may build, name or call (``tests/test_trust.py`` checks every recipe's).
 ALLOWED = (
     # Audio, features, normalisers
     "!new:sb_urbansound.data.audio.ClipConditioner",
@@ -109,10 +79,8 @@ class UntrustedModelError(UserError):
 
 
 def _locate(name):
-    """The object HyperPyYAML's ``pydoc.locate`` finds for ``name``, or None.
-
-    Only names of public attributes inside :data:`_PACKAGES` are looked up.
-    """
+    """What HyperPyYAML's ``pydoc.locate`` finds (public names of
+    :data:`_PACKAGES` only), or None."""
     parts = name.split(".")
     if parts[0] not in _PACKAGES or not all(
         p.isidentifier() and not p.startswith("_") for p in parts
@@ -196,13 +164,9 @@ def _problems(root):
         if name == "pretrainer" and isinstance(value, MappingNode):
             for arg, _ in value.value:
                 if arg.value in ("paths", "collect_in"):
-                    found.append(
-                        (
-                            arg.start_mark.line + 1,
-                            f"pretrainer {arg.value} (it loads files from "
-                            "outside the model folder)",
-                        )
-                    )
+                    why = f"pretrainer {arg.value} (it loads files from "
+                    why += "outside the model folder)"
+                    found.append((arg.start_mark.line + 1, why))
         walk(value)
         above.add(name)
     if root is not None and not pairs:
@@ -221,7 +185,7 @@ def check_model_yaml(path):
     Raises
     ------
     UntrustedModelError
-        Naming each line outside the allow-list, and what to do (one line).
+        Naming each line outside the allow-list (one line).
 
     Example
     -------
