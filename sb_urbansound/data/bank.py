@@ -797,11 +797,11 @@ class FeatureBank:
             full = (1, *self.feats.shape[1:])
             with torch.no_grad():
                 wav = bank.waveforms(chunks[0][:1], train=False, device=device)
-                other = compute_features(wav[:, : n // 2]).shape
-                dims = [d for d in range(len(full)) if other[d] != full[d]]
-                if not dims:
-                    other = compute_features(wav.repeat_interleave(2, 1)).shape
+                for probe in (wav[:, : n // 2], wav.repeat_interleave(2, 1)):
+                    other = compute_features(probe).shape
                     dims = [d for d in range(len(full)) if other[d] != full[d]]
+                    if dims:
+                        break
         if len(dims) != 1:
             raise ValueError(
                 f"cannot tell the frame axis of features of shape {tuple(full)}"
