@@ -77,8 +77,8 @@ def atomic_write_bytes(path, data):
         dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX
     )
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # f owns fd from here
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

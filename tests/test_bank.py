@@ -2,6 +2,7 @@
 rebuilt when files change, safe to interrupt, and never deleting what is not
 theirs."""
 
+import gc
 import json
 import os
 import shlex
@@ -622,3 +623,29 @@ def test_the_feature_bank_is_the_same_in_any_batch_size(tmp_path, clips):
     rows = bank.rows(sorted(clips))
     stored = mel(bank.waveforms(rows, train=False)).to(torch.float16)
     assert torch.equal(several.feats[rows], stored)
+
+
+def test_a_failed_reservation_closes_the_bank_file_once(
+    tmp_path, clips, monkeypatch
+):
+    # Closing the descriptor and then the file object that owns it would
+    # close whichever file next took that number.
+    bank, _ = make_bank(tmp_path)
+    numbers = []
+
+    def no_room(fd, size, folder):
+        numbers.append(fd)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bank_module.atomic, "reserve_space", no_room)
+    with pytest.raises(OSError, match="No space") as failed:
+        bank.build(clips, threads=1, progress=False)
+    opened = []
+    while not opened or opened[-1] < numbers[0]:  # up to the freed number
+        opened.append(os.open(tmp_path / f"other{len(opened)}", os.O_CREAT))
+    del failed  # frees the failed build's frames and their file object
+    gc.collect()
+    for fd in opened:
+        os.fstat(fd)  # EBADF if the bank's file object closed it
+        os.close(fd)
+    assert not list(bank.folder.glob(f"*{bank_module.atomic.TMP_SUFFIX}"))

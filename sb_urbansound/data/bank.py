@@ -294,7 +294,7 @@ class ClipBank:
         fd, name = tempfile.mkstemp(
             dir=self.folder, prefix=f".{data_name}.", suffix=atomic.TMP_SUFFIX
         )
-        tmp_path = Path(name)
+        tmp_path, f = Path(name), None
         try:
             f = os.fdopen(fd, "r+b")
             header = np.lib.format.header_data_from_array_1_0(np.int16([]))
@@ -305,7 +305,12 @@ class ClipBank:
             # a memory map dies of SIGBUS over blocks a full disk lacks
             atomic.reserve_space(fd, self._offset + nbytes, self.folder)
         except BaseException:
-            os.close(fd)
+            # the file object owns fd once made: closing both would close
+            # whatever file next took fd's number
+            if f is None:
+                os.close(fd)
+            else:
+                f.close()
             tmp_path.unlink(missing_ok=True)
             raise
         return f, tmp_path
