@@ -2,6 +2,10 @@
 
 Ours, not SpeechBrain's ``download_file``: that has no resume, timeout, retry
 or checksum, writes straight to the destination, and unpacks any member path.
+
+Authors
+-------
+ * sb-urbansound contributors
 """
 
 import contextlib

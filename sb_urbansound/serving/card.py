@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from sb_urbansound import __version__
 from sb_urbansound.atomic import atomic_write_text
 from sb_urbansound.data.manifests import recorded_split
-from sb_urbansound.training.report import format_duration
+from sb_urbansound.training.report import format_duration, format_pct
 from sb_urbansound.yaml_reader import read_yaml
 
 #: The card's file name in the model folder.
@@ -172,11 +172,6 @@ def _front_matter(info, name):
     return "---\n" + stream.getvalue() + "---\n"
 
 
-def _pct(value):
-    """A fraction as a percentage, or ``n/a``."""
-    return "n/a" if value is None else f"{100.0 * float(value):.2f} %"
-
-
 USAGE = """\
 ## Usage
 
@@ -299,7 +294,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
     ]
     for i, label in enumerate(info["labels"]):
         lines.append(
-            f"| {i} | {label} | {_pct(per_class.get(label))} | "
+            f"| {i} | {label} | {format_pct(per_class.get(label))} | "
             f"{counts.get(label, 'n/a')} |"
         )
     lines += ["", "## Training data", ""]
@@ -335,7 +330,7 @@ def model_card(info, name="sb-urbansound sound classifier"):
     lines += ["", "## Results", ""]
     if info["test"]:
         lines.append(
-            f"Test accuracy **{_pct(test.get('accuracy'))}** on "
+            f"Test accuracy **{format_pct(test.get('accuracy'))}** on "
             f"{test.get('n_clips', '?')} clips (`test_results.json`; "
             "per class in the table above)."
         )
@@ -358,8 +353,8 @@ def model_card(info, name="sb-urbansound sound classifier"):
         )
         lines.append(
             f"- Last epoch: training accuracy "
-            f"{_pct(last.get('train_accuracy'))}, validation accuracy "
-            f"{_pct(last.get('valid_accuracy'))}"
+            f"{format_pct(last.get('train_accuracy'))}, validation accuracy "
+            f"{format_pct(last.get('valid_accuracy'))}"
         )
     else:
         lines.append("- Training time: not recorded (no history.json)")

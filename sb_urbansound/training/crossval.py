@@ -1,6 +1,10 @@
 """K-fold cross-validation of a recipe as one resumable command: each listed
 fold is tested once, by the recipe in a subprocess in
 ``<output_folder>/fold_<k>`` (``docs/crossval.md``).
+
+Authors
+-------
+ * sb-urbansound contributors
 """
 
 import contextlib

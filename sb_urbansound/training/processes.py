@@ -213,7 +213,10 @@ def die_with_parent(parent_pid, sig=signal.SIGKILL, prctl=None):
 
     Example
     -------
-    >>> die_with_parent(os.getppid()) in (True, False)
+    >>> calls = []  # libc's prctl would change this process itself
+    >>> die_with_parent(os.getppid(), prctl=lambda *args: calls.append(args))
+    True
+    >>> calls == [(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)]
     True
     """
     prctl = prctl or _libc_prctl()

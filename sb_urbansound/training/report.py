@@ -143,9 +143,26 @@ def aggregate_folds(fold_results):
     }
 
 
-def _pct(value, digits=2):
-    """Format a fraction as a percentage, or ``n/a`` for None."""
-    return "n/a" if value is None else f"{100.0 * value:.{digits}f} %"
+def format_pct(value, digits=2):
+    """A fraction as a percentage, or ``n/a`` for None.
+
+    Arguments
+    ---------
+    value : float or None
+        The fraction.
+    digits : int
+        Digits after the point.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> format_pct(0.5), format_pct(None), format_pct(0.25, 1)
+    ('50.00 %', 'n/a', '25.0 %')
+    """
+    return "n/a" if value is None else f"{100.0 * float(value):.{digits}f} %"
 
 
 def _mean_std(values):
@@ -162,7 +179,7 @@ def _pm(mean, std):
     if mean is None:
         return "n/a"
     if std is None:
-        return f"{_pct(mean)} (one value, no std)"
+        return f"{format_pct(mean)} (one value, no std)"
     return f"{100.0 * mean:.2f} ± {100.0 * std:.2f} %"
 
 
@@ -247,7 +264,7 @@ def write_markdown_report(
     leak = " (LEAKY RANDOM SPLIT)" if leaky else ""
     acc = _pm(mean, std)
     if std is None:
-        acc = f"{_pct(mean)} (std undefined for a single fold)"
+        acc = f"{format_pct(mean)} (std undefined for a single fold)"
     lines = [f"# {title or 'Cross-validation report' + leak}", ""]
     lines += [LEAKY_WARNING] if leaky else []
     lines += [
@@ -262,7 +279,7 @@ def write_markdown_report(
     for f in folds:
         lines.append(
             f"| {f['test_fold']} | {', '.join(map(str, f['valid_folds']))} "
-            f"| {f['n_clips']} | {_pct(f['accuracy'])} |"
+            f"| {f['n_clips']} | {format_pct(f['accuracy'])} |"
         )
         if secs:
             sec = secs.get(int(f["test_fold"]))
@@ -288,8 +305,10 @@ def write_markdown_report(
         n_class = int(cm[i].sum()) if cm.size else 0
         pooled = cm[i, i] / n_class if n_class else None
         lines.append(
-            f"| {label} | {_pm(*_mean_std(values))} | {_pct(pooled)} | "
-            f"{n_class} | " + " | ".join(_pct(v, 1) for v in values) + " |"
+            f"| {label} | {_pm(*_mean_std(values))} | {format_pct(pooled)} | "
+            f"{n_class} | "
+            + " | ".join(format_pct(v, 1) for v in values)
+            + " |"
         )
     lines.append(
         "\n## Plots\n\n"
