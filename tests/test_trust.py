@@ -172,3 +172,26 @@ def test_the_model_folders_of_every_recipe_yaml_use_exactly_the_allow_list(
                 obj = trust._locate(dotted)
                 used.add(f"{kind}:{obj.__module__}.{obj.__qualname__}")
     assert used == set(trust.ALLOWED)
+
+
+def test_the_yaml_that_is_checked_is_the_yaml_that_is_loaded(
+    model_folder, tmp_path, monkeypatch
+):
+    # Reading the file again after the check would load whatever another
+    # process wrote in between: here, a line that makes a folder.
+    from sb_urbansound.serving import inference
+
+    folder = tmp_path / "M"
+    shutil.copytree(model_folder, folder)
+    made = tmp_path / "PWNED"
+    real_check = inference.check_model_yaml
+
+    def check_then_swap(path, *args):
+        real_check(path, *args)
+        with open(path, "a") as f:
+            f.write(f'\npwn: !apply:os.mkdir ["{made}"]\n')
+
+    monkeypatch.setattr(inference, "check_model_yaml", check_then_swap)
+    model = inference.load_model(folder)
+    assert model.hparams.label_encoder is not None
+    assert not made.exists()

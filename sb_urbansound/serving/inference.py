@@ -407,14 +407,31 @@ def load_model(folder, device="cpu", trust=False):
     """
     folder = Path(folder)
     check_model_folder(folder)
+    path = folder / "hyperparams.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as e:
+        raise ModelFolderError(f"cannot read {path}: {e}") from None
     if not trust:
-        check_model_yaml(folder / "hyperparams.yaml")
+        check_model_yaml(path, text)
+    from hyperpyyaml import load_hyperpyyaml
+
     from speechbrain.inference.classifiers import EncoderClassifier
 
     source = str(folder.resolve())
     try:
-        model = EncoderClassifier.from_hparams(
-            source=source, savedir=source, run_opts={"device": device}
+        # EncoderClassifier.from_hparams(source, savedir=source), but built
+        # from the text just checked: from_hparams would read the file again
+        hparams = load_hyperpyyaml(text)
+        hparams["savedir"] = source
+        pretrainer = hparams["pretrainer"]
+        pretrainer.set_collect_in(source)
+        pretrainer.collect_files(default_source=source)
+        pretrainer.load_collected()
+        model = EncoderClassifier(
+            modules=hparams["modules"],
+            hparams=hparams,
+            run_opts={"device": device},
         )
     except Exception as e:  # a truncated checkpoint, the wrong weights, ...
         raise ModelFolderError(

@@ -174,13 +174,16 @@ def _problems(root):
     return sorted(found, key=lambda item: item[0])
 
 
-def check_model_yaml(path):
+def check_model_yaml(path, text=None):
     """Refuse a model ``hyperparams.yaml`` that runs anything but a model.
 
     Arguments
     ---------
     path : str or Path
-        The file.
+        The file (named in the message).
+    text : str, optional
+        Its text as read once by the caller, who then loads that text
+        (default: the file is read here).
 
     Raises
     ------
@@ -199,7 +202,8 @@ def check_model_yaml(path):
     sb_urbansound.serving.trust.UntrustedModelError: ...h.yaml runs what a model does not need: line 2: !apply:os.system (not one of the objects a model is made of). ...
     """
     path = Path(path)
-    problems = _problems(read_yaml(path, nodes=True))
+    source = path if text is None else text
+    problems = _problems(read_yaml(source, nodes=True, name=path))
     if problems:
         raise UntrustedModelError(
             f"{path} runs what a model does not need: "
