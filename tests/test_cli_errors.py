@@ -289,3 +289,11 @@ def test_classify_and_export_in_process_leave_the_log_level_as_it_was(
     assert classify.main([str(tmp_path / "no_model"), "x.wav"]) == 2
     assert export.main([str(tmp_path / "no_model")]) == 2
     assert os.environ["SB_LOG_LEVEL"] == "INFO"
+
+
+def test_classify_takes_files_after_its_options():
+    from sb_urbansound.serving.classify import parse_args
+
+    args = parse_args(["M", "a.wav", "--top-k", "3", "b.wav", "--json"])
+    assert (args.model_folder, args.inputs) == ("M", ["a.wav", "b.wav"])
+    assert args.top_k == 3 and args.json

@@ -406,7 +406,7 @@ def parse_args(argv=None):
         ("--merge-gap", "merge events of a class at most S seconds apart"),
     ):
         event(flag, type=float, metavar="S", help=f"{what} (default: 0)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # files before or after options
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     if args.batch_size < 1:
