@@ -146,6 +146,7 @@ def test_export_refuses_them_too_naming_every_line(model_folder, tmp_path):
     result = run(tmp_path, "sb_urbansound.serving.export", "M")
     assert_refused(result, tmp_path, numbers)
     assert not list((tmp_path / "M").glob("model.*"))  # nothing exported
+    assert not (tmp_path / "M" / ".lock").exists()  # nothing written at all
 
 
 def recipe_model_yaml(name):

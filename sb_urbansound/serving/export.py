@@ -50,6 +50,7 @@ from sb_urbansound.serving.runtime import (
     parse_metadata,
 )
 from sb_urbansound.serving.timeline import sliding_windows
+from sb_urbansound.serving.trust import check_model_yaml
 from sb_urbansound.training.features import BatchStandardize, MelSpectrogramDB
 
 logger = logging.getLogger(__name__)
@@ -647,6 +648,8 @@ def export_model(
     """
     folder = Path(folder)
     check_model_folder(folder)
+    if not trust:  # before the lock: nothing is written into a refused folder
+        check_model_yaml(folder / "hyperparams.yaml")
     # One writer at a time in the model folder (docs/stores.md)
     lock = FolderLock(folder, "exporting the model in")
     try:
