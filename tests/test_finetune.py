@@ -281,6 +281,15 @@ def test_bad_finetune_options_are_named():
             check_finetune_options(values)
 
 
+def test_an_encoder_that_would_never_unfreeze_is_warned_about(caplog):
+    values = {"unfreeze_after_epochs": 24, "number_of_epochs": 10}
+    check_finetune_options(values)
+    assert "the encoder stays frozen for the whole run" in caplog.text
+    caplog.clear()
+    check_finetune_options({**values, "number_of_epochs": 30})
+    assert "stays frozen" not in caplog.text
+
+
 # ------------------------------------------------------ the recipe
 
 

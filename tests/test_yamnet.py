@@ -439,7 +439,8 @@ def test_a_yamnet_model_card_names_yamnet_audioset_and_the_licence(
     for words in ("YAMNet", "AudioSet", "Apache License 2.0"):
         assert words in card
     # whether the encoder was frozen or fine-tuned is in the settings
-    assert "| freeze_encoder | True |" in card, card
+    assert "| freeze_encoder | False |" in card, card
+    assert "| unfreeze_after_epochs | 24 |" in card, card
     assert "and fine-tuned here" not in card
 
 

@@ -100,6 +100,16 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
                 "--find_unused_parameters (the frozen encoder gets no "
                 "gradients in the first epochs)"
             )
+    after = values.get("unfreeze_after_epochs")
+    epochs = values.get("number_of_epochs")
+    if after and number(epochs) and after >= epochs:
+        logger.warning(
+            "unfreeze_after_epochs=%s and number_of_epochs=%s: the encoder "
+            "stays frozen for the whole run (to fine-tune it, set "
+            "--unfreeze_after_epochs below the number of epochs)",
+            after,
+            epochs,
+        )
     if values.get("encoder_lr_scale") is not None:
         if run_opts.get("remove_vector_weight_decay"):
             raise UserError(
