@@ -460,19 +460,6 @@ def subprocess_runner(argv, fold_dir):
     )
 
 
-def inprocess_runner(argv, fold_dir):
-    """Run the recipe on one fold in this process (for tests and debugging).
-
-    Arguments
-    ---------
-    argv : list of str
-        The recipe's arguments (the YAML first).
-    fold_dir : Path
-        The fold's output folder (unused).
-    """
-    import_recipe(recipe_script(argv[0])).main(list(argv))
-
-
 def _read_json(path):
     """A JSON file of a fold or of the cross-validation (never via a link)."""
     with open(open_store_file(path), encoding="utf-8") as f:
