@@ -37,7 +37,6 @@ from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.serving.classify import add_model_options, quiet_speechbrain
 from sb_urbansound.serving.inference import (
     TorchScorer,
-    check_model_folder,
     export_inference_folder,
     load_model,
     model_audio_spec,
@@ -50,7 +49,6 @@ from sb_urbansound.serving.runtime import (
     parse_metadata,
 )
 from sb_urbansound.serving.timeline import sliding_windows
-from sb_urbansound.serving.trust import check_model_yaml
 from sb_urbansound.training.features import BatchStandardize, MelSpectrogramDB
 
 logger = logging.getLogger(__name__)
@@ -647,9 +645,9 @@ def export_model(
         Per format: ``{"path": Path, **check stats}`` or ``{"error": str}``.
     """
     folder = Path(folder)
-    check_model_folder(folder)
-    if not trust:  # before the lock: nothing is written into a refused folder
-        check_model_yaml(folder / "hyperparams.yaml")
+    # Loaded (the folder and its YAML checked) before the lock, so that
+    # nothing is written into a folder that is refused
+    model = load_model(folder, trust=trust)
     # One writer at a time in the model folder (docs/stores.md)
     lock = FolderLock(folder, "exporting the model in")
     try:
@@ -663,7 +661,6 @@ def export_model(
             "place and export the copy."
         ) from None
     with lock:
-        model = load_model(folder, trust=trust)
         rate, channels, num_samples = model_audio_spec(model)
         if num_samples is None:
             raise ExportError(
