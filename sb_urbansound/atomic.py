@@ -8,6 +8,7 @@ Authors
  * sb-urbansound contributors
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -117,8 +118,7 @@ def atomic_write_json(path, obj):
 
 
 def make_temp_folder(parent, name):
-    """A new hidden folder in ``parent`` to build ``name`` in, for
-    :func:`replace_folder`.
+    """A new hidden folder in ``parent`` to build ``name`` in.
 
     Arguments
     ---------
@@ -130,7 +130,7 @@ def make_temp_folder(parent, name):
     Returns
     -------
     Path
-        The new, empty folder.
+        The new, empty folder (for :func:`replace_folder`).
 
     Example
     -------
@@ -322,13 +322,10 @@ def claim_folder(folder, kind, what="output_folder"):
             f"{kind} folder: choose another path (--{what}=...)"
         )
     # our lock, marker and (another writer's) temporaries do not count
-    ignored = (MARKER_FILE, LOCK_FILE) + (
-        _RUNNER_ENTRIES if kind == "run" else ()
-    )
-    names = [p.name for p in folder.iterdir()] if folder.exists() else []
-    entries = sorted(
-        n for n in names if n not in ignored and not _TMP_NAME.match(n)
-    )
+    runner = _RUNNER_ENTRIES if kind == "run" else ()
+    ignored = {MARKER_FILE, LOCK_FILE, *runner}
+    names = {p.name for p in folder.iterdir()} if folder.exists() else set()
+    entries = sorted(n for n in names - ignored if not _TMP_NAME.match(n))
     if not entries:
         return mark_store(folder, kind)
     shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "")
@@ -462,23 +459,19 @@ def _holder(fd):
     pid = None
     if sys.platform.startswith("linux"):  # ask the kernel
         query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        try:
+        with contextlib.suppress(OSError):
             answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
             l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
             pid = pid if l_type != fcntl.F_UNLCK and pid > 0 else None
-        except OSError:
-            pid = None
     if pid is None:  # the pid the holder wrote
         try:
             pid = int(os.pread(fd, 32, 0).split()[0])
         except (OSError, ValueError, IndexError):
             return "a process that could not be identified"
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            words = f.read().split(b"\0")
+    command = ""
+    with contextlib.suppress(OSError):
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         command = " ".join(w.decode(errors="replace") for w in words if w)
-    except OSError:
-        command = ""
     if len(command) > 120:
         command = command[:117] + "..."
     return f"process {pid}" + (f" ({command})" if command else "")
@@ -521,8 +514,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self.what = what
-        self._fd = None
-        self._key = None
+        self._fd = self._key = None
 
     def acquire(self, wait=False, on_wait=None):
         """Take the lock (:class:`BusyError` if this process holds it, or
@@ -552,7 +544,6 @@ class FolderLock:
                 f"this process already holds the lock of {self.folder}"
             )
         fd = open_store_file(self.path, os.O_RDWR | os.O_CREAT)
-        announced = False
         try:
             while True:
                 try:
@@ -568,9 +559,9 @@ class FolderLock:
                         f"{self.folder}. Wait for it to finish (or stop it), "
                         "or use another folder."
                     )
-                if not announced and on_wait is not None:
+                if on_wait is not None:
                     on_wait(holder)
-                announced = True
+                    on_wait = None  # once
                 time.sleep(0.5)
         except BaseException:
             os.close(fd)

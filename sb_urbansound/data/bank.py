@@ -121,6 +121,17 @@ def decode_clip(conditioner, path):
     return np.broadcast_to(pcm, (len(pcm), conditioner.channels)), None
 
 
+def _undecodable(failed, into):
+    """The error naming the files that cannot be decoded ``into`` a store."""
+    return DataPrepError(
+        f"{len(failed)} audio file(s) cannot be decoded into {into} "
+        "(corrupt, empty, or holding NaN or infinite samples):\n  "
+        + listing(failed, sep="\n  ")
+        + "\nFix or remove these files, or pass --skip_missing=True "
+        "to leave them out."
+    )
+
+
 class BankDamaged(Exception):
     """A bank's index or array fails its checks; the bank is rebuilt."""
 
@@ -201,27 +212,24 @@ class ClipBank:
         DataPrepError
             Naming every file that cannot be decoded.
         UserError
-            When ``bank_folder`` is not ours, the disk is full, or a
-            read-only bank is not complete.
+            ``bank_folder`` not ours, a full disk, an incomplete read-only bank.
         """
         start = time.perf_counter()
         atomic.claim_folder(self.root, BANKS_KIND, "bank_folder")
         atomic.claim_folder(self.folder, BANK_KIND, "bank_folder")
         lock = atomic.FolderLock(self.folder, "building the clip bank in")
+        msg = "Clip bank: waiting for %s, which is building %s"
         try:
-            lock.acquire(wait=True, on_wait=self._log_wait)
+            lock.acquire(
+                wait=True,
+                on_wait=lambda who: logger.info(msg, who, self.folder),
+            )
         except OSError as e:
             if not atomic.is_read_only_error(e):
                 raise
             return self._use_read_only(paths, start, e)
-        try:
+        with lock:
             return self._build_locked(paths, threads, progress, start)
-        finally:
-            lock.release()
-
-    def _log_wait(self, holder):
-        msg = "Clip bank: waiting for %s, which is building %s"
-        logger.info(msg, holder, self.folder)
 
     def _build_locked(self, paths, threads, progress, start):
         """:meth:`build`, with the bank's lock held."""
@@ -235,8 +243,7 @@ class ClipBank:
         for row, clip_id in enumerate(ids):
             path = str(paths[clip_id])
             stamp = file_stamp(path)
-            entry = {"row": row, "path": path, "stamp": stamp}
-            entries[clip_id] = entry
+            entries[clip_id] = entry = dict(row=row, path=path, stamp=stamp)
             prev = old_entries.get(clip_id)
             if (
                 prev is None
@@ -245,9 +252,9 @@ class ClipBank:
                 or stamp is None
             ):
                 todo.append(row)
-                continue
-            entry["length"], entry["crc"] = prev["length"], prev["crc"]
-            entry["from"] = prev["row"]
+            else:
+                entry.update(length=prev["length"], crc=prev["crc"])
+                entry["from"] = prev["row"]
         if (
             old is not None
             and not todo
@@ -260,9 +267,28 @@ class ClipBank:
             return self._summary(len(ids), 0, start)
 
         data_name = f"clips-{_digest([time.time(), os.getpid()])}.npy"
-        f, tmp_path = self._new_array(data_name, (len(ids), *self.shape))
+        shape = (len(ids), *self.shape)
+        nbytes = int(np.prod(shape)) * 2
+        with contextlib.suppress(OSError):  # (no free space known: go on)
+            if shutil.disk_usage(self.folder).free < nbytes:
+                raise atomic.no_space_error(self.folder, nbytes)
+        f = tempfile.NamedTemporaryFile(
+            dir=self.folder,
+            prefix=f".{data_name}.",
+            suffix=atomic.TMP_SUFFIX,
+            delete=False,
+        )
+        tmp_path = Path(f.name)
         try:
             with f:
+                header = np.lib.format.header_data_from_array_1_0(np.int16([]))
+                header["shape"] = shape
+                np.lib.format.write_array_header_1_0(f, header)
+                f.flush()
+                self._offset = f.tell()
+                # a memory map dies of SIGBUS over blocks a full disk lacks
+                end = self._offset + nbytes
+                atomic.reserve_space(f.fileno(), end, self.folder)
                 for entry in entries.values():  # reused rows: a copy
                     if "from" in entry:
                         clip = old_clips[entry.pop("from")]
@@ -285,44 +311,12 @@ class ClipBank:
         logger.info(msg, len(ids), len(todo), self.nbytes / 1e6, self.folder)
         return self._summary(len(ids), len(todo), start)
 
-    def _new_array(self, data_name, shape):
-        """A new int16 ``.npy`` temp file (space reserved): (file, path)."""
-        nbytes = int(np.prod(shape)) * 2
-        with contextlib.suppress(OSError):  # (no free space known: go on)
-            if shutil.disk_usage(self.folder).free < nbytes:
-                raise atomic.no_space_error(self.folder, nbytes)
-        fd, name = tempfile.mkstemp(
-            dir=self.folder, prefix=f".{data_name}.", suffix=atomic.TMP_SUFFIX
-        )
-        tmp_path, f = Path(name), None
-        try:
-            f = os.fdopen(fd, "r+b")
-            header = np.lib.format.header_data_from_array_1_0(np.int16([]))
-            header["shape"] = tuple(shape)
-            np.lib.format.write_array_header_1_0(f, header)
-            f.flush()
-            self._offset = f.tell()
-            # a memory map dies of SIGBUS over blocks a full disk lacks
-            atomic.reserve_space(fd, self._offset + nbytes, self.folder)
-        except BaseException:
-            # the file object owns fd once made: closing both would close
-            # whatever file next took fd's number
-            if f is None:
-                os.close(fd)
-            else:
-                f.close()
-            tmp_path.unlink(missing_ok=True)
-            raise
-        return f, tmp_path
-
     def _write_row(self, f, row, clip):
         """Write one clip into a new bank's file."""
-        # pwrite, not a memory map: its page faults hold Python's lock
-        data = memoryview(np.ascontiguousarray(clip)).cast("B")
-        at = self._offset + row * data.nbytes
-        while data:
-            done = os.pwrite(f.fileno(), data, at)
-            data, at = data[done:], at + done
+        # a write, not a memory map: its page faults hold Python's lock
+        data = np.ascontiguousarray(clip)
+        f.seek(self._offset + row * data.nbytes)
+        f.write(data)
 
     def _decode(self, f, ids, entries, rows, threads, progress):
         """Decode ``rows`` into the bank's file (DataPrepError if any fail)."""
@@ -359,13 +353,7 @@ class ClipBank:
                 self._write_row(f, row, clip)
                 entries[ids[row]].update(entry)
         if failed:
-            raise DataPrepError(
-                f"{len(failed)} audio file(s) cannot be decoded into the clip "
-                "bank (corrupt, empty, or holding NaN or infinite samples):\n  "
-                + listing(failed, sep="\n  ")
-                + "\nFix or remove these files, or pass --skip_missing=True "
-                "to leave them out."
-            )
+            raise _undecodable(failed, "the clip bank")
 
     def _summary(self, clips, decoded, start):
         took = time.perf_counter() - start
@@ -382,16 +370,13 @@ class ClipBank:
                 other.acquire()
             except (BusyError, OSError):
                 continue  # in use by another run: left alone
-            try:
+            with other:
                 files = [p for p in child.iterdir() if p.is_file()]
                 mb = sum(p.stat().st_size for p in files) / 1e6
-                msg = (
-                    "Clip bank: removing %s (%.1f MB), made for other settings"
-                )
+                msg = "Clip bank: removing %s (%.1f MB), "
+                msg += "made for other settings"
                 logger.info(msg, child, mb)
                 atomic.remove_store(child, BANK_KIND)
-            finally:
-                other.release()
 
     def _use_read_only(self, paths, start, error):
         """Use a complete bank that cannot be written (read-only folder)."""
@@ -440,25 +425,22 @@ class ClipBank:
 
     def _validate(self, index):
         """The memory-mapped array of a well-formed index (else BankDamaged)."""
+        if index is None:
+            raise BankDamaged("no index")
         data = index.get("data")
         entries = index.get("clips")
         if not isinstance(data, str) or not _DATA_NAME.match(data):
             raise BankDamaged(f"the index names the array {data!r}")
         if not isinstance(entries, dict):
             raise BankDamaged("the index has no clip table")
-        rows = []
-        for clip_id, entry in entries.items():
-            ok = (
-                isinstance(entry, dict)
-                and isinstance(entry.get("row"), int)
-                and isinstance(entry.get("path"), str)
-                and isinstance(entry.get("crc"), int)
-                and isinstance(entry.get("length"), int)
-                and 1 <= entry["length"] <= self.conditioner.num_samples
+        types = {"row": int, "path": str, "crc": int, "length": int}
+        for clip_id, e in entries.items():
+            ok = isinstance(e, dict) and all(
+                isinstance(e.get(k), t) for k, t in types.items()
             )
-            if not ok:
+            if not ok or not 1 <= e["length"] <= self.conditioner.num_samples:
                 raise BankDamaged(f"the index entry of {clip_id} is malformed")
-            rows.append(entry["row"])
+        rows = [e["row"] for e in entries.values()]
         if sorted(rows) != list(range(len(rows))):
             raise BankDamaged("the index's rows are not 0 .. n-1, once each")
         try:
@@ -475,23 +457,19 @@ class ClipBank:
     @staticmethod
     def _not_covered(index, paths):
         """The ids of ``paths`` that ``index`` does not hold as they are."""
-        entries = index["clips"]
-        return [
-            clip_id
-            for clip_id, path in paths.items()
-            if clip_id not in entries
-            or entries[clip_id]["path"] != str(path)
-            or entries[clip_id].get("stamp") != file_stamp(path)
-        ] + [clip_id for clip_id in entries if clip_id not in paths]
+        want = {c: (str(p), file_stamp(p)) for c, p in paths.items()}
+        have = {
+            c: (e["path"], e.get("stamp")) for c, e in index["clips"].items()
+        }
+        return [c for c in want.keys() | have if want.get(c) != have.get(c)]
 
     def _open(self, index):
         """Open a checked bank: exactly the array its index names."""
         self._built = index
         self.index = {k: v["row"] for k, v in index["clips"].items()}
         self.clips = np.load(self.folder / index["data"], mmap_mode="r")
-        lengths = [0] * len(self.index)
-        for entry in index["clips"].values():
-            lengths[entry["row"]] = entry["length"]
+        rows = sorted(index["clips"].values(), key=lambda e: e["row"])
+        lengths = [e["length"] for e in rows]
         self.lengths = torch.tensor(lengths, dtype=torch.long)
         self._device_clips = self._device_lengths = None
 
@@ -518,8 +496,6 @@ class ClipBank:
             return self
         index = self._read_index()
         try:
-            if index is None:
-                raise BankDamaged("no index")
             self._validate(index)
         except BankDamaged as e:
             raise DataPrepError(
@@ -689,12 +665,11 @@ def random_placement(lengths, num_samples, shift_pct, generator=None):
     uniform = torch.rand(lengths.shape, device=device, generator=generator)
     pad = (uniform * (room + 1)).long().clamp(max=room)
     limit = int(shift_pct * num_samples)
-    shift = torch.zeros_like(pad)
     if limit > 0:
-        shift = torch.randint(
+        pad += torch.randint(
             0, limit, lengths.shape, device=device, generator=generator
         )
-    return (pad + shift) % num_samples
+    return pad % num_samples
 
 
 def roll_rows(x, shifts):
@@ -776,14 +751,14 @@ class FeatureBank:
         on_cpu = device.type == "cpu"
         if batch_size is None:
             batch_size = CPU_FEATURE_BATCH if on_cpu else 64
-        chunks = torch.arange(len(bank.lengths)).split(batch_size)
+        total = len(bank.lengths)
+        chunks = torch.arange(total).split(batch_size)
 
         def compute(rows):
             with torch.no_grad():  # (per thread)
                 wavs = bank.waveforms(rows, train=False, device=device)
                 return compute_features(wavs).to(torch.float16)
 
-        total = len(bank.lengths)
         bar = progress_bar(
             total=total, desc="Feature bank", unit="clip", enabled=progress
         )
@@ -847,6 +822,5 @@ class FeatureBank:
             )
             frames = torch.round(shifts / self.hop).long()
             moved = feats.movedim(self.time_dim, 1)
-            frames = frames % moved.shape[1]
             feats = roll_rows(moved, frames).movedim(1, self.time_dim)
         return feats
