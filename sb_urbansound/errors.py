@@ -55,8 +55,7 @@ class UserError(Exception):
 
 
 class BusyError(UserError):
-    """Another process holds a store's lock; exit status 75 (``EX_TEMPFAIL``):
-    trying again later may work.
+    """Another process holds a store's lock: exit status 75 (``EX_TEMPFAIL``).
 
     Example
     -------
@@ -76,11 +75,8 @@ class DataPrepError(UserError, ValueError):
 
     Example
     -------
-    >>> try:
-    ...     raise DataPrepError("fold 11 is not in the data")
-    ... except ValueError as e:
-    ...     print(e)
-    fold 11 is not in the data
+    >>> isinstance(DataPrepError("fold 11 is not in the data"), ValueError)
+    True
     """
 
 

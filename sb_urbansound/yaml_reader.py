@@ -16,10 +16,8 @@ class Tagged:
 
     Arguments
     ---------
-    tag : str
-        The tag, e.g. ``!new:torch.nn.Linear``.
-    value : object
-        The node's content (mapping, list or scalar).
+    tag, value : str, object
+        The tag (``!new:torch.nn.Linear``); the node's content.
 
     Example
     -------
@@ -68,27 +66,21 @@ def _loader():
 
 
 def read_yaml(source, nodes=False, name=None):
-    """Read a HyperPyYAML file or text as data.
+    """Read a HyperPyYAML file or text as data; what cannot be read raises
+    a one-line :class:`UserError` (``cannot read <file>: <why>``).
 
     Arguments
     ---------
-    source : str or Path
-        A file (a ``Path``) or YAML text (a ``str``).
-    nodes : bool
-        Return ruamel's node tree (with line numbers) instead of values.
-    name : str or Path, optional
-        What the message calls the text (default: the file).
+    source, nodes, name : str or Path, bool, str or Path
+        A file (a ``Path``) or YAML text (a ``str``); return ruamel's node
+        tree (with line numbers) instead of values; what the message calls
+        the text (default: the file).
 
     Returns
     -------
     object
         The values (dicts, lists, scalars, :class:`Tagged`), or the root
         node (None for an empty document).
-
-    Raises
-    ------
-    UserError
-        ``cannot read <file>: <why>``, in one line.
 
     Example
     -------

@@ -30,16 +30,14 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     """The audio files under ``folder``, at any depth, each file once.
 
-    Hidden names and non-regular files are skipped (dangling links with a
-    warning). Links are followed; a file reached by two paths is an error,
-    as it would get two labels or two folds.
+    Links are followed; hidden names and non-regular files are skipped
+    (dangling links with a warning).
 
     Arguments
     ---------
-    folder, suffixes : str or Path, tuple of str
-        The folder to search; suffixes to collect (lower case, with the dot).
-    duplicates : list, optional
-        Collects ``(first path, second path)`` instead of raising.
+    folder, suffixes, duplicates : str or Path, tuple of str, list
+        The folder to search; suffixes to collect (lower case, with the
+        dot); if given, collects ``(first path, second path)`` pairs.
 
     Returns
     -------
@@ -61,7 +59,7 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
     ['b/1.WAV', 'b/2.flac']
     """
     folder = Path(folder)
-    found, twice, dangling = [], [], []
+    twice, dangling = [], []
     seen_dirs, seen_files = {}, {}
     for root, dirs, names in os.walk(folder, followlinks=True):
         rel_root = Path(os.path.relpath(root, folder)).as_posix()
@@ -90,8 +88,9 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
                 twice.append((seen_files[key], rel))
                 continue
             seen_files[key] = rel
-            found.append(rel)
-    if twice and duplicates is None:
+    if duplicates is not None:
+        duplicates.extend(twice)
+    elif twice:
         shown = "; ".join(f"{a} and {b}" for a, b in twice[:10])
         raise AudioLoadError(
             f"{len(twice)} audio file(s) or folder(s) under {folder} are "
@@ -99,15 +98,13 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
             "would get two labels or two folds: remove the links or the "
             "copies."
         )
-    if duplicates is not None:
-        duplicates.extend(twice)
     if dangling:
         shown = ", ".join(dangling[:10])
         more = f" and {len(dangling) - 10} more" if len(dangling) > 10 else ""
         why = "%d link(s) under %s named like audio files point to nothing "
         why += "and are skipped: %s%s"
         logger.warning(why, len(dangling), folder, shown, more)
-    return sorted(found)
+    return sorted(seen_files.values())
 
 
 def load_audio(path, max_seconds=None):
@@ -121,12 +118,8 @@ def load_audio(path, max_seconds=None):
     Returns
     -------
     wav, sample_rate : torch.Tensor, int
-        ``[time, channels]`` (mono is ``[time, 1]``) and the file's rate.
-
-    Raises
-    ------
-    AudioLoadError
-        If the file is missing, unreadable, empty or not finite.
+        ``[time, channels]`` (mono is ``[time, 1]``) and the file's rate;
+        :class:`AudioLoadError` if the file is unusable.
 
     Example
     -------
@@ -142,9 +135,8 @@ def load_audio(path, max_seconds=None):
 
 
 def rechannel(wav, channels):
-    """Convert a waveform to ``channels`` channels (last dimension).
-
-    Mono is duplicated; several channels are averaged to mono first.
+    """Convert a waveform to ``channels`` channels (last dimension): mono
+    is duplicated, several channels are averaged to mono first.
 
     Arguments
     ---------
@@ -169,23 +161,19 @@ def rechannel(wav, channels):
     if channels < 1:
         raise ValueError(f"channels must be at least 1, got {channels}")
     mono = wav if have == 1 else wav.mean(dim=-1, keepdim=True)
-    if channels == 1:
-        return mono
     return mono.expand(*mono.shape[:-1], channels).contiguous()
 
 
 def pad_trunc(wav, num_samples, random=False, generator=None):
-    """Pad with zeros or truncate a waveform (time first) to ``num_samples``.
-
-    Long clips keep their start; short ones are padded, at a random
-    position with ``random=True`` (training), else at the end.
+    """Pad with zeros or truncate a waveform (time first) to ``num_samples``:
+    long clips keep their start, short ones are padded at the end (or at a
+    random position with ``random=True``).
 
     Arguments
     ---------
-    wav, num_samples : torch.Tensor, int
-        ``[time]`` or ``[time, channels]``; the length wanted.
-    random, generator : bool, torch.Generator
-        Whether to draw the pad position at random, and from what.
+    wav, num_samples, random, generator : Tensor, int, bool, Generator
+        ``[time]`` or ``[time, channels]``; the length wanted; whether to
+        draw the pad position at random, and from what.
 
     Returns
     -------
@@ -212,17 +200,14 @@ def pad_trunc(wav, num_samples, random=False, generator=None):
 
 
 def time_shift(wav, shift_pct, generator=None):
-    """Roll a waveform in time by a random amount, wrapping around.
-
-    The shift is drawn uniformly from ``[0, shift_pct * length)`` samples.
+    """Roll a waveform in time by ``[0, shift_pct * length)`` samples, drawn
+    uniformly, wrapping around.
 
     Arguments
     ---------
-    wav, shift_pct : torch.Tensor, float
+    wav, shift_pct, generator : torch.Tensor, float, torch.Generator
         ``[time]`` or ``[time, channels]``; the largest shift (0: none), as
-        a fraction of the length.
-    generator : torch.Generator, optional
-        Source of randomness.
+        a fraction of the length; the source of randomness (optional).
 
     Returns
     -------
@@ -253,10 +238,9 @@ class ClipConditioner:
 
     Arguments
     ---------
-    sample_rate, channels : int
-        The model's sample rate and channel count.
-    duration_ms, remove_dc : float, bool
-        Training clip length in ms (``None``: any); subtract channel means.
+    sample_rate, channels, duration_ms, remove_dc : int, int, float, bool
+        The model's rate and channel count; the training clip length in ms
+        (``None``: any); subtract channel means.
 
     Example
     -------
@@ -320,10 +304,9 @@ class ClipConditioner:
 
         Arguments
         ---------
-        audio, sample_rate : torch.Tensor, int
-            ``[time]`` or ``[time, channels]``, and its rate.
-        random_pad, generator : bool, torch.Generator
-            Put a short clip at a random position (training), drawn from.
+        audio, sample_rate, random_pad, generator : Tensor, int, bool, Generator
+            ``[time]`` or ``[time, channels]``; its rate; put a short clip at
+            a random position (training), drawn from ``generator``.
 
         Returns
         -------
@@ -337,9 +320,6 @@ class ClipConditioner:
 
     def __call__(self, audio, sample_rate):
         """Convert a clip (any device) and pad a short one at the end."""
-        device = audio.device
         wav = self.convert(audio.detach().to("cpu"), sample_rate)
-        target = self.num_samples
-        if target is not None and wav.shape[0] < target:
-            wav = pad_trunc(wav, target)
-        return wav.to(device)
+        wav = pad_trunc(wav, max(self.num_samples or 0, len(wav)))
+        return wav.to(audio.device)

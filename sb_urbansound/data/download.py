@@ -63,16 +63,14 @@ def _download(url, dest, md5, progress, timeout, retries):
     """Download ``url`` to ``dest`` via a resumable, MD5-checked ``.part``."""
     from speechbrain.dataio.dataio import get_md5
 
-    dest = Path(dest)
     expected = md5.lower() if md5 else None
     if dest.is_file():
         if expected is None or get_md5(dest) == expected:
             logger.info("%s is already downloaded", dest)
-            return dest
+            return
         why = "%s does not match MD5 %s; downloading it again"
         logger.warning(why, dest, md5)
         dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
 
     attempt = 0  # consecutive failed attempts that downloaded nothing new
@@ -110,7 +108,6 @@ def _download(url, dest, md5, progress, timeout, retries):
     else:
         logger.info("MD5 of %s verified (%s)", dest.name, digest)
     os.replace(part, dest)
-    return dest
 
 
 def download_urbansound8k(
@@ -130,15 +127,13 @@ def download_urbansound8k(
 
     Arguments
     ---------
-    data_folder : str or Path
-        The folder that will hold ``metadata/`` and ``audio/``.
-    url, md5 : str
-        The archive's URL and expected MD5 (None: not checked).
-    progress, keep_archive : bool
-        Show a progress bar; keep the archive beside ``data_folder``.
-    timeout, retries : float, int
-        Seconds to wait for each connection or read; network failures in a
-        row (with no progress) that are retried.
+    data_folder, url, md5 : str or Path, str, str
+        The folder that will hold ``metadata/`` and ``audio/``; the
+        archive's URL and expected MD5 (None: not checked).
+    progress, keep_archive, timeout, retries : bool, bool, float, int
+        Show a progress bar; keep the archive beside ``data_folder``; seconds
+        to wait for each connection or read; network failures in a row (with
+        no progress) that are retried.
 
     Returns
     -------
@@ -180,38 +175,40 @@ def download_urbansound8k(
         )
 
     staging = target.parent / f".{target.name}.download"
-    archive = staging / _archive_name(url)
+    name = posixpath.basename(urllib.parse.urlparse(url).path)
+    archive = staging / (urllib.parse.unquote(name) or "UrbanSound8K.tar.gz")
     why = "Downloading %s to %s (staging in %s)"
     logger.info(why, url, data_folder, staging)
     staging.mkdir(parents=True, exist_ok=True)
     for stale in staging.glob("extract-*"):  # left by a run that was killed
         logger.info("Removing %s (left by an interrupted extraction)", stale)
         shutil.rmtree(stale, ignore_errors=True)
-    done = False
     try:
         _download(url, archive, md5, progress, timeout, retries)
-        try:
-            _extract_into_place(archive, target, staging)
-        except _BadArchiveError:
+        _extract_into_place(archive, target, staging)
+    except BaseException as err:
+        if isinstance(err, _BadArchiveError):
             archive.unlink(missing_ok=True)
-            raise
-        done = True
-    finally:
-        if done:
-            _dispose_archive(archive, target.parent, keep_archive)
         elif archive.exists():
             why = "The verified archive is kept at %s; the next run reuses it"
             logger.warning(why, archive)
+        raise
+    else:  # the archive is deleted, or moved beside the data folder
+        kept = target.parent / archive.name
+        if not keep_archive or not archive.exists():
+            archive.unlink(missing_ok=True)
+        elif kept.exists():
+            logger.warning(
+                "%s exists; the archive is left at %s", kept, archive
+            )
+        else:
+            os.replace(archive, kept)
+            logger.info("Archive kept at %s", kept)
+    finally:
         with contextlib.suppress(OSError):  # only when empty
             staging.rmdir()
     logger.info("UrbanSound8K is ready at %s", data_folder)
     return data_folder
-
-
-def _archive_name(url):
-    """File name of the archive, taken from the URL's path."""
-    name = posixpath.basename(urllib.parse.urlparse(url).path)
-    return urllib.parse.unquote(name) or "UrbanSound8K.tar.gz"
 
 
 def _fetch(url, part, progress, timeout):
@@ -252,7 +249,7 @@ def _fetch(url, part, progress, timeout):
         status = getattr(response, "status", None) or 200  # file:// has none
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
-        total = None
+        total = length
         if status == 206:
             got = response.headers.get("Content-Range")
             m = _CONTENT_RANGE.fullmatch((got or "").strip())
@@ -271,14 +268,11 @@ def _fetch(url, part, progress, timeout):
                 total = int(m.group(3))
             elif length is not None:
                 total = start + length
-        else:
-            if start:
-                why = "The server ignored the Range request (HTTP %d); "
-                logger.info(why + "downloading from the start again", status)
-                start = 0
-            total = length
+        elif start:
+            why = "The server ignored the Range request (HTTP %d); "
+            logger.info(why + "downloading from the start again", status)
+            start = 0
 
-        mode = "ab" if start else "wb"
         if start:
             logger.info("Resuming %s from byte %d", part.name, start)
         free = shutil.disk_usage(part.parent).free if total else 0
@@ -289,9 +283,8 @@ def _fetch(url, part, progress, timeout):
         received = start
         opts = dict(unit="B", unit_scale=True, unit_divisor=1024)
         opts.update(disable=not progress, dynamic_ncols=True)
-        desc = part.name[: -len(".part")] or part.name
-        bar = tqdm(total=total, initial=start, desc=desc, **opts)
-        with open(part, mode) as f, bar:
+        bar = tqdm(total=total, initial=start, desc=part.stem, **opts)
+        with open(part, "ab" if start else "wb") as f, bar:
             while True:
                 try:
                     chunk = response.read(1 << 20)
@@ -340,24 +333,15 @@ def _extract_into_place(archive, target, staging):
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         logger.info("Extracting %s", archive)
-        try:
-            with tarfile.open(archive, "r:*") as tar:
-                # One pass over the (compressed) stream: check, then extract.
-                for member in tar:
-                    _check_member(member, archive)
-                    if not (member.isreg() or member.isdir()):
-                        why = (
-                            "Skipping %s in the archive (not a file or folder)"
-                        )
-                        logger.warning(why, member.name)
-                        continue
-                    tar.extract(member, tmp, **safe)
-        except (tarfile.TarError, EOFError) as err:
-            raise _BadArchiveError(
-                f"Could not read the archive {archive} ({err}); it was deleted. "
-                "Please run again to download it again."
-            ) from err
-
+        with tarfile.open(archive, "r:*") as tar:
+            # One pass over the (compressed) stream: check, then extract.
+            for member in tar:
+                _check_member(member, archive)
+                if not (member.isreg() or member.isdir()):
+                    why = "Skipping %s in the archive (not a file or folder)"
+                    logger.warning(why, member.name)
+                    continue
+                tar.extract(member, tmp, **safe)
         root = _find_dataset_root(tmp)
         if root is None:
             raise _BadArchiveError(
@@ -380,19 +364,10 @@ def _extract_into_place(archive, target, staging):
                 ) from err
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(root, target)
+    except (tarfile.TarError, EOFError) as err:
+        raise _BadArchiveError(
+            f"Could not read the archive {archive} ({err}); it was deleted. "
+            "Please run again to download it again."
+        ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _dispose_archive(archive, parent, keep_archive):
-    """Delete the archive after success, or move it next to the data folder."""
-    if not archive.exists():
-        return
-    kept = parent / archive.name
-    if not keep_archive:
-        archive.unlink()
-    elif kept.exists():
-        logger.warning("%s exists; the archive is left at %s", kept, archive)
-    else:
-        os.replace(archive, kept)
-        logger.info("Archive kept at %s", kept)

@@ -37,19 +37,16 @@ SPLITS = ("train", "valid", "test")
 
 
 def prepare_data(prepare, values, overrides):
-    """Prepares the data and sizes the model to it, before anything is built.
-
+    """Prepares the data and sizes the model to it, before anything is built:
     ``n_classes: 0`` takes the number of classes from the data; another
     number is checked against it.
 
     Arguments
     ---------
-    prepare : functools.partial
-        The YAML's ``prepare`` function, with its arguments.
-    values : dict
-        The YAML's values, resolved but not built (``read_yaml_values``).
-    overrides : str
-        YAML overrides from the command line.
+    prepare, values, overrides : functools.partial, dict, str
+        The YAML's ``prepare`` function with its arguments; its values,
+        resolved but not built (``read_yaml_values``); the command line's
+        YAML overrides.
 
     Returns
     -------
@@ -60,10 +57,9 @@ def prepare_data(prepare, values, overrides):
         # The bank and the shards decode (and name) every file: preparation
         # reads the headers only, unless skip_missing must leave the bad out
         decoded_later = values.get("data_source", "files") != "files"
-        takes = inspect.signature(prepare.func).parameters
-        if decoded_later and not values.get("skip_missing"):
-            if "full_check" in takes:
-                prepare = functools.partial(prepare, full_check=False)
+        takes = "full_check" in inspect.signature(prepare.func).parameters
+        if takes and decoded_later and not values.get("skip_missing"):
+            prepare = functools.partial(prepare, full_check=False)
         run_on_main(prepare)
     manifests = [values[f"{split}_annotation"] for split in SPLITS]
     n_data = len(read_labels(values["labels_file"], manifests))
@@ -85,12 +81,9 @@ def load_label_encoder(label_encoder, path, labels):
 
     Arguments
     ---------
-    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
-        The YAML's encoder.
-    path : str
-        Its file in the run's ``save_folder``.
-    labels : list of str
-        The data's classes, sorted (``manifests.read_labels``).
+    label_encoder, path, labels : CategoricalEncoder, str, list of str
+        The YAML's encoder; its file in the run's ``save_folder``; the
+        data's classes, sorted (``manifests.read_labels``).
 
     Returns
     -------
@@ -107,36 +100,21 @@ def load_label_encoder(label_encoder, path, labels):
     return label_encoder
 
 
-def _clips_of(datasets):
-    """The clips of each split: ``{split: {clip_id: (wav, label)}}``."""
-    return {
-        split: {i: (d.data[i]["wav"], d.data[i]["label"]) for i in d.data_ids}
-        for split, d in datasets.items()
-    }
-
-
 def build_clip_bank(folder, conditioner, datasets):
     """Builds (main process) and opens the clip bank; the items of
     ``datasets`` get their row in it (``bank_row``).
 
     Arguments
     ---------
-    folder : str
-        The YAML's ``bank_folder``.
-    conditioner : sb_urbansound.data.audio.ClipConditioner
-        The run's clip conditioning.
-    datasets : dict
+    folder, conditioner, datasets : str, ClipConditioner, dict
+        The YAML's ``bank_folder``; the run's clip conditioning;
         ``{split: DynamicItemDataset}``, changed in place.
 
     Returns
     -------
     sb_urbansound.data.bank.ClipBank
     """
-    paths = {
-        clip_id: wav
-        for clips in _clips_of(datasets).values()
-        for clip_id, (wav, _) in clips.items()
-    }
+    paths = {i: d.data[i]["wav"] for d in datasets.values() for i in d.data_ids}
     bank = ClipBank(folder, conditioner)
     run_on_main(bank.build, args=[paths])
     bank = bank.open(paths)
@@ -147,9 +125,9 @@ def build_clip_bank(folder, conditioner, datasets):
         """The clip's row in the clip bank."""
         return torch.LongTensor([bank.index[clip_id]])
 
+    keys = ["id", "wav", "bank_row", "label", "label_encoded"]
     for dataset in datasets.values():
         dataset.add_dynamic_item(bank_pipeline)
-        keys = ["id", "wav", "bank_row", "label", "label_encoded"]
         dataset.set_output_keys(keys)
     return bank
 
@@ -159,7 +137,11 @@ def _shard_datasets(options, conditioner, datasets, hparams):
     ShardStream}``, whose items have ``pcm`` (int16) and ``length``."""
     folder, shard_size, fmt, buffer = options
     shards = Shards(folder, conditioner, shard_size, fmt)
-    run_on_main(shards.write, args=[_clips_of(datasets)])
+    clips = {
+        split: {i: (d.data[i]["wav"], d.data[i]["label"]) for i in d.data_ids}
+        for split, d in datasets.items()
+    }
+    run_on_main(shards.write, args=[clips])
     index = shards.read_index()
     rank, size = world()
     return {
@@ -188,20 +170,16 @@ class DataSource:
 
     Arguments
     ---------
-    brain : speechbrain.core.Brain
-        The Brain that trains on it.
-    datasets : dict
-        ``{split: DynamicItemDataset}``: the clips (``files``: with ``sig``).
-    source : str
-        ``data_source``: one of :data:`SOURCES`.
-    conditioner : sb_urbansound.data.audio.ClipConditioner
-        The run's clip conditioning (for the bank or the shards).
-    bank_folder : str
-        Where the clip bank is kept.
-    shards : tuple
-        ``(shards_folder, shard_size, shard_format, shuffle_buffer)``.
-    options : tuple of dict
-        The training and the evaluation loader options.
+    brain, datasets : speechbrain.core.Brain, dict
+        The Brain that trains on it; ``{split: DynamicItemDataset}``, the
+        clips (``files``: with ``sig``).
+    source, conditioner : str, sb_urbansound.data.audio.ClipConditioner
+        ``data_source`` (one of :data:`SOURCES`); the run's clip conditioning
+        (for the bank or the shards).
+    bank_folder, shards, options : str, tuple, tuple of dict
+        Where the clip bank is kept; ``(shards_folder, shard_size,
+        shard_format, shuffle_buffer)``; the training and evaluation loader
+        options.
 
     Example
     -------
@@ -216,7 +194,6 @@ class DataSource:
         self.source = source
         self.shift_pct = brain.hparams.shift_pct
         self.bank = self.feature_bank = None
-        self.loaders = []
         train_options, self.test_options = options
         if source == "shards":
             hparams = brain.hparams
@@ -237,19 +214,16 @@ class DataSource:
             datasets["train"], sb.Stage.TRAIN, **self._workers(train_options)
         )
         self.valid = self.loader("valid")
-        self.loaders += [self.train, self.valid]
+        self.loaders = [self.train, self.valid]
 
     def use_bank(self, bank, brain, feature_bank=False):
         """Draws the batches from a clip bank (and its features, if asked).
 
         Arguments
         ---------
-        bank : sb_urbansound.data.bank.ClipBank
-            The clips of the run, opened.
-        brain : speechbrain.core.Brain
-            For its device and feature extractor (``compute_features``).
-        feature_bank : bool
-            Also compute the features of every clip once.
+        bank, brain, feature_bank : ClipBank, speechbrain.core.Brain, bool
+            The clips of the run, opened; the Brain (its device and
+            ``compute_features``); also compute every clip's features once.
         """
         self.bank = bank
         where = bank.to_device(brain.device)
@@ -316,23 +290,18 @@ class DataSource:
 
         Arguments
         ---------
-        batch : PaddedBatch
-            The batch, on the device.
-        compute_features : callable
-            The feature extractor (waveforms to features).
-        train : bool
-            Whether the batch is for training (random placement).
-        views : int
-            Circularly shifted views of each clip (test-time averaging).
-        shift : float
-            The largest shift of the views, as a fraction of the clip.
+        batch, compute_features, train : PaddedBatch, callable, bool
+            The batch, on the device; the feature extractor (waveforms to
+            features); whether the batch is for training (random placement).
+        views, shift : int, float
+            Circularly shifted views of each clip (test-time averaging); the
+            largest shift of the views, as a fraction of the clip.
 
         Returns
         -------
-        feats : torch.Tensor
-            The features, ``views * batch`` of them, view by view.
-        lens : torch.Tensor
-            Their relative lengths.
+        feats, lens : torch.Tensor
+            The features, ``views * batch`` of them, view by view, and their
+            relative lengths.
         """
         if self.feature_bank is not None:
             rows = batch.bank_row.data.view(-1)

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +59,19 @@ def write_manifests(
 
     Arguments
     ---------
-    function : str
-        Name of the public function (recorded in the options file).
-    table : pandas.DataFrame
-        Clips: ``clip_id``, ``path``, ``label``, ``fold``, ``group``.
-    save_folder : str or Path
-        Output folder.
-    splits : dict
-        ``{"train": [folds], "valid": [folds], "test": [folds]}``, validated.
-    options, fingerprint : dict
-        The options that determine the outputs; what identifies the inputs.
+    function, table, save_folder : str, pandas.DataFrame, str or Path
+        The public function (recorded); the clips (``clip_id``, ``path``,
+        ``label``, ``fold``, ``group``); the output folder.
+    splits, options, fingerprint : dict
+        ``{"train": [folds], ...}`` (validated); the options that determine
+        the outputs; what identifies the inputs.
     skip_missing, leaky_random_split, seed : bool, bool, int
         Leave unusable files out; reassign clips to random folds with seed.
-    missing_hint : str, optional
-        Extra advice appended to the error about missing files.
+    missing_hint, split : str, optional
+        Advice for the error about missing files; how the clips were dealt
+        to folds, in words (logged and recorded).
     warn_shared_groups, full_check : bool
         Warn when a group spans splits; decode every file (else headers).
-    split : str, optional
-        How the clips were dealt to folds, in words: logged and recorded.
 
     Returns
     -------
@@ -222,10 +219,9 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
 
     Arguments
     ---------
-    path, block_frames : str, int
-        The audio file; frames decoded at a time.
-    full : bool
-        Decode the samples (else read the header only).
+    path, block_frames, full : str, int, bool
+        The audio file; frames decoded at a time; decode the samples (else
+        read the header only).
 
     Returns
     -------
@@ -244,7 +240,7 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
     >>> check_audio_file(str(tmp / "b.wav"))[0]
     'non-finite'
     """
-    if not os.path.lexists(path) or not os.path.exists(path):
+    if not os.path.exists(path):  # dangling links too
         return ("missing", f"missing: {path}")
     if not os.path.isfile(path):
         return ("not a file", f"not a regular file: {path}")
@@ -281,21 +277,15 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
     Arguments
     ---------
-    paths : list of str
-        Absolute audio paths.
-    skip_missing, full_check : bool
-        Skip unusable files with a warning (else raise); decode the samples.
-    missing_hint : str, optional
-        Extra advice for the error about missing files.
+    paths, skip_missing, missing_hint, full_check : list, bool, str, bool
+        Absolute audio paths; skip unusable files with a warning (else
+        raise); advice for missing files; decode the samples.
 
     Returns
     -------
     dict
         ``{path: (frames, sample_rate, channels)}`` for the usable files.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    info, problems, counts = {}, [], {}
     unique = list(dict.fromkeys(paths))
     desc = "Checking audio files" if full_check else "Reading headers"
     bar = dict(total=len(unique), desc=desc, unit="file")
@@ -303,16 +293,14 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
     with ThreadPoolExecutor(4) as pool:  # libsndfile runs without the GIL
         results = pool.map(check, unique)
         results = progress_bar(results, enabled=len(unique) >= 200, **bar)
-        for path, result in zip(unique, results):
-            if isinstance(result[0], str):
-                counts[result[0]] = counts.get(result[0], 0) + 1
-                problems.append(result[1])
-            else:
-                info[path] = result
-    if not problems:
+        results = dict(zip(unique, results))
+    bad = [r for r in results.values() if isinstance(r[0], str)]
+    info = {p: r for p, r in results.items() if not isinstance(r[0], str)}
+    if not bad:
         return info
-    summary = [f"{counts[k]} {k}" for k in PROBLEM_KINDS if k in counts]
-    summary = ", ".join(summary)
+    problems = [message for _, message in bad]
+    counts = Counter(kind for kind, _ in bad)
+    summary = ", ".join(f"{counts[k]} {k}" for k in PROBLEM_KINDS if counts[k])
     if skip_missing:
         why = "skip_missing=True: leaving out %d of %d audio file(s) "
         why += "(%s):\n  %s"
@@ -331,9 +319,8 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
 
 def file_stamp(path):
-    """What changes with a file's content: size, mtime and ctime.
-
-    The ctime cannot be set back, as the mtime can.
+    """What changes with a file's content: size, mtime and ctime (which,
+    unlike the mtime, cannot be set back).
 
     Arguments
     ---------
@@ -403,7 +390,6 @@ def read_labels(labels_file=None, manifests=()):
     Returns
     -------
     list of str
-        The labels.
 
     Example
     -------

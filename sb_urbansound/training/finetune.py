@@ -92,15 +92,14 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
             "unfreeze_after_epochs unfreezes it: set only one of them"
         )
     run_opts = run_opts or {}
-    torchrun = os.environ.get("RANK") is not None
-    if values.get("unfreeze_after_epochs") and torchrun:
-        if not run_opts.get("find_unused_parameters"):
-            raise UserError(
-                "unfreeze_after_epochs with several processes needs "
-                "--find_unused_parameters (the frozen encoder gets no "
-                "gradients in the first epochs)"
-            )
     after = values.get("unfreeze_after_epochs")
+    torchrun = os.environ.get("RANK") is not None
+    if after and torchrun and not run_opts.get("find_unused_parameters"):
+        raise UserError(
+            "unfreeze_after_epochs with several processes needs "
+            "--find_unused_parameters (the frozen encoder gets no "
+            "gradients in the first epochs)"
+        )
     epochs = values.get("number_of_epochs")
     if after and number(epochs) and after >= epochs:
         logger.warning(
@@ -110,12 +109,12 @@ def check_finetune_options(values, hparams_file="the YAML", run_opts=None):
             after,
             epochs,
         )
-    if values.get("encoder_lr_scale") is not None:
-        if run_opts.get("remove_vector_weight_decay"):
-            raise UserError(
-                "encoder_lr_scale makes its own parameter groups; it "
-                "cannot be combined with --remove_vector_weight_decay"
-            )
+    scaled = values.get("encoder_lr_scale") is not None
+    if scaled and run_opts.get("remove_vector_weight_decay"):
+        raise UserError(
+            "encoder_lr_scale makes its own parameter groups; it "
+            "cannot be combined with --remove_vector_weight_decay"
+        )
 
 
 def set_trainable(module, trainable):
@@ -174,10 +173,8 @@ def encoder_optimizer(opt_class, modules, scale):
 
 
 def load_pretrained_encoder(hparams):
-    """Loads the pretrained encoder weights of the YAML's ``pretrainer``.
-
-    Only on a fresh run: a resumed run's checkpoint holds the fine-tuned
-    weights.
+    """Loads the pretrained encoder weights of the YAML's ``pretrainer``, on
+    a fresh run only (a resumed run's checkpoint holds the fine-tuned ones).
 
     Arguments
     ---------
@@ -281,9 +278,8 @@ def build_beats(config=None):
 
 class BEATsEncoder(torch.nn.Module):
     """BEATs as the recipe's embedding model: waveforms in, one vector out.
-
-    The architecture comes from the YAML, so that a trained model folder
-    loads without the checkpoint it was fine-tuned from.
+    Its architecture comes from the YAML, so a trained model folder loads
+    without the checkpoint it was fine-tuned from.
 
     Arguments
     ---------
@@ -344,10 +340,8 @@ class BEATsEncoder(torch.nn.Module):
         return pooled.unsqueeze(1)
 
     def convert_pretrained(self, checkpoint, path):
-        """This module's state dict from a BEATs checkpoint.
-
-        Reads the BEATs authors' ``{"cfg": ..., "model": ...}`` checkpoints
-        and the lobe's state dicts; this module's is returned as it is.
+        """This module's state dict from a BEATs checkpoint: the authors'
+        ``{"cfg": ..., "model": ...}``, the lobe's, or this module's own.
 
         Arguments
         ---------
@@ -532,14 +526,14 @@ def strict_parameter_transfer(obj, path):
     """
     read = getattr(obj, "read_pretrained", None)
     checkpoint = read(path) if read is not None else None
-    try:
-        if checkpoint is None:
+    if checkpoint is None:
+        try:
             checkpoint = torch_patched_state_dict_load(path, "cpu")
-    except Exception as e:
-        raise UserError(
-            f"cannot read the pretrained checkpoint {_describe(path)}: "
-            f"{type(e).__name__}: {e}"
-        ) from None
+        except Exception as e:
+            raise UserError(
+                f"cannot read the pretrained checkpoint {_describe(path)}: "
+                f"{type(e).__name__}: {e}"
+            ) from None
     convert = getattr(obj, "convert_pretrained", None)
     if convert is not None:
         checkpoint = convert(checkpoint, str(path))

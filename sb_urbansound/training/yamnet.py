@@ -280,14 +280,10 @@ class YAMNetEncoder(torch.nn.Module):
         if pooling not in ("mean", "mean+std"):
             raise UserError(f"pooling: {pooling!r} is not mean or mean+std")
         self.pooling = pooling
-        units, channels = [], 1
-        for i, (stride, out) in enumerate(LAYERS):
-            if i == 0:
-                units.append(ConvUnit(channels, out, 3, stride))
-            else:
-                units.append(ConvUnit(channels, channels, 3, stride, True))
-                units.append(ConvUnit(channels, out, 1, 1))
-            channels = out
+        units = [ConvUnit(1, LAYERS[0][1], 3, LAYERS[0][0])]
+        for (_, cin), (stride, out) in zip(LAYERS, LAYERS[1:]):
+            units.append(ConvUnit(cin, cin, 3, stride, True))
+            units.append(ConvUnit(cin, out, 1, 1))
         self.net = torch.nn.Sequential(*units)
         self.logits = torch.nn.Linear(EMBEDDING_DIM, AUDIOSET_CLASSES)
         self._cache, self._cache_version = {}, None
@@ -351,7 +347,6 @@ class YAMNetEncoder(torch.nn.Module):
         """``[batch, frames, 64]`` → ``[batch, 1, 1024 or 2048]``; ``lengths``
         is ignored (padding is recognised by its values)."""
         patches = self.patches(feats)
-        batch, count = patches.shape[:2]
         sound = self.sound(patches)
         weights = sound.unsqueeze(-1).to(patches.dtype)
         flat = patches.flatten(0, 1)
@@ -362,7 +357,7 @@ class YAMNetEncoder(torch.nn.Module):
             keep = sound.flatten()
             emb = flat.new_zeros(len(flat), EMBEDDING_DIM)
             emb[keep] = self.frozen_embeddings(flat[keep])
-        emb = emb.view(batch, count, -1)
+        emb = emb.unflatten(0, sound.shape)
         count = weights.sum(dim=1)
         pooled = (emb * weights).sum(dim=1) / count
         # Ours, not SpeechBrain's StatisticsPooling: that takes lengths, not a
@@ -394,16 +389,13 @@ _DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 9: "<i8", 19: "<f2"}
 
 def _varint(buf, pos):
     """Decode a protobuf/LevelDB varint at ``pos``: (value, next pos)."""
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
+    value = 0
+    for i in range(10):  # 64 bits at most
+        byte = buf[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
         if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+            return value, pos + i + 1
+    raise ValueError("varint too long")
 
 
 def _proto_fields(buf):
@@ -575,23 +567,22 @@ def _layer_lists(variables):
     if not groups:  # Keras names: layer<n>/<op>[/bn]/<kind>, then the dense
         keyed = {}
         for name, value in variables.items():
-            parts = name.split("/")
-            if parts[-1] not in VARIABLE_KINDS:
+            unit, _, kind = name.rpartition("/")
+            if kind not in VARIABLE_KINDS:
                 continue
-            unit = "/".join(parts[:-1])
             match = re.search(
                 r"layer(\d+)/(conv|depthwise_conv|pointwise_conv)(/bn)?$", unit
             )
             if match:
-                n, op, bn = int(match[1]), match[2], bool(match[3])
-                order = (n, op != "conv" and op != "depthwise_conv", bn)
-            elif parts[-1] in ("kernel", "bias") and value.shape[-1:] == (
+                pointwise = match[2] == "pointwise_conv"
+                order = (int(match[1]), pointwise, bool(match[3]))
+            elif kind in ("kernel", "bias") and value.shape[-1:] == (
                 AUDIOSET_CLASSES,
             ):
                 order = (len(LAYERS) + 1, 0, 0)
             else:
                 continue
-            keyed.setdefault(order, {})[parts[-1]] = value
+            keyed.setdefault(order, {})[kind] = value
         groups = {"": dict(enumerate(keyed[o] for o in sorted(keyed)))}
     expected = 2 * (2 * len(LAYERS) - 1) + 1
     complete = [

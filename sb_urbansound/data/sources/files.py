@@ -48,20 +48,17 @@ def prepare_folders(
     seed=1234,
     full_check=True,
 ):
-    """Write train/valid/test manifests from one folder per class.
-
-    Every audio file under ``<data_folder>/<label>/``, at any depth, is a clip
-    of ``label``. Groups are shuffled with ``seed`` and dealt round-robin to
-    folds ``1..n_folds``, so one group never spans two folds.
+    """Write train/valid/test manifests from one folder per class: any audio
+    file under ``<data_folder>/<label>/`` is a clip of ``label``. Shuffled
+    groups are dealt round-robin to folds ``1..n_folds``.
 
     Arguments
     ---------
     data_folder, save_folder : str or Path
         Folder holding one sub-folder per class; where manifests are written.
-    n_folds : int
-        Number of folds (at most the number of groups).
-    train_fold_nums, valid_fold_nums, test_fold_nums : list of int
-        Folds (in ``1..n_folds``) of each split; they share no fold.
+    n_folds, train_fold_nums, valid_fold_nums, test_fold_nums : int, list
+        Number of folds (at most that of groups); the folds of each split
+        (in ``1..n_folds``, sharing none).
     group_pattern : str, optional
         Regex searched in each file name; its group ``group``, or else its
         first group, is the file's group (default: each file its own).
@@ -83,8 +80,7 @@ def prepare_folders(
     >>> for i in range(6):
     ...     (data / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
     ...     sf.write(data / f"c{i % 2}" / f"{i}.wav", np.zeros(80), 8000)
-    >>> folds = dict(train_fold_nums=1, valid_fold_nums=2, test_fold_nums=3)
-    >>> out = prepare_folders(data, data.parent / "out", n_folds=3, **folds)
+    >>> out = prepare_folders(data, data.parent / "out", 3, 1, 2, 3)
     >>> json.loads(Path(out["labels"]).read_text())
     ['c0', 'c1']
     """
@@ -106,13 +102,9 @@ def prepare_folders(
     groups = [None] * len(files)
     if group_re is not None:
         which = "group" if "group" in group_re.groupindex else 1
-        unmatched = []
-        for i, rel in enumerate(files):
-            m = group_re.search(Path(rel).name)
-            if m is None or not m.group(which):
-                unmatched.append(rel)
-            else:
-                groups[i] = m.group(which)
+        found = [group_re.search(Path(rel).name) for rel in files]
+        groups = [m and m.group(which) or None for m in found]
+        unmatched = [rel for rel, g in zip(files, groups) if g is None]
         if unmatched:
             raise DataPrepError(
                 f"group_pattern '{group_re.pattern}' finds no group in "
@@ -126,10 +118,9 @@ def prepare_folders(
             why = "Class folder %s holds no %s file: ignored"
             logger.warning(why, label_dir, "/".join(AUDIO_SUFFIXES))
     folds = (train_fold_nums, valid_fold_nums, test_fold_nums)
-    pattern = None if group_re is None else group_re.pattern
     return _write(
         "prepare_folders",
-        {"group_pattern": pattern},
+        {"group_pattern": getattr(group_re, "pattern", None)},
         (files, labels, groups),
         (data_folder, save_folder, n_folds, folds),
         (skip_missing, leaky_random_split, seed, full_check),
@@ -149,19 +140,18 @@ def prepare_filenames(
     seed=1234,
     full_check=True,
 ):
-    """Write train/valid/test manifests, reading labels from the file names.
-
-    ``pattern`` must fully match every audio file name under ``data_folder``;
-    folds are dealt as in :func:`prepare_folders`.
+    """Write train/valid/test manifests, reading labels from the file names
+    (folds are dealt as in :func:`prepare_folders`).
 
     Arguments
     ---------
     data_folder, save_folder : str or Path
         Folder holding the audio files; where manifests are written.
     pattern : str
-        Regex with a named group ``label`` (and optionally ``group``).
+        Regex matching every whole file name, with a named group ``label``
+        (and optionally ``group``).
     n_folds, train_fold_nums, valid_fold_nums, test_fold_nums : int, list
-        The folds, as in :func:`prepare_folders`.
+        As in :func:`prepare_folders`.
     skip_missing, leaky_random_split, seed, full_check : bool, bool, int, bool
         As in :func:`prepare_folders`.
 
@@ -178,8 +168,7 @@ def prepare_filenames(
     >>> for i in range(6):
     ...     sf.write(data / f"{i % 2}_s{i % 3}.wav", np.zeros(80), 8000)
     >>> pattern = r"(?P<label>\\d)_(?P<group>s\\d)\\.wav"
-    >>> folds = dict(train_fold_nums=1, valid_fold_nums=2, test_fold_nums=3)
-    >>> out = prepare_filenames(data, data.parent / "o", pattern, 3, **folds)
+    >>> out = prepare_filenames(data, data.parent / "o", pattern, 3, 1, 2, 3)
     >>> json.loads(Path(out["labels"]).read_text())
     ['0', '1']
     """
@@ -187,15 +176,8 @@ def prepare_filenames(
     regex = _compile_pattern(pattern, "pattern", required="label")
     files = _list_audio_files(data_folder)
 
-    labels, groups, unmatched = [], [], []
-    has_group = "group" in regex.groupindex
-    for rel in files:
-        m = regex.fullmatch(Path(rel).name)
-        if m is None or not m.group("label"):
-            unmatched.append(rel)
-            continue
-        labels.append(m.group("label"))
-        groups.append((m.group("group") or None) if has_group else None)
+    found = [regex.fullmatch(Path(rel).name) for rel in files]
+    unmatched = [r for r, m in zip(files, found) if not m or not m["label"]]
     if len(unmatched) == len(files):
         raise DataPrepError(
             f"pattern {regex.pattern!r} matches none of the {len(files)} audio "
@@ -210,6 +192,8 @@ def prepare_filenames(
             f"{listing(unmatched)}. Widen the pattern (it must match the whole "
             "file name, suffix included) or move these files out of data_folder."
         )
+    labels = [m["label"] for m in found]
+    groups = [m.groupdict().get("group") or None for m in found]
     folds = (train_fold_nums, valid_fold_nums, test_fold_nums)
     return _write(
         "prepare_filenames",
@@ -225,8 +209,7 @@ def _write(function, extra_options, clips, where, how):
     data_folder, save_folder, n_folds, folds = where
     skip_missing, leaky_random_split, seed, full_check = how
     files, labels, groups = clips
-    pairs = zip(groups, files, strict=True)
-    own = [rel if g is None else g for g, rel in pairs]  # None: its own path
+    own = [g or rel for g, rel in zip(groups, files, strict=True)]
     if len(set(labels)) < 2:
         raise DataPrepError(
             f"the audio under {data_folder} has a single class "
@@ -286,10 +269,9 @@ def _write(function, extra_options, clips, where, how):
 
 def _group_hint(files, labels):
     """Groups the file names suggest, as ``(example, regex)``, or None."""
-    names = [Path(rel).name for rel in files]
     fs_ids, shared = defaultdict(list), defaultdict(list)
-    for name, label in zip(names, labels, strict=True):
-        stem = Path(name).stem
+    for rel, label in zip(files, labels, strict=True):
+        name, stem = Path(rel).name, Path(rel).stem
         us8k = US8K_NAME.fullmatch(stem)
         if us8k:
             fs_ids[us8k.group(1)].append(name)
@@ -303,9 +285,8 @@ def _group_hint(files, labels):
                 f"one recording, fsID {fs_id}",
                 r"^(\d+)-",
             )
-    several = defaultdict(int)  # labels: their prefixes shared by 2+ files
-    for (label, _), same in shared.items():
-        several[label] += len(same) > 1
+    # labels: how many of their prefixes 2+ files share
+    several = Counter(label for (label, _), same in shared.items() if same[1:])
     for (label, prefix), same in shared.items():
         if len(same) > 1 and several[label] > 1:
             return (

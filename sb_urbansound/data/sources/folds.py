@@ -48,8 +48,7 @@ def parse_fold_list(value, name="folds"):
     if value is None:
         return []
     if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        value = [v for v in text.replace(",", " ").split() if v]
+        value = value.strip().strip("[]()").replace(",", " ").split()
     elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = [value]
     try:
@@ -59,15 +58,12 @@ def parse_fold_list(value, name="folds"):
             f"{name} must be a list of fold numbers such as [1,2,3], got "
             f"{value!r}"
         ) from None
-    folds = []
-    for item in items:
-        fold = None if isinstance(item, bool) else _parse_int(item)
-        if fold is None:
-            raise DataPrepError(
-                f"{name} holds {item!r}, which is not a fold number; write "
-                "e.g. [1,2,3]"
-            )
-        folds.append(fold)
+    folds = [None if isinstance(i, bool) else _parse_int(i) for i in items]
+    if None in folds:
+        raise DataPrepError(
+            f"{name} holds {items[folds.index(None)]!r}, which is not a fold "
+            "number; write e.g. [1,2,3]"
+        )
     return folds
 
 
@@ -76,10 +72,9 @@ def check_fold_lists(train, valid, test, available):
 
     Arguments
     ---------
-    train, valid, test : int, str or list of int
-        Fold numbers of each split (see :func:`parse_fold_list`).
-    available : list of int
-        Folds that exist.
+    train, valid, test, available : int, str or list of int
+        Fold numbers of each split (see :func:`parse_fold_list`); the folds
+        that exist.
 
     Returns
     -------
@@ -136,10 +131,9 @@ def assign_group_folds(groups, n_folds, seed=1234):
 
     Arguments
     ---------
-    groups : list of str
-        The group of each clip.
-    n_folds, seed : int
-        Number of folds (at most that of groups); seed of the shuffle.
+    groups, n_folds, seed : list of str, int, int
+        The group of each clip; the number of folds (at most that of
+        groups); the seed of the shuffle.
 
     Returns
     -------

@@ -18,13 +18,12 @@ from sb_urbansound.errors import DataPrepError
 
 US8K_CSV = Path("metadata") / "UrbanSound8K.csv"
 US8K_REQUIRED_COLUMNS = ("slice_file_name", "fsID", "fold", "classID", "class")
-#: The data set's folds.
 US8K_FOLDS = tuple(range(1, 11))
 
 
 def load_urbansound8k_table(csv_path, data_folder=None):
     """Load UrbanSound8K's metadata CSV into a table of clips, checking
-    every row; all problems are reported together, by CSV line.
+    every row (all problems are reported together, by CSV line).
 
     Arguments
     ---------
@@ -40,16 +39,14 @@ def load_urbansound8k_table(csv_path, data_folder=None):
 
     Example
     -------
-    >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / "metadata").mkdir()
-    >>> _ = (tmp / "metadata" / "UrbanSound8K.csv").write_text(
+    >>> csv = getfixture("tmp_path") / "UrbanSound8K.csv"
+    >>> _ = csv.write_text(
     ...     "slice_file_name,fsID,fold,classID,class\\n"
-    ...     "1-0-0-0.wav,1,1,0,air_conditioner\\n"
-    ...     "2-3-0-0.wav,2,2,3,dog_bark\\n"
+    ...     "1-0-0-0.wav,1,1,0,air\\n2-3-0-0.wav,2,2,3,dog\\n"
     ... )
-    >>> t = load_urbansound8k_table(tmp / "metadata" / "UrbanSound8K.csv")
+    >>> t = load_urbansound8k_table(csv)
     >>> t[["clip_id", "label", "fold", "group"]].values.tolist()
-    [['1-0-0-0', 'air_conditioner', 1, '1'], ['2-3-0-0', 'dog_bark', 2, '2']]
+    [['1-0-0-0', 'air', 1, '1'], ['2-3-0-0', 'dog', 2, '2']]
     """
     csv_path = absolute(csv_path)
     data_folder = (
@@ -130,11 +127,9 @@ def load_urbansound8k_table(csv_path, data_folder=None):
     # classID <-> class one-to-one: name rows against their majority pairing
     bad_lines = set()
     for key, value in (("classID", "class"), ("class", "classID")):
-        for _, rows in df.groupby(key, sort=True):
-            counts = rows[value].value_counts()
-            if len(counts) > 1:
-                majority = counts.index[0]
-                bad_lines.update(rows["line"][rows[value] != majority])
+        for _, rows in df.groupby(key):
+            majority = rows[value].value_counts().index[0]
+            bad_lines.update(rows["line"][rows[value] != majority])
     if bad_lines:
         bad = df[df["line"].isin(bad_lines)].sort_values("line")
         pairs = df.groupby(["classID", "class"]).size()
