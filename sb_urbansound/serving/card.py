@@ -115,11 +115,9 @@ def card_info(hparams, labels, hardware=None):
         if isinstance(entry, dict)
     }
     encoder = hparams.get("modules", {}).get("embedding_model")
-    seconds = None
-    if isinstance(history, list) and history:
-        times = [h.get("train_seconds") for h in history]
-        if all(isinstance(t, (int, float)) for t in times):
-            seconds = float(sum(times))
+    history = history if isinstance(history, list) else None
+    times = [h.get("train_seconds") for h in history or ()]
+    known = times and all(isinstance(t, (int, float)) for t in times)
     return {
         "labels": list(labels),
         "modules": modules,
@@ -134,8 +132,8 @@ def card_info(hparams, labels, hardware=None):
         "leaky": bool(hparams.get("leaky_random_split", False)),
         "clips": clips,
         "test": test if isinstance(test, dict) else None,
-        "history": history if isinstance(history, list) else None,
-        "train_seconds": seconds,
+        "history": history,
+        "train_seconds": float(sum(times)) if known else None,
         "hardware": hardware,
         # Where a pretrained encoder comes from and its licence (YAMNet)
         "pretrained": getattr(encoder, "CARD_NOTE", None),

@@ -83,16 +83,15 @@ def classify_files(
     for item in map(Path, paths):
         if not item.is_dir():  # reported when it is read, if it cannot be
             items.append((item, None))
-            continue
-        found = find_audio_files(item, duplicates=[])
-        items += [(item / rel, None) for rel in found] or [
-            (
-                item,
+        elif found := find_audio_files(item, duplicates=[]):
+            items += [(item / rel, None) for rel in found]
+        else:
+            message = (
                 f"{item}: no audio file in this folder or its subfolders "
                 f"(looked for {', '.join(AUDIO_SUFFIXES)} files, in any case; "
-                "hidden files are skipped)",
+                "hidden files are skipped)"
             )
-        ]
+            items.append((item, message))
     if progress is None:
         progress = len(items) >= PROGRESS_MIN_FILES
     on_error = on_error or (lambda path, message: logger.warning(message))
@@ -103,10 +102,9 @@ def classify_files(
             try:
                 per_window, duration_s = scorer.file_window_probs(path)
             except (AudioLoadError, OSError) as e:
-                cause = e
-                while cause.__cause__ is not None:
-                    cause = cause.__cause__
-                message = f"{path}: cannot be read as audio ({cause})"
+                while e.__cause__ is not None:
+                    e = e.__cause__
+                message = f"{path}: cannot be read as audio ({e})"
                 if not path.is_file():
                     message = f"{path}: no such file"
             else:  # the audio is finite: the model's weights are at fault
@@ -126,13 +124,11 @@ def classify_files(
         if segments is not None:
             rate, labels = scorer.sample_rate, scorer.labels
             spans = timeline.window_spans(
-                per_window.shape[0], scorer.num_samples, rate, duration_s
+                len(per_window), scorer.num_samples, rate, duration_s
             )
-            found = timeline.find_segments(
-                per_window, labels, spans, **segments
-            )
-            result["segments"] = found
-            result["counts"] = timeline.count_events(found, labels)
+            segs = timeline.find_segments(per_window, labels, spans, **segments)
+            result["segments"] = segs
+            result["counts"] = timeline.count_events(segs, labels)
         results.append(result)
     return results
 
@@ -219,22 +215,40 @@ def quiet_speechbrain(enabled=True):
             logging.getLogger(name).setLevel(old)
 
 
-def _format_line(result):
-    """One tab-separated line: path, then label/probability pairs.
+def _format_lines(result):
+    """A result's tab-separated line (path, then label/probability pairs),
+    or with ``segments`` its events' lines and a count line.
 
     Example
     -------
     >>> r = {"path": "a.wav", "top_k": [{"label": "siren", "prob": 0.91234}]}
-    >>> _format_line(r).split("\\t")
-    ['a.wav', 'siren', '0.9123']
     >>> r["top_k"].append({"label": "dog\\tbark", "prob": 0.05})
-    >>> _format_line(r).split("\\t")
+    >>> _format_lines(r)[0].split("\\t")
     ['a.wav', 'siren', '0.9123', 'dog\\\\tbark', '0.0500']
+    >>> seg = {"start": 0.0, "end": 2.5, "label": "siren", "score": 0.91}
+    >>> r.update(segments=[seg], counts={"dog_bark": 0, "siren": 1})
+    >>> for line in _format_lines(r):
+    ...     print(line.replace("\\t", " | "))
+    a.wav | 0.000 | 2.500 | siren | 0.9100
+    # a.wav: 1 events: siren 1
     """
-    fields = [_escape(result["path"])]
-    for item in result["top_k"]:
-        fields += [_escape(item["label"]), f"{item['prob']:.4f}"]
-    return "\t".join(fields)
+    path = _escape(result["path"])
+    if "segments" not in result:
+        fields = [path]
+        for item in result["top_k"]:
+            fields += [_escape(item["label"]), f"{item['prob']:.4f}"]
+        return ["\t".join(fields)]
+    lines = [
+        f"{path}\t{s['start']:.3f}\t{s['end']:.3f}\t"
+        f"{_escape(s['label'])}\t{s['score']:.4f}"
+        for s in result["segments"]
+    ]
+    counts = ", ".join(
+        f"{_escape(k)} {n}" for k, n in result["counts"].items() if n
+    )
+    summary = f"# {path}: {len(result['segments'])} events"
+    lines.append(summary + (f": {counts}" if counts else ""))
+    return lines
 
 
 def _escape(text):
@@ -261,12 +275,8 @@ def _write_results(results, as_json, stream):
         stream.write("\n")
     else:
         for result in results:
-            if "error" in result:
-                continue
-            if "segments" in result:  # --segments: the events, then counts
-                stream.write("\n".join(_format_segment_lines(result)) + "\n")
-            else:
-                stream.write(_format_line(result) + "\n")
+            if "error" not in result:
+                stream.write("\n".join(_format_lines(result)) + "\n")
     stream.flush()
 
 
@@ -427,52 +437,22 @@ def parse_args(argv=None):
             parser.error("give audio files or folders (or --stream)")
         if args.rate is not None or args.channels is not None:
             parser.error("--rate and --channels describe a --stream")
-    given = [
-        f"--{k.replace('_', '-')}"
-        for k in ("threshold", "min_duration", "merge_gap")
-        if getattr(args, k) is not None
-    ]
+    defaults = {"threshold": 0.5, "min_duration": 0.0, "merge_gap": 0.0}
+    flags = {k: f"--{k.replace('_', '-')}" for k in defaults}
+    given = [flags[k] for k in defaults if getattr(args, k) is not None]
     if given and not args.segments:
         parser.error(", ".join(given) + " only apply with --segments")
-    args.threshold = 0.5 if args.threshold is None else args.threshold
-    args.min_duration = args.min_duration or 0.0
-    args.merge_gap = args.merge_gap or 0.0
-    if not 0.0 <= args.threshold <= 1.0:
-        parser.error("--threshold must be between 0 and 1")
-    for option in ("min_duration", "merge_gap"):
-        if not getattr(args, option) >= 0:  # NaN too
+    for key, default in defaults.items():
+        value = getattr(args, key)
+        value = default if value is None else value
+        setattr(args, key, value)
+        if key == "threshold" and not 0.0 <= value <= 1.0:
+            parser.error("--threshold must be between 0 and 1")
+        if key != "threshold" and not value >= 0:  # NaN too
             parser.error(
-                f"--{option.replace('_', '-')} must be a number of seconds "
-                f">= 0, got {getattr(args, option)}"
+                f"{flags[key]} must be a number of seconds >= 0, got {value}"
             )
     return args
-
-
-def _format_segment_lines(result):
-    """The tab-separated lines of a file's events, and a count line.
-
-    Example
-    -------
-    >>> seg = {"start": 0.0, "end": 2.5, "label": "siren", "score": 0.91}
-    >>> counts = {"dog_bark": 0, "siren": 1}
-    >>> r = {"path": "a.wav", "segments": [seg], "counts": counts}
-    >>> for line in _format_segment_lines(r):
-    ...     print(line.replace("\\t", " | "))
-    a.wav | 0.000 | 2.500 | siren | 0.9100
-    # a.wav: 1 events: siren 1
-    """
-    path = _escape(result["path"])
-    lines = [
-        f"{path}\t{s['start']:.3f}\t{s['end']:.3f}\t"
-        f"{_escape(s['label'])}\t{s['score']:.4f}"
-        for s in result["segments"]
-    ]
-    counts = ", ".join(
-        f"{_escape(k)} {n}" for k, n in result["counts"].items() if n
-    )
-    summary = f"# {path}: {len(result['segments'])} events"
-    lines.append(summary + (f": {counts}" if counts else ""))
-    return lines
 
 
 def main(argv=None):
@@ -501,13 +481,6 @@ def main(argv=None):
 
 def _classify(args):
     """The command's work, for :func:`main`; returns the exit status."""
-    failed = []
-
-    def failed_file(path, message):
-        """Print a file that could not be classified to stderr."""
-        failed.append(path)
-        tqdm.write(f"error: {message}", file=sys.stderr)
-
     try:
         if args.stream:
             check_rate(args.rate, "--rate")
@@ -540,7 +513,7 @@ def _classify(args):
         top_k=args.top_k,
         batch_size=args.batch_size,
         progress=None if args.progress else False,
-        on_error=failed_file,
+        on_error=lambda _, msg: tqdm.write(f"error: {msg}", file=sys.stderr),
         segments=segments,
     )
     try:
@@ -551,9 +524,10 @@ def _classify(args):
     except OSError as e:
         print(f"error: cannot write the results: {e}", file=sys.stderr)
         return 1
+    failed = sum("error" in result for result in results)
     if failed:
         print(
-            f"{len(failed)} of {len(results)} files could not be classified",
+            f"{failed} of {len(results)} files could not be classified",
             file=sys.stderr,
         )
         return 1

@@ -25,8 +25,6 @@ from sb_urbansound.serving.trust import check_model_yaml
 from sb_urbansound.training.augment import circular_views
 from sb_urbansound.yaml_reader import Tagged, read_yaml
 
-from speechbrain.utils.checkpoints import DEFAULT_SAVE_HOOKS, get_default_hook
-
 logger = logging.getLogger(__name__)
 
 #: Sub-folder of ``output_folder`` that holds the inference folder.
@@ -45,16 +43,11 @@ def _strip_comments(node, seen=None):
     if id(node) in seen:
         return node
     seen.add(id(node))
-    ca = getattr(node, "ca", None)
-    if ca is not None:
-        ca.comment = None
-        ca.items.clear()
-        ca.end = None
-    if isinstance(node, dict):
-        for value in node.values():
-            _strip_comments(value, seen)
-    elif isinstance(node, list):
-        for value in node:
+    if getattr(node, "ca", None) is not None:
+        node.ca.comment = node.ca.end = None
+        node.ca.items.clear()
+    if isinstance(node, (dict, list)):
+        for value in node.values() if isinstance(node, dict) else node:
             _strip_comments(value, seen)
     return node
 
@@ -165,17 +158,6 @@ def make_inference_yaml(
     return "\n".join(lines) + "\n"
 
 
-def _save_module(obj, path):
-    """Save ``obj`` with its SpeechBrain default save hook."""
-    if isinstance(obj, torch.nn.Module) and not obj.state_dict():
-        torch.save({}, path)  # stateless (SpeechBrain's hook warns about it)
-        return
-    hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
-    if hook is None:
-        raise RuntimeError(f"Don't know how to save {type(obj)} for inference.")
-    hook(obj, path)
-
-
 def export_inference_folder(
     hparams, folder=None, min_key="error", max_key=None, verify=True
 ):
@@ -246,7 +228,8 @@ def export_inference_folder(
                     "checkpointer: exporting its current state, not the best one.",
                     name,
                 )
-            _save_module(module, target)
+            # SpeechBrain's save hook, less its warning for stateless modules
+            torch.save(module.state_dict(), target)
         hparams["label_encoder"].save(tmp / "label_encoder.txt")
         shutil.copyfile(tmp / "label_encoder.txt", tmp / "label_encoder.ckpt")
         try:
@@ -335,7 +318,19 @@ def check_model_folder(folder):
             "output_folder)"
         )
     tree = _read_model_yaml(folder)
-    _check_audio_spec(tree, folder / "hyperparams.yaml")
+    for key, what, types in (  # values that no audio can have
+        ("sample_rate", "Hz >= 1", int),
+        ("channels", ">= 1", int),
+        ("duration_ms", "milliseconds > 0", (int, float)),
+    ):
+        value = tree.get(key)
+        valid = isinstance(value, types) and value > 0  # int: >= 1
+        if key in tree and (isinstance(value, bool) or not valid):
+            raise ModelFolderError(
+                f"{folder / 'hyperparams.yaml'}: {key}: {value!r} is not valid "
+                f"({what}); the file was changed by hand? Copy the model "
+                "folder that training wrote."
+            )
     pretrainer = tree.get("pretrainer")
     if pretrainer is None and any(k in tree for k in _TRAINING_KEYS):
         raise ModelFolderError(
@@ -348,12 +343,9 @@ def check_model_folder(folder):
         pretrainer = pretrainer.value
     if not isinstance(pretrainer, dict):
         return
-    loadables = pretrainer.get("loadables")
-    paths = pretrainer.get("paths")
+    loadables, paths = pretrainer.get("loadables"), pretrainer.get("paths")
     paths = paths if isinstance(paths, dict) else {}
-    if not isinstance(loadables, dict):
-        return
-    missing = [
+    missing = isinstance(loadables, dict) and [
         folder / f"{name}.ckpt"
         for name in loadables
         if name not in paths and not (folder / f"{name}.ckpt").is_file()
@@ -363,21 +355,6 @@ def check_model_folder(folder):
             f"{folder} is missing {', '.join(str(p) for p in missing)}, which "
             f"its hyperparams.yaml loads: {_COPY}"
         )
-
-
-def _check_audio_spec(tree, path):
-    """Refuse sample rates, channels or lengths that no audio can have."""
-    rules = {"sample_rate": "Hz >= 1", "channels": ">= 1"}
-    rules["duration_ms"] = "milliseconds > 0"
-    for key, what in rules.items():
-        value = tree.get(key)
-        types = (int, float) if key == "duration_ms" else int
-        valid = isinstance(value, types) and value > 0  # int: >= 1
-        if key in tree and (isinstance(value, bool) or not valid):
-            raise ModelFolderError(
-                f"{path}: {key}: {value!r} is not valid ({what}); the file was "
-                "changed by hand? Copy the model folder that training wrote."
-            )
 
 
 def load_model(folder, device="cpu", trust=False):
@@ -442,15 +419,23 @@ def load_model(folder, device="cpu", trust=False):
         raise ModelFolderError(
             f"{folder / 'label_encoder.ckpt'} holds no labels: {_COPY}"
         )
-    _check_outputs(model, folder)
+    _, channels, num_samples = model_audio_spec(model)
+    if encoder is not None and num_samples is not None:  # outputs vs labels
+        shape = (1, num_samples) + ((channels,) if channels > 1 else ())
+        outputs = window_log_probs(model, torch.zeros(shape)).shape[-1]
+        if outputs != len(encoder):
+            raise ModelFolderError(
+                f"{folder / 'label_encoder.ckpt'} holds {len(encoder)} labels, "
+                f"but the model has {outputs} outputs: the files come from "
+                f"different models. {_COPY.capitalize()}."
+            )
     model.model_folder = str(folder)
     return model
 
 
 def _load_failure(folder, error):
     """Why a folder did not load: a truncated checkpoint, else ``error``."""
-    tree = _read_model_yaml(folder)
-    modules = tree.get("modules")
+    modules = _read_model_yaml(folder).get("modules")
     for name in modules if isinstance(modules, dict) else ():
         ckpt = folder / f"{name}.ckpt"
         if ckpt.is_file() and not zipfile.is_zipfile(ckpt):
@@ -459,23 +444,6 @@ def _load_failure(folder, error):
                 f"replaced): {_COPY}"
             )
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
-
-
-def _check_outputs(model, folder):
-    """Refuse a model whose number of outputs differs from its labels."""
-    encoder = getattr(model.hparams, "label_encoder", None)
-    _, channels, num_samples = model_audio_spec(model)
-    if encoder is None or num_samples is None:
-        return
-    shape = (1, num_samples) + ((channels,) if channels > 1 else ())
-    silence = torch.zeros(shape)
-    outputs = window_log_probs(model, silence).shape[-1]
-    if outputs != len(encoder):
-        raise ModelFolderError(
-            f"{folder / 'label_encoder.ckpt'} holds {len(encoder)} labels, "
-            f"but the model has {outputs} outputs: the files come from "
-            f"different models. {_COPY.capitalize()}."
-        )
 
 
 def model_audio_spec(model):
@@ -539,13 +507,11 @@ def window_log_probs(model, windows, batch_size=16):
     feats = [mods.compute_features(c.to(device, torch.float32)) for c in chunks]
     lens = torch.ones(windows.shape[0], device=device)
     feats = mods.mean_var_norm(torch.cat(feats), lens)
-    scores = []
-    for f, f_lens in zip(
-        feats.split(batch_size), lens.split(batch_size), strict=True
-    ):
-        out = mods.classifier(mods.embedding_model(f, f_lens))
-        scores.append(out.reshape(f.shape[0], -1).float().cpu())
-    return torch.cat(scores)
+    scores = [
+        mods.classifier(mods.embedding_model(f, n)).reshape(len(f), -1)
+        for f, n in zip(feats.split(batch_size), lens.split(batch_size))
+    ]
+    return torch.cat(scores).float().cpu()
 
 
 @torch.no_grad()
@@ -554,10 +520,8 @@ def window_probs(model, windows, batch_size=16):
 
     Arguments
     ---------
-    model : speechbrain.inference.classifiers.EncoderClassifier
-        The loaded model.
-    windows : torch.Tensor
-        ``[n_windows, time(, channels)]``, full length, at the model's rate.
+    model, windows
+        As :func:`window_log_probs`.
     batch_size : int
         Windows per forward pass (memory only).
 
@@ -576,8 +540,7 @@ def window_probs(model, windows, batch_size=16):
         max_shift = float(getattr(model.hparams, "tta_max_shift", 0.0))
         samples = round(max_shift * windows.shape[1])
         windows = circular_views(windows, views, samples, dim=1)
-    scores = window_log_probs(model, windows, batch_size)
-    probs = torch.softmax(scores, dim=-1)
+    probs = torch.softmax(window_log_probs(model, windows, batch_size), -1)
     return probs.view(views, n_windows, -1).mean(dim=0)
 
 

@@ -49,10 +49,8 @@ def window_count(length, num_samples):
     >>> window_count(3, 4), window_count(10, 4), window_count(11, 4)
     (1, 4, 5)
     """
-    num_samples = int(num_samples)
-    if length <= num_samples:
-        return 1
-    return 1 + math.ceil((length - num_samples) / default_hop(num_samples))
+    extra = max(length - int(num_samples), 0)
+    return 1 + math.ceil(extra / default_hop(num_samples))
 
 
 def sliding_windows(wav, num_samples):
@@ -84,16 +82,13 @@ def sliding_windows(wav, num_samples):
     total = (n - 1) * hop + num_samples
     tensor = not isinstance(wav, np.ndarray)
     array = wav.detach().cpu().numpy() if tensor else wav  # no copy on CPU
-    if array.shape[0] != total:
-        padded = np.zeros((total,) + array.shape[1:], dtype=array.dtype)
-        keep = min(total, array.shape[0])
-        padded[:keep] = array[:keep]
-        array = padded
+    if array.shape[0] != total:  # total >= length: pad with zeros
+        pad = [(0, total - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+        array = np.pad(array, pad)
     windows = np.lib.stride_tricks.sliding_window_view(
         array, num_samples, 0, writeable=tensor
     )[::hop]  # [n, (channels,) num_samples]
-    if windows.ndim == 3:
-        windows = np.moveaxis(windows, -1, 1)
+    windows = np.moveaxis(windows, -1, 1)  # [n, num_samples(, channels)]
     if not tensor:
         return windows
     import torch  # only for a tensor: the module stays torch-free
@@ -123,8 +118,7 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s):
     hop = default_hop(num_samples)
     centres = np.arange(n_windows) * hop + num_samples / 2
     spans = np.stack([centres - hop / 2, centres + hop / 2], axis=1)
-    spans /= float(sample_rate)
-    spans = np.minimum(spans, float(duration_s))
+    spans = np.minimum(spans / float(sample_rate), float(duration_s))
     spans[0, 0] = 0.0
     spans[-1, 1] = float(duration_s)
     return spans

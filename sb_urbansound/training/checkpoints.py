@@ -10,6 +10,7 @@ Authors
  * sb-urbansound contributors
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -54,9 +55,8 @@ class RobustCheckpointer(Checkpointer):
         super().__init__(checkpoints_dir, *args, **kwargs)
         if if_main_process() and self.checkpoints_dir.is_dir():
             for leftover in self.checkpoints_dir.glob(CKPT_PREFIX + "*"):
-                if leftover.is_symlink():
-                    continue  # not ours: see list_checkpoints
-                if leftover.is_dir() and not (leftover / METAFNAME).exists():
+                ours = leftover.is_dir() and not leftover.is_symlink()
+                if ours and not (leftover / METAFNAME).exists():
                     shutil.rmtree(leftover, ignore_errors=True)
             staging = self.checkpoints_dir / STAGING
             if staging.is_dir() and not staging.is_symlink():
@@ -71,11 +71,8 @@ class RobustCheckpointer(Checkpointer):
             ``Checkpoint`` namedtuples (path, meta, paramfiles).
         """
         checkpoints = []
-        if not self.checkpoints_dir.is_dir():
-            return checkpoints
-        for path in sorted(self.checkpoints_dir.iterdir()):
-            ours = path.name.startswith(CKPT_PREFIX) and not path.is_symlink()
-            if not ours or not path.is_dir():
+        for path in sorted(self.checkpoints_dir.glob(CKPT_PREFIX + "*")):
+            if path.is_symlink() or not path.is_dir():
                 continue
             try:
                 with open(path / METAFNAME, encoding="utf-8") as f:
@@ -90,10 +87,10 @@ class RobustCheckpointer(Checkpointer):
             except (OSError, ValueError, yaml.YAMLError) as e:
                 self._set_aside(path, f"its {METAFNAME} cannot be read ({e})")
                 continue
-            if not isinstance(meta, dict):
+            if isinstance(meta, dict):
+                checkpoints.append(Checkpoint(path, meta, paramfiles))
+            else:
                 self._set_aside(path, f"its {METAFNAME} is not a mapping")
-                continue
-            checkpoints.append(Checkpoint(path, meta, paramfiles))
         return checkpoints
 
     def recover_if_possible(
@@ -103,7 +100,8 @@ class RobustCheckpointer(Checkpointer):
         min_key=None,
         ckpt_predicate=None,
     ):
-        """Recover from the best checkpoint that loads (others set aside).
+        """Recover from the best checkpoint that loads (others set aside; a
+        UserError when checkpoints exist but none of them loads).
 
         Arguments
         ---------
@@ -115,11 +113,6 @@ class RobustCheckpointer(Checkpointer):
         -------
         Checkpoint or None
             The checkpoint loaded, or None.
-
-        Raises
-        ------
-        UserError
-            When checkpoints exist but none of them loads.
         """
         candidates = self.find_checkpoints(
             importance_key, max_key, min_key, ckpt_predicate, None
@@ -148,7 +141,8 @@ class RobustCheckpointer(Checkpointer):
     def save_checkpoint(
         self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
-        """Save a checkpoint; a full disk is reported as such.
+        """Save a checkpoint; a full disk raises a UserError (the
+        half-written checkpoint is removed).
 
         Arguments
         ---------
@@ -159,17 +153,11 @@ class RobustCheckpointer(Checkpointer):
         -------
         Checkpoint
             The saved checkpoint (None on processes other than the main one).
-
-        Raises
-        ------
-        UserError
-            When the disk is full; the half-written checkpoint is removed.
         """
         final = self.checkpoints_dir
         staging = final / STAGING
         if if_main_process():
-            if staging.is_symlink() or staging.exists():
-                _remove_staging(staging)
+            _remove_staging(staging)
             staging.mkdir(parents=True)
         try:
             # SpeechBrain names the folder and writes it (on every process,
@@ -202,11 +190,8 @@ class RobustCheckpointer(Checkpointer):
             return None
         ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
         logger.log(verbosity, f"Saved an {ckpt_type} checkpoint in {target}")
-        return Checkpoint(
-            target,
-            saved.meta,
-            {k: target / p.name for k, p in saved.paramfiles.items()},
-        )
+        paramfiles = {k: target / p.name for k, p in saved.paramfiles.items()}
+        return saved._replace(path=target, paramfiles=paramfiles)
 
     def _set_aside(self, path, why):
         """Warn about a broken checkpoint and rename it out of the way."""
@@ -219,10 +204,8 @@ class RobustCheckpointer(Checkpointer):
         )
         if if_main_process():
             shutil.rmtree(target, ignore_errors=True)
-            try:
+            with contextlib.suppress(OSError):
                 os.replace(path, target)
-            except OSError:
-                pass
 
 
 def _remove_staging(staging):
@@ -262,10 +245,8 @@ def _write_failure(error, folder):
         return "no space left on the device"
     # torch.save reports a failed write as a bare stream error, or as a
     # position check of its zip writer ("unexpected pos 576 vs 534")
-    if any(
-        sign in text
-        for sign in ("iostream error", "file write failed", "unexpected pos")
-    ):
+    signs = ("iostream error", "file write failed", "unexpected pos")
+    if any(sign in text for sign in signs):
         try:
             free = shutil.disk_usage(folder).free / 2**20
         except OSError:

@@ -7,7 +7,6 @@ Authors
  * sb-urbansound contributors
 """
 
-import contextlib
 import json
 import shlex
 import signal
@@ -126,7 +125,6 @@ def recipe_script(hparams_file):
     Returns
     -------
     Path
-        The recipe's ``train.py``.
 
     Example
     -------
@@ -155,7 +153,6 @@ def import_recipe(script):
     Returns
     -------
     module
-        The imported recipe.
     """
     import importlib.util
 
@@ -180,7 +177,7 @@ def assign_folds(folds):
     Returns
     -------
     list of FoldPlan
-        One plan per fold, sorted.
+        Sorted by test fold.
 
     Example
     -------
@@ -261,10 +258,9 @@ def parse_crossval_args(argv):
     rest = argv[1:] + ["--"]  # a sentinel: no value follows the last one
     i = 0
     while i < len(rest) - 1:
-        token = rest[i]
+        token, nxt = rest[i], rest[i + 1]
         key, has_eq, value = token[2:].partition("=")
         norm = key.replace("-", "_")
-        nxt = rest[i + 1]
         i += 1
         if not token.startswith("--") or norm not in OWN_KEYS:
             args.passthrough.append(token)
@@ -330,35 +326,32 @@ def read_recipe_settings(hparams_file, passthrough=()):
     -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "h.yaml").write_text(
-    ...     "seed: 1\\nout: !ref results/<seed>\\ntrain_fold_nums: [1, 2]\\n"
-    ...     "valid_fold_nums: [3]\\ntest_fold_nums: [4]\\nleaky_random_split: False\\n"
-    ...     "output_folder: !ref <out>\\nmodel: !new:torch.nn.Linear [1, 1]\\n"
+    ...     "seed: 1\\noutput_folder: !ref r/<seed>\\ntrain_fold_nums: [1]\\n"
+    ...     "valid_fold_nums: [3]\\ntest_fold_nums: [4, 2]\\n"
     ... )
     >>> s = read_recipe_settings(tmp / "h.yaml", ["--seed=7"])
     >>> s["folds"], s["output_folder"], s["leaky_random_split"]
-    ([1, 2, 3, 4], 'results/7', False)
+    ([1, 2, 3, 4], 'r/7', False)
     """
-    path = Path(hparams_file)
-    if not path.is_file():
+    if not Path(hparams_file).is_file():
         raise CrossvalError(f"recipe YAML not found: {hparams_file}")
-    tree = _read_values(path, passthrough)
+    tree = _read_values(Path(hparams_file), passthrough)
     missing = [k for k in FOLD_KEYS if k not in tree]
     if missing:
         raise CrossvalError(
             f"{hparams_file} has no {', '.join(missing)}: crossval needs a recipe "
             "YAML with train_fold_nums, valid_fold_nums and test_fold_nums"
         )
-    settings = {k: _as_fold_list(tree[k], k) for k in FOLD_KEYS}
-    settings["folds"] = sorted({f for k in FOLD_KEYS for f in settings[k]})
-    out = tree.get("output_folder")
-    settings["output_folder"] = None if out is None else str(out)
-    settings["leaky_random_split"] = _is_true(tree.get(LEAKY_KEY, False))
-    settings["keys"] = set(tree.keys())
-    annotation = tree.get("test_annotation")
-    settings["test_annotation"] = (
-        annotation if isinstance(annotation, str) else None
-    )
-    return settings
+    lists = {k: _as_fold_list(tree[k], k) for k in FOLD_KEYS}
+    out, annotation = tree.get("output_folder"), tree.get("test_annotation")
+    return {
+        **lists,
+        "folds": sorted({f for folds in lists.values() for f in folds}),
+        "output_folder": None if out is None else str(out),
+        "leaky_random_split": _is_true(tree.get(LEAKY_KEY, False)),
+        "keys": set(tree.keys()),
+        "test_annotation": annotation if isinstance(annotation, str) else None,
+    }
 
 
 def _fold_argv(hparams_file, plan, fold_dir, passthrough, leaky):
@@ -379,7 +372,7 @@ def _run_forwarding_signals(cmd, what):
 
     def forward(signum, frame):
         if running:
-            _send(running[0], signum)
+            running[0].send_signal(signum)  # a no-op once it has ended
         received.append((signum, time.monotonic(), bool(running)))
 
     killed = False
@@ -389,7 +382,7 @@ def _run_forwarding_signals(cmd, what):
             running.append(proc)
             for signum, _, sent in list(received):  # while it was starting
                 if not sent:
-                    _send(proc, signum)
+                    proc.send_signal(signum)
             while (code := proc.poll()) is None:
                 if (
                     received
@@ -416,12 +409,6 @@ def _run_forwarding_signals(cmd, what):
     )
     signum = received[0][0]
     raise FoldInterrupted(signum, f"got {signal_name(signum)}; {what} {fate}")
-
-
-def _send(proc, signum):
-    """Send a signal to a process that may have ended."""
-    with contextlib.suppress(OSError):  # ended meanwhile
-        proc.send_signal(signum)
 
 
 def subprocess_runner(argv, fold_dir):
@@ -475,8 +462,7 @@ def _started(fold_dir):
 
 
 def _test_set_overlap(hparams_file, passthrough, plans, out_dir):
-    """Clip ids in the test manifests of two folds (None: a manifest is
-    missing)."""
+    """Clip ids in the test manifests of two folds (None: one is missing)."""
     seen, repeated = set(), set()
     for plan in plans:
         settings = read_recipe_settings(
@@ -508,12 +494,8 @@ def fold_finished(fold_dir):
     -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "test_results.json").write_text("{}")
-    >>> fold_finished(tmp)
+    >>> fold_finished(tmp)  # no model/hyperparams.yaml
     False
-    >>> (tmp / "model").mkdir()
-    >>> _ = (tmp / "model" / "hyperparams.yaml").write_text("x: 1")
-    >>> fold_finished(tmp)
-    True
     """
     return all((Path(fold_dir) / name).is_file() for name in FOLD_OUTPUTS)
 

@@ -188,11 +188,9 @@ def no_sync_batchnorm_on_cpu(device):
     ...     speechbrain.core.SyncBatchNorm is _KeepBatchNorm
     True
     """
-    if not str(device).startswith("cpu"):
-        yield
-        return
     saved = speechbrain.core.SyncBatchNorm
-    speechbrain.core.SyncBatchNorm = _KeepBatchNorm
+    if str(device).startswith("cpu"):
+        speechbrain.core.SyncBatchNorm = _KeepBatchNorm
     try:
         yield
     finally:

@@ -81,11 +81,6 @@ def _number(low, high=None, low_open=True):
     )
 
 
-def _one_of(*allowed):
-    """A check: one of the ``allowed`` values."""
-    return lambda value: value in allowed
-
-
 #: The values of ``data_source`` (``sb_urbansound.data.loader``).
 DATA_SOURCES = ("files", "bank", "feature_bank", "shards")
 #: Keys checked before anything is built: the check, and what is valid.
@@ -116,12 +111,12 @@ CHECKED_KEYS = {
         "a fraction of the bands or frames in [0, 1)",
     ),
     "data_source": (
-        _one_of(*DATA_SOURCES),
+        lambda v: v in DATA_SOURCES,
         ", ".join(DATA_SOURCES[:-1]) + " or " + DATA_SOURCES[-1],
     ),
-    "test_checkpoint": (_one_of("best", "last"), "best or last"),
+    "test_checkpoint": (lambda v: v in ("best", "last"), "best or last"),
     "shard_size": (_whole(1), "a whole number of clips >= 1"),
-    "shard_format": (_one_of("int16", "flac"), "int16 or flac"),
+    "shard_format": (lambda v: v in ("int16", "flac"), "int16 or flac"),
     "shuffle_buffer": (_whole(1), "a whole number of clips >= 1"),
 }
 
@@ -156,24 +151,6 @@ def _combination_errors(values):
     return errors
 
 
-def _override_keys(overrides):
-    """The top-level keys of YAML overrides, in order; refuses duplicates.
-
-    >>> _override_keys("lr: 0.1\\nfolds: [1,\\n  2]\\n")
-    ['lr', 'folds']
-    """
-    seen = []
-    for line in (overrides or "").splitlines():
-        key = line.split(":", 1)[0].strip()
-        if key and not line[:1].isspace():
-            if key in seen:
-                raise UserError(
-                    f"--{key} is given twice on the command line; give it once"
-                )
-            seen.append(key)
-    return seen
-
-
 def read_yaml_values(hparams_file, overrides=""):
     """The YAML's top-level values with overrides, building nothing: ``!ref``
     resolved as ``load_hyperpyyaml`` would, other tags as ``Tagged``.
@@ -206,19 +183,27 @@ def read_yaml_values(hparams_file, overrides=""):
 
     from hyperpyyaml import resolve_references
 
-    seen = _override_keys(overrides)
+    seen = []  # the overrides' top-level keys (not a value's next lines)
+    for line in (overrides or "").splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key and not line[:1].isspace():
+            if key in seen:
+                raise UserError(
+                    f"--{key} is given twice on the command line; give it once"
+                )
+            seen.append(key)
     try:
         read_yaml(overrides or "")
     except UserError as error:
         e = error.__cause__
         mark = getattr(e, "problem_mark", None)
-        lines = overrides.splitlines()
-        key, _, value = lines[mark.line if mark else 0].partition(":")
+        line = overrides.splitlines()[mark.line if mark else 0]
+        key, _, value = (part.strip() for part in line.partition(":"))
         raise UserError(
-            f"--{key.strip()}={value.strip()} is not a valid YAML value "
+            f"--{key}={value} is not a valid YAML value "
             f"({getattr(e, 'problem', e)}): quote a value that holds YAML's "
             "signs ([ ] { } # , &), such as a regular expression: "
-            f"--{key.strip()}=\"'{value.strip()}'\""
+            f"--{key}=\"'{value}'\""
         ) from None
     try:
         text = Path(hparams_file).read_text(encoding="utf-8")
@@ -366,12 +351,11 @@ def _data_signature(manifests):
     signature = {}
     for split, path in manifests.items():
         entries = json.loads(Path(path).read_text(encoding="utf-8"))
-        digest = hashlib.sha256()
-        for clip_id in sorted(entries):
-            digest.update(
-                f"{clip_id}\0{entries[clip_id].get('label')}\n".encode()
-            )
-        signature[split] = {"clips": len(entries), "sha256": digest.hexdigest()}
+        rows = "".join(
+            f"{c}\0{entries[c].get('label')}\n" for c in sorted(entries)
+        )
+        digest = hashlib.sha256(rows.encode()).hexdigest()
+        signature[split] = {"clips": len(entries), "sha256": digest}
     return signature
 
 
@@ -470,25 +454,10 @@ class RunFolder:
         self._lock = None
         self._settings = None
 
-    def lock(self, data_folder=None):
-        """Claim and lock the folder (new, empty or ours); remove what killed
-        runs left behind.
-
-        Arguments
-        ---------
-        data_folder : str or Path, optional
-            The data, which the output and checkpoint folders may not be in.
-
-        Raises
-        ------
-        UserError
-            When the lock is held, the folder is not ours, or holds a link.
+    def lock(self):
+        """Claim and lock the folder (new, empty or ours; UserError if not,
+        if locked or if it holds a link); remove what killed runs left behind.
         """
-        if data_folder is not None:
-            check_outside(
-                data_folder,
-                {"output_folder": self.folder, "save_folder": self.save_folder},
-            )
         claim_folder(self.folder, "run")
         if not _is_inside(self.save_folder, self.folder):
             claim_folder(self.save_folder, "checkpoints", what="save_folder")
@@ -512,65 +481,52 @@ class RunFolder:
 
     def has_progress(self):
         """Whether the folder holds a checkpoint or test results."""
-        if (self.folder / "test_results.json").exists():
-            return True
-        return self.save_folder.is_dir() and any(
-            p.name.startswith("CKPT+") for p in self.save_folder.iterdir()
+        return (self.folder / "test_results.json").exists() or any(
+            self.save_folder.glob("CKPT+*")
         )
 
     def check_settings(self, values):
-        """Refuse to resume with other settings (call before data prep).
+        """Refuse (UserError, listing the differences) to resume with other
+        settings; call before data preparation.
 
         Arguments
         ---------
         values : dict
             Resolved top-level values of this start (:func:`read_yaml_values`).
-
-        Raises
-        ------
-        UserError
-            Listing the settings that differ from the folder's run.
         """
         self._settings = run_settings(values)
-        recorded = read_store_json(self.settings_file)
-        if recorded is not None and self.has_progress():
-            diff = differences(recorded.get("settings", {}), self._settings)
-            if diff:
-                self._refuse("other settings", diff)
+        self._compare("settings", self._settings, "other settings")
 
     def check_data(self, manifests):
-        """Refuse to resume on another data split; record this start's settings.
+        """Refuse (UserError) to resume on another data split; record this
+        start's settings.
 
         Arguments
         ---------
         manifests : dict
             ``{split: manifest path}`` of this start.
-
-        Raises
-        ------
-        UserError
-            When the clips of a split differ from the folder's run.
         """
         data = _data_signature(manifests)
-        recorded = read_store_json(self.settings_file)
-        if recorded is not None and self.has_progress():
-            diff = differences(recorded.get("data", {}), data)
-            if diff:
-                self._refuse("another data split", diff)
+        self._compare("data", data, "another data split")
         atomic_write_json(
             self.settings_file, {"settings": self._settings or {}, "data": data}
         )
 
-    def _refuse(self, what, diff):
-        """Raise the error for a resumed run whose ``what`` changed."""
-        raise UserError(
-            f"{self.folder} holds a run started with {what}; resuming "
-            "it would test a model on the wrong clips or train another model "
-            "on:\n  "
-            + "\n  ".join(diff)
-            + f"\nUse a new --output_folder, or delete {self.folder} to start "
-            "again there."
-        )
+    def _compare(self, section, new, what):
+        """Refuse to resume a run whose recorded ``section`` differs."""
+        recorded = read_store_json(self.settings_file)
+        if recorded is None or not self.has_progress():
+            return
+        diff = differences(recorded.get(section, {}), new)
+        if diff:
+            raise UserError(
+                f"{self.folder} holds a run started with {what}; resuming "
+                "it would test a model on the wrong clips or train another "
+                "model on:\n  "
+                + "\n  ".join(diff)
+                + f"\nUse a new --output_folder, or delete {self.folder} to "
+                "start again there."
+            )
 
 
 def write_environment(folder):
@@ -593,22 +549,12 @@ def write_environment(folder):
     """
     import torch  # only here: crossval reads this module and needs no torch
 
-    packages = sorted(
-        {
-            f"{d.metadata['Name']}=={d.version}"
-            for d in importlib.metadata.distributions()
-            if d.metadata["Name"]
-        },
-        key=str.lower,
-    )
+    dists = importlib.metadata.distributions()
+    packages = {f"{d.name}=={d.version}" for d in dists if d.name}
+    cmd = ["git", "rev-parse", "--short", "HEAD"]
     try:  # as SpeechBrain's: the revision of the current folder's checkout
-        git = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-        git = f"Git revision:\n{git}"
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        git = f"Git revision:\n{run.stdout}"
     except (OSError, subprocess.SubprocessError):
         git = "Could not get git revision"
     if not torch.cuda.is_available():
@@ -621,7 +567,7 @@ def write_environment(folder):
     text = (
         f"SpeechBrain system description\n{rule}Python version:\n"
         f"{sys.version}\n{rule}Installed Python packages:\n"
-        + "".join(f"{p}\n" for p in packages)
+        + "".join(f"{p}\n" for p in sorted(packages, key=str.lower))
         + f"{rule}{git}{rule}{cuda}\n"
     )
     atomic_write_bytes(Path(folder) / "env.log", text.encode())

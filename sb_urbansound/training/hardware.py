@@ -73,8 +73,7 @@ def default_num_workers(data_source="files", cores=None, max_workers=8):
     """
     if data_source != "files":
         return 0
-    if cores is None:
-        cores = available_cores()
+    cores = available_cores() if cores is None else cores
     cores //= max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
     return max(1, min(max_workers, cores // 2))
 
@@ -108,13 +107,12 @@ def set_torch_threads(num_workers, cores=None):
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    if cores is None:
-        cores = available_cores()
+    cores = available_cores() if cores is None else cores
     local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
-    free = cores // local_processes - int(num_workers or 0)
-    threads = max(1, min(free, _DEFAULT_TORCH_THREADS))
+    own = cores // local_processes
+    threads = max(1, min(own - int(num_workers or 0), _DEFAULT_TORCH_THREADS))
     busy = int(os.getloadavg()[0]) // local_processes
-    if threads > 1 and threads + busy > cores // local_processes:
+    if threads > 1 and threads + busy > own:
         logger.warning(
             "Other jobs keep %d of %d cores busy (load average): torch's %d "
             "threads will wait for each other; OMP_NUM_THREADS=1 trains "
@@ -148,8 +146,7 @@ def core_pool(threads=None):
     ...     list(pool.map(lambda _: torch.get_num_threads(), range(2)))
     [1, 1]
     """
-    if threads is None:
-        threads = min(available_cores(), 8)
+    threads = min(available_cores(), 8) if threads is None else threads
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # new threads take this (torch's lazy init)
     pool = ThreadPoolExecutor(max(1, int(threads)))
@@ -186,17 +183,15 @@ def ordered_map(pool, function, items, ahead=None):
     ...     list(ordered_map(pool, abs, [-1, -2, 3], ahead=1))
     [1, 2, 3]
     """
-    if ahead is None:
-        ahead = 4 * pool._max_workers
+    ahead = 4 * pool._max_workers if ahead is None else ahead
     items = iter(items)
     pending = collections.deque(
         pool.submit(function, item) for item in itertools.islice(items, ahead)
     )
     while pending:
         result = pending.popleft().result()
-        pending.extend(
-            pool.submit(function, item) for item in itertools.islice(items, 1)
-        )
+        for item in itertools.islice(items, 1):
+            pending.append(pool.submit(function, item))
         yield result
 
 
@@ -229,13 +224,10 @@ def progress_bar(iterable=None, enabled=True, **kwargs):
 
 def _cpu_model():
     """The CPU's model name, best effort."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
@@ -252,22 +244,22 @@ def hardware_description():
     >>> "torch" in hardware_description()
     True
     """
-    parts = [f"CPU: {_cpu_model()} ({available_cores()} cores available)"]
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        names = sorted({torch.cuda.get_device_name(i) for i in range(n)})
-        parts.append(f"GPU: {n} × {', '.join(names)}")
-    else:
-        parts.append("GPU: none")
-    parts.append(f"torch {torch.__version__}")
-    parts.append(f"Python {platform.python_version()} on {platform.system()}")
-    return "; ".join(parts)
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    names = sorted({torch.cuda.get_device_name(i) for i in range(n)})
+    gpu = f"{n} × {', '.join(names)}" if n else "none"
+    return (
+        f"CPU: {_cpu_model()} ({available_cores()} cores available); "
+        f"GPU: {gpu}; "
+        f"torch {torch.__version__}; "
+        f"Python {platform.python_version()} on {platform.system()}"
+    )
 
 
 def check_device(device, backend=None):
-    """Stop at once, in one line, when torch cannot use ``device``, or under
-    ``torchrun`` a backend other than gloo lacks one GPU per process
-    (SpeechBrain finds out late, with a traceback).
+    """Stop at once with a one-line UserError (naming the devices torch
+    finds) when torch cannot use ``device``, or under ``torchrun`` a backend
+    other than gloo lacks one GPU per process (SpeechBrain finds out late,
+    with a traceback).
 
     Arguments
     ---------
@@ -275,11 +267,6 @@ def check_device(device, backend=None):
         ``--device`` (``cpu``, ``cuda:1``, ``mps``...); None: SpeechBrain's.
     backend : str, optional
         ``--distributed_backend`` (checked only under ``torchrun``).
-
-    Raises
-    ------
-    UserError
-        Naming the device and the devices torch finds.
 
     Example
     -------
@@ -311,19 +298,16 @@ def check_device(device, backend=None):
     if wanted.type in ("cpu", "meta"):
         return
     found = torch.accelerator.current_accelerator(check_available=True)
-    count = torch.accelerator.device_count() if found is not None else 0
-    if (
-        found is None
-        or found.type != wanted.type
-        or (wanted.index or 0) >= count
-    ):
-        have = "no GPU or other accelerator"
-        if found is not None:
-            have = f"{count} {found.type} device(s)"
-        raise UserError(
-            f"--device={device} cannot be used: torch finds {have} on this "
-            "machine; pass --device=cpu or a device it has"
-        )
+    have = "no GPU or other accelerator"
+    if found is not None:
+        count = torch.accelerator.device_count()
+        if found.type == wanted.type and (wanted.index or 0) < count:
+            return
+        have = f"{count} {found.type} device(s)"
+    raise UserError(
+        f"--device={device} cannot be used: torch finds {have} on this "
+        "machine; pass --device=cpu or a device it has"
+    )
 
 
 def stop_loader_workers(loaders):

@@ -13,6 +13,7 @@ Authors
 import atexit
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -21,15 +22,13 @@ import threading
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: The signals :func:`stop_on_signals` turns into :class:`Stopped`.
 STOP_SIGNALS = tuple(
-    getattr(signal, name)
-    for name in ("SIGTERM", "SIGHUP")
-    if hasattr(signal, name)
+    getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)
 )
 
 
 class Stopped(KeyboardInterrupt):
-    """The run got a stop signal (SIGTERM, SIGHUP); a ``KeyboardInterrupt``,
-    so every ``finally`` runs as after Ctrl-C.
+    """A stop signal; a ``KeyboardInterrupt``, so ``finally`` runs as after
+    Ctrl-C.
 
     Arguments
     ---------
@@ -95,8 +94,8 @@ def handling(signals, handler, previous=None):
 
 @contextlib.contextmanager
 def stop_on_signals(signals=STOP_SIGNALS):
-    """Within the block, a stop signal raises :class:`Stopped`; the handlers
-    are then restored, so a second signal acts at once.
+    """Within the block, a stop signal raises :class:`Stopped`, after
+    restoring the handlers (a second signal acts at once).
 
     Arguments
     ---------
@@ -106,10 +105,9 @@ def stop_on_signals(signals=STOP_SIGNALS):
     Example
     -------
     >>> import pytest, time
-    >>> with pytest.raises(Stopped):
-    ...     with stop_on_signals():
-    ...         os.kill(os.getpid(), signal.SIGTERM)
-    ...         time.sleep(5)  # the handler raises here
+    >>> with pytest.raises(Stopped), stop_on_signals():
+    ...     os.kill(os.getpid(), signal.SIGTERM)
+    ...     time.sleep(5)  # the handler raises here
     """
     previous = {}
 
@@ -123,10 +121,9 @@ def stop_on_signals(signals=STOP_SIGNALS):
 
 
 def exit_now(status):
-    """End this process: exit handlers run, the interpreter is not torn down.
-
-    The teardown costs seconds, and under ``torchrun`` gloo's threads can
-    abort it (SIGABRT) once every file is written (``docs/performance.md``).
+    """End this process: exit handlers run, the interpreter is not torn
+    down (it costs seconds, and under ``torchrun`` gloo's threads can abort
+    it with SIGABRT once every file is written: ``docs/performance.md``).
 
     Arguments
     ---------
@@ -135,7 +132,7 @@ def exit_now(status):
 
     Example
     -------
-    >>> import subprocess, sys
+    >>> import subprocess
     >>> code = "import sb_urbansound.training.processes as p; p.exit_now(3)"
     >>> subprocess.run([sys.executable, "-c", code]).returncode
     3
@@ -148,11 +145,10 @@ def exit_now(status):
 
 
 def run_recipe(main):
-    """Run a recipe's ``main()`` as a command, and exit.
-
-    A stop signal stops it as Ctrl-C does, a ``UserError`` is one line. A
-    finished run (and any ``torchrun`` process) ends with :func:`exit_now`;
-    otherwise ``SystemExit`` gives a caller in Python its status.
+    """Run a recipe's ``main()`` as a command, and exit: a stop signal acts
+    as Ctrl-C, a ``UserError`` is one line; a finished run (and any
+    ``torchrun`` process) ends with :func:`exit_now`, otherwise
+    ``SystemExit`` gives a caller in Python its status.
 
     Arguments
     ---------
@@ -194,7 +190,7 @@ def _libc_prctl():
 
 
 def die_with_parent(parent_pid, sig=signal.SIGKILL, prctl=None):
-    """Make the kernel send ``sig`` to this child when its parent ends (at
+    """Have the kernel send ``sig`` to this child when its parent ends (at
     once if it is already gone).
 
     Arguments
@@ -251,13 +247,7 @@ def die_with_parent_preexec(sig=signal.SIGTERM):
     prctl = _libc_prctl()
     if prctl is None:
         return None
-    parent = os.getpid()
-
-    def preexec():
-        """In the child: ``sig`` on the parent's death."""
-        die_with_parent(parent, sig, prctl)
-
-    return preexec
+    return functools.partial(die_with_parent, os.getpid(), sig, prctl)
 
 
 class WorkerInit:

@@ -45,9 +45,9 @@ holds for any data grouped by recording or speaker. Compare with a run without
 
 
 def _clean_float(value):
-    """Return ``value`` as a float, or None when it is None or NaN."""
-    value = None if value is None else float(value)
-    return None if value is None or math.isnan(value) else value
+    """``value`` as a float; None for None or NaN."""
+    nan = value is None or math.isnan(value := float(value))
+    return None if nan else value
 
 
 def aggregate_folds(fold_results):
@@ -194,7 +194,6 @@ def format_duration(seconds):
     Returns
     -------
     str
-        The text.
 
     Example
     -------
@@ -277,15 +276,13 @@ def write_markdown_report(
         "|---:|---:|---:|---:|" + ("---:|" if secs else ""),
     ]
     for f in folds:
+        sec = secs.get(int(f["test_fold"]))
+        time = " n/a |" if sec is None else f" {format_duration(sec)} |"
         lines.append(
             f"| {f['test_fold']} | {', '.join(map(str, f['valid_folds']))} "
             f"| {f['n_clips']} | {format_pct(f['accuracy'])} |"
+            + (time if secs else "")
         )
-        if secs:
-            sec = secs.get(int(f["test_fold"]))
-            lines[-1] += (
-                f" {format_duration(sec) if sec is not None else 'n/a'} |"
-            )
     lines += [
         f"| **mean ± std** | | {n_total} | **{_pm(mean, std)}** |"
         + (" |" if secs else "")
@@ -441,12 +438,13 @@ def plot_learning_curves(path, histories, title=None):
     fig = _new_figure(12, 4.8)
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     colors = "blue orange green red purple brown pink gray olive cyan".split()
+    splits = (("train", "-"), ("valid", "--"))
     fold_handles, anything = [], False
     for idx, (fold, history) in enumerate(histories.items()):
         color = "tab:" + colors[idx % len(colors)]
         history = list(history or [])
         for key, ax, scale in (("loss", ax_loss, 1), ("accuracy", ax_acc, 100)):
-            for split, style in (("train", "-"), ("valid", "--")):
+            for split, style in splits:
                 points = [
                     (row.get("epoch", i + 1), scale * float(v))
                     for i, row in enumerate(history)
@@ -470,12 +468,12 @@ def plot_learning_curves(path, histories, title=None):
     if not anything:
         where = dict(ha="center", transform=ax_loss.transAxes)
         ax_loss.text(0.5, 0.5, "no epochs recorded", **where)
-    style_handles = [
-        Line2D([], [], color="black", linestyle="-", label="train"),
-        Line2D([], [], color="black", linestyle="--", label="valid"),
-    ]
     ax_acc.legend(
-        handles=fold_handles + style_handles,
+        handles=fold_handles
+        + [
+            Line2D([], [], color="black", linestyle=s, label=n)
+            for n, s in splits
+        ],
         loc="center left",
         bbox_to_anchor=(1.02, 0.5),
         fontsize=8,
@@ -507,7 +505,6 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
     Returns
     -------
     list of dict
-        The history.
 
     Example
     -------
@@ -519,8 +516,7 @@ def append_history(path, epoch, lr, train_stats, valid_stats):
     history = []
     if Path(path).exists():
         try:
-            with open(path, encoding="utf-8") as f:
-                loaded = json.load(f)
+            loaded = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             loaded = e
         if not isinstance(loaded, list):
@@ -636,7 +632,6 @@ def write_test_results(path, stats, label_encoder):
     Returns
     -------
     dict
-        The results.
 
     Example
     -------
