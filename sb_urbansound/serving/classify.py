@@ -437,20 +437,21 @@ def parse_args(argv=None):
             parser.error("give audio files or folders (or --stream)")
         if args.rate is not None or args.channels is not None:
             parser.error("--rate and --channels describe a --stream")
-    defaults = {"threshold": 0.5, "min_duration": 0.0, "merge_gap": 0.0}
-    flags = {k: f"--{k.replace('_', '-')}" for k in defaults}
-    given = [flags[k] for k in defaults if getattr(args, k) is not None]
+    segment_options = ("threshold", "min_duration", "merge_gap")
+    flags = {k: f"--{k.replace('_', '-')}" for k in segment_options}
+    given = [flags[k] for k in segment_options if getattr(args, k) is not None]
     if given and not args.segments:
         parser.error(", ".join(given) + " only apply with --segments")
-    for key, default in defaults.items():
-        value = getattr(args, key)
-        value = default if value is None else value
-        setattr(args, key, value)
-        if key == "threshold" and not 0.0 <= value <= 1.0:
-            parser.error("--threshold must be between 0 and 1")
-        if key != "threshold" and not value >= 0:  # NaN too
+    args.threshold = 0.5 if args.threshold is None else args.threshold
+    args.min_duration = args.min_duration or 0.0
+    args.merge_gap = args.merge_gap or 0.0
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error("--threshold must be between 0 and 1")
+    for key in ("min_duration", "merge_gap"):
+        if not getattr(args, key) >= 0:  # NaN too
             parser.error(
-                f"{flags[key]} must be a number of seconds >= 0, got {value}"
+                f"{flags[key]} must be a number of seconds >= 0, "
+                f"got {getattr(args, key)}"
             )
     return args
 

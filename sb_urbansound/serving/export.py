@@ -79,7 +79,7 @@ class MatmulMelPower(torch.nn.Module):
     fb : torch.Tensor
         The mel matrix, ``[n_fft // 2 + 1, n_mels]``.
     hop, length : int
-        The hop between frames; the padded signal's (fixed) length.
+        The frame hop; the padded signal's (fixed) length.
 
     Example
     -------
@@ -96,9 +96,8 @@ class MatmulMelPower(torch.nn.Module):
         super().__init__()
         n = window.numel()
         n_bins = n // 2 + 1
-        n1 = math.isqrt(n)  # n = n1 * n2, n1 <= n2 as close as possible
-        while n % n1:
-            n1 -= 1
+        # n = n1 * n2, n1 <= n2 as close as possible
+        n1 = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
         n2 = n // n1
         self.n1, self.n2, self.hop = n1, n2, int(hop)
         self.n_frames = 1 + (int(length) - n) // self.hop
@@ -194,23 +193,20 @@ class MelSpectrogramGraph(torch.nn.Module):
                 "supported by the export (power 2, no normalisation, no "
                 "padding, one-sided, reflect or constant padding)"
             )
-        self.method = method
+        self.method, self.to_db = method, mel.to_db
         self.n_fft, self.hop = spec.n_fft, spec.hop_length
         self.win_length = spec.win_length
         self.center, self.pad_mode = spec.center, spec.pad_mode
-        self.channels = mel.channels
-        self.to_db = mel.to_db
         window = spec.window.detach().float()
-        left = (self.n_fft - window.numel()) // 2  # torch.stft's centring
-        full = torch.zeros(self.n_fft)
-        full[left : left + window.numel()] = window
         self.register_buffer("window", window.clone())
         self.register_buffer("fb", mel.melspec.mel_scale.fb.detach().clone())
         self.pad = self.n_fft // 2 if self.center else 0
         if method == "matmul":
-            self.power = MatmulMelPower(
-                full, self.fb, self.hop, int(num_samples) + 2 * self.pad
-            )
+            left = (self.n_fft - window.numel()) // 2  # torch.stft's centring
+            full = torch.zeros(self.n_fft)
+            full[left : left + window.numel()] = window
+            length = int(num_samples) + 2 * self.pad
+            self.power = MatmulMelPower(full, self.fb, self.hop, length)
 
     def forward(self, wavs):
         """``[batch, time(, channels)]`` → dB ``[batch, channels, mels, frames]``."""
@@ -238,8 +234,8 @@ class MelSpectrogramGraph(torch.nn.Module):
 
 
 class _FixedStandardize(torch.nn.Module):
-    """A trained ``BatchStandardize`` in evaluation, as constants (its
-    branch on statistics would not export).
+    """A trained ``BatchStandardize`` as constants (its branch would not
+    export).
 
     Example
     -------
@@ -283,8 +279,7 @@ class WindowClassifier(torch.nn.Module):
         if isinstance(features, MelSpectrogramDB):
             features = MelSpectrogramGraph(features, self.num_samples, method)
         self.compute_features = features
-        norm = mods.mean_var_norm
-        self.mean_var_norm = norm
+        self.mean_var_norm = norm = mods.mean_var_norm
         if isinstance(norm, BatchStandardize):
             if int(norm.batches) == 0:
                 raise ExportError(
@@ -368,12 +363,12 @@ def _reason(error, limit=400):
     root = error
     while root.__cause__ is not None:
         root = root.__cause__
-    lines = []
-    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(root)).splitlines():
-        line = line.strip()
-        if not line or re.match(r"^(File \"|\S+\(\d+\): )", line):
-            continue
-        lines.append(line)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(root))  # no colours
+    lines = [
+        line
+        for line in map(str.strip, text.splitlines())
+        if line and not re.match(r"^(File \"|\S+\(\d+\): )", line)
+    ]
     text = " ".join(
         lines[:2] + (["...", lines[-1]] if len(lines) > 3 else lines[2:])
     )
@@ -394,7 +389,6 @@ def _example(wrapper):
 
 def _to_onnx(wrapper, metadata, opset):
     """Return a :class:`WindowClassifier` as ONNX bytes (dynamo exporter)."""
-    example = _example(wrapper)
     dynamic = {"waveforms": {0: torch.export.Dim("windows", min=1)}}
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export")]
     levels = [log.level for log in quiet]
@@ -405,7 +399,7 @@ def _to_onnx(wrapper, metadata, opset):
         try:
             program = torch.onnx.export(
                 wrapper,
-                example,
+                _example(wrapper),
                 dynamo=True,
                 input_names=["waveforms"],
                 output_names=["probs"],
@@ -420,8 +414,7 @@ def _to_onnx(wrapper, metadata, opset):
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        proto.metadata_props.add(key=key, value=value)
     proto.doc_string = (
         "sb-urbansound sound classifier: waveforms [windows, samples, "
         "channels] -> probs [windows, n_classes]"
@@ -431,16 +424,12 @@ def _to_onnx(wrapper, metadata, opset):
 
 def _to_torchscript(wrapper, metadata):
     """Return a :class:`WindowClassifier` traced into TorchScript bytes."""
-    example = _example(wrapper)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapper, example, check_trace=False)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # torch.jit is deprecated, still there
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(
-            traced, buffer, _extra_files={"metadata.json": json.dumps(metadata)}
-        )
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, still there
+        traced = torch.jit.trace(wrapper, _example(wrapper), check_trace=False)
+        files = {"metadata.json": json.dumps(metadata)}
+        torch.jit.save(traced, buffer, _extra_files=files)
     return buffer.getvalue()
 
 
@@ -461,7 +450,7 @@ class TorchScriptScorer(Scorer):
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(source, _extra_files=files)
         self.metadata = json.loads(files["metadata.json"])
-        self._use_spec(parse_metadata(self.metadata, "(TorchScript model)"))
+        vars(self).update(parse_metadata(self.metadata, "(TorchScript model)"))
         self.chunk = max(int(chunk), 1)
 
     @torch.no_grad()
@@ -501,11 +490,9 @@ def generated_clips(sample_rate, channels, num_samples):
             )
         sig += rng.uniform(0.001, 0.05) * rng.standard_normal(n)
         sig[: n // 10] = 0.0  # some silence
-        wav = np.stack([sig * (1 - 0.3 * c) for c in range(channels)], 1)
+        wav = sig[:, None] * (1 - 0.3 * np.arange(channels))
         wav = torch.from_numpy(wav.astype(np.float32))
-        clips.append(
-            (f"generated-{i}", wav.squeeze(-1) if channels == 1 else wav)
-        )
+        clips.append((f"generated-{i}", wav[:, 0] if channels == 1 else wav))
     return clips
 
 
@@ -570,14 +557,13 @@ def _compare(model, scorer, clips):
         windows = sliding_windows(wav, reference.num_samples)
         eager = reference.window_probs(windows).astype(np.float64)
         try:
-            exported = scorer.window_probs(windows.numpy())
+            exported = np.asarray(scorer.window_probs(windows.numpy()), float)
         except Exception as e:
             raise ExportError(
                 f"the exported model fails on {name} ({windows.shape[0]} "
                 f"window(s); it was exported with {EXAMPLE_WINDOWS}, so the "
                 f"exporter may have fixed the number of windows): {_reason(e)}"
             ) from e
-        exported = np.asarray(exported, dtype=np.float64)
         if exported.shape != eager.shape:
             raise ExportError(
                 f"the export returns {exported.shape} probabilities for "

@@ -441,19 +441,16 @@ def folder_spec(folder):
         except UserError as e:
             raise ModelFileError(str(e)) from None
         tree = tree if isinstance(tree, dict) else {}
-        found += [
-            (key, tree[key], yaml_file)
-            for key in ("sample_rate", "channels")
-            if key in tree
-        ]
+        spec = {
+            key: tree[key] for key in ("sample_rate", "channels") if key in tree
+        }
         rate, ms = tree.get("sample_rate"), tree.get("duration_ms")
         if isinstance(rate, int) and isinstance(ms, (int, float)):
             # as inference.model_audio_spec computes it
-            found.append(
-                ("num_samples", int(round(rate * ms / 1000.0)), yaml_file)
-            )
+            spec["num_samples"] = int(round(rate * ms / 1000.0))
         if "remove_dc" in tree:
-            found.append(("remove_dc", tree["remove_dc"], yaml_file))
+            spec["remove_dc"] = tree["remove_dc"]
+        found = [(key, value, yaml_file) for key, value in spec.items()]
     for name in ("label_encoder.ckpt", "label_encoder.txt"):
         if (folder / name).is_file():
             found.append(
@@ -484,23 +481,16 @@ def check_folder(spec, file):
     diffs = []
     for key, value, source in folder_spec(Path(file).parent):
         mine = spec[key]
-        if key == "labels" and value != mine:
-            if len(value) != len(mine):
-                diffs.append(
-                    f"{len(mine)} labels in its metadata but {len(value)} in "
-                    f"{source}"
-                )
-            else:
-                i = next(
-                    i for i, (a, b) in enumerate(zip(mine, value)) if a != b
-                )
-                diffs.append(
-                    f"label {i} is {mine[i]!r} in its metadata but "
-                    f"{value[i]!r} in {source}"
-                )
-        elif key != "labels" and (
-            value != mine or isinstance(value, bool) != isinstance(mine, bool)
-        ):
+        if key == "labels" and len(value) != len(mine):
+            diffs.append(
+                f"{len(mine)} labels in its metadata but {len(value)} in "
+                f"{source}"
+            )
+            continue
+        if key == "labels" and value != mine:  # the first label that differs
+            i = [a != b for a, b in zip(mine, value)].index(True)
+            key, mine, value = f"label {i}", mine[i], value[i]
+        if value != mine or isinstance(value, bool) != isinstance(mine, bool):
             diffs.append(
                 f"{key} is {mine!r} in its metadata but {value!r} in {source}"
             )
@@ -534,10 +524,6 @@ class Scorer:
     model_folder = None  # for messages; None: a model in memory
     chunk = CHUNK_WINDOWS
     remove_dc = False
-
-    def _use_spec(self, spec):
-        """Take the spec of :func:`parse_metadata` as attributes."""
-        vars(self).update(spec)
 
     def _run(self, windows):
         """Return ``[n, n_classes]`` probabilities of ``[n, samples, channels]``."""
@@ -613,8 +599,7 @@ class Scorer:
         best = top_k_labels(probs.mean(axis=0), self.labels, top_k)
         return {
             "path": str(path),
-            "label": best[0]["label"],
-            "prob": best[0]["prob"],
+            **best[0],  # label, prob
             "top_k": best,
             "n_windows": int(probs.shape[0]),
             "duration_s": duration_s,
@@ -675,7 +660,7 @@ class OnnxModel(Scorer):
         if not isinstance(path, bytes):  # the folder's files must agree
             check_folder(spec, file)
         self.path = file
-        self._use_spec(spec)
+        vars(self).update(spec)
         self.chunk = max(int(chunk), 1)
         self.input_name = self.session.get_inputs()[0].name
 

@@ -88,12 +88,6 @@ class StreamWindows:
             self._start += self.hop
         return out
 
-    def _convert(self, block):
-        """int16 frames ``[n, channels]`` → model-rate, model-channel float32."""
-        wav = block.astype(np.float32) / 32768.0
-        wav = rechannel(wav, min(self.model_channels, self.channels))
-        return rechannel(self.resampler(wav), self.model_channels)
-
     def feed(self, data):
         """Add raw bytes; return the windows that became full.
 
@@ -115,7 +109,9 @@ class StreamWindows:
             return []
         block = np.frombuffer(data[:usable], dtype="<i2")
         self.frames += usable // frame
-        return self._push(self._convert(block.reshape(-1, self.channels)))
+        wav = block.reshape(-1, self.channels).astype(np.float32) / 32768.0
+        wav = rechannel(wav, min(self.model_channels, self.channels))
+        return self._push(rechannel(self.resampler(wav), self.model_channels))
 
     def finish(self):
         """The windows left once the input has ended (the last one padded).

@@ -79,8 +79,7 @@ class UntrustedModelError(UserError):
 
 
 def _locate(name):
-    """What HyperPyYAML's ``pydoc.locate`` finds (public names of
-    :data:`_PACKAGES` only), or None."""
+    """``pydoc.locate`` of a public name in :data:`_PACKAGES` (else None)."""
     parts = name.split(".")
     if parts[0] not in _PACKAGES or not all(
         p.isidentifier() and not p.startswith("_") for p in parts
