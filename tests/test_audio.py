@@ -12,14 +12,13 @@ from helpers import FORMATS, load_recipe, write_clip
 from sb_urbansound.data.audio import (
     READ_MARGIN_S,
     ClipConditioner,
-    find_audio_files,
     load_audio,
     pad_trunc,
     rechannel,
     time_shift,
 )
 from sb_urbansound.errors import AudioLoadError, DataPrepError, UserError
-from sb_urbansound.serving.runtime import remove_dc_offset
+from sb_urbansound.serving.runtime import find_audio_files, remove_dc_offset
 
 
 def corrupt_after_header(path, seed=0):

@@ -229,6 +229,48 @@ def test_runtime_needs_no_torch(trained, tmp_path):
         assert item["prob"] == pytest.approx(ref_probs[item["label"]], abs=1e-3)
 
 
+NO_TORCH_CLI = textwrap.dedent(
+    """
+    import runpy, sys
+    for name in ("torch", "torchaudio", "speechbrain", "hyperpyyaml"):
+        sys.modules[name] = None  # any import of them fails
+    sys.argv[0] = "classify"
+    runpy.run_module("sb_urbansound.serving.classify", run_name="__main__")
+    """
+)
+
+
+@pytest.mark.parametrize("options", [[], ["--segments"]])
+def test_classify_with_backend_onnx_runs_without_torch(
+    trained, tmp_path, capsys, options
+):
+    clips = tmp_path / "clips"
+    write_clip(clips / "a.wav", 1, 22050, 1, 2.6, "PCM_16", seed=2)
+    write_clip(clips / "b.wav", 3, 44100, 2, 1.3, "FLOAT", seed=3)
+    args = [str(trained), str(clips), "--top-k", "2", *options]
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_CLI, *args, "--backend", "onnx"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert classify.main(args) == 0  # the torch backend, in this process
+    expected = capsys.readouterr().out.splitlines()
+    got = result.stdout.splitlines()
+    assert len(got) == len(expected) >= 2
+    for o, t in zip(got, expected, strict=True):
+        o, t = o.split("\t"), t.split("\t")
+        numbers = [i for i, f in enumerate(t) if f.replace(".", "").isdigit()]
+        assert [f for i, f in enumerate(o) if i not in numbers] == [
+            f for i, f in enumerate(t) if i not in numbers
+        ]
+        for i in numbers:
+            assert abs(float(o[i]) - float(t[i])) <= 2e-3
+
+
 # ---------------------------------------------------------- command line
 
 

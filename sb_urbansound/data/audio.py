@@ -1,4 +1,5 @@
-"""Audio in: finding and reading files, and one clip conditioner.
+"""Audio in: reading files, and one clip conditioner (files are found by
+:func:`sb_urbansound.serving.runtime.find_audio_files`).
 
 :class:`ClipConditioner` serves training and inference alike, so a model
 hears at inference what it heard in training. Waveforms are ``[time]`` for
@@ -9,102 +10,12 @@ Authors
  * sb-urbansound contributors
 """
 
-import logging
-import os
-import stat
-from pathlib import Path
-
 import torch
-from sb_urbansound.errors import AudioLoadError
 from sb_urbansound.serving.runtime import Conditioner, read_audio
-
-logger = logging.getLogger(__name__)
 
 #: Read this much beyond the clip length: soxr's output at the cut depends on
 #: about 100 samples of the lower rate past it (up to 100 ms at 1 kHz).
 READ_MARGIN_S = 0.15
-#: Audio suffixes looked for in folders (any case): what soundfile decodes.
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-
-
-def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
-    """The audio files under ``folder``, at any depth, each file once.
-
-    Links are followed; hidden names and non-regular files are skipped
-    (dangling links with a warning).
-
-    Arguments
-    ---------
-    folder, suffixes, duplicates : str or Path, tuple of str, list
-        The folder to search; suffixes to collect (lower case, with the
-        dot); if given, collects ``(first path, second path)`` pairs.
-
-    Returns
-    -------
-    list of str
-        Sorted POSIX paths relative to ``folder``.
-
-    Raises
-    ------
-    AudioLoadError
-        If a file is reached by two paths (and ``duplicates`` is None).
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", ".hidden/3.wav"]:
-    ...     (tmp / name).parent.mkdir(exist_ok=True)
-    ...     _ = (tmp / name).write_bytes(b"")
-    >>> find_audio_files(tmp)
-    ['b/1.WAV', 'b/2.flac']
-    """
-    folder = Path(folder)
-    twice, dangling = [], []
-    seen_dirs, seen_files = {}, {}
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        rel_root = Path(os.path.relpath(root, folder)).as_posix()
-        real = os.path.realpath(root)
-        if real in seen_dirs:  # a second path to a folder (or a link loop)
-            twice.append((seen_dirs[real] + "/", rel_root + "/"))
-            dirs[:] = []
-            continue
-        seen_dirs[real] = rel_root
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            suffix = Path(name).suffix.lower()
-            if name.startswith(".") or suffix not in suffixes:
-                continue
-            path = os.path.join(root, name)
-            try:
-                st = os.stat(path)
-            except OSError:  # a dangling link
-                dangling.append(os.path.relpath(path, folder))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            rel = Path(os.path.relpath(path, folder)).as_posix()
-            key = (st.st_dev, st.st_ino)
-            if key in seen_files:
-                twice.append((seen_files[key], rel))
-                continue
-            seen_files[key] = rel
-    if duplicates is not None:
-        duplicates.extend(twice)
-    elif twice:
-        shown = "; ".join(f"{a} and {b}" for a, b in twice[:10])
-        raise AudioLoadError(
-            f"{len(twice)} audio file(s) or folder(s) under {folder} are "
-            f"reached by two paths (symbolic links): {shown}. One recording "
-            "would get two labels or two folds: remove the links or the "
-            "copies."
-        )
-    if dangling:
-        shown = ", ".join(dangling[:10])
-        more = f" and {len(dangling) - 10} more" if len(dangling) > 10 else ""
-        why = "%d link(s) under %s named like audio files point to nothing "
-        why += "and are skipped: %s%s"
-        logger.warning(why, len(dangling), folder, shown, more)
-    return sorted(seen_files.values())
 
 
 def load_audio(path, max_seconds=None):

@@ -18,11 +18,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sb_urbansound.data.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.serving import timeline
-from sb_urbansound.serving.inference import TorchScorer, load_model
-from sb_urbansound.serving.runtime import OnnxModel, Scorer, check_rate
+from sb_urbansound.serving.runtime import (
+    AUDIO_SUFFIXES,
+    OnnxModel,
+    Scorer,
+    check_rate,
+    find_audio_files,
+)
 from sb_urbansound.serving.stream import _silence_stdout, run_stream
 from tqdm import tqdm
 
@@ -161,12 +165,15 @@ def load_scorer(
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
     if isinstance(model_folder, Scorer):
         return model_folder
-    if not isinstance(model_folder, (str, Path)):  # an EncoderClassifier
-        return TorchScorer(model_folder, batch_size)
-    if backend == "onnx":
+    if backend == "onnx" and isinstance(model_folder, (str, Path)):
         scorer = OnnxModel(model_folder)
         scorer.model_folder = str(model_folder)
         return scorer
+    # only here: the ONNX backend runs without torch
+    from sb_urbansound.serving.inference import TorchScorer, load_model
+
+    if not isinstance(model_folder, (str, Path)):  # an EncoderClassifier
+        return TorchScorer(model_folder, batch_size)
     scorer = TorchScorer(load_model(model_folder, device, trust), batch_size)
     scorer.model_folder = str(model_folder)
     return scorer

@@ -32,7 +32,6 @@ from sb_urbansound.atomic import (
     atomic_write_bytes,
     is_read_only_error,
 )
-from sb_urbansound.data.audio import find_audio_files
 from sb_urbansound.errors import AudioLoadError, UserError, report
 from sb_urbansound.serving.classify import add_model_options, quiet_speechbrain
 from sb_urbansound.serving.inference import (
@@ -46,6 +45,7 @@ from sb_urbansound.serving.runtime import (
     OnnxModel,
     Scorer,
     check_regular_file,
+    find_audio_files,
     parse_metadata,
 )
 from sb_urbansound.serving.timeline import sliding_windows

@@ -12,6 +12,7 @@ Authors
 """
 
 import json
+import logging
 import math
 import os
 import stat
@@ -24,6 +25,8 @@ from sb_urbansound.errors import AudioLoadError, UserError
 from sb_urbansound.serving.timeline import sliding_windows
 from sb_urbansound.yaml_reader import read_yaml
 
+logger = logging.getLogger(__name__)
+
 ONNX_FILE = "model.onnx"
 CHUNK_WINDOWS = 16  # windows per run (memory only)
 REQUIRED_METADATA = ("labels", "sample_rate", "channels", "num_samples")
@@ -31,6 +34,90 @@ MIN_RATE, MAX_RATE = 1000, 768000  # Hz, of every file, stream and model
 RESAMPLE_QUALITY = "HQ"
 #: The resampler, as stores of resampled clips record it (bank, shards).
 RESAMPLER = f"soxr {soxr.__libsoxr_version__} {RESAMPLE_QUALITY}"
+
+
+#: Audio suffixes looked for in folders (any case): what soundfile decodes.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
+    """The audio files under ``folder``, at any depth, each file once.
+
+    Links are followed; hidden names and non-regular files are skipped
+    (dangling links with a warning).
+
+    Arguments
+    ---------
+    folder, suffixes, duplicates : str or Path, tuple of str, list
+        The folder to search; suffixes to collect (lower case, with the
+        dot); if given, collects ``(first path, second path)`` pairs.
+
+    Returns
+    -------
+    list of str
+        Sorted POSIX paths relative to ``folder``.
+
+    Raises
+    ------
+    AudioLoadError
+        If a file is reached by two paths (and ``duplicates`` is None).
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> for name in ["b/2.flac", "b/1.WAV", "b/notes.txt", ".hidden/3.wav"]:
+    ...     (tmp / name).parent.mkdir(exist_ok=True)
+    ...     _ = (tmp / name).write_bytes(b"")
+    >>> find_audio_files(tmp)
+    ['b/1.WAV', 'b/2.flac']
+    """
+    folder = Path(folder)
+    twice, dangling = [], []
+    seen_dirs, seen_files = {}, {}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        rel_root = Path(os.path.relpath(root, folder)).as_posix()
+        real = os.path.realpath(root)
+        if real in seen_dirs:  # a second path to a folder (or a link loop)
+            twice.append((seen_dirs[real] + "/", rel_root + "/"))
+            dirs[:] = []
+            continue
+        seen_dirs[real] = rel_root
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            suffix = Path(name).suffix.lower()
+            if name.startswith(".") or suffix not in suffixes:
+                continue
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # a dangling link
+                dangling.append(os.path.relpath(path, folder))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            rel = Path(os.path.relpath(path, folder)).as_posix()
+            key = (st.st_dev, st.st_ino)
+            if key in seen_files:
+                twice.append((seen_files[key], rel))
+                continue
+            seen_files[key] = rel
+    if duplicates is not None:
+        duplicates.extend(twice)
+    elif twice:
+        shown = "; ".join(f"{a} and {b}" for a, b in twice[:10])
+        raise AudioLoadError(
+            f"{len(twice)} audio file(s) or folder(s) under {folder} are "
+            f"reached by two paths (symbolic links): {shown}. One recording "
+            "would get two labels or two folds: remove the links or the "
+            "copies."
+        )
+    if dangling:
+        shown = ", ".join(dangling[:10])
+        more = f" and {len(dangling) - 10} more" if len(dangling) > 10 else ""
+        why = "%d link(s) under %s named like audio files point to nothing "
+        why += "and are skipped: %s%s"
+        logger.warning(why, len(dangling), folder, shown, more)
+    return sorted(seen_files.values())
 
 
 class ModelFileError(UserError):

@@ -14,7 +14,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
-from sb_urbansound.data.audio import AUDIO_SUFFIXES, find_audio_files
 from sb_urbansound.data.manifests import (
     absolute,
     file_stamp,
@@ -27,6 +26,7 @@ from sb_urbansound.data.sources.folds import (
     check_n_folds,
 )
 from sb_urbansound.errors import AudioLoadError, DataPrepError
+from sb_urbansound.serving.runtime import AUDIO_SUFFIXES, find_audio_files
 
 logger = logging.getLogger(__name__)
 
