@@ -257,6 +257,17 @@ def test_classify_with_backend_onnx_runs_without_torch(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    if not options:  # the torch backend there: one line that says what to do
+        torch_run = subprocess.run(
+            [sys.executable, "-c", NO_TORCH_CLI, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert torch_run.returncode == 2
+        (line,) = torch_run.stderr.splitlines()
+        assert "needs PyTorch" in line and "--backend onnx" in line
     assert classify.main(args) == 0  # the torch backend, in this process
     expected = capsys.readouterr().out.splitlines()
     got = result.stdout.splitlines()

@@ -169,8 +169,13 @@ def load_scorer(
         scorer = OnnxModel(model_folder)
         scorer.model_folder = str(model_folder)
         return scorer
-    # only here: the ONNX backend runs without torch
-    from sb_urbansound.serving.inference import TorchScorer, load_model
+    try:  # only here: the ONNX backend runs without torch
+        from sb_urbansound.serving.inference import TorchScorer, load_model
+    except ImportError as e:
+        raise UserError(
+            f"the torch backend needs PyTorch and SpeechBrain ({e}): install "
+            "them, or use --backend onnx with the folder's model.onnx"
+        ) from None
 
     if not isinstance(model_folder, (str, Path)):  # an EncoderClassifier
         return TorchScorer(model_folder, batch_size)
