@@ -196,3 +196,26 @@ def test_the_yaml_that_is_checked_is_the_yaml_that_is_loaded(
     model = inference.load_model(folder)
     assert model.hparams.label_encoder is not None
     assert not made.exists()
+
+
+def test_a_model_folder_whose_sizes_outgrow_its_weights_is_refused_before_they_are_made(
+    model_folder, tmp_path
+):
+    # An allowed class given huge sizes: 800 MB of weights for a folder
+    # whose checkpoints hold well under 1 MB, allocated (and initialised)
+    # before the checkpoint's shapes refused it.
+    folder = tmp_path / "M"
+    shutil.copytree(model_folder, folder)
+    path = folder / "hyperparams.yaml"
+    text = path.read_text()
+    small = "  input_size: 64\n  n_classes: 2\n"
+    assert small in text
+    path.write_text(
+        text.replace(small, "  input_size: 100000\n  n_classes: 2000\n")
+    )
+    write_clip(tmp_path / "clip.wav", sample_rate=8000, seconds=0.5)
+    result = run(tmp_path, "sb_urbansound.serving.classify", "M", "clip.wav")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.splitlines()
+    assert "hyperparams.yaml builds more than" in line, line
+    assert "copy the whole model folder" in line.lower()

@@ -10,11 +10,13 @@ Authors
 
 import io
 import logging
+import math
 import shutil
 import zipfile
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from sb_urbansound.atomic import make_temp_folder, mark_store, replace_folder
@@ -24,6 +26,7 @@ from sb_urbansound.serving.runtime import Scorer
 from sb_urbansound.serving.trust import check_model_yaml
 from sb_urbansound.training.augment import circular_views
 from sb_urbansound.yaml_reader import Tagged, read_yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 logger = logging.getLogger(__name__)
 
@@ -399,7 +402,8 @@ def load_model(folder, device="cpu", trust=False):
     try:
         # EncoderClassifier.from_hparams(source, savedir=source), but built
         # from the text just checked: from_hparams would read the file again
-        hparams = load_hyperpyyaml(text)
+        with _TensorBudget(None if trust else _budget(folder), path):
+            hparams = load_hyperpyyaml(text)
         hparams["savedir"] = source
         pretrainer = hparams["pretrainer"]
         pretrainer.set_collect_in(source)
@@ -410,6 +414,8 @@ def load_model(folder, device="cpu", trust=False):
             hparams=hparams,
             run_opts={"device": device},
         )
+    except ModelFolderError:
+        raise
     except Exception as e:  # a truncated checkpoint, the wrong weights, ...
         raise ModelFolderError(
             f"cannot load the model in {folder}: {_load_failure(folder, e)}"
@@ -431,6 +437,75 @@ def load_model(folder, device="cpu", trust=False):
             )
     model.model_folder = str(folder)
     return model
+
+
+def _budget(folder):
+    """The bytes of tensors a model folder's YAML may build: what its
+    checkpoints hold, three times, plus 512 MB for the building itself."""
+    held = sum(
+        p.stat().st_size
+        for p in folder.glob("*.ckpt")
+        if p.is_file() and not p.is_symlink()
+    )
+    return 3 * held + (512 << 20)
+
+
+class _TensorBudget(TorchDispatchMode):
+    """Refuse a tensor before it is made once the tensors made so far add up
+    to more than ``limit`` bytes (None: no limit).
+
+    Each operation is first run on the ``meta`` device, which gives the size
+    of its result without memory: an allowed class given a huge size in a
+    model folder's YAML (``Linear [90000, 90000]``) is refused before torch
+    allocates it. In-place operations and views make no new storage and are
+    not counted; freed temporaries are (so the count only overestimates).
+
+    Example
+    -------
+    >>> with _TensorBudget(1 << 20, "x.yaml"):  # doctest: +ELLIPSIS
+    ...     small = torch.zeros(1000)
+    ...     big = torch.nn.Linear(1000, 1000)
+    Traceback (most recent call last):
+     ...
+    sb_urbansound.serving.inference.ModelFolderError: x.yaml builds more than 1 MB of tensors...
+    """
+
+    def __init__(self, limit, source):
+        super().__init__()
+        self.limit, self.source, self.made = limit, source, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.limit is not None and not func._schema.is_mutable:
+            self.made += _result_bytes(func, args, kwargs)
+            if self.made > self.limit:
+                raise ModelFolderError(
+                    f"{self.source} builds more than "
+                    f"{math.ceil(self.limit / 2**20)} MB of tensors, far "
+                    "more than the checkpoints beside it hold: its sizes do "
+                    f"not match its weights. {_COPY.capitalize()}."
+                )
+        return func(*args, **kwargs)
+
+
+def _result_bytes(func, args, kwargs):
+    """The bytes of new storage ``func`` would make, run on ``meta``."""
+    meta = (
+        pytree.tree_map_only(torch.Tensor, lambda t: t.to("meta"), args),
+        pytree.tree_map_only(torch.Tensor, lambda t: t.to("meta"), kwargs),
+    )
+    leaves = pytree.tree_leaves((args, kwargs))
+    if "device" in kwargs or not any(torch.is_tensor(t) for t in leaves):
+        meta[1]["device"] = torch.device("meta")  # a factory: made on meta
+    try:
+        out = func(*meta[0], **meta[1])
+    except Exception:  # data-dependent (.item()): bounded by its inputs
+        return 0
+    return sum(
+        t.numel() * t.element_size()
+        for t in pytree.tree_leaves(out)
+        if isinstance(t, torch.Tensor) and not t._is_view()
+    )
 
 
 def _load_failure(folder, error):
