@@ -208,16 +208,21 @@ NO_TORCH = textwrap.dedent(
 )
 
 
-def test_runtime_needs_no_torch(trained, tmp_path):
-    path = write_clip(tmp_path / "a.wav", 2, 48000, 2, 2.2, "PCM_24", seed=5)
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, str(trained), str(path)],
+def run_without_torch(script, tmp_path, *args):
+    """Run a Python ``script`` with ``args`` in tmp_path (one thread)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_runtime_needs_no_torch(trained, tmp_path):
+    path = write_clip(tmp_path / "a.wav", 2, 48000, 2, 2.2, "PCM_24", seed=5)
+    result = run_without_torch(NO_TORCH, tmp_path, trained, path)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["loaded"] == []
@@ -248,23 +253,12 @@ def test_classify_with_backend_onnx_runs_without_torch(
     write_clip(clips / "a.wav", 1, 22050, 1, 2.6, "PCM_16", seed=2)
     write_clip(clips / "b.wav", 3, 44100, 2, 1.3, "FLOAT", seed=3)
     args = [str(trained), str(clips), "--top-k", "2", *options]
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TORCH_CLI, *args, "--backend", "onnx"],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_without_torch(
+        NO_TORCH_CLI, tmp_path, *args, "--backend", "onnx"
     )
     assert result.returncode == 0, result.stderr
     if not options:  # the torch backend there: one line that says what to do
-        torch_run = subprocess.run(
-            [sys.executable, "-c", NO_TORCH_CLI, *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        torch_run = run_without_torch(NO_TORCH_CLI, tmp_path, *args)
         assert torch_run.returncode == 2
         (line,) = torch_run.stderr.splitlines()
         assert "needs PyTorch" in line and "--backend onnx" in line
