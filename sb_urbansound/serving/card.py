@@ -218,7 +218,7 @@ python -m sb_urbansound.serving.classify model clip.wav --segments --json
 python -m sb_urbansound.serving.export model --format onnx
 ```
 
-then classify with numpy, soundfile and onnxruntime only:
+then classify without torch (numpy, soundfile, soxr and onnxruntime):
 
 ```python
 from sb_urbansound.serving.runtime import OnnxModel
