@@ -836,3 +836,20 @@ def test_a_dangling_audio_link_is_named(trained, audio_dir, capsys, caplog):
         status, stdout, _ = run_cli(capsys, out / "model", audio_dir)
     assert status == 0 and len(stdout.splitlines()) == len(CLASSES)
     assert "gone.wav" in caplog.text and "point to nothing" in caplog.text
+
+
+def test_a_module_with_its_own_save_hook_is_exported_by_that_hook(tmp_path):
+    # InputNormalization (ECAPA, x-vector, CNN14 YAMLs) keeps its statistics
+    # outside state_dict(): its own hooks save and load them.
+    from sb_urbansound.serving.inference import _save_module
+
+    from speechbrain.processing.features import InputNormalization
+
+    norm = InputNormalization()
+    norm.train()
+    norm(torch.randn(4, 10, 3), torch.ones(4))
+    _save_module(norm, tmp_path / "norm.ckpt")
+    loaded = InputNormalization()
+    loaded._load(tmp_path / "norm.ckpt")
+    assert loaded.count == norm.count
+    assert torch.equal(loaded.glob_mean, norm.glob_mean)

@@ -28,6 +28,12 @@ from sb_urbansound.training.augment import circular_views
 from sb_urbansound.yaml_reader import Tagged, read_yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from speechbrain.utils.checkpoints import (
+    DEFAULT_SAVE_HOOKS,
+    get_default_hook,
+    torch_save,
+)
+
 logger = logging.getLogger(__name__)
 
 #: Sub-folder of ``output_folder`` that holds the inference folder.
@@ -161,6 +167,16 @@ def make_inference_yaml(
     return "\n".join(lines) + "\n"
 
 
+def _save_module(obj, path):
+    """Save ``obj`` with its SpeechBrain default save hook (a class's own,
+    such as ``InputNormalization``'s statistics, which its load hook reads)."""
+    hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+    if hook is torch_save and not obj.state_dict():
+        torch.save({}, path)  # stateless (SpeechBrain's hook warns about it)
+        return
+    hook(obj, path)
+
+
 def export_inference_folder(
     hparams, folder=None, min_key="error", max_key=None, verify=True
 ):
@@ -231,8 +247,7 @@ def export_inference_folder(
                     "checkpointer: exporting its current state, not the best one.",
                     name,
                 )
-            # SpeechBrain's save hook, less its warning for stateless modules
-            torch.save(module.state_dict(), target)
+            _save_module(module, target)
         hparams["label_encoder"].save(tmp / "label_encoder.txt")
         shutil.copyfile(tmp / "label_encoder.txt", tmp / "label_encoder.ckpt")
         try:
@@ -348,7 +363,9 @@ def check_model_folder(folder):
         return
     loadables, paths = pretrainer.get("loadables"), pretrainer.get("paths")
     paths = paths if isinstance(paths, dict) else {}
-    missing = isinstance(loadables, dict) and [
+    if not isinstance(loadables, dict):
+        return
+    missing = [
         folder / f"{name}.ckpt"
         for name in loadables
         if name not in paths and not (folder / f"{name}.ckpt").is_file()
