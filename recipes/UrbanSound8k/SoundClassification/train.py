@@ -101,10 +101,7 @@ class SoundClassifierBrain(sb.Brain):
         feats, lens = self.data.features(
             batch, self.modules.compute_features, train, views, shift
         )
-        # The YAML's feature augmentation and SpecAugment, in training only
-        feature_augment = getattr(self.hparams, "feature_augment", None)
-        if train and feature_augment is not None:
-            feats = feature_augment(feats)
+        # SpecAugment, in training only
         if train and self.hparams.spec_augment is not None:
             feats = self.hparams.spec_augment(feats)
         feats = self.modules.mean_var_norm(feats, lens)
