@@ -16,8 +16,10 @@ class Tagged:
 
     Arguments
     ---------
-    tag, value : str, object
-        The tag (``!new:torch.nn.Linear``); the node's content.
+    tag : str
+        The tag (``!new:torch.nn.Linear``).
+    value : object
+        The node's content.
 
     Example
     -------
@@ -71,10 +73,12 @@ def read_yaml(source, nodes=False, name=None):
 
     Arguments
     ---------
-    source, nodes, name : str or Path, bool, str or Path
-        A file (a ``Path``) or YAML text (a ``str``); return ruamel's node
-        tree (with line numbers) instead of values; what the message calls
-        the text (default: the file).
+    source : str or Path
+        A file (a ``Path``) or YAML text (a ``str``).
+    nodes : bool
+        Return ruamel's node tree (with line numbers) instead of values.
+    name : str or Path, optional
+        What the message calls the text (default: the file).
 
     Returns
     -------

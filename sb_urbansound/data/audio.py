@@ -23,14 +23,22 @@ def load_audio(path, max_seconds=None):
 
     Arguments
     ---------
-    path, max_seconds : str or Path, float
-        The audio file; read at most this many seconds (None: all).
+    path : str or Path
+        The audio file.
+    max_seconds : float, optional
+        Read at most this many seconds (None: all).
 
     Returns
     -------
-    wav, sample_rate : torch.Tensor, int
-        ``[time, channels]`` (mono is ``[time, 1]``) and the file's rate;
-        :class:`AudioLoadError` if the file is unusable.
+    wav : torch.Tensor
+        ``[time, channels]`` (mono is ``[time, 1]``).
+    sample_rate : int
+        The file's rate.
+
+    Raises
+    ------
+    AudioLoadError
+        If the file is unusable.
 
     Example
     -------
@@ -51,8 +59,10 @@ def rechannel(wav, channels):
 
     Arguments
     ---------
-    wav, channels : torch.Tensor, int
-        ``[..., time, channels]``; the number of channels wanted.
+    wav : torch.Tensor
+        ``[..., time, channels]``.
+    channels : int
+        The number of channels wanted.
 
     Returns
     -------
@@ -82,9 +92,14 @@ def pad_trunc(wav, num_samples, random=False, generator=None):
 
     Arguments
     ---------
-    wav, num_samples, random, generator : Tensor, int, bool, Generator
-        ``[time]`` or ``[time, channels]``; the length wanted; whether to
-        draw the pad position at random, and from what.
+    wav : torch.Tensor
+        ``[time]`` or ``[time, channels]``.
+    num_samples : int
+        The length wanted.
+    random : bool
+        Whether to draw the pad position at random.
+    generator : torch.Generator, optional
+        The source of randomness for the pad position.
 
     Returns
     -------
@@ -116,9 +131,12 @@ def time_shift(wav, shift_pct, generator=None):
 
     Arguments
     ---------
-    wav, shift_pct, generator : torch.Tensor, float, torch.Generator
-        ``[time]`` or ``[time, channels]``; the largest shift (0: none), as
-        a fraction of the length; the source of randomness (optional).
+    wav : torch.Tensor
+        ``[time]`` or ``[time, channels]``.
+    shift_pct : float
+        The largest shift (0: none), as a fraction of the length.
+    generator : torch.Generator, optional
+        The source of randomness.
 
     Returns
     -------
@@ -149,9 +167,14 @@ class ClipConditioner:
 
     Arguments
     ---------
-    sample_rate, channels, duration_ms, remove_dc : int, int, float, bool
-        The model's rate and channel count; the training clip length in ms
-        (``None``: any); subtract channel means.
+    sample_rate : int
+        The model's rate.
+    channels : int
+        The model's channel count.
+    duration_ms : float, optional
+        The training clip length in ms (``None``: any).
+    remove_dc : bool
+        Subtract channel means.
 
     Example
     -------
@@ -198,8 +221,10 @@ class ClipConditioner:
 
         Arguments
         ---------
-        audio, sample_rate : torch.Tensor, int
-            ``[time]`` or ``[time, channels]`` on the CPU, and its rate.
+        audio : torch.Tensor
+            ``[time]`` or ``[time, channels]`` on the CPU.
+        sample_rate : int
+            Its rate.
 
         Returns
         -------
@@ -215,9 +240,14 @@ class ClipConditioner:
 
         Arguments
         ---------
-        audio, sample_rate, random_pad, generator : Tensor, int, bool, Generator
-            ``[time]`` or ``[time, channels]``; its rate; put a short clip at
-            a random position (training), drawn from ``generator``.
+        audio : torch.Tensor
+            ``[time]`` or ``[time, channels]``.
+        sample_rate : int
+            Its rate.
+        random_pad : bool
+            Put a short clip at a random position (training).
+        generator : torch.Generator, optional
+            The source of the random position.
 
         Returns
         -------

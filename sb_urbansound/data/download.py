@@ -127,13 +127,20 @@ def download_urbansound8k(
 
     Arguments
     ---------
-    data_folder, url, md5 : str or Path, str, str
-        The folder that will hold ``metadata/`` and ``audio/``; the
-        archive's URL and expected MD5 (None: not checked).
-    progress, keep_archive, timeout, retries : bool, bool, float, int
-        Show a progress bar; keep the archive beside ``data_folder``; seconds
-        to wait for each connection or read; network failures in a row (with
-        no progress) that are retried.
+    data_folder : str or Path
+        The folder that will hold ``metadata/`` and ``audio/``.
+    url : str
+        The archive's URL.
+    md5 : str, optional
+        The archive's expected MD5 (None: not checked).
+    progress : bool
+        Show a progress bar.
+    keep_archive : bool
+        Keep the archive beside ``data_folder``.
+    timeout : float
+        Seconds to wait for each connection or read.
+    retries : int
+        Network failures in a row (with no progress) that are retried.
 
     Returns
     -------

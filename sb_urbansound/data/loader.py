@@ -43,10 +43,12 @@ def prepare_data(prepare, values, overrides):
 
     Arguments
     ---------
-    prepare, values, overrides : functools.partial, dict, str
-        The YAML's ``prepare`` function with its arguments; its values,
-        resolved but not built (``read_yaml_values``); the command line's
-        YAML overrides.
+    prepare : functools.partial
+        The YAML's ``prepare`` function with its arguments.
+    values : dict
+        The YAML's values, resolved but not built (``read_yaml_values``).
+    overrides : str
+        The command line's YAML overrides.
 
     Returns
     -------
@@ -81,9 +83,12 @@ def load_label_encoder(label_encoder, path, labels):
 
     Arguments
     ---------
-    label_encoder, path, labels : CategoricalEncoder, str, list of str
-        The YAML's encoder; its file in the run's ``save_folder``; the
-        data's classes, sorted (``manifests.read_labels``).
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        The YAML's encoder.
+    path : str
+        Its file in the run's ``save_folder``.
+    labels : list of str
+        The data's classes, sorted (``manifests.read_labels``).
 
     Returns
     -------
@@ -106,8 +111,11 @@ def build_clip_bank(folder, conditioner, datasets):
 
     Arguments
     ---------
-    folder, conditioner, datasets : str, ClipConditioner, dict
-        The YAML's ``bank_folder``; the run's clip conditioning;
+    folder : str
+        The YAML's ``bank_folder``.
+    conditioner : sb_urbansound.data.audio.ClipConditioner
+        The run's clip conditioning.
+    datasets : dict
         ``{split: DynamicItemDataset}``, changed in place.
 
     Returns
@@ -170,16 +178,20 @@ class DataSource:
 
     Arguments
     ---------
-    brain, datasets : speechbrain.core.Brain, dict
-        The Brain that trains on it; ``{split: DynamicItemDataset}``, the
-        clips (``files``: with ``sig``).
-    source, conditioner : str, sb_urbansound.data.audio.ClipConditioner
-        ``data_source`` (one of :data:`SOURCES`); the run's clip conditioning
-        (for the bank or the shards).
-    bank_folder, shards, options : str, tuple, tuple of dict
-        Where the clip bank is kept; ``(shards_folder, shard_size,
-        shard_format, shuffle_buffer)``; the training and evaluation loader
-        options.
+    brain : speechbrain.core.Brain
+        The Brain that trains on it.
+    datasets : dict
+        ``{split: DynamicItemDataset}``, the clips (``files``: with ``sig``).
+    source : str
+        ``data_source`` (one of :data:`SOURCES`).
+    conditioner : sb_urbansound.data.audio.ClipConditioner
+        The run's clip conditioning (for the bank or the shards).
+    bank_folder : str
+        Where the clip bank is kept.
+    shards : tuple
+        ``(shards_folder, shard_size, shard_format, shuffle_buffer)``.
+    options : tuple of dict
+        The training and evaluation loader options.
 
     Example
     -------
@@ -221,9 +233,12 @@ class DataSource:
 
         Arguments
         ---------
-        bank, brain, feature_bank : ClipBank, speechbrain.core.Brain, bool
-            The clips of the run, opened; the Brain (its device and
-            ``compute_features``); also compute every clip's features once.
+        bank : sb_urbansound.data.bank.ClipBank
+            The clips of the run, opened.
+        brain : speechbrain.core.Brain
+            The Brain (its device and ``compute_features``).
+        feature_bank : bool
+            Also compute every clip's features once.
         """
         self.bank = bank
         where = bank.to_device(brain.device)
@@ -290,18 +305,23 @@ class DataSource:
 
         Arguments
         ---------
-        batch, compute_features, train : PaddedBatch, callable, bool
-            The batch, on the device; the feature extractor (waveforms to
-            features); whether the batch is for training (random placement).
-        views, shift : int, float
-            Circularly shifted views of each clip (test-time averaging); the
-            largest shift of the views, as a fraction of the clip.
+        batch : speechbrain.dataio.batch.PaddedBatch
+            The batch, on the device.
+        compute_features : callable
+            The feature extractor (waveforms to features).
+        train : bool
+            Whether the batch is for training (random placement).
+        views : int
+            Circularly shifted views of each clip (test-time averaging).
+        shift : float
+            The largest shift of the views, as a fraction of the clip.
 
         Returns
         -------
-        feats, lens : torch.Tensor
-            The features, ``views * batch`` of them, view by view, and their
-            relative lengths.
+        feats : torch.Tensor
+            The features, ``views * batch`` of them, view by view.
+        lens : torch.Tensor
+            Their relative lengths.
         """
         if self.feature_bank is not None:
             rows = batch.bank_row.data.view(-1)

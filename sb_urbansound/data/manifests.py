@@ -59,19 +59,32 @@ def write_manifests(
 
     Arguments
     ---------
-    function, table, save_folder : str, pandas.DataFrame, str or Path
-        The public function (recorded); the clips (``clip_id``, ``path``,
-        ``label``, ``fold``, ``group``); the output folder.
-    splits, options, fingerprint : dict
-        ``{"train": [folds], ...}`` (validated); the options that determine
-        the outputs; what identifies the inputs.
-    skip_missing, leaky_random_split, seed : bool, bool, int
-        Leave unusable files out; reassign clips to random folds with seed.
-    missing_hint, split : str, optional
-        Advice for the error about missing files; how the clips were dealt
-        to folds, in words (logged and recorded).
-    warn_shared_groups, full_check : bool
-        Warn when a group spans splits; decode every file (else headers).
+    function : str
+        The public function (recorded).
+    table : pandas.DataFrame
+        The clips (``clip_id``, ``path``, ``label``, ``fold``, ``group``).
+    save_folder : str or Path
+        The output folder.
+    splits : dict
+        ``{"train": [folds], ...}`` (validated).
+    options : dict
+        The options that determine the outputs.
+    fingerprint : dict
+        What identifies the inputs.
+    skip_missing : bool
+        Leave unusable files out.
+    leaky_random_split : bool
+        Reassign clips to random folds (seeded with ``seed``).
+    seed : int
+        Seed of ``leaky_random_split``.
+    missing_hint : str, optional
+        Advice for the error about missing files.
+    warn_shared_groups : bool
+        Warn when a group spans splits.
+    full_check : bool
+        Decode every file (else the headers only).
+    split : str, optional
+        How the clips were dealt to folds, in words (logged and recorded).
 
     Returns
     -------
@@ -219,9 +232,12 @@ def check_audio_file(path, block_frames=1 << 20, full=True):
 
     Arguments
     ---------
-    path, block_frames, full : str, int, bool
-        The audio file; frames decoded at a time; decode the samples (else
-        read the header only).
+    path : str
+        The audio file.
+    block_frames : int
+        Frames decoded at a time.
+    full : bool
+        Decode the samples (else read the header only).
 
     Returns
     -------
@@ -277,9 +293,14 @@ def probe_audio(paths, skip_missing, missing_hint=None, full_check=True):
 
     Arguments
     ---------
-    paths, skip_missing, missing_hint, full_check : list, bool, str, bool
-        Absolute audio paths; skip unusable files with a warning (else
-        raise); advice for missing files; decode the samples.
+    paths : list of str
+        Absolute audio paths.
+    skip_missing : bool
+        Skip unusable files with a warning (else raise).
+    missing_hint : str, optional
+        Advice for missing files.
+    full_check : bool
+        Decode the samples (else read the headers only).
 
     Returns
     -------
@@ -384,8 +405,10 @@ def read_labels(labels_file=None, manifests=()):
 
     Arguments
     ---------
-    labels_file, manifests : str or Path; list of str or Path
-        ``labels.json`` (optional); SpeechBrain manifests with ``label``.
+    labels_file : str or Path, optional
+        ``labels.json``.
+    manifests : list of str or Path
+        SpeechBrain manifests with ``label``.
 
     Returns
     -------

@@ -56,10 +56,12 @@ def classify_files(
         The inference folder, or a model already loaded from one.
     paths : list of str or Path
         Audio files and folders (searched recursively).
-    top_k, batch_size : int
-        Labels per file; windows per forward pass (memory only).
-    device, backend : str
-        For a folder: where to run it; ``"torch"`` or ``"onnx"``.
+    top_k : int
+        Labels per file.
+    batch_size : int
+        Windows per forward pass (memory only).
+    device : str
+        For a folder: where to run it.
     progress : bool, optional
         Show a tqdm bar on stderr (default: from ``PROGRESS_MIN_FILES``).
     on_error : callable, optional
@@ -67,6 +69,8 @@ def classify_files(
         and each folder with no audio file (default: log a warning).
     trust : bool
         Skip :mod:`sb_urbansound.serving.trust`'s check.
+    backend : str
+        ``"torch"`` or ``"onnx"``.
     segments : dict, optional
         Also find each file's events, with these keyword arguments of
         :func:`sb_urbansound.serving.timeline.find_segments`.
@@ -146,8 +150,14 @@ def load_scorer(
     ---------
     model_folder : str or Path or EncoderClassifier or OnnxModel
         The inference folder, or a model already loaded.
-    backend, device, batch_size, trust
-        As :func:`classify_files`.
+    backend : str
+        As in :func:`classify_files`.
+    device : str
+        As in :func:`classify_files`.
+    batch_size : int
+        As in :func:`classify_files`.
+    trust : bool
+        As in :func:`classify_files`.
 
     Returns
     -------

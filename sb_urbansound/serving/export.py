@@ -78,8 +78,10 @@ class MatmulMelPower(torch.nn.Module):
         The analysis window, ``[n_fft]``.
     fb : torch.Tensor
         The mel matrix, ``[n_fft // 2 + 1, n_mels]``.
-    hop, length : int
-        The frame hop; the padded signal's (fixed) length.
+    hop : int
+        The frame hop.
+    length : int
+        The padded signal's (fixed) length.
 
     Example
     -------
@@ -465,7 +467,13 @@ def generated_clips(sample_rate, channels, num_samples):
 
     Arguments
     ---------
-    sample_rate, channels, num_samples : int
+    sample_rate : int
+        The clips' sample rate.
+    channels : int
+        The clips' channel count.
+    num_samples : int
+        The window length (samples); the clips last :data:`CHECK_LENGTHS`
+        windows.
 
     Returns
     -------
@@ -619,7 +627,10 @@ def export_model(
         ``"onnx"`` and/or ``"torchscript"``.
     data : list of str or Path, optional
         Check clips: audio files, folders, manifests (default: generated).
-    max_clips, opset : int, optional
+    max_clips : int, optional
+        Check at most this many clips (default: all).
+    opset : int
+        The ONNX opset of the export.
     log : callable
         Where the summary lines go.
     trust : bool
@@ -715,8 +726,10 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
 
     Arguments
     ---------
-    yaml_file, folder : str or Path
-        A recipe YAML; the model folder to write.
+    yaml_file : str or Path
+        A recipe YAML.
+    folder : str or Path
+        The model folder to write.
     labels : list of str
     overrides : dict, optional
         More YAML overrides (sizes, rates).

@@ -190,8 +190,11 @@ def export_inference_folder(
         ``label_encoder``, the audio spec, optionally ``checkpointer``).
     folder : str or Path, optional
         Where to write (default ``<output_folder>/model``).
-    min_key, max_key : str, optional
-        The meta key whose lowest (or, if given, highest) value is the best.
+    min_key : str
+        The meta key whose lowest value is the best.
+    max_key : str, optional
+        If given, the meta key whose highest value is the best (instead of
+        ``min_key``).
     verify : bool
         Load the new folder before moving it into place.
 
@@ -548,8 +551,10 @@ def model_audio_spec(model):
 
     Returns
     -------
-    sample_rate, channels : int
-        From its hparams, else its ``audio_normalizer``.
+    sample_rate : int
+        The model's rate, from its hparams, else its ``audio_normalizer``.
+    channels : int
+        The model's channel count, from the same places.
     num_samples : int or None
         The training clip length at that rate (``None``: unknown).
 
@@ -612,8 +617,10 @@ def window_probs(model, windows, batch_size=16):
 
     Arguments
     ---------
-    model, windows
-        As :func:`window_log_probs`.
+    model : speechbrain.inference.classifiers.EncoderClassifier
+        As in :func:`window_log_probs`.
+    windows : torch.Tensor
+        As in :func:`window_log_probs`.
     batch_size : int
         Windows per forward pass (memory only).
 

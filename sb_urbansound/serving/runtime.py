@@ -48,9 +48,12 @@ def find_audio_files(folder, suffixes=AUDIO_SUFFIXES, duplicates=None):
 
     Arguments
     ---------
-    folder, suffixes, duplicates : str or Path, tuple of str, list
-        The folder to search; suffixes to collect (lower case, with the
-        dot); if given, collects ``(first path, second path)`` pairs.
+    folder : str or Path
+        The folder to search.
+    suffixes : tuple of str
+        Suffixes to collect (lower case, with the dot).
+    duplicates : list, optional
+        If given, collects ``(first path, second path)`` pairs.
 
     Returns
     -------
@@ -700,8 +703,10 @@ class OnnxModel(Scorer):
     ---------
     path : str or Path or bytes
         A model folder, its ``model.onnx`` or the file's bytes.
-    threads, chunk : int
-        onnxruntime's intra-op threads; windows per run (memory only).
+    threads : int, optional
+        onnxruntime's intra-op threads (default: onnxruntime's).
+    chunk : int
+        Windows per run (memory only).
     """
 
     def __init__(self, path, threads=None, chunk=CHUNK_WINDOWS):

@@ -27,8 +27,14 @@ class StreamWindows:
 
     Arguments
     ---------
-    rate, channels, sample_rate, model_channels : int
-        The input's rate and channel count, then the model's.
+    rate : int
+        The input's sample rate.
+    channels : int
+        The input's channel count.
+    sample_rate : int
+        The model's sample rate.
+    model_channels : int
+        The model's channel count.
     num_samples : int
         The window length (model samples).
     remove_dc : bool
@@ -154,10 +160,16 @@ def run_stream(scorer, rate, channels, top_k=1, infile=None, outfile=None):
     ---------
     scorer : sb_urbansound.serving.runtime.Scorer
         The model.
-    rate, channels, top_k : int
-        The input's rate and channel count; labels per line.
-    infile, outfile : file, optional
-        Binary input and text output (default: stdin and stdout).
+    rate : int
+        The input's sample rate.
+    channels : int
+        The input's channel count.
+    top_k : int
+        Labels per line.
+    infile : file, optional
+        Binary input (default: stdin).
+    outfile : file, optional
+        Text output (default: stdout).
 
     Returns
     -------

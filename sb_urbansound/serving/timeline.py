@@ -102,7 +102,12 @@ def window_spans(n_windows, num_samples, sample_rate, duration_s):
 
     Arguments
     ---------
-    n_windows, num_samples, sample_rate : int
+    n_windows : int
+        The number of windows.
+    num_samples : int
+        The window length (samples).
+    sample_rate : int
+        The model's sample rate.
     duration_s : float
 
     Returns
@@ -138,7 +143,12 @@ def find_segments(
     labels : list of str
     spans : numpy.ndarray
         From :func:`window_spans`.
-    threshold, min_duration, merge_gap : float
+    threshold : float
+        The probability at which a class is present.
+    min_duration : float
+        Events shorter than this (s) are dropped.
+    merge_gap : float
+        Runs at most this far apart (s) merge.
 
     Returns
     -------

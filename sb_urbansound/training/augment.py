@@ -137,10 +137,14 @@ class Mixup(torch.nn.Module):
         ---------
         loss_fn : callable
             ``loss_fn(predictions, targets, *args)``.
-        predictions, targets : torch.Tensor
-            The output for the mixed batch, the unmixed examples' targets.
-        perm, lam
-            From :meth:`forward`.
+        predictions : torch.Tensor
+            The output for the mixed batch.
+        targets : torch.Tensor
+            The unmixed examples' targets.
+        perm : torch.LongTensor
+            Each example's partner, from :meth:`forward`.
+        lam : float
+            The weight of the example itself, from :meth:`forward`.
         *args
             Passed to ``loss_fn`` (e.g. lengths).
 
@@ -173,9 +177,12 @@ def circular_views(x, n_views, max_shift, dim=1):
     ---------
     x : torch.Tensor
         ``[batch, ...]``.
-    n_views, max_shift, dim : int
-        The number of views (1: ``x`` itself), the largest roll and the
-        dimension to roll (time).
+    n_views : int
+        The number of views (1: ``x`` itself).
+    max_shift : int
+        The largest roll.
+    dim : int
+        The dimension to roll (time).
 
     Returns
     -------

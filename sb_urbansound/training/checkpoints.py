@@ -105,9 +105,15 @@ class RobustCheckpointer(Checkpointer):
 
         Arguments
         ---------
-        importance_key, max_key, min_key, ckpt_predicate : optional
-            How to rank and choose the checkpoints, as in SpeechBrain's
+        importance_key : callable, optional
+            How to rank the checkpoints, as in SpeechBrain's
             ``Checkpointer.recover_if_possible``.
+        max_key : str, optional
+            Load the checkpoint with the highest value of this meta key.
+        min_key : str, optional
+            Load the checkpoint with the lowest value of this meta key.
+        ckpt_predicate : callable, optional
+            Which checkpoints to consider (all by default).
 
         Returns
         -------
@@ -146,8 +152,16 @@ class RobustCheckpointer(Checkpointer):
 
         Arguments
         ---------
-        meta, end_of_epoch, name, verbosity
-            As in SpeechBrain's ``Checkpointer.save_checkpoint``.
+        meta : mapping
+            Added to the checkpoint's meta file, as in SpeechBrain's
+            ``Checkpointer.save_checkpoint``.
+        end_of_epoch : bool
+            Whether the checkpoint is at the end of an epoch.
+        name : str, optional
+            A custom name for the checkpoint (default: from the time and a
+            random id).
+        verbosity : int
+            The logging level of the "Saved ..." message.
 
         Returns
         -------

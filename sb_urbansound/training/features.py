@@ -35,8 +35,10 @@ class MelSpectrogramDB(torch.nn.Module):
         Dynamic range kept below each clip's maximum, in dB.
     channels : int, optional
         If given, inputs are first converted to this many channels.
-    f_min, f_max : float
-        Frequency range of the mel filters (``f_max`` None: Nyquist).
+    f_min : float
+        Lowest frequency of the mel filters.
+    f_max : float, optional
+        Highest frequency of the mel filters (None: Nyquist).
 
     Example
     -------
@@ -249,8 +251,10 @@ class Log1pMelSpectrogram(torch.nn.Module):
         Number of mel bands.
     power : float
         Exponent of the STFT magnitude (0.5: square root).
-    f_min, f_max : float
-        Frequency range of the mel filters (Hz; ``f_max`` None: half the rate).
+    f_min : float
+        Lowest frequency of the mel filters (Hz).
+    f_max : float, optional
+        Highest frequency of the mel filters (Hz; None: half the rate).
 
     Example
     -------

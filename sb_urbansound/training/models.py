@@ -15,8 +15,12 @@ class CNNEmbedding(torch.nn.Module):
     ---------
     in_channels : int
         Channels of the input spectrogram (the audio's channel count).
-    channels, kernel_sizes, strides : list of int
-        Output channels, kernel size and stride of each block.
+    channels : list of int
+        Output channels of each block.
+    kernel_sizes : list of int
+        Kernel size of each block.
+    strides : list of int
+        Stride of each block.
     paddings : list of int, optional
         Padding of each block (default: ``kernel_size // 2``).
     pooling : str

@@ -52,8 +52,16 @@ def htk_mel_matrix(
 
     Arguments
     ---------
-    n_mels, n_fft, rate, f_min, f_max : int or float
-        Bands, FFT size, sample rate and the band edges (Hz).
+    n_mels : int
+        Number of mel bands.
+    n_fft : int
+        FFT size.
+    rate : int
+        Sample rate (Hz).
+    f_min : float
+        Lower edge of the lowest band (Hz).
+    f_max : float
+        Upper edge of the highest band (Hz).
 
     Returns
     -------
@@ -201,8 +209,14 @@ class ConvUnit(torch.nn.Module):
 
     Arguments
     ---------
-    in_channels, out_channels, kernel, stride : int
-        Feature maps in and out, square kernel size and stride.
+    in_channels : int
+        Feature maps in.
+    out_channels : int
+        Feature maps out.
+    kernel : int
+        Square kernel size.
+    stride : int
+        Stride of the convolution.
     depthwise : bool
         One filter per input map (``out_channels == in_channels``).
 

@@ -54,19 +54,29 @@ def prepare_folders(
 
     Arguments
     ---------
-    data_folder, save_folder : str or Path
-        Folder holding one sub-folder per class; where manifests are written.
-    n_folds, train_fold_nums, valid_fold_nums, test_fold_nums : int, list
-        Number of folds (at most that of groups); the folds of each split
-        (in ``1..n_folds``, sharing none).
+    data_folder : str or Path
+        Folder holding one sub-folder per class.
+    save_folder : str or Path
+        Where manifests are written.
+    n_folds : int
+        Number of folds (at most that of groups).
+    train_fold_nums : list of int
+        The folds of the training split (in ``1..n_folds``).
+    valid_fold_nums : list of int
+        The folds of the validation split.
+    test_fold_nums : list of int
+        The folds of the test split. The three splits share no fold.
     group_pattern : str, optional
         Regex searched in each file name; its group ``group``, or else its
         first group, is the file's group (default: each file its own).
-    skip_missing, leaky_random_split : bool
-        Leave unusable files out with a warning (else raise); reassign each
-        clip to a random fold (for comparisons only).
-    seed, full_check : int, bool
-        Seed of the fold assignment; decode every file (else the headers).
+    skip_missing : bool
+        Leave unusable files out with a warning (else raise).
+    leaky_random_split : bool
+        Reassign each clip to a random fold (for comparisons only).
+    seed : int
+        Seed of the fold assignment.
+    full_check : bool
+        Decode every file (else the headers).
 
     Returns
     -------
@@ -145,14 +155,28 @@ def prepare_filenames(
 
     Arguments
     ---------
-    data_folder, save_folder : str or Path
-        Folder holding the audio files; where manifests are written.
+    data_folder : str or Path
+        Folder holding the audio files.
+    save_folder : str or Path
+        Where manifests are written.
     pattern : str
         Regex matching every whole file name, with a named group ``label``
         (and optionally ``group``).
-    n_folds, train_fold_nums, valid_fold_nums, test_fold_nums : int, list
+    n_folds : int
         As in :func:`prepare_folders`.
-    skip_missing, leaky_random_split, seed, full_check : bool, bool, int, bool
+    train_fold_nums : list of int
+        As in :func:`prepare_folders`.
+    valid_fold_nums : list of int
+        As in :func:`prepare_folders`.
+    test_fold_nums : list of int
+        As in :func:`prepare_folders`.
+    skip_missing : bool
+        As in :func:`prepare_folders`.
+    leaky_random_split : bool
+        As in :func:`prepare_folders`.
+    seed : int
+        As in :func:`prepare_folders`.
+    full_check : bool
         As in :func:`prepare_folders`.
 
     Returns

@@ -32,8 +32,10 @@ def parse_fold_list(value, name="folds"):
 
     Arguments
     ---------
-    value, name : list, int or str; str
-        The fold list; the option's name, for error messages.
+    value : list or int or str
+        The fold list.
+    name : str
+        The option's name, for error messages.
 
     Returns
     -------
@@ -72,9 +74,14 @@ def check_fold_lists(train, valid, test, available):
 
     Arguments
     ---------
-    train, valid, test, available : int, str or list of int
-        Fold numbers of each split (see :func:`parse_fold_list`); the folds
-        that exist.
+    train : int, str or list of int
+        Fold numbers of the training split (see :func:`parse_fold_list`).
+    valid : int, str or list of int
+        Fold numbers of the validation split.
+    test : int, str or list of int
+        Fold numbers of the test split.
+    available : iterable of int
+        The folds that exist.
 
     Returns
     -------
@@ -131,9 +138,12 @@ def assign_group_folds(groups, n_folds, seed=1234):
 
     Arguments
     ---------
-    groups, n_folds, seed : list of str, int, int
-        The group of each clip; the number of folds (at most that of
-        groups); the seed of the shuffle.
+    groups : list of str
+        The group of each clip.
+    n_folds : int
+        The number of folds (at most that of groups).
+    seed : int
+        The seed of the shuffle.
 
     Returns
     -------

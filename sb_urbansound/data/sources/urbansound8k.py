@@ -27,9 +27,10 @@ def load_urbansound8k_table(csv_path, data_folder=None):
 
     Arguments
     ---------
-    csv_path, data_folder : str or Path
-        The metadata CSV; the folder of ``audio/`` (default: the CSV's
-        folder's parent).
+    csv_path : str or Path
+        The metadata CSV.
+    data_folder : str or Path, optional
+        The folder of ``audio/`` (default: the CSV's folder's parent).
 
     Returns
     -------
