@@ -2,11 +2,11 @@
 """The ablation of docs/accuracy.md: one cross-validation per choice.
 
 Each configuration is a recipe YAML plus overrides, run with
-``python -m sb_urbansound.training.crossval`` into ``<out>/<name>``; a finished one is
-skipped, so the script resumes. The table gives, for each configuration,
-its parameters and multiply-accumulates per clip (``bench/model_cost.py``),
-the median training time per epoch (from the folds' ``history.json``), and
-the mean ± sample std of the fold accuracies::
+``python -m sb_urbansound.training.crossval`` into ``<out>/<name>``; a
+finished one is skipped, so the script resumes. The table gives, for each
+configuration, its parameters and multiply-accumulates per clip
+(``bench/model_cost.py``), the median training time per epoch (from the
+folds' ``history.json``), and the mean ± sample std of the fold accuracies::
 
     python bench/ablation.py fsdd --data_folder=../shared/data/fsdd/recordings
     python bench/ablation.py generated --out results/ablation

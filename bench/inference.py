@@ -4,9 +4,9 @@
 For each model YAML (``cnn.yaml``, ``cnn_large.yaml`` by default, at their
 full sizes: both 22.05 kHz mono, 4 s windows, 10 classes) a
 model folder is built from the YAML's initial weights (speed does not depend
-on training; the normaliser gets statistics, as training gives it), exported with ``sb_urbansound.serving.export`` (which checks both
-exports against eager PyTorch), and the three backends score the same
-conditioned windows:
+on training; the normaliser gets statistics, as training gives it), exported
+with ``sb_urbansound.serving.export`` (which checks both exports against
+eager PyTorch), and the three backends score the same conditioned windows:
 
 * ``eager``: what ``classify`` runs today,
   :func:`sb_urbansound.serving.inference.window_probs` on the model loaded with
@@ -33,9 +33,9 @@ by operator (its own profiler), with the features alone in each backend.
 
 Usage::
 
-    python bench/inference.py                      # both models, batch 1 and 32
+    python bench/inference.py                     # both models, batch 1 and 32
     python bench/inference.py --profile --repeats 2 --json bench-inference.json
-    python bench/inference.py --quick              # smoke run (the tests run it)
+    python bench/inference.py --quick             # smoke run (the tests run it)
 """
 
 import argparse

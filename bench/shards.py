@@ -14,7 +14,8 @@ On an UrbanSound8K-shaped folder (``metadata/UrbanSound8K.csv`` and
 
 Usage::
 
-    python bench/shards.py --data_folder ../shared/data/UrbanSound8K-folds-2-3-10
+    python bench/shards.py \\
+        --data_folder ../shared/data/UrbanSound8K-folds-2-3-10
     python bench/shards.py --data_folder DIR --sample_rate 44100 --channels 2
 
 It prints one line per measurement and, with ``--json PATH``, writes them.
@@ -115,8 +116,9 @@ def measure(args):
             "shards": len(entries),
         }
         print(
-            f"shards {fmt}: written in {written:.1f} s ({len(clips) / written:.0f}"
-            f" clips/s), {size / len(clips) / 1e3:.0f} KB per clip; one process "
+            f"shards {fmt}: written in {written:.1f} s "
+            f"({len(clips) / written:.0f} clips/s), "
+            f"{size / len(clips) / 1e3:.0f} KB per clip; one process "
             f"reads {n / read:.0f} clips/s ({size / read / 1e6:.0f} MB/s)"
         )
     if args.workdir is None:

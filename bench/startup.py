@@ -19,7 +19,8 @@ recipe run to the fastest plain read (the goal: at most 3).
 Usage::
 
     python bench/startup.py
-    python bench/startup.py --data_folder ../shared/data/UrbanSound8K-folds-2-3-10 \\
+    python bench/startup.py \\
+        --data_folder ../shared/data/UrbanSound8K-folds-2-3-10 \\
         --folds 2,3,10 --repeats 3
 """
 

@@ -24,9 +24,9 @@ The configurations:
   default threads and at one thread. Speedups are taken against the faster;
 * ``recipe-per-clip``, ``recipe-bank``, ``recipe-feature-bank`` and
   ``recipe-bank-large`` (the bank at ``--large-batch``): the recipe's own
-  ``main()`` (``train.py``, loaded with ``sb_urbansound.training.crossval``) on the
-  real ``hparams/cnn.yaml`` with command-line overrides (data folder, output
-  folder, folds, epochs, ``data_source``, batch size): data
+  ``main()`` (``train.py``, loaded with ``sb_urbansound.training.crossval``)
+  on the real ``hparams/cnn.yaml`` with command-line overrides (data folder,
+  output folder, folds, epochs, ``data_source``, batch size): data
   preparation, clip bank, training with validation every epoch, test of the
   best checkpoint, model export. ``main()`` runs unchanged; to time its
   phases the child replaces, before calling it, some of the recipe module's
@@ -167,7 +167,8 @@ TUTORIAL_INPUT = "44.1 kHz stereo, n_fft 1024, hop 512 (as written)"
 
 # ----------------------------------------------------------------------- data
 def make_clip(rng, class_idx, sample_rate, channels, seconds):
-    """A clip whose spectrum identifies its class: tone, harmonic, noise bursts."""
+    """A clip whose spectrum identifies its class: tone, harmonic, noise
+    bursts."""
     n = max(int(round(seconds * sample_rate)), 1)
     t = np.arange(n) / sample_rate
     freq = (
@@ -497,7 +498,8 @@ def tutorial_components():
             return sgram, class_id
 
     class AudioClassifier(torch.nn.Module):
-        """The tutorial's network: the recipe's CNNEmbedding + a linear layer."""
+        """The tutorial's network: the recipe's CNNEmbedding + a linear
+        layer."""
 
         def __init__(self):
             super().__init__()
@@ -698,9 +700,10 @@ def run_recipe(cfg, stamps):
     return meter, info
 
 
-# -------------------------------------------------- (c) the ceiling: no framework
+# ------------------------------------------------ (c) the ceiling: no framework
 def run_ceiling(cfg, stamps):
-    """The recipe's per-batch steps in a bare loop over clips held on the device."""
+    """The recipe's per-batch steps in a bare loop over clips held on the
+    device."""
     import torch
     import torch.nn.functional as F
     from sb_urbansound.data.audio import ClipConditioner
@@ -737,7 +740,8 @@ def run_ceiling(cfg, stamps):
     train_y, valid_y = labels[: len(train)], labels[len(train) :]
 
     def features(batch_rows, train):
-        """Waveforms from the held clips → normalised features (recipe steps)."""
+        """Waveforms from the held clips → normalised features (recipe
+        steps)."""
         wavs = clips[batch_rows].float().mul_(1.0 / 32767.0)
         if train:
             shifts = random_placement(

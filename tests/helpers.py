@@ -1,8 +1,9 @@
-"""Test helpers: generated audio in the real data set's formats, and shared paths.
+"""Test helpers: generated audio in the real data set's formats, and shared
+paths.
 
-Nothing here downloads anything. Audio is synthesised so that each class has its
-own spectral signature (a tone whose frequency depends on the class, with noise),
-which a small model can learn in a few epochs.
+Nothing here downloads anything. Audio is synthesised so that each class has
+its own spectral signature (a tone whose frequency depends on the class, with
+noise), which a small model can learn in a few epochs.
 """
 
 import csv
@@ -21,11 +22,16 @@ FSDD_DIR = SHARED / "data" / "fsdd" / "recordings"
 
 requires_us8k_csv = pytest.mark.skipif(
     not US8K_CSV.exists(),
-    reason=f"needs the real UrbanSound8K metadata at {US8K_CSV} (../shared is absent)",
+    reason=(
+        f"needs the real UrbanSound8K metadata at {US8K_CSV} "
+        "(../shared is absent)"
+    ),
 )
 requires_fsdd = pytest.mark.skipif(
     not FSDD_DIR.is_dir(),
-    reason=f"needs the spoken-digit recordings at {FSDD_DIR} (../shared is absent)",
+    reason=(
+        f"needs the spoken-digit recordings at {FSDD_DIR} (../shared is absent)"
+    ),
 )
 
 US8K_CLASSES = [
@@ -51,7 +57,8 @@ US8K_COLUMNS = [
     "class",
 ]
 
-# (sample rate, channels, soundfile subtype): the mix found in the real data set.
+# (sample rate, channels, soundfile subtype): the mix found in the real data
+# set.
 FORMATS = [
     (44100, 2, "PCM_16"),
     (48000, 2, "PCM_24"),
@@ -72,7 +79,8 @@ def class_frequency(class_idx, n_classes=10):
 def class_signal(
     class_idx, sample_rate, seconds, channels, seed=0, n_classes=10
 ):
-    """A [frames, channels] float32 signal whose spectrum identifies the class."""
+    """A [frames, channels] float32 signal whose spectrum identifies the
+    class."""
     rng = np.random.default_rng(seed)
     n = max(int(round(seconds * sample_rate)), 1)
     t = np.arange(n) / sample_rate
@@ -95,7 +103,8 @@ def write_clip(
     seed=0,
     n_classes=10,
 ):
-    """Write one generated clip to ``path`` (format from the suffix) and return it."""
+    """Write one generated clip to ``path`` (format from the suffix) and
+    return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = class_signal(
@@ -117,8 +126,9 @@ def make_urbansound_tree(
     """Build a small UrbanSound8K-shaped data set under ``root``.
 
     Writes ``metadata/UrbanSound8K.csv`` (the real columns) and
-    ``audio/fold{k}/{fsID}-{classID}-0-{i}.wav`` in a cycle of real-world formats,
-    with durations drawn from ``seconds``. Each recording (fsID) stays in one fold.
+    ``audio/fold{k}/{fsID}-{classID}-0-{i}.wav`` in a cycle of real-world
+    formats, with durations drawn from ``seconds``. Each recording (fsID)
+    stays in one fold.
 
     Returns the list of row dicts written to the CSV.
     """
@@ -166,7 +176,8 @@ def make_urbansound_tree(
 
 
 def write_us8k_csv(path, rows, columns=US8K_COLUMNS):
-    """Write UrbanSound8K-style metadata ``rows`` (dicts) to ``path``; return it.
+    """Write UrbanSound8K-style metadata ``rows`` (dicts) to ``path``; return
+    it.
 
     Keys of a row that are not in ``columns`` are left out, so a column can be
     dropped by passing ``columns`` without it.
@@ -183,7 +194,8 @@ def write_us8k_csv(path, rows, columns=US8K_COLUMNS):
 
 
 def snapshot_tree(root):
-    """``{relative path: (size, mtime_ns)}`` of every file and folder under root.
+    """``{relative path: (size, mtime_ns)}`` of every file and folder under
+    root.
 
     Compare two snapshots to check that a function modified nothing in ``root``.
     """

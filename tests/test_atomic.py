@@ -1,4 +1,5 @@
-"""Atomic writes: whole files with the usual permissions, nothing left on failure."""
+"""Atomic writes: whole files with the usual permissions, nothing left on
+failure."""
 
 import os
 

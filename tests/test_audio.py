@@ -1,5 +1,5 @@
-"""Tests of sb_urbansound.data.audio (finding, reading and conditioning clips) and of
-the recipe's data pipeline (``dataio_prep`` in ``train.py``)."""
+"""Tests of sb_urbansound.data.audio (finding, reading and conditioning clips)
+and of the recipe's data pipeline (``dataio_prep`` in ``train.py``)."""
 
 import json
 import os

@@ -51,7 +51,8 @@ def folders(tmp_path_factory):
 
 
 def run(*args, stdin=None):
-    """``python -m <args>`` from the repository; returns the CompletedProcess."""
+    """``python -m <args>`` from the repository; returns the
+    CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", *map(str, args)],
         cwd=REPO,
@@ -191,8 +192,8 @@ def test_a_nan_file_gets_the_same_message_from_both_backends(folders, tmp_path):
 def test_export_with_a_nan_data_clip_names_the_clip(folders, tmp_path):
     clip = nan_clip(tmp_path / "nan.wav")
     result = run(
-        "sb_urbansound.serving.export", folders["wide"], "--format", "onnx", "--data",
-        clip,
+        "sb_urbansound.serving.export", folders["wide"],
+        "--format", "onnx", "--data", clip,
     )  # fmt: skip
     err = one_error_line(result, 2)
     assert err.startswith(f"error: --data: {clip}: holds 1 NaN"), err

@@ -1,4 +1,5 @@
-"""Tests of sb_urbansound.training.crossval: fold plans, arguments, resume, outputs.
+"""Tests of sb_urbansound.training.crossval: fold plans, arguments, resume,
+outputs.
 
 Most tests inject a fake runner (no training); one end-to-end test runs the real
 command on a tiny generated UrbanSound8K tree.
@@ -142,7 +143,7 @@ def test_yaml_without_fold_lists_is_refused(tmp_path):
         read_recipe_settings(tmp_path / "h.yaml", [])
 
 
-# ------------------------------------------------------- runs with a fake runner
+# ----------------------------------------------------- runs with a fake runner
 def parse_recipe_argv(argv):
     """The fold lists and output folder that crossval passed to the recipe."""
     opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--"))

@@ -1,4 +1,5 @@
-"""Tests for sb_urbansound.data.download against a local HTTP server (no internet).
+"""Tests for sb_urbansound.data.download against a local HTTP server (no
+internet).
 
 Each test serves a small fake ``UrbanSound8K.tar.gz`` from a
 ``ThreadingHTTPServer`` on 127.0.0.1 (port chosen by the OS), with a handler

@@ -1,4 +1,5 @@
-"""Unit tests for the batched features, SpecAugment, normalisation and the CNN."""
+"""Unit tests for the batched features, SpecAugment, normalisation and the
+CNN."""
 
 import pytest
 import torch

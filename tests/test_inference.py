@@ -1,5 +1,6 @@
-"""Using a trained model: the inference folder that training writes, SpeechBrain's
-EncoderClassifier on it, the sliding windows, and the classify command line.
+"""Using a trained model: the inference folder that training writes,
+SpeechBrain's EncoderClassifier on it, the sliding windows, and the classify
+command line.
 
 A tiny model is trained once for the session (tests/conftest.py); nothing here
 uses the network (sockets are blocked in-process, and in the subprocess).
@@ -81,7 +82,8 @@ def class_index(label):
 def clip(
     path, label, sample_rate=44100, channels=2, seconds=0.8, subtype="PCM_24"
 ):
-    """A generated clip of class ``label`` (same signature as the training data)."""
+    """A generated clip of class ``label`` (same signature as the training
+    data)."""
     return write_clip(
         path,
         class_index(label),
@@ -195,7 +197,8 @@ def recipe_hparams(out):
 
 
 def test_classify_batch_matches_the_recipe_test_run(trained, model):
-    """Same clips, same batches as the recipe's test stage → same predictions."""
+    """Same clips, same batches as the recipe's test stage → same
+    predictions."""
     out, _ = trained
     hparams = recipe_hparams(out)
     batch_size = hparams["test_dataloader_options"]["batch_size"]
@@ -515,7 +518,8 @@ def test_classify_files_api(trained, audio_dir):
 
 
 def test_module_entry_point_with_progress_bar(trained, tmp_path):
-    """``python -m sb_urbansound.serving.classify`` in a subprocess, sockets blocked."""
+    """``python -m sb_urbansound.serving.classify`` in a subprocess, sockets
+    blocked."""
     out, _ = trained
     files = [
         clip(tmp_path / "many" / f"{i:02d}.wav", CLASSES[i % 4], 16000, 1, 0.5)
@@ -724,11 +728,17 @@ def copy_model(trained, tmp_path):
         ("pwned: !name:builtins.exec", "!name:builtins.exec"),
         ("pwned: !module:os", "!module:os"),
         (
-            'pwned: !apply:sb_urbansound.atomic.atomic_write_text ["{marker}", x]',
+            (
+                "pwned: !apply:sb_urbansound.atomic.atomic_write_text "
+                '["{marker}", x]'
+            ),
             "atomic_write_text",
         ),
         (
-            'pwned: !new:sb_urbansound.atomic.atomic_write_text ["{marker}", x]',
+            (
+                "pwned: !new:sb_urbansound.atomic.atomic_write_text "
+                '["{marker}", x]'
+            ),
             "!new:sb_urbansound.atomic.atomic_write_text",
         ),
         ("pwned: !ref <sample_rate> ** 2 ** 3", "**"),

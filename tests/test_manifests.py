@@ -1,6 +1,6 @@
-"""Tests of sb_urbansound.data.manifests: the audio check, the fingerprint of the
-inputs and the labels (the whole preparation is tested in ``test_prepare.py``
-and ``test_sources.py``)."""
+"""Tests of sb_urbansound.data.manifests: the audio check, the fingerprint of
+the inputs and the labels (the whole preparation is tested in
+``test_prepare.py`` and ``test_sources.py``)."""
 
 import logging
 import os

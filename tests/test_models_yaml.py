@@ -186,7 +186,8 @@ def test_default_sizes_fit_together(name, tmp_path):
 
 
 def key_is_commented(lines, i):
-    """A top-level key has an inline comment, or a comment right above its group."""
+    """A top-level key has an inline comment, or a comment right above its
+    group."""
     if "#" in lines[i].split(":", 1)[1]:
         return True
     j = i - 1
@@ -337,7 +338,8 @@ def doc_command(name):
 
 
 def test_own_model_example_from_the_docs(tiny_data, tmp_path):
-    """docs/models.md: my_models.py + a copy of cnn.yaml with two entries swapped."""
+    """docs/models.md: my_models.py + a copy of cnn.yaml with two entries
+    swapped."""
     (module,) = [b for b in doc_blocks("python") if "class " in b]
     (snippet,) = [b for b in doc_blocks("yaml") if "embedding_model:" in b]
     user = tmp_path / "user"

@@ -1,5 +1,6 @@
 """Tests of UrbanSound8K preparation: the recipe's ``urbansound8k_prepare.py``
-and ``sb_urbansound.data.sources.urbansound8k`` (metadata CSV to JSON manifests).
+and ``sb_urbansound.data.sources.urbansound8k`` (metadata CSV to JSON
+manifests).
 
 The class-folder and file-name sources are tested in ``test_sources.py``, the
 audio checks and the fingerprint of the inputs in ``test_manifests.py``.
@@ -411,8 +412,8 @@ def test_bad_audio_reported_together_or_skipped(us8k, tmp_path, caplog):
         prepare_urbansound8k(data, tmp_path / "out", download=False)
     msg = str(err.value)
     assert (
-        "3 of 100 audio file(s) cannot be used (1 missing, 1 unreadable, 1 empty)"
-        in msg
+        "3 of 100 audio file(s) cannot be used "
+        "(1 missing, 1 unreadable, 1 empty)" in msg
     )
     assert f"missing: {missing}" in msg
     assert "unreadable (" in msg and str(corrupt) in msg

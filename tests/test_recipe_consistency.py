@@ -57,7 +57,8 @@ def yaml_keys_to_check(text):
 
 
 def script_reads(script_text, key):
-    """Whether ``train.py`` reads ``key`` in one of the forms SpeechBrain finds."""
+    """Whether ``train.py`` reads ``key`` in one of the forms SpeechBrain
+    finds."""
     forms = [
         f'["{key}"]',
         f"hparams.{key}",

@@ -1,5 +1,6 @@
-"""Tests of sb_urbansound.training.report on synthetic fold results (no training), and
-of the machine description that the cross-validation report quotes."""
+"""Tests of sb_urbansound.training.report on synthetic fold results (no
+training), and of the machine description that the cross-validation report
+quotes."""
 
 import json
 
@@ -22,7 +23,8 @@ LABELS = ["car_horn", "dog_bark", "siren"]
 
 
 def fake_fold(test_fold, valid_fold, rng, labels=LABELS, n_per_class=None):
-    """A test_results.json-shaped dict with a random, consistent confusion matrix."""
+    """A test_results.json-shaped dict with a random, consistent confusion
+    matrix."""
     n = len(labels)
     counts = n_per_class or rng.integers(3, 12, size=n)
     cm = np.zeros((n, n), dtype=int)
@@ -135,7 +137,9 @@ def test_markdown_report_has_tables_command_and_hardware(tmp_path, folds):
     text = write_markdown_report(
         path,
         res,
-        command="python -m sb_urbansound.training.crossval hparams/cnn.yaml --x=1",
+        command=(
+            "python -m sb_urbansound.training.crossval hparams/cnn.yaml --x=1"
+        ),
         hardware="CPU: test",
         fold_seconds={k: 61.0 * k for k in range(1, 6)},
     )

@@ -200,7 +200,8 @@ NO_TORCH = textwrap.dedent(
     result = OnnxModel(sys.argv[1]).classify_file(sys.argv[2], top_k=4)
     loaded = sorted(
         m for m in sys.modules
-        if m.split(".")[0] in ("torch", "torchaudio", "speechbrain", "hyperpyyaml")
+        if m.split(".")[0]
+        in ("torch", "torchaudio", "speechbrain", "hyperpyyaml")
         and sys.modules[m] is not None
     )
     print(json.dumps({"result": result, "loaded": loaded}))

@@ -1,5 +1,5 @@
-"""Tests of sb_urbansound.data.sources: class folders, file names and folds to JSON
-manifests (UrbanSound8K's CSV is tested in ``test_prepare.py``)."""
+"""Tests of sb_urbansound.data.sources: class folders, file names and folds to
+JSON manifests (UrbanSound8K's CSV is tested in ``test_prepare.py``)."""
 
 import json
 import logging
@@ -37,7 +37,8 @@ def load(out):
 
 @pytest.fixture
 def class_folders(tmp_path):
-    """Three classes, files at several depths, wav/flac/ogg mixed, hidden junk."""
+    """Three classes, files at several depths, wav/flac/ogg mixed, hidden
+    junk."""
     root = tmp_path / "classes"
     exts = [".wav", ".flac", ".ogg"]
     layout = {

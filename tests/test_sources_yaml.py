@@ -1,6 +1,7 @@
-"""The class-folder and file-name recipes (hparams/folders.yaml, hparams/fsdd.yaml)
-train end to end through train.py (the top-level link to the recipe's) and write
-the same results as UrbanSound8K's; ready-made manifests train with skip_prep."""
+"""The class-folder and file-name recipes (hparams/folders.yaml,
+hparams/fsdd.yaml) train end to end through train.py (the top-level link to the
+recipe's) and write the same results as UrbanSound8K's; ready-made manifests
+train with skip_prep."""
 
 import json
 import os

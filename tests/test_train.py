@@ -1,5 +1,5 @@
-"""End-to-end tests of the recipe on generated data: it learns, it resumes after a
-kill, and bad input stops it with a clear message that names the culprit."""
+"""End-to-end tests of the recipe on generated data: it learns, it resumes after
+a kill, and bad input stops it with a clear message that names the culprit."""
 
 import json
 import os

@@ -1,8 +1,8 @@
-"""A model folder is code unless checked (``sb_urbansound.serving.trust``): every
-route that made ``python -m sb_urbansound.serving.classify`` or ``export`` run a
-command, make a folder or evaluate more than a model needs is refused, each
-line named, before anything is built; the model folders of every recipe YAML
-pass, and they use exactly the allow-list.
+"""A model folder is code unless checked (``sb_urbansound.serving.trust``):
+every route that made ``python -m sb_urbansound.serving.classify`` or ``export``
+run a command, make a folder or evaluate more than a model needs is refused,
+each line named, before anything is built; the model folders of every recipe
+YAML pass, and they use exactly the allow-list.
 """
 
 import os
@@ -25,7 +25,9 @@ ROUTES = {
     "a module that imports subprocess": (
         f"pwn: !new:sb_urbansound.training.crossval.subprocess.Popen [{PWN}]"
     ),
-    "superpowers": f"pwn: !new:speechbrain.utils.superpowers.subprocess.Popen [{PWN}]",
+    "superpowers": (
+        f"pwn: !new:speechbrain.utils.superpowers.subprocess.Popen [{PWN}]"
+    ),
     "a !! tag": 'pwn: !!python/object/apply:os.system ["touch PWNED"]',
     "a verbatim tag": (
         "pwn: !<tag:yaml.org,2002:python/object/apply:os.system> "
@@ -83,7 +85,8 @@ def model_folder(tmp_path_factory):
 
 
 def append(model_folder, tmp_path, lines, prefix=""):
-    """Copy the folder to tmp_path/M, add lines; the first added line's number."""
+    """Copy the folder to tmp_path/M, add lines; the first added line's
+    number."""
     folder = tmp_path / "M"
     shutil.copytree(model_folder, folder)
     path = folder / "hyperparams.yaml"
@@ -198,7 +201,7 @@ def test_the_yaml_that_is_checked_is_the_yaml_that_is_loaded(
     assert not made.exists()
 
 
-def test_a_model_folder_whose_sizes_outgrow_its_weights_is_refused_before_they_are_made(
+def test_sizes_that_outgrow_the_weights_are_refused_before_they_are_made(
     model_folder, tmp_path
 ):
     # An allowed class given huge sizes: 800 MB of weights for a folder

@@ -1,4 +1,5 @@
-"""YAMNet in PyTorch (sb_urbansound.training.yamnet): front end, encoder, converter.
+"""YAMNet in PyTorch (sb_urbansound.training.yamnet): front end, encoder,
+converter.
 
 The tests that need YAMNet's released weights read them from the shared
 folder (``../shared/data/yamnet``) and skip, saying so, when it is absent.
@@ -39,7 +40,9 @@ from speechbrain.inference.classifiers import EncoderClassifier
 WEIGHTS = SHARED / "data" / "yamnet"
 requires_weights = pytest.mark.skipif(
     not (WEIGHTS / "variables" / "variables.index").is_file(),
-    reason=f"needs YAMNet's released weights at {WEIGHTS} (../shared is absent)",
+    reason=(
+        f"needs YAMNet's released weights at {WEIGHTS} (../shared is absent)"
+    ),
 )
 
 # Frames 0, 50 and 199, mel bands 0, 10, 40 and 63 of each sound

@@ -52,7 +52,8 @@ class ChecksumError(DownloadError):
 
 
 class _BadArchiveError(DownloadError):
-    """The verified archive's contents are unusable (re-downloading won't help)."""
+    """The verified archive's contents are unusable (re-downloading won't
+    help)."""
 
 
 class _RetryableError(Exception):
@@ -85,9 +86,13 @@ def _download(url, dest, md5, progress, timeout, retries):
             if attempt >= retries:
                 kept = ""
                 if part.exists():
-                    kept = f" The partial download is kept at {part}; run again to resume."
+                    kept = (
+                        f" The partial download is kept at {part}; "
+                        "run again to resume."
+                    )
                 raise DownloadError(
-                    f"Downloading {url} failed after {tries} attempt(s): {err}.{kept}"
+                    f"Downloading {url} failed after {tries} attempt(s): "
+                    f"{err}.{kept}"
                 ) from err
             attempt += 1
             wait = _RETRY_WAIT_S * attempt
@@ -168,17 +173,18 @@ def download_urbansound8k(
         raise DownloadError(
             f"data_folder {data_folder} exists but is not a folder. Point "
             "data_folder to the extracted UrbanSound8K folder (the one holding "
-            "metadata/UrbanSound8K.csv), or to a new or empty folder to download "
-            "the data set there."
+            "metadata/UrbanSound8K.csv), or to a new or empty folder to "
+            "download the data set there."
         )
     if target.is_dir() and any(target.iterdir()):
         raise DownloadError(
             f"data_folder {data_folder} is not empty but has no "
             f"{METADATA_RELPATH.as_posix()}, so it is not an extracted "
-            "UrbanSound8K. Nothing was downloaded and nothing in it was changed. "
-            "Either point data_folder to the folder you extracted UrbanSound8K "
-            "into (the one that holds metadata/ and audio/), or to a new or empty "
-            "folder to download the data set (about 6 GB) there."
+            "UrbanSound8K. Nothing was downloaded and nothing in it was "
+            "changed. Either point data_folder to the folder you extracted "
+            "UrbanSound8K into (the one that holds metadata/ and audio/), or "
+            "to a new or empty folder to download the data set (about 6 GB) "
+            "there."
         )
 
     staging = target.parent / f".{target.name}.download"
@@ -266,7 +272,10 @@ def _fetch(url, part, progress, timeout):
                         f"Could not download {url}: the server sent a partial "
                         f"answer ({got}) to a request for the whole file."
                     )
-                why = "The server sent an unexpected range (%s); restarting from zero"
+                why = (
+                    "The server sent an unexpected range (%s); "
+                    "restarting from zero"
+                )
                 logger.warning(why, got)
                 response.close()
                 part.unlink(missing_ok=True)
@@ -317,13 +326,15 @@ def _check_member(member, archive):
     absolute = name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
     if absolute or ".." in parts:
         raise _BadArchiveError(
-            f"The archive {archive} contains the unsafe path {name!r} (absolute "
-            "or with '..'); refusing to extract it. The archive was deleted."
+            f"The archive {archive} contains the unsafe path {name!r} "
+            "(absolute or with '..'); refusing to extract it. The archive was "
+            "deleted."
         )
 
 
 def _find_dataset_root(folder, max_depth=2):
-    """The folder at most ``max_depth`` levels down that holds the metadata CSV."""
+    """The folder at most ``max_depth`` levels down that holds the metadata
+    CSV."""
     level = [folder]
     for _ in range(max_depth + 1):
         for candidate in level:
@@ -334,7 +345,8 @@ def _find_dataset_root(folder, max_depth=2):
 
 
 def _extract_into_place(archive, target, staging):
-    """Extract ``archive`` into a temporary folder, then rename it to ``target``."""
+    """Extract ``archive`` into a temporary folder, then rename it to
+    ``target``."""
     tmp = Path(tempfile.mkdtemp(prefix="extract-", dir=staging))
     # tarfile's own check of each member: 3.12, 3.11.4+, 3.10.12+
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
@@ -353,8 +365,9 @@ def _extract_into_place(archive, target, staging):
         if root is None:
             raise _BadArchiveError(
                 f"The archive {archive} does not contain "
-                f"{METADATA_RELPATH.as_posix()}, so it is not UrbanSound8K; it was "
-                "deleted and nothing was put at the data folder. Check the URL."
+                f"{METADATA_RELPATH.as_posix()}, so it is not UrbanSound8K; "
+                "it was deleted and nothing was put at the data folder. Check "
+                "the URL."
             )
         if not (root / "audio").is_dir():
             logger.warning("The archive has no audio/ folder next to metadata/")
@@ -366,8 +379,8 @@ def _extract_into_place(archive, target, staging):
                 raise DownloadError(
                     f"data_folder {target} is no longer empty (files appeared "
                     "during the download), so the data set was not put there. "
-                    "Empty it or choose a new folder and run again; the verified "
-                    "archive is kept and reused."
+                    "Empty it or choose a new folder and run again; the "
+                    "verified archive is kept and reused."
                 ) from err
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(root, target)

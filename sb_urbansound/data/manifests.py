@@ -122,7 +122,8 @@ def write_manifests(
                 "leaky_random_split=True: clips are reassigned to random "
                 "folds, so clips of one recording/group leak across train, "
                 "valid and test. This inflates scores and is only meant to "
-                "compare against the proper split; do not report it as a result."
+                "compare against the proper split; do not report it as a "
+                "result."
             )
             rng = np.random.default_rng(seed)
             table = table.assign(fold=rng.permutation(table["fold"].to_numpy()))
@@ -167,7 +168,10 @@ def write_manifests(
             shared = spread[spread > 1].index.tolist()
             if shared:
                 why = "%d group(s) (source recordings) have clips in more "
-                why += "than one split: %s. This comes from the data set's own folds."
+                why += (
+                    "than one split: %s. This comes from the data set's own "
+                    "folds."
+                )
                 logger.warning(why, len(shared), listing(sorted(shared), 10))
         for name in SPLITS:
             manifest = {}

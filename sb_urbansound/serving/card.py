@@ -227,7 +227,8 @@ model = OnnxModel("model")
 print(model.classify_file("clip.wav", top_k=3))
 ```
 
-or from the command line: `python -m sb_urbansound.serving.classify model clip.wav
+or from the command line: `python -m sb_urbansound.serving.classify \
+model clip.wav
 --backend onnx`.
 """
 
@@ -274,8 +275,8 @@ def model_card(info, name="sb-urbansound sound classifier"):
     if {"sample_rate", "channels", "duration_ms"} <= set(s):
         spec = (
             f" It hears {s['duration_ms'] / 1000:g} s clips at "
-            f"{s['sample_rate']} Hz, {_plural(s['channels'], 'channel')}; longer "
-            "recordings are scored over sliding windows of that length."
+            f"{s['sample_rate']} Hz, {_plural(s['channels'], 'channel')}; "
+            "longer recordings are scored over sliding windows of that length."
         )
     lines = [
         _front_matter(info, name),

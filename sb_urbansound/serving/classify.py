@@ -1,4 +1,5 @@
-"""Classify audio files with a trained model (the ``model`` folder training writes).
+"""Classify audio files with a trained model (the ``model`` folder training
+writes).
 
 Prints ``path<TAB>label<TAB>probability`` per file; exit status 0 when every
 file was classified, 1 otherwise, 2 for a usage error or a model folder that
@@ -169,7 +170,7 @@ def load_scorer(
     >>> load_scorer("no/such/model", backend="onnx")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.runtime.ModelFileError: No ONNX model at no/such/model ...
+    sb_urbansound.serving.runtime.ModelFileError: No ONNX model at no/such/...
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
@@ -397,7 +398,9 @@ def parse_args(argv=None):
         "--no-progress",
         dest="progress",
         action="store_false",
-        help=f"no progress bar (default: shown from {PROGRESS_MIN_FILES} files)",
+        help=(
+            f"no progress bar (default: shown from {PROGRESS_MIN_FILES} files)"
+        ),
     )
     add(
         "--backend",

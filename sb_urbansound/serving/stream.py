@@ -145,7 +145,7 @@ def _window_line(start, end, probs, labels, top_k=1):
     Example
     -------
     >>> _window_line(0.0, 1.0, np.array([0.25, 0.75]), ["a", "b"])
-    '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75, "top_k": [{"label": "b", "prob": 0.75}]}'
+    '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75, "top_k": [{...}]}'
     """
     best = top_k_labels(probs, labels, top_k)
     line = {"start": round(float(start), 6), "end": round(float(end), 6)}

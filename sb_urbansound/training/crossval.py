@@ -136,8 +136,8 @@ def recipe_script(hparams_file):
     script = Path(hparams_file).resolve().parent.parent / "train.py"
     if not script.is_file():
         raise CrossvalError(
-            f"no recipe script {script} for {hparams_file}: the YAML must be in "
-            "the hparams/ folder of a recipe (beside its train.py)"
+            f"no recipe script {script} for {hparams_file}: the YAML must be "
+            "in the hparams/ folder of a recipe (beside its train.py)"
         )
     return script
 
@@ -190,8 +190,8 @@ def assign_folds(folds):
         raise CrossvalError(f"folds listed more than once: {dupes}")
     if len(folds) < MIN_FOLDS:
         raise CrossvalError(
-            f"cross-validation needs at least {MIN_FOLDS} folds (one to test, one "
-            f"to validate, at least one to train); got {folds}"
+            f"cross-validation needs at least {MIN_FOLDS} folds (one to test, "
+            f"one to validate, at least one to train); got {folds}"
         )
     folds = sorted(folds)
     valids = folds[1:] + folds[:1]
@@ -202,7 +202,8 @@ def assign_folds(folds):
 
 
 USAGE = """\
-usage: python -m sb_urbansound.training.crossval HPARAMS.yaml [--data_folder=DIR]
+usage: python -m sb_urbansound.training.crossval HPARAMS.yaml \
+[--data_folder=DIR]
            [--output_folder=DIR] [--folds=[1,2,...]] [--leaky-random-split]
            [--key=value ...]
 
@@ -266,8 +267,8 @@ def parse_crossval_args(argv):
             args.passthrough.append(token)
         elif norm in FOLD_KEYS:
             raise CrossvalError(
-                f"--{key} is set by crossval for each fold; choose the folds to "
-                "cross-validate over with --folds=[...] instead"
+                f"--{key} is set by crossval for each fold; choose the folds "
+                "to cross-validate over with --folds=[...] instead"
             )
         elif norm == LEAKY_KEY:
             # --leaky_random_split may take its value as the next argument
@@ -339,8 +340,9 @@ def read_recipe_settings(hparams_file, passthrough=()):
     missing = [k for k in FOLD_KEYS if k not in tree]
     if missing:
         raise CrossvalError(
-            f"{hparams_file} has no {', '.join(missing)}: crossval needs a recipe "
-            "YAML with train_fold_nums, valid_fold_nums and test_fold_nums"
+            f"{hparams_file} has no {', '.join(missing)}: crossval needs a "
+            "recipe YAML with train_fold_nums, valid_fold_nums and "
+            "test_fold_nums"
         )
     lists = {k: _as_fold_list(tree[k], k) for k in FOLD_KEYS}
     out, annotation = tree.get("output_folder"), tree.get("test_annotation")
@@ -539,7 +541,8 @@ def _refuse_other_settings(plans, out_dir, wanted):
 
 def run_crossval(argv, runner=None, log=None, progress=True):
     """Run the cross-validation of a command line and write the reports
-    (:class:`CrossvalError`, :class:`FoldFailedError`, :class:`FoldInterrupted`).
+    (:class:`CrossvalError`, :class:`FoldFailedError`,
+    :class:`FoldInterrupted`).
 
     Arguments
     ---------
@@ -568,8 +571,8 @@ def run_crossval(argv, runner=None, log=None, progress=True):
     leaky = args.leaky or settings["leaky_random_split"]
     if leaky and LEAKY_KEY not in settings["keys"]:
         raise CrossvalError(
-            f"{args.hparams_file} has no {LEAKY_KEY} key, so this recipe cannot "
-            "run the leaky random split"
+            f"{args.hparams_file} has no {LEAKY_KEY} key, so this recipe "
+            "cannot run the leaky random split"
         )
     plans = assign_folds(
         settings["folds"] if args.folds is None else args.folds

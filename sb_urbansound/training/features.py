@@ -16,7 +16,8 @@ CPU_CHUNK_SAMPLES = 2**19
 
 
 class MelSpectrogramDB(torch.nn.Module):
-    """Mel spectrogram in dB per channel: ``[B, T, C]`` → ``[B, C, n_mels, frames]``.
+    """Mel spectrogram in dB per channel: ``[B, T, C]`` →
+    ``[B, C, n_mels, frames]``.
 
     The tutorial's ``MelSpectrogram`` (power 2), then ``AmplitudeToDB`` with
     ``top_db`` (its floor taken per clip, over all channels).
@@ -113,7 +114,8 @@ class MelSpectrogramDB(torch.nn.Module):
 
     def _power_mel(self, signals):
         """``self.melspec`` of ``[batch, channels, time]``, faster (ours, not
-        torchaudio's: power as ``re² + im²``, CPU STFT in cache-sized chunks)."""
+        torchaudio's: power as ``re² + im²``, CPU STFT in cache-sized
+        chunks)."""
         sp = self.melspec.spectrogram  # power 2, not normalised, no pad
         keys = "n_fft hop_length win_length window center pad_mode onesided"
         opts = {key: getattr(sp, key) for key in keys.split()}
@@ -234,7 +236,8 @@ class ClipStandardize(torch.nn.Module):
 
 
 class Log1pMelSpectrogram(torch.nn.Module):
-    """``log(1 + mel(|STFT| ** power))``: ``[batch, time]`` → ``[batch, frames, n_mels]``.
+    """``log(1 + mel(|STFT| ** power))``: ``[batch, time]`` →
+    ``[batch, frames, n_mels]``.
 
     The features ``speechbrain/cnn14-esc50`` was trained on (SpeechBrain's
     ESC50 recipe): ``STFT``, magnitude to ``power``, mel ``Filterbank``.

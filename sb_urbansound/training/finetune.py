@@ -308,8 +308,8 @@ class BEATsEncoder(torch.nn.Module):
         self.beats = build_beats(config)
 
     def forward(self, wavs, lengths=None):
-        """``[batch, time]`` 16 kHz waveforms and their relative lengths (default
-        all 1) → ``[batch, 1, encoder_embed_dim]``."""
+        """``[batch, time]`` 16 kHz waveforms and their relative lengths
+        (default all 1) → ``[batch, 1, encoder_embed_dim]``."""
         if wavs.dim() != 2:
             raise UserError(
                 "BEATs takes mono waveforms [batch, time], got a tensor of "
@@ -447,7 +447,7 @@ def check_state_dict(module, state_dict, path):
     ...     check_state_dict(torch.nn.Linear(2, 3), state, "x.ckpt")
     ... except UserError as e:
     ...     print(str(e).splitlines()[1:3])
-    ['  missing keys (in the model, not in the file): 1: bias', '  unexpected keys (in the file, not in the model): 1: scale']
+    ['  missing keys ...: 1: bias', '  unexpected keys ...: 1: scale']
     """
     if not isinstance(state_dict, Mapping):
         raise UserError(
@@ -522,7 +522,7 @@ def strict_parameter_transfer(obj, path):
     ...     strict_parameter_transfer(torch.nn.Linear(2, 4), tmp / "a.ckpt")
     ... except UserError as e:
     ...     print(str(e).splitlines()[1])
-      shape mismatches: 2: weight (file (3, 2), model (4, 2)), bias (file (3,), model (4,))
+      shape mismatches: 2: weight (file (3, 2), model (4, 2)), bias (...)
     """
     read = getattr(obj, "read_pretrained", None)
     checkpoint = read(path) if read is not None else None

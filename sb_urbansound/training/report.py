@@ -27,7 +27,8 @@ LEAKY_WARNING = """\
 ## ⚠️ LEAKY RANDOM SPLIT: these numbers are NOT comparable to published results
 
 This run used `--leaky-random-split`: clips were shuffled across folds at random
-(keeping the fold sizes) instead of using the data's own folds. It exists only to
+(keeping the fold sizes) instead of using the data's own \
+folds. It exists only to
 show how much such a split inflates accuracy. **Do not report these numbers.**
 
 Why it is wrong: UrbanSound8K's 8,732 clips are slices cut from 1,297 Freesound
@@ -102,13 +103,15 @@ def aggregate_folds(fold_results):
             extra = sorted(set(fold_labels) - set(labels))
             raise ValueError(
                 f"fold {fold} has different labels from fold "
-                f"{fold_results[0]['test_fold']}: missing {missing}, extra {extra}. "
+                f"{fold_results[0]['test_fold']}: missing {missing}, "
+                f"extra {extra}. "
                 "All folds must be trained on the same classes."
             )
         cm = np.asarray(res["confusion_matrix"], dtype=np.int64)
         if cm.shape != (n, n):
             raise ValueError(
-                f"fold {fold}: confusion matrix of shape {cm.shape} for {n} labels"
+                f"fold {fold}: confusion matrix of shape {cm.shape} "
+                f"for {n} labels"
             )
         order = [fold_labels.index(label) for label in labels]
         cm = cm[np.ix_(order, order)]

@@ -46,7 +46,8 @@ def prepare_urbansound8k(
     download=False,
     full_check=True,
 ):
-    """Write train/valid/test manifests for UrbanSound8K from its official folds.
+    """Write train/valid/test manifests for UrbanSound8K from its official
+    folds.
 
     The audio is expected at
     ``<data_folder>/audio/fold<fold>/<slice_file_name>``. A clip's id is its

@@ -103,10 +103,10 @@ def prepare_folders(
     top_level = [rel for rel in files if len(Path(rel).parts) < 2]
     if top_level:
         raise DataPrepError(
-            f"{len(top_level)} audio file(s) lie directly in {data_folder}, outside "
-            f"any class folder: {listing(top_level)}. Move each file into "
-            "<data_folder>/<label>/, or use prepare_filenames if the label is in "
-            "the file name."
+            f"{len(top_level)} audio file(s) lie directly in {data_folder}, "
+            f"outside any class folder: {listing(top_level)}. Move each file "
+            "into <data_folder>/<label>/, or use prepare_filenames if the "
+            "label is in the file name."
         )
     labels = [Path(rel).parts[0] for rel in files]
     groups = [None] * len(files)
@@ -118,7 +118,8 @@ def prepare_folders(
         if unmatched:
             raise DataPrepError(
                 f"group_pattern '{group_re.pattern}' finds no group in "
-                f"{len(unmatched)} of {len(files)} file name(s) under {data_folder}: "
+                f"{len(unmatched)} of {len(files)} file name(s) under "
+                f"{data_folder}: "
                 f"{listing(unmatched)}. Fix group_pattern so that its group "
                 "matches every file name, or rename these files."
             )
@@ -214,7 +215,8 @@ def prepare_filenames(
             f"pattern {regex.pattern!r} does not match {len(unmatched)} of the "
             f"{len(files)} audio file name(s) under {data_folder}: "
             f"{listing(unmatched)}. Widen the pattern (it must match the whole "
-            "file name, suffix included) or move these files out of data_folder."
+            "file name, suffix included) or move these files out of "
+            "data_folder."
         )
     labels = [m["label"] for m in found]
     groups = [m.groupdict().get("group") or None for m in found]
@@ -237,8 +239,8 @@ def _write(function, extra_options, clips, where, how):
     if len(set(labels)) < 2:
         raise DataPrepError(
             f"the audio under {data_folder} has a single class "
-            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at least "
-            "two classes."
+            f"({labels[0]!r}, {len(files)} file(s)); a classifier needs at "
+            "least two classes."
         )
     table = pd.DataFrame(
         {

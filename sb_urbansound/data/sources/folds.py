@@ -101,13 +101,14 @@ def check_fold_lists(train, valid, test, available):
         folds = parse_fold_list(value, name)
         if not folds:
             raise DataPrepError(
-                f"{name} is empty; give at least one fold (folds available: {shown})"
+                f"{name} is empty; give at least one fold "
+                f"(folds available: {shown})"
             )
         unknown = sorted(set(folds) - set(available))
         if unknown:
             raise DataPrepError(
-                f"{name} names fold(s) {', '.join(map(str, unknown))}, which the "
-                f"data does not have; folds available: {shown}"
+                f"{name} names fold(s) {', '.join(map(str, unknown))}, which "
+                f"the data does not have; folds available: {shown}"
             )
         splits[split] = sorted(set(folds))
     overlaps = []
@@ -161,8 +162,9 @@ def assign_group_folds(groups, n_folds, seed=1234):
     if n > len(unique):
         raise DataPrepError(
             f"n_folds={n} but the data has only {len(unique)} group(s) "
-            f"({listing(unique, 5)}); each fold needs at least one group. Lower "
-            "n_folds, or give a finer group (or none, so each file is its own group)."
+            f"({listing(unique, 5)}); each fold needs at least one group. "
+            "Lower n_folds, or give a finer group (or none, so each file is "
+            "its own group)."
         )
     order = np.random.default_rng(seed).permutation(len(unique))
     fold_of = {unique[j]: k % n + 1 for k, j in enumerate(order)}

@@ -70,8 +70,8 @@ def load_urbansound8k_table(csv_path, data_folder=None):
         UnicodeDecodeError,
     ) as e:
         raise DataPrepError(
-            f"cannot parse the metadata CSV {csv_path}: {e}. Restore the original "
-            "UrbanSound8K.csv (comma-separated, one header line)."
+            f"cannot parse the metadata CSV {csv_path}: {e}. Restore the "
+            "original UrbanSound8K.csv (comma-separated, one header line)."
         ) from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in US8K_REQUIRED_COLUMNS if c not in df.columns]
