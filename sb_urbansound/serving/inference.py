@@ -326,10 +326,11 @@ def check_model_folder(folder):
     >>> tmp = getfixture("tmp_path")
     >>> (tmp / "model").mkdir()
     >>> _ = (tmp / "model" / "hyperparams.yaml").write_text("x: 1")
-    >>> check_model_folder(tmp)  # doctest: +ELLIPSIS
+    >>> check_model_folder(tmp)  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.inference.ModelFolderError: ...is a training output...
+    sb_urbansound.serving.inference.ModelFolderError:
+    ... is a training output folder; its model is .../model
     """
     folder = Path(folder)
     inner = folder / MODEL_SUBFOLDER
@@ -405,10 +406,11 @@ def load_model(folder, device="cpu", trust=False):
 
     Example
     -------
-    >>> load_model("no/such/folder")
+    >>> load_model("no/such/folder")  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.inference.ModelFolderError: No model folder at ...
+    sb_urbansound.serving.inference.ModelFolderError:
+    No model folder at no/such/folder (expected hyperparams.yaml ...
     """
     folder = Path(folder)
     check_model_folder(folder)
@@ -487,12 +489,13 @@ class _TensorBudget(TorchDispatchMode):
 
     Example
     -------
-    >>> with _TensorBudget(1 << 20, "x.yaml"):  # doctest: +ELLIPSIS
+    >>> with _TensorBudget(1 << 20, "x.yaml"):  # doctest: +NORMALIZE_WHITESPACE
     ...     small = torch.zeros(1000)
     ...     big = torch.nn.Linear(1000, 1000)
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.inference.ModelFolderError: x.yaml builds more than...
+    sb_urbansound.serving.inference.ModelFolderError:
+    x.yaml builds more than 1 MB of tensors...
     """
 
     def __init__(self, limit, source):

@@ -254,10 +254,11 @@ def check_rate(rate, what):
     -------
     >>> check_rate(44101, "--rate")
     44101
-    >>> check_rate(0, "--rate")
+    >>> check_rate(0, "--rate")  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.AudioLoadError: --rate 0 Hz is outside the supported...
+    sb_urbansound.errors.AudioLoadError: --rate 0 Hz is outside the supported
+    sample rates, 1000 to 768000 Hz
     """
     if not MIN_RATE <= rate <= MAX_RATE:
         raise AudioLoadError(
@@ -568,10 +569,14 @@ def check_folder(spec, file):
     -------
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "hyperparams.yaml").write_text("sample_rate: 16000\\n")
-    >>> check_folder({"sample_rate": 8000}, tmp / "model.onnx")
+    >>> onnx = tmp / "model.onnx"
+    >>> spec = {"sample_rate": 8000}
+    >>> check_folder(spec, onnx)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.runtime.ModelFileError: ...model.onnx does not...
+    sb_urbansound.serving.runtime.ModelFileError: ...model.onnx does not
+    match the model folder it is in: sample_rate is 8000 in its metadata but
+    16000 in .../hyperparams.yaml. Export ...
     """
     diffs = []
     for key, value, source in folder_spec(Path(file).parent):

@@ -195,10 +195,12 @@ def check_model_yaml(path, text=None):
     >>> _ = (tmp / "h.yaml").write_text(
     ...     "m: !new:torch.nn.Linear [2, 3]\\nx: !apply:os.system [ls]\\n"
     ... )
-    >>> check_model_yaml(tmp / "h.yaml")
+    >>> check_model_yaml(tmp / "h.yaml")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.trust.UntrustedModelError: ...yaml runs...os.system...
+    sb_urbansound.serving.trust.UntrustedModelError: ...h.yaml runs what a
+    model does not need: line 2: !apply:os.system (not one of the objects a
+    model is made of). ...
     """
     path = Path(path)
     source = path if text is None else text
