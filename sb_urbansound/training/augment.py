@@ -171,7 +171,8 @@ class Mixup(torch.nn.Module):
 
 
 def circular_views(x, n_views, max_shift, dim=1):
-    """Copies of a batch rolled by amounts spread evenly over ``[0, max_shift]``.
+    """Copies of a batch rolled by amounts spread evenly over
+    ``[0, max_shift]``.
 
     Arguments
     ---------

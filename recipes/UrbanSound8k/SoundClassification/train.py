@@ -20,7 +20,8 @@ encoders (loaded by the YAML's ``pretrainer``). In any YAML,
 the encoder (``embedding_model``) or give it its own learning rate.
 
 ``data_source``: ``files`` (decoded at every epoch), ``bank`` or
-``feature_bank`` (decoded once) or ``shards`` (see ``sb_urbansound.data.loader``).
+``feature_bank`` (decoded once) or ``shards`` (see
+``sb_urbansound.data.loader``).
 
 Authors
  * sb-urbansound contributors 2026
@@ -79,12 +80,13 @@ WRITTEN_FOLDERS += ("bank_folder", "shards_folder")
 
 
 class SoundClassifierBrain(sb.Brain):
-    """Trains a sound classifier; validates, keeps the best checkpoint, tests it.
+    """Trains a sound classifier, keeps the best checkpoint and tests it.
 
     The modules are those SpeechBrain's ``EncoderClassifier`` uses
     (``compute_features``, ``mean_var_norm``, ``embedding_model``,
     ``classifier``), so a trained model loads for inference without this file.
-    The batches come from ``self.data`` (``sb_urbansound.data.loader.DataSource``).
+    The batches come from ``self.data``
+    (``sb_urbansound.data.loader.DataSource``).
     """
 
     frozen = False  # whether the encoder is frozen in this epoch
@@ -115,8 +117,8 @@ class SoundClassifierBrain(sb.Brain):
             feats, *self.mixed = mixup(feats)
 
         # Each process evaluates its share of the clips, without the DDP
-        # wrappers (sb_urbansound.training.distributed); a frozen encoder stays in
-        # evaluation mode (its batch-norm statistics are those it loaded)
+        # wrappers (sb_urbansound.training.distributed); a frozen encoder
+        # stays in evaluation mode (with the batch-norm statistics it loaded)
         modules = self.modules if train else unwrapped(self.modules)
         if train and self.frozen:
             self.modules.embedding_model.eval()
