@@ -452,3 +452,20 @@ def test_export_of_a_read_only_model_folder_is_one_line(folders):
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert f"the model folder {folder} cannot be written" in err
     assert "Copy the folder to a writable place" in err
+
+
+def test_an_untrained_folder_gets_statistics_for_speechbrains_normaliser(
+    tmp_path,
+):
+    # InputNormalization (the ECAPA, x-vector and CNN14 YAMLs) sees the
+    # generated clips as BatchStandardize does: with empty statistics the
+    # folder's model failed on its first clip (a size mismatch)
+    folder = untrained_model_folder(
+        HPARAMS / "xvector.yaml",
+        tmp_path / "model",
+        LABELS,
+        {"sample_rate": 16000, "duration_ms": 1000},
+    )
+    norm = load_model(folder).mods.mean_var_norm  # scores a clip to load
+    assert type(norm).__name__ == "InputNormalization"
+    assert norm.glob_mean.shape == (80,) and float(norm.glob_std.min()) > 0

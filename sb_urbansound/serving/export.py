@@ -726,7 +726,7 @@ def _export_one(model, fmt, folder, clips, opset, log):
 
 def untrained_model_folder(yaml_file, folder, labels, overrides=None):
     """Write a model folder from a training YAML's random weights (for
-    benchmarks and tests); a ``BatchStandardize`` sees generated clips.
+    benchmarks and tests); its normaliser sees generated clips.
 
     Arguments
     ---------
@@ -761,7 +761,8 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
         hparams["label_encoder"].update_from_iterable(labels)
         mods = hparams["modules"]
         norm = mods.get("mean_var_norm")
-        if isinstance(norm, BatchStandardize):
+        if norm is not None:  # statistics (BatchStandardize, SpeechBrain's
+            # InputNormalization) from generated clips
             rate, channels = hparams["sample_rate"], hparams["channels"]
             num = round(rate * hparams["duration_ms"] / 1000)
             clips = generated_clips(rate, channels, num)
@@ -769,7 +770,8 @@ def untrained_model_folder(yaml_file, folder, labels, overrides=None):
                 [sliding_windows(clip, num)[0] for _, clip in clips]
             )
             with torch.no_grad():
-                norm.train()(mods["compute_features"](batch))
+                feats = mods["compute_features"](batch)
+                norm.train()(feats, torch.ones(len(feats)))
         for module in mods.values():
             module.eval()
         folder = export_inference_folder(hparams, folder=folder)
