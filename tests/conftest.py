@@ -18,6 +18,18 @@ from helpers import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def child_tmpdir(tmp_path_factory):
+    """The processes the tests start keep their temporary files under
+    pytest's folder, not in /tmp: one killed on purpose leaves behind what
+    it would have removed at exit (multiprocessing's ``pymp-*`` folders,
+    torchrun's ``torchelastic_*``)."""
+    folder = tmp_path_factory.mktemp("child-tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_us8k(tmp_path_factory):
     """A small UrbanSound8K-shaped tree: 4 classes x 4 folds x 6 clips of

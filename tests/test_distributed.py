@@ -44,8 +44,6 @@ def command(data, out, extra, processes):
             "torch.distributed.run",
             "--standalone",
             f"--nproc_per_node={processes}",
-            # torchrun's log folders beside the run, not torchelastic_* in /tmp
-            f"--log-dir={os.path.dirname(out)}/torchrun",
         ]
     return [
         *launch,

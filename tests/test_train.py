@@ -231,7 +231,6 @@ def test_torchrun_two_cpu_processes(small_data, tmp_path):
         "torch.distributed.run",
         "--standalone",  # a free port: runs beside other jobs
         "--nproc_per_node=2",
-        f"--log-dir={tmp_path / 'torchrun'}",  # not torchelastic_* in /tmp
         str(REPO / "train.py"),
         str(REPO / "hparams" / "cnn.yaml"),
         f"--data_folder={small_data}",
