@@ -190,19 +190,24 @@ def test_chunked_scoring_equals_one_pass(trained, tmp_path):
     assert np.abs(whole - ref).max() <= 1e-4
 
 
+#: Run first by every torch-free script: any import of BLOCKED fails
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+    BLOCKED = ("torch", "torchaudio", "speechbrain", "hyperpyyaml")
+    for name in BLOCKED:
+        sys.modules[name] = None
+    """
+)
 NO_TORCH = textwrap.dedent(
     """
-    import json, sys
-    for name in ("torch", "torchaudio", "speechbrain", "hyperpyyaml"):
-        sys.modules[name] = None  # any import of them fails
+    import json
     from sb_urbansound.serving.runtime import OnnxModel
 
     result = OnnxModel(sys.argv[1]).classify_file(sys.argv[2], top_k=4)
     loaded = sorted(
         m for m in sys.modules
-        if m.split(".")[0]
-        in ("torch", "torchaudio", "speechbrain", "hyperpyyaml")
-        and sys.modules[m] is not None
+        if m.split(".")[0] in BLOCKED and sys.modules[m] is not None
     )
     print(json.dumps({"result": result, "loaded": loaded}))
     """
@@ -210,9 +215,10 @@ NO_TORCH = textwrap.dedent(
 
 
 def run_without_torch(script, tmp_path, *args):
-    """Run a Python ``script`` with ``args`` in tmp_path (one thread)."""
+    """Run a Python ``script`` with ``args`` in tmp_path (one thread), torch,
+    torchaudio, SpeechBrain and HyperPyYAML blocked (:data:`BLOCK_TORCH`)."""
     return subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
+        [sys.executable, "-c", BLOCK_TORCH + script, *map(str, args)],
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -237,9 +243,7 @@ def test_runtime_needs_no_torch(trained, tmp_path):
 
 NO_TORCH_CLI = textwrap.dedent(
     """
-    import runpy, sys
-    for name in ("torch", "torchaudio", "speechbrain", "hyperpyyaml"):
-        sys.modules[name] = None  # any import of them fails
+    import runpy
     sys.argv[0] = "classify"
     runpy.run_module("sb_urbansound.serving.classify", run_name="__main__")
     """
