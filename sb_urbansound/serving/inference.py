@@ -8,6 +8,7 @@ Authors
  * sb-urbansound contributors
 """
 
+import contextlib
 import io
 import logging
 import math
@@ -429,7 +430,8 @@ def load_model(folder, device="cpu", trust=False):
     try:
         # EncoderClassifier.from_hparams(source, savedir=source), but built
         # from the text just checked: from_hparams would read the file again
-        with _TensorBudget(None if trust else _budget(folder), path):
+        budget = None if trust else _TensorBudget(_budget(folder), path)
+        with budget or contextlib.nullcontext():
             hparams = load_hyperpyyaml(text)
         hparams["savedir"] = source
         pretrainer = hparams["pretrainer"]
@@ -479,7 +481,7 @@ def _budget(folder):
 
 class _TensorBudget(TorchDispatchMode):
     """Refuse a tensor before it is made once the tensors made so far add up
-    to more than ``limit`` bytes (None: no limit).
+    to more than ``limit`` bytes.
 
     Each operation is first run on the ``meta`` device, which gives the size
     of its result without memory: an allowed class given a huge size in a
@@ -504,7 +506,7 @@ class _TensorBudget(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.limit is not None and not func._schema.is_mutable:
+        if not func._schema.is_mutable:
             self.made += _result_bytes(func, args, kwargs)
             if self.made > self.limit:
                 raise ModelFolderError(
