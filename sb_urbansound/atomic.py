@@ -167,10 +167,12 @@ def open_store_file(path, flags=os.O_RDONLY, mode=0o666):
     >>> tmp = getfixture("tmp_path")
     >>> _ = (tmp / "notes.txt").write_text("mine")
     >>> (tmp / ".lock").symlink_to(tmp / "notes.txt")
-    >>> open_store_file(tmp / ".lock", os.O_RDWR | os.O_CREAT)
+    >>> flags = os.O_RDWR | os.O_CREAT
+    >>> open_store_file(tmp / ".lock", flags)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.NotOursError: .../.lock is a link (to .../notes.txt)...
+    sb_urbansound.errors.NotOursError: .../.lock is a link
+    (to .../notes.txt), ...
     """
     extra = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
@@ -302,10 +304,11 @@ def claim_folder(folder, kind, what="output_folder"):
     >>> store_kind(claim_folder(tmp / "out", "run"))
     'run'
     >>> _ = (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("")
-    >>> claim_folder(tmp / "mine", "run")
+    >>> claim_folder(tmp / "mine", "run")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.NotOursError: output_folder ... (notes.txt)...
+    sb_urbansound.errors.NotOursError: output_folder ... holds files that
+    sb-urbansound did not write (notes.txt)...
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -352,10 +355,11 @@ def remove_store(folder, kind=None):
     >>> remove_store(mark_store(tmp / "b", "bank"), "bank")
     >>> (tmp / "b").exists()
     False
-    >>> remove_store(tmp)
+    >>> remove_store(tmp)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.NotOursError: ... is not a folder that sb-urbansound...
+    sb_urbansound.errors.NotOursError: ... is not a folder that
+    sb-urbansound made...
     """
     folder = Path(folder)
     found = store_kind(folder) if not folder.is_symlink() else None

@@ -167,10 +167,11 @@ def load_scorer(
 
     Example
     -------
-    >>> load_scorer("no/such/model", backend="onnx")  # doctest: +ELLIPSIS
+    >>> load_scorer("nothing", backend="onnx")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.serving.runtime.ModelFileError: No ONNX model at no/such/...
+    sb_urbansound.serving.runtime.ModelFileError:
+    No ONNX model at nothing ...
     """
     if backend not in ("torch", "onnx"):
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")

@@ -484,8 +484,10 @@ def generated_clips(sample_rate, channels, num_samples):
 
     Example
     -------
-    >>> [(n, c.shape) for n, c in generated_clips(8000, 2, 800)][:2]
-    [('generated-0', torch.Size([240, 2])), ('generated-1', ...([800, 2]))]
+    >>> clips = generated_clips(8000, 2, 800)
+    >>> [(n, c.shape) for n, c in clips][:2]  # doctest: +NORMALIZE_WHITESPACE
+    [('generated-0', torch.Size([240, 2])),
+    ('generated-1', torch.Size([800, 2]))]
     """
     rng = np.random.default_rng(0)
     clips = []
@@ -599,8 +601,9 @@ def _check_summary(fmt, stats):
     Example
     -------
     >>> s = dict(clips=5, windows=21, top1_agree=5, max_abs_diff=2e-7)
-    >>> _check_summary("onnx", s)
-    ('onnx: 5 clips (21 windows) ... 5/5 clips, max |Δprob| 2.0e-07 ...', True)
+    >>> _check_summary("onnx", s)  # doctest: +NORMALIZE_WHITESPACE
+    ('onnx: 5 clips (21 windows) against eager PyTorch: same top-1 label on
+    5/5 clips, max |Δprob| 2.0e-07 (limit 1e-04)', True)
     """
     line = (
         f"{fmt}: {stats['clips']} clips ({stats['windows']} windows) against "

@@ -144,8 +144,11 @@ def _window_line(start, end, probs, labels, top_k=1):
 
     Example
     -------
-    >>> _window_line(0.0, 1.0, np.array([0.25, 0.75]), ["a", "b"])
-    '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75, "top_k": [{...}]}'
+    >>> probs = np.array([0.25, 0.75])
+    >>> labels = ["a", "b"]
+    >>> _window_line(0.0, 1.0, probs, labels)  # doctest: +NORMALIZE_WHITESPACE
+    '{"start": 0.0, "end": 1.0, "label": "b", "prob": 0.75,
+    "top_k": [{"label": "b", "prob": 0.75}]}'
     """
     best = top_k_labels(probs, labels, top_k)
     line = {"start": round(float(start), 6), "end": round(float(end), 6)}

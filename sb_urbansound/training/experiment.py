@@ -174,10 +174,12 @@ def read_yaml_values(hparams_file, overrides=""):
     >>> _ = (tmp / "h.yaml").write_text("seed: 1\\nout: !ref r/<seed>\\n")
     >>> read_yaml_values(tmp / "h.yaml", "seed: 7")["out"]
     'r/7'
-    >>> read_yaml_values(tmp / "h.yaml", "sede: 7")
+    >>> h = tmp / "h.yaml"
+    >>> read_yaml_values(h, "sede: 7")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.UserError: unknown option --sede: ...mean --seed?...
+    sb_urbansound.errors.UserError: unknown option --sede: ...
+    (did you mean --seed?)...
     """
     import difflib
 
@@ -259,10 +261,12 @@ def check_values(values, hparams_file="the YAML"):
     Traceback (most recent call last):
      ...
     sb_urbansound.errors.UserError: batch_size=0 is not valid: ...
-    >>> check_values({"sample_rate": 2147483647})
+    >>> big = {"sample_rate": 2147483647}
+    >>> check_values(big)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.UserError: sample_rate=2147483647 is not valid: ...
+    sb_urbansound.errors.UserError: sample_rate=2147483647 is not valid:
+    sample_rate must be a sample rate in Hz, 1000 to 768000 ...
     """
     for key, (check, allowed) in CHECKED_KEYS.items():
         value = values.get(key)
@@ -407,10 +411,12 @@ def check_outside(data_folder, folders):
 
     Example
     -------
-    >>> check_outside("/data/us8k", {"output_folder": "/data/us8k/out"})
+    >>> folders = {"output_folder": "/data/us8k/out"}
+    >>> check_outside("/data/us8k", folders)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
      ...
-    sb_urbansound.errors.UserError: output_folder /data/us8k/out is inside...
+    sb_urbansound.errors.UserError: output_folder /data/us8k/out is inside
+    data_folder /data/us8k...
     """
     if not data_folder:
         return

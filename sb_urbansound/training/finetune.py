@@ -443,11 +443,12 @@ def check_state_dict(module, state_dict, path):
     Example
     -------
     >>> state = {"weight": torch.ones(3, 2), "scale": torch.ones(1)}
-    >>> try:
+    >>> try:  # doctest: +NORMALIZE_WHITESPACE
     ...     check_state_dict(torch.nn.Linear(2, 3), state, "x.ckpt")
     ... except UserError as e:
     ...     print(str(e).splitlines()[1:3])
-    ['  missing keys ...: 1: bias', '  unexpected keys ...: 1: scale']
+    ['  missing keys (in the model, not in the file): 1: bias',
+    '  unexpected keys (in the file, not in the model): 1: scale']
     """
     if not isinstance(state_dict, Mapping):
         raise UserError(
@@ -518,11 +519,12 @@ def strict_parameter_transfer(obj, path):
     >>> tmp = getfixture("tmp_path")
     >>> torch.save(torch.nn.Linear(2, 3).state_dict(), tmp / "a.ckpt")
     >>> strict_parameter_transfer(torch.nn.Linear(2, 3), tmp / "a.ckpt")
-    >>> try:
+    >>> try:  # doctest: +NORMALIZE_WHITESPACE
     ...     strict_parameter_transfer(torch.nn.Linear(2, 4), tmp / "a.ckpt")
     ... except UserError as e:
     ...     print(str(e).splitlines()[1])
-      shape mismatches: 2: weight (file (3, 2), model (4, 2)), bias (...)
+      shape mismatches: 2: weight (file (3, 2), model (4, 2)),
+      bias (file (3,), model (4,))
     """
     read = getattr(obj, "read_pretrained", None)
     checkpoint = read(path) if read is not None else None
