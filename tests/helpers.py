@@ -8,6 +8,8 @@ noise), which a small model can learn in a few epochs.
 
 import csv
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -243,7 +245,6 @@ def load_recipe():
 def load_prepare_module():
     """The recipe's ``urbansound8k_prepare.py`` as a module."""
     import importlib
-    import sys
 
     if str(RECIPE) not in sys.path:
         sys.path.insert(0, str(RECIPE))
@@ -254,7 +255,6 @@ def _can_mount_tmpfs():
     """Whether this machine lets a test mount a small tmpfs (in a private
     mount namespace, with ``unshare``), to fill a disk for real."""
     import shutil
-    import subprocess
     import tempfile
 
     if shutil.which("unshare") is None:
@@ -290,7 +290,6 @@ def run_in_namespace(setup, cmd, **kwargs):
     """Run ``cmd`` after the shell commands ``setup`` (mounts), in a private
     mount namespace: what is mounted there is gone when it ends."""
     import shlex
-    import subprocess
 
     script = f"{setup} && exec {shlex.join(str(c) for c in cmd)}"
     return subprocess.run(
@@ -311,9 +310,7 @@ def run_with_memory_limit(cmd, limit=MEMORY_LIMIT, **kwargs):
     """Run ``cmd`` with its data memory limited to ``limit`` bytes
     (``RLIMIT_DATA``: an allocation past it fails at once, however much
     memory the machine has)."""
-    import os
     import resource
-    import subprocess
 
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -359,3 +356,27 @@ def offline_env(tmp_path, *paths):
         "PYTHONPATH": pythonpath,
         "HF_HUB_OFFLINE": "1",
     }
+
+
+#: Run first by every torch-free script: any import of BLOCKED fails
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+    BLOCKED = ("torch", "torchaudio", "speechbrain", "hyperpyyaml")
+    for name in BLOCKED:
+        sys.modules[name] = None
+    """
+)
+
+
+def run_without_torch(script, tmp_path, *args):
+    """Run a Python ``script`` with ``args`` in tmp_path (one thread), torch,
+    torchaudio, SpeechBrain and HyperPyYAML blocked (:data:`BLOCK_TORCH`)."""
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + script, *map(str, args)],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

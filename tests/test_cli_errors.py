@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import HPARAMS, REPO, write_clip
+from helpers import HPARAMS, REPO, run_without_torch, write_clip
 from sb_urbansound.serving.export import export_model, untrained_model_folder
 
 LABELS = [f"class_{i}" for i in range(10)]
@@ -135,9 +135,6 @@ def test_metadata_with_fewer_labels_than_outputs_is_refused(folders, tmp_path):
 
 
 NO_TORCH = """
-import sys
-for name in ("torch", "torchaudio", "speechbrain", "hyperpyyaml"):
-    sys.modules[name] = None  # any import of them fails
 from sb_urbansound.serving.runtime import ModelFileError, OnnxModel
 OnnxModel(sys.argv[1])
 try:
@@ -150,13 +147,7 @@ except ModelFileError as e:
 def test_the_folder_check_needs_no_torch(folders, tmp_path):
     folder = copy_folder(folders, "wide", tmp_path)
     shutil.copyfile(folders["narrow"] / "model.onnx", folder / "model.onnx")
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, str(folders["wide"]), str(folder)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_without_torch(NO_TORCH, tmp_path, folders["wide"], folder)
     assert result.returncode == 0, result.stderr
     assert "sample_rate is 8000 in its metadata but 16000" in result.stdout
 

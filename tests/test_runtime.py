@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 
@@ -19,7 +18,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import FORMATS, US8K_CLASSES, run_with_memory_limit, write_clip
+from helpers import (
+    FORMATS,
+    US8K_CLASSES,
+    run_with_memory_limit,
+    run_without_torch,
+    write_clip,
+)
 from sb_urbansound.data.audio import ClipConditioner, load_audio
 from sb_urbansound.errors import AudioLoadError
 from sb_urbansound.serving import classify, runtime
@@ -190,15 +195,6 @@ def test_chunked_scoring_equals_one_pass(trained, tmp_path):
     assert np.abs(whole - ref).max() <= 1e-4
 
 
-#: Run first by every torch-free script: any import of BLOCKED fails
-BLOCK_TORCH = textwrap.dedent(
-    """
-    import sys
-    BLOCKED = ("torch", "torchaudio", "speechbrain", "hyperpyyaml")
-    for name in BLOCKED:
-        sys.modules[name] = None
-    """
-)
 NO_TORCH = textwrap.dedent(
     """
     import json
@@ -212,19 +208,6 @@ NO_TORCH = textwrap.dedent(
     print(json.dumps({"result": result, "loaded": loaded}))
     """
 )
-
-
-def run_without_torch(script, tmp_path, *args):
-    """Run a Python ``script`` with ``args`` in tmp_path (one thread), torch,
-    torchaudio, SpeechBrain and HyperPyYAML blocked (:data:`BLOCK_TORCH`)."""
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_TORCH + script, *map(str, args)],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_runtime_needs_no_torch(trained, tmp_path):

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import HPARAMS, SHARED
+from helpers import HPARAMS, SHARED, run_without_torch
 from sb_urbansound.errors import UserError
 from sb_urbansound.serving import classify, export
 from sb_urbansound.serving.export import export_model, untrained_model_folder
@@ -487,13 +487,7 @@ def test_the_onnx_runtime_scores_a_yamnet_model_without_torch(
     folder = model_folder[0]
     path = tmp_path / "siren.wav"
     sf.write(path, sounds()["siren"], 16000)
-    done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, str(folder), str(path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    )
+    done = run_without_torch(NO_TORCH, tmp_path, folder, path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["loaded"] == []
